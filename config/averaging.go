@@ -1,0 +1,46 @@
+package config
+
+import "time"
+
+// Averaging sets the background averaging of parameters among holders of a stage.
+type Averaging struct {
+	// Enabled turns averaging on.
+	Enabled bool `yaml:"enabled"`
+	// Period is the time between rounds.
+	Period time.Duration `yaml:"period"`
+	// GroupSize is the most members in one averaging group.
+	GroupSize int `yaml:"group_size"`
+	// Matchmaking is how long a holder waits to form a group before skipping the round.
+	Matchmaking time.Duration `yaml:"matchmaking"`
+	// Deadline bounds a whole round; a round always ends by it.
+	Deadline time.Duration `yaml:"deadline"`
+	// Codec is the wire codec of averaged parts: fp32, bf16 or int8.
+	Codec string `yaml:"codec"`
+	// Optimizer averages AdamW's moments too when true; otherwise each keeps its own.
+	Optimizer bool `yaml:"optimizer"`
+}
+
+// DefaultAveraging averages every 10 s in groups of up to 4.
+func DefaultAveraging() Averaging {
+	return Averaging{
+		Enabled: true, Period: 10 * time.Second, GroupSize: 4,
+		Matchmaking: 2 * time.Second, Deadline: 10 * time.Second,
+		Codec: "fp32", Optimizer: false,
+	}
+}
+
+func (a Averaging) validate() error {
+	switch {
+	case a.Period <= 0:
+		return fieldErr("averaging.period", "must be positive, got %s", a.Period)
+	case a.GroupSize < 2:
+		return fieldErr("averaging.group_size", "must be at least 2, got %d", a.GroupSize)
+	case a.Matchmaking <= 0:
+		return fieldErr("averaging.matchmaking", "must be positive, got %s", a.Matchmaking)
+	case a.Deadline <= 0:
+		return fieldErr("averaging.deadline", "must be positive, got %s", a.Deadline)
+	case !validCodec(a.Codec):
+		return fieldErr("averaging.codec", "%q: want fp32, bf16 or int8", a.Codec)
+	}
+	return nil
+}

@@ -1,0 +1,148 @@
+// Package config loads and validates a swarmnode run config: one YAML file that
+// drives both `swarmnode local` and every peer of a swarm.
+//
+// Parsing is strict: an unknown or mistyped field is an error that names the field
+// and its line. Every field has a default (see Default) and a doc comment; the
+// README's config reference mirrors these comments.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is a whole run config. Each section lives in a file of its own.
+type Config struct {
+	// Run is the run id: peers of one swarm share it; it prefixes every protocol id.
+	Run string `yaml:"run"`
+	// Model is the GPT's shape.
+	Model Model `yaml:"model"`
+	// Stages lists the number of transformer layers in each pipeline stage; it must
+	// sum to model.n_layer. The first stage also owns the embeddings, the last the
+	// final LayerNorm, the LM head and the loss.
+	Stages []int `yaml:"stages"`
+	// Data is the training corpus.
+	Data Data `yaml:"data"`
+	// Train holds the optimizer and schedule settings.
+	Train Train `yaml:"train"`
+	// Node holds the libp2p peer settings used by `swarmnode run`.
+	Node Node `yaml:"node"`
+	// Compression sets how activations and gradients travel on the wire.
+	Compression Compression `yaml:"compression"`
+	// Pipeline holds the stage servers' and trainers' routing and limits.
+	Pipeline Pipeline `yaml:"pipeline"`
+	// Averaging sets the background parameter averaging among holders of a stage.
+	Averaging Averaging `yaml:"averaging"`
+	// Device picks where stages compute: cpu, cuda or auto.
+	Device string `yaml:"device"`
+}
+
+// Default returns a config with every field at its documented default.
+func Default() Config {
+	return Config{
+		Run:         "swarmnode",
+		Model:       DefaultModel(),
+		Stages:      []int{2, 2},
+		Data:        DefaultData(),
+		Train:       DefaultTrain(),
+		Node:        DefaultNode(),
+		Compression: DefaultCompression(),
+		Pipeline:    DefaultPipeline(),
+		Averaging:   DefaultAveraging(),
+		Device:      "cpu",
+	}
+}
+
+// FieldError is a config error that names the offending field.
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return fmt.Sprintf("config: %s: %s", e.Field, e.Msg) }
+
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Load reads, parses and validates the config file at path.
+func Load(path string) (Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	return Parse(raw)
+}
+
+// Parse parses YAML over the defaults and validates the result. Fields absent from
+// the YAML keep their defaults; unknown fields are errors naming field and line.
+func Parse(raw []byte) (Config, error) {
+	cfg := Default()
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	// io.EOF means an empty file: all defaults.
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// Validate checks every section and the relations between them.
+func (c *Config) Validate() error {
+	if c.Run == "" {
+		return fieldErr("run", "must not be empty")
+	}
+	for _, r := range c.Run {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return fieldErr("run", "%q: use letters, digits, '-', '_' or '.' (it becomes part of protocol ids)", c.Run)
+		}
+	}
+	if err := c.Model.validate(); err != nil {
+		return err
+	}
+	if len(c.Stages) == 0 {
+		return fieldErr("stages", "needs at least one stage")
+	}
+	sum := 0
+	for i, n := range c.Stages {
+		if n < 0 {
+			return fieldErr(fmt.Sprintf("stages[%d]", i), "negative layer count %d", n)
+		}
+		sum += n
+	}
+	if sum != c.Model.NLayer {
+		return fieldErr("stages", "layers per stage %v sum to %d, but model.n_layer is %d", c.Stages, sum, c.Model.NLayer)
+	}
+	if err := c.Data.validate(); err != nil {
+		return err
+	}
+	if err := c.Train.validate(); err != nil {
+		return err
+	}
+	if err := c.Node.validate(); err != nil {
+		return err
+	}
+	if err := c.Compression.validate(); err != nil {
+		return err
+	}
+	if err := c.Pipeline.validate(); err != nil {
+		return err
+	}
+	if err := c.Averaging.validate(); err != nil {
+		return err
+	}
+	switch c.Device {
+	case "cpu", "cuda", "auto":
+	default:
+		return fieldErr("device", "%q: want cpu, cuda or auto", c.Device)
+	}
+	return nil
+}
