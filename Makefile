@@ -1,0 +1,36 @@
+# swarmnode: `make demo` runs the example, `make test` runs everything CI runs.
+GO      ?= go
+BIN     := bin/swarmnode
+CONFIG  ?= examples/gpt/tiny.yaml
+FUZZTIME ?= 10s
+
+.PHONY: build test lint bench demo fuzz gpu-test clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/swarmnode
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needs to run on:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Everything CI runs: lint, then every package's tests (fuzz seeds included).
+test: lint build
+	$(GO) test -p 2 -timeout 20m ./...
+
+bench: build
+	bash bench/cpu.sh
+
+demo: build
+	$(BIN) local --config $(CONFIG) --summary out/local-summary.json
+
+# Short coverage-guided runs of every fuzz target.
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+	  for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/func //'); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; \
+	done
+
+clean:
+	rm -rf bin out
