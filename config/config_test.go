@@ -1,0 +1,118 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaultsAreValid(t *testing.T) {
+	cfg := Default()
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("defaults invalid: %v", err)
+	}
+}
+
+func TestEmptyFileMeansDefaults(t *testing.T) {
+	cfg, err := Parse(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Train.Steps != DefaultTrain().Steps || cfg.Model != DefaultModel() {
+		t.Fatalf("empty file did not give defaults: %+v", cfg)
+	}
+}
+
+func TestExampleConfigLoads(t *testing.T) {
+	cfg, err := Load(filepath.Join("..", "examples", "gpt", "tiny.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Run != "tiny-shakespeare" || len(cfg.Stages) != 3 {
+		t.Fatalf("unexpected example config: %+v", cfg)
+	}
+}
+
+func TestOverridesKeepOtherDefaults(t *testing.T) {
+	cfg, err := Parse([]byte("train:\n  steps: 7\naveraging:\n  period: 3s\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Train.Steps != 7 || cfg.Train.LR != DefaultTrain().LR {
+		t.Fatalf("train section: %+v", cfg.Train)
+	}
+	if cfg.Averaging.Period != 3*time.Second || cfg.Averaging.GroupSize != DefaultAveraging().GroupSize {
+		t.Fatalf("averaging section: %+v", cfg.Averaging)
+	}
+}
+
+func TestUnknownFieldNamesFieldAndLine(t *testing.T) {
+	_, err := Parse([]byte("run: x\ntrain:\n  stpes: 10\n"))
+	if err == nil {
+		t.Fatal("want error for a typo")
+	}
+	if !strings.Contains(err.Error(), "stpes") || !strings.Contains(err.Error(), "line 3") {
+		t.Fatalf("error should name field and line: %v", err)
+	}
+}
+
+func TestWrongTypeIsAnError(t *testing.T) {
+	_, err := Parse([]byte("model:\n  d_model: big\n"))
+	if err == nil || !strings.Contains(err.Error(), "line 2") {
+		t.Fatalf("want a line-numbered type error, got %v", err)
+	}
+}
+
+func TestValidationNamesField(t *testing.T) {
+	cases := map[string]string{
+		"stages: [1, 1]\n":                     "stages",
+		"model:\n  n_head: 5\n":                "model.n_head",
+		"train:\n  batch: 12\n":                "train.batch",
+		"node:\n  role: boss\n":                "node.role",
+		"compression:\n  activations: fp8\n":   "compression.activations",
+		"averaging:\n  group_size: 1\n":        "averaging.group_size",
+		"pipeline:\n  rebalance_ratio: 2\n":    "pipeline.rebalance_ratio",
+		"run: \"a/b\"\n":                       "run",
+		"device: tpu\n":                        "device",
+		"data:\n  val_fraction: 1.5\n":         "data.val_fraction",
+		"train:\n  lr: 0\n":                    "train.lr",
+		"stages: [2, -1, 3]\n":                 "stages[1]",
+		"compression:\n  zstd: maybe\n":        "compression.zstd",
+		"node:\n  gossip_every: 0s\n":          "node.gossip_every",
+		"train:\n  min_lr: 1\n":                "train.min_lr",
+		"model:\n  vocab: 1\n":                 "model.vocab",
+		"averaging:\n  codec: zip\n":           "averaging.codec",
+		"pipeline:\n  max_frame_bytes: 10\n":   "pipeline.max_frame_bytes",
+		"train:\n  eval_every: 0\n":            "train.eval_every",
+		"model:\n  seq_len: 0\n":               "model.seq_len",
+		"compression:\n  block_size: 0\n":      "compression.block_size",
+		"pipeline:\n  hop_timeout: -1s\n":      "pipeline.hop_timeout",
+		"train:\n  beta2: 1\n":                 "train.beta2",
+		"node:\n  record_ttl: 10ms\n":          "node.record_ttl",
+		"averaging:\n  deadline: 0s\n":         "averaging.deadline",
+		"train:\n  clip: -1\n":                 "train.clip",
+		"pipeline:\n  in_flight: 0\n":          "pipeline.in_flight",
+		"compression:\n  gradients: float16\n": "compression.gradients",
+	}
+	for in, field := range cases {
+		_, err := Parse([]byte(in))
+		var fe *FieldError
+		if !errors.As(err, &fe) {
+			t.Errorf("%q: want FieldError, got %v", in, err)
+			continue
+		}
+		if fe.Field != field {
+			t.Errorf("%q: error names %q, want %q (%v)", in, fe.Field, field, err)
+		}
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
+	if err == nil || !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("want not-exist error, got %v", err)
+	}
+}
