@@ -1,0 +1,95 @@
+package stages
+
+import "fmt"
+
+// Chain is an in-memory pipeline of all the stages of one model: the centralized
+// baseline (`swarmnode local`) and the reference the tests split against.
+type Chain struct {
+	stages []*Stage
+}
+
+// NewChain builds every stage of the split layers (see New).
+func NewChain(cfg ModelConfig, layers []int, seed uint64) (*Chain, error) {
+	c := &Chain{}
+	for k := range layers {
+		s, err := New(cfg, layers, k, seed)
+		if err != nil {
+			return nil, err
+		}
+		c.stages = append(c.stages, s)
+	}
+	return c, nil
+}
+
+// Stages returns the stages in pipeline order.
+func (c *Chain) Stages() []*Stage { return c.stages }
+
+func (c *Chain) forward(tokens, targets []int32, B, T int) ([]*Pass, error) {
+	passes := make([]*Pass, 0, len(c.stages))
+	var x []float32
+	for k, s := range c.stages {
+		in := Input{B: B, T: T}
+		if k == 0 {
+			in.Tokens = tokens
+		} else {
+			in.X = x
+		}
+		if s.IsLast() {
+			in.Targets = targets
+		}
+		p, err := s.Forward(in)
+		if err != nil {
+			for _, q := range passes {
+				q.Release()
+			}
+			return nil, err
+		}
+		passes = append(passes, p)
+		x = p.Out
+	}
+	return passes, nil
+}
+
+// ForwardBackward runs one microbatch through every stage and back, accumulating
+// gradients, and returns its mean loss.
+func (c *Chain) ForwardBackward(tokens, targets []int32, B, T int) (float32, error) {
+	passes, err := c.forward(tokens, targets, B, T)
+	if err != nil {
+		return 0, err
+	}
+	loss := passes[len(passes)-1].Loss
+	var d []float32
+	for k := len(c.stages) - 1; k >= 0; k-- {
+		d, err = c.stages[k].Backward(passes[k], d)
+		if err != nil {
+			for _, q := range passes[:k] {
+				q.Release()
+			}
+			return 0, fmt.Errorf("chain backward: %w", err)
+		}
+	}
+	return loss, nil
+}
+
+// Loss runs the microbatch forward only (evaluation) and returns its mean loss.
+func (c *Chain) Loss(tokens, targets []int32, B, T int) (float32, error) {
+	passes, err := c.forward(tokens, targets, B, T)
+	if err != nil {
+		return 0, err
+	}
+	for _, p := range passes {
+		p.Release()
+	}
+	return passes[len(passes)-1].Loss, nil
+}
+
+// Step applies one optimizer step to every stage (see Stage.Step) and returns the
+// global gradient norm before clipping, combined over the stages.
+func (c *Chain) Step(opt OptimConfig, micro int) float32 {
+	var sq float64
+	for _, s := range c.stages {
+		n := float64(s.Step(opt, micro))
+		sq += n * n
+	}
+	return float32(sqrtf(sq))
+}
