@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/gonum"
@@ -31,18 +32,33 @@ type backend interface {
 
 var (
 	initOnce sync.Once
-	active   backend
+	active   atomic.Pointer[backend]
 	initErr  error
 )
 
 func current() backend {
 	initOnce.Do(func() {
-		active, initErr = choose(os.Getenv(EnvVar))
-		if active == nil {
-			active = gonumBackend{}
+		be, err := choose(os.Getenv(EnvVar))
+		if be == nil {
+			be = gonumBackend{}
 		}
+		initErr = err
+		active.Store(&be)
 	})
-	return active
+	return *active.Load()
+}
+
+// Use switches the backend for all later products: "gonum", "openblas" or "auto".
+// It exists for tests and benchmarks that compare the two paths; products already
+// running finish on the old backend.
+func Use(name string) error {
+	current()
+	be, err := choose(name)
+	if err != nil {
+		return err
+	}
+	active.Store(&be)
+	return nil
 }
 
 func choose(want string) (backend, error) {
@@ -57,11 +73,11 @@ func choose(want string) (backend, error) {
 	case "openblas":
 		ob, err := loadOpenBLAS()
 		if err != nil {
-			return nil, fmt.Errorf("%s=openblas: %w (falling back to gonum)", EnvVar, err)
+			return nil, fmt.Errorf("openblas requested: %w", err)
 		}
 		return ob, nil
 	default:
-		return nil, fmt.Errorf("%s=%q: want gonum, openblas or auto (falling back to gonum)", EnvVar, want)
+		return nil, fmt.Errorf("BLAS backend %q: want gonum, openblas or auto", want)
 	}
 }
 
@@ -69,7 +85,8 @@ func choose(want string) (backend, error) {
 func Name() string { return current().name() }
 
 // Err reports why the backend asked for through SWARMNODE_BLAS could not be used
-// (nil when the request was honoured or nothing was asked for).
+// and gonum was used instead (nil when the request was honoured or nothing was
+// asked for).
 func Err() error {
 	current()
 	return initErr
