@@ -1,0 +1,304 @@
+package codec
+
+import (
+	"errors"
+	"math"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+// activations mimics residual-stream activations: roughly Gaussian per channel with
+// channel scales spread over two orders of magnitude and a few outlier channels.
+func activations(n, d int, seed uint64) []float32 {
+	rng := rand.New(rand.NewPCG(seed, 7))
+	scale := make([]float32, d)
+	for j := range scale {
+		scale[j] = float32(math.Exp(rng.NormFloat64()))
+		if rng.IntN(32) == 0 {
+			scale[j] *= 20
+		}
+	}
+	x := make([]float32, n)
+	for i := range x {
+		x[i] = float32(rng.NormFloat64()) * scale[i%d]
+	}
+	return x
+}
+
+func TestRoundTripError(t *testing.T) {
+	x := activations(64*200+13, 64, 1)
+	for _, tc := range []struct {
+		k     Kind
+		block int
+		rel   float64 // max error relative to the block's absmax
+	}{
+		{FP32, 0, 0},
+		{BF16, 0, 1.0 / 256},
+		{Int8, 64, 0.5/127 + 1e-6},
+		{Int8, 1, 1e-6},
+		{Int8, 4096, 0.5/127 + 1e-6},
+	} {
+		enc, err := Encode(nil, tc.k, tc.block, x)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.k, err)
+		}
+		if len(enc) != EncodedLen(tc.k, len(x), tc.block) {
+			t.Fatalf("%v: len %d, want %d", tc.k, len(enc), EncodedLen(tc.k, len(x), tc.block))
+		}
+		y := make([]float32, len(x))
+		if err := Decode(y, tc.k, tc.block, enc); err != nil {
+			t.Fatalf("%v: %v", tc.k, err)
+		}
+		block := tc.block
+		if block == 0 {
+			block = 1
+		}
+		for i := range x {
+			ref := math.Abs(float64(x[i]))
+			if tc.k == Int8 {
+				start := i / block * block
+				ref = 0
+				for _, v := range x[start:min(start+block, len(x))] {
+					ref = max(ref, math.Abs(float64(v)))
+				}
+			}
+			if d := math.Abs(float64(x[i] - y[i])); d > tc.rel*ref {
+				t.Fatalf("%v block %d: value %d: %g -> %g (error %g > %g)", tc.k, tc.block, i, x[i], y[i], d, tc.rel*ref)
+			}
+		}
+	}
+}
+
+func TestBF16Saturates(t *testing.T) {
+	enc, err := Encode(nil, BF16, 0, []float32{math.MaxFloat32, -math.MaxFloat32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	y := make([]float32, 2)
+	if err := Decode(y, BF16, 0, enc); err != nil {
+		t.Fatalf("max float must stay finite in bf16: %v", err)
+	}
+	if y[0] <= 0 || y[1] >= 0 {
+		t.Fatalf("signs lost: %v", y)
+	}
+}
+
+func TestInt8ZeroBlock(t *testing.T) {
+	x := make([]float32, 100)
+	x[99] = 3
+	enc, err := Encode(nil, Int8, 64, x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	y := make([]float32, 100)
+	if err := Decode(y, Int8, 64, enc); err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range y[:99] {
+		if v != 0 {
+			t.Fatalf("y[%d] = %g, want 0", i, v)
+		}
+	}
+	if y[99] != 3 {
+		t.Fatalf("y[99] = %g, want 3", y[99])
+	}
+}
+
+func TestEncodeRejectsNonFinite(t *testing.T) {
+	for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1))} {
+		for _, k := range []Kind{FP32, BF16, Int8} {
+			x := []float32{1, 2, bad, 4}
+			if _, err := Encode(nil, k, 2, x); !errors.Is(err, ErrNonFinite) {
+				t.Errorf("%v %g: err %v, want ErrNonFinite", k, bad, err)
+			}
+		}
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	good, _ := Encode(nil, Int8, 4, []float32{1, -2, 3, 4, 5})
+	y := make([]float32, 5)
+	if err := Decode(y, Int8, 4, good[:len(good)-1]); !errors.Is(err, ErrLength) {
+		t.Errorf("truncated int8: %v", err)
+	}
+	if err := Decode(y[:4], Int8, 4, good); !errors.Is(err, ErrLength) {
+		t.Errorf("wrong count: %v", err)
+	}
+	if err := Decode(y, Int8, 0, good); !errors.Is(err, ErrBlock) {
+		t.Errorf("block 0: %v", err)
+	}
+	if err := Decode(y, Int32, 4, good); !errors.Is(err, ErrKind) {
+		t.Errorf("int32 as float: %v", err)
+	}
+	nanScale := append([]byte(nil), good...)
+	copy(nanScale, []byte{0, 0, 0xc0, 0x7f})
+	if err := Decode(y, Int8, 4, nanScale); !errors.Is(err, ErrNonFinite) {
+		t.Errorf("NaN scale: %v", err)
+	}
+	negScale := append([]byte(nil), good...)
+	negScale[3] |= 0x80
+	if err := Decode(y, Int8, 4, negScale); !errors.Is(err, ErrNonFinite) {
+		t.Errorf("negative scale: %v", err)
+	}
+	hugeScale := append([]byte(nil), good...)
+	copy(hugeScale, []byte{0xff, 0xff, 0x7f, 0x7f}) // MaxFloat32
+	hugeScale[4] = 0x80                             // -128 * MaxFloat32 = -Inf
+	if err := Decode(y, Int8, 4, hugeScale); !errors.Is(err, ErrNonFinite) {
+		t.Errorf("overflowing scale: %v", err)
+	}
+	inf := []byte{0, 0, 0x80, 0x7f}
+	if err := Decode(y[:1], FP32, 0, inf); !errors.Is(err, ErrNonFinite) {
+		t.Errorf("fp32 Inf: %v", err)
+	}
+	if err := Decode(y[:1], BF16, 0, inf[2:]); !errors.Is(err, ErrNonFinite) {
+		t.Errorf("bf16 Inf: %v", err)
+	}
+	ints := EncodeInts(nil, []int32{1, 255, 256})
+	if err := DecodeInts(make([]int32, 3), ints, 256); !errors.Is(err, ErrRange) {
+		t.Errorf("token 256: %v", err)
+	}
+	if err := DecodeInts(make([]int32, 3), EncodeInts(nil, []int32{-1, 0, 0}), 256); !errors.Is(err, ErrRange) {
+		t.Errorf("token -1: %v", err)
+	}
+	if err := DecodeInts(make([]int32, 2), ints, 256); !errors.Is(err, ErrLength) {
+		t.Errorf("int length: %v", err)
+	}
+}
+
+func TestZstd(t *testing.T) {
+	x := activations(64*256, 64, 2)
+	raw, _ := Encode(nil, BF16, 0, x)
+	z, err := Zstd(nil, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(z) >= len(raw) {
+		t.Fatalf("zstd did not compress bf16 activations: %d -> %d", len(raw), len(z))
+	}
+	back, err := Unzstd(nil, z, len(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(back) != string(raw) {
+		t.Fatal("zstd round trip differs")
+	}
+	if _, err := Unzstd(nil, z, len(raw)-1); !errors.Is(err, ErrZstd) {
+		t.Errorf("wrong size: %v", err)
+	}
+	if _, err := Unzstd(nil, z[:len(z)/2], len(raw)); !errors.Is(err, ErrZstd) {
+		t.Errorf("truncated: %v", err)
+	}
+	if _, err := Unzstd(nil, []byte("not zstd at all"), 10); !errors.Is(err, ErrZstd) {
+		t.Errorf("garbage: %v", err)
+	}
+	// A bomb: 16 MiB of zeros compresses to a few hundred bytes; the decoder must
+	// stop at the announced size instead of inflating it.
+	bomb, _ := Zstd(nil, make([]byte, 16<<20))
+	if _, err := Unzstd(nil, bomb, 1024); !errors.Is(err, ErrZstd) {
+		t.Errorf("bomb: %v", err)
+	}
+}
+
+func TestLinkDecides(t *testing.T) {
+	if !NewLink(ZstdOn).UseZstd() || NewLink(ZstdOff).UseZstd() {
+		t.Fatal("on/off modes ignored")
+	}
+	// Fast link (loopback, 5 GB/s) vs zstd at 500 MB/s saving 20%: never worth it,
+	// apart from the periodic probe.
+	fast := NewLink(ZstdAuto)
+	if !fast.UseZstd() {
+		t.Fatal("auto must measure zstd before it knows better")
+	}
+	fast.ObserveZstd(1<<20, 800<<10, 2*time.Millisecond)
+	fast.ObserveSend(1<<20, 200*time.Microsecond)
+	used := 0
+	for range 10 * probeEvery {
+		if fast.UseZstd() {
+			used++
+		}
+	}
+	if used != 10 {
+		t.Fatalf("fast link used zstd %d times in %d frames, want only the %d probes", used, 10*probeEvery, 10)
+	}
+	// Slow link (10 MB/s): compressing is always worth it.
+	slow := NewLink(ZstdAuto)
+	slow.ObserveZstd(1<<20, 800<<10, 2*time.Millisecond)
+	slow.ObserveSend(1<<20, 100*time.Millisecond)
+	for i := range 100 {
+		if !slow.UseZstd() {
+			t.Fatalf("slow link skipped zstd at frame %d", i)
+		}
+	}
+}
+
+func TestParse(t *testing.T) {
+	for _, s := range []string{"fp32", "bf16", "int8"} {
+		k, err := Parse(s)
+		if err != nil || k.String() != s {
+			t.Errorf("Parse(%q) = %v, %v", s, k, err)
+		}
+	}
+	if _, err := Parse("int4"); !errors.Is(err, ErrKind) {
+		t.Errorf("int4: %v", err)
+	}
+	for _, s := range []string{"on", "off", "auto"} {
+		m, err := ParseZstd(s)
+		if err != nil || m.String() != s {
+			t.Errorf("ParseZstd(%q) = %v, %v", s, m, err)
+		}
+	}
+	if _, err := ParseZstd("yes"); err == nil {
+		t.Error("zstd mode yes accepted")
+	}
+}
+
+// FuzzDecode feeds arbitrary bytes to every decoder: no panic, and a nil error only
+// with finite values.
+func FuzzDecode(f *testing.F) {
+	x := activations(300, 16, 3)
+	for _, k := range []Kind{FP32, BF16, Int8} {
+		enc, _ := Encode(nil, k, 16, x)
+		f.Add(uint8(k), uint16(16), uint16(300), enc)
+	}
+	f.Add(uint8(Int8), uint16(7), uint16(10), []byte{0, 0, 0x80, 0x7f, 1, 2, 3})
+	f.Add(uint8(Int32), uint16(1), uint16(2), EncodeInts(nil, []int32{3, 9}))
+	f.Fuzz(func(t *testing.T, kind uint8, block, n uint16, src []byte) {
+		k := Kind(kind)
+		if k == Int32 {
+			dst := make([]int32, n)
+			if err := DecodeInts(dst, src, 256); err == nil {
+				for _, v := range dst {
+					if v < 0 || v >= 256 {
+						t.Fatalf("accepted %d", v)
+					}
+				}
+			}
+			return
+		}
+		dst := make([]float32, n)
+		if err := Decode(dst, k, int(block), src); err != nil {
+			return
+		}
+		for i, v := range dst {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				t.Fatalf("accepted non-finite %g at %d", v, i)
+			}
+		}
+	})
+}
+
+// FuzzUnzstd: arbitrary bytes never panic and never decode to another size.
+func FuzzUnzstd(f *testing.F) {
+	raw, _ := Encode(nil, BF16, 0, activations(512, 16, 4))
+	z, _ := Zstd(nil, raw)
+	f.Add(z, uint16(len(raw)))
+	f.Add(z[:len(z)/2], uint16(len(raw)))
+	f.Add([]byte{0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0}, uint16(10))
+	f.Fuzz(func(t *testing.T, src []byte, want uint16) {
+		out, err := Unzstd(nil, src, int(want))
+		if err == nil && len(out) != int(want) {
+			t.Fatalf("decoded %d bytes, want %d", len(out), want)
+		}
+	})
+}
