@@ -190,7 +190,7 @@ func Decode(dst []float32, k Kind, block int, src []byte) error {
 	switch k {
 	case FP32:
 		for i := range dst {
-			b := binary.LittleEndian.Uint32(src[4*i:4*i+4])
+			b := binary.LittleEndian.Uint32(src[4*i : 4*i+4])
 			if b&0x7f800000 == 0x7f800000 {
 				return fmt.Errorf("%w at index %d", ErrNonFinite, i)
 			}
@@ -249,7 +249,7 @@ func DecodeInts(dst []int32, src []byte, limit int) error {
 		return fmt.Errorf("%w: %d int32 values take %d bytes, got %d", ErrLength, len(dst), 4*len(dst), len(src))
 	}
 	for i := range dst {
-		v := int32(binary.LittleEndian.Uint32(src[4*i:4*i+4]))
+		v := int32(binary.LittleEndian.Uint32(src[4*i : 4*i+4]))
 		if v < 0 || int(v) >= limit {
 			return fmt.Errorf("%w: value %d at index %d not in [0, %d)", ErrRange, v, i, limit)
 		}
