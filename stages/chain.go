@@ -1,6 +1,9 @@
 package stages
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
 
 // Chain is an in-memory pipeline of all the stages of one model: the centralized
 // baseline (`swarmnode local`) and the reference the tests split against.
@@ -10,6 +13,9 @@ type Chain struct {
 
 // NewChain builds every stage of the split layers (see New).
 func NewChain(cfg ModelConfig, layers []int, seed uint64) (*Chain, error) {
+	if len(layers) == 0 {
+		return nil, errors.New("stages: empty layer split")
+	}
 	c := &Chain{}
 	for k := range layers {
 		s, err := New(cfg, layers, k, seed)

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"swarmnode/stages/blas"
 )
 
 // fixture is what testdata/gen_fixtures.py (PyTorch, float64) wrote.
@@ -145,9 +147,22 @@ func relErr(got, want []float32) float64 {
 const fixtureTol = 1e-5
 
 // TestMatchesPyTorch checks logits, loss, every parameter gradient and the
-// parameters after several AdamW steps against PyTorch on a 3-stage split.
+// parameters after several AdamW steps against PyTorch on a 3-stage split, once
+// through each BLAS backend this build can load.
 func TestMatchesPyTorch(t *testing.T) {
 	f := loadFixture(t)
+	defer blas.Use("auto")
+	for _, be := range []string{"gonum", "openblas"} {
+		t.Run(be, func(t *testing.T) {
+			if err := blas.Use(be); err != nil {
+				t.Skip(err)
+			}
+			matchPyTorch(t, f)
+		})
+	}
+}
+
+func matchPyTorch(t *testing.T, f *fixture) {
 	cfg := f.model()
 	c, err := NewChain(cfg, f.Split, 1)
 	if err != nil {

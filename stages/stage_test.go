@@ -103,3 +103,174 @@ func TestForwardRejectsBadInput(t *testing.T) {
 		t.Error("Backward accepted a consumed pass")
 	}
 }
+
+// TestSplitsAgree checks that 1, 2 and 4 stages of one model start from the same
+// weights and give the same loss and gradients.
+func TestSplitsAgree(t *testing.T) {
+	cfg := ModelConfig{Vocab: 13, DModel: 16, NHead: 4, NLayer: 4, SeqLen: 8}
+	B, T := 3, 8
+	tok, tgt := tinyBatch(cfg, B, T, 2)
+	type result struct {
+		loss   float32
+		params map[string][]float32
+		grads  map[string][]float32
+	}
+	run := func(split []int) result {
+		c, err := NewChain(cfg, split, 42)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := result{params: map[string][]float32{}, grads: map[string][]float32{}}
+		for _, s := range c.Stages() {
+			for _, v := range s.Views() {
+				r.params[v.Name] = append([]float32(nil), s.View(v.Name)...)
+			}
+		}
+		if r.loss, err = c.ForwardBackward(tok, tgt, B, T); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range c.Stages() {
+			for _, v := range s.Views() {
+				r.grads[v.Name] = s.GradView(v.Name)
+			}
+		}
+		return r
+	}
+	ref := run([]int{4})
+	if len(ref.params) != 3+4*12+2 {
+		t.Fatalf("whole model has %d tensors", len(ref.params))
+	}
+	for _, split := range [][]int{{2, 2}, {1, 1, 1, 1}, {0, 3, 1}, {1, 3, 0}} {
+		r := run(split)
+		if r.loss != ref.loss {
+			t.Errorf("split %v: loss %v, unsplit %v", split, r.loss, ref.loss)
+		}
+		if len(r.grads) != len(ref.grads) {
+			t.Fatalf("split %v has %d tensors, want %d", split, len(r.grads), len(ref.grads))
+		}
+		for name, g := range ref.grads {
+			if e := relErr(r.params[name], ref.params[name]); e != 0 {
+				t.Errorf("split %v: initial %s differs (%.3g)", split, name, e)
+			}
+			if e := relErr(r.grads[name], g); e > 1e-6 {
+				t.Errorf("split %v: grad %s differs by %.3g", split, name, e)
+			}
+		}
+	}
+}
+
+// TestInit checks GPT-2 initialisation statistics and per-seed determinism.
+func TestInit(t *testing.T) {
+	cfg := ModelConfig{Vocab: 64, DModel: 64, NHead: 4, NLayer: 8, SeqLen: 16}
+	s, err := New(cfg, []int{8}, 0, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	std := func(x []float32) float64 {
+		var q float64
+		for _, v := range x {
+			q += float64(v) * float64(v)
+		}
+		return math.Sqrt(q / float64(len(x)))
+	}
+	if got := std(s.View("h.0.mlp.c_fc.weight")); math.Abs(got-0.02) > 0.001 {
+		t.Errorf("c_fc std %v, want 0.02", got)
+	}
+	want := 0.02 / math.Sqrt(2*8)
+	if got := std(s.View("h.5.attn.c_proj.weight")); math.Abs(got-want) > want/20 {
+		t.Errorf("attn c_proj std %v, want %v", got, want)
+	}
+	for _, name := range []string{"h.1.ln_1.weight", "ln_f.weight"} {
+		for _, v := range s.View(name) {
+			if v != 1 {
+				t.Fatalf("%s has %v, want 1", name, v)
+			}
+		}
+	}
+	for _, name := range []string{"h.1.attn.c_attn.bias", "ln_f.bias"} {
+		for _, v := range s.View(name) {
+			if v != 0 {
+				t.Fatalf("%s has %v, want 0", name, v)
+			}
+		}
+	}
+	for _, v := range s.Views() {
+		if v.Decay != (len(v.Shape) == 2) {
+			t.Errorf("%s: Decay %v for shape %v", v.Name, v.Decay, v.Shape)
+		}
+	}
+	s2, _ := New(cfg, []int{8}, 0, 4)
+	if relErr(s.View("wte"), s2.View("wte")) == 0 {
+		t.Error("seeds 3 and 4 give the same wte")
+	}
+	if s.View("nope") != nil {
+		t.Error("View of an unknown name is not nil")
+	}
+}
+
+func TestNewRejectsBadSplits(t *testing.T) {
+	for _, split := range [][]int{{}, {1}, {1, 1, 1}, {2, -1, 1}, {1, 0, 1}} {
+		if _, err := NewChain(tinyCfg, split, 1); err == nil {
+			t.Errorf("split %v accepted for n_layer %d", split, tinyCfg.NLayer)
+		}
+	}
+	if _, err := New(ModelConfig{Vocab: 5, DModel: 6, NHead: 4, NLayer: 1, SeqLen: 2}, []int{1}, 0, 1); err == nil {
+		t.Error("d_model not divisible by n_head accepted")
+	}
+	if _, err := New(tinyCfg, []int{1, 1}, 2, 1); err == nil {
+		t.Error("stage index out of range accepted")
+	}
+}
+
+func TestLRAt(t *testing.T) {
+	o := OptimConfig{LR: 1, MinLR: 0.1, Warmup: 4, Steps: 14}
+	cases := map[int]float64{0: 0.25, 3: 1, 4: 1, 9: 0.55, 14: 0.1, 100: 0.1}
+	for step, want := range cases {
+		if got := float64(o.LRAt(step)); math.Abs(got-want) > 1e-6 {
+			t.Errorf("LRAt(%d) = %v, want %v", step, got, want)
+		}
+	}
+	if got := (OptimConfig{LR: 0.5}).LRAt(7); got != 0.5 {
+		t.Errorf("no schedule: LRAt = %v, want 0.5", got)
+	}
+}
+
+// TestStepAndState checks gradient averaging, clipping, zeroing, versions and
+// WithState.
+func TestStepAndState(t *testing.T) {
+	s, _ := New(tinyCfg, []int{2}, 0, 1)
+	for i := range s.Grads() {
+		s.Grads()[i] = 2
+	}
+	n := float64(len(s.Grads()))
+	before := append([]float32(nil), s.Params()...)
+	opt := OptimConfig{LR: 0.1, Beta1: 0.9, Beta2: 0.99, Eps: 1e-8, Clip: 1}
+	// Grads average to 1 over 2 microbatches, norm sqrt(n).
+	if got := float64(s.Step(opt, 2)); math.Abs(got-math.Sqrt(n)) > 1e-3 {
+		t.Errorf("grad norm %v, want %v", got, math.Sqrt(n))
+	}
+	if s.Version() != 1 {
+		t.Errorf("version %d after one step", s.Version())
+	}
+	for i, g := range s.Grads() {
+		if g != 0 {
+			t.Fatalf("grad %d = %v after Step", i, g)
+		}
+	}
+	// First Adam step moves every parameter by -lr (sign of the gradient).
+	for i, p := range s.Params() {
+		if d := float64(p - before[i]); math.Abs(d+0.1) > 1e-5 {
+			t.Fatalf("param %d moved by %v, want -0.1", i, d)
+		}
+	}
+	s.WithState(func(st *State) {
+		if st.Step != 1 || len(st.M) != len(st.Params) || len(st.V) != len(st.Params) {
+			t.Errorf("state step %d, lengths %d %d %d", st.Step, len(st.Params), len(st.M), len(st.V))
+		}
+		st.Params[0] = 5
+		st.Step = 10
+	})
+	if s.Version() != 10 || s.Params()[0] != 5 {
+		t.Errorf("WithState changes lost: version %d, param %v", s.Version(), s.Params()[0])
+	}
+}
