@@ -1,0 +1,18 @@
+// Package dht is a run's private view of who serves which pipeline stage.
+//
+// It wraps go-libp2p-kad-dht with a run-specific protocol prefix and adds three
+// things on top of it:
+//
+//   - stage membership as provider records: every holder of stage k provides
+//     StageCID(run, k), with a short provider validity, re-provided periodically;
+//   - a signed, expiring per-peer info record (PeerRecord) stored under
+//     PeerKey(run, id), checked by Validator (signature, signer = peer in the key,
+//     run, expiry, well-formed content) and selected by sequence number;
+//   - fast-changing load (throughput, queue) gossiped on a GossipSub topic per run.
+//
+// Service ties them together: it announces this peer and keeps a cached,
+// refreshed table of the live holders of every stage (Holders), from which a
+// caller can drop a holder at once after a failed call (MarkDown).
+//
+// docs/protocol.md describes the wire formats for other implementations.
+package dht
