@@ -1,0 +1,492 @@
+package averaging
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// partHeader opens a reduce stream: sender From sends its part of shard Shard to
+// the shard's reducer.
+type partHeader struct {
+	Group  string  `json:"group"`
+	Round  uint64  `json:"round"`
+	From   int     `json:"from"`
+	Shard  int     `json:"shard"`
+	Weight float64 `json:"weight"`
+	Len    int     `json:"len"`
+}
+
+// reduceRound is the local state of one round's all-reduce, found by incoming
+// reduce streams through its group id.
+type reduceRound struct {
+	id       string
+	round    uint64
+	ctx      context.Context
+	deadline time.Time
+	members  []peer.ID
+	index    int
+	n        int
+	slots    []*slot // by sender index; nil at our own index
+}
+
+// slot is one sender's part of our shard.
+type slot struct {
+	from     int
+	weight   float64
+	attached bool          // a stream claimed the slot (a.mu)
+	chunks   chan []float32 // decoded chunks in order; closed by the stream's reader when it stops
+	results  chan []byte    // encoded result chunks; closed by the reducer when it is done
+	exited   chan struct{}  // closed when the stream's handler returns
+	ctx      context.Context
+	drop     context.CancelFunc // leaves the sender out: resets its stream
+}
+
+// shardRange is shard j of a vector of n values among g members.
+func shardRange(n, g, j int) (lo, hi int) { return j * n / g, (j + 1) * n / g }
+
+func (a *Averager) getBuf() []float32 {
+	if p, ok := a.pool.Get().(*[]float32); ok {
+		return *p
+	}
+	return make([]float32, a.o.ChunkFloats)
+}
+
+func (a *Averager) putBuf(b []float32) { a.pool.Put(&b) }
+
+// allReduce runs the butterfly all-reduce of one confirmed group and applies the
+// result. Member i sends shard j of its snapshot to member j and receives shard
+// j's reduction back; it reduces shard i itself.
+func (a *Averager) allReduce(ctx context.Context, r uint64, rk [32]byte, members []peer.ID, n int) (Result, error) {
+	res := Result{Round: r, Members: members, Index: -1}
+	for i, m := range members {
+		if m == a.h.ID() {
+			res.Index = i
+		}
+	}
+	g := len(members)
+	dl, _ := ctx.Deadline()
+	rr := &reduceRound{
+		id: groupID(rk, members), round: r, ctx: ctx, deadline: dl,
+		members: members, index: res.Index, n: n, slots: make([]*slot, g),
+	}
+	for i := range members {
+		if i == res.Index {
+			continue
+		}
+		sctx, cancel := context.WithCancel(ctx)
+		rr.slots[i] = &slot{
+			from: i, chunks: make(chan []float32, 2), results: make(chan []byte, 2),
+			exited: make(chan struct{}), ctx: sctx, drop: cancel,
+		}
+	}
+	a.mu.Lock()
+	a.rounds[rr.id] = rr
+	a.broadcastLocked()
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		delete(a.rounds, rr.id)
+		a.mu.Unlock()
+		for _, sl := range rr.slots {
+			if sl != nil {
+				sl.drop()
+			}
+		}
+	}()
+
+	if a.o.OnGroup != nil {
+		a.o.OnGroup(r, members)
+	}
+	snap := make([]float32, n)
+	weight := a.src.Snapshot(snap)
+	if !(weight >= 0) || math.IsInf(weight, 0) {
+		weight = 0
+	}
+	a.mu.Lock()
+	weight += a.pending
+	a.mu.Unlock()
+	if err := checkFinite(snap); err != nil {
+		return res, fmt.Errorf("local snapshot: %w", err)
+	}
+
+	// progress[j] counts the chunks of shard j whose result is in snap as a delta.
+	progress := make([]atomic.Int64, g)
+	var wg sync.WaitGroup
+	var dropped atomic.Int64
+	for j := range members {
+		if j == res.Index {
+			continue
+		}
+		wg.Go(func() {
+			if err := a.sendShard(ctx, rr, j, snap, weight, &progress[j]); err != nil {
+				a.o.Logger.Debug("averaging shard failed", "key", a.o.Key, "round", r, "reducer", members[j].ShortString(), "err", err)
+			}
+		})
+	}
+	dropped.Add(int64(a.reduceShard(ctx, rr, snap, weight, &progress[res.Index])))
+	wg.Wait()
+
+	// Apply what arrived: every chunk's result is a complete average of the parts
+	// that reached its reducer, so a partial shard is still a valid update.
+	type span struct{ lo, hi int }
+	var spans []span
+	applied := 0
+	for j := range members {
+		lo, hi := shardRange(n, g, j)
+		end := min(hi, lo+int(progress[j].Load())*a.o.ChunkFloats)
+		if end < hi {
+			dropped.Add(1)
+		}
+		if end > lo {
+			spans = append(spans, span{lo, end})
+			applied += end - lo
+		}
+	}
+	if applied > 0 {
+		a.src.Apply(func(vec []float32) {
+			for _, s := range spans {
+				d, v := snap[s.lo:s.hi], vec[s.lo:s.hi]
+				for k := range v {
+					v[k] = float32(float64(v[k]) + float64(d[k]))
+				}
+			}
+		})
+	}
+	a.mu.Lock()
+	if applied == 0 {
+		a.pending = weight // nothing averaged: this round's samples count next time
+	} else {
+		a.pending = 0
+	}
+	a.mu.Unlock()
+	res.Averaged = float64(applied) / float64(n)
+	res.Dropped = int(dropped.Load())
+	if applied == 0 {
+		return res, errors.New("averaging: no shard averaged")
+	}
+	return res, nil
+}
+
+// sendShard sends shard j of snap to its reducer and turns each result chunk that
+// comes back into a delta in place.
+func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, snap []float32, weight float64, progress *atomic.Int64) error {
+	s, err := a.h.NewStream(ctx, rr.members[j], a.reduceProto)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	_ = s.SetDeadline(rr.deadline)
+	stop := context.AfterFunc(ctx, func() { s.Reset() })
+	defer stop()
+	lo, hi := shardRange(rr.n, len(rr.members), j)
+	hdr := partHeader{Group: rr.id, Round: rr.round, From: rr.index, Shard: j, Weight: weight, Len: rr.n}
+	if err := writeJSON(s, frameHeader, hdr); err != nil {
+		s.Reset()
+		return err
+	}
+	cf := a.o.ChunkFloats
+	var sent atomic.Int64
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		var buf []byte
+		for c, clo := 0, lo; clo < hi; c, clo = c+1, clo+cf {
+			buf = appendChunk(buf[:0], a.o.Codec, j, c, snap[clo:min(clo+cf, hi)])
+			if err := writeFrame(s, frameChunk, buf); err != nil {
+				s.Reset()
+				return
+			}
+			sent.Store(int64(c + 1))
+		}
+		_ = s.CloseWrite()
+	})
+	defer wg.Wait()
+
+	tmp := a.getBuf()
+	defer a.putBuf(tmp)
+	var rbuf []byte
+	for c, clo := 0, lo; clo < hi; c, clo = c+1, clo+cf {
+		chi := min(clo+cf, hi)
+		out := tmp[:chi-clo]
+		if rbuf, err = readChunk(s, rbuf, a.o.Codec, j, c, out); err != nil {
+			s.Reset()
+			return fmt.Errorf("result chunk %d: %w", c, err)
+		}
+		if sent.Load() <= int64(c) {
+			s.Reset()
+			return fmt.Errorf("result chunk %d before its part was sent", c)
+		}
+		d := snap[clo:chi]
+		for k, v := range out {
+			d[k] = float32(float64(v) - float64(d[k]))
+		}
+		progress.Store(int64(c + 1))
+	}
+	return nil
+}
+
+// reduceShard reduces our own shard chunk by chunk, in lockstep over the senders:
+// chunk c waits at most StallTimeout for each sender's part, then is reduced over
+// the parts that came, sent back to their senders and applied locally as a delta.
+// It returns how many senders it left out.
+func (a *Averager) reduceShard(ctx context.Context, rr *reduceRound, snap []float32, weight float64, progress *atomic.Int64) int {
+	var live []*slot
+	for _, sl := range rr.slots {
+		if sl != nil {
+			live = append(live, sl)
+		}
+	}
+	dropped := 0
+	leave := func(sl *slot) {
+		sl.drop()
+		dropped++
+	}
+	defer func() {
+		for _, sl := range rr.slots {
+			if sl != nil {
+				close(sl.results)
+			}
+		}
+		// Let handlers flush the last results before the round's end resets them.
+		// After an early stop their readers may still hold parts: take them.
+		for _, sl := range live {
+			a.mu.Lock()
+			attached := sl.attached
+			a.mu.Unlock()
+			for attached {
+				select {
+				case b, ok := <-sl.chunks:
+					if ok {
+						a.putBuf(b)
+					}
+				case <-sl.exited:
+					attached = false
+				case <-ctx.Done():
+					attached = false
+				}
+			}
+		}
+	}()
+
+	lo, hi := shardRange(rr.n, len(rr.members), rr.index)
+	cf := a.o.ChunkFloats
+	out := make([]float32, min(cf, hi-lo))
+	parts := make([][]float32, 0, len(rr.members))
+	weights := make([]float64, 0, len(rr.members))
+	bufs := make([][]float32, 0, len(rr.members))
+	for c, clo := 0, lo; clo < hi; c, clo = c+1, clo+cf {
+		chi := min(clo+cf, hi)
+		m := chi - clo
+		parts = append(parts[:0], snap[clo:chi])
+		weights = append(weights[:0], weight)
+		bufs = bufs[:0]
+		stall := time.NewTimer(a.o.StallTimeout)
+		expired := false
+		kept := live[:0]
+		for _, sl := range live {
+			var buf []float32
+			ok := false
+			if expired {
+				select {
+				case buf, ok = <-sl.chunks:
+				default:
+				}
+			} else {
+				select {
+				case buf, ok = <-sl.chunks:
+				case <-sl.ctx.Done(): // dropped elsewhere: its peer left, or its stream broke
+				case <-stall.C:
+					expired = true
+					select {
+					case buf, ok = <-sl.chunks:
+					default:
+					}
+				case <-ctx.Done():
+					stall.Stop()
+					return dropped
+				}
+			}
+			if !ok || sl.ctx.Err() != nil {
+				if ok {
+					a.putBuf(buf)
+				}
+				leave(sl)
+				continue
+			}
+			kept = append(kept, sl)
+			bufs = append(bufs, buf)
+			parts = append(parts, buf[:m])
+			weights = append(weights, sl.weight)
+		}
+		live = kept
+		stall.Stop()
+
+		o := out[:m]
+		err := a.o.Reducer(parts, weights, o)
+		if err == nil {
+			err = checkFinite(o)
+		}
+		for _, b := range bufs {
+			a.putBuf(b)
+		}
+		if err != nil {
+			a.o.Logger.Info("averaging reducer failed", "key", a.o.Key, "round", rr.round, "chunk", c, "err", err)
+			return dropped + 1
+		}
+		payload := appendChunk(nil, a.o.Codec, rr.index, c, o)
+		if a.o.Codec != FP32 {
+			// Apply exactly what the senders will decode.
+			_ = a.o.Codec.decode(payload[chunkHead:], o)
+		}
+		if len(live) > 0 {
+			stall.Reset(a.o.StallTimeout)
+			kept = live[:0]
+			for _, sl := range live {
+				select {
+				case sl.results <- payload:
+					kept = append(kept, sl)
+				case <-sl.ctx.Done():
+					dropped++
+				case <-stall.C:
+					leave(sl)
+					stall.Reset(0) // the others get no more time than this one had
+				case <-ctx.Done():
+					stall.Stop()
+					return dropped
+				}
+			}
+			live = kept
+			stall.Stop()
+		}
+		d := snap[clo:chi]
+		for k, v := range o {
+			d[k] = float32(float64(v) - float64(d[k]))
+		}
+		progress.Store(int64(c + 1))
+	}
+	return dropped
+}
+
+// handleReduce receives one sender's part of our shard: it finds the round by
+// group id (the sender may have heard the leader's confirmation first), checks
+// that the sender is who it says, then feeds the part to the reducer and returns
+// the results.
+func (a *Averager) handleReduce(s network.Stream) {
+	select {
+	case a.sem <- struct{}{}:
+		defer func() { <-a.sem }()
+	default:
+		s.Reset()
+		return
+	}
+	limit := time.Now().Add(a.o.Deadline)
+	_ = s.SetDeadline(limit)
+	var h partHeader
+	if err := readJSON(s, frameHeader, &h); err != nil {
+		s.Reset()
+		return
+	}
+	wctx, wcancel := context.WithDeadline(a.ctx, time.Now().Add(a.o.Matchmaking))
+	var rr *reduceRound
+	a.waitFor(wctx, func() bool { rr = a.rounds[h.Group]; return rr != nil })
+	wcancel()
+	reject := func(format string, args ...any) {
+		_ = writeFrame(s, frameError, fmt.Appendf(nil, format, args...))
+		s.Close()
+	}
+	if rr == nil {
+		reject("no round with group %.40q", h.Group)
+		return
+	}
+	from := s.Conn().RemotePeer()
+	switch {
+	case h.From < 0 || h.From >= len(rr.members) || h.From == rr.index || rr.members[h.From] != from:
+		reject("sender index %d does not match peer %s", h.From, from.ShortString())
+		return
+	case h.Shard != rr.index || h.Round != rr.round || h.Len != rr.n:
+		reject("part of shard %d round %d len %d, want shard %d round %d len %d", h.Shard, h.Round, h.Len, rr.index, rr.round, rr.n)
+		return
+	case !(h.Weight >= 0) || math.IsInf(h.Weight, 0):
+		reject("bad weight %v", h.Weight)
+		return
+	}
+	sl := rr.slots[h.From]
+	a.mu.Lock()
+	taken := sl.attached
+	sl.attached = true
+	sl.weight = h.Weight
+	a.mu.Unlock()
+	if taken {
+		reject("part sent twice")
+		return
+	}
+	defer s.Close()
+	defer close(sl.exited)
+	_ = s.SetDeadline(rr.deadline)
+	stop := context.AfterFunc(sl.ctx, func() { s.Reset() })
+	defer stop()
+
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case p, ok := <-sl.results:
+				if !ok {
+					_ = s.CloseWrite()
+					return
+				}
+				if err := writeFrame(s, frameChunk, p); err != nil {
+					sl.drop()
+					return
+				}
+			case <-sl.ctx.Done():
+				return
+			}
+		}
+	})
+	defer wg.Wait()
+
+	lo, hi := shardRange(rr.n, len(rr.members), rr.index)
+	cf := a.o.ChunkFloats
+	var rbuf []byte
+	defer close(sl.chunks)
+	for c, clo := 0, lo; clo < hi; c, clo = c+1, clo+cf {
+		buf := a.getBuf()
+		var err error
+		if rbuf, err = readChunk(s, rbuf, a.o.Codec, rr.index, c, buf[:min(cf, hi-clo)]); err != nil {
+			a.putBuf(buf)
+			sl.drop()
+			return
+		}
+		select {
+		case sl.chunks <- buf:
+		case <-sl.ctx.Done():
+			a.putBuf(buf)
+			return
+		}
+	}
+}
+
+// peerGone leaves a disconnected peer out of every running round at once, rather
+// than after StallTimeout: a killed member costs its shard, not the round's time.
+func (a *Averager) peerGone(p peer.ID) {
+	if a.h.Network().Connectedness(p) == network.Connected {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, rr := range a.rounds {
+		for i, m := range rr.members {
+			if m == p && rr.slots[i] != nil {
+				rr.slots[i].drop()
+			}
+		}
+	}
+}

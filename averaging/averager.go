@@ -1,0 +1,370 @@
+package averaging
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"swarmnode/config"
+)
+
+// Peers tells an Averager who holds the same stage. The node adapts its DHT view
+// to it; views of different holders may differ slightly (see assign).
+type Peers interface {
+	// Holders returns the current holders of the averaged stage; it may include or
+	// omit the local peer.
+	Holders(ctx context.Context) ([]peer.ID, error)
+}
+
+// PeerList is a fixed Peers, for tests and static swarms.
+type PeerList []peer.ID
+
+// Holders returns the list itself.
+func (l PeerList) Holders(context.Context) ([]peer.ID, error) { return l, nil }
+
+// Source is the vector being averaged, owned by the trainer. Training keeps going
+// while a round runs: the Averager copies the vector once (Snapshot) and at the
+// end adds average − snapshot to whatever the vector has become (Apply).
+type Source interface {
+	// Len is the vector's length. Holders average together only when it matches.
+	Len() int
+	// Snapshot copies the vector into dst (of length Len) and returns the weight of
+	// this contribution: the samples processed since the previous Snapshot.
+	Snapshot(dst []float32) (samples float64)
+	// Apply runs fn on the live vector under the lock that guards it.
+	Apply(fn func(vec []float32))
+}
+
+// Options configures an Averager. Zero fields take the defaults of
+// config.DefaultAveraging and the constants below.
+type Options struct {
+	// Run is the run id; it prefixes the protocol ids.
+	Run string
+	// Key names what is averaged, e.g. "stage-2": only holders with the same Key
+	// meet. Letters, digits, '-', '_' and '.'.
+	Key string
+	// Period is the time between round starts; rounds start at multiples of Period
+	// since the Unix epoch, so holders with NTP-synced clocks meet without talking.
+	Period time.Duration
+	// GroupSize is the most members of one group.
+	GroupSize int
+	// Matchmaking is how long a leader waits for its members and a member for its
+	// leader's confirmation; it also bounds the clock skew that holders tolerate.
+	Matchmaking time.Duration
+	// Deadline bounds a whole round, matchmaking included.
+	Deadline time.Duration
+	// StallTimeout is how long a reducer waits for a sender's next chunk (or a
+	// sender's reader for the reducer to take a result) before leaving it out.
+	// Default Deadline/4.
+	StallTimeout time.Duration
+	// Codec is the wire codec of parts and results.
+	Codec Codec
+	// ChunkFloats is the number of values per chunk; memory in flight is a few
+	// chunks per member, whatever the vector size. Default DefaultChunkFloats.
+	ChunkFloats int
+	// Reducer combines the parts of a chunk. Default Mean.
+	Reducer Reducer
+	// Registerer receives the Prometheus collectors; nil registers none.
+	Registerer prometheus.Registerer
+	// Logger receives round outcomes at debug level and failures at info level.
+	Logger *slog.Logger
+	// OnGroup, when set, is called once a round's group is confirmed, before any
+	// part is sent; the status page uses it to show the current group.
+	OnGroup func(round uint64, members []peer.ID)
+}
+
+// DefaultChunkFloats is the default chunk size: 256 KiB of fp32.
+const DefaultChunkFloats = 1 << 16
+
+// OptionsFromConfig maps the averaging config section to Options.
+func OptionsFromConfig(run, key string, c config.Averaging) (Options, error) {
+	codec, err := ParseCodec(c.Codec)
+	if err != nil {
+		return Options{}, err
+	}
+	return Options{
+		Run: run, Key: key, Period: c.Period, GroupSize: c.GroupSize,
+		Matchmaking: c.Matchmaking, Deadline: c.Deadline, Codec: codec,
+	}, nil
+}
+
+func (o *Options) fill() error {
+	d := config.DefaultAveraging()
+	if o.Period == 0 {
+		o.Period = d.Period
+	}
+	if o.GroupSize == 0 {
+		o.GroupSize = d.GroupSize
+	}
+	if o.Matchmaking == 0 {
+		o.Matchmaking = d.Matchmaking
+	}
+	if o.Deadline == 0 {
+		o.Deadline = d.Deadline
+	}
+	if o.StallTimeout == 0 {
+		o.StallTimeout = o.Deadline / 4
+	}
+	if o.Codec == 0 {
+		o.Codec = FP32
+	}
+	if o.ChunkFloats == 0 {
+		o.ChunkFloats = DefaultChunkFloats
+	}
+	if o.Reducer == nil {
+		o.Reducer = Mean
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case !validName(o.Run):
+		return fmt.Errorf("averaging: run %q: use letters, digits, '-', '_' or '.'", o.Run)
+	case !validName(o.Key):
+		return fmt.Errorf("averaging: key %q: use letters, digits, '-', '_' or '.'", o.Key)
+	case o.Period < 0 || o.Matchmaking < 0 || o.Deadline < 0 || o.StallTimeout < 0:
+		return errors.New("averaging: negative duration")
+	case o.GroupSize < 2 || o.GroupSize > 64:
+		return fmt.Errorf("averaging: group size %d not in [2, 64]", o.GroupSize)
+	case o.Matchmaking >= o.Deadline:
+		return fmt.Errorf("averaging: matchmaking %s must be shorter than the deadline %s", o.Matchmaking, o.Deadline)
+	case !o.Codec.valid():
+		return fmt.Errorf("averaging: codec %d", o.Codec)
+	case o.ChunkFloats < 1 || o.ChunkFloats > maxChunkFloats:
+		return fmt.Errorf("averaging: chunk of %d floats not in [1, %d]", o.ChunkFloats, maxChunkFloats)
+	}
+	return nil
+}
+
+func validName(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.'
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// ProtocolPrefix is the prefix of the averaging protocol ids of key in run.
+func ProtocolPrefix(run, key string) string { return "/swarmnode/" + run + "/avg/" + key }
+
+// Stats summarizes an Averager's rounds for the status page.
+type Stats struct {
+	// Rounds counts rounds that formed a group and ran the all-reduce.
+	Rounds uint64 `json:"rounds"`
+	// Skipped counts rounds without a group (no holder to meet, or no
+	// confirmation within the matchmaking window): training went on unaveraged.
+	Skipped uint64 `json:"skipped"`
+	// Failures counts rounds in which a member or a shard failed: some values kept
+	// their local value or left a member out.
+	Failures uint64 `json:"failures"`
+	// LastGroupSize is the size of the last group formed.
+	LastGroupSize int `json:"last_group_size"`
+	// LastRoundMS is the wall time of the last round that formed a group.
+	LastRoundMS int64 `json:"last_round_ms"`
+	// LastRound is the number of the last round attempted.
+	LastRound uint64 `json:"last_round"`
+	// LastSkip says why the last skipped round was skipped.
+	LastSkip string `json:"last_skip,omitempty"`
+}
+
+// Averager averages a Source with the other holders of its Key, round after round.
+type Averager struct {
+	h     host.Host
+	peers Peers
+	src   Source
+	o     Options
+	rk    func(round uint64) [32]byte
+	m     *metrics
+
+	joinProto, reduceProto protocol.ID
+
+	ctx    context.Context // ends with Close; bounds every handler
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	lobbies map[uint64]*lobby
+	rounds  map[string]*reduceRound
+	changed chan struct{} // closed and replaced whenever lobbies or rounds gain an entry
+	stats   Stats
+	pending float64 // weight of snapshots whose round applied nothing
+
+	sem  chan struct{} // bounds concurrent join and reduce handlers
+	pool sync.Pool     // chunk buffers (*[]float32 of ChunkFloats)
+
+	notifee *network.NotifyBundle
+}
+
+// New creates an Averager for src on h and registers its stream handlers. Close
+// removes them.
+func New(h host.Host, peers Peers, src Source, o Options) (*Averager, error) {
+	if err := o.fill(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &Averager{
+		h: h, peers: peers, src: src, o: o,
+		joinProto:   protocol.ID(ProtocolPrefix(o.Run, o.Key) + "/join/1.0.0"),
+		reduceProto: protocol.ID(ProtocolPrefix(o.Run, o.Key) + "/reduce/1.0.0"),
+		ctx:         ctx, cancel: cancel,
+		lobbies: map[uint64]*lobby{},
+		rounds:  map[string]*reduceRound{},
+		changed: make(chan struct{}),
+		sem:     make(chan struct{}, 8*o.GroupSize),
+	}
+	a.rk = func(r uint64) [32]byte { return roundKey(o.Run, o.Key, r) }
+	m, err := newMetrics(o.Registerer, o.Key)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	a.m = m
+	a.notifee = &network.NotifyBundle{
+		DisconnectedF: func(_ network.Network, c network.Conn) { go a.peerGone(c.RemotePeer()) },
+	}
+	h.Network().Notify(a.notifee)
+	h.SetStreamHandler(a.joinProto, a.handleJoin)
+	h.SetStreamHandler(a.reduceProto, a.handleReduce)
+	return a, nil
+}
+
+// Close removes the stream handlers and ends every handler still running.
+// Collectors stay registered.
+func (a *Averager) Close() error {
+	a.h.RemoveStreamHandler(a.joinProto)
+	a.h.RemoveStreamHandler(a.reduceProto)
+	a.h.Network().StopNotify(a.notifee)
+	a.cancel()
+	return nil
+}
+
+// Stats returns a copy of the round counters.
+func (a *Averager) Stats() Stats {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.stats
+}
+
+// Run starts a round at every multiple of Period until ctx ends. A round never
+// outlives its deadline, so a slow round only delays the next one to the next
+// multiple of Period.
+func (a *Averager) Run(ctx context.Context) error {
+	p := int64(a.o.Period)
+	for {
+		r := uint64(time.Now().UnixNano()/p + 1)
+		t := time.NewTimer(time.Until(time.Unix(0, int64(r)*p)))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		res, err := a.Round(ctx, r)
+		switch {
+		case errors.Is(err, ErrSkipped):
+			a.o.Logger.Debug("averaging round skipped", "key", a.o.Key, "round", r, "reason", err)
+		case err != nil:
+			a.o.Logger.Info("averaging round failed", "key", a.o.Key, "round", r, "err", err)
+		default:
+			a.o.Logger.Debug("averaging round", "key", a.o.Key, "round", r, "group", len(res.Members),
+				"took", res.Took, "dropped", res.Dropped, "averaged", res.Averaged)
+		}
+	}
+}
+
+// ErrSkipped is wrapped by Round's error when no group formed.
+var ErrSkipped = errors.New("averaging: round skipped")
+
+// Result describes one round that formed a group.
+type Result struct {
+	// Round is the round number.
+	Round uint64
+	// Members is the group, in shard order: member i reduced shard i.
+	Members []peer.ID
+	// Index is the local member's position in Members.
+	Index int
+	// Averaged is the fraction of the vector that received an average.
+	Averaged float64
+	// Dropped counts parts and results that did not arrive: senders left out of a
+	// shard plus shards whose result did not come back.
+	Dropped int
+	// Took is the round's wall time, matchmaking included.
+	Took time.Duration
+}
+
+// Round runs round r now: matchmaking, then the all-reduce, then Apply. It returns
+// by Deadline whatever its peers do. Every holder must call it with the same r at
+// about the same time (Run does so from the clock); tests call it directly.
+func (a *Averager) Round(ctx context.Context, r uint64) (Result, error) {
+	start := time.Now()
+	ctx, cancel := context.WithDeadline(ctx, start.Add(a.o.Deadline))
+	defer cancel()
+	res, err := a.round(ctx, r, start)
+	res.Took = time.Since(start)
+	a.record(r, res, err)
+	return res, err
+}
+
+func (a *Averager) record(r uint64, res Result, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.stats.LastRound = r
+	if errors.Is(err, ErrSkipped) {
+		a.stats.Skipped++
+		a.stats.LastSkip = err.Error()
+		a.m.skipped.Inc()
+		return
+	}
+	a.stats.Rounds++
+	a.stats.LastGroupSize = len(res.Members)
+	a.stats.LastRoundMS = res.Took.Milliseconds()
+	a.m.rounds.Inc()
+	a.m.groupSize.Set(float64(len(res.Members)))
+	a.m.roundSeconds.Observe(res.Took.Seconds())
+	a.m.averaged.Set(res.Averaged)
+	if err != nil || res.Dropped > 0 {
+		a.stats.Failures++
+		a.m.failures.Inc()
+	}
+}
+
+func (a *Averager) round(ctx context.Context, r uint64, start time.Time) (Result, error) {
+	n := a.src.Len()
+	if n < 1 {
+		return Result{}, fmt.Errorf("%w: empty vector", ErrSkipped)
+	}
+	mctx, mcancel := context.WithDeadline(ctx, start.Add(a.o.Matchmaking))
+	holders, err := a.peers.Holders(mctx)
+	mcancel()
+	if err != nil {
+		return Result{}, fmt.Errorf("%w: holders: %v", ErrSkipped, err)
+	}
+	rk := a.rk(r)
+	view := assign(rk, holders, a.h.ID(), a.o.GroupSize)
+	if len(view) < 2 {
+		return Result{}, fmt.Errorf("%w: no other holder", ErrSkipped)
+	}
+	var members []peer.ID
+	if view[0] == a.h.ID() {
+		members, err = a.lead(ctx, r, start.Add(a.o.Matchmaking), holders, view, n)
+	} else {
+		members, err = a.join(ctx, r, start.Add(a.o.Matchmaking), view[0], n)
+	}
+	if err != nil {
+		return Result{}, fmt.Errorf("%w: %v", ErrSkipped, err)
+	}
+	return a.allReduce(ctx, r, rk, members, n)
+}

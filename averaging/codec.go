@@ -1,0 +1,170 @@
+package averaging
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+)
+
+// Codec is the wire encoding of averaged values.
+type Codec uint8
+
+// The wire codecs. Their numbers travel in every chunk frame, so they never change.
+const (
+	// FP32 sends values unchanged: the average is exact up to float32 rounding.
+	FP32 Codec = 1
+	// BF16 keeps the top 16 bits of each float32, rounded to nearest even.
+	BF16 Codec = 2
+	// Int8 sends one signed byte per value plus one float32 absmax scale per
+	// block of Int8Block values.
+	Int8 Codec = 3
+)
+
+// Int8Block is the number of values sharing one int8 scale.
+const Int8Block = 64
+
+// ParseCodec maps a config name (fp32, bf16, int8) to its Codec.
+func ParseCodec(name string) (Codec, error) {
+	switch name {
+	case "fp32":
+		return FP32, nil
+	case "bf16":
+		return BF16, nil
+	case "int8":
+		return Int8, nil
+	}
+	return 0, fmt.Errorf("averaging: unknown codec %q (want fp32, bf16 or int8)", name)
+}
+
+// String returns the config name of c.
+func (c Codec) String() string {
+	switch c {
+	case FP32:
+		return "fp32"
+	case BF16:
+		return "bf16"
+	case Int8:
+		return "int8"
+	}
+	return fmt.Sprintf("codec(%d)", uint8(c))
+}
+
+func (c Codec) valid() bool { return c == FP32 || c == BF16 || c == Int8 }
+
+// encodedLen is the payload size of n values in codec c.
+func (c Codec) encodedLen(n int) int {
+	switch c {
+	case FP32:
+		return 4 * n
+	case BF16:
+		return 2 * n
+	case Int8:
+		return n + 4*((n+Int8Block-1)/Int8Block)
+	}
+	return 0
+}
+
+// encode appends the encoding of vals to dst. vals must be finite.
+func (c Codec) encode(dst []byte, vals []float32) []byte {
+	off := len(dst)
+	dst = append(dst, make([]byte, c.encodedLen(len(vals)))...)
+	b := dst[off:]
+	switch c {
+	case FP32:
+		for i, v := range vals {
+			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
+		}
+	case BF16:
+		for i, v := range vals {
+			binary.LittleEndian.PutUint16(b[2*i:], toBF16(v))
+		}
+	case Int8:
+		nb := (len(vals) + Int8Block - 1) / Int8Block
+		q := b[4*nb:]
+		for k := 0; k < nb; k++ {
+			blk := vals[k*Int8Block : min((k+1)*Int8Block, len(vals))]
+			var amax float32
+			for _, v := range blk {
+				amax = max(amax, float32(math.Abs(float64(v))))
+			}
+			scale := amax / 127
+			binary.LittleEndian.PutUint32(b[4*k:], math.Float32bits(scale))
+			inv := float32(0)
+			if scale > 0 {
+				inv = 1 / scale
+			}
+			for i, v := range blk {
+				r := math.RoundToEven(float64(v * inv))
+				q[k*Int8Block+i] = byte(int8(max(-127, min(127, r))))
+			}
+		}
+	}
+	return dst
+}
+
+// decode fills out from payload, which must hold exactly len(out) values in codec
+// c. It rejects NaN, Inf and, for int8, negative scales: a peer cannot poison an
+// average with them.
+func (c Codec) decode(payload []byte, out []float32) error {
+	if len(payload) != c.encodedLen(len(out)) {
+		return fmt.Errorf("%s payload of %d bytes for %d values, want %d", c, len(payload), len(out), c.encodedLen(len(out)))
+	}
+	switch c {
+	case FP32:
+		for i := range out {
+			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(payload[4*i:]))
+		}
+	case BF16:
+		for i := range out {
+			out[i] = math.Float32frombits(uint32(binary.LittleEndian.Uint16(payload[2*i:])) << 16)
+		}
+	case Int8:
+		nb := (len(out) + Int8Block - 1) / Int8Block
+		q := payload[4*nb:]
+		for k := 0; k < nb; k++ {
+			scale := math.Float32frombits(binary.LittleEndian.Uint32(payload[4*k:]))
+			if !(scale >= 0) || math.IsInf(float64(scale), 0) {
+				return fmt.Errorf("int8 block %d: bad scale %v", k, scale)
+			}
+			for i := k * Int8Block; i < min((k+1)*Int8Block, len(out)); i++ {
+				out[i] = float32(int8(q[i])) * scale
+			}
+		}
+		return nil
+	default:
+		return fmt.Errorf("unknown codec %d", uint8(c))
+	}
+	return checkFinite(out)
+}
+
+// roundTrip replaces vals by what a peer decodes from their encoding, so that a
+// reducer applies the very values it sends.
+func (c Codec) roundTrip(vals []float32) {
+	switch c {
+	case BF16:
+		for i, v := range vals {
+			vals[i] = math.Float32frombits(uint32(toBF16(v)) << 16)
+		}
+	case Int8:
+		buf := c.encode(nil, vals)
+		_ = c.decode(buf, vals) // our own encoding of finite values always decodes
+	}
+}
+
+func checkFinite(vals []float32) error {
+	for i, v := range vals {
+		if f := float64(v); math.IsNaN(f) || math.IsInf(f, 0) {
+			return fmt.Errorf("value %d is %v", i, v)
+		}
+	}
+	return nil
+}
+
+// toBF16 rounds v to bfloat16, nearest even; v is finite so the carry into the
+// exponent at most reaches the largest finite bf16 or infinity, which only happens
+// for values beyond bf16's range.
+func toBF16(v float32) uint16 {
+	b := math.Float32bits(v)
+	b += 0x7fff + (b>>16)&1
+	return uint16(b >> 16)
+}

@@ -1,0 +1,172 @@
+package averaging
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Frame types. Every message on every averaging stream is one frame:
+// a little-endian uint32 length n, then n bytes: one type byte and the payload.
+const (
+	frameJoin     byte = 1 // member → leader: joinMsg (JSON)
+	frameGroup    byte = 2 // leader → member: groupMsg (JSON)
+	frameHeader   byte = 3 // sender → reducer: partHeader (JSON)
+	frameChunk    byte = 4 // both ways on a reduce stream: one chunk (binary)
+	frameError    byte = 5 // any direction: a UTF-8 reason, then the stream ends
+	frameStateReq byte = 6 // fetcher → holder: stateReq (JSON)
+	frameManifest byte = 7 // holder → fetcher: manifest (JSON)
+	frameShard    byte = 8 // holder → fetcher: raw little-endian float32 of one slice of a shard
+)
+
+const (
+	// maxControl bounds JSON control frames; the largest is a manifest.
+	maxControl = 1 << 20
+	// maxChunkFloats bounds the values in one chunk frame, whatever a peer claims.
+	maxChunkFloats = 1 << 22
+	// maxFrame bounds any frame a peer may send us.
+	maxFrame = 13 + 4*maxChunkFloats
+	chunkHead = 13 // codec u8, shard u32, chunk u32, count u32
+)
+
+// errRemote is wrapped by errors a peer reported in an error frame.
+var errRemote = errors.New("peer reported")
+
+// writeFrame writes one frame. Callers set deadlines on the stream.
+func writeFrame(w io.Writer, typ byte, payload []byte) error {
+	var h [5]byte
+	binary.LittleEndian.PutUint32(h[:], uint32(1+len(payload)))
+	h[4] = typ
+	if _, err := w.Write(h[:]); err != nil {
+		return err
+	}
+	_, err := w.Write(payload)
+	return err
+}
+
+// writeJSON writes v as a JSON frame of type typ.
+func writeJSON(w io.Writer, typ byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return writeFrame(w, typ, b)
+}
+
+// readFrame reads one frame of at most limit bytes into buf (grown as needed) and
+// returns its type and payload, which aliases buf.
+func readFrame(r io.Reader, buf []byte, limit int) (byte, []byte, []byte, error) {
+	var h [4]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		return 0, nil, buf, err
+	}
+	n := int(binary.LittleEndian.Uint32(h[:]))
+	if n < 1 || n > limit {
+		return 0, nil, buf, fmt.Errorf("frame of %d bytes (limit %d)", n, limit)
+	}
+	if cap(buf) < n {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return 0, nil, buf, fmt.Errorf("frame body: %w", err)
+	}
+	return buf[0], buf[1:], buf, nil
+}
+
+// readJSON reads one frame that must be of type want and decodes it into v. An
+// error frame becomes an error wrapping errRemote.
+func readJSON(r io.Reader, want byte, v any) error {
+	typ, payload, _, err := readFrame(r, nil, maxControl)
+	if err != nil {
+		return err
+	}
+	return decodeJSON(typ, payload, want, v)
+}
+
+func decodeJSON(typ byte, payload []byte, want byte, v any) error {
+	if typ == frameError {
+		return fmt.Errorf("%w: %.200q", errRemote, payload)
+	}
+	if typ != want {
+		return fmt.Errorf("frame type %d, want %d", typ, want)
+	}
+	if err := json.Unmarshal(payload, v); err != nil {
+		return fmt.Errorf("frame type %d: %w", typ, err)
+	}
+	return nil
+}
+
+// chunk is the decoded header of a chunk frame.
+type chunk struct {
+	codec Codec
+	shard int
+	index int
+	count int
+	data  []byte // encoded values, aliases the frame
+}
+
+// appendChunk appends a chunk frame's payload (without the frame header).
+func appendChunk(dst []byte, c Codec, shard, index int, vals []float32) []byte {
+	var h [chunkHead]byte
+	h[0] = byte(c)
+	binary.LittleEndian.PutUint32(h[1:], uint32(shard))
+	binary.LittleEndian.PutUint32(h[5:], uint32(index))
+	binary.LittleEndian.PutUint32(h[9:], uint32(len(vals)))
+	dst = append(dst, h[:]...)
+	return c.encode(dst, vals)
+}
+
+// parseChunk checks a chunk payload's header and size; values are decoded later
+// into the receiver's buffer.
+func parseChunk(payload []byte) (chunk, error) {
+	if len(payload) < chunkHead {
+		return chunk{}, fmt.Errorf("chunk frame of %d bytes", len(payload))
+	}
+	c := chunk{
+		codec: Codec(payload[0]),
+		shard: int(binary.LittleEndian.Uint32(payload[1:])),
+		index: int(binary.LittleEndian.Uint32(payload[5:])),
+		count: int(binary.LittleEndian.Uint32(payload[9:])),
+		data:  payload[chunkHead:],
+	}
+	if !c.codec.valid() {
+		return chunk{}, fmt.Errorf("chunk: unknown codec %d", payload[0])
+	}
+	if c.count < 1 || c.count > maxChunkFloats {
+		return chunk{}, fmt.Errorf("chunk: %d values", c.count)
+	}
+	if want := c.codec.encodedLen(c.count); len(c.data) != want {
+		return chunk{}, fmt.Errorf("chunk: %d bytes for %d %s values, want %d", len(c.data), c.count, c.codec, want)
+	}
+	return c, nil
+}
+
+// readChunk reads the next frame, which must be the chunk (shard, index) of count
+// values in codec, and decodes it into out (len count).
+func readChunk(r io.Reader, buf []byte, codec Codec, shard, index int, out []float32) ([]byte, error) {
+	typ, payload, buf, err := readFrame(r, buf, maxFrame)
+	if err != nil {
+		return buf, err
+	}
+	if typ == frameError {
+		return buf, fmt.Errorf("%w: %.200q", errRemote, payload)
+	}
+	if typ != frameChunk {
+		return buf, fmt.Errorf("frame type %d, want chunk", typ)
+	}
+	c, err := parseChunk(payload)
+	if err != nil {
+		return buf, err
+	}
+	if c.codec != codec || c.shard != shard || c.index != index || c.count != len(out) {
+		return buf, fmt.Errorf("chunk %s shard %d #%d of %d values, want %s shard %d #%d of %d",
+			c.codec, c.shard, c.index, c.count, codec, shard, index, len(out))
+	}
+	if err := codec.decode(c.data, out); err != nil {
+		return buf, fmt.Errorf("chunk %d of shard %d: %w", index, shard, err)
+	}
+	return buf, nil
+}
