@@ -188,7 +188,11 @@ func TestBadFrames(t *testing.T) {
 		{"header checksum", edit(func(b []byte) []byte { b[16] ^= 1; return b }), 0, ErrChecksum},
 		{"oversize", good, HeaderSize + 16, ErrOversize},
 		{"oversize length", edit(func(b []byte) []byte { binary.LittleEndian.PutUint32(b[40:], 1<<30); return b }), 0, ErrOversize},
-		{"huge shape", edit(func(b []byte) []byte { binary.LittleEndian.PutUint32(b[24:], 1<<20); binary.LittleEndian.PutUint32(b[28:], 1<<20); return resum(b) }), 0, ErrOversize},
+		{"huge shape", edit(func(b []byte) []byte {
+			binary.LittleEndian.PutUint32(b[24:], 1<<20)
+			binary.LittleEndian.PutUint32(b[28:], 1<<20)
+			return resum(b)
+		}), 0, ErrOversize},
 		{"shape vs length", edit(func(b []byte) []byte { binary.LittleEndian.PutUint32(b[32:], 5); return resum(b) }), 0, ErrShape},
 		{"wrong shape for stage", edit(func(b []byte) []byte {
 			binary.LittleEndian.PutUint32(b[28:], 4)
