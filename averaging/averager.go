@@ -188,7 +188,7 @@ type Averager struct {
 	src   Source
 	o     Options
 	rk    func(round uint64) [32]byte
-	m     *metrics
+	m     *avgMetrics
 
 	joinProto, reduceProto protocol.ID
 

@@ -2,16 +2,16 @@ package averaging
 
 import "github.com/prometheus/client_golang/prometheus"
 
-// metrics are the Prometheus collectors of one Averager, labelled with its key.
-type metrics struct {
+// avgMetrics are the Prometheus collectors of one Averager, labelled with its key.
+type avgMetrics struct {
 	rounds, skipped, failures prometheus.Counter
 	groupSize, averaged       prometheus.Gauge
 	roundSeconds              prometheus.Histogram
 }
 
-func newMetrics(reg prometheus.Registerer, key string) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, key string) (*avgMetrics, error) {
 	l := prometheus.Labels{"key": key}
-	m := &metrics{
+	m := &avgMetrics{
 		rounds: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "swarmnode", Subsystem: "averaging", Name: "rounds_total", ConstLabels: l,
 			Help: "Averaging rounds that formed a group.",
