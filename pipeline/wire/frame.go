@@ -12,7 +12,7 @@
 //	  6    1 codec (codec.Kind in the low 7 bits; 0x80: payload is zstd-compressed)
 //	  7    1 dtype (1 float32, 2 int32)
 //	  8    2 stage: the stage that receives a forward frame or sends a backward one
-//	 10    2 reserved, zero
+//	 10    2 budget: how long the sender waits for the answer, in 10 ms units (0: unsaid)
 //	 12    4 int8 block size
 //	 16    8 microbatch id
 //	 24   12 shape B, T, D (uint32 each; D is 1 for token ids and targets)
@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"math"
+	"time"
 
 	"swarmnode/pipeline/codec"
 )
@@ -117,6 +118,10 @@ type Header struct {
 	ID      uint64
 	B, T, D int
 	Loss    float32
+	// Budget is how long the sender of a request waits for its answer, so that the
+	// receiver can give up on its own downstream in time to answer; 0 means unsaid.
+	// It travels in 10 ms units, at most MaxBudget.
+	Budget time.Duration
 	// PayloadLen is the payload's length on the wire (after zstd).
 	PayloadLen int
 }
@@ -157,7 +162,7 @@ func MarshalHeader(b []byte, h *Header, payload []byte) {
 	b[6] = c
 	b[7] = byte(h.DType)
 	binary.LittleEndian.PutUint16(b[8:], uint16(h.Stage))
-	binary.LittleEndian.PutUint16(b[10:], 0)
+	binary.LittleEndian.PutUint16(b[10:], uint16(min(MaxBudget, max(0, h.Budget+BudgetUnit-1))/BudgetUnit))
 	binary.LittleEndian.PutUint32(b[12:], uint32(h.Block))
 	binary.LittleEndian.PutUint64(b[16:], h.ID)
 	binary.LittleEndian.PutUint32(b[24:], uint32(h.B))
@@ -168,6 +173,12 @@ func MarshalHeader(b []byte, h *Header, payload []byte) {
 	sum := crc32.Update(crc32.Checksum(b[:44], castagnoli), castagnoli, payload)
 	binary.LittleEndian.PutUint32(b[44:], sum)
 }
+
+// BudgetUnit is the resolution of Header.Budget on the wire.
+const BudgetUnit = 10 * time.Millisecond
+
+// MaxBudget is the largest budget a header can carry.
+const MaxBudget = math.MaxUint16 * BudgetUnit
 
 // maxDim bounds each shape dimension so that products stay far from overflow.
 const maxDim = 1 << 24
@@ -191,6 +202,7 @@ func UnmarshalHeader(b []byte, maxPayload int) (Header, error) {
 	h.Zstd = b[6]&zstdBit != 0
 	h.DType = DType(b[7])
 	h.Stage = int(binary.LittleEndian.Uint16(b[8:]))
+	h.Budget = time.Duration(binary.LittleEndian.Uint16(b[10:])) * BudgetUnit
 	h.Block = int(binary.LittleEndian.Uint32(b[12:]))
 	h.ID = binary.LittleEndian.Uint64(b[16:])
 	b0, t0, d0 := binary.LittleEndian.Uint32(b[24:]), binary.LittleEndian.Uint32(b[28:]), binary.LittleEndian.Uint32(b[32:])
@@ -200,8 +212,8 @@ func UnmarshalHeader(b []byte, maxPayload int) (Header, error) {
 		return h, fmt.Errorf("%w: payload of %d bytes exceeds the cap of %d", ErrOversize, pl, maxPayload)
 	}
 	h.PayloadLen = int(pl)
-	if h.Flags&^FlagEval != 0 || binary.LittleEndian.Uint16(b[10:]) != 0 {
-		return h, fmt.Errorf("%w: unknown flags %#x or reserved bits set", ErrHeader, h.Flags)
+	if h.Flags&^FlagEval != 0 {
+		return h, fmt.Errorf("%w: unknown flags %#x", ErrHeader, h.Flags)
 	}
 	if b0 > maxDim || t0 > maxDim || d0 > maxDim {
 		return h, fmt.Errorf("%w: dimension over %d in %dx%dx%d", ErrShape, maxDim, b0, t0, d0)

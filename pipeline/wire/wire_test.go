@@ -45,7 +45,7 @@ func TestRoundTrip(t *testing.T) {
 		if err := c.WriteInts(Header{Kind: Tokens, ID: 42, Stage: 0, B: 2, T: 5, D: 1}, toks, never); err != nil {
 			t.Fatal(err)
 		}
-		h := Header{Kind: Activations, Flags: FlagEval, ID: 42, Stage: 3, B: 2, T: 5, D: 16}
+		h := Header{Kind: Activations, Flags: FlagEval, ID: 42, Stage: 3, B: 2, T: 5, D: 16, Budget: 1234 * time.Millisecond}
 		if err := c.WriteFloats(h, x, enc, never); err != nil {
 			t.Fatal(err)
 		}
@@ -71,7 +71,7 @@ func TestRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if f.ID != 42 || f.Stage != 3 || !f.Eval() || f.Codec != enc.Codec {
+		if f.ID != 42 || f.Stage != 3 || !f.Eval() || f.Codec != enc.Codec || f.Budget != 1240*time.Millisecond {
 			t.Fatalf("header %+v", f.Header)
 		}
 		if err := f.Expect(Activations, 0, 0, 16, 8); err != nil {
