@@ -1,0 +1,242 @@
+package dht
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+)
+
+type tnode struct {
+	h  host.Host
+	ps *pubsub.PubSub
+	s  *Service
+}
+
+// testOpts are short periods so the tests run in seconds.
+func testOpts(stages int) Options {
+	return Options{
+		Run: "test", NumStages: stages, RecordTTL: 3 * time.Second,
+		GossipEvery: 150 * time.Millisecond, RefreshEvery: 300 * time.Millisecond,
+		DownBackoff: 500 * time.Millisecond, OpTimeout: 2 * time.Second,
+	}
+}
+
+func newTestHost(t testing.TB) host.Host {
+	t.Helper()
+	h, err := libp2p.New(
+		libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
+		libp2p.NoTransports, libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.DisableRelay(), libp2p.DisableMetrics(),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func startNode(t testing.TB, ctx context.Context, opts Options, self Self, boot []peer.AddrInfo) *tnode {
+	t.Helper()
+	h := newTestHost(t)
+	ps, err := NewPubSub(ctx, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Bootstrap = boot
+	s, err := New(ctx, h, ps, self, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &tnode{h: h, ps: ps, s: s}
+	t.Cleanup(func() { n.s.Close(); n.h.Close() })
+	return n
+}
+
+func addrInfo(h host.Host) peer.AddrInfo { return peer.AddrInfo{ID: h.ID(), Addrs: h.Addrs()} }
+
+// startSwarm starts n nodes; node i serves stage stageOf(i); all join via node 0.
+func startSwarm(t testing.TB, ctx context.Context, n int, opts Options, stageOf func(int) int) []*tnode {
+	nodes := []*tnode{startNode(t, ctx, opts, Self{Stage: stageOf(0), Role: RoleServer}, nil)}
+	boot := []peer.AddrInfo{addrInfo(nodes[0].h)}
+	for i := 1; i < n; i++ {
+		nodes = append(nodes, startNode(t, ctx, opts, Self{Stage: stageOf(i), Role: RoleServer, Throughput: float64(100 * i)}, boot))
+	}
+	return nodes
+}
+
+// sees reports whether n lists every node of want under its stage.
+func sees(n *tnode, want []*tnode) error {
+	all := n.s.AllHolders()
+	for _, w := range want {
+		st := w.s.Self().Stage
+		found := false
+		for _, h := range all[st] {
+			if h.Peer == w.h.ID() {
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("%s does not list %s under stage %d", n.h.ID().ShortString(), w.h.ID().ShortString(), st)
+		}
+	}
+	return nil
+}
+
+func waitFor(t testing.TB, within time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %v", within, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestEightHostsSeeEachOther is the acceptance check: 8 hosts on
+// loopback each list every other's stage within 2 s of the swarm being up.
+func TestEightHostsSeeEachOther(t *testing.T) {
+	ctx := t.Context()
+	nodes := startSwarm(t, ctx, 8, testOpts(3), func(i int) int { return i % 3 })
+	waitFor(t, 2*time.Second, func() error {
+		for _, n := range nodes {
+			if err := sees(n, nodes); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	// Load travels too: node 5 reported throughput 500.
+	for _, h := range nodes[1].s.Holders(nodes[5].s.Self().Stage) {
+		if h.Peer == nodes[5].h.ID() && h.Throughput != 500 {
+			t.Fatalf("throughput of node 5 seen as %v, want 500", h.Throughput)
+		}
+	}
+}
+
+// TestLookupThroughDHT checks the DHT path alone: Lookup bypasses the gossip-fed
+// cache, so a client-mode node must find every holder of a stage through the
+// provider records and fetch each one's signed record.
+func TestLookupThroughDHT(t *testing.T) {
+	ctx := t.Context()
+	nodes := startSwarm(t, ctx, 6, testOpts(2), func(i int) int { return i % 2 })
+	copts := testOpts(2)
+	copts.Client = true
+	c := startNode(t, ctx, copts, Self{Stage: -1, Role: RoleTrainer}, []peer.AddrInfo{addrInfo(nodes[0].h)})
+	want := map[peer.ID]bool{}
+	for _, n := range nodes {
+		if n.s.Self().Stage == 1 {
+			want[n.h.ID()] = true
+		}
+	}
+	waitFor(t, 5*time.Second, func() error {
+		hs, err := c.s.Lookup(ctx, 1)
+		if err != nil {
+			return err
+		}
+		got := 0
+		for _, h := range hs {
+			if !want[h.Peer] || h.Stage != 1 || len(h.Addrs) == 0 {
+				return fmt.Errorf("unexpected holder %+v", h)
+			}
+			got++
+		}
+		if got != len(want) {
+			return fmt.Errorf("lookup found %d of %d holders", got, len(want))
+		}
+		return nil
+	})
+}
+
+// TestStoppedNodeDisappears: a node that dies without a word drops out of
+// every other node's holders within the record TTL; one that shuts down
+// cleanly drops out at once.
+func TestStoppedNodeDisappears(t *testing.T) {
+	ctx := t.Context()
+	opts := testOpts(2)
+	nodes := startSwarm(t, ctx, 4, opts, func(i int) int { return i % 2 })
+	waitFor(t, 3*time.Second, func() error {
+		for _, n := range nodes {
+			if err := sees(n, nodes); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	gone := func(dead *tnode, stage int) func() error {
+		return func() error {
+			for _, n := range nodes {
+				if n == dead {
+					continue
+				}
+				for _, h := range n.s.Holders(stage) {
+					if h.Peer == dead.h.ID() {
+						return fmt.Errorf("%s still lists %s", n.h.ID().ShortString(), h.Peer.ShortString())
+					}
+				}
+			}
+			return nil
+		}
+	}
+	// Crash: close the host first, so no leave message gets out.
+	crashed := nodes[3]
+	crashed.h.Close()
+	crashed.s.Close()
+	waitFor(t, opts.RecordTTL+200*time.Millisecond, gone(crashed, 1))
+
+	// Clean shutdown: the leave message removes it well before the TTL.
+	left := nodes[2]
+	left.s.Close()
+	waitFor(t, opts.RecordTTL/2, gone(left, 0))
+}
+
+func TestMarkDownAndReturn(t *testing.T) {
+	ctx := t.Context()
+	opts := testOpts(1)
+	nodes := startSwarm(t, ctx, 3, opts, func(int) int { return 0 })
+	waitFor(t, 3*time.Second, func() error { return sees(nodes[0], nodes) })
+	victim := nodes[1].h.ID()
+	nodes[0].s.MarkDown(victim)
+	for _, h := range nodes[0].s.Holders(0) {
+		if h.Peer == victim {
+			t.Fatal("MarkDown did not drop the holder at once")
+		}
+	}
+	// It keeps gossiping, so it comes back after the backoff.
+	waitFor(t, opts.DownBackoff+2*time.Second, func() error { return sees(nodes[0], nodes) })
+}
+
+// TestStageChangeAnnounced: SetSelf moves a peer to another stage everywhere.
+func TestStageChangeAnnounced(t *testing.T) {
+	ctx := t.Context()
+	nodes := startSwarm(t, ctx, 3, testOpts(2), func(int) int { return 0 })
+	waitFor(t, 3*time.Second, func() error { return sees(nodes[0], nodes) })
+	if err := nodes[2].s.SetSelf(Self{Stage: 1, Role: RoleBoth}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Second, func() error {
+		hs := nodes[0].s.Holders(1)
+		if len(hs) != 1 || hs[0].Peer != nodes[2].h.ID() || hs[0].Role != RoleBoth {
+			return fmt.Errorf("holders of stage 1: %+v", hs)
+		}
+		for _, h := range nodes[0].s.Holders(0) {
+			if h.Peer == nodes[2].h.ID() {
+				return fmt.Errorf("still listed under stage 0")
+			}
+		}
+		return nil
+	})
+	if err := nodes[2].s.SetSelf(Self{Stage: 1, Role: "king"}); err == nil {
+		t.Fatal("SetSelf accepted a bad role")
+	}
+}
