@@ -22,11 +22,11 @@ func attentionForward(out, att, qkv []float32, B, T, C, NH int) {
 			k := qkv[base+C+h*hs:]
 			v := qkv[base+2*C+h*hs:]
 			p := att[bh*T*T : (bh+1)*T*T]
-			blas.Sgemm(false, true, T, T, hs, scale, q, C3, k, C3, 0, p, T)
+			blas.SgemmSeq(false, true, T, T, hs, scale, q, C3, k, C3, 0, p, T)
 			for t := 0; t < T; t++ {
 				softmaxCausalRow(p[t*T:t*T+T], t)
 			}
-			blas.Sgemm(false, false, T, hs, T, 1, p, T, v, C3, 0, out[b*T*C+h*hs:], C)
+			blas.SgemmSeq(false, false, T, hs, T, 1, p, T, v, C3, 0, out[b*T*C+h*hs:], C)
 		}
 	})
 }
@@ -73,8 +73,8 @@ func attentionBackward(dqkv, dout, qkv, att, scratch []float32, B, T, C, NH int)
 			do := dout[b*T*C+h*hs:]
 			p := att[bh*T*T : (bh+1)*T*T]
 			// dV = Pᵀ·dO; dP = dO·Vᵀ.
-			blas.Sgemm(true, false, T, hs, T, 1, p, T, do, C, 0, dv, C3)
-			blas.Sgemm(false, true, T, T, hs, 1, do, C, v, C3, 0, ds, T)
+			blas.SgemmSeq(true, false, T, hs, T, 1, p, T, do, C, 0, dv, C3)
+			blas.SgemmSeq(false, true, T, T, hs, 1, do, C, v, C3, 0, ds, T)
 			// dS = P ⊙ (dP − rowsum(dP ⊙ P)), only on and below the diagonal.
 			for t := 0; t < T; t++ {
 				pr := p[t*T : t*T+t+1]
@@ -89,8 +89,8 @@ func attentionBackward(dqkv, dout, qkv, att, scratch []float32, B, T, C, NH int)
 				clear(dr[t+1:])
 			}
 			// dQ = scale·dS·K; dK = scale·dSᵀ·Q.
-			blas.Sgemm(false, false, T, hs, T, scale, ds, T, k, C3, 0, dq, C3)
-			blas.Sgemm(true, false, T, hs, T, scale, ds, T, q, C3, 0, dk, C3)
+			blas.SgemmSeq(false, false, T, hs, T, scale, ds, T, k, C3, 0, dq, C3)
+			blas.SgemmSeq(true, false, T, hs, T, scale, ds, T, q, C3, 0, dk, C3)
 		}
 	})
 }
@@ -99,6 +99,3 @@ func attentionBackward(dqkv, dout, qkv, att, scratch []float32, B, T, C, NH int)
 func attnScratchLen(B, T, NH int) int {
 	return min(workers(), B*NH) * T * T
 }
-
-// exp32 is exp in float32.
-func exp32(x float32) float32 { return float32(math.Exp(float64(x))) }

@@ -1,7 +1,5 @@
 package stages
 
-import "math"
-
 // geluScale is sqrt(2/pi), the constant of GPT-2's tanh approximation.
 const geluScale = 0.7978845608028654
 
@@ -28,16 +26,4 @@ func geluBackward(dinp, inp, dout []float32) {
 			di[i] = d * g[i]
 		}
 	})
-}
-
-// tanh32 is tanh in float32 via one exponential.
-func tanh32(u float32) float32 {
-	if u > 10 {
-		return 1
-	}
-	if u < -10 {
-		return -1
-	}
-	e := float32(math.Exp(float64(2 * u)))
-	return (e - 1) / (e + 1)
 }

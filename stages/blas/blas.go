@@ -13,6 +13,7 @@ package blas
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -27,6 +28,9 @@ const EnvVar = "SWARMNODE_BLAS"
 // Backend is one implementation of the products this package offers.
 type backend interface {
 	name() string
+	// splits reports whether Sgemm should split large products across goroutines
+	// (gonum does so itself).
+	splits() bool
 	sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int)
 }
 
@@ -95,12 +99,112 @@ func Err() error {
 // Sgemm computes C = alpha*op(A)*op(B) + beta*C for row-major matrices, where
 // op(X) is X or its transpose, op(A) is m×k, op(B) is k×n and C is m×n.
 // lda, ldb and ldc are the row strides of A, B and C as stored.
+//
+// Large products are split into blocks of rows (or columns) of C computed by
+// Threads() goroutines at once, each with a single-threaded library call. OpenBLAS's
+// own thread pool is not used: its idle workers spin and yield for a while after
+// every product, stealing the cores from the Go code that runs between products.
 func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	if m == 0 || n == 0 {
 		return
 	}
 	checkDims(transA, transB, m, n, k, len(a), lda, len(b), ldb, len(c), ldc)
+	be := current()
+	w := Threads()
+	if !be.splits() || w <= 1 || m*n*k < splitFlops {
+		be.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+		return
+	}
+	split(be, w, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+}
+
+// SgemmSeq is Sgemm on the calling goroutine only, for callers that already run
+// one product per core (attention over batch and heads). With gonum, which
+// parallelizes inside, it is the same as Sgemm.
+func SgemmSeq(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
+	if m == 0 || n == 0 {
+		return
+	}
+	checkDims(transA, transB, m, n, k, len(a), lda, len(b), ldb, len(c), ldc)
 	current().sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+}
+
+// splitFlops is the size m·n·k under which a product runs on one goroutine.
+const splitFlops = 1 << 21
+
+// minBlock is the smallest block of rows or columns one goroutine gets.
+const minBlock = 32
+
+var threads atomic.Int32
+
+// SetThreads sets how many goroutines split one large product (n <= 0 restores
+// the default, GOMAXPROCS).
+func SetThreads(n int) {
+	if n < 0 {
+		n = 0
+	}
+	threads.Store(int32(n))
+}
+
+// Threads reports how many goroutines split one large product.
+func Threads() int {
+	if n := threads.Load(); n > 0 {
+		return int(n)
+	}
+	return runtime.GOMAXPROCS(0)
+}
+
+// split computes the product in w blocks of C, along its longer side.
+func split(be backend, w int, transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
+	rows := m >= n
+	size := n
+	if rows {
+		size = m
+	}
+	if w > size/minBlock {
+		w = max(1, size/minBlock)
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < w; i++ {
+		// Blocks start at multiples of 16 so that the library sees aligned panels.
+		lo := (size * i / w) &^ 15
+		hi := (size * (i + 1) / w) &^ 15
+		if i == w-1 {
+			hi = size
+		}
+		if hi <= lo {
+			continue
+		}
+		var pa, pb, pc []float32
+		mm, nn := m, n
+		if rows {
+			mm = hi - lo
+			if transA {
+				pa = a[lo:]
+			} else {
+				pa = a[lo*lda:]
+			}
+			pb, pc = b, c[lo*ldc:]
+		} else {
+			nn = hi - lo
+			if transB {
+				pb = b[lo*ldb:]
+			} else {
+				pb = b[lo:]
+			}
+			pa, pc = a, c[lo:]
+		}
+		if i == w-1 {
+			be.sgemm(transA, transB, mm, nn, k, alpha, pa, lda, pb, ldb, beta, pc, ldc)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			be.sgemm(transA, transB, mm, nn, k, alpha, pa, lda, pb, ldb, beta, pc, ldc)
+		}()
+	}
+	wg.Wait()
 }
 
 // Gonum runs Sgemm through gonum regardless of the selected backend; it exists so
@@ -140,6 +244,8 @@ func checkDims(transA, transB bool, m, n, k, la, lda, lb, ldb, lc, ldc int) {
 type gonumBackend struct{}
 
 func (gonumBackend) name() string { return "gonum" }
+
+func (gonumBackend) splits() bool { return false }
 
 var gonumImpl gonum.Implementation
 

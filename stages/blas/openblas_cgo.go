@@ -10,12 +10,12 @@ package blas
 typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float*, int,
                          const float*, int, float, float*, int);
 typedef void (*setthreads_fn)(int);
-typedef int (*getthreads_fn)(void);
+
 
 static void *ob_handle;
 static sgemm_fn ob_sgemm;
 static setthreads_fn ob_set_threads;
-static getthreads_fn ob_get_threads;
+
 
 static int ob_open(const char *path) {
 	void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
@@ -25,7 +25,7 @@ static int ob_open(const char *path) {
 	ob_handle = h;
 	ob_sgemm = f;
 	ob_set_threads = (setthreads_fn)dlsym(h, "openblas_set_num_threads");
-	ob_get_threads = (getthreads_fn)dlsym(h, "openblas_get_num_threads");
+
 	return 1;
 }
 
@@ -37,7 +37,7 @@ static void ob_call_sgemm(int ta, int tb, int m, int n, int k, float alpha,
 }
 
 static void ob_call_set_threads(int n) { if (ob_set_threads) ob_set_threads(n); }
-static int ob_call_get_threads(void) { return ob_get_threads ? ob_get_threads() : 0; }
+
 */
 import "C"
 
@@ -77,6 +77,8 @@ func loadOpenBLAS() (backend, error) {
 		C.free(unsafe.Pointer(cp))
 		if ok != 0 {
 			openblasLoaded = true
+			// Sgemm splits large products across goroutines itself; see Sgemm.
+			C.ob_call_set_threads(1)
 			return openblasBackend{}, nil
 		}
 	}
@@ -84,6 +86,8 @@ func loadOpenBLAS() (backend, error) {
 }
 
 func (openblasBackend) name() string { return "openblas" }
+
+func (openblasBackend) splits() bool { return true }
 
 func (openblasBackend) sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	ta, tb := 0, 0
@@ -104,20 +108,4 @@ func (openblasBackend) sgemm(transA, transB bool, m, n, k int, alpha float32, a 
 	C.ob_call_sgemm(C.int(ta), C.int(tb), C.int(m), C.int(n), C.int(k), C.float(alpha),
 		(*C.float)(unsafe.Pointer(pa)), C.int(lda), (*C.float)(unsafe.Pointer(pb)), C.int(ldb),
 		C.float(beta), (*C.float)(unsafe.Pointer(&c[0])), C.int(ldc))
-}
-
-// SetThreads sets the number of threads OpenBLAS uses for one product (no effect
-// with gonum, which sizes its own worker pool from GOMAXPROCS).
-func SetThreads(n int) {
-	if current().name() == "openblas" && n > 0 {
-		C.ob_call_set_threads(C.int(n))
-	}
-}
-
-// Threads reports the number of threads OpenBLAS uses (0 with gonum).
-func Threads() int {
-	if current().name() == "openblas" {
-		return int(C.ob_call_get_threads())
-	}
-	return 0
 }

@@ -1,0 +1,40 @@
+package stages
+
+import (
+	"testing"
+
+	"swarmnode/stages/blas"
+)
+
+// gpt2SmallBlock is one GPT-2-small transformer block alone: the middle stage of
+// a [0, 1, 0] split (the first and last stages would hold only embeddings and head).
+var gpt2SmallBlock = ModelConfig{Vocab: 256, DModel: 768, NHead: 12, NLayer: 1, SeqLen: 1024}
+
+// BenchmarkBlockGPT2Small measures forward+backward of one GPT-2-small block on
+// B=4, T=256 and reports tokens/s; bench/cpu.sh sets it beside PyTorch.
+func BenchmarkBlockGPT2Small(b *testing.B) {
+	const B, T = 4, 256
+	s, err := New(gpt2SmallBlock, []int{0, 1, 0}, 1, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	N, C := B*T, gpt2SmallBlock.DModel
+	x := randVec("x", N*C, 1)
+	dout := randVec("dout", N*C, 1)
+	run := func() {
+		p, err := s.Forward(Input{B: B, T: T, X: x})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s.Backward(p, dout); err != nil {
+			b.Fatal(err)
+		}
+	}
+	run() // warm the pools
+	b.Logf("BLAS %s", blas.Name())
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		run()
+	}
+	b.ReportMetric(float64(N)*float64(b.N)/b.Elapsed().Seconds(), "tokens/s")
+}

@@ -1,0 +1,32 @@
+package stages
+
+import (
+	"math"
+	"testing"
+)
+
+func TestExp32(t *testing.T) {
+	worst := 0.0
+	for x := -87.0; x <= 88.5; x += 0.000731 {
+		got := float64(exp32(float32(x)))
+		want := math.Exp(float64(float32(x)))
+		worst = max(worst, math.Abs(got-want)/want)
+	}
+	if worst > 3e-7 {
+		t.Errorf("exp32 worst relative error %.3g", worst)
+	}
+	if exp32(100) != float32(math.Inf(1)) || exp32(-100) != 0 {
+		t.Error("exp32 out-of-range values")
+	}
+	t.Logf("exp32 worst relative error %.3g", worst)
+}
+
+func TestTanh32(t *testing.T) {
+	worst := 0.0
+	for x := -12.0; x <= 12; x += 0.000917 {
+		worst = max(worst, math.Abs(float64(tanh32(float32(x)))-math.Tanh(float64(float32(x)))))
+	}
+	if worst > 3e-7 {
+		t.Errorf("tanh32 worst absolute error %.3g", worst)
+	}
+}
