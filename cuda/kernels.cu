@@ -1,0 +1,617 @@
+// Kernels of the swarmnode CUDA backend, compiled at run time by NVRTC (no headers).
+// Activations and parameters are float32 unless a kernel's name ends in _bf16, in
+// which case its output (the operand of the next GEMM) is bfloat16.
+
+typedef unsigned long long u64;
+
+// NVRTC compiles without system headers, so there is no INFINITY macro.
+#define SN_INF __int_as_float(0x7f800000)
+
+struct bf16 {
+	unsigned short x;
+};
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(bf16 v) { return __uint_as_float(((unsigned)v.x) << 16); }
+
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float v) {
+	unsigned u = __float_as_uint(v);
+	bf16 r;
+	if ((u & 0x7fffffffu) > 0x7f800000u) { // NaN stays NaN
+		r.x = (unsigned short)((u >> 16) | 0x40);
+		return r;
+	}
+	u += 0x7fffu + ((u >> 16) & 1u); // round to nearest even
+	r.x = (unsigned short)(u >> 16);
+	return r;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+	for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+	return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+	for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+	return v;
+}
+
+// block_sum reduces over a block of up to 1024 threads; every thread gets the sum.
+__device__ float block_sum(float v) {
+	__shared__ float sh[32];
+	__shared__ float total;
+	int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+	v = warp_sum(v);
+	__syncthreads();
+	if (lane == 0) sh[wid] = v;
+	__syncthreads();
+	if (wid == 0) {
+		float s = lane < (int)((blockDim.x + 31) >> 5) ? sh[lane] : 0.f;
+		s = warp_sum(s);
+		if (lane == 0) total = s;
+	}
+	__syncthreads();
+	return total;
+}
+
+__device__ float block_max(float v) {
+	__shared__ float sh[32];
+	__shared__ float total;
+	int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+	v = warp_max(v);
+	__syncthreads();
+	if (lane == 0) sh[wid] = v;
+	__syncthreads();
+	if (wid == 0) {
+		float s = lane < (int)((blockDim.x + 31) >> 5) ? sh[lane] : -SN_INF;
+		s = warp_max(s);
+		if (lane == 0) total = s;
+	}
+	__syncthreads();
+	return total;
+}
+
+#define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)gridDim.x * blockDim.x)
+
+// ---------------------------------------------------------------- casts, fills, sums
+
+extern "C" __global__ void cast_f32_bf16(bf16* out, const float* in, long n) {
+	GRID_STRIDE(i, n) out[i] = from_f<bf16>(in[i]);
+}
+extern "C" __global__ void cast_bf16_f32(float* out, const bf16* in, long n) {
+	GRID_STRIDE(i, n) out[i] = to_f(in[i]);
+}
+// add_inplace: dst += src (the backward of a residual connection adds the branch's gradient).
+extern "C" __global__ void add_inplace(float* dst, const float* src, long n) {
+	GRID_STRIDE(i, n) dst[i] += src[i];
+}
+// residual_fwd: out = a + b.
+extern "C" __global__ void residual_fwd(float* out, const float* a, const float* b, long n) {
+	GRID_STRIDE(i, n) out[i] = a[i] + b[i];
+}
+// bias_rows: out[r,c] = (resid ? resid[r,c] : 0) + (bias ? bias[c] : 0); it seeds the
+// output of a GEMM that then accumulates with beta = 1.
+extern "C" __global__ void bias_rows(float* out, const float* resid, const float* bias, int N, int C) {
+	GRID_STRIDE(i, (long)N * C) {
+		float v = resid ? resid[i] : 0.f;
+		if (bias) v += bias[i % C];
+		out[i] = v;
+	}
+}
+// bias_grad: dbias[c] += sum_r dout[r,c]. Block (32, 8) covers 32 columns; blockIdx.y splits rows.
+template <typename InT> __device__ void bias_grad(float* dbias, const InT* dout, int N, int C) {
+	__shared__ float sh[8][33];
+	int c = blockIdx.x * 32 + threadIdx.x;
+	float s = 0.f;
+	if (c < C)
+		for (int r = blockIdx.y * 8 + threadIdx.y; r < N; r += gridDim.y * 8) s += to_f(dout[(long)r * C + c]);
+	sh[threadIdx.y][threadIdx.x] = s;
+	__syncthreads();
+	if (threadIdx.y == 0 && c < C) {
+		float t = 0.f;
+		for (int k = 0; k < 8; k++) t += sh[k][threadIdx.x];
+		atomicAdd(&dbias[c], t);
+	}
+}
+extern "C" __global__ void bias_grad_f32(float* dbias, const float* dout, int N, int C) { bias_grad<float>(dbias, dout, N, C); }
+extern "C" __global__ void bias_grad_bf16(float* dbias, const bf16* dout, int N, int C) { bias_grad<bf16>(dbias, dout, N, C); }
+extern "C" __global__ void scale_inplace(float* x, long n, float s) {
+	GRID_STRIDE(i, n) x[i] *= s;
+}
+// sumsq_partial: partial[blockIdx.x] = sum of x^2 over this block's grid-stride share.
+extern "C" __global__ void sumsq_partial(float* partial, const float* x, long n) {
+	float s = 0.f;
+	GRID_STRIDE(i, n) { float v = x[i]; s += v * v; }
+	s = block_sum(s);
+	if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+// sum_partial: partial[blockIdx.x] = sum of x over this block's grid-stride share.
+extern "C" __global__ void sum_partial(float* partial, const float* x, long n) {
+	float s = 0.f;
+	GRID_STRIDE(i, n) s += x[i];
+	s = block_sum(s);
+	if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+// sum_final: out[0] = sum of in[0..n) (one block; a fixed order, so deterministic).
+extern "C" __global__ void sum_final(float* out, const float* in, int n) {
+	double s = 0;
+	for (int i = threadIdx.x; i < n; i += blockDim.x) s += in[i];
+	float f = block_sum((float)s);
+	if (threadIdx.x == 0) out[0] = f;
+}
+// clip_by_norm: x *= prescale · min(1, clip / (sqrt(*sumsq)·prescale)) (clip <= 0: no clipping).
+extern "C" __global__ void clip_by_norm(float* x, long n, const float* sumsq, float clip, float prescale) {
+	float s = prescale;
+	float norm = sqrtf(*sumsq) * prescale;
+	if (clip > 0.f && norm > clip) s *= clip / norm;
+	GRID_STRIDE(i, n) x[i] *= s;
+}
+
+// ---------------------------------------------------------------- embedding
+
+// encoder_fwd: out[b,t,:] = wte[tok[b,t],:] + wpe[t,:].
+extern "C" __global__ void encoder_fwd(float* out, const int* tok, const float* wte, const float* wpe, int B, int T, int C) {
+	GRID_STRIDE(i, (long)B * T * C) {
+		int c = i % C;
+		long bt = i / C;
+		int t = bt % T;
+		out[i] = wte[(long)tok[bt] * C + c] + wpe[(long)t * C + c];
+	}
+}
+// encoder_bwd_wte: dwte[tok[n],:] += dout[n,:] (atomics: several positions share a token).
+extern "C" __global__ void encoder_bwd_wte(float* dwte, const int* tok, const float* dout, int N, int C) {
+	GRID_STRIDE(i, (long)N * C) {
+		long n = i / C;
+		atomicAdd(&dwte[(long)tok[n] * C + i % C], dout[i]);
+	}
+}
+// encoder_bwd_wpe: dwpe[t,:] += sum_b dout[b,t,:].
+extern "C" __global__ void encoder_bwd_wpe(float* dwpe, const float* dout, int B, int T, int C) {
+	GRID_STRIDE(i, (long)T * C) {
+		float s = 0.f;
+		for (int b = 0; b < B; b++) s += dout[(long)b * T * C + i];
+		dwpe[i] += s;
+	}
+}
+
+// ---------------------------------------------------------------- LayerNorm
+
+// layernorm_fwd: one warp per row; keeps mean and 1/std for the backward pass.
+template <typename OutT>
+__device__ void layernorm_fwd(OutT* out, float* mean, float* rstd, const float* inp, const float* w, const float* b, int N, int C) {
+	int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+	int lane = threadIdx.x & 31;
+	if (row >= N) return;
+	const float* x = inp + (long)row * C;
+	float s = 0.f;
+	for (int c = lane; c < C; c += 32) s += x[c];
+	float m = warp_sum(s) / C;
+	float v = 0.f;
+	for (int c = lane; c < C; c += 32) { float d = x[c] - m; v += d * d; }
+	float r = rsqrtf(warp_sum(v) / C + 1e-5f);
+	OutT* o = out + (long)row * C;
+	for (int c = lane; c < C; c += 32) o[c] = from_f<OutT>((x[c] - m) * r * w[c] + b[c]);
+	if (lane == 0) { mean[row] = m; rstd[row] = r; }
+}
+extern "C" __global__ void layernorm_fwd_f32(float* out, float* mean, float* rstd, const float* inp, const float* w, const float* b, int N, int C) {
+	layernorm_fwd<float>(out, mean, rstd, inp, w, b, N, C);
+}
+extern "C" __global__ void layernorm_fwd_bf16(bf16* out, float* mean, float* rstd, const float* inp, const float* w, const float* b, int N, int C) {
+	layernorm_fwd<bf16>(out, mean, rstd, inp, w, b, N, C);
+}
+
+// layernorm_bwd: dinp += ..., dw += ..., db += ... . One warp per row, rowsPerBlock
+// rows per block; dw and db gather in shared memory (2·C floats) before one atomic
+// add per block.
+extern "C" __global__ void layernorm_bwd(float* dinp, float* dw, float* db, const float* dout, const float* inp, const float* w,
+                                         const float* mean, const float* rstd, int N, int C, int rowsPerBlock) {
+	extern __shared__ float sh[];
+	float* sdw = sh;
+	float* sdb = sh + C;
+	for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) sh[c] = 0.f;
+	__syncthreads();
+	int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x & 31;
+	int first = blockIdx.x * rowsPerBlock;
+	int last = min(first + rowsPerBlock, N);
+	for (int row = first + wid; row < last; row += warps) {
+		const float* x = inp + (long)row * C;
+		const float* g = dout + (long)row * C;
+		float m = mean[row], r = rstd[row];
+		float sumD = 0.f, sumDX = 0.f;
+		for (int c = lane; c < C; c += 32) {
+			float xh = (x[c] - m) * r;
+			float dn = g[c] * w[c];
+			sumD += dn;
+			sumDX += dn * xh;
+		}
+		sumD = warp_sum(sumD) / C;
+		sumDX = warp_sum(sumDX) / C;
+		float* di = dinp + (long)row * C;
+		for (int c = lane; c < C; c += 32) {
+			float xh = (x[c] - m) * r;
+			di[c] += r * (g[c] * w[c] - sumD - xh * sumDX);
+			atomicAdd(&sdw[c], g[c] * xh);
+			atomicAdd(&sdb[c], g[c]);
+		}
+	}
+	__syncthreads();
+	for (int c = threadIdx.x; c < C; c += blockDim.x) {
+		atomicAdd(&dw[c], sdw[c]);
+		atomicAdd(&db[c], sdb[c]);
+	}
+}
+
+// ---------------------------------------------------------------- GELU (tanh form, as GPT-2)
+
+#define GELU_K 0.7978845608028654f
+
+template <typename OutT> __device__ void gelu_fwd(OutT* out, const float* inp, long n) {
+	GRID_STRIDE(i, n) {
+		float x = inp[i];
+		float u = GELU_K * (x + 0.044715f * x * x * x);
+		out[i] = from_f<OutT>(0.5f * x * (1.f + tanhf(u)));
+	}
+}
+extern "C" __global__ void gelu_fwd_f32(float* out, const float* inp, long n) { gelu_fwd<float>(out, inp, n); }
+extern "C" __global__ void gelu_fwd_bf16(bf16* out, const float* inp, long n) { gelu_fwd<bf16>(out, inp, n); }
+
+// gelu_bwd: dinp = gelu'(inp)·dout (dinp may alias dout in the float32 form).
+template <typename OutT> __device__ void gelu_bwd(OutT* dinp, const float* inp, const float* dout, long n) {
+	GRID_STRIDE(i, n) {
+		float x = inp[i];
+		float u = GELU_K * (x + 0.044715f * x * x * x);
+		float th = tanhf(u);
+		float d = 0.5f * (1.f + th) + 0.5f * x * (1.f - th * th) * GELU_K * (1.f + 3.f * 0.044715f * x * x);
+		dinp[i] = from_f<OutT>(d * dout[i]);
+	}
+}
+extern "C" __global__ void gelu_bwd_f32(float* dinp, const float* inp, const float* dout, long n) { gelu_bwd<float>(dinp, inp, dout, n); }
+extern "C" __global__ void gelu_bwd_bf16(bf16* dinp, const float* inp, const float* dout, long n) { gelu_bwd<bf16>(dinp, inp, dout, n); }
+
+// ---------------------------------------------------------------- causal attention
+//
+// Flash-attention-style: scores are computed a tile of keys at a time and never
+// stored, so memory is linear in T. qkv is [B,T,3C] (q | k | v, head h at columns
+// h·HD.. of each part). The forward keeps lse = log2-sum-exp2 of each query row's
+// scaled scores; the backward recomputes probabilities from it.
+// One thread owns one query row (forward, dQ) or one key row (dK, dV).
+
+#define LOG2E 1.4426950408889634f
+
+template <int HD> struct AttnTile { enum { BK = HD >= 128 ? 32 : 64 }; };
+
+template <int HD, typename OutT>
+__device__ void attn_fwd(OutT* out, float* lse, const float* qkv, int B, int T, int NH, float scale) {
+	const int BK = AttnTile<HD>::BK;
+	const int BQ = 64;
+	__shared__ float Ks[BK][HD];
+	__shared__ float Vs[BK][HD];
+	int C = NH * HD, C3 = 3 * C;
+	int bh = blockIdx.y, b = bh / NH, h = bh % NH;
+	int q0 = blockIdx.x * BQ;
+	int i = q0 + threadIdx.x;
+	const float* base = qkv + (long)b * T * C3 + h * HD;
+	float q[HD], acc[HD];
+	float sc = scale * LOG2E;
+	if (i < T) {
+#pragma unroll
+		for (int d = 0; d < HD; d++) q[d] = base[(long)i * C3 + d] * sc;
+	}
+#pragma unroll
+	for (int d = 0; d < HD; d++) acc[d] = 0.f;
+	float m = -SN_INF, l = 0.f;
+	int qlast = min(q0 + BQ, T) - 1;
+	for (int k0 = 0; k0 <= qlast; k0 += BK) {
+		__syncthreads();
+		for (int e = threadIdx.x; e < BK * HD; e += blockDim.x) {
+			int r = e / HD, d = e % HD, j = k0 + r;
+			Ks[r][d] = j < T ? base[(long)j * C3 + C + d] : 0.f;
+			Vs[r][d] = j < T ? base[(long)j * C3 + 2 * C + d] : 0.f;
+		}
+		__syncthreads();
+		if (i >= T) continue;
+		int jn = min(BK, i - k0 + 1); // keys k0..i are visible
+		for (int c0 = 0; c0 < jn; c0 += 16) {
+			float s[16];
+			float cm = -SN_INF;
+#pragma unroll
+			for (int u = 0; u < 16; u++) {
+				float v = -SN_INF;
+				if (c0 + u < jn) {
+					v = 0.f;
+#pragma unroll
+					for (int d = 0; d < HD; d++) v += q[d] * Ks[c0 + u][d];
+				}
+				s[u] = v;
+				cm = fmaxf(cm, v);
+			}
+			float mn = fmaxf(m, cm);
+			float corr = exp2f(m - mn);
+			l *= corr;
+#pragma unroll
+			for (int d = 0; d < HD; d++) acc[d] *= corr;
+#pragma unroll
+			for (int u = 0; u < 16; u++) {
+				if (c0 + u < jn) {
+					float p = exp2f(s[u] - mn);
+					l += p;
+#pragma unroll
+					for (int d = 0; d < HD; d++) acc[d] += p * Vs[c0 + u][d];
+				}
+			}
+			m = mn;
+		}
+	}
+	if (i < T) {
+		float inv = 1.f / l;
+		OutT* o = out + ((long)b * T + i) * C + h * HD;
+#pragma unroll
+		for (int d = 0; d < HD; d++) o[d] = from_f<OutT>(acc[d] * inv);
+		lse[(long)bh * T + i] = m + log2f(l);
+	}
+}
+
+// attn_bwd_pre: D[b,h,t] = sum_d dout·out over the head's columns.
+template <typename InT>
+__device__ void attn_bwd_pre(float* D, const float* dout, const InT* out, int B, int T, int NH, int HD) {
+	GRID_STRIDE(r, (long)B * NH * T) {
+		int t = r % T;
+		long bh = r / T;
+		int b = bh / NH, h = bh % NH;
+		long off = ((long)b * T + t) * NH * HD + h * HD;
+		float s = 0.f;
+		for (int d = 0; d < HD; d++) s += dout[off + d] * to_f(out[off + d]);
+		D[r] = s;
+	}
+}
+extern "C" __global__ void attn_bwd_pre_f32(float* D, const float* dout, const float* out, int B, int T, int NH, int HD) {
+	attn_bwd_pre<float>(D, dout, out, B, T, NH, HD);
+}
+extern "C" __global__ void attn_bwd_pre_bf16(float* D, const float* dout, const bf16* out, int B, int T, int NH, int HD) {
+	attn_bwd_pre<bf16>(D, dout, out, B, T, NH, HD);
+}
+
+// attn_bwd_dkdv: thread j accumulates dK[j], dV[j] over the queries i >= j.
+template <int HD, typename OutT>
+__device__ void attn_bwd_dkdv(OutT* dqkv, const float* dout, const float* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
+	// One warp per block: the padded key/value rows and the query tile must fit the
+	// 48 KB of static shared memory at HD = 64.
+	const int BQ = 32;
+	const int BKV = 32;
+	__shared__ float Qs[BQ][HD];
+	__shared__ float dOs[BQ][HD];
+	__shared__ float Ls[BQ], Ds[BQ];
+	__shared__ float Kown[BKV][HD + 1];
+	__shared__ float Vown[BKV][HD + 1];
+	int C = NH * HD, C3 = 3 * C;
+	int bh = blockIdx.y, b = bh / NH, h = bh % NH;
+	int k0 = blockIdx.x * BKV;
+	int j = k0 + threadIdx.x;
+	const float* base = qkv + (long)b * T * C3 + h * HD;
+	const float* dob = dout + (long)b * T * C + h * HD;
+	float sc = scale * LOG2E;
+	for (int e = threadIdx.x; e < BKV * HD; e += blockDim.x) {
+		int r = e / HD, d = e % HD, jj = k0 + r;
+		Kown[r][d] = jj < T ? base[(long)jj * C3 + C + d] : 0.f;
+		Vown[r][d] = jj < T ? base[(long)jj * C3 + 2 * C + d] : 0.f;
+	}
+	float dk[HD], dv[HD];
+#pragma unroll
+	for (int d = 0; d < HD; d++) { dk[d] = 0.f; dv[d] = 0.f; }
+	for (int i0 = k0; i0 < T; i0 += BQ) {
+		__syncthreads();
+		for (int e = threadIdx.x; e < BQ * HD; e += blockDim.x) {
+			int r = e / HD, d = e % HD, i = i0 + r;
+			Qs[r][d] = i < T ? base[(long)i * C3 + d] : 0.f;
+			dOs[r][d] = i < T ? dob[(long)i * C + d] : 0.f;
+		}
+		for (int r = threadIdx.x; r < BQ; r += blockDim.x) {
+			int i = i0 + r;
+			Ls[r] = i < T ? lse[(long)bh * T + i] : 0.f;
+			Ds[r] = i < T ? D[(long)bh * T + i] : 0.f;
+		}
+		__syncthreads();
+		if (j >= T) continue;
+		int rfirst = max(0, j - i0);
+		int rlast = min(BQ, T - i0);
+		for (int r = rfirst; r < rlast; r++) {
+			float s = 0.f, dp = 0.f;
+#pragma unroll
+			for (int d = 0; d < HD; d++) {
+				s += Qs[r][d] * Kown[threadIdx.x][d];
+				dp += dOs[r][d] * Vown[threadIdx.x][d];
+			}
+			float p = exp2f(s * sc - Ls[r]);
+			float ds = p * (dp - Ds[r]);
+#pragma unroll
+			for (int d = 0; d < HD; d++) {
+				dv[d] += p * dOs[r][d];
+				dk[d] += ds * Qs[r][d];
+			}
+		}
+	}
+	if (j < T) {
+		OutT* o = dqkv + ((long)b * T + j) * C3 + h * HD;
+#pragma unroll
+		for (int d = 0; d < HD; d++) {
+			o[C + d] = from_f<OutT>(dk[d] * scale);
+			o[2 * C + d] = from_f<OutT>(dv[d]);
+		}
+	}
+}
+
+// attn_bwd_dq: thread i accumulates dQ[i] over the keys j <= i.
+template <int HD, typename OutT>
+__device__ void attn_bwd_dq(OutT* dqkv, const float* dout, const float* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
+	const int BK = AttnTile<HD>::BK;
+	const int BQ = 64;
+	__shared__ float Ks[BK][HD];
+	__shared__ float Vs[BK][HD];
+	int C = NH * HD, C3 = 3 * C;
+	int bh = blockIdx.y, b = bh / NH, h = bh % NH;
+	int q0 = blockIdx.x * BQ;
+	int i = q0 + threadIdx.x;
+	const float* base = qkv + (long)b * T * C3 + h * HD;
+	float sc = scale * LOG2E;
+	float q[HD], go[HD], dq[HD];
+	float Li = 0.f, Di = 0.f;
+	if (i < T) {
+#pragma unroll
+		for (int d = 0; d < HD; d++) {
+			q[d] = base[(long)i * C3 + d];
+			go[d] = dout[((long)b * T + i) * C + h * HD + d];
+		}
+		Li = lse[(long)bh * T + i];
+		Di = D[(long)bh * T + i];
+	}
+#pragma unroll
+	for (int d = 0; d < HD; d++) dq[d] = 0.f;
+	int qlast = min(q0 + BQ, T) - 1;
+	for (int k0 = 0; k0 <= qlast; k0 += BK) {
+		__syncthreads();
+		for (int e = threadIdx.x; e < BK * HD; e += blockDim.x) {
+			int r = e / HD, d = e % HD, jj = k0 + r;
+			Ks[r][d] = jj < T ? base[(long)jj * C3 + C + d] : 0.f;
+			Vs[r][d] = jj < T ? base[(long)jj * C3 + 2 * C + d] : 0.f;
+		}
+		__syncthreads();
+		if (i >= T) continue;
+		int jn = min(BK, i - k0 + 1);
+		for (int r = 0; r < jn; r++) {
+			float s = 0.f, dp = 0.f;
+#pragma unroll
+			for (int d = 0; d < HD; d++) {
+				s += q[d] * Ks[r][d];
+				dp += go[d] * Vs[r][d];
+			}
+			float p = exp2f(s * sc - Li);
+			float ds = p * (dp - Di);
+#pragma unroll
+			for (int d = 0; d < HD; d++) dq[d] += ds * Ks[r][d];
+		}
+	}
+	if (i < T) {
+		OutT* o = dqkv + ((long)b * T + i) * C3 + h * HD;
+#pragma unroll
+		for (int d = 0; d < HD; d++) o[d] = from_f<OutT>(dq[d] * scale);
+	}
+}
+
+#define ATTN_KERNELS(HD)                                                                                                       \
+	extern "C" __global__ void __launch_bounds__(64) attn_fwd_##HD##_f32(float* out, float* lse, const float* qkv, int B, int T, int NH, float scale) { \
+		attn_fwd<HD, float>(out, lse, qkv, B, T, NH, scale);                                                                   \
+	}                                                                                                                          \
+	extern "C" __global__ void __launch_bounds__(64) attn_fwd_##HD##_bf16(bf16* out, float* lse, const float* qkv, int B, int T, int NH, float scale) { \
+		attn_fwd<HD, bf16>(out, lse, qkv, B, T, NH, scale);                                                                    \
+	}                                                                                                                          \
+	extern "C" __global__ void __launch_bounds__(64) attn_bwd_dkdv_##HD##_f32(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) { \
+		attn_bwd_dkdv<HD, float>(dqkv, dout, qkv, lse, D, B, T, NH, scale);                                                    \
+	}                                                                                                                          \
+	extern "C" __global__ void __launch_bounds__(64) attn_bwd_dkdv_##HD##_bf16(bf16* dqkv, const float* dout, const float* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) { \
+		attn_bwd_dkdv<HD, bf16>(dqkv, dout, qkv, lse, D, B, T, NH, scale);                                                     \
+	}                                                                                                                          \
+	extern "C" __global__ void __launch_bounds__(64) attn_bwd_dq_##HD##_f32(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) { \
+		attn_bwd_dq<HD, float>(dqkv, dout, qkv, lse, D, B, T, NH, scale);                                                      \
+	}                                                                                                                          \
+	extern "C" __global__ void __launch_bounds__(64) attn_bwd_dq_##HD##_bf16(bf16* dqkv, const float* dout, const float* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) { \
+		attn_bwd_dq<HD, bf16>(dqkv, dout, qkv, lse, D, B, T, NH, scale);                                                       \
+	}
+
+ATTN_KERNELS(16)
+ATTN_KERNELS(32)
+ATTN_KERNELS(64)
+
+// ---------------------------------------------------------------- cross-entropy
+
+// crossentropy: one block per row of logits [N,V]: losses[n] = lse(row) - row[target];
+// when dlogits is not null, dlogits[n,:] = (softmax(row) - onehot(target))·dscale
+// (dlogits may alias logits in the float32 form).
+template <typename OutT>
+__device__ void crossentropy(float* losses, OutT* dlogits, const float* logits, const int* targets, int N, int V, float dscale) {
+	int n = blockIdx.x;
+	const float* row = logits + (long)n * V;
+	float mx = -SN_INF;
+	for (int v = threadIdx.x; v < V; v += blockDim.x) mx = fmaxf(mx, row[v]);
+	mx = block_max(mx);
+	float s = 0.f;
+	for (int v = threadIdx.x; v < V; v += blockDim.x) s += expf(row[v] - mx);
+	s = block_sum(s);
+	int t = targets[n];
+	float lse = logf(s) + mx;
+	float lt = row[t];
+	__syncthreads(); // every thread has read row[t] before dlogits may overwrite it
+	if (threadIdx.x == 0) losses[n] = lse - lt;
+	if (dlogits) {
+		OutT* d = dlogits + (long)n * V;
+		float inv = 1.f / s;
+		for (int v = threadIdx.x; v < V; v += blockDim.x) {
+			float p = expf(row[v] - mx) * inv;
+			d[v] = from_f<OutT>((p - (v == t ? 1.f : 0.f)) * dscale);
+		}
+	}
+}
+extern "C" __global__ void crossentropy_f32(float* losses, float* dlogits, const float* logits, const int* targets, int N, int V, float dscale) {
+	crossentropy<float>(losses, dlogits, logits, targets, N, V, dscale);
+}
+extern "C" __global__ void crossentropy_bf16(float* losses, bf16* dlogits, const float* logits, const int* targets, int N, int V, float dscale) {
+	crossentropy<bf16>(losses, dlogits, logits, targets, N, V, dscale);
+}
+
+// ---------------------------------------------------------------- AdamW
+
+// adamw: one AdamW step on n parameters. The gradient is scaled by gscale and, when
+// clip > 0 and sumsq is set, clipped so that its global norm (sqrt(*sumsq)·gscale)
+// is at most clip. Decoupled weight decay applies where decay[i] != 0. When pbf is
+// set it receives the new parameters in bfloat16; when zero_grad is set the
+// gradient is cleared.
+extern "C" __global__ void adamw(float* p, float* g, float* m, float* v, const unsigned char* decay, bf16* pbf, long n,
+                                 float lr, float b1, float b2, float eps, float wd, float bc1, float bc2,
+                                 float gscale, const float* sumsq, float clip, int zero_grad) {
+	float s = gscale;
+	if (clip > 0.f && sumsq) {
+		float norm = sqrtf(*sumsq) * gscale;
+		if (norm > clip) s *= clip / norm;
+	}
+	GRID_STRIDE(i, n) {
+		float gi = g[i] * s;
+		float mi = b1 * m[i] + (1.f - b1) * gi;
+		float vi = b2 * v[i] + (1.f - b2) * gi * gi;
+		m[i] = mi;
+		v[i] = vi;
+		float pi = p[i];
+		float upd = (mi / bc1) / (sqrtf(vi / bc2) + eps);
+		if (decay && decay[i]) upd += wd * pi;
+		pi -= lr * upd;
+		p[i] = pi;
+		if (pbf) pbf[i] = from_f<bf16>(pi);
+		if (zero_grad) g[i] = 0.f;
+	}
+}
+
+// ---------------------------------------------------------------- int8 blockwise quantization
+
+// quantize_int8: one warp per block of bs values: scale = absmax/127,
+// q = round(x/scale) (halves away from zero), scale 0 for an all-zero block.
+extern "C" __global__ void quantize_int8(signed char* q, float* scales, const float* x, long n, int bs) {
+	long blk = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+	int lane = threadIdx.x & 31;
+	long first = blk * bs;
+	if (first >= n) return;
+	long last = min(first + bs, n);
+	float am = 0.f;
+	for (long i = first + lane; i < last; i += 32) am = fmaxf(am, fabsf(x[i]));
+	am = warp_max(am);
+	float scale = am / 127.f;
+	float inv = am > 0.f ? 127.f / am : 0.f;
+	for (long i = first + lane; i < last; i += 32) {
+		float r = roundf(x[i] * inv);
+		r = fminf(fmaxf(r, -127.f), 127.f);
+		q[i] = (signed char)r;
+	}
+	if (lane == 0) scales[blk] = scale;
+}
+
+extern "C" __global__ void dequantize_int8(float* x, const signed char* q, const float* scales, long n, int bs) {
+	GRID_STRIDE(i, n) x[i] = (float)q[i] * scales[i / bs];
+}

@@ -1,0 +1,499 @@
+package cuda
+
+import (
+	"fmt"
+	"math"
+)
+
+// The ops below queue work on the device's stream; they validate shapes and types
+// and return an error instead of launching on a mismatch. A zero Buf (Ptr 0) stands
+// for an absent optional operand.
+
+const (
+	ewBlock   = 256 // threads per block of element-wise kernels
+	sumBlocks = 512 // partial sums of reductions: fixed, so results are deterministic
+)
+
+func (c *Ctx) ewGrid(n int) dim3 {
+	g := (n + ewBlock - 1) / ewBlock
+	if lim := c.d.info.SMs * 16; g > lim {
+		g = lim
+	}
+	return dim3{uint32(max(g, 1)), 1, 1}
+}
+
+var ewThreads = dim3{ewBlock, 1, 1}
+
+func need(name string, b Buf, t DType, n int) error {
+	if b.Ptr == 0 {
+		return fmt.Errorf("cuda: %s: missing buffer", name)
+	}
+	if b.DType != t {
+		return fmt.Errorf("cuda: %s: want %v, got %v", name, t, b.DType)
+	}
+	if b.N < n {
+		return fmt.Errorf("cuda: %s: want %d elements, buffer has %d", name, n, b.N)
+	}
+	return nil
+}
+
+func needOpt(name string, b Buf, t DType, n int) error {
+	if b.Ptr == 0 {
+		return nil
+	}
+	return need(name, b, t, n)
+}
+
+// suffix names the kernel variant that writes type t (float32 or bfloat16).
+func suffix(name string, t DType) (string, error) {
+	switch t {
+	case F32:
+		return name + "_f32", nil
+	case BF16:
+		return name + "_bf16", nil
+	}
+	return "", fmt.Errorf("cuda: %s: no %v variant", name, t)
+}
+
+// Cast converts between float32 and bfloat16 (round to nearest even).
+func (c *Ctx) Cast(dst, src Buf) error {
+	if dst.N != src.N {
+		return fmt.Errorf("cuda: cast of %d elements into %d", src.N, dst.N)
+	}
+	switch {
+	case src.DType == F32 && dst.DType == BF16:
+		return c.launch("cast_f32_bf16", c.ewGrid(src.N), ewThreads, 0, dst, src, int64(src.N))
+	case src.DType == BF16 && dst.DType == F32:
+		return c.launch("cast_bf16_f32", c.ewGrid(src.N), ewThreads, 0, dst, src, int64(src.N))
+	case src.DType == dst.DType:
+		return c.Copy(dst, src)
+	}
+	return fmt.Errorf("cuda: cast %v to %v", src.DType, dst.DType)
+}
+
+// AddInPlace computes dst += src (float32).
+func (c *Ctx) AddInPlace(dst, src Buf) error {
+	if err := need("add dst", dst, F32, src.N); err != nil {
+		return err
+	}
+	if err := need("add src", src, F32, dst.N); err != nil {
+		return err
+	}
+	return c.launch("add_inplace", c.ewGrid(dst.N), ewThreads, 0, dst, src, int64(dst.N))
+}
+
+// Residual computes out = a + b (float32), the forward of a residual connection;
+// its backward passes the gradient to both inputs (AddInPlace where they meet).
+func (c *Ctx) Residual(out, a, b Buf) error {
+	n := out.N
+	for _, x := range []struct {
+		name string
+		b    Buf
+	}{{"residual out", out}, {"residual a", a}, {"residual b", b}} {
+		if err := need(x.name, x.b, F32, n); err != nil {
+			return err
+		}
+	}
+	return c.launch("residual_fwd", c.ewGrid(n), ewThreads, 0, out, a, b, int64(n))
+}
+
+// Scale computes x *= s (float32).
+func (c *Ctx) Scale(x Buf, s float32) error {
+	if err := need("scale", x, F32, x.N); err != nil {
+		return err
+	}
+	return c.launch("scale_inplace", c.ewGrid(x.N), ewThreads, 0, x, int64(x.N), s)
+}
+
+// LinearForward computes out = resid + inp·w + bias for N rows: inp [N,IC], w
+// [IC,OC] (HF Conv1D orientation), bias [OC], resid [N,OC] (both optional), out
+// [N,OC] float32. inp and w are both float32 or both bfloat16.
+func (c *Ctx) LinearForward(out, inp, w, bias, resid Buf, N, IC, OC int, mode Compute) error {
+	if err := need("linear out", out, F32, N*OC); err != nil {
+		return err
+	}
+	if err := needOpt("linear bias", bias, F32, OC); err != nil {
+		return err
+	}
+	if err := needOpt("linear resid", resid, F32, N*OC); err != nil {
+		return err
+	}
+	beta := float32(0)
+	if bias.Ptr != 0 || resid.Ptr != 0 {
+		if err := c.launch("bias_rows", c.ewGrid(N*OC), ewThreads, 0, out, resid.Ptr, bias.Ptr, N, OC); err != nil {
+			return err
+		}
+		beta = 1
+	}
+	return c.Gemm(false, false, N, OC, IC, 1, inp, IC, w, OC, beta, out, OC, mode)
+}
+
+// LinearBackward computes dinp = dout·wᵀ (added to dinp when accum is set; skipped
+// when dinp is absent), dw += inpᵀ·dout and dbias += column sums of dout (when
+// dbias is present). dout has the operand type of inp and w; dinp and dw are float32.
+func (c *Ctx) LinearBackward(dinp, dw, dbias, dout, inp, w Buf, N, IC, OC int, accum bool, mode Compute) error {
+	if dinp.Ptr != 0 {
+		beta := float32(0)
+		if accum {
+			beta = 1
+		}
+		if err := c.Gemm(false, true, N, IC, OC, 1, dout, OC, w, OC, beta, dinp, IC, mode); err != nil {
+			return err
+		}
+	}
+	if err := c.Gemm(true, false, IC, OC, N, 1, inp, IC, dout, OC, 1, dw, OC, mode); err != nil {
+		return err
+	}
+	if dbias.Ptr != 0 {
+		return c.BiasGrad(dbias, dout, N, OC)
+	}
+	return nil
+}
+
+// BiasGrad adds the column sums of dout [N,C] (float32 or bfloat16) into dbias [C].
+func (c *Ctx) BiasGrad(dbias, dout Buf, N, C int) error {
+	if err := need("bias grad", dbias, F32, C); err != nil {
+		return err
+	}
+	if dout.N < N*C {
+		return fmt.Errorf("cuda: bias grad: dout has %d elements, want %d", dout.N, N*C)
+	}
+	name, err := suffix("bias_grad", dout.DType)
+	if err != nil {
+		return err
+	}
+	splits := min((N+63)/64, 64)
+	return c.launch(name, dim3{uint32((C + 31) / 32), uint32(max(splits, 1)), 1}, dim3{32, 8, 1}, 0, dbias, dout, N, C)
+}
+
+// EncoderForward computes out[b,t,:] = wte[tok[b,t],:] + wpe[t,:]. Token ids must
+// already be checked against the vocabulary (the kernel indexes wte with them).
+func (c *Ctx) EncoderForward(out, tok, wte, wpe Buf, B, T, C int) error {
+	if err := need("encoder out", out, F32, B*T*C); err != nil {
+		return err
+	}
+	if err := need("encoder tokens", tok, I32, B*T); err != nil {
+		return err
+	}
+	if err := need("encoder wpe", wpe, F32, T*C); err != nil {
+		return err
+	}
+	if err := need("encoder wte", wte, F32, C); err != nil {
+		return err
+	}
+	return c.launch("encoder_fwd", c.ewGrid(B*T*C), ewThreads, 0, out, tok, wte, wpe, B, T, C)
+}
+
+// EncoderBackward adds the gradient dout [B,T,C] into dwte (rows of the tokens) and dwpe.
+func (c *Ctx) EncoderBackward(dwte, dwpe, dout, tok Buf, B, T, C int) error {
+	if err := need("encoder dout", dout, F32, B*T*C); err != nil {
+		return err
+	}
+	if err := need("encoder dwpe", dwpe, F32, T*C); err != nil {
+		return err
+	}
+	if err := need("encoder tokens", tok, I32, B*T); err != nil {
+		return err
+	}
+	if err := need("encoder dwte", dwte, F32, C); err != nil {
+		return err
+	}
+	if err := c.launch("encoder_bwd_wte", c.ewGrid(B*T*C), ewThreads, 0, dwte, tok, dout, B*T, C); err != nil {
+		return err
+	}
+	return c.launch("encoder_bwd_wpe", c.ewGrid(T*C), ewThreads, 0, dwpe, dout, B, T, C)
+}
+
+// LayerNormForward normalises the N rows of inp [N,C] with eps 1e-5 and applies w,
+// b; out is float32 or bfloat16; mean and rstd [N] are kept for the backward pass.
+func (c *Ctx) LayerNormForward(out, mean, rstd, inp, w, b Buf, N, C int) error {
+	if out.N < N*C {
+		return fmt.Errorf("cuda: layernorm out has %d elements, want %d", out.N, N*C)
+	}
+	for _, x := range []struct {
+		name string
+		b    Buf
+		n    int
+	}{{"layernorm mean", mean, N}, {"layernorm rstd", rstd, N}, {"layernorm inp", inp, N * C}, {"layernorm w", w, C}, {"layernorm b", b, C}} {
+		if err := need(x.name, x.b, F32, x.n); err != nil {
+			return err
+		}
+	}
+	name, err := suffix("layernorm_fwd", out.DType)
+	if err != nil {
+		return err
+	}
+	return c.launch(name, grid1(N, 8), dim3{256, 1, 1}, 0, out, mean, rstd, inp, w, b, N, C)
+}
+
+// LayerNormBackward adds the input gradient into dinp and the parameter gradients
+// into dw and db (all float32).
+func (c *Ctx) LayerNormBackward(dinp, dw, db, dout, inp, w, mean, rstd Buf, N, C int) error {
+	for _, x := range []struct {
+		name string
+		b    Buf
+		n    int
+	}{{"layernorm dinp", dinp, N * C}, {"layernorm dw", dw, C}, {"layernorm db", db, C}, {"layernorm dout", dout, N * C},
+		{"layernorm inp", inp, N * C}, {"layernorm w", w, C}, {"layernorm mean", mean, N}, {"layernorm rstd", rstd, N}} {
+		if err := need(x.name, x.b, F32, x.n); err != nil {
+			return err
+		}
+	}
+	shmem := 2 * C * 4
+	if shmem > 48<<10 {
+		return fmt.Errorf("cuda: layernorm backward supports C <= 6144, got %d", C)
+	}
+	const rows = 32
+	return c.launch("layernorm_bwd", grid1(N, rows), dim3{256, 1, 1}, shmem, dinp, dw, db, dout, inp, w, mean, rstd, N, C, rows)
+}
+
+// GeluForward computes out = gelu(inp) (tanh form); out is float32 or bfloat16.
+func (c *Ctx) GeluForward(out, inp Buf) error {
+	if err := need("gelu inp", inp, F32, out.N); err != nil {
+		return err
+	}
+	name, err := suffix("gelu_fwd", out.DType)
+	if err != nil {
+		return err
+	}
+	return c.launch(name, c.ewGrid(out.N), ewThreads, 0, out, inp, int64(out.N))
+}
+
+// GeluBackward computes dinp = gelu'(inp)·dout; dinp is float32 (it may be dout
+// itself) or bfloat16.
+func (c *Ctx) GeluBackward(dinp, inp, dout Buf) error {
+	if err := need("gelu inp", inp, F32, dinp.N); err != nil {
+		return err
+	}
+	if err := need("gelu dout", dout, F32, dinp.N); err != nil {
+		return err
+	}
+	name, err := suffix("gelu_bwd", dinp.DType)
+	if err != nil {
+		return err
+	}
+	return c.launch(name, c.ewGrid(dinp.N), ewThreads, 0, dinp, inp, dout, int64(dinp.N))
+}
+
+// attnHeadDims are the head sizes the attention kernels are built for.
+var attnHeadDims = map[int]bool{16: true, 32: true, 64: true}
+
+func attnCheck(qkv Buf, B, T, C, NH int) (int, error) {
+	if NH <= 0 || C%NH != 0 {
+		return 0, fmt.Errorf("cuda: attention: %d heads do not divide %d", NH, C)
+	}
+	hd := C / NH
+	if !attnHeadDims[hd] {
+		return 0, fmt.Errorf("cuda: attention: head size %d is not supported (16, 32 or 64)", hd)
+	}
+	return hd, need("attention qkv", qkv, F32, B*T*3*C)
+}
+
+// AttentionForward runs causal multi-head attention on qkv [B,T,3C] (float32),
+// writing the head outputs side by side to out [B,T,C] (float32 or bfloat16) and
+// the per-row log2-sum-exp2 of the scores to lse [B,NH,T]. No T×T matrix is stored.
+func (c *Ctx) AttentionForward(out, lse, qkv Buf, B, T, C, NH int) error {
+	hd, err := attnCheck(qkv, B, T, C, NH)
+	if err != nil {
+		return err
+	}
+	if err := need("attention lse", lse, F32, B*NH*T); err != nil {
+		return err
+	}
+	if out.N < B*T*C {
+		return fmt.Errorf("cuda: attention out has %d elements, want %d", out.N, B*T*C)
+	}
+	name, err := suffix(fmt.Sprintf("attn_fwd_%d", hd), out.DType)
+	if err != nil {
+		return err
+	}
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	return c.launch(name, dim3{uint32((T + 63) / 64), uint32(B * NH), 1}, dim3{64, 1, 1}, 0, out, lse, qkv, B, T, NH, scale)
+}
+
+// AttentionBackward writes the gradient of qkv into dqkv [B,T,3C] (float32 or
+// bfloat16) from dout [B,T,C] (float32), the forward's out and lse; scratch holds
+// B·NH·T floats.
+func (c *Ctx) AttentionBackward(dqkv, scratch, dout, qkv, out, lse Buf, B, T, C, NH int) error {
+	hd, err := attnCheck(qkv, B, T, C, NH)
+	if err != nil {
+		return err
+	}
+	if err := need("attention dout", dout, F32, B*T*C); err != nil {
+		return err
+	}
+	if err := need("attention lse", lse, F32, B*NH*T); err != nil {
+		return err
+	}
+	if err := need("attention scratch", scratch, F32, B*NH*T); err != nil {
+		return err
+	}
+	if dqkv.N < B*T*3*C || out.N < B*T*C {
+		return fmt.Errorf("cuda: attention backward: short dqkv or out")
+	}
+	pre, err := suffix("attn_bwd_pre", out.DType)
+	if err != nil {
+		return err
+	}
+	if err := c.launch(pre, c.ewGrid(B*NH*T), ewThreads, 0, scratch, dout, out, B, T, NH, hd); err != nil {
+		return err
+	}
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	dkdv, err := suffix(fmt.Sprintf("attn_bwd_dkdv_%d", hd), dqkv.DType)
+	if err != nil {
+		return err
+	}
+	if err := c.launch(dkdv, dim3{uint32((T + 31) / 32), uint32(B * NH), 1}, dim3{32, 1, 1}, 0, dqkv, dout, qkv, lse, scratch, B, T, NH, scale); err != nil {
+		return err
+	}
+	dq, _ := suffix(fmt.Sprintf("attn_bwd_dq_%d", hd), dqkv.DType)
+	return c.launch(dq, dim3{uint32((T + 63) / 64), uint32(B * NH), 1}, dim3{64, 1, 1}, 0, dqkv, dout, qkv, lse, scratch, B, T, NH, scale)
+}
+
+// CrossEntropy writes losses[n] = -log softmax(logits[n])[targets[n]] for the N
+// rows of logits [N,V] and, when dlogits is present, the gradient of
+// dscale·sum(losses) with respect to the logits (float32, possibly logits itself,
+// or bfloat16). Targets must already be checked to lie in [0, V).
+func (c *Ctx) CrossEntropy(losses, dlogits, logits, targets Buf, N, V int, dscale float32) error {
+	if err := need("crossentropy losses", losses, F32, N); err != nil {
+		return err
+	}
+	if err := need("crossentropy logits", logits, F32, N*V); err != nil {
+		return err
+	}
+	if err := need("crossentropy targets", targets, I32, N); err != nil {
+		return err
+	}
+	dt := F32
+	if dlogits.Ptr != 0 {
+		dt = dlogits.DType
+		if dlogits.N < N*V {
+			return fmt.Errorf("cuda: crossentropy dlogits has %d elements, want %d", dlogits.N, N*V)
+		}
+	}
+	name, err := suffix("crossentropy", dt)
+	if err != nil {
+		return err
+	}
+	return c.launch(name, dim3{uint32(N), 1, 1}, dim3{512, 1, 1}, 0, losses, dlogits.Ptr, logits, targets, N, V, dscale)
+}
+
+// Sum writes the sum of x into out[0], using partial (at least 512 floats).
+func (c *Ctx) Sum(out, partial, x Buf) error {
+	if err := need("sum partial", partial, F32, sumBlocks); err != nil {
+		return err
+	}
+	if err := c.launch("sum_partial", dim3{sumBlocks, 1, 1}, ewThreads, 0, partial, x, int64(x.N)); err != nil {
+		return err
+	}
+	return c.launch("sum_final", dim3{1, 1, 1}, dim3{512, 1, 1}, 0, out, partial, sumBlocks)
+}
+
+// SumSquares writes the sum of the squares of the float32 buffers xs into out[0]
+// (their joint squared L2 norm), using partial (at least 512·len(xs) floats).
+func (c *Ctx) SumSquares(out, partial Buf, xs ...Buf) error {
+	if err := need("sumsq partial", partial, F32, sumBlocks*len(xs)); err != nil {
+		return err
+	}
+	for i, x := range xs {
+		if err := need("sumsq input", x, F32, x.N); err != nil {
+			return err
+		}
+		if err := c.launch("sumsq_partial", dim3{sumBlocks, 1, 1}, ewThreads, 0, partial.Slice(i*sumBlocks, sumBlocks), x, int64(x.N)); err != nil {
+			return err
+		}
+	}
+	return c.launch("sum_final", dim3{1, 1, 1}, dim3{512, 1, 1}, 0, out, partial, sumBlocks*len(xs))
+}
+
+// ClipByNorm scales x by prescale and, when clip > 0, clips it so that its norm,
+// sqrt(sumsq[0])·prescale, is at most clip; sumsq stays on the device (no host round trip).
+func (c *Ctx) ClipByNorm(x, sumsq Buf, clip, prescale float32) error {
+	if err := need("clip sumsq", sumsq, F32, 1); err != nil {
+		return err
+	}
+	return c.launch("clip_by_norm", c.ewGrid(x.N), ewThreads, 0, x, int64(x.N), sumsq, clip, prescale)
+}
+
+// AdamWArgs are the hyper-parameters of one AdamW step.
+type AdamWArgs struct {
+	LR, Beta1, Beta2, Eps, WeightDecay float32
+	Step                               int     // 1-based step number, for bias correction
+	GradScale                          float32 // applied to the gradient first (e.g. 1/microbatches)
+	Clip                               float32 // global-norm clip (<= 0: none); needs SumSq
+	SumSq                              Buf     // sum of squares of the unscaled gradient (optional)
+	ZeroGrad                           bool    // clear the gradient after the step
+}
+
+// AdamW updates params p (float32) from grads g with moments m, v; decay (bytes,
+// optional) marks the elements that get weight decay; pbf (optional) receives the
+// new parameters in bfloat16.
+func (c *Ctx) AdamW(p, g, m, v, decay, pbf Buf, a AdamWArgs) error {
+	n := p.N
+	for _, x := range []struct {
+		name string
+		b    Buf
+	}{{"adamw params", p}, {"adamw grads", g}, {"adamw m", m}, {"adamw v", v}} {
+		if err := need(x.name, x.b, F32, n); err != nil {
+			return err
+		}
+	}
+	if err := needOpt("adamw decay", decay, U8, n); err != nil {
+		return err
+	}
+	if err := needOpt("adamw bf16 params", pbf, BF16, n); err != nil {
+		return err
+	}
+	if a.Step < 1 {
+		return fmt.Errorf("cuda: adamw step %d, want >= 1", a.Step)
+	}
+	bc1 := float32(1 - math.Pow(float64(a.Beta1), float64(a.Step)))
+	bc2 := float32(1 - math.Pow(float64(a.Beta2), float64(a.Step)))
+	zg := 0
+	if a.ZeroGrad {
+		zg = 1
+	}
+	gs := a.GradScale
+	if gs == 0 {
+		gs = 1
+	}
+	return c.launch("adamw", c.ewGrid(n), ewThreads, 0, p, g, m, v, decay.Ptr, pbf.Ptr, int64(n),
+		a.LR, a.Beta1, a.Beta2, a.Eps, a.WeightDecay, bc1, bc2, gs, a.SumSq.Ptr, a.Clip, zg)
+}
+
+// QuantizeInt8 compresses x (float32) into q (int8) and one float32 scale per block
+// of bs values (scale = absmax/127, q = round(x/scale)), so activations leave the
+// GPU already compressed.
+func (c *Ctx) QuantizeInt8(q, scales, x Buf, bs int) error {
+	if bs < 1 {
+		return fmt.Errorf("cuda: int8 block size %d", bs)
+	}
+	nb := (x.N + bs - 1) / bs
+	if err := need("quantize x", x, F32, x.N); err != nil {
+		return err
+	}
+	if err := need("quantize q", q, I8, x.N); err != nil {
+		return err
+	}
+	if err := need("quantize scales", scales, F32, nb); err != nil {
+		return err
+	}
+	return c.launch("quantize_int8", grid1(nb, 8), dim3{256, 1, 1}, 0, q, scales, x, int64(x.N), bs)
+}
+
+// DequantizeInt8 expands q and its block scales back into x (float32).
+func (c *Ctx) DequantizeInt8(x, q, scales Buf, bs int) error {
+	if bs < 1 {
+		return fmt.Errorf("cuda: int8 block size %d", bs)
+	}
+	if err := need("dequantize q", q, I8, x.N); err != nil {
+		return err
+	}
+	if err := need("dequantize scales", scales, F32, (x.N+bs-1)/bs); err != nil {
+		return err
+	}
+	if err := need("dequantize x", x, F32, x.N); err != nil {
+		return err
+	}
+	return c.launch("dequantize_int8", c.ewGrid(x.N), ewThreads, 0, x, q, scales, int64(x.N), bs)
+}
