@@ -9,7 +9,7 @@ type blockActs struct {
 	atty            []float32 // [N,C]
 	res2            []float32 // [N,C] in + attention branch
 	ln2, ln2m, ln2r []float32
-	fch, fchg       []float32 // [N,4C] before and after GELU
+	fch, th         []float32 // [N,4C] MLP hidden before GELU, and GELU's tanh
 	out             []float32 // [N,C] res2 + MLP branch
 }
 
@@ -27,12 +27,13 @@ func (a *blockActs) carve(cv *carver, B, T, C, NH int) {
 	a.atty = cv.take(N * C)
 	a.res2 = cv.take(N * C)
 	a.ln2, a.ln2m, a.ln2r = cv.take(N*C), cv.take(N), cv.take(N)
-	a.fch, a.fchg = cv.take(4*N*C), cv.take(4*N*C)
+	a.fch, a.th = cv.take(4*N*C), cv.take(4*N*C)
 	a.out = cv.take(N * C)
 }
 
-// blockForward runs one pre-LN transformer block on a.in, filling a.
-func blockForward(a *blockActs, params []float32, bp *blockParams, B, T, C, NH int) {
+// blockForward runs one pre-LN transformer block on a.in, filling a. tmp holds
+// N·4C floats of scratch.
+func blockForward(a *blockActs, params []float32, bp *blockParams, tmp []float32, B, T, C, NH int) {
 	N := B * T
 	p := func(v View) []float32 { return v.slice(params) }
 	layernormForward(a.ln1, a.ln1m, a.ln1r, a.in, p(bp.ln1w), p(bp.ln1b), N, C)
@@ -41,13 +42,15 @@ func blockForward(a *blockActs, params []float32, bp *blockParams, B, T, C, NH i
 	residualLinearForward(a.res2, a.in, a.atty, p(bp.attpw), p(bp.attpb), N, C, C)
 	layernormForward(a.ln2, a.ln2m, a.ln2r, a.res2, p(bp.ln2w), p(bp.ln2b), N, C)
 	linearForward(a.fch, a.ln2, p(bp.fcw), p(bp.fcb), N, C, 4*C)
-	geluForward(a.fchg, a.fch)
-	residualLinearForward(a.out, a.res2, a.fchg, p(bp.fcpw), p(bp.fcpb), N, 4*C, C)
+	gl := tmp[:N*4*C]
+	geluForward(gl, a.th, a.fch)
+	residualLinearForward(a.out, a.res2, gl, p(bp.fcpw), p(bp.fcpb), N, 4*C, C)
 }
 
 // blockScratch is the backward scratch of one block, shared by all blocks of a stage.
 type blockScratch struct {
 	big   []float32 // [N,4C]: d(MLP hidden), then d(qkv)
+	hid   []float32 // [N,4C]: GELU output, recomputed
 	small []float32 // [N,C]: d(ln2 out), d(attention out), d(ln1 out)
 	attn  []float32 // attnScratchLen floats
 }
@@ -61,8 +64,9 @@ func blockBackward(dres []float32, a *blockActs, params, grads []float32, bp *bl
 
 	// MLP branch: out = res2 + gelu(ln2·Wfc + bfc)·Wp + bp.
 	dh := sc.big[:N*4*C]
-	linearBackward(dh, g(bp.fcpw), g(bp.fcpb), dres, a.fchg, p(bp.fcpw), N, 4*C, C, false)
-	geluBackward(dh, a.fch, dh)
+	geluRecompute(sc.hid, a.th, a.fch)
+	linearBackward(dh, g(bp.fcpw), g(bp.fcpb), dres, sc.hid, p(bp.fcpw), N, 4*C, C, false)
+	geluBackward(dh, a.th, a.fch, dh)
 	dln := sc.small[:N*C]
 	linearBackward(dln, g(bp.fcw), g(bp.fcb), dh, a.ln2, p(bp.fcw), N, C, 4*C, false)
 	layernormBackward(dres, g(bp.ln2w), g(bp.ln2b), dln, a.res2, p(bp.ln2w), a.ln2m, a.ln2r, N, C)

@@ -119,8 +119,8 @@ func TestResidualGrad(t *testing.T) {
 func TestGeluGrad(t *testing.T) {
 	x := randVec("x", 64, 2)
 	R := randVec("r", 64, 1)
-	out := make([]float32, 64)
-	loss := func() float64 { geluForward(out, x); return dot64(out, R) }
+	out, th := make([]float32, 64), make([]float32, 64)
+	loss := func() float64 { geluForward(out, th, x); return dot64(out, R) }
 	loss()
 	for i, v := range x {
 		u := float64(v)
@@ -129,8 +129,13 @@ func TestGeluGrad(t *testing.T) {
 			t.Fatalf("gelu(%v) = %v, want %v", v, out[i], want)
 		}
 	}
+	re := make([]float32, 64)
+	geluRecompute(re, th, x)
+	if relErr(re, out) != 0 {
+		t.Error("geluRecompute differs from geluForward")
+	}
 	dx := make([]float32, 64)
-	geluBackward(dx, x, R)
+	geluBackward(dx, th, x, R)
 	checkFD(t, "dx", x, dx, loss)
 }
 

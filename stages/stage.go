@@ -3,7 +3,6 @@ package stages
 import (
 	"errors"
 	"fmt"
-	"math"
 	"sync"
 	"sync/atomic"
 )
@@ -243,7 +242,8 @@ func checkIDs(ids []int32, vocab int, what string) error {
 
 func checkFinite(x []float32, what string) error {
 	for i, v := range x {
-		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+		// v-v is 0 for finite v and NaN for NaN and ±Inf.
+		if v-v != 0 {
 			return fmt.Errorf("%s %d is %v", what, i, v)
 		}
 	}
@@ -283,12 +283,16 @@ func (s *Stage) Forward(in Input) (*Pass, error) {
 	}
 	x := p.x0
 	p.blocks = make([]blockActs, len(s.lay.blocks))
-	for i := range p.blocks {
-		a := &p.blocks[i]
-		a.carve(cv, B, T, C, NH)
-		a.in = x
-		blockForward(a, s.params, &s.lay.blocks[i], B, T, C, NH)
-		x = a.out
+	if len(p.blocks) > 0 {
+		tmp := s.scratch.get(N * 4 * C)
+		for i := range p.blocks {
+			a := &p.blocks[i]
+			a.carve(cv, B, T, C, NH)
+			a.in = x
+			blockForward(a, s.params, &s.lay.blocks[i], tmp, B, T, C, NH)
+			x = a.out
+		}
+		s.scratch.put(tmp)
 	}
 	if !s.IsLast() {
 		p.Out = append([]float32(nil), x...)
@@ -307,7 +311,7 @@ func (s *Stage) Forward(in Input) (*Pass, error) {
 // scratchLen is the size of the backward scratch slab.
 func (s *Stage) scratchLen(B, T int) int {
 	N, C := B*T, s.cfg.DModel
-	n := N*C + N*4*C + N*C + attnScratchLen(B, T, s.cfg.NHead)
+	n := N*C + 2*N*4*C + N*C + attnScratchLen(B, T, s.cfg.NHead)
 	if s.IsLast() {
 		n += N * s.cfg.Vocab
 	}
@@ -350,7 +354,7 @@ func (s *Stage) Backward(p *Pass, dout []float32) ([]float32, error) {
 	defer s.scratch.put(slab)
 	cv := &carver{buf: slab}
 	dres := cv.take(N * C)
-	sc := blockScratch{big: cv.take(N * 4 * C), small: cv.take(N * C), attn: cv.take(attnScratchLen(B, T, NH))}
+	sc := blockScratch{big: cv.take(N * 4 * C), hid: cv.take(N * 4 * C), small: cv.take(N * C), attn: cv.take(attnScratchLen(B, T, NH))}
 	params, grads := s.params, s.grads
 
 	if s.IsLast() {
