@@ -1,0 +1,111 @@
+package swarm
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/proto"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// resourceLimits are the resource manager's limits: explicit per-peer caps
+// on streams and memory, so one peer flooding us cannot exhaust the node;
+// everything not set here keeps go-libp2p's scaled defaults.
+func resourceLimits(o *Options) rcmgr.ConcreteLimitConfig {
+	peer := rcmgr.ResourceLimits{
+		Streams:         rcmgr.LimitVal(o.MaxStreamsPerPeer),
+		StreamsInbound:  rcmgr.LimitVal(o.MaxStreamsPerPeer / 2),
+		StreamsOutbound: rcmgr.LimitVal(o.MaxStreamsPerPeer),
+		Conns:           8,
+		ConnsInbound:    4,
+		ConnsOutbound:   4,
+		Memory:          rcmgr.LimitVal64(o.MaxMemoryPerPeer),
+	}
+	system := rcmgr.ResourceLimits{
+		Conns:   rcmgr.LimitVal(4 * o.ConnHigh),
+		Streams: rcmgr.LimitVal(16 * o.MaxStreamsPerPeer),
+		Memory:  rcmgr.LimitVal64(o.MaxMemory),
+	}
+	return rcmgr.PartialLimitConfig{System: system, PeerDefault: peer}.Build(rcmgr.DefaultLimits.AutoScale())
+}
+
+// newHost builds the libp2p host: TCP and QUIC, Noise/TLS, resource and
+// connection managers, AutoNAT, relay v2 client (and service if asked),
+// hole punching. It dials nobody by itself: no public bootstrap, no mDNS.
+func newHost(o *Options, key crypto.PrivKey, reg prometheus.Registerer) (host.Host, error) {
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(resourceLimits(o)))
+	if err != nil {
+		return nil, fmt.Errorf("resource manager: %w", err)
+	}
+	cm, err := connmgr.NewConnManager(o.ConnLow, o.ConnHigh)
+	if err != nil {
+		return nil, fmt.Errorf("connection manager: %w", err)
+	}
+	// AutoRelay looks for relays among the peers we are connected to, and so
+	// needs the host it is part of; the source reads it once it exists.
+	var hostRef atomic.Pointer[host.Host]
+	relaySource := func(ctx context.Context, num int) <-chan peer.AddrInfo {
+		out := make(chan peer.AddrInfo, num)
+		defer close(out)
+		hp := hostRef.Load()
+		if hp == nil {
+			return out
+		}
+		self := *hp
+		for _, p := range self.Network().Peers() {
+			if len(out) == num {
+				break
+			}
+			if ok, _ := self.Peerstore().SupportsProtocols(p, proto.ProtoIDv2Hop); len(ok) > 0 {
+				out <- self.Peerstore().PeerInfo(p)
+			}
+		}
+		return out
+	}
+	opts := []libp2p.Option{
+		libp2p.Identity(key),
+		libp2p.ListenAddrStrings(o.Listen...),
+		libp2p.ResourceManager(rm),
+		libp2p.ConnectionManager(cm),
+		libp2p.EnableNATService(),
+		libp2p.EnableRelay(),
+		libp2p.EnableAutoRelayWithPeerSource(relaySource),
+		libp2p.EnableHolePunching(),
+	}
+	if o.Relay {
+		opts = append(opts, libp2p.EnableRelayService())
+	}
+	if reg != nil {
+		opts = append(opts, libp2p.PrometheusRegisterer(reg))
+	} else {
+		opts = append(opts, libp2p.DisableMetrics())
+	}
+	h, err := libp2p.New(opts...)
+	if err != nil {
+		rm.Close()
+		cm.Close()
+		return nil, fmt.Errorf("libp2p host: %w", err)
+	}
+	hostRef.Store(&h)
+	return h, nil
+}
+
+// reachabilityName is how the status page shows reachability.
+func reachabilityName(r network.Reachability) string {
+	switch r {
+	case network.ReachabilityPublic:
+		return "public"
+	case network.ReachabilityPrivate:
+		return "private"
+	default:
+		return "unknown"
+	}
+}

@@ -1,0 +1,67 @@
+package swarm
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// collector exports a node's Report as Prometheus metrics at scrape time, so
+// the metrics never disagree with /api/status.
+type collector struct{ n *Node }
+
+var (
+	descStep       = prometheus.NewDesc("swarmnode_step", "Optimizer step.", nil, nil)
+	descLoss       = prometheus.NewDesc("swarmnode_loss", "Latest training loss.", nil, nil)
+	descTPS        = prometheus.NewDesc("swarmnode_tokens_per_sec", "Training throughput in tokens per second.", nil, nil)
+	descStage      = prometheus.NewDesc("swarmnode_stage", "Stage served, -1 for none.", nil, nil)
+	descHolders    = prometheus.NewDesc("swarmnode_stage_holders", "Live holders of each stage.", []string{"stage"}, nil)
+	descThroughput = prometheus.NewDesc("swarmnode_stage_throughput", "Summed throughput of each stage's holders, tokens per second.", []string{"stage"}, nil)
+	descPeers      = prometheus.NewDesc("swarmnode_connected_peers", "Connected libp2p peers.", nil, nil)
+	descMB         = prometheus.NewDesc("swarmnode_microbatches_total", "Microbatches by outcome.", []string{"outcome"}, nil)
+	descAvgRounds  = prometheus.NewDesc("swarmnode_averaging_rounds_total", "Finished averaging rounds.", nil, nil)
+	descAvgFail    = prometheus.NewDesc("swarmnode_averaging_failures_total", "Averaging rounds that did not finish.", nil, nil)
+	descAvgGroup   = prometheus.NewDesc("swarmnode_averaging_last_group_size", "Peers in the last averaging round.", nil, nil)
+	descAvgMS      = prometheus.NewDesc("swarmnode_averaging_last_round_ms", "Duration of the last averaging round, ms.", nil, nil)
+	descErrors     = prometheus.NewDesc("swarmnode_errors_total", "Errors by kind.", []string{"kind"}, nil)
+)
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descStep, descLoss, descTPS, descStage, descHolders, descThroughput,
+		descPeers, descMB, descAvgRounds, descAvgFail, descAvgGroup, descAvgMS, descErrors} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	r := c.n.Report()
+	g := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	ctr := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+	g(descStep, float64(r.Step))
+	g(descLoss, r.Loss)
+	g(descTPS, r.TokensPerSec)
+	g(descStage, float64(r.Stage))
+	g(descPeers, float64(r.ConnectedPeers))
+	for k, hs := range r.Holders {
+		tp := 0.0
+		for _, h := range hs {
+			tp += h.Throughput
+		}
+		g(descHolders, float64(len(hs)), strconv.Itoa(k))
+		g(descThroughput, tp, strconv.Itoa(k))
+	}
+	ctr(descMB, float64(r.Microbatches.Completed), "completed")
+	ctr(descMB, float64(r.Microbatches.Retried), "retried")
+	ctr(descMB, float64(r.Microbatches.Failed), "failed")
+	ctr(descAvgRounds, float64(r.Averaging.Rounds))
+	ctr(descAvgFail, float64(r.Averaging.Failures))
+	g(descAvgGroup, float64(r.Averaging.LastGroupSize))
+	g(descAvgMS, r.Averaging.LastRoundMS)
+	for kind, v := range r.Errors {
+		ctr(descErrors, float64(v), kind)
+	}
+}

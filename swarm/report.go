@@ -1,0 +1,78 @@
+package swarm
+
+import (
+	"time"
+)
+
+// HolderReport is one holder of a stage as /api/status shows it.
+type HolderReport struct {
+	PeerID     string  `json:"peer_id"`
+	Role       string  `json:"role"`
+	Throughput float64 `json:"throughput"`
+	Queue      int     `json:"queue"`
+	// LastSeen is when a record or gossip message of the holder last arrived.
+	LastSeen time.Time `json:"last_seen"`
+	// Self marks this node.
+	Self bool `json:"self,omitempty"`
+}
+
+// Report is the /api/status document.
+type Report struct {
+	PeerID       string   `json:"peer_id"`
+	Addrs        []string `json:"addrs"`
+	Reachability string   `json:"reachability"`
+	Run          string   `json:"run"`
+	Role         string   `json:"role"`
+	// Stage is the stage served, -1 for none.
+	Stage int `json:"stage"`
+	// Holders maps every stage of the run to its live holders.
+	Holders        map[int][]HolderReport `json:"holders"`
+	ConnectedPeers int                    `json:"connected_peers"`
+	Step           int64                  `json:"step"`
+	Loss           float64                `json:"loss"`
+	TokensPerSec   float64                `json:"tokens_per_sec"`
+	History        []HistoryPoint         `json:"history"`
+	Microbatches   MicrobatchCounts       `json:"microbatches"`
+	Averaging      AveragingStats         `json:"averaging"`
+	Errors         map[string]uint64      `json:"errors"`
+	Time           time.Time              `json:"time"`
+}
+
+// Report assembles the node's current status.
+func (n *Node) Report() Report {
+	self := n.dht.Self()
+	c := n.status.Snapshot()
+	r := Report{
+		PeerID: n.ID().String(), Reachability: reachabilityName(n.Reachability()),
+		Run: n.opts.Run, Role: self.Role, Stage: self.Stage,
+		Holders:        make(map[int][]HolderReport, n.opts.NumStages),
+		ConnectedPeers: len(n.host.Network().Peers()),
+		Step:           c.Training.Step, Loss: c.Training.Loss, TokensPerSec: c.Training.TokensPerSec,
+		History: c.History, Microbatches: c.Microbatches, Averaging: c.Averaging, Errors: c.Errors,
+		Time: time.Now().UTC(),
+	}
+	if r.History == nil {
+		r.History = []HistoryPoint{}
+	}
+	for _, a := range n.Addrs() {
+		r.Addrs = append(r.Addrs, a.String())
+	}
+	if r.Addrs == nil {
+		r.Addrs = []string{}
+	}
+	for k := 0; k < n.opts.NumStages; k++ {
+		r.Holders[k] = []HolderReport{}
+	}
+	for k, hs := range n.dht.AllHolders() {
+		if k >= n.opts.NumStages {
+			continue // a peer of another shape of run: not ours to show
+		}
+		for _, h := range hs {
+			r.Holders[k] = append(r.Holders[k], HolderReport{
+				PeerID: h.Peer.String(), Role: h.Role, Throughput: h.Throughput, Queue: h.Queue,
+				LastSeen: h.LastSeen.UTC(), Self: h.Peer == n.ID(),
+			})
+		}
+	}
+	return r
+}

@@ -1,0 +1,182 @@
+package swarm
+
+import (
+	"maps"
+	"math"
+	"slices"
+	"sync"
+	"time"
+)
+
+// MaxHistory bounds the loss history kept for the status page; beyond it the
+// history is thinned (every other point dropped) so the whole curve stays.
+const MaxHistory = 2048
+
+// HistoryPoint is one point of the loss curve.
+type HistoryPoint struct {
+	// Step is the optimizer step.
+	Step int64 `json:"step"`
+	// Loss is the training loss at Step.
+	Loss float64 `json:"loss"`
+	// ValLoss is the validation loss at Step, 0 when not evaluated.
+	ValLoss float64 `json:"val_loss"`
+	// Time is when the point was recorded.
+	Time time.Time `json:"time"`
+}
+
+// MicrobatchKind names a microbatch outcome.
+type MicrobatchKind int
+
+// Microbatch outcomes counted on the status page.
+const (
+	// MicrobatchCompleted is a microbatch whose forward and backward finished.
+	MicrobatchCompleted MicrobatchKind = iota
+	// MicrobatchRetried is a partial retry after a downstream hop failed.
+	MicrobatchRetried
+	// MicrobatchFailed is a microbatch given up on.
+	MicrobatchFailed
+)
+
+// MicrobatchCounts are the microbatch counters.
+type MicrobatchCounts struct {
+	Completed uint64 `json:"completed"`
+	Retried   uint64 `json:"retried"`
+	Failed    uint64 `json:"failed"`
+}
+
+// AveragingStats are the averaging counters.
+type AveragingStats struct {
+	// Rounds counts finished averaging rounds.
+	Rounds uint64 `json:"rounds"`
+	// LastGroupSize is the number of peers in the last round.
+	LastGroupSize int `json:"last_group_size"`
+	// LastRoundMS is the duration of the last round in milliseconds.
+	LastRoundMS float64 `json:"last_round_ms"`
+	// Failures counts rounds that did not finish.
+	Failures uint64 `json:"failures"`
+}
+
+// Training is the training progress as the status page shows it.
+type Training struct {
+	Step         int64   `json:"step"`
+	Loss         float64 `json:"loss"`
+	TokensPerSec float64 `json:"tokens_per_sec"`
+}
+
+// Status holds the progress figures that the pipeline and averaging fill in
+// and the status server shows. All methods are safe for concurrent use.
+type Status struct {
+	mu       sync.Mutex
+	training Training
+	history  []HistoryPoint
+	mb       MicrobatchCounts
+	avg      AveragingStats
+	errors   map[string]uint64
+}
+
+func newStatus() *Status { return &Status{errors: make(map[string]uint64)} }
+
+func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
+
+// SetTraining records the current step, loss and speed. A non-finite loss or
+// speed is not stored (JSON cannot carry it) and counts as error "non_finite".
+func (s *Status) SetTraining(step int64, loss, tokensPerSec float64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !finite(loss) || !finite(tokensPerSec) {
+		s.errors["non_finite"]++
+		return
+	}
+	s.training = Training{Step: step, Loss: loss, TokensPerSec: tokensPerSec}
+}
+
+// AddHistory appends a loss curve point (Time defaults to now). A point with
+// a non-finite loss counts as error "non_finite" instead.
+func (s *Status) AddHistory(p HistoryPoint) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !finite(p.Loss) || !finite(p.ValLoss) {
+		s.errors["non_finite"]++
+		return
+	}
+	if p.Time.IsZero() {
+		p.Time = time.Now()
+	}
+	if len(s.history) >= MaxHistory {
+		kept := s.history[:0]
+		for i := 0; i < len(s.history); i += 2 {
+			kept = append(kept, s.history[i])
+		}
+		s.history = kept
+	}
+	s.history = append(s.history, p)
+}
+
+// IncMicrobatch counts one microbatch outcome.
+func (s *Status) IncMicrobatch(kind MicrobatchKind) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch kind {
+	case MicrobatchCompleted:
+		s.mb.Completed++
+	case MicrobatchRetried:
+		s.mb.Retried++
+	case MicrobatchFailed:
+		s.mb.Failed++
+	}
+}
+
+// SetAveraging replaces the averaging counters wholesale.
+func (s *Status) SetAveraging(a AveragingStats) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.avg = a
+}
+
+// AveragingRound records a finished averaging round.
+func (s *Status) AveragingRound(groupSize int, took time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.avg.Rounds++
+	s.avg.LastGroupSize = groupSize
+	s.avg.LastRoundMS = float64(took.Microseconds()) / 1000
+}
+
+// AveragingFailure records a round that did not finish.
+func (s *Status) AveragingFailure() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.avg.Failures++
+}
+
+// IncError counts one error of the given kind (e.g. "dial", "bad_frame").
+func (s *Status) IncError(kind string) {
+	if kind == "" {
+		kind = "unknown"
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.errors[kind]++
+}
+
+// Counters is a consistent copy of everything in a Status.
+type Counters struct {
+	Training     Training
+	History      []HistoryPoint
+	Microbatches MicrobatchCounts
+	Averaging    AveragingStats
+	Errors       map[string]uint64
+}
+
+// Snapshot returns a copy of the counters.
+func (s *Status) Snapshot() Counters {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Counters{
+		Training:     s.training,
+		History:      slices.Clone(s.history),
+		Microbatches: s.mb,
+		Averaging:    s.avg,
+		Errors:       maps.Clone(s.errors),
+	}
+}
