@@ -1,0 +1,121 @@
+package averaging
+
+import (
+	"context"
+	"encoding/hex"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+func testState(n int) State {
+	rng := rand.New(rand.NewPCG(9, 9))
+	return State{Step: 42, Params: randVec(rng, n, 1), M: randVec(rng, n, 0.1), V: randVec(rng, n, 0.01)}
+}
+
+func cloneState(s State) State {
+	return State{Step: s.Step, Params: slices.Clone(s.Params), M: slices.Clone(s.M), V: slices.Clone(s.V)}
+}
+
+func serve(t *testing.T, h host.Host, st State, o ServeOptions) *StateServer {
+	t.Helper()
+	s, err := ServeState(h, "test", "stage-0", func() (State, error) { return cloneState(st), nil }, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func sameState(t *testing.T, got, want State) {
+	t.Helper()
+	if got.Step != want.Step || !slices.Equal(got.Params, want.Params) || !slices.Equal(got.M, want.M) || !slices.Equal(got.V, want.V) {
+		t.Fatalf("fetched state differs from the served one")
+	}
+}
+
+func TestFetchStateFromOneAndTwo(t *testing.T) {
+	st := testState(300_001)
+	hs := []host.Host{newHost(t, nil), newHost(t, nil), newHost(t, nil)}
+	connectAll(t, hs)
+	// A rate cap makes each shard take a while, so both holders get work.
+	o := ServeOptions{ShardFloats: 1 << 16, Rate: 40 << 20}
+	s1 := serve(t, hs[1], st, o)
+	serve(t, hs[2], st, o)
+	ctx := context.Background()
+
+	one, err := FetchState(ctx, hs[0], "test", "stage-0", []peer.ID{hs[1].ID()}, FetchOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameState(t, one, st)
+	snap, err := s1.snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hex.EncodeToString(one.Sum[:]) != snap.m.Root || len(one.From) != 1 {
+		t.Errorf("sum %x, root %s, from %v", one.Sum, snap.m.Root, one.From)
+	}
+
+	two, err := FetchState(ctx, hs[0], "test", "stage-0", []peer.ID{hs[1].ID(), hs[2].ID()}, FetchOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameState(t, two, st)
+	if two.Sum != one.Sum || len(two.From) != 2 {
+		t.Errorf("two holders: sum %x vs %x, shards per holder %v", two.Sum, one.Sum, two.From)
+	}
+	t.Logf("shards per holder: %v", two.From)
+	waitNoGoroutines(t)
+}
+
+func TestFetchStateChecksum(t *testing.T) {
+	st := testState(100_000)
+	hs := []host.Host{newHost(t, nil), newHost(t, nil), newHost(t, nil)}
+	connectAll(t, hs)
+	bad := ServeOptions{ShardFloats: 1 << 14, corrupt: func(shard int, b []byte) {
+		if shard == 3 {
+			b[len(b)/2] ^= 0x40
+		}
+	}}
+	serve(t, hs[1], st, bad)
+	serve(t, hs[2], st, ServeOptions{ShardFloats: 1 << 14})
+	ctx := context.Background()
+
+	_, err := FetchState(ctx, hs[0], "test", "stage-0", []peer.ID{hs[1].ID()}, FetchOptions{})
+	if err == nil || !strings.Contains(err.Error(), "checksum") {
+		t.Fatalf("corrupt holder alone: %v, want a checksum error", err)
+	}
+	// With an honest holder too, the corrupt shard is fetched again from it.
+	got, err := FetchState(ctx, hs[0], "test", "stage-0", []peer.ID{hs[1].ID(), hs[2].ID()}, FetchOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameState(t, got, st)
+
+	// Holders of different layouts: the first manifest sets the layout.
+	other := testState(99_999)
+	hs2 := newHost(t, nil)
+	connectAll(t, []host.Host{hs[0], hs2})
+	serve(t, hs2, other, ServeOptions{ShardFloats: 1 << 14})
+	got, err = FetchState(ctx, hs[0], "test", "stage-0", []peer.ID{hs[2].ID(), hs2.ID()}, FetchOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameState(t, got, st)
+	if got.From[hs2.ID()] != 0 {
+		t.Errorf("a holder of another layout served shards")
+	}
+	// No holder serves the key.
+	ctx2, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := FetchState(ctx2, hs[0], "test", "stage-9", []peer.ID{hs[1].ID()}, FetchOptions{}); err == nil {
+		t.Fatal("fetch of an unserved key succeeded")
+	}
+	waitNoGoroutines(t)
+}
