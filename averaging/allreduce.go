@@ -41,7 +41,7 @@ type reduceRound struct {
 type slot struct {
 	from     int
 	weight   float64
-	attached bool          // a stream claimed the slot (a.mu)
+	attached bool           // a stream claimed the slot (a.mu)
 	chunks   chan []float32 // decoded chunks in order; closed by the stream's reader when it stops
 	results  chan []byte    // encoded result chunks; closed by the reducer when it is done
 	exited   chan struct{}  // closed when the stream's handler returns

@@ -27,7 +27,7 @@ const (
 	// maxChunkFloats bounds the values in one chunk frame, whatever a peer claims.
 	maxChunkFloats = 1 << 22
 	// maxFrame bounds any frame a peer may send us.
-	maxFrame = 13 + 4*maxChunkFloats
+	maxFrame  = 13 + 4*maxChunkFloats
 	chunkHead = 13 // codec u8, shard u32, chunk u32, count u32
 )
 
