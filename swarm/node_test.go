@@ -1,0 +1,265 @@
+package swarm
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"swarmnode/dht"
+)
+
+func testOptions(t testing.TB, stage int) Options {
+	return Options{
+		Run: "test", NumStages: 3, Stage: stage, Role: dht.RoleServer,
+		Listen:     []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"},
+		DataDir:    t.TempDir(),
+		StatusAddr: "127.0.0.1:0",
+		RecordTTL:  3 * time.Second, GossipEvery: 150 * time.Millisecond,
+		RefreshEvery: 300 * time.Millisecond, OpTimeout: 2 * time.Second,
+	}
+}
+
+func startTestNode(t testing.TB, o Options) *Node {
+	t.Helper()
+	n, err := New(t.Context(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
+func getJSON(t testing.TB, url string, v any) {
+	t.Helper()
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %s", url, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+}
+
+func waitFor(t testing.TB, within time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %v", within, err)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+func TestIdentityCreatedPrivateAndReused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sub", "identity.key")
+	k1, err := LoadIdentity(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %04o, want 0600", fi.Mode().Perm())
+	}
+	k2, err := LoadIdentity(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !k1.Equals(k2) {
+		t.Fatal("second load returned another key")
+	}
+}
+
+func TestIdentityRefusesReadableKey(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "identity.key")
+	if _, err := LoadIdentity(path); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []os.FileMode{0o644, 0o640, 0o604, 0o660} {
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		_, err := LoadIdentity(path)
+		if err == nil || !strings.Contains(err.Error(), "chmod 600") {
+			t.Fatalf("mode %04o: err %v, want a refusal that says chmod 600", mode, err)
+		}
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadIdentity(path); err == nil {
+		t.Fatal("garbage key file accepted")
+	}
+}
+
+func TestNodesStatusAPI(t *testing.T) {
+	a := startTestNode(t, testOptions(t, 0))
+	ob := testOptions(t, 2)
+	ob.Bootstrap = []string{a.Addrs()[0].String()}
+	b := startTestNode(t, ob)
+	b.Status().SetTraining(42, 2.5, 1234)
+	b.Status().AddHistory(HistoryPoint{Step: 10, Loss: 3.0})
+	b.Status().AddHistory(HistoryPoint{Step: 42, Loss: 2.5, ValLoss: 2.7})
+	b.Status().IncMicrobatch(MicrobatchCompleted)
+	b.Status().IncMicrobatch(MicrobatchRetried)
+	b.Status().AveragingRound(3, 120*time.Millisecond)
+	b.Status().IncError("dial")
+	b.Status().SetTraining(43, nanLoss(), 1)
+
+	var r Report
+	waitFor(t, 3*time.Second, func() error {
+		r = Report{}
+		getJSON(t, b.StatusURL()+"api/status", &r)
+		if len(r.Holders[0]) != 1 || r.Holders[0][0].PeerID != a.ID().String() {
+			return fmt.Errorf("stage 0 holders %+v", r.Holders[0])
+		}
+		if len(r.Holders[2]) != 1 || !r.Holders[2][0].Self {
+			return fmt.Errorf("stage 2 holders %+v", r.Holders[2])
+		}
+		return nil
+	})
+	if r.PeerID != b.ID().String() || r.Run != "test" || r.Stage != 2 || r.Role != "server" {
+		t.Fatalf("report header %+v", r)
+	}
+	if len(r.Holders) != 3 || len(r.Holders[1]) != 0 {
+		t.Fatalf("want all 3 stages listed, stage 1 empty: %+v", r.Holders)
+	}
+	if r.Step != 42 || r.Loss != 2.5 || r.TokensPerSec != 1234 || len(r.History) != 2 || r.History[1].ValLoss != 2.7 {
+		t.Fatalf("training fields %+v", r)
+	}
+	if r.Microbatches.Completed != 1 || r.Microbatches.Retried != 1 || r.Averaging.Rounds != 1 ||
+		r.Averaging.LastGroupSize != 3 || r.Averaging.LastRoundMS != 120 || r.Errors["dial"] != 1 || r.Errors["non_finite"] != 1 {
+		t.Fatalf("counters %+v %+v %+v", r.Microbatches, r.Averaging, r.Errors)
+	}
+	for _, a := range r.Addrs {
+		if !strings.HasSuffix(a, "/p2p/"+r.PeerID) {
+			t.Fatalf("addr %q lacks /p2p/<id>", a)
+		}
+	}
+
+	// The raw JSON keeps the field names the issue lists, zero values included.
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(a.StatusURL() + "api/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&raw); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for _, f := range []string{"peer_id", "addrs", "run", "role", "stage", "holders", "step", "loss", "tokens_per_sec", "history", "microbatches", "averaging", "errors"} {
+		if _, ok := raw[f]; !ok {
+			t.Errorf("/api/status lacks %q", f)
+		}
+	}
+
+	resp, err = c.Get(b.StatusURL() + "metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"swarmnode_step 42", `swarmnode_stage_holders{stage="0"} 1`, `swarmnode_microbatches_total{outcome="completed"} 1`, `swarmnode_errors_total{kind="dial"} 1`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+
+	resp, err = c.Get(b.StatusURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{b.ID().String(), a.ID().String(), `id="holders"`, "<polyline", `http-equiv="refresh"`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+}
+
+func nanLoss() float64 {
+	z := 0.0
+	return z / z
+}
+
+func TestChooseStage(t *testing.T) {
+	h := func(id string, tp float64) dht.Holder { return dht.Holder{Peer: peerID(id), Throughput: tp} }
+	cases := []struct {
+		holders map[int][]dht.Holder
+		want    int
+	}{
+		{map[int][]dht.Holder{}, 0},
+		{map[int][]dht.Holder{0: {h("a", 1)}}, 1},
+		{map[int][]dht.Holder{0: {h("a", 1)}, 1: {h("b", 5)}, 2: {h("c", 3)}}, 0},
+		{map[int][]dht.Holder{0: {h("a", 1), h("d", 1)}, 1: {h("b", 5)}, 2: {h("c", 3)}}, 2},
+		// Our own entry does not count: we are choosing where to be.
+		{map[int][]dht.Holder{0: {h("self", 1)}, 1: {h("b", 5)}, 2: {h("c", 3)}}, 0},
+	}
+	for i, c := range cases {
+		if got := ChooseStage(3, c.holders, peerID("self")); got != c.want {
+			t.Errorf("case %d: ChooseStage = %d, want %d", i, got, c.want)
+		}
+	}
+}
+
+func TestAutoStageFillsEmptyStage(t *testing.T) {
+	a := startTestNode(t, testOptions(t, 0))
+	ob := testOptions(t, 1)
+	ob.Bootstrap = []string{a.Addrs()[0].String()}
+	startTestNode(t, ob)
+	oc := testOptions(t, -1)
+	oc.Bootstrap = ob.Bootstrap
+	c := startTestNode(t, oc)
+	waitFor(t, 3*time.Second, func() error {
+		if k := c.AutoStage(t.Context()); k != 2 {
+			return fmt.Errorf("AutoStage = %d, want 2 (the empty stage)", k)
+		}
+		return nil
+	})
+	if err := c.SetStage(2); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetStage(3); err == nil {
+		t.Fatal("SetStage accepted a stage beyond the run")
+	}
+}
+
+func TestNewRejectsBadOptions(t *testing.T) {
+	o := testOptions(t, 0)
+	o.Bootstrap = []string{"/ip4/127.0.0.1/tcp/1"} // no /p2p
+	if _, err := New(t.Context(), o); err == nil || !strings.Contains(err.Error(), "bootstrap") {
+		t.Fatalf("err %v, want a bootstrap error", err)
+	}
+	o = testOptions(t, 5)
+	if _, err := New(t.Context(), o); err == nil {
+		t.Fatal("stage beyond the run accepted")
+	}
+	o = testOptions(t, 0)
+	o.StatusAddr = "127.0.0.1:bad"
+	if _, err := New(t.Context(), o); err == nil {
+		t.Fatal("bad status address accepted")
+	}
+}
