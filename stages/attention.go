@@ -6,6 +6,11 @@ import (
 	"swarmnode/stages/blas"
 )
 
+// attnBlock is the row block of the causal products: rows [r0, r0+attnBlock) only
+// see keys [0, r0+attnBlock), so blocks above the diagonal are skipped (about 3/8
+// of the attention products at T = 4·attnBlock, more for longer sequences).
+const attnBlock = 64
+
 // attentionForward runs causal multi-head self-attention on the fused projections
 // qkv [B,T,3C] (columns q | k | v, head h at columns h·hs..(h+1)·hs of each part).
 // It writes the head outputs, side by side, to out [B,T,C] and keeps the
@@ -22,11 +27,15 @@ func attentionForward(out, att, qkv []float32, B, T, C, NH int) {
 			k := qkv[base+C+h*hs:]
 			v := qkv[base+2*C+h*hs:]
 			p := att[bh*T*T : (bh+1)*T*T]
-			blas.SgemmSeq(false, true, T, T, hs, scale, q, C3, k, C3, 0, p, T)
-			for t := 0; t < T; t++ {
-				softmaxCausalRow(p[t*T:t*T+T], t)
+			o := out[b*T*C+h*hs:]
+			for r0 := 0; r0 < T; r0 += attnBlock {
+				r1 := min(r0+attnBlock, T)
+				blas.SgemmSeq(false, true, r1-r0, r1, hs, scale, q[r0*C3:], C3, k, C3, 0, p[r0*T:], T)
+				for t := r0; t < r1; t++ {
+					softmaxCausalRow(p[t*T:t*T+T], t)
+				}
+				blas.SgemmSeq(false, false, r1-r0, hs, r1, 1, p[r0*T:], T, v, C3, 0, o[r0*C:], C)
 			}
-			blas.SgemmSeq(false, false, T, hs, T, 1, p, T, v, C3, 0, out[b*T*C+h*hs:], C)
 		}
 	})
 }
@@ -72,9 +81,15 @@ func attentionBackward(dqkv, dout, qkv, att, scratch []float32, B, T, C, NH int)
 			dv := dqkv[base+2*C+h*hs:]
 			do := dout[b*T*C+h*hs:]
 			p := att[bh*T*T : (bh+1)*T*T]
-			// dV = Pᵀ·dO; dP = dO·Vᵀ.
-			blas.SgemmSeq(true, false, T, hs, T, 1, p, T, do, C, 0, dv, C3)
-			blas.SgemmSeq(false, true, T, T, hs, 1, do, C, v, C3, 0, ds, T)
+			// Column block [c0, c1) of dV and dK gets contributions from rows i >= c0
+			// only; row block [r0, r1) of dP and dQ from columns j < r1 only.
+			for c0 := 0; c0 < T; c0 += attnBlock {
+				c1 := min(c0+attnBlock, T)
+				// dV = Pᵀ·dO.
+				blas.SgemmSeq(true, false, c1-c0, hs, T-c0, 1, p[c0*T+c0:], T, do[c0*C:], C, 0, dv[c0*C3:], C3)
+				// dP = dO·Vᵀ, rows [c0, c1).
+				blas.SgemmSeq(false, true, c1-c0, c1, hs, 1, do[c0*C:], C, v, C3, 0, ds[c0*T:], T)
+			}
 			// dS = P ⊙ (dP − rowsum(dP ⊙ P)), only on and below the diagonal.
 			for t := 0; t < T; t++ {
 				pr := p[t*T : t*T+t+1]
@@ -88,9 +103,13 @@ func attentionBackward(dqkv, dout, qkv, att, scratch []float32, B, T, C, NH int)
 				}
 				clear(dr[t+1:])
 			}
-			// dQ = scale·dS·K; dK = scale·dSᵀ·Q.
-			blas.SgemmSeq(false, false, T, hs, T, scale, ds, T, k, C3, 0, dq, C3)
-			blas.SgemmSeq(true, false, T, hs, T, scale, ds, T, q, C3, 0, dk, C3)
+			for c0 := 0; c0 < T; c0 += attnBlock {
+				c1 := min(c0+attnBlock, T)
+				// dQ = scale·dS·K, rows [c0, c1).
+				blas.SgemmSeq(false, false, c1-c0, hs, c1, scale, ds[c0*T:], T, k, C3, 0, dq[c0*C3:], C3)
+				// dK = scale·dSᵀ·Q, rows [c0, c1) of dK.
+				blas.SgemmSeq(true, false, c1-c0, hs, T-c0, scale, ds[c0*T+c0:], T, q[c0*C3:], C3, 0, dk[c0*C3:], C3)
+			}
 		}
 	})
 }
