@@ -1,0 +1,213 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"swarmnode/pipeline/codec"
+	"swarmnode/pipeline/wire"
+)
+
+// Protocol is the stage protocol id of run.
+func Protocol(run string) protocol.ID { return protocol.ID("/swarmnode/" + run + "/stage/1.0.0") }
+
+// request is one microbatch as sent to a holder of stage `stage`.
+type request struct {
+	id      uint64
+	stage   int
+	eval    bool
+	b, t    int
+	tokens  []int32   // stage 0
+	x       []float32 // other stages
+	targets []int32
+}
+
+// answer is what a hop returns: the microbatch loss and, in training and past
+// stage 0, the gradient of the input activations.
+type answer struct {
+	loss float32
+	grad []float32
+}
+
+// caller sends requests to holders of one stage and retries on other holders.
+type caller struct {
+	host   host.Host
+	proto  protocol.ID
+	router Router
+	picker *picker
+	bo     *backoff
+
+	stages     int // number of stages in the pipeline
+	dmodel     int
+	maxFrame   int
+	hopTimeout time.Duration
+	retries    int
+	enc        wire.Encoding // codec and block of the tensors this caller sends
+	zstd       codec.ZstdMode
+
+	linkMu sync.Mutex
+	links  map[peer.ID]*codec.Link
+
+	attempts, failures atomic.Int64
+}
+
+// link returns the zstd policy for peer p (one per peer: links differ).
+func (c *caller) link(p peer.ID) *codec.Link {
+	if c.zstd == codec.ZstdOff {
+		return nil
+	}
+	c.linkMu.Lock()
+	defer c.linkMu.Unlock()
+	if c.links == nil || len(c.links) > 1024 {
+		c.links = make(map[peer.ID]*codec.Link)
+	}
+	l := c.links[p]
+	if l == nil {
+		l = codec.NewLink(c.zstd)
+		c.links[p] = l
+	}
+	return l
+}
+
+// hopLimit bounds one attempt at stage k: every stage from k down may take one
+// hop timeout.
+func (c *caller) hopLimit(k int) time.Duration {
+	return c.hopTimeout * time.Duration(max(1, c.stages-k))
+}
+
+// send delivers req to some holder of its stage, trying up to retries other
+// holders after a failure, until ctx ends. A failure that is this side's own fault
+// (a tensor it cannot encode) is not retried.
+func (c *caller) send(ctx context.Context, req *request) (answer, error) {
+	avoid := make(map[peer.ID]bool)
+	var last error
+	for attempt := 0; attempt <= c.retries; attempt++ {
+		h, err := c.picker.pick(ctx, req.stage, avoid)
+		if err != nil {
+			if last == nil {
+				last = fmt.Errorf("no holder of stage %d: %w", req.stage, err)
+			}
+			break
+		}
+		c.attempts.Add(1)
+		ans, err := c.once(ctx, h, req)
+		if err == nil {
+			c.bo.up(h.ID)
+			return ans, nil
+		}
+		c.failures.Add(1)
+		last = fmt.Errorf("stage %d holder %s: %w", req.stage, shortID(h.ID), err)
+		avoid[h.ID] = true
+		var re *wire.RemoteError
+		switch {
+		case errors.Is(err, errLocal):
+			return answer{}, last
+		case errors.As(err, &re) && re.Code == wire.CodeDownstream:
+			// It is alive; the stage below it failed. Another holder may route elsewhere.
+		case errors.As(err, &re) && re.Code == wire.CodeBusy:
+			c.bo.down(h.ID, time.Now())
+		default:
+			c.bo.down(h.ID, time.Now())
+			c.router.MarkDown(h.ID)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return answer{}, fmt.Errorf("%w: %v", wire.ErrDownstream, last)
+}
+
+// errLocal marks failures that retrying elsewhere cannot fix.
+var errLocal = errors.New("local failure")
+
+// once makes one attempt at holder h.
+func (c *caller) once(ctx context.Context, h Holder, req *request) (ans answer, err error) {
+	deadline := time.Now().Add(c.hopLimit(req.stage))
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	c.picker.begin(h.ID)
+	defer c.picker.end(h.ID)
+
+	if len(h.Addrs) > 0 && len(c.host.Peerstore().Addrs(h.ID)) == 0 {
+		c.host.Peerstore().AddAddrs(h.ID, h.Addrs, peerstore.TempAddrTTL)
+	}
+	s, err := c.host.NewStream(ctx, h.ID, c.proto)
+	if err != nil {
+		return ans, fmt.Errorf("open stream: %w", err)
+	}
+	ok := false
+	defer func() {
+		if ok {
+			_ = s.Close()
+		} else {
+			_ = s.Reset()
+		}
+	}()
+	conn := wire.NewConn(s, c.maxFrame)
+	hdr := wire.Header{ID: req.id, Stage: req.stage, B: req.b, T: req.t, Budget: time.Until(deadline)}
+	if req.eval {
+		hdr.Flags = wire.FlagEval
+	}
+	if req.stage == 0 {
+		hdr.Kind, hdr.D = wire.Tokens, 1
+		err = conn.WriteInts(hdr, req.tokens, deadline)
+	} else {
+		hdr.Kind, hdr.D = wire.Activations, c.dmodel
+		enc := c.enc
+		enc.Link = c.link(h.ID)
+		err = conn.WriteFloats(hdr, req.x, enc, deadline)
+	}
+	if err != nil {
+		if errors.Is(err, codec.ErrNonFinite) || errors.Is(err, wire.ErrOversize) || errors.Is(err, wire.ErrShape) {
+			return ans, fmt.Errorf("%w: %w", errLocal, err)
+		}
+		return ans, fmt.Errorf("send input: %w", err)
+	}
+	hdr.Kind, hdr.D = wire.Targets, 1
+	if err := conn.WriteInts(hdr, req.targets, deadline); err != nil {
+		return ans, fmt.Errorf("send targets: %w", err)
+	}
+	f, err := conn.Read(deadline)
+	if err != nil {
+		return ans, fmt.Errorf("read answer: %w", err)
+	}
+	if f.ID != req.id {
+		return ans, fmt.Errorf("%w: answer for microbatch %x, sent %x", wire.ErrUnexpect, f.ID, req.id)
+	}
+	ans.loss = f.Loss
+	if req.eval || req.stage == 0 {
+		if f.Kind != wire.Result {
+			return ans, fmt.Errorf("%w: got %v, want result", wire.ErrUnexpect, f.Kind)
+		}
+		ok = true
+		return ans, nil
+	}
+	if err := f.Expect(wire.Gradient, req.b, req.t, c.dmodel, 0); err != nil {
+		return ans, err
+	}
+	if ans.grad, err = f.Floats(nil); err != nil {
+		return ans, err
+	}
+	ok = true
+	return ans, nil
+}
+
+func shortID(p peer.ID) string {
+	s := p.String()
+	if len(s) > 8 {
+		return s[len(s)-8:]
+	}
+	return s
+}

@@ -1,0 +1,198 @@
+package pipeline
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// Holder is a live holder of a stage as the router knows it.
+type Holder struct {
+	// ID is the holder's peer id.
+	ID peer.ID
+	// Throughput is its measured speed in tokens per second (0: unknown yet).
+	Throughput float64
+	// Queue is its number of microbatches waiting for or in computation.
+	Queue int
+	// Addrs are addresses to dial it on, if the router knows any.
+	Addrs []ma.Multiaddr
+}
+
+// Router is the pipeline's view of the swarm: who holds each stage, and a way to
+// report a holder whose call just failed. It must be safe for concurrent use.
+type Router interface {
+	// Holders returns the live holders of stage k.
+	Holders(k int) []Holder
+	// MarkDown reports that a call to p failed.
+	MarkDown(p peer.ID)
+}
+
+// backoff hides holders whose calls failed, for a time that doubles with each
+// consecutive failure and resets on success.
+type backoff struct {
+	base, max time.Duration
+
+	mu sync.Mutex
+	m  map[peer.ID]*downState
+}
+
+type downState struct {
+	until time.Time
+	n     int
+}
+
+func newBackoff(base, max time.Duration) *backoff {
+	return &backoff{base: base, max: max, m: make(map[peer.ID]*downState)}
+}
+
+// down marks p down and returns how long it stays down.
+func (b *backoff) down(p peer.ID, now time.Time) time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.m) > 4096 {
+		for id, d := range b.m {
+			if now.Sub(d.until) > b.max {
+				delete(b.m, id)
+			}
+		}
+	}
+	d := b.m[p]
+	if d == nil {
+		d = &downState{}
+		b.m[p] = d
+	}
+	d.n++
+	wait := b.base << min(d.n-1, 20)
+	if wait > b.max || wait <= 0 {
+		wait = b.max
+	}
+	d.until = now.Add(wait)
+	return wait
+}
+
+// up forgets p's failures after a successful call.
+func (b *backoff) up(p peer.ID) {
+	b.mu.Lock()
+	delete(b.m, p)
+	b.mu.Unlock()
+}
+
+func (b *backoff) isDown(p peer.ID, now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	d := b.m[p]
+	return d != nil && now.Before(d.until)
+}
+
+// picker chooses next hops: at random, with probability proportional to
+// throughput/(1+queue), among holders not in backoff. The queue counts both what
+// the holder last reported and the calls this peer has outstanding to it, so that
+// load shifts within one microbatch even when gossip lags.
+type picker struct {
+	router Router
+	bo     *backoff
+
+	mu       sync.Mutex
+	rng      *rand.Rand
+	inflight map[peer.ID]int
+}
+
+func newPicker(r Router, bo *backoff, seed uint64) *picker {
+	return &picker{router: r, bo: bo, rng: rand.New(rand.NewPCG(seed, 0x5eed)), inflight: make(map[peer.ID]int)}
+}
+
+// weight is a holder's share of the traffic. A holder whose throughput is still
+// unknown is treated as average so that newcomers get work and get measured.
+func weight(tp, mean float64, queue int) float64 {
+	if tp <= 0 {
+		tp = mean
+	}
+	return tp / float64(1+max(0, queue))
+}
+
+// choose picks among the holders of stage k, preferring those not in avoid; it
+// returns false when every holder is in backoff or there are none.
+func (p *picker) choose(k int, avoid map[peer.ID]bool) (Holder, bool) {
+	hs := p.router.Holders(k)
+	now := time.Now()
+	cands := make([]Holder, 0, len(hs))
+	for _, h := range hs {
+		if !p.bo.isDown(h.ID, now) && !avoid[h.ID] {
+			cands = append(cands, h)
+		}
+	}
+	if len(cands) == 0 {
+		// Holders this microbatch already tried but that are not in backoff (they
+		// were busy, or their own downstream failed) are still better than none.
+		for _, h := range hs {
+			if !p.bo.isDown(h.ID, now) {
+				cands = append(cands, h)
+			}
+		}
+	}
+	if len(cands) == 0 {
+		return Holder{}, false
+	}
+	mean, known := 0.0, 0
+	for _, h := range cands {
+		if h.Throughput > 0 {
+			mean += h.Throughput
+			known++
+		}
+	}
+	if known > 0 {
+		mean /= float64(known)
+	} else {
+		mean = 1
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ws := make([]float64, len(cands))
+	total := 0.0
+	for i, h := range cands {
+		ws[i] = weight(h.Throughput, mean, h.Queue+p.inflight[h.ID])
+		total += ws[i]
+	}
+	x := p.rng.Float64() * total
+	for i, w := range ws {
+		if x < w {
+			return cands[i], true
+		}
+		x -= w
+	}
+	return cands[len(cands)-1], true
+}
+
+// pick waits until a holder of stage k is available or ctx ends.
+func (p *picker) pick(ctx context.Context, k int, avoid map[peer.ID]bool) (Holder, error) {
+	for {
+		if h, ok := p.choose(k, avoid); ok {
+			return h, nil
+		}
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return Holder{}, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+func (p *picker) begin(id peer.ID) {
+	p.mu.Lock()
+	p.inflight[id]++
+	p.mu.Unlock()
+}
+
+func (p *picker) end(id peer.ID) {
+	p.mu.Lock()
+	if p.inflight[id]--; p.inflight[id] <= 0 {
+		delete(p.inflight, id)
+	}
+	p.mu.Unlock()
+}

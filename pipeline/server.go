@@ -1,0 +1,432 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"swarmnode/config"
+	"swarmnode/pipeline/codec"
+	"swarmnode/pipeline/wire"
+	"swarmnode/stages"
+)
+
+// ServerOptions configure a stage server.
+type ServerOptions struct {
+	// Run is the run id; it names the stage protocol.
+	Run string
+	// Pipeline holds the limits and timeouts.
+	Pipeline config.Pipeline
+	// Compression sets the codecs of what the server sends: activations downstream,
+	// gradients upstream.
+	Compression config.Compression
+	// Slowdown, when above 1, stretches every forward and backward pass to Slowdown
+	// times its duration by sleeping after it (outside the compute lock): a slow
+	// peer for tests and demos. Throughput measurements include the sleep.
+	Slowdown float64
+	// Logger receives per-microbatch failures at debug level; nil discards them.
+	Logger *slog.Logger
+}
+
+// ServerStats are a stage server's counters.
+type ServerStats struct {
+	// Stage is the stage served.
+	Stage int `json:"stage"`
+	// Version is the stage's parameter version (optimizer steps applied).
+	Version uint64 `json:"version"`
+	// Served counts training microbatches answered with a gradient or loss.
+	Served int64 `json:"served"`
+	// Evals counts forward-only microbatches answered.
+	Evals int64 `json:"evals"`
+	// Failed counts requests answered with an error.
+	Failed int64 `json:"failed"`
+	// BadFrames counts requests rejected as malformed, wrongly shaped or non-finite.
+	BadFrames int64 `json:"bad_frames"`
+	// Busy counts requests turned away at the in-flight or cache limit.
+	Busy int64 `json:"busy"`
+	// DownstreamCalls and DownstreamFailures count attempts at the next stage.
+	DownstreamCalls    int64 `json:"downstream_calls"`
+	DownstreamFailures int64 `json:"downstream_failures"`
+	// InFlight is the number of microbatches being handled now.
+	InFlight int `json:"in_flight"`
+	// Queue is the number waiting for or in computation now.
+	Queue int `json:"queue"`
+	// CacheBytes is the memory held by cached forward passes now.
+	CacheBytes int64 `json:"cache_bytes"`
+	// Throughput is the measured speed in tokens per second (moving average).
+	Throughput float64 `json:"throughput"`
+}
+
+// Server serves one pipeline stage on the run's stage protocol.
+type Server struct {
+	host  host.Host
+	w     *Worker
+	k, n  int
+	model stages.ModelConfig
+	opts  ServerOptions
+	log   *slog.Logger
+	down  *caller // nil on the last stage
+	grad  wire.Encoding
+	zstd  codec.ZstdMode
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+
+	slots     chan struct{}
+	cacheUsed atomic.Int64
+	queue     atomic.Int32
+
+	speedMu sync.Mutex
+	speed   float64
+
+	linkMu sync.Mutex
+	links  map[peer.ID]*codec.Link
+
+	served, evals, failed, bad, busy atomic.Int64
+}
+
+// NewServer starts serving w's stage on h, routing to the next stage through r.
+func NewServer(h host.Host, w *Worker, r Router, o ServerOptions) (*Server, error) {
+	act, err := codec.Parse(o.Compression.Activations)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: compression.activations: %w", err)
+	}
+	grad, err := codec.Parse(o.Compression.Gradients)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: compression.gradients: %w", err)
+	}
+	zm, err := codec.ParseZstd(o.Compression.Zstd)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: %w", err)
+	}
+	if o.Pipeline.MaxInFlight < 1 || o.Pipeline.HopTimeout <= 0 || o.Pipeline.MaxFrameBytes < wire.HeaderSize {
+		return nil, fmt.Errorf("pipeline: invalid pipeline limits %+v", o.Pipeline)
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	st := w.Stage()
+	s := &Server{
+		host: h, w: w, k: st.Index(), n: st.Count(), model: st.Model(), opts: o, log: log,
+		grad:  wire.Encoding{Codec: grad, Block: o.Compression.BlockSize},
+		zstd:  zm,
+		slots: make(chan struct{}, o.Pipeline.MaxInFlight),
+	}
+	if !st.IsLast() {
+		bo := newBackoff(100*time.Millisecond, 30*time.Second)
+		s.down = &caller{
+			host: h, proto: Protocol(o.Run), router: r, bo: bo,
+			picker: newPicker(r, bo, rand.Uint64()),
+			stages: s.n, dmodel: s.model.DModel, maxFrame: o.Pipeline.MaxFrameBytes,
+			hopTimeout: o.Pipeline.HopTimeout, retries: o.Pipeline.Retries,
+			enc: wire.Encoding{Codec: act, Block: o.Compression.BlockSize}, zstd: zm,
+		}
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	h.SetStreamHandler(Protocol(o.Run), s.handle)
+	return s, nil
+}
+
+// Stage returns the index of the stage served.
+func (s *Server) Stage() int { return s.k }
+
+// Worker returns the worker computing the stage.
+func (s *Server) Worker() *Worker { return s.w }
+
+// Load returns what the node gossips: throughput in tokens per second and the
+// number of microbatches waiting for or in computation.
+func (s *Server) Load() (throughput float64, queue int) {
+	s.speedMu.Lock()
+	defer s.speedMu.Unlock()
+	return s.speed, int(s.queue.Load())
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() ServerStats {
+	tp, q := s.Load()
+	st := ServerStats{
+		Stage: s.k, Version: s.w.Stage().Version(),
+		Served: s.served.Load(), Evals: s.evals.Load(), Failed: s.failed.Load(),
+		BadFrames: s.bad.Load(), Busy: s.busy.Load(),
+		InFlight: len(s.slots), Queue: q, CacheBytes: s.cacheUsed.Load(), Throughput: tp,
+	}
+	if s.down != nil {
+		st.DownstreamCalls, st.DownstreamFailures = s.down.attempts.Load(), s.down.failures.Load()
+	}
+	return st
+}
+
+// Close stops serving: it removes the protocol handler, cancels the microbatches
+// in progress and waits for their handlers to return. It leaves the host open.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	s.host.RemoveStreamHandler(Protocol(s.opts.Run))
+	s.cancel()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) link(p peer.ID) *codec.Link {
+	if s.zstd == codec.ZstdOff {
+		return nil
+	}
+	s.linkMu.Lock()
+	defer s.linkMu.Unlock()
+	if s.links == nil || len(s.links) > 1024 {
+		s.links = make(map[peer.ID]*codec.Link)
+	}
+	l := s.links[p]
+	if l == nil {
+		l = codec.NewLink(s.zstd)
+		s.links[p] = l
+	}
+	return l
+}
+
+// handle serves one microbatch: one stream, one request, one answer.
+func (s *Server) handle(str network.Stream) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		_ = str.Reset()
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+
+	start := time.Now()
+	conn := wire.NewConn(str, s.opts.Pipeline.MaxFrameBytes)
+	req, err := s.readRequest(conn, start.Add(s.opts.Pipeline.HopTimeout))
+	if err != nil {
+		s.bad.Add(1)
+		s.log.Debug("rejected request", "stage", s.k, "from", shortID(str.Conn().RemotePeer()), "err", err)
+		s.answerError(conn, str, 0, err, start.Add(s.opts.Pipeline.HopTimeout))
+		return
+	}
+	budget := req.budget
+	if budget <= 0 {
+		budget = s.opts.Pipeline.HopTimeout * time.Duration(s.n-s.k)
+	}
+	// Answer a little before the upstream gives up, so that it hears why.
+	deadline := start.Add(budget - budget/20 - 20*time.Millisecond)
+	ctx, cancel := context.WithDeadline(s.ctx, deadline)
+	defer cancel()
+
+	select {
+	case s.slots <- struct{}{}:
+	default:
+		s.busy.Add(1)
+		s.answerError(conn, str, req.id, fmt.Errorf("%w: %d microbatches in flight", wire.ErrBusy, cap(s.slots)), deadline)
+		return
+	}
+	ans, err := s.compute(ctx, req)
+	<-s.slots
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w: %v", wire.ErrTimeout, err)
+		}
+		s.failed.Add(1)
+		s.log.Debug("microbatch failed", "stage", s.k, "id", req.id, "err", err)
+		s.answerError(conn, str, req.id, err, deadline.Add(budget/20))
+		return
+	}
+	answerBy := deadline.Add(budget / 20)
+	switch {
+	case req.eval || s.k == 0:
+		err = conn.WriteResult(req.id, s.k, flags(req.eval), ans.loss, answerBy)
+	default:
+		h := wire.Header{Kind: wire.Gradient, ID: req.id, Stage: s.k, B: req.b, T: req.t, D: s.model.DModel, Loss: ans.loss}
+		enc := s.grad
+		enc.Link = s.link(str.Conn().RemotePeer())
+		err = conn.WriteFloats(h, ans.grad, enc, answerBy)
+	}
+	if err != nil {
+		s.failed.Add(1)
+		s.log.Debug("answer failed", "stage", s.k, "id", req.id, "err", err)
+		_ = str.Reset()
+		return
+	}
+	if req.eval {
+		s.evals.Add(1)
+	} else {
+		s.served.Add(1)
+	}
+	_ = str.Close()
+}
+
+func flags(eval bool) uint8 {
+	if eval {
+		return wire.FlagEval
+	}
+	return 0
+}
+
+func (s *Server) answerError(conn *wire.Conn, str network.Stream, id uint64, err error, deadline time.Time) {
+	if werr := conn.WriteError(id, s.k, err, deadline); werr != nil {
+		_ = str.Reset()
+		return
+	}
+	_ = str.Close()
+}
+
+// serverRequest is a request as a server received it.
+type serverRequest struct {
+	request
+	budget time.Duration
+}
+
+func (s *Server) readRequest(conn *wire.Conn, deadline time.Time) (*serverRequest, error) {
+	f, err := conn.Read(deadline)
+	if err != nil {
+		var re *wire.RemoteError
+		if errors.As(err, &re) {
+			return nil, fmt.Errorf("%w: error frame as a request", wire.ErrUnexpect)
+		}
+		return nil, err
+	}
+	if f.Stage != s.k {
+		return nil, fmt.Errorf("%w: request for stage %d, this peer serves %d", wire.ErrWrongStage, f.Stage, s.k)
+	}
+	r := &serverRequest{request: request{id: f.ID, stage: s.k, eval: f.Eval(), b: f.B, t: f.T}, budget: f.Budget}
+	if s.k == 0 {
+		if err := f.Expect(wire.Tokens, 0, 0, 1, s.model.SeqLen); err != nil {
+			return nil, err
+		}
+		if r.tokens, err = f.Ints(nil, s.model.Vocab); err != nil {
+			return nil, err
+		}
+	} else {
+		if err := f.Expect(wire.Activations, 0, 0, s.model.DModel, s.model.SeqLen); err != nil {
+			return nil, err
+		}
+		if r.x, err = f.Floats(nil); err != nil {
+			return nil, err
+		}
+	}
+	g, err := conn.Read(deadline)
+	if err != nil {
+		return nil, err
+	}
+	if err := g.Expect(wire.Targets, r.b, r.t, 1, 0); err != nil {
+		return nil, err
+	}
+	if g.ID != r.id || g.Eval() != r.eval || g.Stage != s.k {
+		return nil, fmt.Errorf("%w: targets of microbatch %x (eval %v) after input of %x (eval %v)", wire.ErrUnexpect, g.ID, g.Eval(), r.id, r.eval)
+	}
+	if r.targets, err = g.Ints(nil, s.model.Vocab); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// compute runs the stage forward, the rest of the pipeline below it, and the
+// stage backward.
+func (s *Server) compute(ctx context.Context, req *serverRequest) (answer, error) {
+	in := stages.Input{B: req.b, T: req.t, Tokens: req.tokens, X: req.x}
+	if s.k == s.n-1 {
+		in.Targets = req.targets
+	}
+	s.queue.Add(1)
+	p, fd, err := s.w.forward(in)
+	s.queue.Add(-1)
+	if err != nil {
+		return answer{}, fmt.Errorf("%w: %v", wire.ErrShape, err)
+	}
+	fd += s.slow(ctx, fd)
+	size := p.Bytes()
+	if s.cacheUsed.Add(size) > s.opts.Pipeline.CacheBytes {
+		s.cacheUsed.Add(-size)
+		p.Release()
+		s.busy.Add(1)
+		return answer{}, fmt.Errorf("%w: forward cache over %d bytes", wire.ErrBusy, s.opts.Pipeline.CacheBytes)
+	}
+	defer s.cacheUsed.Add(-size)
+
+	ans := answer{loss: p.Loss}
+	var dout []float32
+	if s.down != nil {
+		// Keep time to run the backward pass and answer after the downstream does.
+		dctx := ctx
+		if d, ok := ctx.Deadline(); ok {
+			var cancel context.CancelFunc
+			dctx, cancel = context.WithDeadline(ctx, d.Add(-2*fd-10*time.Millisecond))
+			defer cancel()
+		}
+		down, err := s.down.send(dctx, &request{id: req.id, stage: s.k + 1, eval: req.eval, b: req.b, t: req.t, x: p.Out, targets: req.targets})
+		if err != nil {
+			p.Release()
+			return answer{}, err
+		}
+		ans.loss, dout = down.loss, down.grad
+	}
+	if req.eval {
+		p.Release()
+		return ans, nil
+	}
+	if err := ctx.Err(); err != nil {
+		p.Release()
+		return answer{}, err
+	}
+	s.queue.Add(1)
+	dx, bd, err := s.w.backward(p, dout)
+	s.queue.Add(-1)
+	if err != nil {
+		return answer{}, fmt.Errorf("%w: %v", wire.ErrShape, err)
+	}
+	bd += s.slow(ctx, bd)
+	s.observe(req.b*req.t, fd+bd)
+	ans.grad = dx
+	return ans, nil
+}
+
+// slow sleeps (Slowdown-1)·d and returns how long it slept.
+func (s *Server) slow(ctx context.Context, d time.Duration) time.Duration {
+	if s.opts.Slowdown <= 1 {
+		return 0
+	}
+	extra := time.Duration(float64(d) * (s.opts.Slowdown - 1))
+	t := time.NewTimer(extra)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return extra
+}
+
+// observe folds one microbatch's compute speed into the moving average. It is the
+// speed of the stage's own work, not its share of traffic, so a holder that gets
+// little traffic is not mistaken for a slow one.
+func (s *Server) observe(tokens int, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	v := float64(tokens) / d.Seconds()
+	s.speedMu.Lock()
+	if s.speed == 0 {
+		s.speed = v
+	} else {
+		s.speed += 0.1 * (v - s.speed)
+	}
+	s.speedMu.Unlock()
+}
