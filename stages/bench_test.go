@@ -38,3 +38,27 @@ func BenchmarkBlockGPT2Small(b *testing.B) {
 	}
 	b.ReportMetric(float64(N)*float64(b.N)/b.Elapsed().Seconds(), "tokens/s")
 }
+
+// BenchmarkTinyChain measures training throughput of the example model
+// (examples/gpt/tiny.yaml: vocab 256, d 64, 4 heads, 4 layers, T 64, B 8, 3 stages),
+// where per-op overheads rather than matrix products dominate.
+func BenchmarkTinyChain(b *testing.B) {
+	cfg := ModelConfig{Vocab: 256, DModel: 64, NHead: 4, NLayer: 4, SeqLen: 64}
+	const B, T = 8, 64
+	c, err := NewChain(cfg, []int{1, 2, 1}, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tok, tgt := tinyBatch(cfg, B, T, 0)
+	opt := OptimConfig{LR: 1e-3, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, Clip: 1}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := c.ForwardBackward(tok, tgt, B, T); err != nil {
+			b.Fatal(err)
+		}
+		if i%2 == 1 {
+			c.Step(opt, 2)
+		}
+	}
+	b.ReportMetric(float64(B*T)*float64(b.N)/b.Elapsed().Seconds(), "tokens/s")
+}
