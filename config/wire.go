@@ -58,6 +58,13 @@ type Pipeline struct {
 	RebalanceEvery time.Duration `yaml:"rebalance_every"`
 	// RebalanceRatio: a stage below this share of the mean throughput pulls a peer over.
 	RebalanceRatio float64 `yaml:"rebalance_ratio"`
+	// Staleness is how many optimizer steps ahead a stage server may run forward
+	// passes of new microbatches before the current step's gradients are in. 0 makes
+	// every step's microbatches go forward and backward on one parameter version,
+	// exactly like `swarmnode local`, at the price of draining the pipeline once per
+	// step; 1 or more keeps the pipeline full but computes some gradients with
+	// parameters up to that many steps newer than their forward pass.
+	Staleness int `yaml:"staleness"`
 }
 
 // DefaultPipeline suits the tiny example on loopback.
@@ -65,7 +72,7 @@ func DefaultPipeline() Pipeline {
 	return Pipeline{
 		MaxFrameBytes: 64 << 20, HopTimeout: 30 * time.Second, Retries: 3,
 		MaxInFlight: 8, CacheBytes: 1 << 30, InFlight: 4,
-		RebalanceEvery: 30 * time.Second, RebalanceRatio: 0.5,
+		RebalanceEvery: 30 * time.Second, RebalanceRatio: 0.5, Staleness: 0,
 	}
 }
 
@@ -87,6 +94,8 @@ func (p Pipeline) validate() error {
 		return fieldErr("pipeline.rebalance_every", "must not be negative, got %s", p.RebalanceEvery)
 	case p.RebalanceRatio <= 0 || p.RebalanceRatio >= 1:
 		return fieldErr("pipeline.rebalance_ratio", "must be in (0, 1), got %g", p.RebalanceRatio)
+	case p.Staleness < 0 || p.Staleness > 64:
+		return fieldErr("pipeline.staleness", "must be in [0, 64], got %d", p.Staleness)
 	}
 	return nil
 }

@@ -347,16 +347,32 @@ func (s *Server) compute(ctx context.Context, req *serverRequest) (answer, error
 		in.Targets = req.targets
 	}
 	s.queue.Add(1)
+	if !req.eval {
+		if err := s.w.admit(ctx, req.b); err != nil {
+			s.queue.Add(-1)
+			return answer{}, err
+		}
+	}
 	p, fd, err := s.w.forward(in)
 	s.queue.Add(-1)
 	if err != nil {
+		if !req.eval {
+			s.w.unadmit(req.b)
+		}
 		return answer{}, fmt.Errorf("%w: %v", wire.ErrShape, err)
+	}
+	// A training pass that ends without its backward gives its quota back.
+	release := func() {
+		p.Release()
+		if !req.eval {
+			s.w.unadmit(req.b)
+		}
 	}
 	fd += s.slow(ctx, fd)
 	size := p.Bytes()
 	if s.cacheUsed.Add(size) > s.opts.Pipeline.CacheBytes {
 		s.cacheUsed.Add(-size)
-		p.Release()
+		release()
 		s.busy.Add(1)
 		return answer{}, fmt.Errorf("%w: forward cache over %d bytes", wire.ErrBusy, s.opts.Pipeline.CacheBytes)
 	}
@@ -374,23 +390,24 @@ func (s *Server) compute(ctx context.Context, req *serverRequest) (answer, error
 		}
 		down, err := s.down.send(dctx, &request{id: req.id, stage: s.k + 1, eval: req.eval, b: req.b, t: req.t, x: p.Out, targets: req.targets})
 		if err != nil {
-			p.Release()
+			release()
 			return answer{}, err
 		}
 		ans.loss, dout = down.loss, down.grad
 	}
 	if req.eval {
-		p.Release()
+		release()
 		return ans, nil
 	}
 	if err := ctx.Err(); err != nil {
-		p.Release()
+		release()
 		return answer{}, err
 	}
 	s.queue.Add(1)
 	dx, bd, err := s.w.backward(p, dout)
 	s.queue.Add(-1)
 	if err != nil {
+		release() // Backward rejected its input before consuming the pass
 		return answer{}, fmt.Errorf("%w: %v", wire.ErrShape, err)
 	}
 	bd += s.slow(ctx, bd)

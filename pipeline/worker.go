@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"context"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,15 +19,31 @@ type StepInfo struct {
 	GradNorm float32
 }
 
+// WorkerOptions set a Worker's optimizer schedule.
+type WorkerOptions struct {
+	// Optim is the optimizer and learning-rate schedule.
+	Optim stages.OptimConfig
+	// StepSamples is the number of sequences per optimizer step (train.batch).
+	StepSamples int
+	// Microbatch is the number of sequences per microbatch (train.microbatch); a
+	// step averages the gradients over StepSamples/Microbatch microbatches.
+	Microbatch int
+	// Staleness is pipeline.staleness: how many steps ahead forward passes may run.
+	Staleness int
+}
+
 // Worker computes one stage for the servers that front it: forward and backward
 // passes, one at a time (the math is parallel inside), and an optimizer step each
 // time the gradients of StepSamples sequences have accumulated. Several servers
 // may share a Worker; normally each has its own.
+//
+// Training forward passes are admitted against a quota of (Staleness+1) steps'
+// worth of sequences not yet stepped; a forward beyond it waits for the next step.
+// With Staleness 0 every step's gradients come from forward and backward passes on
+// the same parameter version.
 type Worker struct {
-	st          *stages.Stage
-	opt         stages.OptimConfig
-	stepSamples int
-	microbatch  int
+	st   *stages.Stage
+	opts WorkerOptions
 
 	compute sync.Mutex
 	// gate keeps a step from landing between a backward pass and the count of its
@@ -34,15 +51,47 @@ type Worker struct {
 	gate    sync.RWMutex
 	samples atomic.Int64
 
+	qmu      sync.Mutex
+	admitted int           // training sequences forwarded and not yet stepped
+	stepped  chan struct{} // closed and replaced when admitted shrinks
+
 	mu     sync.Mutex
 	onStep func(StepInfo)
 }
 
-// NewWorker wraps stage st. It steps the optimizer with opt after every
-// stepSamples sequences (train.batch), averaging over the microbatches of
-// microbatch sequences (train.microbatch) that those make up.
-func NewWorker(st *stages.Stage, opt stages.OptimConfig, stepSamples, microbatch int) *Worker {
-	return &Worker{st: st, opt: opt, stepSamples: max(1, stepSamples), microbatch: max(1, microbatch)}
+// NewWorker wraps stage st.
+func NewWorker(st *stages.Stage, o WorkerOptions) *Worker {
+	o.StepSamples, o.Microbatch, o.Staleness = max(1, o.StepSamples), max(1, o.Microbatch), max(0, o.Staleness)
+	return &Worker{st: st, opts: o, stepped: make(chan struct{})}
+}
+
+// admit waits until a training forward of b sequences fits the quota.
+func (w *Worker) admit(ctx context.Context, b int) error {
+	quota := (w.opts.Staleness + 1) * w.opts.StepSamples
+	for {
+		w.qmu.Lock()
+		if w.admitted == 0 || w.admitted+b <= quota {
+			w.admitted += b
+			w.qmu.Unlock()
+			return nil
+		}
+		ch := w.stepped
+		w.qmu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// unadmit returns b sequences to the quota (a pass dropped, or stepped).
+func (w *Worker) unadmit(b int) {
+	w.qmu.Lock()
+	w.admitted = max(0, w.admitted-b)
+	close(w.stepped)
+	w.stepped = make(chan struct{})
+	w.qmu.Unlock()
 }
 
 // Stage returns the stage the worker computes.
@@ -82,7 +131,7 @@ func (w *Worker) backward(p *stages.Pass, dout []float32) ([]float32, time.Durat
 		n = w.samples.Add(int64(b))
 	}
 	w.gate.RUnlock()
-	if n >= int64(w.stepSamples) {
+	if n >= int64(w.opts.StepSamples) {
 		w.step()
 	}
 	return dx, d, err
@@ -91,14 +140,15 @@ func (w *Worker) backward(p *stages.Pass, dout []float32) ([]float32, time.Durat
 func (w *Worker) step() {
 	w.gate.Lock()
 	n := int(w.samples.Load())
-	if n < w.stepSamples {
+	if n < w.opts.StepSamples {
 		w.gate.Unlock()
 		return // another backward got here first
 	}
-	micro := max(1, (n+w.microbatch/2)/w.microbatch)
-	norm := w.st.Step(w.opt, micro)
+	micro := max(1, (n+w.opts.Microbatch/2)/w.opts.Microbatch)
+	norm := w.st.Step(w.opts.Optim, micro)
 	w.samples.Store(0)
 	w.gate.Unlock()
+	w.unadmit(n)
 	w.mu.Lock()
 	fn := w.onStep
 	w.mu.Unlock()

@@ -1,0 +1,210 @@
+package pipeline
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+
+	"swarmnode/config"
+	"swarmnode/data"
+	"swarmnode/stages"
+)
+
+// newHost starts a libp2p host on 127.0.0.1 over TCP, closed at cleanup.
+func newHost(tb testing.TB) host.Host {
+	tb.Helper()
+	h, err := libp2p.New(
+		libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
+		libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.DisableRelay(),
+		libp2p.DisableMetrics(),
+	)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { h.Close() })
+	return h
+}
+
+// testConfig is a model small enough for CI: 3 stages of one block each.
+func testConfig() config.Config {
+	cfg := config.Default()
+	cfg.Run = "pipeline-test"
+	cfg.Model = config.Model{Vocab: 256, DModel: 32, NHead: 2, NLayer: 3, SeqLen: 32}
+	cfg.Stages = []int{1, 1, 1}
+	cfg.Data.Path = "../examples/gpt/data/tinyshakespeare.txt"
+	cfg.Train.Microbatch, cfg.Train.Batch = 4, 8
+	cfg.Train.Steps, cfg.Train.Warmup = 200, 20
+	cfg.Train.EvalEvery, cfg.Train.EvalBatches = 50, 8
+	cfg.Pipeline.HopTimeout = 10 * time.Second
+	cfg.Pipeline.InFlight = 4
+	return cfg
+}
+
+func modelConfig(m config.Model) stages.ModelConfig {
+	return stages.ModelConfig{Vocab: m.Vocab, DModel: m.DModel, NHead: m.NHead, NLayer: m.NLayer, SeqLen: m.SeqLen}
+}
+
+func optimConfig(t config.Train) stages.OptimConfig {
+	return stages.OptimConfig{
+		LR: float32(t.LR), MinLR: float32(t.MinLR), Warmup: t.Warmup, Steps: t.Steps,
+		WeightDecay: float32(t.WeightDecay), Beta1: float32(t.Beta1), Beta2: float32(t.Beta2),
+		Eps: float32(t.Eps), Clip: float32(t.Clip),
+	}
+}
+
+func loadCorpus(tb testing.TB, cfg config.Config) *data.Corpus {
+	tb.Helper()
+	c, err := data.Load(cfg.Data.Path, cfg.Data.ValFraction)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
+// chainRun trains the same model in memory, as `swarmnode local` does, and returns
+// the final val loss over the trainer's val windows.
+func chainRun(tb testing.TB, cfg config.Config, corpus *data.Corpus) (valLoss float64, tokensPerSec float64) {
+	tb.Helper()
+	chain, err := stages.NewChain(modelConfig(cfg.Model), cfg.Stages, cfg.Train.Seed)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	accum, B := cfg.Train.Accumulation(), cfg.Train.Microbatch
+	T := min(cfg.Model.SeqLen, corpus.MaxSeqLen(data.Train))
+	rng := data.NewRNG(cfg.Train.Seed, 0)
+	start := time.Now()
+	for range cfg.Train.Steps {
+		for range accum {
+			tok, tgt := corpus.Batch(data.Train, B, T, rng)
+			if _, err := chain.ForwardBackward(tok, tgt, B, T); err != nil {
+				tb.Fatal(err)
+			}
+		}
+		chain.Step(optimConfig(cfg.Train), accum)
+	}
+	tokensPerSec = float64(cfg.Train.Steps*accum*B*T) / time.Since(start).Seconds()
+	vrng := data.NewRNG(cfg.Train.Seed, ValStream)
+	vT := min(cfg.Model.SeqLen, corpus.MaxSeqLen(data.Val))
+	for range cfg.Train.EvalBatches {
+		tok, tgt := corpus.Batch(data.Val, B, vT, vrng)
+		l, err := chain.Loss(tok, tgt, B, vT)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		valLoss += float64(l)
+	}
+	return valLoss / float64(cfg.Train.EvalBatches), tokensPerSec
+}
+
+// testRouter knows the in-process servers directly: it stands in for the DHT and
+// load gossip (instantly up to date). Like the DHT until a record expires, it keeps
+// listing a holder whose host died; the pipeline must route around it.
+type testRouter struct {
+	mu      sync.Mutex
+	servers map[int][]*Server
+	downs   map[peer.ID]int
+}
+
+func newTestRouter() *testRouter {
+	return &testRouter{servers: make(map[int][]*Server), downs: make(map[peer.ID]int)}
+}
+
+func (r *testRouter) add(s *Server) {
+	r.mu.Lock()
+	r.servers[s.Stage()] = append(r.servers[s.Stage()], s)
+	r.mu.Unlock()
+}
+
+func (r *testRouter) Holders(k int) []Holder {
+	r.mu.Lock()
+	ss := append([]*Server(nil), r.servers[k]...)
+	r.mu.Unlock()
+	out := make([]Holder, 0, len(ss))
+	for _, s := range ss {
+		tp, q := s.Load()
+		out = append(out, Holder{ID: s.host.ID(), Throughput: tp, Queue: q, Addrs: s.host.Addrs()})
+	}
+	return out
+}
+
+func (r *testRouter) MarkDown(p peer.ID) {
+	r.mu.Lock()
+	r.downs[p]++
+	r.mu.Unlock()
+}
+
+// testSwarm is a whole pipeline in one process: holders[k] servers for stage k,
+// each on its own host, and a trainer host.
+type testSwarm struct {
+	cfg     config.Config
+	router  *testRouter
+	workers []*Worker
+	servers [][]*Server
+	trainer host.Host
+}
+
+// newSwarm starts the servers. Holders of one stage share one Worker: they stand
+// for replicas that averaging keeps identical, which is averaging's job, not the
+// pipeline's; so the swarm trains one model, comparable with the chain.
+// slow maps {stage, holder} to a Slowdown.
+func newSwarm(tb testing.TB, cfg config.Config, holders []int, slow map[[2]int]float64) *testSwarm {
+	tb.Helper()
+	sw := &testSwarm{cfg: cfg, router: newTestRouter()}
+	for k := range cfg.Stages {
+		st, err := stages.New(modelConfig(cfg.Model), cfg.Stages, k, cfg.Train.Seed)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		w := NewWorker(st, WorkerOptions{
+			Optim: optimConfig(cfg.Train), StepSamples: cfg.Train.Batch,
+			Microbatch: cfg.Train.Microbatch, Staleness: cfg.Pipeline.Staleness,
+		})
+		sw.workers = append(sw.workers, w)
+		var row []*Server
+		for i := range holders[k] {
+			s, err := NewServer(newHost(tb), w, sw.router, ServerOptions{
+				Run: cfg.Run, Pipeline: cfg.Pipeline, Compression: cfg.Compression, Slowdown: slow[[2]int{k, i}],
+			})
+			if err != nil {
+				tb.Fatal(err)
+			}
+			tb.Cleanup(func() { s.Close() })
+			sw.router.add(s)
+			row = append(row, s)
+		}
+		sw.servers = append(sw.servers, row)
+	}
+	sw.trainer = newHost(tb)
+	return sw
+}
+
+func (sw *testSwarm) newTrainer(tb testing.TB, corpus *data.Corpus, o TrainerOptions) *Trainer {
+	tb.Helper()
+	o.Run, o.Model, o.Stages, o.Train, o.Pipeline = sw.cfg.Run, sw.cfg.Model, len(sw.cfg.Stages), sw.cfg.Train, sw.cfg.Pipeline
+	tr, err := NewTrainer(sw.trainer, sw.router, corpus, o)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tr
+}
+
+func runTrainer(tb testing.TB, tr *Trainer, timeout time.Duration) Summary {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	sum, err := tr.Run(ctx)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if ctx.Err() != nil {
+		tb.Fatalf("training did not finish in %s: %+v", timeout, tr.Stats())
+	}
+	return sum
+}
