@@ -26,8 +26,6 @@ const (
 	maxControl = 1 << 20
 	// maxChunkFloats bounds the values in one chunk frame, whatever a peer claims.
 	maxChunkFloats = 1 << 22
-	// maxFrame bounds any frame a peer may send us.
-	maxFrame  = 13 + 4*maxChunkFloats
 	chunkHead = 13 // codec u8, shard u32, chunk u32, count u32
 )
 
@@ -147,7 +145,7 @@ func parseChunk(payload []byte) (chunk, error) {
 // readChunk reads the next frame, which must be the chunk (shard, index) of count
 // values in codec, and decodes it into out (len count).
 func readChunk(r io.Reader, buf []byte, codec Codec, shard, index int, out []float32) ([]byte, error) {
-	typ, payload, buf, err := readFrame(r, buf, maxFrame)
+	typ, payload, buf, err := readFrame(r, buf, 1+chunkHead+max(codec.encodedLen(len(out)), maxControl))
 	if err != nil {
 		return buf, err
 	}

@@ -1,0 +1,157 @@
+package averaging
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
+func TestCodecRoundTrip(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 5))
+	vals := randVec(rng, 1000, 3)
+	vals[7], vals[8] = 0, -0
+	for _, c := range []Codec{FP32, BF16, Int8} {
+		enc := c.encode(nil, vals)
+		if len(enc) != c.encodedLen(len(vals)) {
+			t.Fatalf("%s: %d bytes, want %d", c, len(enc), c.encodedLen(len(vals)))
+		}
+		out := make([]float32, len(vals))
+		if err := c.decode(enc, out); err != nil {
+			t.Fatal(err)
+		}
+		for i, v := range vals {
+			var tol float64
+			switch c {
+			case BF16:
+				tol = math.Abs(float64(v)) / 256
+			case Int8:
+				blk := vals[i/Int8Block*Int8Block : min(len(vals), (i/Int8Block+1)*Int8Block)]
+				amax := 0.0
+				for _, x := range blk {
+					amax = math.Max(amax, math.Abs(float64(x)))
+				}
+				tol = amax / 127 / 2 * 1.0001
+			}
+			if d := math.Abs(float64(out[i] - v)); d > tol {
+				t.Fatalf("%s value %d: %v → %v (error %g > %g)", c, i, v, out[i], d, tol)
+			}
+		}
+		// A lossy roundTrip is what a peer decodes.
+		rt := append([]float32(nil), vals...)
+		c.roundTrip(rt)
+		for i := range rt {
+			if rt[i] != out[i] {
+				t.Fatalf("%s roundTrip value %d: %v, decode gives %v", c, i, rt[i], out[i])
+			}
+		}
+	}
+	if toBF16(1.00390625) != 0x3f80 || toBF16(1.01171875) != 0x3f82 { // ties go to even
+		t.Errorf("bf16 rounding: %#x %#x", toBF16(1.00390625), toBF16(1.01171875))
+	}
+}
+
+func TestDecodeRejectsPoison(t *testing.T) {
+	out := make([]float32, 2)
+	nan := binary.LittleEndian.AppendUint32(nil, math.Float32bits(float32(math.NaN())))
+	if err := FP32.decode(append(nan, 0, 0, 0, 0), out); err == nil {
+		t.Error("fp32 NaN accepted")
+	}
+	if err := BF16.decode([]byte{0x80, 0x7f, 0, 0}, out); err == nil { // +Inf
+		t.Error("bf16 Inf accepted")
+	}
+	neg := binary.LittleEndian.AppendUint32(nil, math.Float32bits(-1))
+	if err := Int8.decode(append(neg, 1, 2), out); err == nil {
+		t.Error("int8 negative scale accepted")
+	}
+	if err := FP32.decode([]byte{1, 2, 3}, out); err == nil {
+		t.Error("short payload accepted")
+	}
+	if _, err := ParseCodec("fp8"); err == nil {
+		t.Error("unknown codec name accepted")
+	}
+}
+
+func TestMeanZeroWeights(t *testing.T) {
+	out := make([]float32, 1)
+	if err := Mean([][]float32{{1}, {3}}, []float64{0, 0}, out); err != nil || out[0] != 2 {
+		t.Fatalf("zero weights: %v %v", out, err)
+	}
+	if err := Mean([][]float32{{1}, {3}}, []float64{3, 1}, out); err != nil || out[0] != 1.5 {
+		t.Fatalf("weighted: %v %v", out, err)
+	}
+	if err := Mean(nil, nil, out); err == nil {
+		t.Fatal("no parts accepted")
+	}
+}
+
+func chunkFrame(c Codec, shard, index int, vals []float32) []byte {
+	var b bytes.Buffer
+	_ = writeFrame(&b, frameChunk, appendChunk(nil, c, shard, index, vals))
+	return b.Bytes()
+}
+
+// FuzzReadChunk feeds arbitrary bytes to the reduce stream's chunk reader: it must
+// return an error or finite values, never panic or over-allocate.
+func FuzzReadChunk(f *testing.F) {
+	f.Add(chunkFrame(FP32, 1, 2, []float32{1, 2, 3}), uint8(1), uint16(3))
+	f.Add(chunkFrame(BF16, 1, 2, []float32{1, -2, 3.5}), uint8(2), uint16(3))
+	f.Add(chunkFrame(Int8, 1, 2, make([]float32, 70)), uint8(3), uint16(70))
+	f.Add([]byte{255, 255, 255, 255, 4}, uint8(1), uint16(1))
+	f.Add([]byte{3, 0, 0, 0, 5, 'n', 'o'}, uint8(1), uint16(1))
+	f.Fuzz(func(t *testing.T, data []byte, codec uint8, n uint16) {
+		c := Codec(codec%3 + 1)
+		out := make([]float32, int(n)%5000+1)
+		if _, err := readChunk(bytes.NewReader(data), nil, c, 1, 2, out); err == nil {
+			if err := checkFinite(out); err != nil {
+				t.Fatalf("accepted a non-finite chunk: %v", err)
+			}
+		}
+		if p, err := parseChunk(data); err == nil {
+			if p.codec.encodedLen(p.count) != len(p.data) {
+				t.Fatal("parseChunk accepted a chunk of the wrong size")
+			}
+		}
+	})
+}
+
+// FuzzControl feeds arbitrary bytes to the JSON control decoders and the
+// manifest check.
+func FuzzControl(f *testing.F) {
+	j, _ := json.Marshal(joinMsg{Round: 3, Len: 10, Codec: "fp32", Chunk: 4})
+	g, _ := json.Marshal(groupMsg{Round: 3, ID: "ab", Members: []string{"12D3KooWAaaQXzt3Q7FpBbostwF9GQiAd49XAEsCueDPDiUQWBpb"}})
+	h, _ := json.Marshal(partHeader{Group: "ab", Round: 3, From: 1, Shard: 2, Weight: 1.5, Len: 10})
+	m, _ := json.Marshal(manifest{Snap: "x", Lens: [3]int{3, 3, 3}, ShardFloats: 2, Sums: []string{"00"}, Root: "11"})
+	for _, s := range [][]byte{j, g, h, m, []byte("{"), []byte(`{"lens":[-1,0,0],"shard_floats":0}`)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var jm joinMsg
+		_ = decodeJSON(frameJoin, data, frameJoin, &jm)
+		var gm groupMsg
+		_ = decodeJSON(frameGroup, data, frameGroup, &gm)
+		var ph partHeader
+		_ = decodeJSON(frameHeader, data, frameHeader, &ph)
+		var mm manifest
+		if decodeJSON(frameManifest, data, frameManifest, &mm) == nil {
+			if specs, sums, err := mm.check(1 << 20); err == nil && len(specs) != len(sums) {
+				t.Fatal("manifest check passed with mismatched sums")
+			}
+		}
+	})
+}
+
+// FuzzReadShard feeds arbitrary bytes to the state-transfer shard reader.
+func FuzzReadShard(f *testing.F) {
+	var b bytes.Buffer
+	piece := binary.LittleEndian.AppendUint32(nil, math.Float32bits(1.5))
+	_ = writeFrame(&b, frameShard, piece)
+	f.Add(b.Bytes())
+	f.Add([]byte{2, 0, 0, 0, frameShard, 1})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dst := make([]float32, 4)
+		_ = readShard(bytes.NewReader(data), dst, [32]byte{})
+	})
+}

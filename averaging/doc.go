@@ -1,0 +1,68 @@
+// Package averaging keeps the copies of one pipeline stage close: its holders
+// average their parameters (and, per config, their optimizer state) in small
+// groups, in the background, and nothing a slow or departing member does can stall
+// training. It also carries the state-transfer protocol that a newcomer to a stage
+// uses to download the stage from one or several holders at once.
+//
+// It needs only a libp2p host, a Peers (who holds the stage; the swarm adapts its
+// DHT view) and a Source (the vector). It knows nothing of the pipeline.
+//
+// # Rounds without a coordinator
+//
+// Round r starts at r·Period since the Unix epoch on every holder's clock. Each
+// holder orders the holders it sees by sha256(round key, peer id), where the round
+// key is sha256 of (run, key, r), and cuts that order into ceil(n/G) groups of
+// near-equal size; the first member of its group is the round's leader. The order
+// reshuffles every round, so averages mix across the whole stage. Holders whose
+// views of membership differ may compute different groups; the leader settles
+// it: members ask it to join, and it confirms one member list to all of them.
+// A member the leader does not confirm within the matchmaking window skips the
+// round, which costs that round's average and nothing else, and is counted.
+//
+// # Protocols
+//
+// Protocol ids are /swarmnode/<run>/avg/<key>/{join,reduce,state}/1.0.0. Every
+// message is a frame: uint32 little-endian length n, then n bytes: a type byte
+// and the payload. Control payloads are JSON; chunk payloads are binary: codec
+// (u8), shard (u32), chunk index (u32), count (u32), then the encoded values
+// (fp32: 4 bytes each; bf16: 2; int8: one float32 absmax/127 scale per 64 values,
+// then one signed byte per value). An error frame carries a reason and ends the
+// exchange. Decoders bound every length and reject NaN and Inf.
+//
+// join: the member sends {round, len, codec, chunk}; the leader waits until every
+// member of its own view joined (or G did, or its window closed) and answers with
+// {round, id, members} in round order, or an error frame (not leading this round,
+// not a holder in its view, another vector length, group full, lobby closed).
+// Members check the list (round order, no duplicates, both of them in it, id =
+// sha256 of round key and members).
+//
+// reduce (butterfly all-reduce): the vector is cut into one contiguous shard per
+// member, member j reducing shard j. Every member opens one stream to each other
+// member j, sends a header {group, round, from, shard, weight, len} (weight: the
+// samples it trained on since its last round) and then shard j of its snapshot in
+// chunks; member j answers each chunk with the reduced chunk on the same stream.
+// The reducer works in lockstep over chunks, holding a few chunks per sender, so
+// memory stays bounded for any vector size, and each member sends 2·(G−1)/G of the
+// vector. A reducer checks that the sender's peer id matches its index in the
+// group.
+//
+// state: the fetcher asks each holder for a manifest of a fresh snapshot
+// {snap, step, lens (params, m, v), shard_floats, sums (sha256 per shard), root
+// (sha256 of the sums)} and then fetches shards, each from one holder, one shard
+// per holder at a time; a shard is checked against its holder's sum and on
+// mismatch fetched from another holder.
+//
+// # Faults
+//
+// A sender that misses a chunk by StallTimeout, or whose peer disconnects, is left
+// out of that shard from that chunk on; every chunk's result is the reduction of
+// the parts that reached it, so a partial shard is still a valid average. A
+// reducer that fails leaves its shard at each member's local value. Every round
+// ends by its Deadline, and every goroutine it started ends with it.
+//
+// # Asynchronous application
+//
+// Training continues during a round: the average is applied as a delta against
+// the snapshot the member contributed (param += average − snapshot), chunk by
+// chunk as results arrived, so local steps taken meanwhile are kept.
+package averaging

@@ -1,0 +1,79 @@
+package averaging
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+)
+
+func TestSlicesSource(t *testing.T) {
+	var mu sync.Mutex
+	p, m, v := []float32{1, 2}, []float32{3}, []float32{4, 5, 6}
+	s := &Slices{With: func(fn func([][]float32)) {
+		mu.Lock()
+		defer mu.Unlock()
+		fn([][]float32{p, m, v})
+	}}
+	if s.Len() != 6 {
+		t.Fatalf("len %d", s.Len())
+	}
+	s.AddSamples(3)
+	s.AddSamples(2)
+	dst := make([]float32, 6)
+	if w := s.Snapshot(dst); w != 5 || !slices.Equal(dst, []float32{1, 2, 3, 4, 5, 6}) {
+		t.Fatalf("snapshot %v weight %v", dst, w)
+	}
+	if w := s.Snapshot(dst); w != 0 {
+		t.Fatalf("samples counted twice: %v", w)
+	}
+	s.Apply(func(vec []float32) {
+		for i := range vec {
+			vec[i] *= 10
+		}
+	})
+	if p[1] != 20 || m[0] != 30 || v[2] != 60 {
+		t.Fatalf("apply did not reach the slices: %v %v %v", p, m, v)
+	}
+}
+
+// TestRunAveragesOnTheClock: two holders running Run meet on the clock's round
+// boundaries, with no one calling Round.
+func TestRunAveragesOnTheClock(t *testing.T) {
+	hs := []host.Host{newHost(t, nil), newHost(t, nil)}
+	connectAll(t, hs)
+	srcs := []*vecSource{{vec: []float32{0, 0, 0}}, {vec: []float32{2, 4, 6}}}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var avs []*Averager
+	for i, h := range hs {
+		a, err := New(h, ids(hs), srcs[i], Options{Run: "test", Key: "s", Period: 300 * time.Millisecond,
+			Matchmaking: 150 * time.Millisecond, Deadline: 300 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		avs = append(avs, a)
+		wg.Go(func() { _ = a.Run(ctx) })
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for avs[0].Stats().Rounds == 0 || avs[1].Stats().Rounds == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no round on the clock: %+v %+v", avs[0].Stats(), avs[1].Stats())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	wg.Wait()
+	for i, s := range srcs {
+		s.mu.Lock()
+		if !slices.Equal(s.vec, []float32{1, 2, 3}) {
+			t.Errorf("holder %d: %v", i, s.vec)
+		}
+		s.mu.Unlock()
+	}
+	waitNoGoroutines(t)
+}
