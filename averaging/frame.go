@@ -26,7 +26,7 @@ const (
 	maxControl = 1 << 20
 	// maxChunkFloats bounds the values in one chunk frame, whatever a peer claims.
 	maxChunkFloats = 1 << 22
-	chunkHead = 13 // codec u8, shard u32, chunk u32, count u32
+	chunkHead      = 13 // codec u8, shard u32, chunk u32, count u32
 )
 
 // errRemote is wrapped by errors a peer reported in an error frame.
