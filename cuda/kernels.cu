@@ -140,11 +140,11 @@ extern "C" __global__ void sum_final(float* out, const float* in, int n) {
 	float f = block_sum((float)s);
 	if (threadIdx.x == 0) out[0] = f;
 }
-// clip_by_norm: x *= prescale · min(1, clip / (sqrt(*sumsq)·prescale)) (clip <= 0: no clipping).
+// clip_by_norm: x *= prescale · min(1, clip / (sqrt(*sumsq)·prescale + 1e-6)) (clip <= 0: no clipping).
 extern "C" __global__ void clip_by_norm(float* x, long n, const float* sumsq, float clip, float prescale) {
 	float s = prescale;
-	float norm = sqrtf(*sumsq) * prescale;
-	if (clip > 0.f && norm > clip) s *= clip / norm;
+	float c = clip / (sqrtf(*sumsq) * prescale + 1e-6f);
+	if (clip > 0.f && c < 1.f) s *= c;
 	GRID_STRIDE(i, n) x[i] *= s;
 }
 
@@ -570,8 +570,8 @@ extern "C" __global__ void adamw(float* p, float* g, float* m, float* v, const u
                                  float gscale, const float* sumsq, float clip, int zero_grad) {
 	float s = gscale;
 	if (clip > 0.f && sumsq) {
-		float norm = sqrtf(*sumsq) * gscale;
-		if (norm > clip) s *= clip / norm;
+		float c = clip / (sqrtf(*sumsq) * gscale + 1e-6f); // as the CPU stage clips
+		if (c < 1.f) s *= c;
 	}
 	GRID_STRIDE(i, n) {
 		float gi = g[i] * s;

@@ -381,8 +381,8 @@ func TestAdamWAndClip(t *testing.T) {
 	}
 	norm := math.Sqrt(ss) * float64(a.GradScale)
 	s := float64(a.GradScale)
-	if norm > float64(a.Clip) {
-		s *= float64(a.Clip) / norm
+	if c := float64(a.Clip) / (norm + 1e-6); c < 1 {
+		s *= c
 	}
 	rp, rm, rv := make([]float64, n), make([]float64, n), make([]float64, n)
 	bc1, bc2 := 1-math.Pow(0.9, 3), 1-math.Pow(0.95, 3)

@@ -1,0 +1,31 @@
+"""Prints bench/gpu.sh's table: tokens/s, ratios against PyTorch and MFU."""
+import json
+import sys
+
+
+def main():
+    rows = []
+    for path in sys.argv[1:]:
+        with open(path) as f:
+            rows += [json.loads(l) for l in f if l.strip().startswith("{")]
+    peak = next((r["tflops"] for r in rows if r["mode"] == "gemm-bf16-8192"), None)
+    stage = [r for r in rows if r["tokens_per_s"] and not r.get("note", "").startswith(("forward only", "one block"))]
+    ref = {r["mode"]: r["tokens_per_s"] for r in rows if r["impl"] == "pytorch"}
+    eager = ref.get("eager-autocast-bf16-sdpa")
+    comp = ref.get("torch.compile-autocast-bf16")
+    print(f"{'impl':10} {'mode':30} {'ms':>8} {'tokens/s':>11} {'TFLOP/s':>8} {'MFU':>6} {'x eager':>8} {'x compile':>9}")
+    for r in stage:
+        mfu = f"{100 * r['tflops'] / peak:5.1f}%" if peak else "   n/a"
+        xe = f"{r['tokens_per_s'] / eager:8.2f}" if eager else "     n/a"
+        xc = f"{r['tokens_per_s'] / comp:9.2f}" if comp else "      n/a"
+        print(f"{r['impl']:10} {r['mode']:30} {r['ms_median']:8.2f} {r['tokens_per_s']:11.0f} {r['tflops']:8.1f} {mfu} {xe} {xc}")
+    for r in rows:
+        if r.get("note", "").startswith(("forward only", "one block")) or r["mode"] == "gemm-bf16-8192":
+            print(f"  {r['impl']} {r['mode']}: {r['ms_median']:.3f} ms, {r['tflops']:.1f} TFLOP/s ({r.get('note', '')})")
+    if peak:
+        print(f"MFU is against the cuBLAS bf16 8192^3 GEMM measured in this run: {peak:.1f} TFLOP/s; "
+              "FLOPs per token = blocks x (72 d^2 + 12 T d), fwd+bwd, attention counted in full as in PaLM/llm.c")
+
+
+if __name__ == "__main__":
+    main()

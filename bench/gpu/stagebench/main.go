@@ -1,0 +1,266 @@
+// Command stagebench times forward+backward of a GPT block-stack stage on the GPU
+// with swarmnode's CUDA backend and prints one JSON line per measurement, for
+// bench/gpu.sh to set against PyTorch measured in the same run.
+package main
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"swarmnode/cuda"
+)
+
+type result struct {
+	Impl     string  `json:"impl"`
+	Mode     string  `json:"mode"`
+	MsMedian float64 `json:"ms_median"`
+	MsMin    float64 `json:"ms_min"`
+	TokPerS  float64 `json:"tokens_per_s"`
+	TFLOPs   float64 `json:"tflops"`
+	Note     string  `json:"note,omitempty"`
+}
+
+func main() {
+	C := flag.Int("d", 768, "model width")
+	NH := flag.Int("heads", 12, "attention heads")
+	L := flag.Int("blocks", 6, "blocks in the stage")
+	T := flag.Int("T", 1024, "sequence length")
+	B := flag.Int("B", 8, "sequences per microbatch")
+	prec := flag.String("prec", "bf16", "fp32, tf32 or bf16")
+	iters := flag.Int("iters", 20, "timed iterations")
+	warm := flag.Int("warmup", 3, "untimed iterations")
+	dump := flag.String("dump", "", "write params, input, dout, output, dx and grads (float32 little-endian) to this directory and exit")
+	flag.Parse()
+	if err := run(*C, *NH, *L, *T, *B, *prec, *iters, *warm, *dump); err != nil {
+		fmt.Fprintln(os.Stderr, "stagebench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(C, NH, L, T, B int, precName string, iters, warm int, dump string) error {
+	prec := map[string]cuda.Precision{"fp32": cuda.FP32, "tf32": cuda.TF32, "bf16": cuda.BF16Mixed}
+	p, ok := prec[precName]
+	if !ok {
+		return fmt.Errorf("unknown precision %q", precName)
+	}
+	d, err := cuda.Open(0)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	info := d.Info()
+	fmt.Fprintf(os.Stderr, "device %s (cc %d.%d, %d SMs), cuBLAS %d, NVRTC %d.%d\n", info.Name, info.CCMajor, info.CCMinor, info.SMs, info.CUBLAS, info.NVRTC[0], info.NVRTC[1])
+	model := cuda.ModelConfig{Vocab: 50257, DModel: C, NHead: NH, NLayer: 12, SeqLen: T}
+	s, err := cuda.NewStage(d, cuda.StageConfig{Model: model, First: 0, Blocks: L, Precision: p})
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	r := rand.New(rand.NewSource(1))
+	params := make([]float32, s.NumParams())
+	for _, v := range s.Views() {
+		for i := v.Offset; i < v.Offset+v.Len; i++ {
+			switch {
+			case v.Decay:
+				params[i] = float32(0.02 * r.NormFloat64())
+			case len(v.Name) > 6 && v.Name[len(v.Name)-6:] == "weight":
+				params[i] = float32(1 + 0.02*r.NormFloat64())
+			default:
+				params[i] = float32(0.02 * r.NormFloat64())
+			}
+		}
+	}
+	if err := s.SetParams(params); err != nil {
+		return err
+	}
+	N := B * T
+	x, dout := make([]float32, N*C), make([]float32, N*C)
+	for i := range x {
+		x[i] = float32(r.NormFloat64())
+		dout[i] = float32(r.NormFloat64() * 1e-2)
+	}
+	if dump != "" {
+		return dumpRun(s, params, x, dout, B, T, dump)
+	}
+	pass, err := s.NewPass(B, T)
+	if err != nil {
+		return err
+	}
+	var res []result
+	flops := float64(L) * (72*float64(C)*float64(C) + 12*float64(T)*float64(C)) * float64(N) // per fwd+bwd, attention counted as in PaLM/llm.c
+	err = d.Do(func(c *cuda.Ctx) error {
+		if err := c.Upload(pass.Input(), x); err != nil {
+			return err
+		}
+		dbuf, err := c.Alloc(cuda.F32, N*C)
+		if err != nil {
+			return err
+		}
+		if err := c.Upload(dbuf, dout); err != nil {
+			return err
+		}
+		step := func() error {
+			if err := s.ForwardOn(c, pass); err != nil {
+				return err
+			}
+			return s.BackwardOn(c, pass, dbuf)
+		}
+		timeIt := func(mode string, fn func() error) error {
+			for i := 0; i < warm; i++ {
+				if err := fn(); err != nil {
+					return err
+				}
+			}
+			if err := c.Sync(); err != nil {
+				return err
+			}
+			ms := make([]float64, iters)
+			for i := range ms {
+				e0, err := c.Record()
+				if err != nil {
+					return err
+				}
+				if err := fn(); err != nil {
+					return err
+				}
+				e1, err := c.Record()
+				if err != nil {
+					return err
+				}
+				t, err := c.Elapsed(e0, e1)
+				if err != nil {
+					return err
+				}
+				ms[i] = float64(t)
+			}
+			sort.Float64s(ms)
+			med := ms[len(ms)/2]
+			res = append(res, result{Impl: "swarmnode", Mode: mode, MsMedian: med, MsMin: ms[0],
+				TokPerS: float64(N) / (med / 1e3), TFLOPs: flops / (med / 1e3) / 1e12})
+			return nil
+		}
+		if err := timeIt("eager-"+precName, step); err != nil {
+			return err
+		}
+		g, err := c.Capture(step)
+		if err != nil {
+			return fmt.Errorf("graph capture: %w", err)
+		}
+		if err := timeIt("graph-"+precName, func() error { return c.Launch(g) }); err != nil {
+			return err
+		}
+		if err := c.Destroy(g); err != nil {
+			return err
+		}
+		// Where the time goes: forward alone, and one block's attention kernels.
+		if err := timeIt("forward-only-"+precName, func() error { return s.ForwardOn(c, pass) }); err != nil {
+			return err
+		}
+		res[len(res)-1].Note = "forward only; tokens_per_s and tflops are not comparable"
+		qkv, err := c.Alloc(cuda.F32, 3*N*C)
+		if err != nil {
+			return err
+		}
+		rnd := make([]float32, 3*N*C)
+		for i := range rnd {
+			rnd[i] = float32(r.NormFloat64())
+		}
+		if err := c.Upload(qkv, rnd); err != nil {
+			return err
+		}
+		out, _ := c.Alloc(cuda.BF16, N*C)
+		lse, _ := c.Alloc(cuda.F32, B*NH*T)
+		dq, _ := c.Alloc(cuda.BF16, 3*N*C)
+		tmp, _ := c.Alloc(cuda.F32, B*NH*T)
+		if err := timeIt("attention-fwd-1block", func() error { return c.AttentionForward(out, lse, qkv, B, T, C, NH) }); err != nil {
+			return err
+		}
+		res[len(res)-1].Note = "one block's attention forward; tflops counts causal work"
+		res[len(res)-1].TFLOPs = 2 * float64(B*NH) * float64(T) * float64(T) * float64(C/NH) / (res[len(res)-1].MsMedian / 1e3) / 1e12
+		if err := timeIt("attention-bwd-1block", func() error { return c.AttentionBackward(dq, tmp, dbuf, qkv, out, lse, B, T, C, NH) }); err != nil {
+			return err
+		}
+		res[len(res)-1].Note = "one block's attention backward; tflops counts causal work"
+		res[len(res)-1].TFLOPs = 5 * float64(B*NH) * float64(T) * float64(T) * float64(C/NH) / (res[len(res)-1].MsMedian / 1e3) / 1e12
+		// The bf16 GEMM ceiling on this GPU, for MFU.
+		const n = 8192
+		A, _ := c.Alloc(cuda.BF16, n*n)
+		Bm, _ := c.Alloc(cuda.BF16, n*n)
+		Cm, _ := c.Alloc(cuda.F32, n*n)
+		big := make([]float32, n*n)
+		for i := range big {
+			big[i] = float32(r.NormFloat64())
+		}
+		f, _ := c.Alloc(cuda.F32, n*n)
+		if err := c.Upload(f, big); err != nil {
+			return err
+		}
+		if err := c.Cast(A, f); err != nil {
+			return err
+		}
+		if err := c.Cast(Bm, f); err != nil {
+			return err
+		}
+		if err := timeIt("gemm-bf16-8192", func() error {
+			return c.Gemm(false, false, n, n, n, 1, A, n, Bm, n, 0, Cm, n, cuda.ComputeFP32)
+		}); err != nil {
+			return err
+		}
+		last := &res[len(res)-1]
+		last.TFLOPs = 2 * n * n * n / (last.MsMedian / 1e3) / 1e12
+		last.TokPerS = 0
+		last.Note = "cuBLAS bf16 GEMM ceiling for MFU"
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(os.Stdout)
+	for _, r := range res {
+		if err := enc.Encode(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dumpRun runs one forward+backward in float32 and writes everything PyTorch needs
+// to check the stage (bench/gpu/check_torch.py).
+func dumpRun(s *cuda.Stage, params, x, dout []float32, B, T int, dir string) error {
+	pass, err := s.Forward(cuda.Input{B: B, T: T, X: x})
+	if err != nil {
+		return err
+	}
+	out := pass.Out
+	dx, err := s.Backward(pass, dout)
+	if err != nil {
+		return err
+	}
+	grads, err := s.Grads()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for name, v := range map[string][]float32{"params": params, "x": x, "dout": dout, "out": out, "dx": dx, "grads": grads} {
+		b := make([]byte, 4*len(v))
+		for i, f := range v {
+			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(f))
+		}
+		if err := os.WriteFile(filepath.Join(dir, name+".f32"), b, 0o644); err != nil {
+			return err
+		}
+	}
+	views := s.Views()
+	meta := map[string]any{"B": B, "T": T, "C": s.Config().Model.DModel, "NH": s.Config().Model.NHead, "views": views}
+	mb, _ := json.Marshal(meta)
+	return os.WriteFile(filepath.Join(dir, "meta.json"), mb, 0o644)
+}

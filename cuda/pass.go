@@ -1,0 +1,381 @@
+package cuda
+
+import (
+	"fmt"
+	"math"
+)
+
+// Input is one microbatch of B sequences of T tokens (mirrors stages.Input).
+type Input struct {
+	B, T    int
+	Tokens  []int32   // first stage: B·T token ids in [0, Vocab)
+	X       []float32 // other stages: B·T·DModel activations
+	Targets []int32   // last stage: B·T next-token ids
+}
+
+// Pass is one microbatch's forward pass on the device: its activations stay on
+// the GPU until Backward (or Release) returns them to the stage's pool.
+type Pass struct {
+	s    *Stage
+	a    *acts
+	Out  []float32 // host copy of the output (Forward only; nil for the last stage)
+	Loss float32   // last stage: mean cross-entropy
+}
+
+// B and T are the pass's microbatch shape.
+func (p *Pass) B() int { return p.a.B }
+
+// T is the sequence length of the pass.
+func (p *Pass) T() int { return p.a.T }
+
+// Tokens is the device buffer of input token ids (first stage).
+func (p *Pass) Tokens() Buf { return p.a.tok }
+
+// Input is the device buffer of input activations [B·T, DModel] (other stages).
+func (p *Pass) Input() Buf { return p.a.in }
+
+// Targets is the device buffer of target ids (last stage).
+func (p *Pass) Targets() Buf { return p.a.targets }
+
+// Output is the device buffer of output activations (not for the last stage).
+func (p *Pass) Output() Buf { return p.a.out }
+
+// Release returns the pass's activations to the stage (for passes never backwarded).
+func (p *Pass) Release() error {
+	if p.a == nil {
+		return nil
+	}
+	a := p.a
+	p.a = nil
+	return p.s.d.Do(func(c *Ctx) error {
+		p.s.pool[[2]int{a.B, a.T}] = append(p.s.pool[[2]int{a.B, a.T}], a)
+		return nil
+	})
+}
+
+func (s *Stage) checkShape(B, T int) error {
+	if B < 1 || T < 1 || T > s.cfg.Model.SeqLen {
+		return fmt.Errorf("cuda: microbatch %dx%d (T must be in [1, %d])", B, T, s.cfg.Model.SeqLen)
+	}
+	return nil
+}
+
+func checkIDs(name string, ids []int32, n, v int) error {
+	if len(ids) != n {
+		return fmt.Errorf("cuda: %d %s, want %d", len(ids), name, n)
+	}
+	for i, t := range ids {
+		if t < 0 || int(t) >= v {
+			return fmt.Errorf("cuda: %s[%d] = %d outside [0, %d)", name, i, t, v)
+		}
+	}
+	return nil
+}
+
+func checkFinite(name string, x []float32, n int) error {
+	if len(x) != n {
+		return fmt.Errorf("cuda: %d %s values, want %d", len(x), name, n)
+	}
+	for i, v := range x {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return fmt.Errorf("cuda: %s[%d] is %v", name, i, v)
+		}
+	}
+	return nil
+}
+
+// NewPass takes device activations for a B×T microbatch without running anything;
+// fill its Tokens/Input/Targets buffers on the device and call ForwardOn.
+func (s *Stage) NewPass(B, T int) (*Pass, error) {
+	if err := s.checkShape(B, T); err != nil {
+		return nil, err
+	}
+	p := &Pass{s: s}
+	err := s.d.Do(func(c *Ctx) error {
+		var err error
+		p.a, err = s.newActs(c, B, T)
+		return err
+	})
+	return p, err
+}
+
+// Forward validates the input (shapes, token ranges, NaN/Inf), runs the stage and
+// copies the output (or, on the last stage, the mean loss) back to the host.
+func (s *Stage) Forward(in Input) (*Pass, error) {
+	if err := s.checkShape(in.B, in.T); err != nil {
+		return nil, err
+	}
+	N, C, V := in.B*in.T, s.cfg.Model.DModel, s.cfg.Model.Vocab
+	if s.cfg.IsFirst {
+		if err := checkIDs("tokens", in.Tokens, N, V); err != nil {
+			return nil, err
+		}
+	} else if err := checkFinite("X", in.X, N*C); err != nil {
+		return nil, err
+	}
+	if s.cfg.IsLast {
+		if err := checkIDs("targets", in.Targets, N, V); err != nil {
+			return nil, err
+		}
+	}
+	p := &Pass{s: s}
+	err := s.d.Do(func(c *Ctx) error {
+		a, err := s.newActs(c, in.B, in.T)
+		if err != nil {
+			return err
+		}
+		p.a = a
+		if s.cfg.IsFirst {
+			err = c.UploadI32(a.tok, in.Tokens)
+		} else {
+			err = c.Upload(a.in, in.X)
+		}
+		if err == nil && s.cfg.IsLast {
+			err = c.UploadI32(a.targets, in.Targets)
+		}
+		if err == nil {
+			err = s.ForwardOn(c, p)
+		}
+		if err == nil && !s.cfg.IsLast {
+			p.Out = make([]float32, N*C)
+			err = c.Download(p.Out, a.out)
+		}
+		if err == nil && s.cfg.IsLast {
+			p.Loss, err = s.lossOn(c, p)
+		}
+		if err != nil {
+			s.pool[[2]int{a.B, a.T}] = append(s.pool[[2]int{a.B, a.T}], a)
+			p.a = nil
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Backward takes the gradient of the pass's output (nil on the last stage, which
+// differentiates its own mean loss), accumulates parameter gradients and returns
+// the gradient of the input (nil on the first stage). The pass is consumed.
+func (s *Stage) Backward(p *Pass, dout []float32) ([]float32, error) {
+	if p == nil || p.a == nil || p.s != s {
+		return nil, fmt.Errorf("cuda: backward of a pass that is not live on this stage")
+	}
+	N, C := p.a.B*p.a.T, s.cfg.Model.DModel
+	if !s.cfg.IsLast {
+		if err := checkFinite("dout", dout, N*C); err != nil {
+			return nil, err
+		}
+	}
+	var dx []float32
+	err := s.d.Do(func(c *Ctx) error {
+		a := p.a
+		p.a = nil
+		defer func() { s.pool[[2]int{a.B, a.T}] = append(s.pool[[2]int{a.B, a.T}], a) }()
+		sc, err := s.scratchFor(c, a.B, a.T)
+		if err != nil {
+			return err
+		}
+		var d Buf
+		if !s.cfg.IsLast {
+			d = sc.datty.Slice(0, N*C) // staging for the upload; BackwardOn copies it first
+			if err := c.Upload(d, dout); err != nil {
+				return err
+			}
+		}
+		pp := &Pass{s: s, a: a}
+		if err := s.BackwardOn(c, pp, d); err != nil {
+			return err
+		}
+		if !s.cfg.IsFirst {
+			dx = make([]float32, N*C)
+			return c.Download(dx, sc.dres.Slice(0, N*C))
+		}
+		return c.Sync()
+	})
+	return dx, err
+}
+
+func (s *Stage) lossOn(c *Ctx, p *Pass) (float32, error) {
+	l := make([]float32, 1)
+	if err := c.Download(l, p.a.lossSum); err != nil {
+		return 0, err
+	}
+	return l[0] / float32(p.a.B*p.a.T), nil
+}
+
+// weight returns the GEMM operand of view v: bfloat16 or float32 parameters.
+func (s *Stage) weight(v View) Buf {
+	if s.op == BF16 {
+		return s.pbf.Slice(v.Offset, v.Len)
+	}
+	return s.params.Slice(v.Offset, v.Len)
+}
+
+func (s *Stage) param(v View) Buf { return s.params.Slice(v.Offset, v.Len) }
+func (s *Stage) grad(v View) Buf  { return s.grads.Slice(v.Offset, v.Len) }
+
+// ForwardOn queues the forward pass of p on the device (inside Device.Do); its
+// inputs must already be in p's device buffers. On the last stage it also
+// computes the loss and the gradient of the logits.
+func (s *Stage) ForwardOn(c *Ctx, p *Pass) error {
+	a := p.a
+	m := s.cfg.Model
+	B, T, C, NH := a.B, a.T, m.DModel, m.NHead
+	N := B * T
+	x := a.in.Slice(0, N*C)
+	if s.cfg.IsFirst {
+		if err := c.EncoderForward(x, a.tok, s.param(s.lay.wte), s.param(s.lay.wpe).Slice(0, T*C), B, T, C); err != nil {
+			return err
+		}
+	}
+	for i := range a.blocks {
+		k := &a.blocks[i]
+		k.in = x
+		bv := &s.lay.blocks[i]
+		steps := []func() error{
+			func() error {
+				return c.LayerNormForward(k.ln1, k.ln1m, k.ln1r, k.in, s.param(bv.ln1w), s.param(bv.ln1b), N, C)
+			},
+			func() error {
+				return c.LinearForward(k.qkv, k.ln1, s.weight(bv.qkvw), s.param(bv.qkvb), Buf{}, N, C, 3*C, s.mode)
+			},
+			func() error { return c.AttentionForward(k.atty, k.lse, k.qkv, B, T, C, NH) },
+			func() error {
+				return c.LinearForward(k.res2, k.atty, s.weight(bv.attpw), s.param(bv.attpb), k.in, N, C, C, s.mode)
+			},
+			func() error {
+				return c.LayerNormForward(k.ln2, k.ln2m, k.ln2r, k.res2, s.param(bv.ln2w), s.param(bv.ln2b), N, C)
+			},
+			func() error {
+				return c.LinearForward(k.fch, k.ln2, s.weight(bv.fcw), s.param(bv.fcb), Buf{}, N, C, 4*C, s.mode)
+			},
+			func() error { return c.GeluForward(k.fchg, k.fch) },
+			func() error {
+				return c.LinearForward(k.out, k.fchg, s.weight(bv.fcpw), s.param(bv.fcpb), k.res2, N, 4*C, C, s.mode)
+			},
+		}
+		for _, st := range steps {
+			if err := st(); err != nil {
+				return fmt.Errorf("block %d forward: %w", s.cfg.First+i, err)
+			}
+		}
+		x = k.out
+	}
+	a.out = x
+	if !s.cfg.IsLast {
+		return nil
+	}
+	V := m.Vocab
+	if err := c.LayerNormForward(a.lnf, a.lnfm, a.lnfr, x, s.param(s.lay.lnfw), s.param(s.lay.lnfb), N, C); err != nil {
+		return err
+	}
+	if err := c.Gemm(false, true, N, V, C, 1, a.lnf, C, s.weight(s.lay.head), C, 0, a.logits, V, s.mode); err != nil {
+		return err
+	}
+	if err := c.CrossEntropy(a.losses, a.dlogits, a.logits, a.targets, N, V, 1/float32(N)); err != nil {
+		return err
+	}
+	return c.Sum(a.lossSum, s.partial, a.losses)
+}
+
+// BackwardOn queues the backward pass of p (inside Device.Do): dout is the
+// gradient of the output ([B·T, DModel] float32; ignored on the last stage).
+// Parameter gradients accumulate; the input gradient is left in GradInput.
+func (s *Stage) BackwardOn(c *Ctx, p *Pass, dout Buf) error {
+	a := p.a
+	m := s.cfg.Model
+	B, T, C, NH := a.B, a.T, m.DModel, m.NHead
+	N := B * T
+	sc, err := s.scratchFor(c, B, T)
+	if err != nil {
+		return err
+	}
+	dres := sc.dres.Slice(0, N*C)
+	dresOp := sc.dresOp.Slice(0, N*C)
+	dln := sc.dln.Slice(0, N*C)
+	if s.cfg.IsLast {
+		V := m.Vocab
+		if err := c.Gemm(false, false, N, C, V, 1, a.dlogits, V, s.weight(s.lay.head), C, 0, dln, C, s.mode); err != nil {
+			return err
+		}
+		if err := c.Gemm(true, false, V, C, N, 1, a.dlogits, V, a.lnf, C, 1, s.grad(s.lay.head), C, s.mode); err != nil {
+			return err
+		}
+		if err := c.Zero(dres); err != nil {
+			return err
+		}
+		if err := c.LayerNormBackward(dres, s.grad(s.lay.lnfw), s.grad(s.lay.lnfb), dln, a.out, s.param(s.lay.lnfw), a.lnfm, a.lnfr, N, C); err != nil {
+			return err
+		}
+	} else {
+		if err := need("stage dout", dout, F32, N*C); err != nil {
+			return err
+		}
+		if err := c.Copy(dres, dout.Slice(0, N*C)); err != nil {
+			return err
+		}
+	}
+	dh, dhOp := sc.dh.Slice(0, 4*N*C), sc.dhOp.Slice(0, 4*N*C)
+	datty, dqkv := sc.datty.Slice(0, N*C), sc.dqkv.Slice(0, 3*N*C)
+	toOp := func() error {
+		if s.op == BF16 {
+			return c.Cast(dresOp, dres)
+		}
+		return nil
+	}
+	for i := len(a.blocks) - 1; i >= 0; i-- {
+		k := &a.blocks[i]
+		bv := &s.lay.blocks[i]
+		steps := []func() error{
+			// MLP branch: out = res2 + gelu(ln2·Wfc + bfc)·Wp + bp.
+			toOp,
+			func() error {
+				return c.LinearBackward(dh, s.grad(bv.fcpw), Buf{}, dresOp, k.fchg, s.weight(bv.fcpw), N, 4*C, C, false, s.mode)
+			},
+			func() error { return c.BiasGrad(s.grad(bv.fcpb), dres, N, C) },
+			func() error { return c.GeluBackward(dhOp, k.fch, dh) },
+			func() error {
+				return c.LinearBackward(dln, s.grad(bv.fcw), s.grad(bv.fcb), dhOp, k.ln2, s.weight(bv.fcw), N, C, 4*C, false, s.mode)
+			},
+			func() error {
+				return c.LayerNormBackward(dres, s.grad(bv.ln2w), s.grad(bv.ln2b), dln, k.res2, s.param(bv.ln2w), k.ln2m, k.ln2r, N, C)
+			},
+			// Attention branch: res2 = in + attn(ln1·Wqkv + bqkv)·Wp + bp.
+			toOp,
+			func() error {
+				return c.LinearBackward(datty, s.grad(bv.attpw), Buf{}, dresOp, k.atty, s.weight(bv.attpw), N, C, C, false, s.mode)
+			},
+			func() error { return c.BiasGrad(s.grad(bv.attpb), dres, N, C) },
+			func() error { return c.AttentionBackward(dqkv, sc.attnD, datty, k.qkv, k.atty, k.lse, B, T, C, NH) },
+			func() error {
+				return c.LinearBackward(dln, s.grad(bv.qkvw), s.grad(bv.qkvb), dqkv, k.ln1, s.weight(bv.qkvw), N, C, 3*C, false, s.mode)
+			},
+			func() error {
+				return c.LayerNormBackward(dres, s.grad(bv.ln1w), s.grad(bv.ln1b), dln, k.in, s.param(bv.ln1w), k.ln1m, k.ln1r, N, C)
+			},
+		}
+		for _, st := range steps {
+			if err := st(); err != nil {
+				return fmt.Errorf("block %d backward: %w", s.cfg.First+i, err)
+			}
+		}
+	}
+	if s.cfg.IsFirst {
+		return c.EncoderBackward(s.grad(s.lay.wte), s.grad(s.lay.wpe).Slice(0, T*C), dres, a.tok, B, T, C)
+	}
+	return nil
+}
+
+// GradInput is the device buffer holding the input gradient after BackwardOn
+// (valid until the next backward of this stage).
+func (s *Stage) GradInput(B, T int) Buf {
+	if s.sc == nil {
+		return Buf{}
+	}
+	return s.sc.dres.Slice(0, B*T*s.cfg.Model.DModel)
+}
+
+// LossOn reads the mean loss of a last-stage pass after ForwardOn (it synchronises).
+func (s *Stage) LossOn(c *Ctx, p *Pass) (float32, error) { return s.lossOn(c, p) }

@@ -1,0 +1,409 @@
+package cuda
+
+import (
+	"errors"
+	"fmt"
+	"math"
+)
+
+// Precision is how a stage computes.
+type Precision int
+
+// Stage precisions. Parameters, gradients and optimizer state are float32 in all.
+const (
+	FP32      Precision = iota // float32 everywhere
+	TF32                       // float32 storage, TF32 tensor-core GEMMs
+	BF16Mixed                  // bfloat16 GEMM operands (weights and activations), float32 accumulation and master weights
+)
+
+// StageConfig describes one stage: blocks [First, First+Blocks) of the model, with
+// the embedding when IsFirst and the final LayerNorm, LM head and loss when IsLast.
+type StageConfig struct {
+	Model           ModelConfig
+	First, Blocks   int
+	IsFirst, IsLast bool
+	Precision       Precision
+}
+
+// Stage is a GPT pipeline stage on the GPU: forward, backward (accumulating
+// gradients) and the AdamW step, over flat device buffers laid out like the CPU
+// stage's parameter vector.
+type Stage struct {
+	d     *Device
+	cfg   StageConfig
+	lay   *layout
+	op    DType   // GEMM operand type
+	mode  Compute // float32 GEMM mode
+	step  int     // optimizer steps applied
+	freed bool
+
+	params, grads, m, v Buf
+	pbf                 Buf // bfloat16 copy of params (BF16Mixed only)
+	decay               Buf // one byte per parameter: 1 where AdamW decays
+	sumsq, partial      Buf
+	sc                  *scratch
+	pool                map[[2]int][]*acts
+}
+
+// NewStage allocates a stage on d with zero parameters; set them with SetParams.
+func NewStage(d *Device, cfg StageConfig) (*Stage, error) {
+	m := cfg.Model
+	if m.Vocab < 1 || m.DModel < 1 || m.NHead < 1 || m.SeqLen < 1 || cfg.Blocks < 0 || cfg.First < 0 {
+		return nil, fmt.Errorf("cuda: bad stage config %+v", cfg)
+	}
+	if m.DModel%m.NHead != 0 || !attnHeadDims[m.DModel/m.NHead] {
+		return nil, fmt.Errorf("cuda: head size %d/%d is not supported (16, 32 or 64)", m.DModel, m.NHead)
+	}
+	s := &Stage{d: d, cfg: cfg, lay: newLayout(m, cfg.First, cfg.Blocks, cfg.IsFirst, cfg.IsLast), pool: map[[2]int][]*acts{}}
+	switch cfg.Precision {
+	case FP32:
+		s.op, s.mode = F32, ComputeFP32
+	case TF32:
+		s.op, s.mode = F32, ComputeTF32
+	case BF16Mixed:
+		s.op, s.mode = BF16, ComputeFP32
+	default:
+		return nil, fmt.Errorf("cuda: unknown precision %d", cfg.Precision)
+	}
+	if s.lay.size == 0 {
+		return nil, errors.New("cuda: stage has no parameters")
+	}
+	decay := make([]byte, s.lay.size)
+	for _, v := range s.lay.views {
+		if v.Decay {
+			for i := v.Offset; i < v.Offset+v.Len; i++ {
+				decay[i] = 1
+			}
+		}
+	}
+	err := d.Do(func(c *Ctx) error {
+		n := s.lay.size
+		var err error
+		alloc := func(t DType, n int) Buf {
+			if err != nil {
+				return Buf{}
+			}
+			var b Buf
+			b, err = c.Alloc(t, n)
+			return b
+		}
+		s.params, s.grads, s.m, s.v = alloc(F32, n), alloc(F32, n), alloc(F32, n), alloc(F32, n)
+		s.decay, s.sumsq, s.partial = alloc(U8, n), alloc(F32, 1), alloc(F32, sumBlocks)
+		if s.op == BF16 {
+			s.pbf = alloc(BF16, n)
+		}
+		if err != nil {
+			return err
+		}
+		for _, b := range []Buf{s.params, s.grads, s.m, s.v} {
+			if err := c.Zero(b); err != nil {
+				return err
+			}
+		}
+		if s.op == BF16 {
+			if err := c.Cast(s.pbf, s.params); err != nil {
+				return err
+			}
+		}
+		return c.UploadBytes(s.decay, decay)
+	})
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close frees the stage's device memory.
+func (s *Stage) Close() error {
+	if s.freed {
+		return nil
+	}
+	s.freed = true
+	return s.d.Do(func(c *Ctx) error {
+		var first error
+		free := func(b Buf) {
+			if b.Ptr != 0 {
+				if err := c.Free(b); err != nil && first == nil {
+					first = err
+				}
+			}
+		}
+		for _, b := range []Buf{s.params, s.grads, s.m, s.v, s.pbf, s.decay, s.sumsq, s.partial} {
+			free(b)
+		}
+		if s.sc != nil {
+			s.sc.free(free)
+		}
+		for _, list := range s.pool {
+			for _, a := range list {
+				a.free(free)
+			}
+		}
+		return first
+	})
+}
+
+// Views lists the stage's tensors in layout order.
+func (s *Stage) Views() []View { return append([]View(nil), s.lay.views...) }
+
+// NumParams is the length of the flat parameter vector.
+func (s *Stage) NumParams() int { return s.lay.size }
+
+// Config is the stage's configuration.
+func (s *Stage) Config() StageConfig { return s.cfg }
+
+// Version is the number of optimizer steps applied.
+func (s *Stage) Version() int { return s.step }
+
+// SetParams uploads the flat parameter vector (the CPU stage's layout).
+func (s *Stage) SetParams(p []float32) error {
+	if len(p) != s.lay.size {
+		return fmt.Errorf("cuda: %d parameters, stage has %d", len(p), s.lay.size)
+	}
+	return s.d.Do(func(c *Ctx) error {
+		if err := c.Upload(s.params, p); err != nil {
+			return err
+		}
+		if s.op == BF16 {
+			return c.Cast(s.pbf, s.params)
+		}
+		return nil
+	})
+}
+
+func (s *Stage) download(b Buf) ([]float32, error) {
+	out := make([]float32, b.N)
+	return out, s.d.Do(func(c *Ctx) error { return c.Download(out, b) })
+}
+
+// Params downloads the flat parameter vector.
+func (s *Stage) Params() ([]float32, error) { return s.download(s.params) }
+
+// Grads downloads the accumulated gradients (same layout).
+func (s *Stage) Grads() ([]float32, error) { return s.download(s.grads) }
+
+// State is the optimizer state, for averaging and state transfer (mirrors stages.State).
+type State struct {
+	Params, M, V []float32
+	Step         int
+}
+
+// GetState downloads parameters and AdamW moments.
+func (s *Stage) GetState() (State, error) {
+	st := State{Params: make([]float32, s.lay.size), M: make([]float32, s.lay.size), V: make([]float32, s.lay.size), Step: s.step}
+	err := s.d.Do(func(c *Ctx) error {
+		if err := c.Download(st.Params, s.params); err != nil {
+			return err
+		}
+		if err := c.Download(st.M, s.m); err != nil {
+			return err
+		}
+		return c.Download(st.V, s.v)
+	})
+	return st, err
+}
+
+// SetState uploads parameters and AdamW moments.
+func (s *Stage) SetState(st State) error {
+	n := s.lay.size
+	if len(st.Params) != n || len(st.M) != n || len(st.V) != n || st.Step < 0 {
+		return fmt.Errorf("cuda: state of %d/%d/%d values (step %d), stage has %d", len(st.Params), len(st.M), len(st.V), st.Step, n)
+	}
+	err := s.d.Do(func(c *Ctx) error {
+		for _, x := range []struct {
+			dst Buf
+			src []float32
+		}{{s.params, st.Params}, {s.m, st.M}, {s.v, st.V}} {
+			if err := c.Upload(x.dst, x.src); err != nil {
+				return err
+			}
+		}
+		if s.op == BF16 {
+			return c.Cast(s.pbf, s.params)
+		}
+		return nil
+	})
+	if err == nil {
+		s.step = st.Step
+	}
+	return err
+}
+
+// ZeroGrad clears the accumulated gradients.
+func (s *Stage) ZeroGrad() error {
+	return s.d.Do(func(c *Ctx) error { return c.Zero(s.grads) })
+}
+
+// Step averages the gradients over micro microbatches, clips them by global norm
+// to opt.Clip, applies AdamW at opt.LRAt(Version()) with weight decay on matrices,
+// zeroes the gradients and returns the pre-clip norm (of the averaged gradients).
+func (s *Stage) Step(opt OptimConfig, micro int) (float32, error) {
+	if micro < 1 {
+		micro = 1
+	}
+	var ss []float32
+	err := s.d.Do(func(c *Ctx) error {
+		if err := c.SumSquares(s.sumsq, s.partial, s.grads); err != nil {
+			return err
+		}
+		a := AdamWArgs{LR: opt.LRAt(s.step), Beta1: opt.Beta1, Beta2: opt.Beta2, Eps: opt.Eps, WeightDecay: opt.WeightDecay,
+			Step: s.step + 1, GradScale: 1 / float32(micro), Clip: opt.Clip, SumSq: s.sumsq, ZeroGrad: true}
+		if err := c.AdamW(s.params, s.grads, s.m, s.v, s.decay, s.pbf, a); err != nil {
+			return err
+		}
+		ss = make([]float32, 1)
+		return c.Download(ss, s.sumsq)
+	})
+	if err != nil {
+		return 0, err
+	}
+	s.step++
+	return float32(math.Sqrt(float64(ss[0]))) / float32(micro), nil
+}
+
+// acts are the device activations of one microbatch.
+type acts struct {
+	B, T    int
+	tok     Buf // first stage: [N] int32
+	in      Buf // other stages: [N,C] input
+	targets Buf // last stage: [N] int32
+	blocks  []blockActs
+	out     Buf // [N,C] output (non-last stages; the last block's out)
+	// last stage
+	lnf, lnfm, lnfr, logits, dlogits, losses, lossSum Buf
+}
+
+type blockActs struct {
+	in                         Buf // borrowed: the stage input or the previous block's out
+	ln1, ln1m, ln1r, qkv, atty Buf
+	lse, res2, ln2, ln2m, ln2r Buf
+	fch, fchg, out             Buf
+}
+
+func (a *acts) free(free func(Buf)) {
+	for _, b := range []Buf{a.tok, a.in, a.targets, a.lnf, a.lnfm, a.lnfr, a.logits, a.dlogits, a.losses, a.lossSum} {
+		free(b)
+	}
+	for _, k := range a.blocks {
+		for _, b := range []Buf{k.ln1, k.ln1m, k.ln1r, k.qkv, k.atty, k.lse, k.res2, k.ln2, k.ln2m, k.ln2r, k.fch, k.fchg, k.out} {
+			free(b)
+		}
+	}
+}
+
+func (s *Stage) newActs(c *Ctx, B, T int) (*acts, error) {
+	if list := s.pool[[2]int{B, T}]; len(list) > 0 {
+		a := list[len(list)-1]
+		s.pool[[2]int{B, T}] = list[:len(list)-1]
+		return a, nil
+	}
+	m := s.cfg.Model
+	N, C, NH := B*T, m.DModel, m.NHead
+	a := &acts{B: B, T: T}
+	var err error
+	var got []Buf
+	alloc := func(t DType, n int) Buf {
+		if err != nil {
+			return Buf{}
+		}
+		var b Buf
+		b, err = c.Alloc(t, n)
+		got = append(got, b)
+		return b
+	}
+	if s.cfg.IsFirst {
+		a.tok = alloc(I32, N)
+	}
+	a.in = alloc(F32, N*C) // the input, or the embedding's output on the first stage
+	if s.cfg.IsLast {
+		a.targets = alloc(I32, N)
+	}
+	for range s.lay.blocks {
+		var k blockActs
+		k.ln1, k.ln1m, k.ln1r = alloc(s.op, N*C), alloc(F32, N), alloc(F32, N)
+		k.qkv, k.atty, k.lse = alloc(F32, 3*N*C), alloc(s.op, N*C), alloc(F32, B*NH*T)
+		k.res2 = alloc(F32, N*C)
+		k.ln2, k.ln2m, k.ln2r = alloc(s.op, N*C), alloc(F32, N), alloc(F32, N)
+		k.fch, k.fchg, k.out = alloc(F32, 4*N*C), alloc(s.op, 4*N*C), alloc(F32, N*C)
+		a.blocks = append(a.blocks, k)
+	}
+	if s.cfg.IsLast {
+		a.lnf, a.lnfm, a.lnfr = alloc(s.op, N*C), alloc(F32, N), alloc(F32, N)
+		a.logits, a.losses, a.lossSum = alloc(F32, N*m.Vocab), alloc(F32, N), alloc(F32, 1)
+		if s.op == BF16 {
+			a.dlogits = alloc(BF16, N*m.Vocab)
+		} else {
+			a.dlogits = a.logits // the float32 gradient overwrites the logits
+		}
+	}
+	if err != nil {
+		for _, b := range got {
+			if b.Ptr != 0 {
+				_ = c.Free(b)
+			}
+		}
+		return nil, err
+	}
+	return a, nil
+}
+
+// scratch is the backward's working memory, shared by all passes of a stage (the
+// device thread runs one backward at a time).
+type scratch struct {
+	N                                  int
+	dres, dresOp, dh, dhOp, dln, datty Buf
+	dqkv, attnD                        Buf
+}
+
+func (sc *scratch) free(free func(Buf)) {
+	for _, b := range []Buf{sc.dres, sc.dh, sc.dln, sc.datty, sc.attnD} {
+		free(b)
+	}
+	if sc.dresOp.Ptr != sc.dres.Ptr {
+		free(sc.dresOp)
+	}
+	if sc.dhOp.Ptr != sc.dh.Ptr {
+		free(sc.dhOp)
+	}
+	free(sc.dqkv)
+}
+
+func (s *Stage) scratchFor(c *Ctx, B, T int) (*scratch, error) {
+	N := B * T
+	if s.sc != nil && s.sc.N >= N && s.sc.attnD.N >= B*s.cfg.Model.NHead*T {
+		return s.sc, nil
+	}
+	if s.sc != nil {
+		s.sc.free(func(b Buf) { _ = c.Free(b) })
+		s.sc = nil
+	}
+	C, NH := s.cfg.Model.DModel, s.cfg.Model.NHead
+	sc := &scratch{N: N}
+	var err error
+	alloc := func(t DType, n int) Buf {
+		if err != nil {
+			return Buf{}
+		}
+		var b Buf
+		b, err = c.Alloc(t, n)
+		return b
+	}
+	sc.dres, sc.dh, sc.dln, sc.datty = alloc(F32, N*C), alloc(F32, 4*N*C), alloc(F32, N*C), alloc(F32, N*C)
+	sc.attnD, sc.dqkv = alloc(F32, B*NH*T), alloc(s.op, 3*N*C)
+	if s.op == BF16 {
+		sc.dresOp, sc.dhOp = alloc(BF16, N*C), alloc(BF16, 4*N*C)
+	} else {
+		sc.dresOp, sc.dhOp = sc.dres, sc.dh
+	}
+	if err != nil {
+		sc.free(func(b Buf) {
+			if b.Ptr != 0 {
+				_ = c.Free(b)
+			}
+		})
+		return nil, err
+	}
+	s.sc = sc
+	return sc, nil
+}
