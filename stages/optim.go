@@ -41,7 +41,10 @@ func (s *Stage) ZeroGrad() {
 // clips them to a global norm of opt.Clip (per stage; PyTorch's clip_grad_norm_
 // rule), applies AdamW at opt.LRAt(Version()) with decoupled weight decay on the
 // views with Decay set, zeroes the gradients and bumps Version. It returns the
-// gradient norm before clipping.
+// gradient norm before clipping. When that norm is NaN or infinite (a diverged
+// microbatch) the step is skipped: gradients are zeroed, parameters, moments and
+// Version stay as they were, and the non-finite norm is returned for the caller
+// to report.
 func (s *Stage) Step(opt OptimConfig, micro int) float32 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -59,6 +62,10 @@ func (s *Stage) Step(opt OptimConfig, micro int) float32 {
 		sq += float64(g[i]) * float64(g[i])
 	}
 	norm := math.Sqrt(sq)
+	if math.IsNaN(norm) || math.IsInf(norm, 0) {
+		clear(g)
+		return float32(norm)
+	}
 	gscale := float32(1)
 	if opt.Clip > 0 {
 		if c := float64(opt.Clip) / (norm + 1e-6); c < 1 {

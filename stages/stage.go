@@ -7,9 +7,8 @@ import (
 	"sync/atomic"
 )
 
-// maxTokens bounds B·T of one microbatch so that a malformed request cannot make
-// the stage allocate without limit.
-const maxTokens = 1 << 20
+// defaultMaxTokens bounds B·T of one microbatch until SetMaxTokens says otherwise.
+const defaultMaxTokens = 1 << 16
 
 // Stage is one contiguous slice of the model: its parameters, gradients, AdamW
 // state and the forward and backward passes over them. It is safe for concurrent
@@ -31,8 +30,9 @@ type Stage struct {
 	mu     sync.RWMutex
 	gradMu sync.Mutex
 
-	acts    slabPool
-	scratch slabPool
+	acts      slabPool
+	scratch   slabPool
+	maxTokens atomic.Int64
 }
 
 // New builds stage k of len(layers) stages; layers[i] is the number of transformer
@@ -67,6 +67,7 @@ func New(cfg ModelConfig, layers []int, k int, seed uint64) (*Stage, error) {
 		return nil, fmt.Errorf("stages: middle stage %d has no layers", k)
 	}
 	s := &Stage{cfg: cfg, index: k, count: len(layers), first: first}
+	s.maxTokens.Store(defaultMaxTokens)
 	s.lay = newLayout(cfg, first, layers[k], s.IsFirst(), s.IsLast())
 	n := s.lay.size
 	s.params = make([]float32, n)
@@ -129,6 +130,17 @@ func (s *Stage) GradView(name string) []float32 {
 		return nil
 	}
 	return s.lay.views[i].slice(s.grads)
+}
+
+// SetMaxTokens sets the largest microbatch (B·T tokens) Forward accepts, so that a
+// malformed or hostile request cannot make the stage allocate without limit; a
+// server sets it from its configured microbatch × seq_len. The default is 65536.
+// n <= 0 restores the default.
+func (s *Stage) SetMaxTokens(n int) {
+	if n <= 0 {
+		n = defaultMaxTokens
+	}
+	s.maxTokens.Store(int64(n))
 }
 
 // Version returns the number of optimizer steps applied (the parameter version).
@@ -198,8 +210,8 @@ func (s *Stage) validate(in Input) error {
 	if in.T > c.SeqLen {
 		return fmt.Errorf("sequence length T=%d exceeds seq_len %d", in.T, c.SeqLen)
 	}
-	if in.B > maxTokens || in.B*in.T > maxTokens {
-		return fmt.Errorf("microbatch of %d×%d tokens exceeds the limit of %d", in.B, in.T, maxTokens)
+	if limit := s.maxTokens.Load(); int64(in.B) > limit || int64(in.B)*int64(in.T) > limit {
+		return fmt.Errorf("microbatch of %d×%d tokens exceeds the limit of %d", in.B, in.T, limit)
 	}
 	n := in.B * in.T
 	if s.IsFirst() {

@@ -274,3 +274,52 @@ func TestStepAndState(t *testing.T) {
 		t.Errorf("WithState changes lost: version %d, param %v", s.Version(), s.Params()[0])
 	}
 }
+
+func TestMaxTokensAndNonFiniteStep(t *testing.T) {
+	s, _ := New(tinyCfg, []int{2}, 0, 1)
+	s.SetMaxTokens(8)
+	tok, tgt := tinyBatch(tinyCfg, 2, 5, 0)
+	if _, err := s.Forward(Input{B: 2, T: 5, Tokens: tok, Targets: tgt}); err == nil || !strings.Contains(err.Error(), "limit") {
+		t.Errorf("10 tokens over a limit of 8: error %v", err)
+	}
+	s.SetMaxTokens(0)
+	p, err := s.Forward(Input{B: 2, T: 5, Tokens: tok, Targets: tgt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Backward(p, nil); err != nil {
+		t.Fatal(err)
+	}
+	before := append([]float32(nil), s.Params()...)
+	s.Grads()[3] = float32(math.Inf(1))
+	opt := OptimConfig{LR: 0.1, Beta1: 0.9, Beta2: 0.99, Eps: 1e-8}
+	if n := s.Step(opt, 1); !math.IsInf(float64(n), 0) && !math.IsNaN(float64(n)) {
+		t.Errorf("norm %v with an infinite gradient", n)
+	}
+	if s.Version() != 0 || relErr(s.Params(), before) != 0 {
+		t.Error("a step with an infinite gradient changed the parameters")
+	}
+	for _, g := range s.Grads() {
+		if g != 0 {
+			t.Fatal("gradients not cleared after a skipped step")
+		}
+	}
+}
+
+func TestSlabPoolBounded(t *testing.T) {
+	var p slabPool
+	for n := 1; n <= 50; n++ {
+		p.put(make([]float32, n))
+		p.put(make([]float32, n))
+	}
+	total := 0
+	for _, l := range p.free {
+		total += len(l)
+	}
+	if total > maxFree || total != p.count {
+		t.Errorf("pool holds %d buffers (count %d), limit %d", total, p.count, maxFree)
+	}
+	if b := p.get(50); len(b) != 50 {
+		t.Errorf("get(50) returned %d floats", len(b))
+	}
+}
