@@ -42,21 +42,16 @@ func attentionForward(out, att, qkv []float32, B, T, C, NH int) {
 
 // softmaxCausalRow replaces row[0..t] by its softmax and zeroes row[t+1:].
 func softmaxCausalRow(row []float32, t int) {
-	mx := row[0]
-	for _, v := range row[1 : t+1] {
+	r := row[:t+1]
+	mx := r[0]
+	for _, v := range r[1:] {
 		if v > mx {
 			mx = v
 		}
 	}
-	var sum float32
-	for j := 0; j <= t; j++ {
-		e := exp32(row[j] - mx)
-		row[j] = e
-		sum += e
-	}
-	inv := 1 / sum
-	for j := 0; j <= t; j++ {
-		row[j] *= inv
+	inv := float32(1 / expShift(r, mx))
+	for j := range r {
+		r[j] *= inv
 	}
 	clear(row[t+1:])
 }

@@ -3,10 +3,11 @@ package stages
 import "math"
 
 // crossEntropyForward returns the mean over the N rows of −log softmax(logits)[target].
-// logits is [N,V]. The sum runs in float64 so the mean does not depend on N's size.
+// logits is [N,V]. The sums run in float64.
 func crossEntropyForward(logits []float32, targets []int32, N, V int) float32 {
 	losses := make([]float64, N)
 	parallelFor(N, 8, func(lo, hi int) {
+		d := make([]float32, V)
 		for i := lo; i < hi; i++ {
 			row := logits[i*V : i*V+V]
 			mx := row[0]
@@ -15,10 +16,8 @@ func crossEntropyForward(logits []float32, targets []int32, N, V int) float32 {
 					mx = v
 				}
 			}
-			var s float64
-			for _, v := range row {
-				s += math.Exp(float64(v - mx))
-			}
+			copy(d, row)
+			s := expShift(d, mx)
 			losses[i] = math.Log(s) + float64(mx) - float64(row[targets[i]])
 		}
 	})
@@ -43,12 +42,8 @@ func crossEntropyBackward(dlogits, logits []float32, targets []int32, N, V int) 
 					mx = v
 				}
 			}
-			var s float64
-			for j, v := range row {
-				e := math.Exp(float64(v - mx))
-				d[j] = float32(e)
-				s += e
-			}
+			copy(d, row)
+			s := expShift(d, mx)
 			f := float32(inv / s)
 			for j := range d {
 				d[j] *= f

@@ -55,3 +55,31 @@ func tanh32(x float32) float32 {
 	q = q*x2 + 4.89352518554385e-03
 	return p / q
 }
+
+// expShift replaces each x of v by e^(x−shift) and returns their sum in float64.
+// It is exp32 written into the loop: the call would cost as much as the work, and
+// softmax rows are its only users. Arguments must be <= 0 after the shift (so no
+// overflow check is needed), which holds when shift is the row's maximum.
+func expShift(v []float32, shift float32) float64 {
+	var sum float64
+	for i, x := range v {
+		x -= shift
+		if x < -87.33654 {
+			v[i] = 0
+			continue
+		}
+		fx := x*1.442695040888963 + 0.5
+		n := int32(fx)
+		if float32(n) > fx {
+			n--
+		}
+		fn := float32(n)
+		x = x - fn*0.693359375 - fn*-2.12194440e-4
+		z := x * x
+		y := ((((1.9875691500e-4*x+1.3981999507e-3)*x+8.3334519073e-3)*x+4.1665795894e-2)*x+1.6666665459e-1)*x + 5.0000001201e-1
+		y = (y*z + x + 1) * math.Float32frombits(uint32(n+127)<<23)
+		v[i] = y
+		sum += float64(y)
+	}
+	return sum
+}

@@ -36,3 +36,22 @@ func TestTanh32(t *testing.T) {
 		}
 	}
 }
+
+func TestExpShift(t *testing.T) {
+	v := []float32{3, 1, -2, -100, 2.5}
+	want := make([]float64, len(v))
+	var sum float64
+	for i, x := range v {
+		want[i] = math.Exp(float64(x - 3))
+		sum += want[i]
+	}
+	got := expShift(v, 3)
+	if math.Abs(got-sum)/sum > 1e-6 {
+		t.Errorf("sum %v, want %v", got, sum)
+	}
+	for i := range v {
+		if math.Abs(float64(v[i])-want[i]) > 1e-7*(1+want[i]) {
+			t.Errorf("e^(x-3) at %d = %v, want %v", i, v[i], want[i])
+		}
+	}
+}
