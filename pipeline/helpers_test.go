@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -155,6 +156,10 @@ type testSwarm struct {
 // pipeline's; so the swarm trains one model, comparable with the chain.
 // slow maps {stage, holder} to a Slowdown.
 func newSwarm(tb testing.TB, cfg config.Config, holders []int, slow map[[2]int]float64) *testSwarm {
+	return newSwarmLog(tb, cfg, holders, slow, nil)
+}
+
+func newSwarmLog(tb testing.TB, cfg config.Config, holders []int, slow map[[2]int]float64, log *slog.Logger) *testSwarm {
 	tb.Helper()
 	sw := &testSwarm{cfg: cfg, router: newTestRouter()}
 	for k := range cfg.Stages {
@@ -170,7 +175,7 @@ func newSwarm(tb testing.TB, cfg config.Config, holders []int, slow map[[2]int]f
 		var row []*Server
 		for i := range holders[k] {
 			s, err := NewServer(newHost(tb), w, sw.router, ServerOptions{
-				Run: cfg.Run, Pipeline: cfg.Pipeline, Compression: cfg.Compression, Slowdown: slow[[2]int{k, i}],
+				Run: cfg.Run, Pipeline: cfg.Pipeline, Compression: cfg.Compression, Slowdown: slow[[2]int{k, i}], Logger: log,
 			})
 			if err != nil {
 				tb.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 
 	"swarmnode/pipeline/codec"
 	"swarmnode/pipeline/wire"
@@ -53,6 +55,7 @@ type caller struct {
 	retries    int
 	enc        wire.Encoding // codec and block of the tensors this caller sends
 	zstd       codec.ZstdMode
+	log        *slog.Logger
 
 	linkMu sync.Mutex
 	links  map[peer.ID]*codec.Link
@@ -99,12 +102,14 @@ func (c *caller) send(ctx context.Context, req *request) (answer, error) {
 			break
 		}
 		c.attempts.Add(1)
+		start := time.Now()
 		ans, err := c.once(ctx, h, req)
 		if err == nil {
 			c.bo.up(h.ID)
 			return ans, nil
 		}
 		c.failures.Add(1)
+		c.log.Debug("hop failed", "stage", req.stage, "holder", shortID(h.ID), "id", req.id, "after", time.Since(start), "err", err)
 		last = fmt.Errorf("stage %d holder %s: %w", req.stage, shortID(h.ID), err)
 		avoid[h.ID] = true
 		var re *wire.RemoteError
@@ -145,6 +150,10 @@ func (c *caller) once(ctx context.Context, h Holder, req *request) (ans answer, 
 	}
 	s, err := c.host.NewStream(ctx, h.ID, c.proto)
 	if err != nil {
+		if errors.Is(err, swarm.ErrSwarmClosed) {
+			// This peer's own host is shutting down: no other holder can help.
+			return ans, fmt.Errorf("%w: %w", errLocal, err)
+		}
 		return ans, fmt.Errorf("open stream: %w", err)
 	}
 	ok := false

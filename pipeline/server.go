@@ -132,7 +132,7 @@ func NewServer(h host.Host, w *Worker, r Router, o ServerOptions) (*Server, erro
 			picker: newPicker(r, bo, rand.Uint64()),
 			stages: s.n, dmodel: s.model.DModel, maxFrame: o.Pipeline.MaxFrameBytes,
 			hopTimeout: o.Pipeline.HopTimeout, retries: o.Pipeline.Retries,
-			enc: wire.Encoding{Codec: act, Block: o.Compression.BlockSize}, zstd: zm,
+			enc: wire.Encoding{Codec: act, Block: o.Compression.BlockSize}, zstd: zm, log: log,
 		}
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())

@@ -40,3 +40,97 @@ func TestSwarmMatchesChain(t *testing.T) {
 		}
 	}
 }
+
+// TestKillHolders closes the host of one holder of each stage in turn while
+// training: no microbatch is lost, completions never pause for more than 5 s, and
+// the loss keeps falling.
+func TestKillHolders(t *testing.T) {
+	cfg := testConfig()
+	corpus := loadCorpus(t, cfg)
+	sw := newSwarm(t, cfg, []int{2, 2, 2}, nil)
+	kills := map[int]int{50: 1, 100: 2, 150: 0} // step -> stage whose holder 0 dies
+	var steps []StepReport
+	var evals []EvalReport
+	tr := sw.newTrainer(t, corpus, TrainerOptions{
+		OnStep: func(r StepReport) {
+			steps = append(steps, r)
+			if k, ok := kills[r.Step]; ok {
+				// Not on the trainer's goroutine: closing a host waits for its streams.
+				go sw.servers[k][0].host.Close()
+			}
+		},
+		OnEval: func(r EvalReport) { evals = append(evals, r) },
+	})
+	sum := runTrainer(t, tr, 90*time.Second)
+	st := tr.Stats()
+	if sum.Step != cfg.Train.Steps || st.Completed != int64(cfg.Train.Steps*cfg.Train.Accumulation()) || st.Lost != 0 {
+		t.Fatalf("lost microbatches: summary %+v, stats %+v", sum, st)
+	}
+	var maxGap time.Duration
+	for i := 1; i < len(steps); i++ {
+		maxGap = max(maxGap, steps[i].Time.Sub(steps[i-1].Time))
+	}
+	if maxGap > 5*time.Second {
+		t.Errorf("training paused for %s", maxGap)
+	}
+	rerouted := st.Failed
+	for _, row := range sw.servers {
+		for _, s := range row[1:] {
+			rerouted += s.Stats().DownstreamFailures
+		}
+	}
+	if rerouted == 0 {
+		t.Errorf("no call failed: the kills did not hit the pipeline")
+	}
+	for i := 1; i < len(evals); i++ {
+		if evals[i].ValLoss >= evals[i-1].ValLoss {
+			t.Errorf("val loss rose from %.4f to %.4f at step %d", evals[i-1].ValLoss, evals[i].ValLoss, evals[i].Step)
+		}
+	}
+	for k, row := range sw.servers {
+		sw.router.mu.Lock()
+		n := sw.router.downs[row[0].host.ID()]
+		sw.router.mu.Unlock()
+		if n == 0 {
+			t.Errorf("killed holder of stage %d never marked down", k)
+		}
+	}
+	t.Logf("max pause %s, trainer retries %d, holder-level reroutes %d, final val loss %.4f", maxGap, st.Retried, rerouted-st.Failed, sum.ValLoss)
+}
+
+// TestSlowHolderGetsLessWork: a holder ten times slower than its twin gets a
+// correspondingly small share of the stage's microbatches.
+func TestSlowHolderGetsLessWork(t *testing.T) {
+	cfg := testConfig()
+	cfg.Train.Steps = 100
+	corpus := loadCorpus(t, cfg)
+	sw := newSwarm(t, cfg, []int{1, 2, 1}, map[[2]int]float64{{1, 1}: 10})
+	tr := sw.newTrainer(t, corpus, TrainerOptions{})
+	runTrainer(t, tr, 90*time.Second)
+	fast, slow := sw.servers[1][0].Stats(), sw.servers[1][1].Stats()
+	t.Logf("fast holder: %d microbatches at %.0f tokens/s; slow: %d at %.0f tokens/s", fast.Served, fast.Throughput, slow.Served, slow.Throughput)
+	if slow.Throughput >= fast.Throughput/3 {
+		t.Errorf("slow holder measured at %.0f tokens/s, fast at %.0f", slow.Throughput, fast.Throughput)
+	}
+	if 4*slow.Served > fast.Served {
+		t.Errorf("slow holder served %d microbatches, fast %d: want under a quarter", slow.Served, fast.Served)
+	}
+}
+
+// TestInt8MatchesFP32: int8 both ways trains as well as fp32 (final val loss within 2%).
+func TestInt8MatchesFP32(t *testing.T) {
+	loss := map[string]float64{}
+	for _, c := range []string{"fp32", "int8"} {
+		cfg := testConfig()
+		cfg.Train.Steps = 300
+		cfg.Train.EvalEvery = 300
+		cfg.Compression.Activations, cfg.Compression.Gradients = c, c
+		corpus := loadCorpus(t, cfg)
+		sw := newSwarm(t, cfg, []int{1, 1, 1}, nil)
+		loss[c] = runTrainer(t, sw.newTrainer(t, corpus, TrainerOptions{}), 90*time.Second).ValLoss
+	}
+	t.Logf("val loss fp32 %.4f, int8 %.4f", loss["fp32"], loss["int8"])
+	if d := math.Abs(loss["int8"]-loss["fp32"]) / loss["fp32"]; d > 0.02 {
+		t.Fatalf("int8 val loss %.4f vs fp32 %.4f: %.1f%% apart", loss["int8"], loss["fp32"], 100*d)
+	}
+}

@@ -134,7 +134,7 @@ func NewTrainer(h host.Host, r Router, corpus *data.Corpus, o TrainerOptions) (*
 		call: &caller{
 			host: h, proto: Protocol(o.Run), router: r, bo: bo, picker: newPicker(r, bo, rand.Uint64()),
 			stages: o.Stages, maxFrame: o.Pipeline.MaxFrameBytes, hopTimeout: o.Pipeline.HopTimeout,
-			retries: o.Pipeline.Retries, zstd: codec.ZstdOff,
+			retries: o.Pipeline.Retries, zstd: codec.ZstdOff, log: log,
 		},
 	}
 	return t, nil
