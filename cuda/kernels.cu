@@ -615,3 +615,318 @@ extern "C" __global__ void quantize_int8(signed char* q, float* scales, const fl
 extern "C" __global__ void dequantize_int8(float* x, const signed char* q, const float* scales, long n, int bs) {
 	GRID_STRIDE(i, n) x[i] = (float)q[i] * scales[i / bs];
 }
+
+// ---------------------------------------------------------------- tensor-core causal attention (head size 64)
+//
+// The same algorithm as above, on the bf16 tensor cores (mma.sync m16n8k16, float32
+// accumulation): each warp owns 16 rows, a block 64; tiles of 64 keys (or queries)
+// sit in shared memory as bf16, padded to 72 columns so fragment loads hit distinct
+// banks. Scores and probabilities stay in registers: the accumulator fragment of
+// S = Q·Kᵀ is, element for element, the A fragment of P·V. The inputs are float32
+// (rounded to bf16 on load); used for the bfloat16 outputs only, the float32 path
+// keeps the scalar kernels' exactness.
+
+#define TC_HD 64
+#define TC_TILE 64
+#define TC_PAD 72
+
+__device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+	             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+	             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned pack2(float lo, float hi) {
+	return (unsigned)from_f<bf16>(lo).x | ((unsigned)from_f<bf16>(hi).x << 16);
+}
+
+__device__ __forceinline__ unsigned ld32(const unsigned short* p) { return *(const unsigned*)p; }
+
+// load_tile puts rows [r0, r0+64) of a [T, ld] float32 matrix (columns col..col+63)
+// into shared memory as bf16: row-major into rm and/or transposed into tr (either may be null).
+__device__ __forceinline__ void load_tile(unsigned short* rm, unsigned short* tr, const float* src, long ld, int r0, int T) {
+	for (int e = threadIdx.x; e < TC_TILE * TC_HD / 2; e += blockDim.x) {
+		int r = e / (TC_HD / 2), c = (e % (TC_HD / 2)) * 2;
+		float2 v = make_float2(0.f, 0.f);
+		if (r0 + r < T) v = *(const float2*)(src + (long)(r0 + r) * ld + c);
+		unsigned p = pack2(v.x, v.y);
+		if (rm) *(unsigned*)(rm + r * TC_PAD + c) = p;
+		if (tr) {
+			tr[c * TC_PAD + r] = (unsigned short)(p & 0xffff);
+			tr[(c + 1) * TC_PAD + r] = (unsigned short)(p >> 16);
+		}
+	}
+}
+
+// load_afrag loads the A fragments (16 rows × 64 columns, 4 k-steps) of rows r0.. of a float32 matrix.
+__device__ __forceinline__ void load_afrag(unsigned (*a)[4], const float* src, long ld, int r0, int T) {
+	int g = (threadIdx.x & 31) >> 2, tg = threadIdx.x & 3;
+#pragma unroll
+	for (int kk = 0; kk < 4; kk++) {
+#pragma unroll
+		for (int h = 0; h < 2; h++) {     // column half: +0 or +8
+#pragma unroll
+			for (int rr = 0; rr < 2; rr++) { // row: g or g+8
+				int row = r0 + g + rr * 8, col = kk * 16 + tg * 2 + h * 8;
+				float2 v = make_float2(0.f, 0.f);
+				if (row < T) v = *(const float2*)(src + (long)row * ld + col);
+				a[kk][h * 2 + rr] = pack2(v.x, v.y);
+			}
+		}
+	}
+}
+
+// mma_rows_x_tile: acc[nt] (16 × 64) += A (16 × 64, fragments) · tileᵀ, where tile is a
+// shared [64][TC_PAD] row-major matrix whose rows are the output columns.
+__device__ __forceinline__ void mma_rows_x_tile(float (*acc)[4], const unsigned (*a)[4], const unsigned short* tile) {
+	int g = (threadIdx.x & 31) >> 2, tg = threadIdx.x & 3;
+#pragma unroll
+	for (int kk = 0; kk < 4; kk++) {
+#pragma unroll
+		for (int nt = 0; nt < 8; nt++) {
+			const unsigned short* p = tile + (nt * 8 + g) * TC_PAD + kk * 16 + tg * 2;
+			mma_bf16(acc[nt], a[kk], ld32(p), ld32(p + 8));
+		}
+	}
+}
+
+// mma_acc_x_tile: acc (16 × 64) += P · M, where P (16 × 64) is given as accumulator
+// fragments p[8][4] (rounded to bf16 here) and M is stored transposed: mt[n][k].
+__device__ __forceinline__ void mma_acc_x_tile(float (*acc)[4], const float (*p)[4], const unsigned short* mt) {
+	int g = (threadIdx.x & 31) >> 2, tg = threadIdx.x & 3;
+#pragma unroll
+	for (int kk = 0; kk < 4; kk++) {
+		unsigned a[4] = {pack2(p[2 * kk][0], p[2 * kk][1]), pack2(p[2 * kk][2], p[2 * kk][3]),
+		                 pack2(p[2 * kk + 1][0], p[2 * kk + 1][1]), pack2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+		for (int nt = 0; nt < 8; nt++) {
+			const unsigned short* q = mt + (nt * 8 + g) * TC_PAD + kk * 16 + tg * 2;
+			mma_bf16(acc[nt], a, ld32(q), ld32(q + 8));
+		}
+	}
+}
+
+template <typename OutT>
+__device__ void attn_fwd_tc(OutT* out, float* lse, const float* qkv, int B, int T, int NH, float scale) {
+	__shared__ __align__(16) unsigned short Ks[TC_TILE * TC_PAD];
+	__shared__ __align__(16) unsigned short Vt[TC_HD * TC_PAD];
+	int C = NH * TC_HD, C3 = 3 * C;
+	int bh = blockIdx.y, b = bh / NH, h = bh % NH;
+	int qb = gridDim.x - 1 - blockIdx.x; // longest rows first
+	int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, tg = threadIdx.x & 3;
+	int r0 = qb * TC_TILE + warp * 16;
+	const float* base = qkv + (long)b * T * C3 + h * TC_HD;
+	float sc = scale * LOG2E;
+	unsigned qa[4][4];
+	load_afrag(qa, base, C3, r0, T);
+	float o[8][4], m[2] = {-SN_INF, -SN_INF}, l[2] = {0.f, 0.f};
+#pragma unroll
+	for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+		for (int e = 0; e < 4; e++) o[nt][e] = 0.f;
+	for (int kt = 0; kt <= qb; kt++) {
+		__syncthreads();
+		load_tile(Ks, 0, base + C, C3, kt * TC_TILE, T);
+		load_tile(0, Vt, base + 2 * C, C3, kt * TC_TILE, T);
+		__syncthreads();
+		float s[8][4];
+#pragma unroll
+		for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) s[nt][e] = 0.f;
+		mma_rows_x_tile(s, qa, Ks);
+#pragma unroll
+		for (int r = 0; r < 2; r++) {
+			int row = r0 + g + r * 8;
+			float mx = -SN_INF;
+#pragma unroll
+			for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+				for (int e = 0; e < 2; e++) {
+					int key = kt * TC_TILE + nt * 8 + tg * 2 + e;
+					float v = (key <= row && key < T) ? s[nt][2 * r + e] * sc : -SN_INF;
+					s[nt][2 * r + e] = v;
+					mx = fmaxf(mx, v);
+				}
+			mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+			mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+			float mn = fmaxf(m[r], mx);
+			float base_m = mn == -SN_INF ? 0.f : mn; // a row with nothing visible yet
+			float corr = exp2f(m[r] - base_m);
+			l[r] *= corr;
+#pragma unroll
+			for (int nt = 0; nt < 8; nt++) {
+				o[nt][2 * r] *= corr;
+				o[nt][2 * r + 1] *= corr;
+#pragma unroll
+				for (int e = 0; e < 2; e++) {
+					float p = exp2f(s[nt][2 * r + e] - base_m);
+					s[nt][2 * r + e] = p;
+					l[r] += p;
+				}
+			}
+			m[r] = mn;
+		}
+		mma_acc_x_tile(o, s, Vt);
+	}
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+		l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+		int row = r0 + g + r * 8;
+		if (row >= T) continue;
+		float inv = 1.f / l[r];
+		OutT* dst = out + ((long)b * T + row) * C + h * TC_HD;
+#pragma unroll
+		for (int nt = 0; nt < 8; nt++) {
+			dst[nt * 8 + tg * 2] = from_f<OutT>(o[nt][2 * r] * inv);
+			dst[nt * 8 + tg * 2 + 1] = from_f<OutT>(o[nt][2 * r + 1] * inv);
+		}
+		if (tg == 0) lse[(long)bh * T + row] = m[r] + log2f(l[r]);
+	}
+}
+
+// attn_bwd_dq_tc: dQ for 64 queries per block, over the key tiles up to the diagonal.
+template <typename OutT>
+__device__ void attn_bwd_dq_tc(OutT* dqkv, const float* dout, const float* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
+	__shared__ __align__(16) unsigned short Ks[TC_TILE * TC_PAD];
+	__shared__ __align__(16) unsigned short Vs[TC_TILE * TC_PAD];
+	__shared__ __align__(16) unsigned short Kt[TC_HD * TC_PAD];
+	int C = NH * TC_HD, C3 = 3 * C;
+	int bh = blockIdx.y, b = bh / NH, h = bh % NH;
+	int qb = gridDim.x - 1 - blockIdx.x;
+	int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, tg = threadIdx.x & 3;
+	int r0 = qb * TC_TILE + warp * 16;
+	const float* base = qkv + (long)b * T * C3 + h * TC_HD;
+	float sc = scale * LOG2E;
+	unsigned qa[4][4], da[4][4];
+	load_afrag(qa, base, C3, r0, T);
+	load_afrag(da, dout + (long)b * T * C + h * TC_HD, C, r0, T);
+	float Lr[2], Dr[2];
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		int row = r0 + g + r * 8;
+		Lr[r] = row < T ? lse[(long)bh * T + row] : 0.f;
+		Dr[r] = row < T ? D[(long)bh * T + row] : 0.f;
+	}
+	float dq[8][4];
+#pragma unroll
+	for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+		for (int e = 0; e < 4; e++) dq[nt][e] = 0.f;
+	for (int kt = 0; kt <= qb; kt++) {
+		__syncthreads();
+		load_tile(Ks, Kt, base + C, C3, kt * TC_TILE, T);
+		load_tile(Vs, 0, base + 2 * C, C3, kt * TC_TILE, T);
+		__syncthreads();
+		float s[8][4], dp[8][4];
+#pragma unroll
+		for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) { s[nt][e] = 0.f; dp[nt][e] = 0.f; }
+		mma_rows_x_tile(s, qa, Ks);
+		mma_rows_x_tile(dp, da, Vs);
+#pragma unroll
+		for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int r = e >> 1;
+				int row = r0 + g + r * 8, key = kt * TC_TILE + nt * 8 + tg * 2 + (e & 1);
+				float p = (key <= row && row < T) ? exp2f(s[nt][e] * sc - Lr[r]) : 0.f;
+				s[nt][e] = p * (dp[nt][e] - Dr[r]);
+			}
+		mma_acc_x_tile(dq, s, Kt);
+	}
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		int row = r0 + g + r * 8;
+		if (row >= T) continue;
+		OutT* dst = dqkv + ((long)b * T + row) * C3 + h * TC_HD;
+#pragma unroll
+		for (int nt = 0; nt < 8; nt++) {
+			dst[nt * 8 + tg * 2] = from_f<OutT>(dq[nt][2 * r] * scale);
+			dst[nt * 8 + tg * 2 + 1] = from_f<OutT>(dq[nt][2 * r + 1] * scale);
+		}
+	}
+}
+
+// attn_bwd_dkdv_tc: dK and dV for 64 keys per block, over the query tiles from the diagonal on.
+// Each warp works in the transposed frame: rows are its 16 keys, columns the tile's queries.
+template <typename OutT>
+__device__ void attn_bwd_dkdv_tc(OutT* dqkv, const float* dout, const float* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
+	__shared__ __align__(16) unsigned short Qs[TC_TILE * TC_PAD];
+	__shared__ __align__(16) unsigned short Qt[TC_HD * TC_PAD];
+	__shared__ __align__(16) unsigned short dOs[TC_TILE * TC_PAD];
+	__shared__ __align__(16) unsigned short dOt[TC_HD * TC_PAD];
+	__shared__ float Ls[TC_TILE], Ds[TC_TILE];
+	int C = NH * TC_HD, C3 = 3 * C;
+	int bh = blockIdx.y, b = bh / NH, h = bh % NH;
+	int kb = blockIdx.x; // low key blocks see the most queries and are scheduled first
+	int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, tg = threadIdx.x & 3;
+	int k0 = kb * TC_TILE + warp * 16;
+	const float* base = qkv + (long)b * T * C3 + h * TC_HD;
+	const float* dob = dout + (long)b * T * C + h * TC_HD;
+	float sc = scale * LOG2E;
+	unsigned ka[4][4], va[4][4];
+	load_afrag(ka, base + C, C3, k0, T);
+	load_afrag(va, base + 2 * C, C3, k0, T);
+	float dk[8][4], dv[8][4];
+#pragma unroll
+	for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+		for (int e = 0; e < 4; e++) { dk[nt][e] = 0.f; dv[nt][e] = 0.f; }
+	int nq = (T + TC_TILE - 1) / TC_TILE;
+	for (int qt = kb; qt < nq; qt++) {
+		__syncthreads();
+		load_tile(Qs, Qt, base, C3, qt * TC_TILE, T);
+		load_tile(dOs, dOt, dob, C, qt * TC_TILE, T);
+		for (int r = threadIdx.x; r < TC_TILE; r += blockDim.x) {
+			int q = qt * TC_TILE + r;
+			Ls[r] = q < T ? lse[(long)bh * T + q] : 0.f;
+			Ds[r] = q < T ? D[(long)bh * T + q] : 0.f;
+		}
+		__syncthreads();
+		float s[8][4], dp[8][4];
+#pragma unroll
+		for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) { s[nt][e] = 0.f; dp[nt][e] = 0.f; }
+		mma_rows_x_tile(s, ka, Qs);
+		mma_rows_x_tile(dp, va, dOs);
+#pragma unroll
+		for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+			for (int e = 0; e < 4; e++) {
+				int key = k0 + g + (e >> 1) * 8;
+				int ql = nt * 8 + tg * 2 + (e & 1), q = qt * TC_TILE + ql;
+				float p = (q >= key && q < T && key < T) ? exp2f(s[nt][e] * sc - Ls[ql]) : 0.f;
+				s[nt][e] = p;
+				dp[nt][e] = p * (dp[nt][e] - Ds[ql]);
+			}
+		mma_acc_x_tile(dv, s, dOt);
+		mma_acc_x_tile(dk, dp, Qt);
+	}
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		int key = k0 + g + r * 8;
+		if (key >= T) continue;
+		OutT* dst = dqkv + ((long)b * T + key) * C3 + h * TC_HD;
+#pragma unroll
+		for (int nt = 0; nt < 8; nt++) {
+			dst[C + nt * 8 + tg * 2] = from_f<OutT>(dk[nt][2 * r] * scale);
+			dst[C + nt * 8 + tg * 2 + 1] = from_f<OutT>(dk[nt][2 * r + 1] * scale);
+			dst[2 * C + nt * 8 + tg * 2] = from_f<OutT>(dv[nt][2 * r]);
+			dst[2 * C + nt * 8 + tg * 2 + 1] = from_f<OutT>(dv[nt][2 * r + 1]);
+		}
+	}
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc_bf16(bf16* out, float* lse, const float* qkv, int B, int T, int NH, float scale) {
+	attn_fwd_tc<bf16>(out, lse, qkv, B, T, NH, scale);
+}
+extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq_tc_bf16(bf16* dqkv, const float* dout, const float* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
+	attn_bwd_dq_tc<bf16>(dqkv, dout, qkv, lse, D, B, T, NH, scale);
+}
+extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv_tc_bf16(bf16* dqkv, const float* dout, const float* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
+	attn_bwd_dkdv_tc<bf16>(dqkv, dout, qkv, lse, D, B, T, NH, scale);
+}

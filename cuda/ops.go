@@ -292,6 +292,8 @@ func attnCheck(qkv Buf, B, T, C, NH int) (int, error) {
 // AttentionForward runs causal multi-head attention on qkv [B,T,3C] (float32),
 // writing the head outputs side by side to out [B,T,C] (float32 or bfloat16) and
 // the per-row log2-sum-exp2 of the scores to lse [B,NH,T]. No T×T matrix is stored.
+// With bfloat16 output and head size 64 it runs on the tensor cores (bf16
+// operands, float32 accumulation); otherwise in float32 arithmetic.
 func (c *Ctx) AttentionForward(out, lse, qkv Buf, B, T, C, NH int) error {
 	hd, err := attnCheck(qkv, B, T, C, NH)
 	if err != nil {
@@ -303,11 +305,14 @@ func (c *Ctx) AttentionForward(out, lse, qkv Buf, B, T, C, NH int) error {
 	if out.N < B*T*C {
 		return fmt.Errorf("cuda: attention out has %d elements, want %d", out.N, B*T*C)
 	}
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	if hd == 64 && out.DType == BF16 {
+		return c.launch("attn_fwd_tc_bf16", dim3{uint32((T + 63) / 64), uint32(B * NH), 1}, dim3{128, 1, 1}, 0, out, lse, qkv, B, T, NH, scale)
+	}
 	name, err := suffix(fmt.Sprintf("attn_fwd_%d", hd), out.DType)
 	if err != nil {
 		return err
 	}
-	scale := float32(1 / math.Sqrt(float64(hd)))
 	return c.launch(name, dim3{uint32((T + 63) / 64), uint32(B * NH), 1}, dim3{64, 1, 1}, 0, out, lse, qkv, B, T, NH, scale)
 }
 
@@ -339,6 +344,13 @@ func (c *Ctx) AttentionBackward(dqkv, scratch, dout, qkv, out, lse Buf, B, T, C,
 		return err
 	}
 	scale := float32(1 / math.Sqrt(float64(hd)))
+	if hd == 64 && dqkv.DType == BF16 {
+		g := dim3{uint32((T + 63) / 64), uint32(B * NH), 1}
+		if err := c.launch("attn_bwd_dkdv_tc_bf16", g, dim3{128, 1, 1}, 0, dqkv, dout, qkv, lse, scratch, B, T, NH, scale); err != nil {
+			return err
+		}
+		return c.launch("attn_bwd_dq_tc_bf16", g, dim3{128, 1, 1}, 0, dqkv, dout, qkv, lse, scratch, B, T, NH, scale)
+	}
 	dkdv, err := suffix(fmt.Sprintf("attn_bwd_dkdv_%d", hd), dqkv.DType)
 	if err != nil {
 		return err

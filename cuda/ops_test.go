@@ -294,7 +294,7 @@ func TestResidualAndLinear(t *testing.T) {
 func TestAttention(t *testing.T) {
 	device(t)
 	r := newRand(t)
-	for _, sh := range []struct{ B, T, NH, HD int }{{2, 67, 3, 64}, {1, 130, 2, 32}, {3, 29, 4, 16}} {
+	for _, sh := range []struct{ B, T, NH, HD int }{{2, 67, 3, 64}, {2, 200, 2, 64}, {1, 130, 2, 32}, {3, 29, 4, 16}} {
 		B, T, NH := sh.B, sh.T, sh.NH
 		C := NH * sh.HD
 		qkv, dout := randn(r, B*T*3*C, 1), randn(r, B*T*C, 1)

@@ -234,6 +234,7 @@ func (s *Stage) ForwardOn(c *Ctx, p *Pass) error {
 		k := &a.blocks[i]
 		k.in = x
 		bv := &s.lay.blocks[i]
+		labels := []string{"fwd ln1", "fwd qkv gemm", "fwd attention", "fwd attn proj gemm", "fwd ln2", "fwd fc gemm", "fwd gelu", "fwd fc proj gemm"}
 		steps := []func() error{
 			func() error {
 				return c.LayerNormForward(k.ln1, k.ln1m, k.ln1r, k.in, s.param(bv.ln1w), s.param(bv.ln1b), N, C)
@@ -256,8 +257,8 @@ func (s *Stage) ForwardOn(c *Ctx, p *Pass) error {
 				return c.LinearForward(k.out, k.fchg, s.weight(bv.fcpw), s.param(bv.fcpb), k.res2, N, 4*C, C, s.mode)
 			},
 		}
-		for _, st := range steps {
-			if err := st(); err != nil {
+		for j, st := range steps {
+			if err := s.timed(c, labels[j], st); err != nil {
 				return fmt.Errorf("block %d forward: %w", s.cfg.First+i, err)
 			}
 		}
@@ -328,6 +329,8 @@ func (s *Stage) BackwardOn(c *Ctx, p *Pass, dout Buf) error {
 	for i := len(a.blocks) - 1; i >= 0; i-- {
 		k := &a.blocks[i]
 		bv := &s.lay.blocks[i]
+		labels := []string{"bwd cast", "bwd fc proj gemms", "bwd fc proj bias", "bwd gelu", "bwd fc gemms+bias", "bwd ln2",
+			"bwd cast", "bwd attn proj gemms", "bwd attn proj bias", "bwd attention", "bwd qkv gemms+bias", "bwd ln1"}
 		steps := []func() error{
 			// MLP branch: out = res2 + gelu(ln2·Wfc + bfc)·Wp + bp.
 			toOp,
@@ -356,8 +359,8 @@ func (s *Stage) BackwardOn(c *Ctx, p *Pass, dout Buf) error {
 				return c.LayerNormBackward(dres, s.grad(bv.ln1w), s.grad(bv.ln1b), dln, k.in, s.param(bv.ln1w), k.ln1m, k.ln1r, N, C)
 			},
 		}
-		for _, st := range steps {
-			if err := st(); err != nil {
+		for j, st := range steps {
+			if err := s.timed(c, labels[j], st); err != nil {
 				return fmt.Errorf("block %d backward: %w", s.cfg.First+i, err)
 			}
 		}
@@ -379,3 +382,45 @@ func (s *Stage) GradInput(B, T int) Buf {
 
 // LossOn reads the mean loss of a last-stage pass after ForwardOn (it synchronises).
 func (s *Stage) LossOn(c *Ctx, p *Pass) (float32, error) { return s.lossOn(c, p) }
+
+// timed runs one step of a pass, timing it with events when profiling is on.
+func (s *Stage) timed(c *Ctx, label string, fn func() error) error {
+	if s.prof == nil {
+		return fn()
+	}
+	e0, err := c.Record()
+	if err != nil {
+		return err
+	}
+	if err := fn(); err != nil {
+		return err
+	}
+	e1, err := c.Record()
+	if err != nil {
+		return err
+	}
+	ms, err := c.Elapsed(e0, e1)
+	if err != nil {
+		return err
+	}
+	s.prof[label] += float64(ms)
+	return nil
+}
+
+// SetProfile turns per-step timing on (synchronising after every step: slow) or off.
+func (s *Stage) SetProfile(on bool) {
+	if on {
+		s.prof = map[string]float64{}
+	} else {
+		s.prof = nil
+	}
+}
+
+// Profile returns the milliseconds spent per step label since SetProfile(true).
+func (s *Stage) Profile() map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range s.prof {
+		out[k] = v
+	}
+	return out
+}

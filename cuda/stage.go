@@ -43,6 +43,7 @@ type Stage struct {
 	sumsq, partial      Buf
 	sc                  *scratch
 	pool                map[[2]int][]*acts
+	prof                map[string]float64 // per-step milliseconds when profiling
 }
 
 // NewStage allocates a stage on d with zero parameters; set them with SetParams.

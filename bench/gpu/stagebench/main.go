@@ -94,6 +94,7 @@ func run(C, NH, L, T, B int, precName string, iters, warm int, dump string) erro
 		return err
 	}
 	var res []result
+	var profile map[string]float64
 	flops := float64(L) * (72*float64(C)*float64(C) + 12*float64(T)*float64(C)) * float64(N) // per fwd+bwd, attention counted as in PaLM/llm.c
 	err = d.Do(func(c *cuda.Ctx) error {
 		if err := c.Upload(pass.Input(), x); err != nil {
@@ -159,7 +160,21 @@ func run(C, NH, L, T, B int, precName string, iters, warm int, dump string) erro
 		if err := c.Destroy(g); err != nil {
 			return err
 		}
-		// Where the time goes: forward alone, and one block's attention kernels.
+		// Where the time goes: per-step times over 3 profiled iterations (each step
+		// synchronised, so they add up to more than a free-running pass).
+		s.SetProfile(true)
+		for i := 0; i < 3; i++ {
+			if err := step(); err != nil {
+				return err
+			}
+		}
+		prof := s.Profile()
+		s.SetProfile(false)
+		for k := range prof {
+			prof[k] /= 3
+		}
+		profile = prof
+		// Forward alone, and one block's attention kernels.
 		if err := timeIt("forward-only-"+precName, func() error { return s.ForwardOn(c, pass) }); err != nil {
 			return err
 		}
@@ -228,7 +243,7 @@ func run(C, NH, L, T, B int, precName string, iters, warm int, dump string) erro
 			return err
 		}
 	}
-	return nil
+	return enc.Encode(map[string]any{"impl": "swarmnode", "mode": "profile", "tokens_per_s": 0, "ms_per_step": profile})
 }
 
 // dumpRun runs one forward+backward in float32 and writes everything PyTorch needs
