@@ -220,7 +220,8 @@ func (s *Server) handle(str network.Stream) {
 	if err != nil {
 		s.bad.Add(1)
 		s.log.Debug("rejected request", "stage", s.k, "from", shortID(str.Conn().RemotePeer()), "err", err)
-		s.answerError(conn, str, 0, err, start.Add(s.opts.Pipeline.HopTimeout))
+		// The read deadline may be what failed: give the answer its own.
+		s.answerError(conn, str, 0, err, time.Now().Add(s.opts.Pipeline.HopTimeout))
 		return
 	}
 	budget := req.budget
