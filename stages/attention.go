@@ -4,6 +4,7 @@ import (
 	"math"
 
 	"swarmnode/stages/blas"
+	"swarmnode/stages/vec"
 )
 
 // attnBlock is the row block of the causal products: rows [r0, r0+attnBlock) only
@@ -49,7 +50,7 @@ func softmaxCausalRow(row []float32, t int) {
 			mx = v
 		}
 	}
-	inv := float32(1 / expShift(r, mx))
+	inv := float32(1 / vec.ExpShift(r, mx))
 	for j := range r {
 		r[j] *= inv
 	}

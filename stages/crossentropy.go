@@ -1,6 +1,10 @@
 package stages
 
-import "math"
+import (
+	"math"
+
+	"swarmnode/stages/vec"
+)
 
 // crossEntropyForward returns the mean over the N rows of −log softmax(logits)[target].
 // logits is [N,V]. The sums run in float64.
@@ -17,7 +21,7 @@ func crossEntropyForward(logits []float32, targets []int32, N, V int) float32 {
 				}
 			}
 			copy(d, row)
-			s := expShift(d, mx)
+			s := vec.ExpShift(d, mx)
 			losses[i] = math.Log(s) + float64(mx) - float64(row[targets[i]])
 		}
 	})
@@ -43,7 +47,7 @@ func crossEntropyBackward(dlogits, logits []float32, targets []int32, N, V int) 
 				}
 			}
 			copy(d, row)
-			s := expShift(d, mx)
+			s := vec.ExpShift(d, mx)
 			f := float32(inv / s)
 			for j := range d {
 				d[j] *= f

@@ -3,6 +3,8 @@ package stages
 import (
 	"math"
 	"testing"
+
+	"swarmnode/stages/vec"
 )
 
 // randVec returns n normal deviates scaled by std, from a generator named by name.
@@ -130,7 +132,7 @@ func TestGeluGrad(t *testing.T) {
 	loss()
 	for i, v := range x {
 		u := float64(v)
-		want := 0.5 * u * (1 + math.Tanh(geluScale*(u+0.044715*u*u*u)))
+		want := 0.5 * u * (1 + math.Tanh(vec.GeluScale*(u+0.044715*u*u*u)))
 		if math.Abs(float64(out[i])-want) > 1e-6*(1+math.Abs(want)) {
 			t.Fatalf("gelu(%v) = %v, want %v", v, out[i], want)
 		}

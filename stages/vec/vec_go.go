@@ -1,14 +1,13 @@
-package stages
+package vec
 
-import (
-	"math"
-)
+import "math"
 
-// exp32 is e^x in float32 to about 1 ulp (Cephes expf): x = n·ln2 + r with
+// GeluScale is sqrt(2/pi), the constant of GPT-2's tanh approximation.
+const GeluScale = 0.7978845608028654
+
+// Exp32 is e^x in float32 to about 1 ulp (Cephes expf): x = n·ln2 + r with
 // |r| <= ln2/2, a degree-6 polynomial for e^r, and 2^n put into the exponent bits.
-// It is several times faster than converting through math.Exp, and softmax and
-// GELU call it for every element.
-func exp32(x float32) float32 {
+func Exp32(x float32) float32 {
 	if x > 88.72283 {
 		return float32(math.Inf(1))
 	}
@@ -32,15 +31,17 @@ func exp32(x float32) float32 {
 	return y * math.Float32frombits(uint32(n+127)<<23)
 }
 
-// tanh32 is tanh in float32 by a rational minimax approximation (the one Eigen
-// uses for float), with absolute error about 1e-7 and no exponential or branch in
-// the common range: GELU calls it for every hidden unit.
-func tanh32(x float32) float32 {
+// Tanh32 is tanh in float32 by a rational minimax approximation (the one Eigen
+// uses for float), with absolute error about 3e-7, no exponential, and exactly ±1 where it saturates.
+func Tanh32(x float32) float32 {
+	// Beyond this the approximation is within float32 rounding of ±1; returning
+	// ±1 exactly keeps 1−tanh² (GELU's derivative) from turning that rounding
+	// into noise.
 	const clampAt = 7.90531110763549805
-	if x > clampAt {
-		x = clampAt
-	} else if x < -clampAt {
-		x = -clampAt
+	if x >= clampAt {
+		return 1
+	} else if x <= -clampAt {
+		return -1
 	}
 	x2 := x * x
 	p := x2*-2.76076847742355e-16 + 2.00018790482477e-13
@@ -56,11 +57,9 @@ func tanh32(x float32) float32 {
 	return p / q
 }
 
-// expShift replaces each x of v by e^(x−shift) and returns their sum in float64.
-// It is exp32 written into the loop: the call would cost as much as the work, and
-// softmax rows are its only users. Arguments must be <= 0 after the shift (so no
-// overflow check is needed), which holds when shift is the row's maximum.
-func expShift(v []float32, shift float32) float64 {
+// ExpShiftGo is ExpShift in Go, with Exp32 written into the loop (a call would
+// cost as much as the work).
+func ExpShiftGo(v []float32, shift float32) float64 {
 	var sum float64
 	for i, x := range v {
 		x -= shift
@@ -82,4 +81,24 @@ func expShift(v []float32, shift float32) float64 {
 		sum += float64(y)
 	}
 	return sum
+}
+
+// GeluForwardGo is GeluForward in Go.
+func GeluForwardGo(out, th, inp []float32) {
+	out, th = out[:len(inp)], th[:len(inp)]
+	for i, x := range inp {
+		t := Tanh32(GeluScale * (x + 0.044715*x*x*x))
+		th[i] = t
+		out[i] = 0.5 * x * (1 + t)
+	}
+}
+
+// GeluBackwardGo is GeluBackward in Go.
+func GeluBackwardGo(dinp, th, inp, dout []float32) {
+	dinp, th, dout = dinp[:len(inp)], th[:len(inp)], dout[:len(inp)]
+	for i, x := range inp {
+		t := th[i]
+		d := 0.5*(1+t) + 0.5*x*(1-t*t)*GeluScale*(1+3*0.044715*x*x)
+		dinp[i] = d * dout[i]
+	}
 }
