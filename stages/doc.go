@@ -55,6 +55,8 @@
 // # Matrix products
 //
 // All matrix products go through package stages/blas (OpenBLAS when it can be
-// loaded, gonum otherwise). The remaining ops are plain Go loops, parallelised over
-// rows or (batch, head) pairs.
+// loaded, gonum otherwise). Exponentials of softmax rows and GELU run in package
+// stages/vec (AVX2 C kernels with cgo, Go otherwise). The remaining ops are Go
+// loops. Ops are parallelised over rows or (batch, head) pairs; buffers for
+// activations and backward scratch come from per-stage pools.
 package stages
