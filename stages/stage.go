@@ -55,6 +55,10 @@ func New(cfg ModelConfig, layers []int, k int, seed uint64) (*Stage, error) {
 		if n < 0 {
 			return nil, fmt.Errorf("stages: stage %d has %d layers", i, n)
 		}
+		// A middle stage without blocks would be an identity hop: a split error.
+		if n == 0 && i != 0 && i != len(layers)-1 {
+			return nil, fmt.Errorf("stages: middle stage %d of %v has no layers", i, layers)
+		}
 		if i < k {
 			first += n
 		}
@@ -62,9 +66,6 @@ func New(cfg ModelConfig, layers []int, k int, seed uint64) (*Stage, error) {
 	}
 	if total != cfg.NLayer {
 		return nil, fmt.Errorf("stages: layers per stage %v add up to %d, model has n_layer %d", layers, total, cfg.NLayer)
-	}
-	if layers[k] == 0 && k != 0 && k != len(layers)-1 {
-		return nil, fmt.Errorf("stages: middle stage %d has no layers", k)
 	}
 	s := &Stage{cfg: cfg, index: k, count: len(layers), first: first}
 	s.maxTokens.Store(defaultMaxTokens)

@@ -217,6 +217,9 @@ func TestNewRejectsBadSplits(t *testing.T) {
 	if _, err := New(ModelConfig{Vocab: 5, DModel: 6, NHead: 4, NLayer: 1, SeqLen: 2}, []int{1}, 0, 1); err == nil {
 		t.Error("d_model not divisible by n_head accepted")
 	}
+	if _, err := New(tinyCfg, []int{1, 0, 1}, 0, 1); err == nil {
+		t.Error("stage 0 of a split with an empty middle stage accepted")
+	}
 	if _, err := New(tinyCfg, []int{1, 1}, 2, 1); err == nil {
 		t.Error("stage index out of range accepted")
 	}
