@@ -1,0 +1,135 @@
+package pipeline
+
+import (
+	"context"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Rebalancer decides when a stage server should move to another stage. The
+// pipeline runs at the speed of its slowest stage, so a stage whose total
+// throughput falls below Ratio times the mean pulls a peer over from the stage
+// with the largest total.
+//
+// It avoids flapping three ways: a move must leave the surplus stage faster than
+// the weak stage was (so the reverse move can never qualify right after), only
+// one designated holder of the surplus stage moves (every peer computes the same
+// choice from the same gossip), and after a move, or at start, a peer waits
+// Cooldown before it moves again.
+//
+// Moving itself (fetching the target stage's state, announcing it) is the
+// caller's business: see Run.
+type Rebalancer struct {
+	// Router supplies the holders of every stage and their throughput.
+	Router Router
+	// Stages is the number of pipeline stages.
+	Stages int
+	// Self is this peer.
+	Self peer.ID
+	// Ratio is pipeline.rebalance_ratio.
+	Ratio float64
+	// Cooldown is the least time between two moves of this peer.
+	Cooldown time.Duration
+
+	lastMove time.Time
+}
+
+// stageTotals sums each stage's throughput; a holder whose throughput is not
+// known yet counts as the mean of the known ones.
+func stageTotals(r Router, stages int) (tot []float64, hs [][]Holder) {
+	tot = make([]float64, stages)
+	hs = make([][]Holder, stages)
+	sum, known := 0.0, 0
+	for k := range stages {
+		hs[k] = r.Holders(k)
+		for _, h := range hs[k] {
+			if h.Throughput > 0 {
+				sum += h.Throughput
+				known++
+			}
+		}
+	}
+	mean := 1.0
+	if known > 0 {
+		mean = sum / float64(known)
+	}
+	for k := range stages {
+		for i, h := range hs[k] {
+			if h.Throughput <= 0 {
+				hs[k][i].Throughput = mean
+			}
+			tot[k] += hs[k][i].Throughput
+		}
+	}
+	return tot, hs
+}
+
+// Decide returns the stage this peer, now serving current, should move to, or -1
+// to stay. A decision to move starts the cooldown.
+func (rb *Rebalancer) Decide(now time.Time, current int) int {
+	if current < 0 || current >= rb.Stages || rb.Stages < 2 {
+		return -1
+	}
+	if rb.lastMove.IsZero() {
+		rb.lastMove = now // measure before the first move
+	}
+	if now.Sub(rb.lastMove) < rb.Cooldown {
+		return -1
+	}
+	tot, hs := stageTotals(rb.Router, rb.Stages)
+	if len(hs[current]) < 2 {
+		return -1 // never leave a stage without holders
+	}
+	weak, strong, sum := 0, 0, 0.0
+	for k, t := range tot {
+		sum += t
+		if t < tot[weak] {
+			weak = k
+		}
+		if t > tot[strong] {
+			strong = k
+		}
+	}
+	if strong != current || tot[weak] >= rb.Ratio*sum/float64(rb.Stages) {
+		return -1
+	}
+	// The designated mover: the fastest holder of the stage whose departure still
+	// leaves the stage faster than the weak stage is now; ties by peer id.
+	var mover peer.ID
+	best := -1.0
+	for _, h := range hs[current] {
+		if tot[current]-h.Throughput <= tot[weak] {
+			continue
+		}
+		if h.Throughput > best || h.Throughput == best && h.ID < mover {
+			mover, best = h.ID, h.Throughput
+		}
+	}
+	if mover != rb.Self {
+		return -1
+	}
+	rb.lastMove = now
+	return weak
+}
+
+// Run checks every period until ctx ends. current reports the stage served now;
+// move performs a move the Rebalancer decided on (state transfer, announcing,
+// switching the server) and returns once done. A failed move is retried after
+// the cooldown.
+func (rb *Rebalancer) Run(ctx context.Context, every time.Duration, current func() int, move func(ctx context.Context, stage int) error) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case now := <-t.C:
+			if k := rb.Decide(now, current()); k >= 0 {
+				if err := move(ctx, k); err != nil && ctx.Err() != nil {
+					return ctx.Err()
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,55 @@
+package pipeline
+
+import (
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+type mapRouter map[int][]Holder
+
+func (r mapRouter) Holders(k int) []Holder { return append([]Holder(nil), r[k]...) }
+func (mapRouter) MarkDown(peer.ID)         {}
+
+func TestRebalancerDecide(t *testing.T) {
+	h := func(id string, tp float64) Holder { return Holder{ID: peer.ID(id), Throughput: tp} }
+	for _, tc := range []struct {
+		name    string
+		r       mapRouter
+		self    string
+		current int
+		want    int
+	}{
+		{"balanced", mapRouter{0: {h("a", 100), h("b", 100)}, 1: {h("c", 180)}, 2: {h("d", 150)}}, "a", 0, -1},
+		{"weak stage pulls the fastest of the strongest", mapRouter{0: {h("a", 100), h("b", 120), h("e", 90)}, 1: {h("c", 100)}, 2: {h("d", 20)}}, "b", 0, 2},
+		{"not the designated mover", mapRouter{0: {h("a", 100), h("b", 120), h("e", 90)}, 1: {h("c", 100)}, 2: {h("d", 20)}}, "a", 0, -1},
+		{"not the strongest stage", mapRouter{0: {h("a", 100), h("b", 120), h("e", 90)}, 1: {h("c", 100), h("f", 10)}, 2: {h("d", 20)}}, "c", 1, -1},
+		{"empty stage", mapRouter{0: {h("a", 50), h("b", 60)}, 1: {h("c", 50)}, 2: {}}, "b", 0, 2},
+		{"last holder never leaves", mapRouter{0: {h("a", 500)}, 1: {h("c", 50)}, 2: {}}, "a", 0, -1},
+		// Moving b would leave stage 0 at 40, below stage 1's 50: it would only
+		// swap which stage is weak, and invite the move back.
+		{"no flapping", mapRouter{0: {h("a", 40), h("b", 60)}, 1: {h("c", 50)}}, "b", 0, -1},
+		{"unknown throughput counts as mean", mapRouter{0: {h("a", 100), h("b", 0)}, 1: {h("c", 10)}}, "a", 0, 1},
+	} {
+		rb := &Rebalancer{Router: tc.r, Stages: max(2, len(tc.r)), Self: peer.ID(tc.self), Ratio: 0.5}
+		if got := rb.Decide(time.Now(), tc.current); got != tc.want {
+			t.Errorf("%s: Decide = %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestRebalancerCooldown(t *testing.T) {
+	r := mapRouter{0: {{ID: "a", Throughput: 100}, {ID: "b", Throughput: 100}}, 1: {{ID: "c", Throughput: 10}}}
+	rb := &Rebalancer{Router: r, Stages: 2, Self: "a", Ratio: 0.5, Cooldown: time.Minute}
+	now := time.Now()
+	if k := rb.Decide(now, 0); k != -1 {
+		t.Fatalf("moved before measuring: %d", k)
+	}
+	if k := rb.Decide(now.Add(61*time.Second), 0); k != 1 {
+		t.Fatalf("after the cooldown: %d, want 1", k)
+	}
+	if k := rb.Decide(now.Add(90*time.Second), 0); k != -1 {
+		t.Fatalf("moved again within the cooldown: %d", k)
+	}
+}
