@@ -3,7 +3,8 @@
 #   - SGEMM 1024³ GFLOP/s through the project's BLAS path (stages/blas) and gonum;
 #   - one GPT-2-small block (d 768, 12 heads, B 4, T 256) forward+backward tokens/s,
 #     swarmnode vs PyTorch (/usr/bin/python3, python3-torch) at the same thread count,
-#     and their ratio.
+#     and their ratio;
+#   - training tokens/s of the tiny example model (examples/gpt/tiny.yaml shape).
 # Runs alternate between the two sides (ROUNDS rounds; medians reported) so that load
 # from other processes hits both alike.
 #
@@ -35,6 +36,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 	"$tmp/stages.test" -test.run '^$' -test.bench '^BenchmarkBlockGPT2Small$' -test.benchtime "${ITERS}x" | metric tokens/s >>"$tmp/go"
 	OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS "$PY" bench/cpu/torch_block.py "$THREADS" "$ITERS" | awk '{print $2}' >>"$tmp/pt"
 done
+tiny=$("$tmp/stages.test" -test.run '^$' -test.bench '^BenchmarkTinyChain$' -test.benchtime 100x -test.count "$ROUNDS" | metric tokens/s | median)
 gotok=$(median <"$tmp/go")
 pttok=$(median <"$tmp/pt")
 torchv=$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo "?")
@@ -45,5 +47,6 @@ printf '%-58s %12.1f\n' "SGEMM 1024^3 GFLOP/s, gonum (reference)" "$sgg"
 printf '%-58s %12.1f\n' "GPT-2-small block fwd+bwd tokens/s, swarmnode" "$gotok"
 printf '%-58s %12.1f\n' "GPT-2-small block fwd+bwd tokens/s, PyTorch $torchv" "$pttok"
 printf '%-58s %12.2f\n' "ratio swarmnode / PyTorch" "$(awk -v a="$gotok" -v b="$pttok" 'BEGIN {print a/b}')"
+printf '%-58s %12.1f\n' "tiny example model (3 stages) training tokens/s, swarmnode" "$tiny"
 echo "raw swarmnode: $(tr '\n' ' ' <"$tmp/go")"
 echo "raw PyTorch:   $(tr '\n' ' ' <"$tmp/pt")"

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"swarmnode/stages/blas"
+	"swarmnode/stages/vec"
 )
 
 // gpt2SmallBlock is one GPT-2-small transformer block alone: the middle stage of
@@ -31,7 +32,7 @@ func BenchmarkBlockGPT2Small(b *testing.B) {
 		}
 	}
 	run() // warm the pools
-	b.Logf("BLAS %s", blas.Name())
+	b.Logf("BLAS %s, element-wise kernels %s", blas.Name(), vec.Impl())
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		run()
