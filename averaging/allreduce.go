@@ -43,7 +43,7 @@ type slot struct {
 	weight   float64
 	attached bool           // a stream claimed the slot (a.mu)
 	chunks   chan []float32 // decoded chunks in order; closed by the stream's reader when it stops
-	results  chan []byte    // encoded result chunks; closed by the reducer when it is done
+	results  chan *payload  // encoded result chunks; closed by the reducer when it is done
 	exited   chan struct{}  // closed when the stream's handler returns
 	ctx      context.Context
 	drop     context.CancelFunc // leaves the sender out: resets its stream
@@ -64,8 +64,8 @@ func (a *Averager) putBuf(b []float32) { a.pool.Put(&b) }
 // allReduce runs the butterfly all-reduce of one confirmed group and applies the
 // result. Member i sends shard j of its snapshot to member j and receives shard
 // j's reduction back; it reduces shard i itself.
-func (a *Averager) allReduce(ctx context.Context, r uint64, rk [32]byte, members []peer.ID, n int) (Result, error) {
-	res := Result{Round: r, Members: members, Index: -1}
+func (a *Averager) allReduce(ctx context.Context, r uint64, rk [32]byte, members []peer.ID, n int) (res Result, err error) {
+	res = Result{Round: r, Members: members, Index: -1}
 	for i, m := range members {
 		if m == a.h.ID() {
 			res.Index = i
@@ -83,7 +83,7 @@ func (a *Averager) allReduce(ctx context.Context, r uint64, rk [32]byte, members
 		}
 		sctx, cancel := context.WithCancel(ctx)
 		rr.slots[i] = &slot{
-			from: i, chunks: make(chan []float32, 2), results: make(chan []byte, 2),
+			from: i, chunks: make(chan []float32, 2), results: make(chan *payload, 2),
 			exited: make(chan struct{}), ctx: sctx, drop: cancel,
 		}
 	}
@@ -105,19 +105,26 @@ func (a *Averager) allReduce(ctx context.Context, r uint64, rk [32]byte, members
 	if a.o.OnGroup != nil {
 		a.o.OnGroup(r, members)
 	}
-	snap := make([]float32, n)
-	weight := a.src.Snapshot(snap)
+	// The snapshot buffer outlives the round: a fresh vector-sized allocation
+	// every round costs more in page faults than the round's own copying. Each
+	// chunk is read from the source just before it is sent and holds, once its
+	// result is back, the delta that goes to the source.
+	if len(a.snap) != n {
+		a.snap = make([]float32, n)
+	}
+	snap := a.snap
+	t0 := time.Now()
+	weight := a.src.Samples()
 	if !(weight >= 0) || math.IsInf(weight, 0) {
 		weight = 0
 	}
 	a.mu.Lock()
 	weight += a.pending
 	a.mu.Unlock()
-	if err := checkFinite(snap); err != nil {
-		return res, fmt.Errorf("local snapshot: %w", err)
-	}
+	// A non-finite local value needs no check here: peers reject the chunk that
+	// carries it, and our own reduction of it fails its own check.
 
-	// progress[j] counts the chunks of shard j whose result is in snap as a delta.
+	// progress[j] counts the chunks of shard j whose average reached the source.
 	progress := make([]atomic.Int64, g)
 	var wg sync.WaitGroup
 	var dropped atomic.Int64
@@ -133,11 +140,10 @@ func (a *Averager) allReduce(ctx context.Context, r uint64, rk [32]byte, members
 	}
 	dropped.Add(int64(a.reduceShard(ctx, rr, snap, weight, &progress[res.Index])))
 	wg.Wait()
+	res.Phases.Exchange = time.Since(t0)
 
-	// Apply what arrived: every chunk's result is a complete average of the parts
-	// that reached its reducer, so a partial shard is still a valid update.
-	type span struct{ lo, hi int }
-	var spans []span
+	// Every chunk's result is a complete average of the parts that reached its
+	// reducer, so a partial shard is still a valid update.
 	applied := 0
 	for j := range members {
 		lo, hi := shardRange(n, g, j)
@@ -145,20 +151,7 @@ func (a *Averager) allReduce(ctx context.Context, r uint64, rk [32]byte, members
 		if end < hi {
 			dropped.Add(1)
 		}
-		if end > lo {
-			spans = append(spans, span{lo, end})
-			applied += end - lo
-		}
-	}
-	if applied > 0 {
-		a.src.Apply(func(vec []float32) {
-			for _, s := range spans {
-				d, v := snap[s.lo:s.hi], vec[s.lo:s.hi]
-				for k := range v {
-					v[k] = float32(float64(v[k]) + float64(d[k]))
-				}
-			}
-		})
+		applied += end - lo
 	}
 	a.mu.Lock()
 	if applied == 0 {
@@ -175,8 +168,9 @@ func (a *Averager) allReduce(ctx context.Context, r uint64, rk [32]byte, members
 	return res, nil
 }
 
-// sendShard sends shard j of snap to its reducer and turns each result chunk that
-// comes back into a delta in place.
+// sendShard reads shard j from the source chunk by chunk into snap and sends it
+// to its reducer; each result that comes back goes to the source as a delta
+// against the values sent.
 func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, snap []float32, weight float64, progress *atomic.Int64) error {
 	s, err := a.h.NewStream(ctx, rr.members[j], a.reduceProto)
 	if err != nil {
@@ -198,8 +192,10 @@ func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, snap [
 	wg.Go(func() {
 		var buf []byte
 		for c, clo := 0, lo; clo < hi; c, clo = c+1, clo+cf {
-			buf = appendChunk(buf[:0], a.o.Codec, j, c, snap[clo:min(clo+cf, hi)])
-			if err := writeFrame(s, frameChunk, buf); err != nil {
+			part := snap[clo:min(clo+cf, hi)]
+			a.src.Read(clo, part)
+			var err error
+			if buf, err = writeChunk(s, buf, a.o.Codec, j, c, part); err != nil {
 				s.Reset()
 				return
 			}
@@ -227,6 +223,7 @@ func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, snap [
 		for k, v := range out {
 			d[k] = float32(float64(v) - float64(d[k]))
 		}
+		a.src.Add(clo, d)
 		progress.Store(int64(c + 1))
 	}
 	return nil
@@ -260,11 +257,14 @@ func (a *Averager) reduceShard(ctx context.Context, rr *reduceRound, snap []floa
 			a.mu.Lock()
 			attached := sl.attached
 			a.mu.Unlock()
+			chunks := sl.chunks
 			for attached {
 				select {
-				case b, ok := <-sl.chunks:
+				case b, ok := <-chunks:
 					if ok {
 						a.putBuf(b)
+					} else {
+						chunks = nil // closed: wait for exited only
 					}
 				case <-sl.exited:
 					attached = false
@@ -284,6 +284,7 @@ func (a *Averager) reduceShard(ctx context.Context, rr *reduceRound, snap []floa
 	for c, clo := 0, lo; clo < hi; c, clo = c+1, clo+cf {
 		chi := min(clo+cf, hi)
 		m := chi - clo
+		a.src.Read(clo, snap[clo:chi])
 		parts = append(parts[:0], snap[clo:chi])
 		weights = append(weights[:0], weight)
 		bufs = bufs[:0]
@@ -340,17 +341,20 @@ func (a *Averager) reduceShard(ctx context.Context, rr *reduceRound, snap []floa
 			a.o.Logger.Info("averaging reducer failed", "key", a.o.Key, "round", rr.round, "chunk", c, "err", err)
 			return dropped + 1
 		}
-		payload := appendChunk(nil, a.o.Codec, rr.index, c, o)
+		p := a.newPayload(len(live))
+		p.b = appendChunk(p.b[:0], a.o.Codec, rr.index, c, o)
 		if a.o.Codec != FP32 {
 			// Apply exactly what the senders will decode.
-			_ = a.o.Codec.decode(payload[chunkHead:], o)
+			_ = a.o.Codec.decode(p.b[chunkHead:], o)
 		}
-		if len(live) > 0 {
+		if len(live) == 0 {
+			p.release(a)
+		} else {
 			stall.Reset(a.o.StallTimeout)
 			kept = live[:0]
 			for _, sl := range live {
 				select {
-				case sl.results <- payload:
+				case sl.results <- p:
 					kept = append(kept, sl)
 				case <-sl.ctx.Done():
 					dropped++
@@ -369,6 +373,7 @@ func (a *Averager) reduceShard(ctx context.Context, rr *reduceRound, snap []floa
 		for k, v := range o {
 			d[k] = float32(float64(v) - float64(d[k]))
 		}
+		a.src.Add(clo, d)
 		progress.Store(int64(c + 1))
 	}
 	return dropped
@@ -442,7 +447,9 @@ func (a *Averager) handleReduce(s network.Stream) {
 					_ = s.CloseWrite()
 					return
 				}
-				if err := writeFrame(s, frameChunk, p); err != nil {
+				err := writeFrame(s, frameChunk, p.b)
+				p.release(a)
+				if err != nil {
 					sl.drop()
 					return
 				}
@@ -488,5 +495,29 @@ func (a *Averager) peerGone(p peer.ID) {
 				rr.slots[i].drop()
 			}
 		}
+	}
+}
+
+// payload is one encoded result chunk, shared by the writers of every sender's
+// stream and recycled once the last of them wrote it.
+type payload struct {
+	b    []byte
+	refs atomic.Int32
+}
+
+func (a *Averager) newPayload(refs int) *payload {
+	p, _ := a.payloads.Get().(*payload)
+	if p == nil {
+		p = &payload{}
+	}
+	p.refs.Store(int32(max(refs, 1)))
+	return p
+}
+
+// release drops one reference; the last one recycles p. A payload still queued
+// for a dropped sender is never released and goes to the garbage collector.
+func (p *payload) release(a *Averager) {
+	if p.refs.Add(-1) == 0 {
+		a.payloads.Put(p)
 	}
 }

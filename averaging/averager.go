@@ -32,16 +32,20 @@ type PeerList []peer.ID
 func (l PeerList) Holders(context.Context) ([]peer.ID, error) { return l, nil }
 
 // Source is the vector being averaged, owned by the trainer. Training keeps going
-// while a round runs: the Averager copies the vector once (Snapshot) and at the
-// end adds average − snapshot to whatever the vector has become (Apply).
+// while a round runs: the Averager reads the vector chunk by chunk as it sends it,
+// and adds each chunk's average − the values it sent as soon as the average is
+// back, so local steps taken meanwhile are kept. Read and Add take the owner's
+// lock for one chunk at a time and may be called from several goroutines at once.
 type Source interface {
 	// Len is the vector's length. Holders average together only when it matches.
 	Len() int
-	// Snapshot copies the vector into dst (of length Len) and returns the weight of
-	// this contribution: the samples processed since the previous Snapshot.
-	Snapshot(dst []float32) (samples float64)
-	// Apply runs fn on the live vector under the lock that guards it.
-	Apply(fn func(vec []float32))
+	// Samples returns the samples processed since the previous call: the weight of
+	// this round's contribution. It is called once per round that formed a group.
+	Samples() float64
+	// Read copies vec[off:off+len(dst)] into dst.
+	Read(off int, dst []float32)
+	// Add adds delta to vec[off:off+len(delta)].
+	Add(off int, delta []float32)
 }
 
 // Options configures an Averager. Zero fields take the defaults of
@@ -202,10 +206,14 @@ type Averager struct {
 	stats   Stats
 	pending float64 // weight of snapshots whose round applied nothing
 
-	sem  chan struct{} // bounds concurrent join and reduce handlers
-	pool sync.Pool     // chunk buffers (*[]float32 of ChunkFloats)
+	sem      chan struct{} // bounds concurrent join and reduce handlers
+	pool     sync.Pool     // chunk buffers (*[]float32 of ChunkFloats)
+	payloads sync.Pool     // *payload
 
 	notifee *network.NotifyBundle
+
+	roundMu sync.Mutex // one round at a time: they share snap
+	snap    []float32  // the values sent, then the deltas, of the current round
 }
 
 // New creates an Averager for src on h and registers its stream handlers. Close
@@ -303,12 +311,22 @@ type Result struct {
 	Dropped int
 	// Took is the round's wall time, matchmaking included.
 	Took time.Duration
+	// Phases splits Took into matchmaking and exchange (parts out, results back
+	// and added to the source).
+	Phases Phases
 }
 
-// Round runs round r now: matchmaking, then the all-reduce, then Apply. It returns
+// Phases is the wall time of each part of a round.
+type Phases struct {
+	Match, Exchange time.Duration
+}
+
+// Round runs round r now: matchmaking, then the all-reduce. It returns
 // by Deadline whatever its peers do. Every holder must call it with the same r at
 // about the same time (Run does so from the clock); tests call it directly.
 func (a *Averager) Round(ctx context.Context, r uint64) (Result, error) {
+	a.roundMu.Lock()
+	defer a.roundMu.Unlock()
 	start := time.Now()
 	ctx, cancel := context.WithDeadline(ctx, start.Add(a.o.Deadline))
 	defer cancel()
@@ -366,5 +384,8 @@ func (a *Averager) round(ctx context.Context, r uint64, start time.Time) (Result
 	if err != nil {
 		return Result{}, fmt.Errorf("%w: %v", ErrSkipped, err)
 	}
-	return a.allReduce(ctx, r, rk, members, n)
+	matched := time.Now()
+	res, err := a.allReduce(ctx, r, rk, members, n)
+	res.Phases.Match = matched.Sub(start)
+	return res, err
 }

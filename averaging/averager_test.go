@@ -81,7 +81,7 @@ func TestWeightedMeanFourHolders(t *testing.T) {
 				Codec: tc.codec, ChunkFloats: 4096, Deadline: 20 * time.Second, Matchmaking: 3 * time.Second,
 			})
 			// Member 0 trains during the round: its steps must survive the average.
-			ms[0].src.afterSnapshot = func(v []float32) {
+			ms[0].src.afterRead = func(v []float32) {
 				for k := range v {
 					v[k] += 1
 				}

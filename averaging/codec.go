@@ -4,7 +4,18 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
+	"unsafe"
 )
+
+// nativeLE is true on little-endian machines, where fp32 values go to and from
+// the wire as plain memory copies.
+var nativeLE = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
+
+// f32bytes views vals as bytes in native order.
+func f32bytes(vals []float32) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(vals))), 4*len(vals))
+}
 
 // Codec is the wire encoding of averaged values.
 type Codec uint8
@@ -67,10 +78,15 @@ func (c Codec) encodedLen(n int) int {
 // encode appends the encoding of vals to dst. vals must be finite.
 func (c Codec) encode(dst []byte, vals []float32) []byte {
 	off := len(dst)
-	dst = append(dst, make([]byte, c.encodedLen(len(vals)))...)
+	// Every byte of the extension is written below, so grow without clearing.
+	dst = slices.Grow(dst, c.encodedLen(len(vals)))[:off+c.encodedLen(len(vals))]
 	b := dst[off:]
 	switch c {
 	case FP32:
+		if nativeLE {
+			copy(b, f32bytes(vals))
+			break
+		}
 		for i, v := range vals {
 			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
 		}
@@ -111,6 +127,10 @@ func (c Codec) decode(payload []byte, out []float32) error {
 	}
 	switch c {
 	case FP32:
+		if nativeLE {
+			copy(f32bytes(out), payload)
+			break
+		}
 		for i := range out {
 			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(payload[4*i:]))
 		}
@@ -151,9 +171,10 @@ func (c Codec) roundTrip(vals []float32) {
 	}
 }
 
+// checkFinite rejects NaN and ±Inf, whose exponent bits are all ones.
 func checkFinite(vals []float32) error {
 	for i, v := range vals {
-		if f := float64(v); math.IsNaN(f) || math.IsInf(f, 0) {
+		if math.Float32bits(v)&0x7f800000 == 0x7f800000 {
 			return fmt.Errorf("value %d is %v", i, v)
 		}
 	}

@@ -62,7 +62,9 @@
 //
 // # Asynchronous application
 //
-// Training continues during a round: the average is applied as a delta against
-// the snapshot the member contributed (param += average − snapshot), chunk by
-// chunk as results arrived, so local steps taken meanwhile are kept.
+// Training continues during a round. Each chunk is read from the Source just
+// before it is sent, and as soon as its average is back the member adds
+// average − the values it sent (param += average − snapshot, chunk by chunk), so
+// local steps taken meanwhile are kept and the trainer's lock is held for one
+// chunk at a time.
 package averaging

@@ -142,28 +142,81 @@ func parseChunk(payload []byte) (chunk, error) {
 	return c, nil
 }
 
-// readChunk reads the next frame, which must be the chunk (shard, index) of count
-// values in codec, and decodes it into out (len count).
+// writeChunk writes one chunk frame of vals; fp32 on a little-endian machine goes
+// straight from vals to the stream, other codecs through buf.
+func writeChunk(w io.Writer, buf []byte, c Codec, shard, index int, vals []float32) ([]byte, error) {
+	if c != FP32 || !nativeLE {
+		buf = appendChunk(buf[:0], c, shard, index, vals)
+		return buf, writeFrame(w, frameChunk, buf)
+	}
+	var h [5 + chunkHead]byte
+	binary.LittleEndian.PutUint32(h[:], uint32(1+chunkHead+4*len(vals)))
+	h[4] = frameChunk
+	h[5] = byte(c)
+	binary.LittleEndian.PutUint32(h[6:], uint32(shard))
+	binary.LittleEndian.PutUint32(h[10:], uint32(index))
+	binary.LittleEndian.PutUint32(h[14:], uint32(len(vals)))
+	if _, err := w.Write(h[:]); err != nil {
+		return buf, err
+	}
+	_, err := w.Write(f32bytes(vals))
+	return buf, err
+}
+
+// readChunk reads the next frame, which must be the chunk (shard, index) of
+// len(out) values in codec, and decodes it into out. fp32 on a little-endian
+// machine is read straight into out.
 func readChunk(r io.Reader, buf []byte, codec Codec, shard, index int, out []float32) ([]byte, error) {
-	typ, payload, buf, err := readFrame(r, buf, 1+chunkHead+max(codec.encodedLen(len(out)), maxControl))
-	if err != nil {
+	var h [5]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return buf, err
 	}
-	if typ == frameError {
-		return buf, fmt.Errorf("%w: %.200q", errRemote, payload)
+	n := int(binary.LittleEndian.Uint32(h[:]))
+	want := 1 + chunkHead + codec.encodedLen(len(out))
+	switch {
+	case h[4] == frameError && n >= 1 && n <= maxControl:
+		msg := make([]byte, n-1)
+		if _, err := io.ReadFull(r, msg); err != nil {
+			return buf, err
+		}
+		return buf, fmt.Errorf("%w: %.200q", errRemote, msg)
+	case h[4] != frameChunk:
+		return buf, fmt.Errorf("frame type %d, want chunk", h[4])
+	case n != want:
+		return buf, fmt.Errorf("chunk frame of %d bytes, want %d", n, want)
 	}
-	if typ != frameChunk {
-		return buf, fmt.Errorf("frame type %d, want chunk", typ)
-	}
-	c, err := parseChunk(payload)
-	if err != nil {
+	var ch [chunkHead]byte
+	if _, err := io.ReadFull(r, ch[:]); err != nil {
 		return buf, err
+	}
+	c := chunk{
+		codec: Codec(ch[0]),
+		shard: int(binary.LittleEndian.Uint32(ch[1:])),
+		index: int(binary.LittleEndian.Uint32(ch[5:])),
+		count: int(binary.LittleEndian.Uint32(ch[9:])),
 	}
 	if c.codec != codec || c.shard != shard || c.index != index || c.count != len(out) {
 		return buf, fmt.Errorf("chunk %s shard %d #%d of %d values, want %s shard %d #%d of %d",
 			c.codec, c.shard, c.index, c.count, codec, shard, index, len(out))
 	}
-	if err := codec.decode(c.data, out); err != nil {
+	if codec == FP32 && nativeLE {
+		if _, err := io.ReadFull(r, f32bytes(out)); err != nil {
+			return buf, err
+		}
+		if err := checkFinite(out); err != nil {
+			return buf, fmt.Errorf("chunk %d of shard %d: %w", index, shard, err)
+		}
+		return buf, nil
+	}
+	m := n - 1 - chunkHead
+	if cap(buf) < m {
+		buf = make([]byte, m)
+	}
+	buf = buf[:m]
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return buf, err
+	}
+	if err := codec.decode(buf, out); err != nil {
 		return buf, fmt.Errorf("chunk %d of shard %d: %w", index, shard, err)
 	}
 	return buf, nil

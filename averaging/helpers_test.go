@@ -58,33 +58,41 @@ func ids(hs []host.Host) PeerList {
 	return l
 }
 
-// vecSource is a Source over one slice. afterSnapshot, when set, runs right after
-// a snapshot, standing for training steps taken during the round.
+// vecSource is a Source over one slice. afterRead, when set, runs on each range
+// right after it was read, standing for training steps taken during the round.
 type vecSource struct {
-	mu            sync.Mutex
-	vec           []float32
-	samples       float64
-	afterSnapshot func(vec []float32)
+	mu        sync.Mutex
+	vec       []float32
+	samples   float64
+	afterRead func(vals []float32)
 }
 
 func (s *vecSource) Len() int { return len(s.vec) }
 
-func (s *vecSource) Snapshot(dst []float32) float64 {
+func (s *vecSource) Samples() float64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	copy(dst, s.vec)
 	w := s.samples
 	s.samples = 0
-	if s.afterSnapshot != nil {
-		s.afterSnapshot(s.vec)
-	}
 	return w
 }
 
-func (s *vecSource) Apply(fn func([]float32)) {
+func (s *vecSource) Read(off int, dst []float32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	fn(s.vec)
+	copy(dst, s.vec[off:])
+	if s.afterRead != nil {
+		s.afterRead(s.vec[off : off+len(dst)])
+	}
+}
+
+func (s *vecSource) Add(off int, delta []float32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := s.vec[off : off+len(delta)]
+	for k := range v {
+		v[k] = float32(float64(v[k]) + float64(delta[k]))
+	}
 }
 
 func randVec(rng *rand.Rand, n int, scale float64) []float32 {

@@ -11,7 +11,8 @@ import "sync"
 //		stage.WithState(func(st *stages.State) { fn([][]float32{st.Params, st.M, st.V}) })
 //	}}
 //
-// and calls AddSamples after each optimizer step.
+// and calls AddSamples after each optimizer step. Each Read and Add holds the
+// stage's lock for one chunk only.
 type Slices struct {
 	// With runs fn on the live slices under the lock that guards them. The slices'
 	// lengths must not change.
@@ -40,15 +41,8 @@ func (s *Slices) Len() int {
 	return n
 }
 
-// Snapshot copies the slices end to end into dst and returns the samples since
-// the previous Snapshot.
-func (s *Slices) Snapshot(dst []float32) float64 {
-	s.With(func(parts [][]float32) {
-		off := 0
-		for _, p := range parts {
-			off += copy(dst[off:], p)
-		}
-	})
+// Samples returns the samples recorded since the previous call.
+func (s *Slices) Samples() float64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w := s.samples
@@ -56,27 +50,41 @@ func (s *Slices) Snapshot(dst []float32) float64 {
 	return w
 }
 
-// Apply runs fn on a flat copy of the slices and writes the result back, all
-// under the owner's lock. The copy costs one vector of memory for the moment of
-// the update; it keeps Source's contract of one flat vector.
-func (s *Slices) Apply(fn func(vec []float32)) {
+// Read copies the values at [off, off+len(dst)) of the slices end to end.
+func (s *Slices) Read(off int, dst []float32) {
 	s.With(func(parts [][]float32) {
-		if len(parts) == 1 {
-			fn(parts[0])
+		span(parts, off, len(dst), func(p []float32, at int) { copy(dst[at:], p) })
+	})
+}
+
+// Add adds delta to the values at [off, off+len(delta)) of the slices end to end.
+func (s *Slices) Add(off int, delta []float32) {
+	s.With(func(parts [][]float32) {
+		span(parts, off, len(delta), func(p []float32, at int) {
+			d := delta[at : at+len(p)]
+			for k := range p {
+				p[k] = float32(float64(p[k]) + float64(d[k]))
+			}
+		})
+	})
+}
+
+// span calls fn for each piece of [off, off+n) of the parts laid end to end,
+// with the piece and its position within the range.
+func span(parts [][]float32, off, n int, fn func(p []float32, at int)) {
+	at := 0
+	for _, p := range parts {
+		if n == 0 {
 			return
 		}
-		n := 0
-		for _, p := range parts {
-			n += len(p)
+		if off >= len(p) {
+			off -= len(p)
+			continue
 		}
-		flat := make([]float32, 0, n)
-		for _, p := range parts {
-			flat = append(flat, p...)
-		}
-		fn(flat)
-		off := 0
-		for _, p := range parts {
-			off += copy(p, flat[off:])
-		}
-	})
+		k := min(n, len(p)-off)
+		fn(p[off:off+k], at)
+		at += k
+		n -= k
+		off = 0
+	}
 }

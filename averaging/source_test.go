@@ -23,20 +23,24 @@ func TestSlicesSource(t *testing.T) {
 	}
 	s.AddSamples(3)
 	s.AddSamples(2)
-	dst := make([]float32, 6)
-	if w := s.Snapshot(dst); w != 5 || !slices.Equal(dst, []float32{1, 2, 3, 4, 5, 6}) {
-		t.Fatalf("snapshot %v weight %v", dst, w)
+	if w := s.Samples(); w != 5 {
+		t.Fatalf("weight %v", w)
 	}
-	if w := s.Snapshot(dst); w != 0 {
+	if w := s.Samples(); w != 0 {
 		t.Fatalf("samples counted twice: %v", w)
 	}
-	s.Apply(func(vec []float32) {
-		for i := range vec {
-			vec[i] *= 10
-		}
-	})
-	if p[1] != 20 || m[0] != 30 || v[2] != 60 {
-		t.Fatalf("apply did not reach the slices: %v %v %v", p, m, v)
+	dst := make([]float32, 6)
+	s.Read(0, dst)
+	if !slices.Equal(dst, []float32{1, 2, 3, 4, 5, 6}) {
+		t.Fatalf("read %v", dst)
+	}
+	s.Read(1, dst[:4]) // across all three slices
+	if !slices.Equal(dst[:4], []float32{2, 3, 4, 5}) {
+		t.Fatalf("read across slices %v", dst[:4])
+	}
+	s.Add(1, []float32{10, 20, 30})
+	if p[1] != 12 || m[0] != 23 || v[0] != 34 || v[1] != 5 || p[0] != 1 {
+		t.Fatalf("add: %v %v %v", p, m, v)
 	}
 }
 

@@ -1,0 +1,231 @@
+package averaging
+
+import (
+	"context"
+	"io"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+const rawProto = "/swarmnode/bench/raw/1.0.0"
+
+// benchFloats is the vector size of the all-reduce benchmark: 50M unless
+// AVG_BENCH_FLOATS says otherwise.
+func benchFloats() int {
+	if s := os.Getenv("AVG_BENCH_FLOATS"); s != "" {
+		if n, err := strconv.Atoi(s); err == nil && n > 0 {
+			return n
+		}
+	}
+	return 50_000_000
+}
+
+// sink serves rawProto: it reads everything, then closes.
+func sink(s network.Stream) {
+	_, _ = io.Copy(io.Discard, s)
+	s.Close()
+}
+
+// blast sends n bytes to p over one rawProto stream and waits for the receiver
+// to have read them all.
+func blast(tb testing.TB, h host.Host, p peer.ID, n int) {
+	s, err := h.NewStream(context.Background(), p, rawProto)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	buf := make([]byte, 1<<18)
+	for sent := 0; sent < n; {
+		k := min(len(buf), n-sent)
+		if _, err := s.Write(buf[:k]); err != nil {
+			tb.Fatal(err)
+		}
+		sent += k
+	}
+	_ = s.CloseWrite()
+	_, _ = io.Copy(io.Discard, s)
+	s.Close()
+}
+
+// rawExchange times the butterfly's traffic pattern with no averaging: every
+// member sends 2·V/G bytes to every other member, all at once.
+func rawExchange(tb testing.TB, hs []host.Host, vecBytes int) time.Duration {
+	g := len(hs)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i, a := range hs {
+		for j, b := range hs {
+			if i != j {
+				wg.Go(func() { blast(tb, a, b.ID(), 2*vecBytes/g) })
+			}
+		}
+	}
+	wg.Wait()
+	return time.Since(start)
+}
+
+// BenchmarkAllReduce averages a 50M-float vector among 4 in-process members over
+// loopback TCP (default libp2p security and muxer), next to the raw stream
+// bandwidth measured in the same run:
+//
+//   - raw_1stream_MB/s: one stream between two of the hosts;
+//   - raw_pattern: the butterfly's exact traffic (each member sends 2·V/G to each
+//     other) as plain streams; its time is the ideal round time on this machine;
+//   - vector_MB/s: vector bytes per second of round time;
+//   - ideal_ratio: ideal round time / round time (target ≥ 0.8);
+//   - killed_round_s: survivors' round time when one member dies mid-round.
+func BenchmarkAllReduce(b *testing.B) {
+	n, g := benchFloats(), 4
+	codec := FP32
+	if c := os.Getenv("AVG_BENCH_CODEC"); c != "" {
+		var err error
+		if codec, err = ParseCodec(c); err != nil {
+			b.Fatal(err)
+		}
+	}
+	vecBytes := 4 * n
+	wireBytes := codec.encodedLen(n)
+	rng := rand.New(rand.NewPCG(7, 7))
+	base := randVec(rng, n, 1)
+	vecs := make([][]float32, g)
+	for i := range vecs {
+		vecs[i] = base // members copy it; the values do not matter to the speed
+	}
+	deadline := 120 * time.Second
+	o := Options{Codec: codec, Deadline: deadline, Matchmaking: 5 * time.Second, StallTimeout: 30 * time.Second}
+	if s := os.Getenv("AVG_BENCH_CHUNK"); s != "" {
+		o.ChunkFloats, _ = strconv.Atoi(s)
+	}
+	ms := newGroupB(b, g, vecs, o)
+	hs := make([]host.Host, g)
+	for i, m := range ms {
+		hs[i] = m.h
+		m.h.SetStreamHandler(rawProto, sink)
+	}
+
+	b.ResetTimer()
+	var round, raw, single time.Duration
+	r := uint64(100)
+	for b.Loop() {
+		t0 := time.Now()
+		blast(b, hs[0], hs[1].ID(), wireBytes)
+		single += time.Since(t0)
+		raw += rawExchange(b, hs, wireBytes)
+		r++
+		res, errs := roundAllB(ms, r)
+		var worst time.Duration
+		for i := range ms {
+			if errs[i] != nil || res[i].Averaged != 1 {
+				b.Fatalf("member %d: %v %+v", i, errs[i], res[i])
+			}
+			worst = max(worst, res[i].Took)
+			b.Logf("member %d: took %s, phases %+v", i, res[i].Took, res[i].Phases)
+		}
+		round += worst
+	}
+	b.StopTimer()
+	k := float64(b.N)
+	roundS, rawS, singleS := round.Seconds()/k, raw.Seconds()/k, single.Seconds()/k
+	b.ReportMetric(float64(vecBytes)/roundS/1e6, "vector_MB/s")
+	b.ReportMetric(roundS, "round_s")
+	b.ReportMetric(float64(wireBytes)/singleS/1e6, "raw_1stream_MB/s")
+	b.ReportMetric(rawS, "raw_pattern_s")
+	b.ReportMetric(rawS/roundS, "ideal_ratio")
+	// The ideal by the single-stream bandwidth alone, as if each member had the
+	// whole machine: round time ≥ 2(G−1)/G × V / bandwidth.
+	b.ReportMetric(2*float64(g-1)/float64(g)*float64(wireBytes)/(float64(wireBytes)/singleS)/roundS, "ideal_ratio_1stream")
+
+	// One member dies a third of the way through its shard.
+	const victim = 1
+	var reduced int
+	ms[victim].avg.o.Reducer = func(parts [][]float32, w []float64, out []float32) error {
+		if reduced++; reduced == (n/g/ms[victim].avg.o.ChunkFloats)/3 {
+			ms[victim].h.Close()
+		}
+		return Mean(parts, w, out)
+	}
+	res, _ := roundAllB(ms, r+1)
+	var worst time.Duration
+	for i := range ms {
+		if i != victim {
+			worst = max(worst, res[i].Took)
+		}
+	}
+	b.ReportMetric(worst.Seconds(), "killed_round_s")
+	b.ReportMetric(deadline.Seconds(), "deadline_s")
+}
+
+// newGroupB is newGroup for benchmarks.
+func newGroupB(b *testing.B, n int, vecs [][]float32, o Options) []*member {
+	var hs []host.Host
+	ms := make([]*member, n)
+	for i := range ms {
+		h := newHost(b, nil)
+		hs = append(hs, h)
+		ms[i] = &member{h: h, src: &vecSource{vec: append([]float32(nil), vecs[i]...), samples: 1}}
+	}
+	connectAll(b, hs)
+	for _, m := range ms {
+		oo := o
+		oo.Run, oo.Key = "bench", "stage-1"
+		a, err := New(m.h, ids(hs), m.src, oo)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { a.Close() })
+		m.avg = a
+	}
+	return ms
+}
+
+func roundAllB(ms []*member, r uint64) ([]Result, []error) {
+	res := make([]Result, len(ms))
+	errs := make([]error, len(ms))
+	var wg sync.WaitGroup
+	for i, m := range ms {
+		wg.Go(func() { res[i], errs[i] = m.avg.Round(context.Background(), r) })
+	}
+	wg.Wait()
+	return res, errs
+}
+
+// BenchmarkFetchState downloads a 3×4M-float state (params, m, v) from one holder
+// and from two, each holder capped at 100 MB/s of serving: speedup_2holders is
+// the one-holder time over the two-holder time (ideal 2).
+func BenchmarkFetchState(b *testing.B) {
+	st := testState(4 << 20)
+	hs := []host.Host{newHost(b, nil), newHost(b, nil), newHost(b, nil)}
+	connectAll(b, hs)
+	for _, h := range hs[1:] {
+		s, err := ServeState(h, "test", "stage-0", func() (State, error) { return cloneState(st), nil }, ServeOptions{Rate: 100e6})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { s.Close() })
+	}
+	var one, two time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		if _, err := FetchState(context.Background(), hs[0], "test", "stage-0", []peer.ID{hs[1].ID()}, FetchOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		one += time.Since(t0)
+		t0 = time.Now()
+		if _, err := FetchState(context.Background(), hs[0], "test", "stage-0", []peer.ID{hs[1].ID(), hs[2].ID()}, FetchOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		two += time.Since(t0)
+	}
+	k := float64(b.N)
+	bytes := float64(12 * 4 << 20)
+	b.ReportMetric(bytes/(one.Seconds()/k)/1e6, "1holder_MB/s")
+	b.ReportMetric(bytes/(two.Seconds()/k)/1e6, "2holders_MB/s")
+	b.ReportMetric(one.Seconds()/two.Seconds(), "speedup_2holders")
+}
