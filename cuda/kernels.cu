@@ -371,6 +371,18 @@ extern "C" __global__ void attn_bwd_pre_f32(float* D, const float* dout, const f
 extern "C" __global__ void attn_bwd_pre_bf16(float* D, const float* dout, const bf16* out, int B, int T, int NH, int HD) {
 	attn_bwd_pre<bf16>(D, dout, out, B, T, NH, HD);
 }
+// attn_bwd_pre_tc: D from a bf16 output gradient (the tensor-core path).
+extern "C" __global__ void attn_bwd_pre_tc(float* D, const bf16* dout, const bf16* out, int B, int T, int NH, int HD) {
+	GRID_STRIDE(r, (long)B * NH * T) {
+		int t = r % T;
+		long bh = r / T;
+		int b = bh / NH, h = bh % NH;
+		long off = ((long)b * T + t) * NH * HD + h * HD;
+		float s = 0.f;
+		for (int d = 0; d < HD; d++) s += to_f(dout[off + d]) * to_f(out[off + d]);
+		D[r] = s;
+	}
+}
 
 // attn_bwd_dkdv: thread j accumulates dK[j], dV[j] over the queries i >= j.
 template <int HD, typename OutT>
@@ -618,13 +630,13 @@ extern "C" __global__ void dequantize_int8(float* x, const signed char* q, const
 
 // ---------------------------------------------------------------- tensor-core causal attention (head size 64)
 //
-// The same algorithm as above, on the bf16 tensor cores (mma.sync m16n8k16, float32
-// accumulation): each warp owns 16 rows, a block 64; tiles of 64 keys (or queries)
-// sit in shared memory as bf16, padded to 72 columns so fragment loads hit distinct
-// banks. Scores and probabilities stay in registers: the accumulator fragment of
-// S = Q·Kᵀ is, element for element, the A fragment of P·V. The inputs are float32
-// (rounded to bf16 on load); used for the bfloat16 outputs only, the float32 path
-// keeps the scalar kernels' exactness.
+// The same algorithm as above on the bf16 tensor cores (mma.sync m16n8k16, float32
+// accumulation), reading bf16 q, k, v and output gradients. Each warp owns 16 rows,
+// a block 64; tiles of 64 keys (or queries) sit in shared memory, rows padded to
+// 72 elements so that fragment loads hit distinct banks. Scores and probabilities
+// stay in registers: the accumulator fragment of S = Q·Kᵀ is, element for element,
+// the A fragment of P·V; ldmatrix.trans reads the B fragments of row-major tiles
+// that the product needs transposed.
 
 #define TC_HD 64
 #define TC_TILE 64
@@ -636,105 +648,103 @@ __device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, unsigned b
 	             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const unsigned short* p) {
+	unsigned a = (unsigned)__cvta_generic_to_shared(p);
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+	             : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+	             : "r"(a));
+}
+
 __device__ __forceinline__ unsigned pack2(float lo, float hi) {
 	return (unsigned)from_f<bf16>(lo).x | ((unsigned)from_f<bf16>(hi).x << 16);
 }
 
 __device__ __forceinline__ unsigned ld32(const unsigned short* p) { return *(const unsigned*)p; }
 
-// load_tile puts rows [r0, r0+64) of a [T, ld] float32 matrix (columns col..col+63)
-// into shared memory as bf16: row-major into rm and/or transposed into tr (either may be null).
-__device__ __forceinline__ void load_tile(unsigned short* rm, unsigned short* tr, const float* src, long ld, int r0, int T) {
-	for (int e = threadIdx.x; e < TC_TILE * TC_HD / 2; e += blockDim.x) {
-		int r = e / (TC_HD / 2), c = (e % (TC_HD / 2)) * 2;
-		float2 v = make_float2(0.f, 0.f);
-		if (r0 + r < T) v = *(const float2*)(src + (long)(r0 + r) * ld + c);
-		unsigned p = pack2(v.x, v.y);
-		if (rm) *(unsigned*)(rm + r * TC_PAD + c) = p;
-		if (tr) {
-			tr[c * TC_PAD + r] = (unsigned short)(p & 0xffff);
-			tr[(c + 1) * TC_PAD + r] = (unsigned short)(p >> 16);
-		}
+// load_tile copies rows [r0, r0+64) (64 bf16 columns from src) into the padded tile, zero past T.
+__device__ __forceinline__ void load_tile(unsigned short* dst, const bf16* src, long ld, int r0, int T) {
+	for (int e = threadIdx.x; e < TC_TILE * 8; e += blockDim.x) {
+		int r = e >> 3, c = (e & 7) * 8;
+		uint4 v = make_uint4(0, 0, 0, 0);
+		if (r0 + r < T) v = *(const uint4*)(src + (long)(r0 + r) * ld + c);
+		*(uint4*)(dst + r * TC_PAD + c) = v;
 	}
 }
 
-// load_afrag loads the A fragments (16 rows × 64 columns, 4 k-steps) of rows r0.. of a float32 matrix.
-__device__ __forceinline__ void load_afrag(unsigned (*a)[4], const float* src, long ld, int r0, int T) {
+// load_afrag loads the A fragments (16 rows × 64 columns, 4 k-steps) of rows r0.. of a bf16 matrix.
+__device__ __forceinline__ void load_afrag(unsigned (*a)[4], const bf16* src, long ld, int r0, int T) {
 	int g = (threadIdx.x & 31) >> 2, tg = threadIdx.x & 3;
 #pragma unroll
-	for (int kk = 0; kk < 4; kk++) {
+	for (int kk = 0; kk < 4; kk++)
 #pragma unroll
-		for (int h = 0; h < 2; h++) {     // column half: +0 or +8
+		for (int h = 0; h < 2; h++)
 #pragma unroll
-			for (int rr = 0; rr < 2; rr++) { // row: g or g+8
+			for (int rr = 0; rr < 2; rr++) {
 				int row = r0 + g + rr * 8, col = kk * 16 + tg * 2 + h * 8;
-				float2 v = make_float2(0.f, 0.f);
-				if (row < T) v = *(const float2*)(src + (long)row * ld + col);
-				a[kk][h * 2 + rr] = pack2(v.x, v.y);
+				a[kk][h * 2 + rr] = row < T ? *(const unsigned*)(src + (long)row * ld + col) : 0u;
 			}
-		}
-	}
 }
 
-// mma_rows_x_tile: acc[nt] (16 × 64) += A (16 × 64, fragments) · tileᵀ, where tile is a
-// shared [64][TC_PAD] row-major matrix whose rows are the output columns.
+// mma_rows_x_tile: acc (16 × 64) += A · tileᵀ, the tile's rows being the output columns.
 __device__ __forceinline__ void mma_rows_x_tile(float (*acc)[4], const unsigned (*a)[4], const unsigned short* tile) {
 	int g = (threadIdx.x & 31) >> 2, tg = threadIdx.x & 3;
 #pragma unroll
-	for (int kk = 0; kk < 4; kk++) {
+	for (int kk = 0; kk < 4; kk++)
 #pragma unroll
 		for (int nt = 0; nt < 8; nt++) {
 			const unsigned short* p = tile + (nt * 8 + g) * TC_PAD + kk * 16 + tg * 2;
 			mma_bf16(acc[nt], a[kk], ld32(p), ld32(p + 8));
 		}
-	}
 }
 
-// mma_acc_x_tile: acc (16 × 64) += P · M, where P (16 × 64) is given as accumulator
-// fragments p[8][4] (rounded to bf16 here) and M is stored transposed: mt[n][k].
-__device__ __forceinline__ void mma_acc_x_tile(float (*acc)[4], const float (*p)[4], const unsigned short* mt) {
-	int g = (threadIdx.x & 31) >> 2, tg = threadIdx.x & 3;
+// mma_acc_x_tile: acc (16 × 64) += P · tile, P (16 × 64) given as accumulator fragments
+// (rounded to bf16 here), the tile row-major with its rows as the k dimension.
+__device__ __forceinline__ void mma_acc_x_tile(float (*acc)[4], const float (*p)[4], const unsigned short* tile) {
+	int l = threadIdx.x & 31;
 #pragma unroll
 	for (int kk = 0; kk < 4; kk++) {
 		unsigned a[4] = {pack2(p[2 * kk][0], p[2 * kk][1]), pack2(p[2 * kk][2], p[2 * kk][3]),
 		                 pack2(p[2 * kk + 1][0], p[2 * kk + 1][1]), pack2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
 #pragma unroll
-		for (int nt = 0; nt < 8; nt++) {
-			const unsigned short* q = mt + (nt * 8 + g) * TC_PAD + kk * 16 + tg * 2;
-			mma_bf16(acc[nt], a, ld32(q), ld32(q + 8));
+		for (int np = 0; np < 4; np++) {
+			unsigned b[4];
+			ldmatrix_x4_trans(b, tile + (kk * 16 + (l & 15)) * TC_PAD + np * 16 + (l >> 4) * 8);
+			mma_bf16(acc[2 * np], a, b[0], b[1]);
+			mma_bf16(acc[2 * np + 1], a, b[2], b[3]);
 		}
 	}
 }
 
-template <typename OutT>
-__device__ void attn_fwd_tc(OutT* out, float* lse, const float* qkv, int B, int T, int NH, float scale) {
+__device__ __forceinline__ void zero_acc(float (*x)[4]) {
+#pragma unroll
+	for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+		for (int e = 0; e < 4; e++) x[nt][e] = 0.f;
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH, float scale) {
 	__shared__ __align__(16) unsigned short Ks[TC_TILE * TC_PAD];
-	__shared__ __align__(16) unsigned short Vt[TC_HD * TC_PAD];
+	__shared__ __align__(16) unsigned short Vs[TC_TILE * TC_PAD];
 	int C = NH * TC_HD, C3 = 3 * C;
 	int bh = blockIdx.y, b = bh / NH, h = bh % NH;
 	int qb = gridDim.x - 1 - blockIdx.x; // longest rows first
 	int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, tg = threadIdx.x & 3;
 	int r0 = qb * TC_TILE + warp * 16;
-	const float* base = qkv + (long)b * T * C3 + h * TC_HD;
+	const bf16* base = qkv + (long)b * T * C3 + h * TC_HD;
 	float sc = scale * LOG2E;
 	unsigned qa[4][4];
 	load_afrag(qa, base, C3, r0, T);
 	float o[8][4], m[2] = {-SN_INF, -SN_INF}, l[2] = {0.f, 0.f};
-#pragma unroll
-	for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-		for (int e = 0; e < 4; e++) o[nt][e] = 0.f;
+	zero_acc(o);
 	for (int kt = 0; kt <= qb; kt++) {
 		__syncthreads();
-		load_tile(Ks, 0, base + C, C3, kt * TC_TILE, T);
-		load_tile(0, Vt, base + 2 * C, C3, kt * TC_TILE, T);
+		load_tile(Ks, base + C, C3, kt * TC_TILE, T);
+		load_tile(Vs, base + 2 * C, C3, kt * TC_TILE, T);
 		__syncthreads();
 		float s[8][4];
-#pragma unroll
-		for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-			for (int e = 0; e < 4; e++) s[nt][e] = 0.f;
+		zero_acc(s);
 		mma_rows_x_tile(s, qa, Ks);
+		bool diag = kt == qb;
 #pragma unroll
 		for (int r = 0; r < 2; r++) {
 			int row = r0 + g + r * 8;
@@ -744,7 +754,8 @@ __device__ void attn_fwd_tc(OutT* out, float* lse, const float* qkv, int B, int 
 #pragma unroll
 				for (int e = 0; e < 2; e++) {
 					int key = kt * TC_TILE + nt * 8 + tg * 2 + e;
-					float v = (key <= row && key < T) ? s[nt][2 * r + e] * sc : -SN_INF;
+					float v = s[nt][2 * r + e] * sc;
+					if (diag && (key > row || key >= T)) v = -SN_INF;
 					s[nt][2 * r + e] = v;
 					mx = fmaxf(mx, v);
 				}
@@ -767,7 +778,7 @@ __device__ void attn_fwd_tc(OutT* out, float* lse, const float* qkv, int B, int 
 			}
 			m[r] = mn;
 		}
-		mma_acc_x_tile(o, s, Vt);
+		mma_acc_x_tile(o, s, Vs);
 	}
 #pragma unroll
 	for (int r = 0; r < 2; r++) {
@@ -776,28 +787,24 @@ __device__ void attn_fwd_tc(OutT* out, float* lse, const float* qkv, int B, int 
 		int row = r0 + g + r * 8;
 		if (row >= T) continue;
 		float inv = 1.f / l[r];
-		OutT* dst = out + ((long)b * T + row) * C + h * TC_HD;
+		bf16* dst = out + ((long)b * T + row) * C + h * TC_HD;
 #pragma unroll
-		for (int nt = 0; nt < 8; nt++) {
-			dst[nt * 8 + tg * 2] = from_f<OutT>(o[nt][2 * r] * inv);
-			dst[nt * 8 + tg * 2 + 1] = from_f<OutT>(o[nt][2 * r + 1] * inv);
-		}
+		for (int nt = 0; nt < 8; nt++)
+			*(unsigned*)(dst + nt * 8 + tg * 2) = pack2(o[nt][2 * r] * inv, o[nt][2 * r + 1] * inv);
 		if (tg == 0) lse[(long)bh * T + row] = m[r] + log2f(l[r]);
 	}
 }
 
 // attn_bwd_dq_tc: dQ for 64 queries per block, over the key tiles up to the diagonal.
-template <typename OutT>
-__device__ void attn_bwd_dq_tc(OutT* dqkv, const float* dout, const float* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
+extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq_tc(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
 	__shared__ __align__(16) unsigned short Ks[TC_TILE * TC_PAD];
 	__shared__ __align__(16) unsigned short Vs[TC_TILE * TC_PAD];
-	__shared__ __align__(16) unsigned short Kt[TC_HD * TC_PAD];
 	int C = NH * TC_HD, C3 = 3 * C;
 	int bh = blockIdx.y, b = bh / NH, h = bh % NH;
 	int qb = gridDim.x - 1 - blockIdx.x;
 	int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, tg = threadIdx.x & 3;
 	int r0 = qb * TC_TILE + warp * 16;
-	const float* base = qkv + (long)b * T * C3 + h * TC_HD;
+	const bf16* base = qkv + (long)b * T * C3 + h * TC_HD;
 	float sc = scale * LOG2E;
 	unsigned qa[4][4], da[4][4];
 	load_afrag(qa, base, C3, r0, T);
@@ -810,76 +817,67 @@ __device__ void attn_bwd_dq_tc(OutT* dqkv, const float* dout, const float* qkv, 
 		Dr[r] = row < T ? D[(long)bh * T + row] : 0.f;
 	}
 	float dq[8][4];
-#pragma unroll
-	for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-		for (int e = 0; e < 4; e++) dq[nt][e] = 0.f;
+	zero_acc(dq);
 	for (int kt = 0; kt <= qb; kt++) {
 		__syncthreads();
-		load_tile(Ks, Kt, base + C, C3, kt * TC_TILE, T);
-		load_tile(Vs, 0, base + 2 * C, C3, kt * TC_TILE, T);
+		load_tile(Ks, base + C, C3, kt * TC_TILE, T);
+		load_tile(Vs, base + 2 * C, C3, kt * TC_TILE, T);
 		__syncthreads();
 		float s[8][4], dp[8][4];
-#pragma unroll
-		for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-			for (int e = 0; e < 4; e++) { s[nt][e] = 0.f; dp[nt][e] = 0.f; }
+		zero_acc(s);
+		zero_acc(dp);
 		mma_rows_x_tile(s, qa, Ks);
 		mma_rows_x_tile(dp, da, Vs);
+		bool diag = kt == qb;
 #pragma unroll
 		for (int nt = 0; nt < 8; nt++)
 #pragma unroll
 			for (int e = 0; e < 4; e++) {
 				int r = e >> 1;
 				int row = r0 + g + r * 8, key = kt * TC_TILE + nt * 8 + tg * 2 + (e & 1);
-				float p = (key <= row && row < T) ? exp2f(s[nt][e] * sc - Lr[r]) : 0.f;
+				float p = exp2f(s[nt][e] * sc - Lr[r]);
+				if (row >= T || (diag && key > row)) p = 0.f;
 				s[nt][e] = p * (dp[nt][e] - Dr[r]);
 			}
-		mma_acc_x_tile(dq, s, Kt);
+		mma_acc_x_tile(dq, s, Ks);
 	}
 #pragma unroll
 	for (int r = 0; r < 2; r++) {
 		int row = r0 + g + r * 8;
 		if (row >= T) continue;
-		OutT* dst = dqkv + ((long)b * T + row) * C3 + h * TC_HD;
+		bf16* dst = dqkv + ((long)b * T + row) * C3 + h * TC_HD;
 #pragma unroll
-		for (int nt = 0; nt < 8; nt++) {
-			dst[nt * 8 + tg * 2] = from_f<OutT>(dq[nt][2 * r] * scale);
-			dst[nt * 8 + tg * 2 + 1] = from_f<OutT>(dq[nt][2 * r + 1] * scale);
-		}
+		for (int nt = 0; nt < 8; nt++)
+			*(unsigned*)(dst + nt * 8 + tg * 2) = pack2(dq[nt][2 * r] * scale, dq[nt][2 * r + 1] * scale);
 	}
 }
 
-// attn_bwd_dkdv_tc: dK and dV for 64 keys per block, over the query tiles from the diagonal on.
-// Each warp works in the transposed frame: rows are its 16 keys, columns the tile's queries.
-template <typename OutT>
-__device__ void attn_bwd_dkdv_tc(OutT* dqkv, const float* dout, const float* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
+// attn_bwd_dkdv_tc: dK and dV for 64 keys per block, over the query tiles from the
+// diagonal on. Each warp works in the transposed frame: rows are its 16 keys,
+// columns the tile's queries.
+extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv_tc(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
 	__shared__ __align__(16) unsigned short Qs[TC_TILE * TC_PAD];
-	__shared__ __align__(16) unsigned short Qt[TC_HD * TC_PAD];
 	__shared__ __align__(16) unsigned short dOs[TC_TILE * TC_PAD];
-	__shared__ __align__(16) unsigned short dOt[TC_HD * TC_PAD];
 	__shared__ float Ls[TC_TILE], Ds[TC_TILE];
 	int C = NH * TC_HD, C3 = 3 * C;
 	int bh = blockIdx.y, b = bh / NH, h = bh % NH;
 	int kb = blockIdx.x; // low key blocks see the most queries and are scheduled first
 	int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, tg = threadIdx.x & 3;
 	int k0 = kb * TC_TILE + warp * 16;
-	const float* base = qkv + (long)b * T * C3 + h * TC_HD;
-	const float* dob = dout + (long)b * T * C + h * TC_HD;
+	const bf16* base = qkv + (long)b * T * C3 + h * TC_HD;
+	const bf16* dob = dout + (long)b * T * C + h * TC_HD;
 	float sc = scale * LOG2E;
 	unsigned ka[4][4], va[4][4];
 	load_afrag(ka, base + C, C3, k0, T);
 	load_afrag(va, base + 2 * C, C3, k0, T);
 	float dk[8][4], dv[8][4];
-#pragma unroll
-	for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-		for (int e = 0; e < 4; e++) { dk[nt][e] = 0.f; dv[nt][e] = 0.f; }
+	zero_acc(dk);
+	zero_acc(dv);
 	int nq = (T + TC_TILE - 1) / TC_TILE;
 	for (int qt = kb; qt < nq; qt++) {
 		__syncthreads();
-		load_tile(Qs, Qt, base, C3, qt * TC_TILE, T);
-		load_tile(dOs, dOt, dob, C, qt * TC_TILE, T);
+		load_tile(Qs, base, C3, qt * TC_TILE, T);
+		load_tile(dOs, dob, C, qt * TC_TILE, T);
 		for (int r = threadIdx.x; r < TC_TILE; r += blockDim.x) {
 			int q = qt * TC_TILE + r;
 			Ls[r] = q < T ? lse[(long)bh * T + q] : 0.f;
@@ -887,46 +885,34 @@ __device__ void attn_bwd_dkdv_tc(OutT* dqkv, const float* dout, const float* qkv
 		}
 		__syncthreads();
 		float s[8][4], dp[8][4];
-#pragma unroll
-		for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-			for (int e = 0; e < 4; e++) { s[nt][e] = 0.f; dp[nt][e] = 0.f; }
+		zero_acc(s);
+		zero_acc(dp);
 		mma_rows_x_tile(s, ka, Qs);
 		mma_rows_x_tile(dp, va, dOs);
+		bool diag = qt == kb;
 #pragma unroll
 		for (int nt = 0; nt < 8; nt++)
 #pragma unroll
 			for (int e = 0; e < 4; e++) {
 				int key = k0 + g + (e >> 1) * 8;
 				int ql = nt * 8 + tg * 2 + (e & 1), q = qt * TC_TILE + ql;
-				float p = (q >= key && q < T && key < T) ? exp2f(s[nt][e] * sc - Ls[ql]) : 0.f;
+				float p = exp2f(s[nt][e] * sc - Ls[ql]);
+				if (q >= T || key >= T || (diag && q < key)) p = 0.f;
 				s[nt][e] = p;
 				dp[nt][e] = p * (dp[nt][e] - Ds[ql]);
 			}
-		mma_acc_x_tile(dv, s, dOt);
-		mma_acc_x_tile(dk, dp, Qt);
+		mma_acc_x_tile(dv, s, dOs);
+		mma_acc_x_tile(dk, dp, Qs);
 	}
 #pragma unroll
 	for (int r = 0; r < 2; r++) {
 		int key = k0 + g + r * 8;
 		if (key >= T) continue;
-		OutT* dst = dqkv + ((long)b * T + key) * C3 + h * TC_HD;
+		bf16* dst = dqkv + ((long)b * T + key) * C3 + h * TC_HD;
 #pragma unroll
 		for (int nt = 0; nt < 8; nt++) {
-			dst[C + nt * 8 + tg * 2] = from_f<OutT>(dk[nt][2 * r] * scale);
-			dst[C + nt * 8 + tg * 2 + 1] = from_f<OutT>(dk[nt][2 * r + 1] * scale);
-			dst[2 * C + nt * 8 + tg * 2] = from_f<OutT>(dv[nt][2 * r]);
-			dst[2 * C + nt * 8 + tg * 2 + 1] = from_f<OutT>(dv[nt][2 * r + 1]);
+			*(unsigned*)(dst + C + nt * 8 + tg * 2) = pack2(dk[nt][2 * r] * scale, dk[nt][2 * r + 1] * scale);
+			*(unsigned*)(dst + 2 * C + nt * 8 + tg * 2) = pack2(dv[nt][2 * r], dv[nt][2 * r + 1]);
 		}
 	}
-}
-
-extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc_bf16(bf16* out, float* lse, const float* qkv, int B, int T, int NH, float scale) {
-	attn_fwd_tc<bf16>(out, lse, qkv, B, T, NH, scale);
-}
-extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq_tc_bf16(bf16* dqkv, const float* dout, const float* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
-	attn_bwd_dq_tc<bf16>(dqkv, dout, qkv, lse, D, B, T, NH, scale);
-}
-extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv_tc_bf16(bf16* dqkv, const float* dout, const float* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
-	attn_bwd_dkdv_tc<bf16>(dqkv, dout, qkv, lse, D, B, T, NH, scale);
 }

@@ -286,14 +286,23 @@ func attnCheck(qkv Buf, B, T, C, NH int) (int, error) {
 	if !attnHeadDims[hd] {
 		return 0, fmt.Errorf("cuda: attention: head size %d is not supported (16, 32 or 64)", hd)
 	}
-	return hd, need("attention qkv", qkv, F32, B*T*3*C)
+	if qkv.N < B*T*3*C {
+		return 0, fmt.Errorf("cuda: attention: qkv has %d elements, want %d", qkv.N, B*T*3*C)
+	}
+	switch {
+	case qkv.DType == F32:
+	case qkv.DType == BF16 && hd == 64:
+	default:
+		return 0, fmt.Errorf("cuda: attention: %v qkv with head size %d (bf16 needs 64)", qkv.DType, hd)
+	}
+	return hd, nil
 }
 
-// AttentionForward runs causal multi-head attention on qkv [B,T,3C] (float32),
-// writing the head outputs side by side to out [B,T,C] (float32 or bfloat16) and
-// the per-row log2-sum-exp2 of the scores to lse [B,NH,T]. No T×T matrix is stored.
-// With bfloat16 output and head size 64 it runs on the tensor cores (bf16
-// operands, float32 accumulation); otherwise in float32 arithmetic.
+// AttentionForward runs causal multi-head attention on qkv [B,T,3C], writing the
+// head outputs side by side to out [B,T,C] and the per-row log2-sum-exp2 of the
+// scores to lse [B,NH,T]; no T×T matrix is stored. With bfloat16 qkv (head size
+// 64; out bfloat16) it runs on the tensor cores with float32 accumulation; with
+// float32 qkv in float32 arithmetic (out float32 or bfloat16).
 func (c *Ctx) AttentionForward(out, lse, qkv Buf, B, T, C, NH int) error {
 	hd, err := attnCheck(qkv, B, T, C, NH)
 	if err != nil {
@@ -306,8 +315,11 @@ func (c *Ctx) AttentionForward(out, lse, qkv Buf, B, T, C, NH int) error {
 		return fmt.Errorf("cuda: attention out has %d elements, want %d", out.N, B*T*C)
 	}
 	scale := float32(1 / math.Sqrt(float64(hd)))
-	if hd == 64 && out.DType == BF16 {
-		return c.launch("attn_fwd_tc_bf16", dim3{uint32((T + 63) / 64), uint32(B * NH), 1}, dim3{128, 1, 1}, 0, out, lse, qkv, B, T, NH, scale)
+	if qkv.DType == BF16 {
+		if out.DType != BF16 {
+			return fmt.Errorf("cuda: attention: bf16 qkv needs a bf16 output")
+		}
+		return c.launch("attn_fwd_tc", dim3{uint32((T + 63) / 64), uint32(B * NH), 1}, dim3{128, 1, 1}, 0, out, lse, qkv, B, T, NH, scale)
 	}
 	name, err := suffix(fmt.Sprintf("attn_fwd_%d", hd), out.DType)
 	if err != nil {
@@ -316,15 +328,13 @@ func (c *Ctx) AttentionForward(out, lse, qkv Buf, B, T, C, NH int) error {
 	return c.launch(name, dim3{uint32((T + 63) / 64), uint32(B * NH), 1}, dim3{64, 1, 1}, 0, out, lse, qkv, B, T, NH, scale)
 }
 
-// AttentionBackward writes the gradient of qkv into dqkv [B,T,3C] (float32 or
-// bfloat16) from dout [B,T,C] (float32), the forward's out and lse; scratch holds
-// B·NH·T floats.
+// AttentionBackward writes the gradient of qkv into dqkv [B,T,3C] from dout
+// [B,T,C], the forward's out and lse; scratch holds B·NH·T floats. The tensor-core
+// path (bfloat16 qkv) takes bfloat16 dout, out and dqkv; the float32 path float32
+// dout and dqkv of either type.
 func (c *Ctx) AttentionBackward(dqkv, scratch, dout, qkv, out, lse Buf, B, T, C, NH int) error {
 	hd, err := attnCheck(qkv, B, T, C, NH)
 	if err != nil {
-		return err
-	}
-	if err := need("attention dout", dout, F32, B*T*C); err != nil {
 		return err
 	}
 	if err := need("attention lse", lse, F32, B*NH*T); err != nil {
@@ -333,8 +343,25 @@ func (c *Ctx) AttentionBackward(dqkv, scratch, dout, qkv, out, lse Buf, B, T, C,
 	if err := need("attention scratch", scratch, F32, B*NH*T); err != nil {
 		return err
 	}
-	if dqkv.N < B*T*3*C || out.N < B*T*C {
-		return fmt.Errorf("cuda: attention backward: short dqkv or out")
+	if dqkv.N < B*T*3*C || out.N < B*T*C || dout.N < B*T*C {
+		return fmt.Errorf("cuda: attention backward: short dqkv, out or dout")
+	}
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	if qkv.DType == BF16 {
+		if dout.DType != BF16 || out.DType != BF16 || dqkv.DType != BF16 {
+			return fmt.Errorf("cuda: attention backward: bf16 qkv needs bf16 dout, out and dqkv")
+		}
+		if err := c.launch("attn_bwd_pre_tc", c.ewGrid(B*NH*T), ewThreads, 0, scratch, dout, out, B, T, NH, hd); err != nil {
+			return err
+		}
+		g := dim3{uint32((T + 63) / 64), uint32(B * NH), 1}
+		if err := c.launch("attn_bwd_dkdv_tc", g, dim3{128, 1, 1}, 0, dqkv, dout, qkv, lse, scratch, B, T, NH, scale); err != nil {
+			return err
+		}
+		return c.launch("attn_bwd_dq_tc", g, dim3{128, 1, 1}, 0, dqkv, dout, qkv, lse, scratch, B, T, NH, scale)
+	}
+	if dout.DType != F32 {
+		return fmt.Errorf("cuda: attention backward: float32 qkv needs float32 dout")
 	}
 	pre, err := suffix("attn_bwd_pre", out.DType)
 	if err != nil {
@@ -342,14 +369,6 @@ func (c *Ctx) AttentionBackward(dqkv, scratch, dout, qkv, out, lse Buf, B, T, C,
 	}
 	if err := c.launch(pre, c.ewGrid(B*NH*T), ewThreads, 0, scratch, dout, out, B, T, NH, hd); err != nil {
 		return err
-	}
-	scale := float32(1 / math.Sqrt(float64(hd)))
-	if hd == 64 && dqkv.DType == BF16 {
-		g := dim3{uint32((T + 63) / 64), uint32(B * NH), 1}
-		if err := c.launch("attn_bwd_dkdv_tc_bf16", g, dim3{128, 1, 1}, 0, dqkv, dout, qkv, lse, scratch, B, T, NH, scale); err != nil {
-			return err
-		}
-		return c.launch("attn_bwd_dq_tc_bf16", g, dim3{128, 1, 1}, 0, dqkv, dout, qkv, lse, scratch, B, T, NH, scale)
 	}
 	dkdv, err := suffix(fmt.Sprintf("attn_bwd_dkdv_%d", hd), dqkv.DType)
 	if err != nil {

@@ -294,27 +294,39 @@ func TestResidualAndLinear(t *testing.T) {
 func TestAttention(t *testing.T) {
 	device(t)
 	r := newRand(t)
-	for _, sh := range []struct{ B, T, NH, HD int }{{2, 67, 3, 64}, {2, 200, 2, 64}, {1, 130, 2, 32}, {3, 29, 4, 16}} {
+	for _, sh := range []struct{ B, T, NH, HD int }{{2, 67, 3, 64}, {2, 200, 2, 64}, {1, 256, 1, 64}, {1, 130, 2, 32}, {3, 29, 4, 16}} {
 		B, T, NH := sh.B, sh.T, sh.NH
 		C := NH * sh.HD
 		qkv, dout := randn(r, B*T*3*C, 1), randn(r, B*T*C, 1)
 		ref, _ := refAttention(f64(qkv), B, T, C, NH)
 		rd := refAttentionBwd(f64(dout), f64(qkv), B, T, C, NH)
-		for _, dt := range []DType{F32, BF16} {
+		for _, v := range []struct {
+			name    string
+			in, out DType
+		}{{"f32", F32, F32}, {"f32 in, bf16 out", F32, BF16}, {"tensor cores", BF16, BF16}} {
+			if v.in == BF16 && sh.HD != 64 {
+				continue
+			}
 			var out, dqkv []float32
 			run(t, func(g *gpu) {
-				Q, o, lse := g.up(qkv), g.alloc(dt, B*T*C), g.alloc(F32, B*NH*T)
+				var Q, dO Buf
+				if v.in == BF16 {
+					Q, dO = g.upBF16(qkv), g.upBF16(dout)
+				} else {
+					Q, dO = g.up(qkv), g.up(dout)
+				}
+				o, lse := g.alloc(v.out, B*T*C), g.alloc(F32, B*NH*T)
 				g.check(g.c.AttentionForward(o, lse, Q, B, T, C, NH))
 				out = g.down(o)
-				dq := g.alloc(dt, B*T*3*C)
-				g.check(g.c.AttentionBackward(dq, g.alloc(F32, B*NH*T), g.up(dout), Q, o, lse, B, T, C, NH))
+				dq := g.alloc(v.out, B*T*3*C)
+				g.check(g.c.AttentionBackward(dq, g.alloc(F32, B*NH*T), dO, Q, o, lse, B, T, C, NH))
 				dqkv = g.down(dq)
 			})
 			tol := tolF32
-			if dt == BF16 {
+			if v.out == BF16 {
 				tol = tolBF16
 			}
-			name := fmt.Sprintf("attention B%d T%d NH%d HD%d %v", B, T, NH, sh.HD, dt)
+			name := fmt.Sprintf("attention B%d T%d NH%d HD%d %s", B, T, NH, sh.HD, v.name)
 			checkErr(t, name+" fwd", out, ref, tol)
 			checkErr(t, name+" bwd", dqkv, rd, tol)
 		}

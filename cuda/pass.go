@@ -242,7 +242,15 @@ func (s *Stage) ForwardOn(c *Ctx, p *Pass) error {
 			func() error {
 				return c.LinearForward(k.qkv, k.ln1, s.weight(bv.qkvw), s.param(bv.qkvb), Buf{}, N, C, 3*C, s.mode)
 			},
-			func() error { return c.AttentionForward(k.atty, k.lse, k.qkv, B, T, C, NH) },
+			func() error {
+				if !s.tc {
+					return c.AttentionForward(k.atty, k.lse, k.qkv, B, T, C, NH)
+				}
+				if err := c.Cast(k.qkvb, k.qkv); err != nil {
+					return err
+				}
+				return c.AttentionForward(k.atty, k.lse, k.qkvb, B, T, C, NH)
+			},
 			func() error {
 				return c.LinearForward(k.res2, k.atty, s.weight(bv.attpw), s.param(bv.attpb), k.in, N, C, C, s.mode)
 			},
@@ -351,7 +359,16 @@ func (s *Stage) BackwardOn(c *Ctx, p *Pass, dout Buf) error {
 				return c.LinearBackward(datty, s.grad(bv.attpw), Buf{}, dresOp, k.atty, s.weight(bv.attpw), N, C, C, false, s.mode)
 			},
 			func() error { return c.BiasGrad(s.grad(bv.attpb), dres, N, C) },
-			func() error { return c.AttentionBackward(dqkv, sc.attnD, datty, k.qkv, k.atty, k.lse, B, T, C, NH) },
+			func() error {
+				if !s.tc {
+					return c.AttentionBackward(dqkv, sc.attnD, datty, k.qkv, k.atty, k.lse, B, T, C, NH)
+				}
+				dop := sc.dattyOp.Slice(0, N*C)
+				if err := c.Cast(dop, datty); err != nil {
+					return err
+				}
+				return c.AttentionBackward(dqkv, sc.attnD, dop, k.qkvb, k.atty, k.lse, B, T, C, NH)
+			},
 			func() error {
 				return c.LinearBackward(dln, s.grad(bv.qkvw), s.grad(bv.qkvb), dqkv, k.ln1, s.weight(bv.qkvw), N, C, 3*C, false, s.mode)
 			},

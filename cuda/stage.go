@@ -35,6 +35,7 @@ type Stage struct {
 	op    DType   // GEMM operand type
 	mode  Compute // float32 GEMM mode
 	step  int     // optimizer steps applied
+	tc    bool    // attention on the tensor cores (bf16, head size 64)
 	freed bool
 
 	params, grads, m, v Buf
@@ -66,6 +67,7 @@ func NewStage(d *Device, cfg StageConfig) (*Stage, error) {
 	default:
 		return nil, fmt.Errorf("cuda: unknown precision %d", cfg.Precision)
 	}
+	s.tc = s.op == BF16 && m.DModel/m.NHead == 64
 	if s.lay.size == 0 {
 		return nil, errors.New("cuda: stage has no parameters")
 	}
@@ -278,6 +280,7 @@ type acts struct {
 type blockActs struct {
 	in                         Buf // borrowed: the stage input or the previous block's out
 	ln1, ln1m, ln1r, qkv, atty Buf
+	qkvb                       Buf // bf16 copy of qkv for tensor-core attention
 	lse, res2, ln2, ln2m, ln2r Buf
 	fch, fchg, out             Buf
 }
@@ -287,7 +290,7 @@ func (a *acts) free(free func(Buf)) {
 		free(b)
 	}
 	for _, k := range a.blocks {
-		for _, b := range []Buf{k.ln1, k.ln1m, k.ln1r, k.qkv, k.atty, k.lse, k.res2, k.ln2, k.ln2m, k.ln2r, k.fch, k.fchg, k.out} {
+		for _, b := range []Buf{k.qkvb, k.ln1, k.ln1m, k.ln1r, k.qkv, k.atty, k.lse, k.res2, k.ln2, k.ln2m, k.ln2r, k.fch, k.fchg, k.out} {
 			free(b)
 		}
 	}
@@ -325,6 +328,9 @@ func (s *Stage) newActs(c *Ctx, B, T int) (*acts, error) {
 		k.ln1, k.ln1m, k.ln1r = alloc(s.op, N*C), alloc(F32, N), alloc(F32, N)
 		k.qkv, k.atty, k.lse = alloc(F32, 3*N*C), alloc(s.op, N*C), alloc(F32, B*NH*T)
 		k.res2 = alloc(F32, N*C)
+		if s.tc {
+			k.qkvb = alloc(BF16, 3*N*C)
+		}
 		k.ln2, k.ln2m, k.ln2r = alloc(s.op, N*C), alloc(F32, N), alloc(F32, N)
 		k.fch, k.fchg, k.out = alloc(F32, 4*N*C), alloc(s.op, 4*N*C), alloc(F32, N*C)
 		a.blocks = append(a.blocks, k)
@@ -355,6 +361,7 @@ type scratch struct {
 	N                                  int
 	dres, dresOp, dh, dhOp, dln, datty Buf
 	dqkv, attnD                        Buf
+	dattyOp                            Buf // bf16 attention output gradient (tensor-core path)
 }
 
 func (sc *scratch) free(free func(Buf)) {
@@ -368,6 +375,7 @@ func (sc *scratch) free(free func(Buf)) {
 		free(sc.dhOp)
 	}
 	free(sc.dqkv)
+	free(sc.dattyOp)
 }
 
 func (s *Stage) scratchFor(c *Ctx, B, T int) (*scratch, error) {
@@ -392,6 +400,9 @@ func (s *Stage) scratchFor(c *Ctx, B, T int) (*scratch, error) {
 	}
 	sc.dres, sc.dh, sc.dln, sc.datty = alloc(F32, N*C), alloc(F32, 4*N*C), alloc(F32, N*C), alloc(F32, N*C)
 	sc.attnD, sc.dqkv = alloc(F32, B*NH*T), alloc(s.op, 3*N*C)
+	if s.tc {
+		sc.dattyOp = alloc(BF16, N*C)
+	}
 	if s.op == BF16 {
 		sc.dresOp, sc.dhOp = alloc(BF16, N*C), alloc(BF16, 4*N*C)
 	} else {

@@ -190,16 +190,24 @@ func run(C, NH, L, T, B int, precName string, iters, warm int, dump string) erro
 		if err := c.Upload(qkv, rnd); err != nil {
 			return err
 		}
+		qkvb, _ := c.Alloc(cuda.BF16, 3*N*C)
+		if err := c.Cast(qkvb, qkv); err != nil {
+			return err
+		}
+		doutb, _ := c.Alloc(cuda.BF16, N*C)
+		if err := c.Cast(doutb, dbuf); err != nil {
+			return err
+		}
 		out, _ := c.Alloc(cuda.BF16, N*C)
 		lse, _ := c.Alloc(cuda.F32, B*NH*T)
 		dq, _ := c.Alloc(cuda.BF16, 3*N*C)
 		tmp, _ := c.Alloc(cuda.F32, B*NH*T)
-		if err := timeIt("attention-fwd-1block", func() error { return c.AttentionForward(out, lse, qkv, B, T, C, NH) }); err != nil {
+		if err := timeIt("attention-fwd-1block", func() error { return c.AttentionForward(out, lse, qkvb, B, T, C, NH) }); err != nil {
 			return err
 		}
 		res[len(res)-1].Note = "one block's attention forward; tflops counts causal work"
 		res[len(res)-1].TFLOPs = 2 * float64(B*NH) * float64(T) * float64(T) * float64(C/NH) / (res[len(res)-1].MsMedian / 1e3) / 1e12
-		if err := timeIt("attention-bwd-1block", func() error { return c.AttentionBackward(dq, tmp, dbuf, qkv, out, lse, B, T, C, NH) }); err != nil {
+		if err := timeIt("attention-bwd-1block", func() error { return c.AttentionBackward(dq, tmp, doutb, qkvb, out, lse, B, T, C, NH) }); err != nil {
 			return err
 		}
 		res[len(res)-1].Note = "one block's attention backward; tflops counts causal work"
