@@ -141,3 +141,52 @@ func BenchmarkSgemm1024(b *testing.B) {
 
 // BenchmarkSgemm1024Gonum measures gonum on the same product, for reference.
 func BenchmarkSgemm1024Gonum(b *testing.B) { benchSgemm(b, Gonum) }
+
+// TestSplitProducts checks Sgemm's split of large products into blocks of rows or
+// columns across goroutines, for every transpose combination and both split
+// directions, against the float64 product.
+func TestSplitProducts(t *testing.T) {
+	if _, err := loadOpenBLAS(); err != nil {
+		t.Skip("gonum does not go through the split: ", err)
+	}
+	defer Use("auto")
+	if err := Use("openblas"); err != nil {
+		t.Fatal(err)
+	}
+	defer SetThreads(0)
+	r := rand.New(rand.NewPCG(7, 8))
+	for _, w := range []int{2, 3, 5} {
+		SetThreads(w)
+		for _, sh := range [][3]int{{211, 150, 97}, {150, 211, 97}, {64, 700, 80}} {
+			m, n, k := sh[0], sh[1], sh[2]
+			if m*n*k < splitFlops {
+				t.Fatalf("shape %v too small to split", sh)
+			}
+			for _, ta := range []bool{false, true} {
+				for _, tb := range []bool{false, true} {
+					ar, ac := m, k
+					if ta {
+						ar, ac = k, m
+					}
+					br, bc := k, n
+					if tb {
+						br, bc = n, k
+					}
+					lda, ldb, ldc := ac+1, bc+2, n+3
+					a, b := randSlice(r, (ar-1)*lda+ac), randSlice(r, (br-1)*ldb+bc)
+					c := randSlice(r, (m-1)*ldc+n)
+					want := naive(ta, tb, m, n, k, 1.5, a, lda, b, ldb, 0.5, c, ldc)
+					Sgemm(ta, tb, m, n, k, 1.5, a, lda, b, ldb, 0.5, c, ldc)
+					for i := 0; i < m; i++ {
+						for j := 0; j < n; j++ {
+							got, wv := float64(c[i*ldc+j]), want[i*n+j]
+							if math.Abs(got-wv) > 1e-5*math.Sqrt(float64(k))*(1+math.Abs(wv)) {
+								t.Fatalf("threads %d %v ta=%v tb=%v: C[%d,%d] = %g, want %g", w, sh, ta, tb, i, j, got, wv)
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+}
