@@ -221,7 +221,7 @@ func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, snap [
 		}
 		d := snap[clo:chi]
 		for k, v := range out {
-			d[k] = float32(float64(v) - float64(d[k]))
+			d[k] = v - d[k]
 		}
 		a.src.Add(clo, d)
 		progress.Store(int64(c + 1))
@@ -371,7 +371,7 @@ func (a *Averager) reduceShard(ctx context.Context, rr *reduceRound, snap []floa
 		}
 		d := snap[clo:chi]
 		for k, v := range o {
-			d[k] = float32(float64(v) - float64(d[k]))
+			d[k] = v - d[k]
 		}
 		a.src.Add(clo, d)
 		progress.Store(int64(c + 1))

@@ -91,7 +91,7 @@ func (s *vecSource) Add(off int, delta []float32) {
 	defer s.mu.Unlock()
 	v := s.vec[off : off+len(delta)]
 	for k := range v {
-		v[k] = float32(float64(v[k]) + float64(delta[k]))
+		v[k] += delta[k]
 	}
 }
 

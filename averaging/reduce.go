@@ -3,7 +3,11 @@ package averaging
 import (
 	"errors"
 	"math"
+	"sync"
 )
+
+// accPool recycles Mean's float64 accumulators, one chunk each.
+var accPool sync.Pool
 
 // Reducer combines the parts of one chunk of a shard into out. parts[i] holds
 // member i's values (all of len(out)) and weights[i] its weight: the samples it
@@ -34,12 +38,25 @@ func Mean(parts [][]float32, weights []float64, out []float32) error {
 		}
 		total = float64(len(parts))
 	}
-	for k := range out {
-		var s float64
-		for i, p := range parts {
-			s += ws[i] * float64(p[k])
+	// Part by part over a float64 accumulator: plain streaming loops.
+	ap, _ := accPool.Get().(*[]float64)
+	if ap == nil || cap(*ap) < len(out) {
+		ap = new([]float64)
+		*ap = make([]float64, len(out))
+	}
+	defer accPool.Put(ap)
+	acc := (*ap)[:len(out)]
+	clear(acc)
+	for i, p := range parts {
+		w := ws[i]
+		p = p[:len(acc)]
+		for k, x := range p {
+			acc[k] += w * float64(x)
 		}
-		out[k] = float32(s / total)
+	}
+	inv := 1 / total
+	for k, x := range acc {
+		out[k] = float32(x * inv)
 	}
 	return nil
 }

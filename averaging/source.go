@@ -63,7 +63,7 @@ func (s *Slices) Add(off int, delta []float32) {
 		span(parts, off, len(delta), func(p []float32, at int) {
 			d := delta[at : at+len(p)]
 			for k := range p {
-				p[k] = float32(float64(p[k]) + float64(d[k]))
+				p[k] += d[k]
 			}
 		})
 	})
