@@ -58,3 +58,34 @@ func swarmTokensPerSec(b *testing.B, cfg config.Config, corpus *data.Corpus) flo
 	T := min(cfg.Model.SeqLen, corpus.MaxSeqLen(data.Train))
 	return float64(cfg.Train.Steps*cfg.Train.Batch*T) / last.Sub(start).Seconds()
 }
+
+// BenchmarkSlowHolder compares the tokens/s of a swarm with a second stage-1
+// holder ten times slower than the first against the same swarm without it: the
+// slow holder should cost little (target: within 20%). b.N is the number of steps
+// of the test model (at least 100).
+func BenchmarkSlowHolder(b *testing.B) {
+	steps := max(b.N, 100)
+	for _, staleness := range []int{0, 1} {
+		b.Run(fmt.Sprintf("staleness=%d", staleness), func(b *testing.B) {
+			cfg := testConfig()
+			cfg.Train.Steps, cfg.Train.EvalEvery = steps, steps
+			cfg.Pipeline.Staleness = staleness
+			corpus := loadCorpus(b, cfg)
+			run := func(holders []int, slow map[[2]int]float64) float64 {
+				sw := newSwarm(b, cfg, holders, slow)
+				var last time.Time
+				tr := sw.newTrainer(b, corpus, TrainerOptions{OnStep: func(r StepReport) { last = r.Time }})
+				start := time.Now()
+				runTrainer(b, tr, 10*time.Minute)
+				T := min(cfg.Model.SeqLen, corpus.MaxSeqLen(data.Train))
+				return float64(steps*cfg.Train.Batch*T) / last.Sub(start).Seconds()
+			}
+			without := run([]int{1, 1, 1}, nil)
+			with := run([]int{1, 2, 1}, map[[2]int]float64{{1, 1}: 10})
+			without = (without + run([]int{1, 1, 1}, nil)) / 2
+			b.ReportMetric(without, "without-tokens/s")
+			b.ReportMetric(with, "with-slow-tokens/s")
+			b.ReportMetric(with/without, "with/without")
+		})
+	}
+}

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -95,14 +96,15 @@ func (b *backoff) isDown(p peer.ID, now time.Time) bool {
 type picker struct {
 	router Router
 	bo     *backoff
+	self   peer.ID // never picked: a peer does not call itself
 
 	mu       sync.Mutex
 	rng      *rand.Rand
 	inflight map[peer.ID]int
 }
 
-func newPicker(r Router, bo *backoff, seed uint64) *picker {
-	return &picker{router: r, bo: bo, rng: rand.New(rand.NewPCG(seed, 0x5eed)), inflight: make(map[peer.ID]int)}
+func newPicker(r Router, bo *backoff, self peer.ID, seed uint64) *picker {
+	return &picker{router: r, bo: bo, self: self, rng: rand.New(rand.NewPCG(seed, 0x5eed)), inflight: make(map[peer.ID]int)}
 }
 
 // weight is a holder's share of the traffic. A holder whose throughput is still
@@ -118,6 +120,8 @@ func weight(tp, mean float64, queue int) float64 {
 // returns false when every holder is in backoff or there are none.
 func (p *picker) choose(k int, avoid map[peer.ID]bool) (Holder, bool) {
 	hs := p.router.Holders(k)
+	// Filter into a copy: the router's slice is not ours to modify.
+	hs = slices.DeleteFunc(slices.Clone(hs), func(h Holder) bool { return h.ID == p.self })
 	now := time.Now()
 	cands := make([]Holder, 0, len(hs))
 	for _, h := range hs {
