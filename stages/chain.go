@@ -3,6 +3,7 @@ package stages
 import (
 	"errors"
 	"fmt"
+	"math"
 )
 
 // Chain is an in-memory pipeline of all the stages of one model: the centralized
@@ -97,5 +98,5 @@ func (c *Chain) Step(opt OptimConfig, micro int) float32 {
 		n := float64(s.Step(opt, micro))
 		sq += n * n
 	}
-	return float32(sqrtf(sq))
+	return float32(math.Sqrt(sq))
 }

@@ -104,5 +104,3 @@ func (s *Stage) Step(opt OptimConfig, micro int) float32 {
 	atomic.AddUint64(&s.version, 1)
 	return float32(norm)
 }
-
-func sqrtf(x float64) float64 { return math.Sqrt(x) }
