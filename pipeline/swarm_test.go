@@ -4,12 +4,20 @@ import (
 	"math"
 	"testing"
 	"time"
+
+	"swarmnode/config"
 )
 
 // TestSwarmMatchesChain: 3 stages x 2 holders and a trainer, int8 both ways, train
-// the test model; the final val loss is within 5% of the in-memory chain's.
+// the example's tiny config for 200 steps; the final val loss is within 5% of the
+// in-memory chain's (`swarmnode local` with the same config and seed).
 func TestSwarmMatchesChain(t *testing.T) {
-	cfg := testConfig()
+	cfg, err := config.Load("../examples/gpt/tiny.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Data.Path = "../" + cfg.Data.Path
+	cfg.Train.Steps = 200
 	corpus := loadCorpus(t, cfg)
 	ref, _ := chainRun(t, cfg, corpus)
 
