@@ -171,10 +171,31 @@ func (c Codec) roundTrip(vals []float32) {
 	}
 }
 
-// checkFinite rejects NaN and ±Inf, whose exponent bits are all ones.
+// checkFinite rejects NaN and ±Inf, whose exponent bits are all ones. It runs
+// on every value received, so the common all-finite case is branch-free: adding
+// one to a full exponent carries into the sign bit, and no other exponent does.
 func checkFinite(vals []float32) error {
+	if len(vals) == 0 {
+		return nil
+	}
+	const exp, carry = 0x7f800000, 0x00800000
+	bits := unsafe.Slice((*uint32)(unsafe.Pointer(unsafe.SliceData(vals))), len(vals))
+	var b0, b1, b2, b3 uint32
+	k := 0
+	for ; k+4 <= len(bits); k += 4 {
+		b0 |= bits[k]&exp + carry
+		b1 |= bits[k+1]&exp + carry
+		b2 |= bits[k+2]&exp + carry
+		b3 |= bits[k+3]&exp + carry
+	}
+	for ; k < len(bits); k++ {
+		b0 |= bits[k]&exp + carry
+	}
+	if (b0|b1|b2|b3)&0x80000000 == 0 {
+		return nil
+	}
 	for i, v := range vals {
-		if math.Float32bits(v)&0x7f800000 == 0x7f800000 {
+		if math.Float32bits(v)&exp == exp {
 			return fmt.Errorf("value %d is %v", i, v)
 		}
 	}

@@ -155,3 +155,24 @@ func FuzzReadShard(f *testing.F) {
 		_ = readShard(bytes.NewReader(data), dst, [32]byte{})
 	})
 }
+
+func TestCheckFinite(t *testing.T) {
+	for _, n := range []int{1, 3, 4, 5, 17} {
+		for bad := 0; bad < n; bad++ {
+			for _, x := range []float32{float32(math.Inf(1)), float32(math.Inf(-1)), float32(math.NaN())} {
+				v := make([]float32, n)
+				for i := range v {
+					v[i] = float32(i) - 2.5
+				}
+				v[0] = math.MaxFloat32
+				if err := checkFinite(v); err != nil {
+					t.Fatalf("finite values rejected: %v", err)
+				}
+				v[bad] = x
+				if err := checkFinite(v); err == nil {
+					t.Fatalf("n=%d: %v at %d accepted", n, x, bad)
+				}
+			}
+		}
+	}
+}
