@@ -1,0 +1,237 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const runTestConfig = `run: e2e-run
+model: {vocab: 256, d_model: 32, n_head: 2, n_layer: 3, seq_len: 32}
+stages: [1, 1, 1]
+data: {path: examples/gpt/data/tinyshakespeare.txt}
+node:
+  listen: [/ip4/127.0.0.1/tcp/0, /ip4/127.0.0.1/udp/0/quic-v1]
+  status: 127.0.0.1:0
+  record_ttl: 10s
+  gossip_every: 200ms
+`
+
+func TestRunBadFlagsExitTwo(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "run.yaml")
+	writeFile(t, cfg, runTestConfig)
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--config", cfg, "--stage", "7"}, "node.stage"},
+		{[]string{"--config", cfg, "--stage", "first"}, "node.stage"},
+		{[]string{"--config", cfg, "--role", "king"}, "node.role"},
+		{[]string{"--config", cfg, "--bootstrap", "/ip4/127.0.0.1/tcp/1"}, "node.bootstrap[0]"},
+		{[]string{"--config", cfg, "--bootstrap", "nonsense"}, "node.bootstrap[0]"},
+		{[]string{"--config", cfg, "--listen", "/ip4/1.2.3/tcp/1"}, "node.listen[0]"},
+		{[]string{"--config", cfg, "--status", "7070"}, "node.status"},
+		{[]string{"--config", cfg, "--bogus"}, "bogus"},
+		{[]string{}, "--config"},
+		{[]string{"--config", cfg, "extra"}, "extra"},
+	}
+	for _, c := range cases {
+		var out, errb bytes.Buffer
+		if code := runCommand(c.args, &out, &errb); code != exitUsage {
+			t.Errorf("%v: exit %d, want %d\n%s", c.args, code, exitUsage, errb.String())
+			continue
+		}
+		if !strings.Contains(errb.String(), c.want) {
+			t.Errorf("%v: message should name %q:\n%s", c.args, c.want, errb.String())
+		}
+	}
+}
+
+func TestRunUnreadableIdentityIsRuntimeError(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "run.yaml")
+	writeFile(t, cfg, runTestConfig)
+	key := filepath.Join(dir, "id.key")
+	writeFile(t, key, "whatever") // mode 0644: readable by others
+	var out, errb bytes.Buffer
+	code := runCommand([]string{"--config", cfg, "--identity", key, "--status", "off"}, &out, &errb)
+	if code != exitRuntime || !strings.Contains(errb.String(), "chmod 600") {
+		t.Fatalf("exit %d, want %d with a chmod hint:\n%s", code, exitRuntime, errb.String())
+	}
+}
+
+// runProc is one `swarmnode run` process and what it printed on start.
+type runProc struct {
+	cmd    *exec.Cmd
+	peerID string
+	addrs  []string
+	status string
+	stderr *bytes.Buffer
+	// exited is closed once the process has exited; err is its Wait error.
+	exited chan struct{}
+	err    error
+}
+
+func startRun(t *testing.T, bin, cfg string, args ...string) *runProc {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"run", "--config", cfg, "--data-dir", t.TempDir()}, args...)...)
+	cmd.Dir = repoRoot(t)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &runProc{cmd: cmd, stderr: &bytes.Buffer{}, exited: make(chan struct{})}
+	cmd.Stderr = p.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		select {
+		case <-p.exited:
+		default:
+			cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	// Buffered and never blocking: the reader must reach Wait even when the
+	// test has stopped reading (a failed start), or cleanup would hang.
+	lines := make(chan string, 64)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			default:
+			}
+		}
+		close(lines)
+		io.Copy(io.Discard, stdout)
+		p.err = cmd.Wait()
+		close(p.exited)
+	}()
+	timeout := time.After(20 * time.Second)
+	for p.status == "" {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("swarmnode run exited before printing its status URL:\n%s", p.stderr)
+			}
+			switch k, v, _ := strings.Cut(l, ": "); k {
+			case "peer id":
+				p.peerID = v
+			case "address":
+				p.addrs = append(p.addrs, v)
+			case "status":
+				p.status = v
+			}
+		case <-timeout:
+			t.Fatalf("no status line after 20s:\n%s", p.stderr)
+		}
+	}
+	for _, a := range p.addrs {
+		if !strings.HasSuffix(a, "/p2p/"+p.peerID) {
+			t.Fatalf("printed address %q lacks /p2p/%s", a, p.peerID)
+		}
+	}
+	return p
+}
+
+type apiStatus struct {
+	PeerID  string `json:"peer_id"`
+	Stage   int    `json:"stage"`
+	Holders map[string][]struct {
+		PeerID string `json:"peer_id"`
+	} `json:"holders"`
+}
+
+// TestRunThreeProcessesSeeEachOther is the issue's end-to-end check: three
+// `swarmnode run` processes, two joining through the first, each list all
+// three in /api/status within 10 s; SIGTERM makes each exit 0 within 5 s.
+func TestRunThreeProcessesSeeEachOther(t *testing.T) {
+	bin := swarmnodeBinary(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "run.yaml")
+	writeFile(t, cfg, runTestConfig)
+
+	boot := startRun(t, bin, cfg, "--stage", "0")
+	var tcp string
+	for _, a := range boot.addrs {
+		if strings.Contains(a, "/tcp/") {
+			tcp = a
+		}
+	}
+	if tcp == "" {
+		t.Fatalf("bootstrap printed no TCP address: %v", boot.addrs)
+	}
+	procs := []*runProc{boot,
+		startRun(t, bin, cfg, "--bootstrap", tcp, "--stage", "auto"),
+		startRun(t, bin, cfg, "--bootstrap", tcp, "--stage", "2", "--role", "both"),
+	}
+	start := time.Now()
+	client := http.Client{Timeout: 2 * time.Second}
+	seesAll := func(p *runProc) error {
+		resp, err := client.Get(p.status + "api/status")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var s apiStatus
+		if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+			return err
+		}
+		listed := map[string]bool{}
+		for _, hs := range s.Holders {
+			for _, h := range hs {
+				listed[h.PeerID] = true
+			}
+		}
+		for _, q := range procs {
+			if !listed[q.peerID] {
+				return fmt.Errorf("%s does not list %s: %+v", p.peerID, q.peerID, s.Holders)
+			}
+		}
+		return nil
+	}
+	for {
+		var err error
+		for _, p := range procs {
+			if err = seesAll(p); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("after 10s: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	for _, p := range procs {
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.After(5 * time.Second)
+	for i, p := range procs {
+		select {
+		case <-p.exited:
+			if p.err != nil {
+				t.Errorf("process %d: exit %v after SIGTERM, want 0\n%s", i, p.err, p.stderr)
+			}
+		case <-deadline:
+			t.Fatalf("process %d still running 5s after SIGTERM\n%s", i, p.stderr)
+		}
+	}
+}
