@@ -84,7 +84,8 @@ type Server struct {
 	closed bool
 	wg     sync.WaitGroup
 
-	slots     chan struct{}
+	slots     chan struct{} // microbatches being computed
+	readers   chan struct{} // streams open, bounding request buffers to readers x frame cap
 	cacheUsed atomic.Int64
 	queue     atomic.Int32
 
@@ -121,9 +122,10 @@ func NewServer(h host.Host, w *Worker, r Router, o ServerOptions) (*Server, erro
 	st := w.Stage()
 	s := &Server{
 		host: h, w: w, k: st.Index(), n: st.Count(), model: st.Model(), opts: o, log: log,
-		grad:  wire.Encoding{Codec: grad, Block: o.Compression.BlockSize},
-		zstd:  zm,
-		slots: make(chan struct{}, o.Pipeline.MaxInFlight),
+		grad:    wire.Encoding{Codec: grad, Block: o.Compression.BlockSize},
+		zstd:    zm,
+		slots:   make(chan struct{}, o.Pipeline.MaxInFlight),
+		readers: make(chan struct{}, 2*o.Pipeline.MaxInFlight),
 	}
 	if !st.IsLast() {
 		bo := newBackoff(100*time.Millisecond, 30*time.Second)
@@ -213,6 +215,15 @@ func (s *Server) handle(str network.Stream) {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	defer s.wg.Done()
+	select {
+	case s.readers <- struct{}{}:
+		defer func() { <-s.readers }()
+	default:
+		// Far over capacity: refuse without reading (or buffering) the request.
+		s.busy.Add(1)
+		_ = str.Reset()
+		return
+	}
 
 	start := time.Now()
 	conn := wire.NewConn(str, s.opts.Pipeline.MaxFrameBytes)

@@ -336,3 +336,54 @@ func frameBytes(h Header, enc Encoding) []byte {
 	_ = NewConn(&s, 1<<16).WriteFloats(h, randFloats(h.N(), 4), enc, never)
 	return s.Bytes()
 }
+
+// throttled is a stream whose writes take as long as a link of bw bytes/s needs.
+type throttled struct {
+	buf
+	bw float64
+}
+
+func (s *throttled) Write(p []byte) (int, error) {
+	time.Sleep(time.Duration(float64(len(p)) / s.bw * float64(time.Second)))
+	return s.buf.Write(p)
+}
+
+// TestAutoZstdFollowsLink: with zstd: auto, frames to a slow link are compressed,
+// frames to a fast one are not (apart from the periodic probes).
+func TestAutoZstdFollowsLink(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 9))
+	x := make([]float32, 64*256)
+	for i := range x {
+		x[i] = float32(rng.NormFloat64()) * float32(1+i%256) / 64
+	}
+	h := Header{Kind: Activations, B: 1, T: 64, D: 256}
+	count := func(s Stream, frames int) (zstd int) {
+		link := codec.NewLink(codec.ZstdAuto)
+		c := NewConn(s, 1<<22)
+		for range frames {
+			if err := c.WriteFloats(h, x, Encoding{Codec: codec.BF16, Link: link}, never); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r := NewConn(s, 1<<22)
+		for range frames {
+			f, err := r.Read(never)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if f.Zstd {
+				zstd++
+			}
+			if _, err := f.Floats(nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return zstd
+	}
+	if n := count(&throttled{bw: 4e6}, 20); n < 19 {
+		t.Errorf("slow link: %d of 20 frames compressed, want all but the first measurement", n)
+	}
+	if n := count(&buf{}, 48); n > 48/16+1 {
+		t.Errorf("fast link: %d of 48 frames compressed, want only the probes", n)
+	}
+}
