@@ -142,3 +142,31 @@ func TestInt8MatchesFP32(t *testing.T) {
 		t.Fatalf("int8 val loss %.4f vs fp32 %.4f: %.1f%% apart", loss["int8"], loss["fp32"], 100*d)
 	}
 }
+
+// TestBusyHoldersStillTrain: with one microbatch in flight per server, extra
+// requests are turned away as busy and go to the other holder or wait their turn;
+// nothing is lost.
+func TestBusyHoldersStillTrain(t *testing.T) {
+	cfg := testConfig()
+	cfg.Train.Steps, cfg.Train.EvalEvery = 30, 30
+	cfg.Pipeline.MaxInFlight = 1
+	cfg.Pipeline.Retries = 1
+	corpus := loadCorpus(t, cfg)
+	sw := newSwarm(t, cfg, []int{2, 2, 2}, nil)
+	tr := sw.newTrainer(t, corpus, TrainerOptions{})
+	sum := runTrainer(t, tr, 60*time.Second)
+	st := tr.Stats()
+	busy := int64(0)
+	for _, row := range sw.servers {
+		for _, s := range row {
+			busy += s.Stats().Busy
+		}
+	}
+	t.Logf("busy answers %d, trainer retries %d", busy, st.Retried)
+	if sum.Step != cfg.Train.Steps || st.Lost != 0 || st.Completed != int64(cfg.Train.Steps*cfg.Train.Accumulation()) {
+		t.Fatalf("summary %+v, stats %+v", sum, st)
+	}
+	if busy == 0 {
+		t.Fatal("four trainer microbatches in flight never met a busy server")
+	}
+}
