@@ -1,78 +1,6 @@
-// Kernels of the swarmnode CUDA backend, compiled at run time by NVRTC (no headers).
-// Activations and parameters are float32 unless a kernel's name ends in _bf16, in
-// which case its output (the operand of the next GEMM) is bfloat16.
-
-typedef unsigned long long u64;
-
-// NVRTC compiles without system headers, so there is no INFINITY macro.
-#define SN_INF __int_as_float(0x7f800000)
-
-struct bf16 {
-	unsigned short x;
-};
-
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(bf16 v) { return __uint_as_float(((unsigned)v.x) << 16); }
-
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
-template <> __device__ __forceinline__ bf16 from_f<bf16>(float v) {
-	unsigned u = __float_as_uint(v);
-	bf16 r;
-	if ((u & 0x7fffffffu) > 0x7f800000u) { // NaN stays NaN
-		r.x = (unsigned short)((u >> 16) | 0x40);
-		return r;
-	}
-	u += 0x7fffu + ((u >> 16) & 1u); // round to nearest even
-	r.x = (unsigned short)(u >> 16);
-	return r;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-	for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-	return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-	for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-	return v;
-}
-
-// block_sum reduces over a block of up to 1024 threads; every thread gets the sum.
-__device__ float block_sum(float v) {
-	__shared__ float sh[32];
-	__shared__ float total;
-	int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-	v = warp_sum(v);
-	__syncthreads();
-	if (lane == 0) sh[wid] = v;
-	__syncthreads();
-	if (wid == 0) {
-		float s = lane < (int)((blockDim.x + 31) >> 5) ? sh[lane] : 0.f;
-		s = warp_sum(s);
-		if (lane == 0) total = s;
-	}
-	__syncthreads();
-	return total;
-}
-
-__device__ float block_max(float v) {
-	__shared__ float sh[32];
-	__shared__ float total;
-	int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-	v = warp_max(v);
-	__syncthreads();
-	if (lane == 0) sh[wid] = v;
-	__syncthreads();
-	if (wid == 0) {
-		float s = lane < (int)((blockDim.x + 31) >> 5) ? sh[lane] : -SN_INF;
-		s = warp_max(s);
-		if (lane == 0) total = s;
-	}
-	__syncthreads();
-	return total;
-}
-
-#define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)gridDim.x * blockDim.x)
+// Kernels of the swarmnode CUDA backend (common.cuh is prepended). Activations and
+// parameters are float32 unless a kernel's name ends in _bf16, in which case its
+// output (the operand of the next GEMM) is bfloat16.
 
 // ---------------------------------------------------------------- casts, fills, sums
 
@@ -268,271 +196,6 @@ template <typename OutT> __device__ void gelu_bwd(OutT* dinp, const float* inp, 
 }
 extern "C" __global__ void gelu_bwd_f32(float* dinp, const float* inp, const float* dout, long n) { gelu_bwd<float>(dinp, inp, dout, n); }
 extern "C" __global__ void gelu_bwd_bf16(bf16* dinp, const float* inp, const float* dout, long n) { gelu_bwd<bf16>(dinp, inp, dout, n); }
-
-// ---------------------------------------------------------------- causal attention
-//
-// Flash-attention-style: scores are computed a tile of keys at a time and never
-// stored, so memory is linear in T. qkv is [B,T,3C] (q | k | v, head h at columns
-// h·HD.. of each part). The forward keeps lse = log2-sum-exp2 of each query row's
-// scaled scores; the backward recomputes probabilities from it.
-// One thread owns one query row (forward, dQ) or one key row (dK, dV).
-
-#define LOG2E 1.4426950408889634f
-
-template <int HD> struct AttnTile { enum { BK = HD >= 128 ? 32 : 64 }; };
-
-template <int HD, typename OutT>
-__device__ void attn_fwd(OutT* out, float* lse, const float* qkv, int B, int T, int NH, float scale) {
-	const int BK = AttnTile<HD>::BK;
-	const int BQ = 64;
-	__shared__ float Ks[BK][HD];
-	__shared__ float Vs[BK][HD];
-	int C = NH * HD, C3 = 3 * C;
-	int bh = blockIdx.y, b = bh / NH, h = bh % NH;
-	int q0 = blockIdx.x * BQ;
-	int i = q0 + threadIdx.x;
-	const float* base = qkv + (long)b * T * C3 + h * HD;
-	float q[HD], acc[HD];
-	float sc = scale * LOG2E;
-	if (i < T) {
-#pragma unroll
-		for (int d = 0; d < HD; d++) q[d] = base[(long)i * C3 + d] * sc;
-	}
-#pragma unroll
-	for (int d = 0; d < HD; d++) acc[d] = 0.f;
-	float m = -SN_INF, l = 0.f;
-	int qlast = min(q0 + BQ, T) - 1;
-	for (int k0 = 0; k0 <= qlast; k0 += BK) {
-		__syncthreads();
-		for (int e = threadIdx.x; e < BK * HD; e += blockDim.x) {
-			int r = e / HD, d = e % HD, j = k0 + r;
-			Ks[r][d] = j < T ? base[(long)j * C3 + C + d] : 0.f;
-			Vs[r][d] = j < T ? base[(long)j * C3 + 2 * C + d] : 0.f;
-		}
-		__syncthreads();
-		if (i >= T) continue;
-		int jn = min(BK, i - k0 + 1); // keys k0..i are visible
-		for (int c0 = 0; c0 < jn; c0 += 16) {
-			float s[16];
-			float cm = -SN_INF;
-#pragma unroll
-			for (int u = 0; u < 16; u++) {
-				float v = -SN_INF;
-				if (c0 + u < jn) {
-					v = 0.f;
-#pragma unroll
-					for (int d = 0; d < HD; d++) v += q[d] * Ks[c0 + u][d];
-				}
-				s[u] = v;
-				cm = fmaxf(cm, v);
-			}
-			float mn = fmaxf(m, cm);
-			float corr = exp2f(m - mn);
-			l *= corr;
-#pragma unroll
-			for (int d = 0; d < HD; d++) acc[d] *= corr;
-#pragma unroll
-			for (int u = 0; u < 16; u++) {
-				if (c0 + u < jn) {
-					float p = exp2f(s[u] - mn);
-					l += p;
-#pragma unroll
-					for (int d = 0; d < HD; d++) acc[d] += p * Vs[c0 + u][d];
-				}
-			}
-			m = mn;
-		}
-	}
-	if (i < T) {
-		float inv = 1.f / l;
-		OutT* o = out + ((long)b * T + i) * C + h * HD;
-#pragma unroll
-		for (int d = 0; d < HD; d++) o[d] = from_f<OutT>(acc[d] * inv);
-		lse[(long)bh * T + i] = m + log2f(l);
-	}
-}
-
-// attn_bwd_pre: D[b,h,t] = sum_d dout·out over the head's columns.
-template <typename InT>
-__device__ void attn_bwd_pre(float* D, const float* dout, const InT* out, int B, int T, int NH, int HD) {
-	GRID_STRIDE(r, (long)B * NH * T) {
-		int t = r % T;
-		long bh = r / T;
-		int b = bh / NH, h = bh % NH;
-		long off = ((long)b * T + t) * NH * HD + h * HD;
-		float s = 0.f;
-		for (int d = 0; d < HD; d++) s += dout[off + d] * to_f(out[off + d]);
-		D[r] = s;
-	}
-}
-extern "C" __global__ void attn_bwd_pre_f32(float* D, const float* dout, const float* out, int B, int T, int NH, int HD) {
-	attn_bwd_pre<float>(D, dout, out, B, T, NH, HD);
-}
-extern "C" __global__ void attn_bwd_pre_bf16(float* D, const float* dout, const bf16* out, int B, int T, int NH, int HD) {
-	attn_bwd_pre<bf16>(D, dout, out, B, T, NH, HD);
-}
-// attn_bwd_pre_tc: D from a bf16 output gradient (the tensor-core path).
-extern "C" __global__ void attn_bwd_pre_tc(float* D, const bf16* dout, const bf16* out, int B, int T, int NH, int HD) {
-	GRID_STRIDE(r, (long)B * NH * T) {
-		int t = r % T;
-		long bh = r / T;
-		int b = bh / NH, h = bh % NH;
-		long off = ((long)b * T + t) * NH * HD + h * HD;
-		float s = 0.f;
-		for (int d = 0; d < HD; d++) s += to_f(dout[off + d]) * to_f(out[off + d]);
-		D[r] = s;
-	}
-}
-
-// attn_bwd_dkdv: thread j accumulates dK[j], dV[j] over the queries i >= j.
-template <int HD, typename OutT>
-__device__ void attn_bwd_dkdv(OutT* dqkv, const float* dout, const float* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
-	// One warp per block: the padded key/value rows and the query tile must fit the
-	// 48 KB of static shared memory at HD = 64.
-	const int BQ = 32;
-	const int BKV = 32;
-	__shared__ float Qs[BQ][HD];
-	__shared__ float dOs[BQ][HD];
-	__shared__ float Ls[BQ], Ds[BQ];
-	__shared__ float Kown[BKV][HD + 1];
-	__shared__ float Vown[BKV][HD + 1];
-	int C = NH * HD, C3 = 3 * C;
-	int bh = blockIdx.y, b = bh / NH, h = bh % NH;
-	int k0 = blockIdx.x * BKV;
-	int j = k0 + threadIdx.x;
-	const float* base = qkv + (long)b * T * C3 + h * HD;
-	const float* dob = dout + (long)b * T * C + h * HD;
-	float sc = scale * LOG2E;
-	for (int e = threadIdx.x; e < BKV * HD; e += blockDim.x) {
-		int r = e / HD, d = e % HD, jj = k0 + r;
-		Kown[r][d] = jj < T ? base[(long)jj * C3 + C + d] : 0.f;
-		Vown[r][d] = jj < T ? base[(long)jj * C3 + 2 * C + d] : 0.f;
-	}
-	float dk[HD], dv[HD];
-#pragma unroll
-	for (int d = 0; d < HD; d++) { dk[d] = 0.f; dv[d] = 0.f; }
-	for (int i0 = k0; i0 < T; i0 += BQ) {
-		__syncthreads();
-		for (int e = threadIdx.x; e < BQ * HD; e += blockDim.x) {
-			int r = e / HD, d = e % HD, i = i0 + r;
-			Qs[r][d] = i < T ? base[(long)i * C3 + d] : 0.f;
-			dOs[r][d] = i < T ? dob[(long)i * C + d] : 0.f;
-		}
-		for (int r = threadIdx.x; r < BQ; r += blockDim.x) {
-			int i = i0 + r;
-			Ls[r] = i < T ? lse[(long)bh * T + i] : 0.f;
-			Ds[r] = i < T ? D[(long)bh * T + i] : 0.f;
-		}
-		__syncthreads();
-		if (j >= T) continue;
-		int rfirst = max(0, j - i0);
-		int rlast = min(BQ, T - i0);
-		for (int r = rfirst; r < rlast; r++) {
-			float s = 0.f, dp = 0.f;
-#pragma unroll
-			for (int d = 0; d < HD; d++) {
-				s += Qs[r][d] * Kown[threadIdx.x][d];
-				dp += dOs[r][d] * Vown[threadIdx.x][d];
-			}
-			float p = exp2f(s * sc - Ls[r]);
-			float ds = p * (dp - Ds[r]);
-#pragma unroll
-			for (int d = 0; d < HD; d++) {
-				dv[d] += p * dOs[r][d];
-				dk[d] += ds * Qs[r][d];
-			}
-		}
-	}
-	if (j < T) {
-		OutT* o = dqkv + ((long)b * T + j) * C3 + h * HD;
-#pragma unroll
-		for (int d = 0; d < HD; d++) {
-			o[C + d] = from_f<OutT>(dk[d] * scale);
-			o[2 * C + d] = from_f<OutT>(dv[d]);
-		}
-	}
-}
-
-// attn_bwd_dq: thread i accumulates dQ[i] over the keys j <= i.
-template <int HD, typename OutT>
-__device__ void attn_bwd_dq(OutT* dqkv, const float* dout, const float* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
-	const int BK = AttnTile<HD>::BK;
-	const int BQ = 64;
-	__shared__ float Ks[BK][HD];
-	__shared__ float Vs[BK][HD];
-	int C = NH * HD, C3 = 3 * C;
-	int bh = blockIdx.y, b = bh / NH, h = bh % NH;
-	int q0 = blockIdx.x * BQ;
-	int i = q0 + threadIdx.x;
-	const float* base = qkv + (long)b * T * C3 + h * HD;
-	float sc = scale * LOG2E;
-	float q[HD], go[HD], dq[HD];
-	float Li = 0.f, Di = 0.f;
-	if (i < T) {
-#pragma unroll
-		for (int d = 0; d < HD; d++) {
-			q[d] = base[(long)i * C3 + d];
-			go[d] = dout[((long)b * T + i) * C + h * HD + d];
-		}
-		Li = lse[(long)bh * T + i];
-		Di = D[(long)bh * T + i];
-	}
-#pragma unroll
-	for (int d = 0; d < HD; d++) dq[d] = 0.f;
-	int qlast = min(q0 + BQ, T) - 1;
-	for (int k0 = 0; k0 <= qlast; k0 += BK) {
-		__syncthreads();
-		for (int e = threadIdx.x; e < BK * HD; e += blockDim.x) {
-			int r = e / HD, d = e % HD, jj = k0 + r;
-			Ks[r][d] = jj < T ? base[(long)jj * C3 + C + d] : 0.f;
-			Vs[r][d] = jj < T ? base[(long)jj * C3 + 2 * C + d] : 0.f;
-		}
-		__syncthreads();
-		if (i >= T) continue;
-		int jn = min(BK, i - k0 + 1);
-		for (int r = 0; r < jn; r++) {
-			float s = 0.f, dp = 0.f;
-#pragma unroll
-			for (int d = 0; d < HD; d++) {
-				s += q[d] * Ks[r][d];
-				dp += go[d] * Vs[r][d];
-			}
-			float p = exp2f(s * sc - Li);
-			float ds = p * (dp - Di);
-#pragma unroll
-			for (int d = 0; d < HD; d++) dq[d] += ds * Ks[r][d];
-		}
-	}
-	if (i < T) {
-		OutT* o = dqkv + ((long)b * T + i) * C3 + h * HD;
-#pragma unroll
-		for (int d = 0; d < HD; d++) o[d] = from_f<OutT>(dq[d] * scale);
-	}
-}
-
-#define ATTN_KERNELS(HD)                                                                                                       \
-	extern "C" __global__ void __launch_bounds__(64) attn_fwd_##HD##_f32(float* out, float* lse, const float* qkv, int B, int T, int NH, float scale) { \
-		attn_fwd<HD, float>(out, lse, qkv, B, T, NH, scale);                                                                   \
-	}                                                                                                                          \
-	extern "C" __global__ void __launch_bounds__(64) attn_fwd_##HD##_bf16(bf16* out, float* lse, const float* qkv, int B, int T, int NH, float scale) { \
-		attn_fwd<HD, bf16>(out, lse, qkv, B, T, NH, scale);                                                                    \
-	}                                                                                                                          \
-	extern "C" __global__ void __launch_bounds__(64) attn_bwd_dkdv_##HD##_f32(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) { \
-		attn_bwd_dkdv<HD, float>(dqkv, dout, qkv, lse, D, B, T, NH, scale);                                                    \
-	}                                                                                                                          \
-	extern "C" __global__ void __launch_bounds__(64) attn_bwd_dkdv_##HD##_bf16(bf16* dqkv, const float* dout, const float* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) { \
-		attn_bwd_dkdv<HD, bf16>(dqkv, dout, qkv, lse, D, B, T, NH, scale);                                                     \
-	}                                                                                                                          \
-	extern "C" __global__ void __launch_bounds__(64) attn_bwd_dq_##HD##_f32(float* dqkv, const float* dout, const float* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) { \
-		attn_bwd_dq<HD, float>(dqkv, dout, qkv, lse, D, B, T, NH, scale);                                                      \
-	}                                                                                                                          \
-	extern "C" __global__ void __launch_bounds__(64) attn_bwd_dq_##HD##_bf16(bf16* dqkv, const float* dout, const float* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) { \
-		attn_bwd_dq<HD, bf16>(dqkv, dout, qkv, lse, D, B, T, NH, scale);                                                       \
-	}
-
-ATTN_KERNELS(16)
-ATTN_KERNELS(32)
-ATTN_KERNELS(64)
 
 // ---------------------------------------------------------------- cross-entropy
 
@@ -795,6 +458,19 @@ extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc(bf16* out, float* 
 	}
 }
 
+// attn_bwd_pre_tc: D from a bf16 output gradient (the tensor-core path).
+extern "C" __global__ void attn_bwd_pre_tc(float* D, const bf16* dout, const bf16* out, int B, int T, int NH, int HD) {
+	GRID_STRIDE(r, (long)B * NH * T) {
+		int t = r % T;
+		long bh = r / T;
+		int b = bh / NH, h = bh % NH;
+		long off = ((long)b * T + t) * NH * HD + h * HD;
+		float s = 0.f;
+		for (int d = 0; d < HD; d++) s += to_f(dout[off + d]) * to_f(out[off + d]);
+		D[r] = s;
+	}
+}
+
 // attn_bwd_dq_tc: dQ for 64 queries per block, over the key tiles up to the diagonal.
 extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq_tc(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
 	__shared__ __align__(16) unsigned short Ks[TC_TILE * TC_PAD];
@@ -914,5 +590,129 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv_tc(bf16* dqkv, c
 			*(unsigned*)(dst + C + nt * 8 + tg * 2) = pack2(dk[nt][2 * r] * scale, dk[nt][2 * r + 1] * scale);
 			*(unsigned*)(dst + 2 * C + nt * 8 + tg * 2) = pack2(dv[nt][2 * r], dv[nt][2 * r + 1]);
 		}
+	}
+}
+
+// ---------------------------------------------------------------- fused kernels of the bf16 stage
+//
+// In bf16 mode the GEMMs write their products without bias (beta = 0, bf16 or
+// float32 output) and these kernels add the bias while doing the next step's work,
+// so no pass seeds an output buffer and nothing is read twice.
+
+// bias_add_bf16: x[r,c] += bias[c] (in place, bf16).
+extern "C" __global__ void bias_add_bf16(bf16* x, const float* bias, int N, int C) {
+	GRID_STRIDE(i, (long)N * C) x[i] = from_f<bf16>(to_f(x[i]) + bias[i % C]);
+}
+
+// residual_bias: out[r,c] += resid[r,c] + bias[c] (out holds a GEMM product).
+extern "C" __global__ void residual_bias(float* out, const float* resid, const float* bias, int N, int C) {
+	GRID_STRIDE(i, (long)N * C) out[i] += resid[i] + bias[i % C];
+}
+
+// residual_bias_ln: res = res + resid + bias (res holds a GEMM product), then
+// ln = LayerNorm(res)·w + b in bf16, keeping mean and 1/std. One warp per row.
+extern "C" __global__ void residual_bias_ln(float* res, const float* resid, const float* bias, bf16* ln, float* mean, float* rstd,
+                                            const float* w, const float* b, int N, int C) {
+	int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+	int lane = threadIdx.x & 31;
+	if (row >= N) return;
+	float* x = res + (long)row * C;
+	const float* rr = resid + (long)row * C;
+	float s = 0.f;
+	for (int c = lane; c < C; c += 32) {
+		float v = x[c] + rr[c] + bias[c];
+		x[c] = v;
+		s += v;
+	}
+	float m = warp_sum(s) / C;
+	float v2 = 0.f;
+	for (int c = lane; c < C; c += 32) { float d = x[c] - m; v2 += d * d; }
+	float r = rsqrtf(warp_sum(v2) / C + 1e-5f);
+	bf16* o = ln + (long)row * C;
+	for (int c = lane; c < C; c += 32) o[c] = from_f<bf16>((x[c] - m) * r * w[c] + b[c]);
+	if (lane == 0) { mean[row] = m; rstd[row] = r; }
+}
+
+// bias_gelu_bf16: h = h + bias (kept, bf16: the backward's input), g = gelu(h).
+extern "C" __global__ void bias_gelu_bf16(bf16* h, bf16* g, const float* bias, int N, int C) {
+	GRID_STRIDE(i, (long)N * C) {
+		bf16 hb = from_f<bf16>(to_f(h[i]) + bias[i % C]);
+		h[i] = hb;
+		float x = to_f(hb);
+		float u = GELU_K * (x + 0.044715f * x * x * x);
+		g[i] = from_f<bf16>(0.5f * x * (1.f + tanhf(u)));
+	}
+}
+
+// gelu_bwd_inplace_bf16: d = gelu'(h)·d (bf16 in place).
+extern "C" __global__ void gelu_bwd_inplace_bf16(bf16* d, const bf16* h, long n) {
+	GRID_STRIDE(i, n) {
+		float x = to_f(h[i]);
+		float u = GELU_K * (x + 0.044715f * x * x * x);
+		float th = tanhf(u);
+		float gd = 0.5f * (1.f + th) + 0.5f * x * (1.f - th * th) * GELU_K * (1.f + 3.f * 0.044715f * x * x);
+		d[i] = from_f<bf16>(gd * to_f(d[i]));
+	}
+}
+
+// layernorm_bwd_reg: layernorm_bwd for C <= 1024 with each lane's share of a row in
+// registers and dw, db gathered in registers across the warp's rows (one shared
+// atomic per element and warp instead of one per element and row).
+#define LNB_J 32
+extern "C" __global__ void layernorm_bwd_reg(float* dinp, float* dw, float* db, const float* dout, const float* inp, const float* w,
+                                             const float* mean, const float* rstd, int N, int C, int rowsPerBlock) {
+	extern __shared__ float sh[];
+	float* sdw = sh;
+	float* sdb = sh + C;
+	for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) sh[c] = 0.f;
+	__syncthreads();
+	int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x & 31;
+	int first = blockIdx.x * rowsPerBlock;
+	int last = min(first + rowsPerBlock, N);
+	float pdw[LNB_J], pdb[LNB_J];
+#pragma unroll
+	for (int j = 0; j < LNB_J; j++) { pdw[j] = 0.f; pdb[j] = 0.f; }
+	for (int row = first + wid; row < last; row += warps) {
+		const float* x = inp + (long)row * C;
+		const float* g = dout + (long)row * C;
+		float m = mean[row], r = rstd[row];
+		float xh[LNB_J], gv[LNB_J];
+		float sumD = 0.f, sumDX = 0.f;
+#pragma unroll
+		for (int j = 0; j < LNB_J; j++) {
+			int c = j * 32 + lane;
+			xh[j] = 0.f;
+			gv[j] = 0.f;
+			if (c < C) {
+				xh[j] = (x[c] - m) * r;
+				gv[j] = g[c];
+				float dn = gv[j] * w[c];
+				sumD += dn;
+				sumDX += dn * xh[j];
+				pdw[j] += gv[j] * xh[j];
+				pdb[j] += gv[j];
+			}
+		}
+		sumD = warp_sum(sumD) / C;
+		sumDX = warp_sum(sumDX) / C;
+		float* di = dinp + (long)row * C;
+#pragma unroll
+		for (int j = 0; j < LNB_J; j++) {
+			int c = j * 32 + lane;
+			if (c < C) di[c] += r * (gv[j] * w[c] - sumD - xh[j] * sumDX);
+		}
+	}
+#pragma unroll
+	for (int j = 0; j < LNB_J; j++) {
+		int c = j * 32 + lane;
+		if (c < C) {
+			atomicAdd(&sdw[c], pdw[j]);
+			atomicAdd(&sdb[c], pdb[j]);
+		}
+	}
+	__syncthreads();
+	for (int c = threadIdx.x; c < C; c += blockDim.x) {
+		atomicAdd(&dw[c], sdw[c]);
+		atomicAdd(&db[c], sdb[c]);
 	}
 }

@@ -8,49 +8,85 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 	"unsafe"
 )
 
-//go:embed kernels.cu
-var kernelSource string
+var (
+	//go:embed common.cuh
+	commonSource string
+	//go:embed kernels.cu
+	coreSource string
+	//go:embed attention_f32.cu
+	attnF32Source string
+)
 
 // EnvCacheDir overrides where compiled kernels are cached
 // (default: the user cache directory, swarmnode/cuda).
 const EnvCacheDir = "SWARMNODE_CUDA_CACHE"
 
-// kernelSet is the loaded module and its functions, looked up on first use.
-type kernelSet struct {
-	module  uintptr
+// Kernel modules, compiled separately and only when first needed: the float32
+// attention kernels take most of NVRTC's time and the bf16 path never uses them.
+const (
+	modCore    = "kernels"
+	modAttnF32 = "attention_f32"
+)
+
+func moduleSource(name string) string {
+	if name == modAttnF32 {
+		return commonSource + attnF32Source
+	}
+	return commonSource + coreSource
+}
+
+// moduleOf names the module holding kernel fn.
+func moduleOf(fn string) string {
+	if strings.HasPrefix(fn, "attn_") && !strings.Contains(fn, "_tc") {
+		return modAttnF32
+	}
+	return modCore
+}
+
+// module is one loaded cubin and its functions, looked up on first use.
+type module struct {
+	handle  uintptr
 	funcs   map[string]uintptr
 	cached  bool          // the cubin came from the disk cache
 	compile time.Duration // NVRTC time when it did not
 }
 
+type kernelSet struct{ mods map[string]*module }
+
 func (k *kernelSet) unload() {
-	if k.module != 0 {
-		_ = drvModuleUnload(k.module)
+	for _, m := range k.mods {
+		_ = drvModuleUnload(m.handle)
 	}
 }
 
-// KernelStats reports whether the kernels came from the disk cache and, if not,
-// how long NVRTC took. It loads the kernels if needed.
+// KernelStats reports, for the core kernel module, whether it came from the disk
+// cache and, if not, how long NVRTC took. It loads the module if needed.
 func (c *Ctx) KernelStats() (cached bool, compile time.Duration, err error) {
-	if err := c.loadKernels(); err != nil {
+	m, err := c.module(modCore)
+	if err != nil {
 		return false, 0, err
 	}
-	return c.kernels.cached, c.kernels.compile, nil
+	return m.cached, m.compile, nil
 }
 
-func (c *Ctx) loadKernels() error {
-	if c.kernels != nil {
-		return nil
+func (c *Ctx) module(name string) (*module, error) {
+	if c.kernels == nil {
+		c.kernels = &kernelSet{mods: map[string]*module{}}
+	}
+	if m, ok := c.kernels.mods[name]; ok {
+		return m, nil
 	}
 	info := c.d.info
+	src := moduleSource(name)
 	arch := fmt.Sprintf("sm_%d%d", info.CCMajor, info.CCMinor)
 	opts := []string{"--gpu-architecture=" + arch, "-std=c++17", "-DSN_NVRTC=1"}
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%q\x00nvrtc %d.%d\x00", kernelSource, opts, info.NVRTC[0], info.NVRTC[1])
+	fmt.Fprintf(h, "%s\x00%q\x00nvrtc %d.%d\x00", src, opts, info.NVRTC[0], info.NVRTC[1])
 	key := hex.EncodeToString(h.Sum(nil))[:32]
 	dir := os.Getenv(EnvCacheDir)
 	if dir == "" {
@@ -60,76 +96,53 @@ func (c *Ctx) loadKernels() error {
 	}
 	var path string
 	if dir != "" {
-		path = filepath.Join(dir, key+"."+arch+".cubin")
+		path = filepath.Join(dir, name+"-"+key+"."+arch+".cubin")
 	}
-	ks := &kernelSet{funcs: map[string]uintptr{}}
-	var cubin []byte
+	m := &module{funcs: map[string]uintptr{}}
 	if path != "" {
 		if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
-			cubin, ks.cached = b, true
-		}
-	}
-	if cubin == nil {
-		t0 := time.Now()
-		b, log, err := rtcCompile(kernelSource, "kernels.cu", opts)
-		if err != nil {
-			return fmt.Errorf("cuda: compiling kernels for %s: %v\n%s", arch, err, log)
-		}
-		cubin, ks.compile = b, time.Since(t0)
-		if path != "" {
-			// The cache is an optimisation: a read-only or full disk only costs a recompile.
-			if os.MkdirAll(dir, 0o755) == nil {
-				tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
-				if os.WriteFile(tmp, cubin, 0o644) == nil {
-					_ = os.Rename(tmp, path)
-				}
+			if hdl, err := drvModuleLoad(b); err == nil {
+				m.handle, m.cached = hdl, true
+			} else {
+				_ = os.Remove(path) // a corrupt entry: compile afresh
 			}
 		}
 	}
-	m, err := drvModuleLoad(cubin)
-	if err != nil && ks.cached {
-		// A corrupt cache entry: drop it and compile afresh.
-		_ = os.Remove(path)
-		c.kernels = nil
-		return c.loadKernelsFresh(opts, path, arch)
+	if !m.cached {
+		t0 := time.Now()
+		cubin, log, err := rtcCompile(src, name+".cu", opts)
+		if err != nil {
+			return nil, fmt.Errorf("cuda: compiling %s.cu for %s: %v\n%s", name, arch, err, log)
+		}
+		m.compile = time.Since(t0)
+		if m.handle, err = drvModuleLoad(cubin); err != nil {
+			return nil, err
+		}
+		// The cache is an optimisation: a read-only or full disk only costs a recompile.
+		if path != "" && os.MkdirAll(dir, 0o755) == nil {
+			tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
+			if os.WriteFile(tmp, cubin, 0o644) == nil {
+				_ = os.Rename(tmp, path)
+			}
+		}
 	}
-	if err != nil {
-		return err
-	}
-	ks.module = m
-	c.kernels = ks
-	return nil
-}
-
-func (c *Ctx) loadKernelsFresh(opts []string, path, arch string) error {
-	t0 := time.Now()
-	b, log, err := rtcCompile(kernelSource, "kernels.cu", opts)
-	if err != nil {
-		return fmt.Errorf("cuda: compiling kernels for %s: %v\n%s", arch, err, log)
-	}
-	m, err := drvModuleLoad(b)
-	if err != nil {
-		return err
-	}
-	if path != "" {
-		_ = os.WriteFile(path, b, 0o644)
-	}
-	c.kernels = &kernelSet{module: m, funcs: map[string]uintptr{}, compile: time.Since(t0)}
-	return nil
+	c.kernels.mods[name] = m
+	return m, nil
 }
 
 func (c *Ctx) function(name string) (uintptr, error) {
-	if err := c.loadKernels(); err != nil {
-		return 0, err
-	}
-	if f, ok := c.kernels.funcs[name]; ok {
-		return f, nil
-	}
-	f, err := drvModuleFunction(c.kernels.module, name)
+	m, err := c.module(moduleOf(name))
 	if err != nil {
 		return 0, err
 	}
-	c.kernels.funcs[name] = f
+	if f, ok := m.funcs[name]; ok {
+		return f, nil
+	}
+	f, err := drvModuleFunction(m.handle, name)
+	if err != nil {
+		return 0, err
+	}
+	m.funcs[name] = f
 	return f, nil
 }
 

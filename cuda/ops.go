@@ -244,7 +244,11 @@ func (c *Ctx) LayerNormBackward(dinp, dw, db, dout, inp, w, mean, rstd Buf, N, C
 		return fmt.Errorf("cuda: layernorm backward supports C <= 6144, got %d", C)
 	}
 	const rows = 32
-	return c.launch("layernorm_bwd", grid1(N, rows), dim3{256, 1, 1}, shmem, dinp, dw, db, dout, inp, w, mean, rstd, N, C, rows)
+	name := "layernorm_bwd"
+	if C <= 1024 {
+		name = "layernorm_bwd_reg" // partial sums in registers
+	}
+	return c.launch(name, grid1(N, rows), dim3{256, 1, 1}, shmem, dinp, dw, db, dout, inp, w, mean, rstd, N, C, rows)
 }
 
 // GeluForward computes out = gelu(inp) (tanh form); out is float32 or bfloat16.
@@ -527,4 +531,74 @@ func (c *Ctx) DequantizeInt8(x, q, scales Buf, bs int) error {
 		return err
 	}
 	return c.launch("dequantize_int8", c.ewGrid(x.N), ewThreads, 0, x, q, scales, int64(x.N), bs)
+}
+
+// BiasAdd adds bias [C] to every row of the bfloat16 matrix x [N,C] in place.
+func (c *Ctx) BiasAdd(x, bias Buf, N, C int) error {
+	if err := need("bias add x", x, BF16, N*C); err != nil {
+		return err
+	}
+	if err := need("bias add bias", bias, F32, C); err != nil {
+		return err
+	}
+	return c.launch("bias_add_bf16", c.ewGrid(N*C), ewThreads, 0, x, bias, N, C)
+}
+
+// ResidualBias computes out += resid + bias for out, resid [N,C] and bias [C]
+// (float32): the end of a residual branch whose GEMM wrote its product into out.
+func (c *Ctx) ResidualBias(out, resid, bias Buf, N, C int) error {
+	if err := need("residual bias out", out, F32, N*C); err != nil {
+		return err
+	}
+	if err := need("residual bias resid", resid, F32, N*C); err != nil {
+		return err
+	}
+	if err := need("residual bias bias", bias, F32, C); err != nil {
+		return err
+	}
+	return c.launch("residual_bias", c.ewGrid(N*C), ewThreads, 0, out, resid, bias, N, C)
+}
+
+// ResidualBiasLayerNorm computes res += resid + bias (float32, res holding a GEMM
+// product), then ln = LayerNorm(res) with w, b in bfloat16, keeping mean and rstd.
+func (c *Ctx) ResidualBiasLayerNorm(res, resid, bias, ln, mean, rstd, w, b Buf, N, C int) error {
+	for _, x := range []struct {
+		name string
+		b    Buf
+		n    int
+	}{{"res", res, N * C}, {"resid", resid, N * C}, {"bias", bias, C}, {"mean", mean, N}, {"rstd", rstd, N}, {"w", w, C}, {"b", b, C}} {
+		if err := need("residual layernorm "+x.name, x.b, F32, x.n); err != nil {
+			return err
+		}
+	}
+	if err := need("residual layernorm out", ln, BF16, N*C); err != nil {
+		return err
+	}
+	return c.launch("residual_bias_ln", grid1(N, 8), dim3{256, 1, 1}, 0, res, resid, bias, ln, mean, rstd, w, b, N, C)
+}
+
+// BiasGelu adds bias to the bfloat16 GEMM product h [N,C] in place (the backward's
+// input) and writes g = gelu(h) in bfloat16.
+func (c *Ctx) BiasGelu(h, g, bias Buf, N, C int) error {
+	if err := need("bias gelu h", h, BF16, N*C); err != nil {
+		return err
+	}
+	if err := need("bias gelu g", g, BF16, N*C); err != nil {
+		return err
+	}
+	if err := need("bias gelu bias", bias, F32, C); err != nil {
+		return err
+	}
+	return c.launch("bias_gelu_bf16", c.ewGrid(N*C), ewThreads, 0, h, g, bias, N, C)
+}
+
+// GeluBackwardInPlace computes d = gelu'(h)·d for bfloat16 d and h.
+func (c *Ctx) GeluBackwardInPlace(d, h Buf) error {
+	if err := need("gelu bwd d", d, BF16, d.N); err != nil {
+		return err
+	}
+	if err := need("gelu bwd h", h, BF16, d.N); err != nil {
+		return err
+	}
+	return c.launch("gelu_bwd_inplace_bf16", c.ewGrid(d.N), ewThreads, 0, d, h, int64(d.N))
 }

@@ -3,6 +3,7 @@ package cuda
 import (
 	"fmt"
 	"math"
+	"math/rand"
 	"testing"
 )
 
@@ -159,7 +160,11 @@ func TestEncoder(t *testing.T) {
 func TestLayerNorm(t *testing.T) {
 	device(t)
 	r := newRand(t)
-	const N, C = 77, 200
+	testLayerNorm(t, r, 77, 200)  // partial sums in registers
+	testLayerNorm(t, r, 40, 1100) // the general kernel
+}
+
+func testLayerNorm(t *testing.T, r *rand.Rand, N, C int) {
 	x, w, b := randn(r, N*C, 2), randn(r, C, 1), randn(r, C, 1)
 	for i := range x {
 		x[i] += 0.5
@@ -487,4 +492,52 @@ func TestQuantizeInt8(t *testing.T) {
 		}
 	}
 	t.Logf("int8 round trip of %d values in blocks of %d checked", n, bs)
+}
+
+func TestFusedBF16Ops(t *testing.T) {
+	device(t)
+	r := newRand(t)
+	const N, C = 45, 160
+	y, resid, bias := randn(r, N*C, 1), randn(r, N*C, 1), randn(r, C, 1)
+	w, b := randn(r, C, 1), randn(r, C, 1)
+	h, d := randn(r, N*C, 1), randn(r, N*C, 1)
+	hb, db := bf16Round(h), bf16Round(d)
+	refRes := make([]float64, N*C)
+	refBias := make([]float64, N*C)
+	refH, refG, refD := make([]float64, N*C), make([]float64, N*C), make([]float64, N*C)
+	for i := range refRes {
+		refRes[i] = float64(y[i]) + float64(resid[i]) + float64(bias[i%C])
+		refBias[i] = float64(hb[i]) + float64(bias[i%C])
+		refH[i] = refBias[i]
+		refG[i] = refGelu(refH[i])
+		refD[i] = refGeluGrad(float64(hb[i])) * float64(db[i])
+	}
+	refLN, refM, refR := refLayerNorm(refRes, f64(w), f64(b), N, C)
+	var res, res2, ln, mean, rstd, ba, gh, gg, gd []float32
+	run(t, func(g *gpu) {
+		R := g.up(y)
+		g.check(g.c.ResidualBias(R, g.up(resid), g.up(bias), N, C))
+		res = g.down(R)
+		R2, L, M, S := g.up(y), g.alloc(BF16, N*C), g.alloc(F32, N), g.alloc(F32, N)
+		g.check(g.c.ResidualBiasLayerNorm(R2, g.up(resid), g.up(bias), L, M, S, g.up(w), g.up(b), N, C))
+		res2, ln, mean, rstd = g.down(R2), g.down(L), g.down(M), g.down(S)
+		X := g.upBF16(h)
+		g.check(g.c.BiasAdd(X, g.up(bias), N, C))
+		ba = g.down(X)
+		H, G := g.upBF16(h), g.alloc(BF16, N*C)
+		g.check(g.c.BiasGelu(H, G, g.up(bias), N, C))
+		gh, gg = g.down(H), g.down(G)
+		D := g.upBF16(d)
+		g.check(g.c.GeluBackwardInPlace(D, g.upBF16(h)))
+		gd = g.down(D)
+	})
+	checkErr(t, "residual bias", res, refRes, tolF32)
+	checkErr(t, "residual bias layernorm res", res2, refRes, tolF32)
+	checkErr(t, "residual bias layernorm out", ln, refLN, tolBF16)
+	checkErr(t, "residual bias layernorm mean", mean, refM, tolF32)
+	checkErr(t, "residual bias layernorm rstd", rstd, refR, tolF32)
+	checkErr(t, "bias add bf16", ba, refBias, tolBF16)
+	checkErr(t, "bias gelu h", gh, refH, tolBF16)
+	checkErr(t, "bias gelu g", gg, refG, tolBF16)
+	checkErr(t, "gelu backward in place", gd, refD, tolBF16)
 }

@@ -179,7 +179,7 @@ func (s *Stage) Backward(p *Pass, dout []float32) ([]float32, error) {
 		}
 		var d Buf
 		if !s.cfg.IsLast {
-			d = sc.datty.Slice(0, N*C) // staging for the upload; BackwardOn copies it first
+			d = sc.dln.Slice(0, N*C) // staging for the upload; BackwardOn copies it to dres first
 			if err := c.Upload(d, dout); err != nil {
 				return err
 			}
@@ -234,6 +234,13 @@ func (s *Stage) ForwardOn(c *Ctx, p *Pass) error {
 		k := &a.blocks[i]
 		k.in = x
 		bv := &s.lay.blocks[i]
+		if s.tc {
+			if err := s.fusedBlockForward(c, k, bv, B, T); err != nil {
+				return fmt.Errorf("block %d forward: %w", s.cfg.First+i, err)
+			}
+			x = k.out
+			continue
+		}
 		labels := []string{"fwd ln1", "fwd qkv gemm", "fwd attention", "fwd attn proj gemm", "fwd ln2", "fwd fc gemm", "fwd gelu", "fwd fc proj gemm"}
 		steps := []func() error{
 			func() error {
@@ -242,15 +249,7 @@ func (s *Stage) ForwardOn(c *Ctx, p *Pass) error {
 			func() error {
 				return c.LinearForward(k.qkv, k.ln1, s.weight(bv.qkvw), s.param(bv.qkvb), Buf{}, N, C, 3*C, s.mode)
 			},
-			func() error {
-				if !s.tc {
-					return c.AttentionForward(k.atty, k.lse, k.qkv, B, T, C, NH)
-				}
-				if err := c.Cast(k.qkvb, k.qkv); err != nil {
-					return err
-				}
-				return c.AttentionForward(k.atty, k.lse, k.qkvb, B, T, C, NH)
-			},
+			func() error { return c.AttentionForward(k.atty, k.lse, k.qkv, B, T, C, NH) },
 			func() error {
 				return c.LinearForward(k.res2, k.atty, s.weight(bv.attpw), s.param(bv.attpb), k.in, N, C, C, s.mode)
 			},
@@ -337,6 +336,12 @@ func (s *Stage) BackwardOn(c *Ctx, p *Pass, dout Buf) error {
 	for i := len(a.blocks) - 1; i >= 0; i-- {
 		k := &a.blocks[i]
 		bv := &s.lay.blocks[i]
+		if s.tc {
+			if err := s.fusedBlockBackward(c, k, bv, sc, B, T); err != nil {
+				return fmt.Errorf("block %d backward: %w", s.cfg.First+i, err)
+			}
+			continue
+		}
 		labels := []string{"bwd cast", "bwd fc proj gemms", "bwd fc proj bias", "bwd gelu", "bwd fc gemms+bias", "bwd ln2",
 			"bwd cast", "bwd attn proj gemms", "bwd attn proj bias", "bwd attention", "bwd qkv gemms+bias", "bwd ln1"}
 		steps := []func() error{
@@ -359,16 +364,7 @@ func (s *Stage) BackwardOn(c *Ctx, p *Pass, dout Buf) error {
 				return c.LinearBackward(datty, s.grad(bv.attpw), Buf{}, dresOp, k.atty, s.weight(bv.attpw), N, C, C, false, s.mode)
 			},
 			func() error { return c.BiasGrad(s.grad(bv.attpb), dres, N, C) },
-			func() error {
-				if !s.tc {
-					return c.AttentionBackward(dqkv, sc.attnD, datty, k.qkv, k.atty, k.lse, B, T, C, NH)
-				}
-				dop := sc.dattyOp.Slice(0, N*C)
-				if err := c.Cast(dop, datty); err != nil {
-					return err
-				}
-				return c.AttentionBackward(dqkv, sc.attnD, dop, k.qkvb, k.atty, k.lse, B, T, C, NH)
-			},
+			func() error { return c.AttentionBackward(dqkv, sc.attnD, datty, k.qkv, k.atty, k.lse, B, T, C, NH) },
 			func() error {
 				return c.LinearBackward(dln, s.grad(bv.qkvw), s.grad(bv.qkvb), dqkv, k.ln1, s.weight(bv.qkvw), N, C, 3*C, false, s.mode)
 			},
@@ -440,4 +436,100 @@ func (s *Stage) Profile() map[string]float64 {
 		out[k] = v
 	}
 	return out
+}
+
+// fusedBlockForward is a block's forward in bf16 with tensor-core attention: the
+// GEMMs write bare products (bf16 where the next op reads bf16) and fused kernels
+// add the biases while doing the next step's work.
+func (s *Stage) fusedBlockForward(c *Ctx, k *blockActs, bv *blockViews, B, T int) error {
+	m := s.cfg.Model
+	C, NH, N := m.DModel, m.NHead, B*T
+	steps := []struct {
+		label string
+		fn    func() error
+	}{
+		{"fwd ln1", func() error {
+			return c.LayerNormForward(k.ln1, k.ln1m, k.ln1r, k.in, s.param(bv.ln1w), s.param(bv.ln1b), N, C)
+		}},
+		{"fwd qkv gemm", func() error {
+			return c.Gemm(false, false, N, 3*C, C, 1, k.ln1, C, s.weight(bv.qkvw), 3*C, 0, k.qkvb, 3*C, s.mode)
+		}},
+		{"fwd qkv bias", func() error { return c.BiasAdd(k.qkvb, s.param(bv.qkvb), N, 3*C) }},
+		{"fwd attention", func() error { return c.AttentionForward(k.atty, k.lse, k.qkvb, B, T, C, NH) }},
+		{"fwd attn proj gemm", func() error {
+			return c.Gemm(false, false, N, C, C, 1, k.atty, C, s.weight(bv.attpw), C, 0, k.res2, C, s.mode)
+		}},
+		{"fwd residual+bias+ln2", func() error {
+			return c.ResidualBiasLayerNorm(k.res2, k.in, s.param(bv.attpb), k.ln2, k.ln2m, k.ln2r, s.param(bv.ln2w), s.param(bv.ln2b), N, C)
+		}},
+		{"fwd fc gemm", func() error {
+			return c.Gemm(false, false, N, 4*C, C, 1, k.ln2, C, s.weight(bv.fcw), 4*C, 0, k.fch, 4*C, s.mode)
+		}},
+		{"fwd bias+gelu", func() error { return c.BiasGelu(k.fch, k.fchg, s.param(bv.fcb), N, 4*C) }},
+		{"fwd fc proj gemm", func() error {
+			return c.Gemm(false, false, N, C, 4*C, 1, k.fchg, 4*C, s.weight(bv.fcpw), C, 0, k.out, C, s.mode)
+		}},
+		{"fwd residual+bias", func() error { return c.ResidualBias(k.out, k.res2, s.param(bv.fcpb), N, C) }},
+	}
+	for _, st := range steps {
+		if err := s.timed(c, st.label, st.fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fusedBlockBackward is the backward of fusedBlockForward: sc.dres holds the
+// gradient of the block's output and becomes the gradient of its input.
+func (s *Stage) fusedBlockBackward(c *Ctx, k *blockActs, bv *blockViews, sc *scratch, B, T int) error {
+	m := s.cfg.Model
+	C, NH, N := m.DModel, m.NHead, B*T
+	dres, dresOp := sc.dres.Slice(0, N*C), sc.dresOp.Slice(0, N*C)
+	dh, dln := sc.dhOp.Slice(0, 4*N*C), sc.dln.Slice(0, N*C)
+	datty, dqkv := sc.dattyOp.Slice(0, N*C), sc.dqkv.Slice(0, 3*N*C)
+	steps := []struct {
+		label string
+		fn    func() error
+	}{
+		// MLP branch: out = res2 + gelu(ln2·Wfc + bfc)·Wp + bp.
+		{"bwd cast", func() error { return c.Cast(dresOp, dres) }},
+		{"bwd fc proj gemms", func() error {
+			if err := c.Gemm(false, true, N, 4*C, C, 1, dresOp, C, s.weight(bv.fcpw), C, 0, dh, 4*C, s.mode); err != nil {
+				return err
+			}
+			return c.Gemm(true, false, 4*C, C, N, 1, k.fchg, 4*C, dresOp, C, 1, s.grad(bv.fcpw), C, s.mode)
+		}},
+		{"bwd fc proj bias", func() error { return c.BiasGrad(s.grad(bv.fcpb), dres, N, C) }},
+		{"bwd gelu", func() error { return c.GeluBackwardInPlace(dh, k.fch) }},
+		{"bwd fc gemms+bias", func() error {
+			return c.LinearBackward(dln, s.grad(bv.fcw), s.grad(bv.fcb), dh, k.ln2, s.weight(bv.fcw), N, C, 4*C, false, s.mode)
+		}},
+		{"bwd ln2", func() error {
+			return c.LayerNormBackward(dres, s.grad(bv.ln2w), s.grad(bv.ln2b), dln, k.res2, s.param(bv.ln2w), k.ln2m, k.ln2r, N, C)
+		}},
+		// Attention branch: res2 = in + attn(ln1·Wqkv + bqkv)·Wp + bp.
+		{"bwd cast", func() error { return c.Cast(dresOp, dres) }},
+		{"bwd attn proj gemms", func() error {
+			if err := c.Gemm(false, true, N, C, C, 1, dresOp, C, s.weight(bv.attpw), C, 0, datty, C, s.mode); err != nil {
+				return err
+			}
+			return c.Gemm(true, false, C, C, N, 1, k.atty, C, dresOp, C, 1, s.grad(bv.attpw), C, s.mode)
+		}},
+		{"bwd attn proj bias", func() error { return c.BiasGrad(s.grad(bv.attpb), dres, N, C) }},
+		{"bwd attention", func() error {
+			return c.AttentionBackward(dqkv, sc.attnD, datty, k.qkvb, k.atty, k.lse, B, T, C, NH)
+		}},
+		{"bwd qkv gemms+bias", func() error {
+			return c.LinearBackward(dln, s.grad(bv.qkvw), s.grad(bv.qkvb), dqkv, k.ln1, s.weight(bv.qkvw), N, C, 3*C, false, s.mode)
+		}},
+		{"bwd ln1", func() error {
+			return c.LayerNormBackward(dres, s.grad(bv.ln1w), s.grad(bv.ln1b), dln, k.in, s.param(bv.ln1w), k.ln1m, k.ln1r, N, C)
+		}},
+	}
+	for _, st := range steps {
+		if err := s.timed(c, st.label, st.fn); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -326,13 +326,16 @@ func (s *Stage) newActs(c *Ctx, B, T int) (*acts, error) {
 	for range s.lay.blocks {
 		var k blockActs
 		k.ln1, k.ln1m, k.ln1r = alloc(s.op, N*C), alloc(F32, N), alloc(F32, N)
-		k.qkv, k.atty, k.lse = alloc(F32, 3*N*C), alloc(s.op, N*C), alloc(F32, B*NH*T)
+		k.atty, k.lse = alloc(s.op, N*C), alloc(F32, B*NH*T)
 		k.res2 = alloc(F32, N*C)
-		if s.tc {
-			k.qkvb = alloc(BF16, 3*N*C)
-		}
 		k.ln2, k.ln2m, k.ln2r = alloc(s.op, N*C), alloc(F32, N), alloc(F32, N)
-		k.fch, k.fchg, k.out = alloc(F32, 4*N*C), alloc(s.op, 4*N*C), alloc(F32, N*C)
+		k.fchg, k.out = alloc(s.op, 4*N*C), alloc(F32, N*C)
+		if s.tc {
+			// The fused bf16 path keeps q, k, v and the MLP pre-activation in bf16.
+			k.qkvb, k.fch = alloc(BF16, 3*N*C), alloc(BF16, 4*N*C)
+		} else {
+			k.qkv, k.fch = alloc(F32, 3*N*C), alloc(F32, 4*N*C)
+		}
 		a.blocks = append(a.blocks, k)
 	}
 	if s.cfg.IsLast {
@@ -365,7 +368,7 @@ type scratch struct {
 }
 
 func (sc *scratch) free(free func(Buf)) {
-	for _, b := range []Buf{sc.dres, sc.dh, sc.dln, sc.datty, sc.attnD} {
+	for _, b := range []Buf{sc.dres, sc.dh, sc.dln, sc.datty, sc.attnD, sc.dqkv, sc.dattyOp} {
 		free(b)
 	}
 	if sc.dresOp.Ptr != sc.dres.Ptr {
@@ -374,8 +377,6 @@ func (sc *scratch) free(free func(Buf)) {
 	if sc.dhOp.Ptr != sc.dh.Ptr {
 		free(sc.dhOp)
 	}
-	free(sc.dqkv)
-	free(sc.dattyOp)
 }
 
 func (s *Stage) scratchFor(c *Ctx, B, T int) (*scratch, error) {
@@ -398,14 +399,16 @@ func (s *Stage) scratchFor(c *Ctx, B, T int) (*scratch, error) {
 		b, err = c.Alloc(t, n)
 		return b
 	}
-	sc.dres, sc.dh, sc.dln, sc.datty = alloc(F32, N*C), alloc(F32, 4*N*C), alloc(F32, N*C), alloc(F32, N*C)
+	sc.dres, sc.dln = alloc(F32, N*C), alloc(F32, N*C)
 	sc.attnD, sc.dqkv = alloc(F32, B*NH*T), alloc(s.op, 3*N*C)
-	if s.tc {
-		sc.dattyOp = alloc(BF16, N*C)
-	}
-	if s.op == BF16 {
+	switch {
+	case s.tc: // the fused path's GEMMs write bf16 gradients directly
+		sc.dattyOp, sc.dresOp, sc.dhOp = alloc(BF16, N*C), alloc(BF16, N*C), alloc(BF16, 4*N*C)
+	case s.op == BF16:
+		sc.dh, sc.datty = alloc(F32, 4*N*C), alloc(F32, N*C)
 		sc.dresOp, sc.dhOp = alloc(BF16, N*C), alloc(BF16, 4*N*C)
-	} else {
+	default:
+		sc.dh, sc.datty = alloc(F32, 4*N*C), alloc(F32, N*C)
 		sc.dresOp, sc.dhOp = sc.dres, sc.dh
 	}
 	if err != nil {
