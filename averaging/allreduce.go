@@ -211,6 +211,11 @@ func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, snap [
 	for c, clo := 0, lo; clo < hi; c, clo = c+1, clo+cf {
 		chi := min(clo+cf, hi)
 		out := tmp[:chi-clo]
+		// A reducer may wait StallTimeout for the slowest part before it answers;
+		// one that takes twice that is hanging, and its shard stays local.
+		if t := time.Now().Add(2 * a.o.StallTimeout); t.Before(rr.deadline) {
+			_ = s.SetReadDeadline(t)
+		}
 		if rbuf, err = readChunk(s, rbuf, a.o.Codec, j, c, out); err != nil {
 			s.Reset()
 			return fmt.Errorf("result chunk %d: %w", c, err)

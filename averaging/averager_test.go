@@ -437,3 +437,73 @@ func equalIDs(a, b []peer.ID) bool {
 	}
 	return true
 }
+
+// blockingSource stands for a member whose trainer holds its lock: every Read
+// blocks until release is closed.
+type blockingSource struct {
+	*vecSource
+	release chan struct{}
+}
+
+func (s blockingSource) Read(off int, dst []float32) {
+	<-s.release
+	s.vecSource.Read(off, dst)
+}
+
+// TestHangingMember: a member that joins and then sends nothing (its source
+// blocks) is left out by the others after StallTimeout, as sender and as
+// reducer, and they finish well before the deadline.
+func TestHangingMember(t *testing.T) {
+	const n = 30_000
+	rng := rand.New(rand.NewPCG(6, 6))
+	vecs := make([][]float32, 4)
+	for i := range vecs {
+		vecs[i] = randVec(rng, n, 1)
+	}
+	weights := []float64{1, 2, 3, 4}
+	o := Options{ChunkFloats: 2000, Deadline: 10 * time.Second, Matchmaking: 2 * time.Second, StallTimeout: 300 * time.Millisecond}
+	ms := newGroup(t, 4, vecs, weights, o)
+	const hung = 3
+	release := make(chan struct{})
+	ms[hung].avg.src = blockingSource{ms[hung].src, release}
+
+	res := make([]Result, 4)
+	errs := make([]error, 4)
+	var wg, hw sync.WaitGroup
+	for i, m := range ms {
+		g := &wg
+		if i == hung {
+			g = &hw
+		}
+		g.Go(func() { res[i], errs[i] = m.avg.Round(context.Background(), 11) })
+	}
+	wg.Wait()
+	close(release)
+	hw.Wait()
+	want := weightedMean(vecs[:3], weights[:3])
+	for i := range 3 {
+		if errs[i] != nil {
+			t.Fatalf("member %d: %v", i, errs[i])
+		}
+		if res[i].Took >= o.Deadline/2 {
+			t.Errorf("member %d took %s with a %s stall timeout", i, res[i].Took, o.StallTimeout)
+		}
+		hi := -1
+		for j, p := range res[i].Members {
+			if p == ms[hung].h.ID() {
+				hi = j
+			}
+		}
+		lo, up := shardRange(n, 4, hi)
+		for k, x := range ms[i].src.vec {
+			ref := want[k]
+			if k >= lo && k < up {
+				ref = float64(vecs[i][k])
+			}
+			if math.Abs(float64(x)-ref) > 1e-6 {
+				t.Fatalf("member %d value %d: %v, want %v", i, k, x, ref)
+			}
+		}
+	}
+	waitNoGoroutines(t)
+}

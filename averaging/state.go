@@ -14,6 +14,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
@@ -334,6 +335,9 @@ type FetchOptions struct {
 	MaxFloats int
 	// Timeout bounds each request (a manifest, or one shard). Default 2 minutes.
 	Timeout time.Duration
+	// PerHolder is how many shards each holder serves at once; two keep a holder
+	// busy across the round trip between shards. Default 2.
+	PerHolder int
 }
 
 // FetchState downloads the state of key from the holders in from at once: it
@@ -351,6 +355,9 @@ func FetchState(ctx context.Context, h host.Host, run, key string, from []peer.I
 	}
 	if o.Timeout == 0 {
 		o.Timeout = 2 * time.Minute
+	}
+	if o.PerHolder < 1 {
+		o.PerHolder = 2
 	}
 	if len(from) == 0 {
 		return State{}, errors.New("fetch state: no holders")
@@ -409,30 +416,38 @@ func FetchState(ctx context.Context, h host.Host, run, key string, from []peer.I
 	q := newShardQueue(len(specs))
 	var emu sync.Mutex
 	for _, sv := range live {
-		wg.Go(func() {
-			for {
-				i, ok := q.next(ctx, sv.id)
-				if !ok {
-					return
-				}
-				sp := specs[i]
-				err := request(ctx, h, sv.id, proto, o.Timeout, stateReq{Op: "shard", Snap: sv.m.Snap, Index: i}, func(s network.Stream) error {
-					return readShard(s, segs[sp.seg][sp.off:sp.off+sp.n], sv.sums[i])
-				})
-				if err != nil {
+		var failed atomic.Bool
+		for range o.PerHolder {
+			wg.Go(func() {
+				for !failed.Load() {
+					i, ok := q.next(ctx, sv.id)
+					if !ok {
+						return
+					}
+					if failed.Load() {
+						q.fail(i, sv.id)
+						return
+					}
+					sp := specs[i]
+					err := request(ctx, h, sv.id, proto, o.Timeout, stateReq{Op: "shard", Snap: sv.m.Snap, Index: i}, func(s network.Stream) error {
+						return readShard(s, segs[sp.seg][sp.off:sp.off+sp.n], sv.sums[i])
+					})
+					if err != nil {
+						emu.Lock()
+						errs = append(errs, fmt.Errorf("%s shard %d: %w", sv.id.ShortString(), i, err))
+						emu.Unlock()
+						failed.Store(true) // a holder that failed once serves no more
+						q.fail(i, sv.id)
+						return
+					}
 					emu.Lock()
-					errs = append(errs, fmt.Errorf("%s shard %d: %w", sv.id.ShortString(), i, err))
+					used[i] = sv.sums[i]
+					out.From[sv.id]++
 					emu.Unlock()
-					q.fail(i, sv.id)
-					return // a holder that failed once serves no more
+					q.done(i)
 				}
-				emu.Lock()
-				used[i] = sv.sums[i]
-				out.From[sv.id]++
-				emu.Unlock()
-				q.done(i)
-			}
-		})
+			})
+		}
 	}
 	wg.Wait()
 	if missing := q.missing(); missing > 0 {
