@@ -176,3 +176,25 @@ func TestCheckFinite(t *testing.T) {
 		}
 	}
 }
+
+func TestMeanAnyGroupSize(t *testing.T) {
+	rng := rand.New(rand.NewPCG(8, 8))
+	for g := 1; g <= 7; g++ {
+		parts := make([][]float32, g)
+		w := make([]float64, g)
+		for i := range parts {
+			parts[i] = randVec(rng, 33, 2)
+			w[i] = float64(i + 1)
+		}
+		out := make([]float32, 33)
+		if err := Mean(parts, w, out); err != nil {
+			t.Fatal(err)
+		}
+		want := weightedMean(parts, w)
+		for k := range out {
+			if math.Abs(float64(out[k])-want[k]) > 1e-6 {
+				t.Fatalf("g=%d value %d: %v, want %v", g, k, out[k], want[k])
+			}
+		}
+	}
+}

@@ -38,23 +38,43 @@ func Mean(parts [][]float32, weights []float64, out []float32) error {
 		}
 		total = float64(len(parts))
 	}
-	// Part by part over a float64 accumulator: plain streaming loops.
+	inv := 1 / total
+	n := len(out)
+	switch len(parts) {
+	case 2, 3, 4:
+		// One pass over up to four parts (groups are small): no accumulator
+		// array, and bounds checks hoisted by the reslicing.
+		p0, p1 := parts[0][:n], parts[1][:n]
+		w0, w1 := ws[0], ws[1]
+		p2, p3 := p0, p0
+		w2, w3 := 0.0, 0.0
+		if len(parts) > 2 {
+			p2, w2 = parts[2][:n], ws[2]
+		}
+		if len(parts) > 3 {
+			p3, w3 = parts[3][:n], ws[3]
+		}
+		for k := range out {
+			s := w0*float64(p0[k]) + w1*float64(p1[k]) + w2*float64(p2[k]) + w3*float64(p3[k])
+			out[k] = float32(s * inv)
+		}
+		return nil
+	}
 	ap, _ := accPool.Get().(*[]float64)
-	if ap == nil || cap(*ap) < len(out) {
+	if ap == nil || cap(*ap) < n {
 		ap = new([]float64)
-		*ap = make([]float64, len(out))
+		*ap = make([]float64, n)
 	}
 	defer accPool.Put(ap)
-	acc := (*ap)[:len(out)]
+	acc := (*ap)[:n]
 	clear(acc)
 	for i, p := range parts {
 		w := ws[i]
-		p = p[:len(acc)]
+		p = p[:n]
 		for k, x := range p {
 			acc[k] += w * float64(x)
 		}
 	}
-	inv := 1 / total
 	for k, x := range acc {
 		out[k] = float32(x * inv)
 	}
