@@ -132,6 +132,7 @@ func TestBadFramesRejected(t *testing.T) {
 		{"future version", 1, patch(good, func(b []byte) { b[3] = 9 }), false, wire.CodeBadFrame},
 		{"oversize", 1, oversize, false, wire.CodeOversize},
 		{"wrong width for the stage", 1, cat(floatsFrame(1, B, T, D/2, ramp(n/2)), targets), false, wire.CodeShape},
+		{"microbatch over the cap", 1, cat(floatsFrame(1, 5, 2, D, ramp(10*D)), intsFrame(wire.Targets, 1, 5, 2, tokens(10, 1))), false, wire.CodeShape},
 		{"T over seq_len", 1, cat(floatsFrame(1, 1, 64, D, ramp(64*D)), intsFrame(wire.Targets, 1, 1, 64, tokens(64, 1))), false, wire.CodeShape},
 		{"targets of another shape", 1, cat(good, intsFrame(wire.Targets, 1, B, T-1, tokens(B*(T-1), 1))), false, wire.CodeShape},
 		{"gradient as a request", 1, patch(good, func(b []byte) { b[4] = byte(wire.Gradient); resum(b) }), false, wire.CodeShape},
@@ -151,8 +152,8 @@ func TestBadFramesRejected(t *testing.T) {
 			t.Errorf("%s: got %v, want an error frame with code %v", tc.name, err, tc.want)
 		}
 	}
-	if bad := sw.servers[1][0].Stats().BadFrames + sw.servers[0][0].Stats().BadFrames; bad != 18 {
-		t.Errorf("servers counted %d bad requests, want 18", bad)
+	if bad := sw.servers[1][0].Stats().BadFrames + sw.servers[0][0].Stats().BadFrames; bad != 19 {
+		t.Errorf("servers counted %d bad requests, want 19", bad)
 	}
 	// The servers keep serving.
 	tr := sw.newTrainer(t, corpus, TrainerOptions{})

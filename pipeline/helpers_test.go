@@ -175,7 +175,8 @@ func newSwarmLog(tb testing.TB, cfg config.Config, holders []int, slow map[[2]in
 		var row []*Server
 		for i := range holders[k] {
 			s, err := NewServer(newHost(tb), w, sw.router, ServerOptions{
-				Run: cfg.Run, Pipeline: cfg.Pipeline, Compression: cfg.Compression, Slowdown: slow[[2]int{k, i}], Logger: log,
+				Run: cfg.Run, Pipeline: cfg.Pipeline, Compression: cfg.Compression, MaxBatch: cfg.Train.Microbatch,
+				Slowdown: slow[[2]int{k, i}], Logger: log,
 			})
 			if err != nil {
 				tb.Fatal(err)

@@ -18,7 +18,10 @@ func WorkerOptionsFrom(cfg config.Config, optim stages.OptimConfig) WorkerOption
 
 // ServerOptionsFrom takes a stage server's settings from a run config.
 func ServerOptionsFrom(cfg config.Config, log *slog.Logger) ServerOptions {
-	return ServerOptions{Run: cfg.Run, Pipeline: cfg.Pipeline, Compression: cfg.Compression, Logger: log}
+	return ServerOptions{
+		Run: cfg.Run, Pipeline: cfg.Pipeline, Compression: cfg.Compression,
+		MaxBatch: cfg.Train.Microbatch, Logger: log,
+	}
 }
 
 // TrainerOptionsFrom takes a trainer's settings from a run config; steps, when

@@ -29,6 +29,10 @@ type ServerOptions struct {
 	// Compression sets the codecs of what the server sends: activations downstream,
 	// gradients upstream.
 	Compression config.Compression
+	// MaxBatch caps the sequences of one microbatch (train.microbatch of the run's
+	// config): a larger request would make the stage allocate more than its
+	// share of memory before the cache limit could see it. 0 means no cap.
+	MaxBatch int
 	// Slowdown, when above 1, stretches every forward and backward pass to Slowdown
 	// times its duration by sleeping after it (outside the compute lock): a slow
 	// peer for tests and demos. Throughput measurements include the sleep.
@@ -318,6 +322,9 @@ func (s *Server) readRequest(conn *wire.Conn, deadline time.Time) (*serverReques
 	}
 	if f.Stage != s.k {
 		return nil, fmt.Errorf("%w: request for stage %d, this peer serves %d", wire.ErrWrongStage, f.Stage, s.k)
+	}
+	if s.opts.MaxBatch > 0 && f.B > s.opts.MaxBatch {
+		return nil, fmt.Errorf("%w: microbatch of %d sequences, this run's cap is %d", wire.ErrShape, f.B, s.opts.MaxBatch)
 	}
 	r := &serverRequest{request: request{id: f.ID, stage: s.k, eval: f.Eval(), b: f.B, t: f.T}, budget: f.Budget}
 	if s.k == 0 {
