@@ -1,0 +1,61 @@
+// Command swarmnode trains GPT-style transformers on a swarm of volunteer machines.
+//
+//	swarmnode local --config FILE   train the whole model in this process (baseline)
+//	swarmnode run   --config FILE   join a swarm as a stage server and/or trainer
+//
+// Exit codes: 0 clean, 1 runtime failure, 2 bad flags or config.
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+)
+
+// Exit codes shared by every subcommand.
+const (
+	exitOK      = 0
+	exitRuntime = 1
+	exitUsage   = 2
+)
+
+func main() {
+	os.Exit(dispatch(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func dispatch(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return exitUsage
+	}
+	switch args[0] {
+	case "local":
+		return localCommand(args[1:], stdout, stderr)
+	case "run":
+		return runCommand(args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		usage(stdout)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "swarmnode: unknown command %q\n", args[0])
+		usage(stderr)
+		return exitUsage
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage: swarmnode <command> [flags]
+
+commands:
+  local   train the whole model in one process (the centralized baseline)
+  run     join a swarm: serve a pipeline stage and/or feed it training data
+
+Run "swarmnode <command> -h" for a command's flags.
+`)
+}
+
+// setupLogger returns the text logger every command writes progress with.
+func setupLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
