@@ -325,6 +325,14 @@ func (s *Stage) BackwardOn(c *Ctx, p *Pass, dout Buf) error {
 			return err
 		}
 	}
+	if s.tc {
+		for i := len(a.blocks) - 1; i >= 0; i-- {
+			if err := s.fusedBlockBackward(c, &a.blocks[i], &s.lay.blocks[i], sc, B, T); err != nil {
+				return fmt.Errorf("block %d backward: %w", s.cfg.First+i, err)
+			}
+		}
+		return s.encoderBackward(c, a, dres)
+	}
 	dh, dhOp := sc.dh.Slice(0, 4*N*C), sc.dhOp.Slice(0, 4*N*C)
 	datty, dqkv := sc.datty.Slice(0, N*C), sc.dqkv.Slice(0, 3*N*C)
 	toOp := func() error {
@@ -336,12 +344,6 @@ func (s *Stage) BackwardOn(c *Ctx, p *Pass, dout Buf) error {
 	for i := len(a.blocks) - 1; i >= 0; i-- {
 		k := &a.blocks[i]
 		bv := &s.lay.blocks[i]
-		if s.tc {
-			if err := s.fusedBlockBackward(c, k, bv, sc, B, T); err != nil {
-				return fmt.Errorf("block %d backward: %w", s.cfg.First+i, err)
-			}
-			continue
-		}
 		labels := []string{"bwd cast", "bwd fc proj gemms", "bwd fc proj bias", "bwd gelu", "bwd fc gemms+bias", "bwd ln2",
 			"bwd cast", "bwd attn proj gemms", "bwd attn proj bias", "bwd attention", "bwd qkv gemms+bias", "bwd ln1"}
 		steps := []func() error{
@@ -378,10 +380,16 @@ func (s *Stage) BackwardOn(c *Ctx, p *Pass, dout Buf) error {
 			}
 		}
 	}
-	if s.cfg.IsFirst {
-		return c.EncoderBackward(s.grad(s.lay.wte), s.grad(s.lay.wpe).Slice(0, T*C), dres, a.tok, B, T, C)
+	return s.encoderBackward(c, a, dres)
+}
+
+// encoderBackward adds the embedding gradients (first stage only).
+func (s *Stage) encoderBackward(c *Ctx, a *acts, dres Buf) error {
+	if !s.cfg.IsFirst {
+		return nil
 	}
-	return nil
+	C := s.cfg.Model.DModel
+	return c.EncoderBackward(s.grad(s.lay.wte), s.grad(s.lay.wpe).Slice(0, a.T*C), dres, a.tok, a.B, a.T, C)
 }
 
 // GradInput is the device buffer holding the input gradient after BackwardOn
