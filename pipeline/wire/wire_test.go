@@ -352,11 +352,11 @@ func (s *throttled) Write(p []byte) (int, error) {
 // frames to a fast one are not (apart from the periodic probes).
 func TestAutoZstdFollowsLink(t *testing.T) {
 	rng := rand.New(rand.NewPCG(9, 9))
-	x := make([]float32, 64*256)
+	x := make([]float32, 16*256)
 	for i := range x {
 		x[i] = float32(rng.NormFloat64()) * float32(1+i%256) / 64
 	}
-	h := Header{Kind: Activations, B: 1, T: 64, D: 256}
+	h := Header{Kind: Activations, B: 1, T: 16, D: 256}
 	count := func(s Stream, frames int) (zstd int) {
 		link := codec.NewLink(codec.ZstdAuto)
 		c := NewConn(s, 1<<22)
@@ -380,10 +380,13 @@ func TestAutoZstdFollowsLink(t *testing.T) {
 		}
 		return zstd
 	}
-	if n := count(&throttled{bw: 4e6}, 20); n < 19 {
-		t.Errorf("slow link: %d of 20 frames compressed, want all but the first measurement", n)
+	// 200 kB/s is far below what zstd gains per second of CPU even under -race.
+	if n := count(&throttled{bw: 2e5}, 12); n < 11 {
+		t.Errorf("slow link: %d of 12 frames compressed, want all but the first measurement", n)
 	}
-	if n := count(&buf{}, 48); n > 48/16+1 {
-		t.Errorf("fast link: %d of 48 frames compressed, want only the probes", n)
+	// In memory, writes are instant: only the probes (1 in 16) and the odd frame
+	// after a write that a GC pause made look slow should be compressed.
+	if n := count(&buf{}, 64); n > 16 {
+		t.Errorf("fast link: %d of 64 frames compressed, want about the %d probes", n, 64/16+1)
 	}
 }
