@@ -49,6 +49,11 @@ type slot struct {
 	drop     context.CancelFunc // leaves the sender out: resets its stream
 }
 
+// slotDepth is how many chunks may wait between a sender's stream and the
+// reducer, each way: enough to absorb the jitter between senders that the
+// lockstep would otherwise turn into stalls, few enough to bound memory.
+const slotDepth = 8
+
 // shardRange is shard j of a vector of n values among g members.
 func shardRange(n, g, j int) (lo, hi int) { return j * n / g, (j + 1) * n / g }
 
@@ -83,7 +88,7 @@ func (a *Averager) allReduce(ctx context.Context, r uint64, rk [32]byte, members
 		}
 		sctx, cancel := context.WithCancel(ctx)
 		rr.slots[i] = &slot{
-			from: i, chunks: make(chan []float32, 2), results: make(chan *payload, 2),
+			from: i, chunks: make(chan []float32, slotDepth), results: make(chan *payload, slotDepth),
 			exited: make(chan struct{}), ctx: sctx, drop: cancel,
 		}
 	}

@@ -86,8 +86,10 @@ type Options struct {
 	OnGroup func(round uint64, members []peer.ID)
 }
 
-// DefaultChunkFloats is the default chunk size: 256 KiB of fp32.
-const DefaultChunkFloats = 1 << 16
+// DefaultChunkFloats is the default chunk size: 512 KiB of fp32. With slotDepth
+// chunks queued each way per sender, a member holds at most about
+// 2·slotDepth·(G−1) chunks in flight (24 MiB for G = 4), whatever the vector size.
+const DefaultChunkFloats = 1 << 17
 
 // OptionsFromConfig maps the averaging config section to Options.
 func OptionsFromConfig(run, key string, c config.Averaging) (Options, error) {

@@ -142,24 +142,14 @@ func parseChunk(payload []byte) (chunk, error) {
 	return c, nil
 }
 
-// writeChunk writes one chunk frame of vals; fp32 on a little-endian machine goes
-// straight from vals to the stream, other codecs through buf.
+// writeChunk writes one chunk frame of vals, encoded in buf.
 func writeChunk(w io.Writer, buf []byte, c Codec, shard, index int, vals []float32) ([]byte, error) {
-	if c != FP32 || !nativeLE {
-		buf = appendChunk(buf[:0], c, shard, index, vals)
-		return buf, writeFrame(w, frameChunk, buf)
-	}
-	var h [5 + chunkHead]byte
-	binary.LittleEndian.PutUint32(h[:], uint32(1+chunkHead+4*len(vals)))
-	h[4] = frameChunk
-	h[5] = byte(c)
-	binary.LittleEndian.PutUint32(h[6:], uint32(shard))
-	binary.LittleEndian.PutUint32(h[10:], uint32(index))
-	binary.LittleEndian.PutUint32(h[14:], uint32(len(vals)))
-	if _, err := w.Write(h[:]); err != nil {
-		return buf, err
-	}
-	_, err := w.Write(f32bytes(vals))
+	// One Write per frame: a muxed stream turns each Write into its own frame
+	// and waits for it to be sent.
+	buf = binary.LittleEndian.AppendUint32(buf[:0], uint32(1+chunkHead+c.encodedLen(len(vals))))
+	buf = append(buf, frameChunk)
+	buf = appendChunk(buf, c, shard, index, vals)
+	_, err := w.Write(buf)
 	return buf, err
 }
 

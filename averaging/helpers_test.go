@@ -61,7 +61,7 @@ func ids(hs []host.Host) PeerList {
 // vecSource is a Source over one slice. afterRead, when set, runs on each range
 // right after it was read, standing for training steps taken during the round.
 type vecSource struct {
-	mu        sync.Mutex
+	mu        sync.RWMutex
 	vec       []float32
 	samples   float64
 	afterRead func(vals []float32)
@@ -77,13 +77,19 @@ func (s *vecSource) Samples() float64 {
 	return w
 }
 
+// Read takes the read lock only, as a trainer's parameters allow concurrent
+// readers (forward passes); the test hook that writes takes the write lock.
 func (s *vecSource) Read(off int, dst []float32) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	copy(dst, s.vec[off:])
 	if s.afterRead != nil {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		copy(dst, s.vec[off:])
 		s.afterRead(s.vec[off : off+len(dst)])
+		return
 	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	copy(dst, s.vec[off:])
 }
 
 func (s *vecSource) Add(off int, delta []float32) {
