@@ -385,63 +385,103 @@ __device__ __forceinline__ void zero_acc(float (*x)[4]) {
 		for (int e = 0; e < 4; e++) x[nt][e] = 0.f;
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH, float scale) {
-	__shared__ __align__(16) unsigned short Ks[TC_TILE * TC_PAD];
-	__shared__ __align__(16) unsigned short Vs[TC_TILE * TC_PAD];
+// Blocks of 8 warps (128 rows) share each 64-row tile of the other operand; tiles
+// stream through two shared-memory buffers with cp.async, the next one loading while
+// the current one is used. A warp skips tiles its causal mask hides entirely.
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+	unsigned sa = (unsigned)__cvta_generic_to_shared(smem);
+	int n = valid ? 16 : 0; // 0: fill with zeros, read nothing
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all_but_one() { asm volatile("cp.async.wait_group 1;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
+
+// load_tile_async queues the copy of rows [r0, r0+64) (64 bf16 columns) into a padded tile.
+__device__ __forceinline__ void load_tile_async(unsigned short* dst, const bf16* src, long ld, int r0, int T) {
+	for (int e = threadIdx.x; e < TC_TILE * 8; e += blockDim.x) {
+		int r = e >> 3, c = (e & 7) * 8;
+		bool ok = r0 + r < T;
+		cp_async16(dst + r * TC_PAD + c, ok ? (const void*)(src + (long)(r0 + r) * ld + c) : (const void*)src, ok);
+	}
+}
+
+#define TC_ROWS 128 // rows per block: 8 warps of 16
+#define TC_BUF (TC_TILE * TC_PAD)
+
+extern "C" __global__ void __launch_bounds__(256) attn_fwd_tc(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH, float scale) {
+	__shared__ __align__(16) unsigned short Ks[2 * TC_BUF];
+	__shared__ __align__(16) unsigned short Vs[2 * TC_BUF];
 	int C = NH * TC_HD, C3 = 3 * C;
 	int bh = blockIdx.y, b = bh / NH, h = bh % NH;
 	int qb = gridDim.x - 1 - blockIdx.x; // longest rows first
 	int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, tg = threadIdx.x & 3;
-	int r0 = qb * TC_TILE + warp * 16;
+	int r0 = qb * TC_ROWS + warp * 16;
 	const bf16* base = qkv + (long)b * T * C3 + h * TC_HD;
 	float sc = scale * LOG2E;
 	unsigned qa[4][4];
 	load_afrag(qa, base, C3, r0, T);
 	float o[8][4], m[2] = {-SN_INF, -SN_INF}, l[2] = {0.f, 0.f};
 	zero_acc(o);
-	for (int kt = 0; kt <= qb; kt++) {
-		__syncthreads();
-		load_tile(Ks, base + C, C3, kt * TC_TILE, T);
-		load_tile(Vs, base + 2 * C, C3, kt * TC_TILE, T);
-		__syncthreads();
-		float s[8][4];
-		zero_acc(s);
-		mma_rows_x_tile(s, qa, Ks);
-		bool diag = kt == qb;
-#pragma unroll
-		for (int r = 0; r < 2; r++) {
-			int row = r0 + g + r * 8;
-			float mx = -SN_INF;
-#pragma unroll
-			for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-				for (int e = 0; e < 2; e++) {
-					int key = kt * TC_TILE + nt * 8 + tg * 2 + e;
-					float v = s[nt][2 * r + e] * sc;
-					if (diag && (key > row || key >= T)) v = -SN_INF;
-					s[nt][2 * r + e] = v;
-					mx = fmaxf(mx, v);
-				}
-			mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-			mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-			float mn = fmaxf(m[r], mx);
-			float base_m = mn == -SN_INF ? 0.f : mn; // a row with nothing visible yet
-			float corr = exp2f(m[r] - base_m);
-			l[r] *= corr;
-#pragma unroll
-			for (int nt = 0; nt < 8; nt++) {
-				o[nt][2 * r] *= corr;
-				o[nt][2 * r + 1] *= corr;
-#pragma unroll
-				for (int e = 0; e < 2; e++) {
-					float p = exp2f(s[nt][2 * r + e] - base_m);
-					s[nt][2 * r + e] = p;
-					l[r] += p;
-				}
-			}
-			m[r] = mn;
+	int last = min(qb * TC_ROWS + TC_ROWS - 1, T - 1);
+	int ntiles = last / TC_TILE + 1;
+	load_tile_async(Ks, base + C, C3, 0, T);
+	load_tile_async(Vs, base + 2 * C, C3, 0, T);
+	cp_async_commit();
+	for (int kt = 0; kt < ntiles; kt++) {
+		int cur = (kt & 1) * TC_BUF;
+		if (kt + 1 < ntiles) {
+			int nxt = ((kt + 1) & 1) * TC_BUF;
+			load_tile_async(Ks + nxt, base + C, C3, (kt + 1) * TC_TILE, T);
+			load_tile_async(Vs + nxt, base + 2 * C, C3, (kt + 1) * TC_TILE, T);
+			cp_async_commit();
+			cp_async_wait_all_but_one();
+		} else {
+			cp_async_wait_all();
 		}
-		mma_acc_x_tile(o, s, Vs);
+		__syncthreads();
+		if (kt * TC_TILE <= r0 + 15 && r0 < T) { // some key of the tile is visible to the warp
+			float s[8][4];
+			zero_acc(s);
+			mma_rows_x_tile(s, qa, Ks + cur);
+			bool mask = kt * TC_TILE + TC_TILE - 1 > r0;
+#pragma unroll
+			for (int r = 0; r < 2; r++) {
+				int row = r0 + g + r * 8;
+				float mx = -SN_INF;
+#pragma unroll
+				for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+					for (int e = 0; e < 2; e++) {
+						int key = kt * TC_TILE + nt * 8 + tg * 2 + e;
+						float v = s[nt][2 * r + e] * sc;
+						if (mask && (key > row || key >= T)) v = -SN_INF;
+						s[nt][2 * r + e] = v;
+						mx = fmaxf(mx, v);
+					}
+				mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+				mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+				float mn = fmaxf(m[r], mx);
+				float base_m = mn == -SN_INF ? 0.f : mn; // a row with nothing visible yet
+				float corr = exp2f(m[r] - base_m);
+				l[r] *= corr;
+#pragma unroll
+				for (int nt = 0; nt < 8; nt++) {
+					o[nt][2 * r] *= corr;
+					o[nt][2 * r + 1] *= corr;
+#pragma unroll
+					for (int e = 0; e < 2; e++) {
+						float p = exp2f(s[nt][2 * r + e] - base_m);
+						s[nt][2 * r + e] = p;
+						l[r] += p;
+					}
+				}
+				m[r] = mn;
+			}
+			mma_acc_x_tile(o, s, Vs + cur);
+		}
+		__syncthreads(); // the buffer is refilled next iteration
 	}
 #pragma unroll
 	for (int r = 0; r < 2; r++) {
@@ -471,15 +511,15 @@ extern "C" __global__ void attn_bwd_pre_tc(float* D, const bf16* dout, const bf1
 	}
 }
 
-// attn_bwd_dq_tc: dQ for 64 queries per block, over the key tiles up to the diagonal.
-extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq_tc(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
-	__shared__ __align__(16) unsigned short Ks[TC_TILE * TC_PAD];
-	__shared__ __align__(16) unsigned short Vs[TC_TILE * TC_PAD];
+// attn_bwd_dq_tc: dQ for 128 queries per block, over the key tiles up to the diagonal.
+extern "C" __global__ void __launch_bounds__(256) attn_bwd_dq_tc(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
+	__shared__ __align__(16) unsigned short Ks[2 * TC_BUF];
+	__shared__ __align__(16) unsigned short Vs[2 * TC_BUF];
 	int C = NH * TC_HD, C3 = 3 * C;
 	int bh = blockIdx.y, b = bh / NH, h = bh % NH;
 	int qb = gridDim.x - 1 - blockIdx.x;
 	int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, tg = threadIdx.x & 3;
-	int r0 = qb * TC_TILE + warp * 16;
+	int r0 = qb * TC_ROWS + warp * 16;
 	const bf16* base = qkv + (long)b * T * C3 + h * TC_HD;
 	float sc = scale * LOG2E;
 	unsigned qa[4][4], da[4][4];
@@ -494,28 +534,43 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq_tc(bf16* dqkv, con
 	}
 	float dq[8][4];
 	zero_acc(dq);
-	for (int kt = 0; kt <= qb; kt++) {
+	int last = min(qb * TC_ROWS + TC_ROWS - 1, T - 1);
+	int ntiles = last / TC_TILE + 1;
+	load_tile_async(Ks, base + C, C3, 0, T);
+	load_tile_async(Vs, base + 2 * C, C3, 0, T);
+	cp_async_commit();
+	for (int kt = 0; kt < ntiles; kt++) {
+		int cur = (kt & 1) * TC_BUF;
+		if (kt + 1 < ntiles) {
+			int nxt = ((kt + 1) & 1) * TC_BUF;
+			load_tile_async(Ks + nxt, base + C, C3, (kt + 1) * TC_TILE, T);
+			load_tile_async(Vs + nxt, base + 2 * C, C3, (kt + 1) * TC_TILE, T);
+			cp_async_commit();
+			cp_async_wait_all_but_one();
+		} else {
+			cp_async_wait_all();
+		}
 		__syncthreads();
-		load_tile(Ks, base + C, C3, kt * TC_TILE, T);
-		load_tile(Vs, base + 2 * C, C3, kt * TC_TILE, T);
+		if (kt * TC_TILE <= r0 + 15 && r0 < T) {
+			float s[8][4], dp[8][4];
+			zero_acc(s);
+			zero_acc(dp);
+			mma_rows_x_tile(s, qa, Ks + cur);
+			mma_rows_x_tile(dp, da, Vs + cur);
+			bool mask = kt * TC_TILE + TC_TILE - 1 > r0;
+#pragma unroll
+			for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+				for (int e = 0; e < 4; e++) {
+					int r = e >> 1;
+					int row = r0 + g + r * 8, key = kt * TC_TILE + nt * 8 + tg * 2 + (e & 1);
+					float p = exp2f(s[nt][e] * sc - Lr[r]);
+					if (row >= T || (mask && key > row)) p = 0.f;
+					s[nt][e] = p * (dp[nt][e] - Dr[r]);
+				}
+			mma_acc_x_tile(dq, s, Ks + cur);
+		}
 		__syncthreads();
-		float s[8][4], dp[8][4];
-		zero_acc(s);
-		zero_acc(dp);
-		mma_rows_x_tile(s, qa, Ks);
-		mma_rows_x_tile(dp, da, Vs);
-		bool diag = kt == qb;
-#pragma unroll
-		for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-			for (int e = 0; e < 4; e++) {
-				int r = e >> 1;
-				int row = r0 + g + r * 8, key = kt * TC_TILE + nt * 8 + tg * 2 + (e & 1);
-				float p = exp2f(s[nt][e] * sc - Lr[r]);
-				if (row >= T || (diag && key > row)) p = 0.f;
-				s[nt][e] = p * (dp[nt][e] - Dr[r]);
-			}
-		mma_acc_x_tile(dq, s, Ks);
 	}
 #pragma unroll
 	for (int r = 0; r < 2; r++) {
@@ -528,18 +583,18 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dq_tc(bf16* dqkv, con
 	}
 }
 
-// attn_bwd_dkdv_tc: dK and dV for 64 keys per block, over the query tiles from the
+// attn_bwd_dkdv_tc: dK and dV for 128 keys per block, over the query tiles from the
 // diagonal on. Each warp works in the transposed frame: rows are its 16 keys,
 // columns the tile's queries.
-extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv_tc(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
-	__shared__ __align__(16) unsigned short Qs[TC_TILE * TC_PAD];
-	__shared__ __align__(16) unsigned short dOs[TC_TILE * TC_PAD];
-	__shared__ float Ls[TC_TILE], Ds[TC_TILE];
+extern "C" __global__ void __launch_bounds__(256) attn_bwd_dkdv_tc(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
+	__shared__ __align__(16) unsigned short Qs[2 * TC_BUF];
+	__shared__ __align__(16) unsigned short dOs[2 * TC_BUF];
+	__shared__ float Ls[2][TC_TILE], Ds[2][TC_TILE];
 	int C = NH * TC_HD, C3 = 3 * C;
 	int bh = blockIdx.y, b = bh / NH, h = bh % NH;
 	int kb = blockIdx.x; // low key blocks see the most queries and are scheduled first
 	int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, tg = threadIdx.x & 3;
-	int k0 = kb * TC_TILE + warp * 16;
+	int k0 = kb * TC_ROWS + warp * 16;
 	const bf16* base = qkv + (long)b * T * C3 + h * TC_HD;
 	const bf16* dob = dout + (long)b * T * C + h * TC_HD;
 	float sc = scale * LOG2E;
@@ -550,35 +605,51 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv_tc(bf16* dqkv, c
 	zero_acc(dk);
 	zero_acc(dv);
 	int nq = (T + TC_TILE - 1) / TC_TILE;
-	for (int qt = kb; qt < nq; qt++) {
-		__syncthreads();
-		load_tile(Qs, base, C3, qt * TC_TILE, T);
-		load_tile(dOs, dob, C, qt * TC_TILE, T);
+	int q0 = (kb * TC_ROWS) / TC_TILE; // first tile with a query >= the block's first key
+	auto issue = [&](int qt, int buf) {
+		load_tile_async(Qs + buf * TC_BUF, base, C3, qt * TC_TILE, T);
+		load_tile_async(dOs + buf * TC_BUF, dob, C, qt * TC_TILE, T);
+		cp_async_commit();
 		for (int r = threadIdx.x; r < TC_TILE; r += blockDim.x) {
 			int q = qt * TC_TILE + r;
-			Ls[r] = q < T ? lse[(long)bh * T + q] : 0.f;
-			Ds[r] = q < T ? D[(long)bh * T + q] : 0.f;
+			Ls[buf][r] = q < T ? lse[(long)bh * T + q] : 0.f;
+			Ds[buf][r] = q < T ? D[(long)bh * T + q] : 0.f;
+		}
+	};
+	if (q0 < nq) issue(q0, 0);
+	for (int qt = q0; qt < nq; qt++) {
+		int cb = (qt - q0) & 1;
+		if (qt + 1 < nq) {
+			issue(qt + 1, cb ^ 1);
+			cp_async_wait_all_but_one();
+		} else {
+			cp_async_wait_all();
 		}
 		__syncthreads();
-		float s[8][4], dp[8][4];
-		zero_acc(s);
-		zero_acc(dp);
-		mma_rows_x_tile(s, ka, Qs);
-		mma_rows_x_tile(dp, va, dOs);
-		bool diag = qt == kb;
+		if (qt * TC_TILE + TC_TILE - 1 >= k0 && k0 < T) { // some query of the tile sees the warp's keys
+			const unsigned short* Qc = Qs + cb * TC_BUF;
+			const unsigned short* dOc = dOs + cb * TC_BUF;
+			float s[8][4], dp[8][4];
+			zero_acc(s);
+			zero_acc(dp);
+			mma_rows_x_tile(s, ka, Qc);
+			mma_rows_x_tile(dp, va, dOc);
+			bool mask = qt * TC_TILE < k0 + 16;
 #pragma unroll
-		for (int nt = 0; nt < 8; nt++)
+			for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-			for (int e = 0; e < 4; e++) {
-				int key = k0 + g + (e >> 1) * 8;
-				int ql = nt * 8 + tg * 2 + (e & 1), q = qt * TC_TILE + ql;
-				float p = exp2f(s[nt][e] * sc - Ls[ql]);
-				if (q >= T || key >= T || (diag && q < key)) p = 0.f;
-				s[nt][e] = p;
-				dp[nt][e] = p * (dp[nt][e] - Ds[ql]);
-			}
-		mma_acc_x_tile(dv, s, dOs);
-		mma_acc_x_tile(dk, dp, Qs);
+				for (int e = 0; e < 4; e++) {
+					int key = k0 + g + (e >> 1) * 8;
+					int ql = nt * 8 + tg * 2 + (e & 1), q = qt * TC_TILE + ql;
+					float p = exp2f(s[nt][e] * sc - Ls[cb][ql]);
+					if (q >= T || key >= T || (mask && q < key)) p = 0.f;
+					s[nt][e] = p;
+					dp[nt][e] = p * (dp[nt][e] - Ds[cb][ql]);
+				}
+			mma_acc_x_tile(dv, s, dOc);
+			mma_acc_x_tile(dk, dp, Qc);
+		}
+		__syncthreads();
 	}
 #pragma unroll
 	for (int r = 0; r < 2; r++) {
@@ -655,64 +726,140 @@ extern "C" __global__ void gelu_bwd_inplace_bf16(bf16* d, const bf16* h, long n)
 	}
 }
 
-// layernorm_bwd_reg: layernorm_bwd for C <= 1024 with each lane's share of a row in
-// registers and dw, db gathered in registers across the warp's rows (one shared
-// atomic per element and warp instead of one per element and row).
-#define LNB_J 32
-extern "C" __global__ void layernorm_bwd_reg(float* dinp, float* dw, float* db, const float* dout, const float* inp, const float* w,
-                                             const float* mean, const float* rstd, int N, int C, int rowsPerBlock) {
-	extern __shared__ float sh[];
-	float* sdw = sh;
-	float* sdb = sh + C;
-	for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) sh[c] = 0.f;
-	__syncthreads();
-	int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x & 31;
-	int first = blockIdx.x * rowsPerBlock;
-	int last = min(first + rowsPerBlock, N);
-	float pdw[LNB_J], pdb[LNB_J];
+
+// ---------------------------------------------------------------- vectorised element-wise kernels
+//
+// Eight bf16 (or four/eight float32) values per thread with 16-byte loads and
+// stores; rows of C % 8 == 0 elements and fewer than 2^31 elements in all, so the
+// column is a 32-bit remainder. The Go side falls back to the plain kernels otherwise.
+
+struct bf16x8 {
+	uint4 u;
+};
+
+__device__ __forceinline__ void unpack8(uint4 u, float* f) {
+	unsigned w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
-	for (int j = 0; j < LNB_J; j++) { pdw[j] = 0.f; pdb[j] = 0.f; }
-	for (int row = first + wid; row < last; row += warps) {
-		const float* x = inp + (long)row * C;
-		const float* g = dout + (long)row * C;
-		float m = mean[row], r = rstd[row];
-		float xh[LNB_J], gv[LNB_J];
-		float sumD = 0.f, sumDX = 0.f;
-#pragma unroll
-		for (int j = 0; j < LNB_J; j++) {
-			int c = j * 32 + lane;
-			xh[j] = 0.f;
-			gv[j] = 0.f;
-			if (c < C) {
-				xh[j] = (x[c] - m) * r;
-				gv[j] = g[c];
-				float dn = gv[j] * w[c];
-				sumD += dn;
-				sumDX += dn * xh[j];
-				pdw[j] += gv[j] * xh[j];
-				pdb[j] += gv[j];
-			}
-		}
-		sumD = warp_sum(sumD) / C;
-		sumDX = warp_sum(sumDX) / C;
-		float* di = dinp + (long)row * C;
-#pragma unroll
-		for (int j = 0; j < LNB_J; j++) {
-			int c = j * 32 + lane;
-			if (c < C) di[c] += r * (gv[j] * w[c] - sumD - xh[j] * sumDX);
-		}
+	for (int i = 0; i < 4; i++) {
+		f[2 * i] = __uint_as_float(w[i] << 16);
+		f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
 	}
-#pragma unroll
-	for (int j = 0; j < LNB_J; j++) {
-		int c = j * 32 + lane;
-		if (c < C) {
-			atomicAdd(&sdw[c], pdw[j]);
-			atomicAdd(&sdb[c], pdb[j]);
-		}
+}
+
+__device__ __forceinline__ uint4 pack8(const float* f) {
+	uint4 u;
+	u.x = (unsigned)from_f<bf16>(f[0]).x | ((unsigned)from_f<bf16>(f[1]).x << 16);
+	u.y = (unsigned)from_f<bf16>(f[2]).x | ((unsigned)from_f<bf16>(f[3]).x << 16);
+	u.z = (unsigned)from_f<bf16>(f[4]).x | ((unsigned)from_f<bf16>(f[5]).x << 16);
+	u.w = (unsigned)from_f<bf16>(f[6]).x | ((unsigned)from_f<bf16>(f[7]).x << 16);
+	return u;
+}
+
+#define VEC_STRIDE(v, nv) for (int v = blockIdx.x * blockDim.x + threadIdx.x; v < (nv); v += gridDim.x * blockDim.x)
+
+__device__ __forceinline__ void load8f(const float* p, float* f) {
+	float4 a = *(const float4*)p, b = *(const float4*)(p + 4);
+	f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w; f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+}
+
+__device__ __forceinline__ void store8f(float* p, const float* f) {
+	*(float4*)p = make_float4(f[0], f[1], f[2], f[3]);
+	*(float4*)(p + 4) = make_float4(f[4], f[5], f[6], f[7]);
+}
+
+extern "C" __global__ void cast_f32_bf16_v8(uint4* out, const float* in, int nv) {
+	VEC_STRIDE(v, nv) {
+		float f[8];
+		load8f(in + (long)v * 8, f);
+		out[v] = pack8(f);
 	}
+}
+
+extern "C" __global__ void bias_add_bf16_v8(uint4* x, const float* bias, int N, int C) {
+	VEC_STRIDE(v, N * (C / 8)) {
+		int c = (v * 8) % C;
+		float f[8], bb[8];
+		unpack8(x[v], f);
+		load8f(bias + c, bb);
+#pragma unroll
+		for (int i = 0; i < 8; i++) f[i] += bb[i];
+		x[v] = pack8(f);
+	}
+}
+
+extern "C" __global__ void residual_bias_v8(float* out, const float* resid, const float* bias, int N, int C) {
+	VEC_STRIDE(v, N * (C / 8)) {
+		long o = (long)v * 8;
+		int c = (v * 8) % C;
+		float f[8], r[8], bb[8];
+		load8f(out + o, f);
+		load8f(resid + o, r);
+		load8f(bias + c, bb);
+#pragma unroll
+		for (int i = 0; i < 8; i++) f[i] += r[i] + bb[i];
+		store8f(out + o, f);
+	}
+}
+
+extern "C" __global__ void bias_gelu_bf16_v8(uint4* h, uint4* g, const float* bias, int N, int C) {
+	VEC_STRIDE(v, N * (C / 8)) {
+		int c = (v * 8) % C;
+		float f[8], bb[8], y[8];
+		unpack8(h[v], f);
+		load8f(bias + c, bb);
+#pragma unroll
+		for (int i = 0; i < 8; i++) f[i] += bb[i];
+		uint4 hb = pack8(f);
+		h[v] = hb;
+		unpack8(hb, f); // GELU of the stored (rounded) pre-activation, as the backward sees it
+#pragma unroll
+		for (int i = 0; i < 8; i++) {
+			float x = f[i];
+			float u = GELU_K * (x + 0.044715f * x * x * x);
+			y[i] = 0.5f * x * (1.f + tanhf(u));
+		}
+		g[v] = pack8(y);
+	}
+}
+
+extern "C" __global__ void gelu_bwd_inplace_bf16_v8(uint4* d, const uint4* h, int nv) {
+	VEC_STRIDE(v, nv) {
+		float x8[8], d8[8];
+		unpack8(h[v], x8);
+		unpack8(d[v], d8);
+#pragma unroll
+		for (int i = 0; i < 8; i++) {
+			float x = x8[i];
+			float u = GELU_K * (x + 0.044715f * x * x * x);
+			float th = tanhf(u);
+			float gd = 0.5f * (1.f + th) + 0.5f * x * (1.f - th * th) * GELU_K * (1.f + 3.f * 0.044715f * x * x);
+			d8[i] *= gd;
+		}
+		d[v] = pack8(d8);
+	}
+}
+
+// bias_grad_bf16_v8: dbias[c] += sum_r dout[r,c] for bf16 dout; block (32, 8) covers
+// 256 columns (8 per thread), blockIdx.y splits rows.
+extern "C" __global__ void bias_grad_bf16_v8(float* dbias, const uint4* dout, int N, int C) {
+	__shared__ float sh[8][257];
+	int cv = blockIdx.x * 32 + threadIdx.x; // vector column
+	float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+	if (cv * 8 < C)
+		for (int r = blockIdx.y * 8 + threadIdx.y; r < N; r += gridDim.y * 8) {
+			float f[8];
+			unpack8(dout[(long)r * (C / 8) + cv], f);
+#pragma unroll
+			for (int i = 0; i < 8; i++) s[i] += f[i];
+		}
+#pragma unroll
+	for (int i = 0; i < 8; i++) sh[threadIdx.y][threadIdx.x * 8 + i] = s[i];
 	__syncthreads();
-	for (int c = threadIdx.x; c < C; c += blockDim.x) {
-		atomicAdd(&dw[c], sdw[c]);
-		atomicAdd(&db[c], sdb[c]);
+	int t = threadIdx.y * 32 + threadIdx.x; // 256 threads, one column each
+	int c = blockIdx.x * 256 + t;
+	if (c < C) {
+		float tot = 0.f;
+		for (int k = 0; k < 8; k++) tot += sh[k][t];
+		atomicAdd(&dbias[c], tot);
 	}
 }

@@ -61,6 +61,8 @@ func (c *Ctx) Cast(dst, src Buf) error {
 		return fmt.Errorf("cuda: cast of %d elements into %d", src.N, dst.N)
 	}
 	switch {
+	case src.DType == F32 && dst.DType == BF16 && src.N%8 == 0 && src.N < math.MaxInt32 && aligned16(src, dst):
+		return c.launch("cast_f32_bf16_v8", c.ewGrid(src.N/8), ewThreads, 0, dst, src, src.N/8)
 	case src.DType == F32 && dst.DType == BF16:
 		return c.launch("cast_f32_bf16", c.ewGrid(src.N), ewThreads, 0, dst, src, int64(src.N))
 	case src.DType == BF16 && dst.DType == F32:
@@ -163,6 +165,9 @@ func (c *Ctx) BiasGrad(dbias, dout Buf, N, C int) error {
 		return err
 	}
 	splits := min((N+63)/64, 64)
+	if dout.DType == BF16 && vec8(N, C, dout, dbias) {
+		return c.launch("bias_grad_bf16_v8", dim3{uint32((C + 255) / 256), uint32(max(splits, 1)), 1}, dim3{32, 8, 1}, 0, dbias, dout, N, C)
+	}
 	return c.launch(name, dim3{uint32((C + 31) / 32), uint32(max(splits, 1)), 1}, dim3{32, 8, 1}, 0, dbias, dout, N, C)
 }
 
@@ -243,12 +248,10 @@ func (c *Ctx) LayerNormBackward(dinp, dw, db, dout, inp, w, mean, rstd Buf, N, C
 	if shmem > 48<<10 {
 		return fmt.Errorf("cuda: layernorm backward supports C <= 6144, got %d", C)
 	}
-	const rows = 32
-	name := "layernorm_bwd"
-	if C <= 1024 {
-		name = "layernorm_bwd_reg" // partial sums in registers
-	}
-	return c.launch(name, grid1(N, rows), dim3{256, 1, 1}, shmem, dinp, dw, db, dout, inp, w, mean, rstd, N, C, rows)
+	// Few rows per block: enough blocks in flight to cover memory latency, at the
+	// price of one global atomic per element of dw, db and block.
+	const rows = 16
+	return c.launch("layernorm_bwd", grid1(N, rows), dim3{256, 1, 1}, shmem, dinp, dw, db, dout, inp, w, mean, rstd, N, C, rows)
 }
 
 // GeluForward computes out = gelu(inp) (tanh form); out is float32 or bfloat16.
@@ -323,7 +326,7 @@ func (c *Ctx) AttentionForward(out, lse, qkv Buf, B, T, C, NH int) error {
 		if out.DType != BF16 {
 			return fmt.Errorf("cuda: attention: bf16 qkv needs a bf16 output")
 		}
-		return c.launch("attn_fwd_tc", dim3{uint32((T + 63) / 64), uint32(B * NH), 1}, dim3{128, 1, 1}, 0, out, lse, qkv, B, T, NH, scale)
+		return c.launch("attn_fwd_tc", dim3{uint32((T + 127) / 128), uint32(B * NH), 1}, dim3{256, 1, 1}, 0, out, lse, qkv, B, T, NH, scale)
 	}
 	name, err := suffix(fmt.Sprintf("attn_fwd_%d", hd), out.DType)
 	if err != nil {
@@ -358,11 +361,11 @@ func (c *Ctx) AttentionBackward(dqkv, scratch, dout, qkv, out, lse Buf, B, T, C,
 		if err := c.launch("attn_bwd_pre_tc", c.ewGrid(B*NH*T), ewThreads, 0, scratch, dout, out, B, T, NH, hd); err != nil {
 			return err
 		}
-		g := dim3{uint32((T + 63) / 64), uint32(B * NH), 1}
-		if err := c.launch("attn_bwd_dkdv_tc", g, dim3{128, 1, 1}, 0, dqkv, dout, qkv, lse, scratch, B, T, NH, scale); err != nil {
+		g := dim3{uint32((T + 127) / 128), uint32(B * NH), 1}
+		if err := c.launch("attn_bwd_dkdv_tc", g, dim3{256, 1, 1}, 0, dqkv, dout, qkv, lse, scratch, B, T, NH, scale); err != nil {
 			return err
 		}
-		return c.launch("attn_bwd_dq_tc", g, dim3{128, 1, 1}, 0, dqkv, dout, qkv, lse, scratch, B, T, NH, scale)
+		return c.launch("attn_bwd_dq_tc", g, dim3{256, 1, 1}, 0, dqkv, dout, qkv, lse, scratch, B, T, NH, scale)
 	}
 	if dout.DType != F32 {
 		return fmt.Errorf("cuda: attention backward: float32 qkv needs float32 dout")
@@ -541,6 +544,9 @@ func (c *Ctx) BiasAdd(x, bias Buf, N, C int) error {
 	if err := need("bias add bias", bias, F32, C); err != nil {
 		return err
 	}
+	if vec8(N, C, x, bias) {
+		return c.launch("bias_add_bf16_v8", c.ewGrid(N*C/8), ewThreads, 0, x, bias, N, C)
+	}
 	return c.launch("bias_add_bf16", c.ewGrid(N*C), ewThreads, 0, x, bias, N, C)
 }
 
@@ -555,6 +561,9 @@ func (c *Ctx) ResidualBias(out, resid, bias Buf, N, C int) error {
 	}
 	if err := need("residual bias bias", bias, F32, C); err != nil {
 		return err
+	}
+	if vec8(N, C, out, resid, bias) {
+		return c.launch("residual_bias_v8", c.ewGrid(N*C/8), ewThreads, 0, out, resid, bias, N, C)
 	}
 	return c.launch("residual_bias", c.ewGrid(N*C), ewThreads, 0, out, resid, bias, N, C)
 }
@@ -589,6 +598,9 @@ func (c *Ctx) BiasGelu(h, g, bias Buf, N, C int) error {
 	if err := need("bias gelu bias", bias, F32, C); err != nil {
 		return err
 	}
+	if vec8(N, C, h, g, bias) {
+		return c.launch("bias_gelu_bf16_v8", c.ewGrid(N*C/8), ewThreads, 0, h, g, bias, N, C)
+	}
 	return c.launch("bias_gelu_bf16", c.ewGrid(N*C), ewThreads, 0, h, g, bias, N, C)
 }
 
@@ -600,5 +612,22 @@ func (c *Ctx) GeluBackwardInPlace(d, h Buf) error {
 	if err := need("gelu bwd h", h, BF16, d.N); err != nil {
 		return err
 	}
+	if vec8(1, d.N, d, h) {
+		return c.launch("gelu_bwd_inplace_bf16_v8", c.ewGrid(d.N/8), ewThreads, 0, d, h, d.N/8)
+	}
 	return c.launch("gelu_bwd_inplace_bf16", c.ewGrid(d.N), ewThreads, 0, d, h, int64(d.N))
+}
+
+func aligned16(bs ...Buf) bool {
+	for _, b := range bs {
+		if b.Ptr%16 != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// vec8 reports whether rows of C elements can go through the 8-wide kernels.
+func vec8(N, C int, bs ...Buf) bool {
+	return C%8 == 0 && int64(N)*int64(C) < math.MaxInt32 && aligned16(bs...)
 }

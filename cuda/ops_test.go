@@ -299,7 +299,7 @@ func TestResidualAndLinear(t *testing.T) {
 func TestAttention(t *testing.T) {
 	device(t)
 	r := newRand(t)
-	for _, sh := range []struct{ B, T, NH, HD int }{{2, 67, 3, 64}, {2, 200, 2, 64}, {1, 256, 1, 64}, {1, 130, 2, 32}, {3, 29, 4, 16}} {
+	for _, sh := range []struct{ B, T, NH, HD int }{{2, 67, 3, 64}, {2, 200, 2, 64}, {1, 256, 1, 64}, {1, 333, 2, 64}, {1, 130, 2, 32}, {3, 29, 4, 16}} {
 		B, T, NH := sh.B, sh.T, sh.NH
 		C := NH * sh.HD
 		qkv, dout := randn(r, B*T*3*C, 1), randn(r, B*T*C, 1)
@@ -497,7 +497,11 @@ func TestQuantizeInt8(t *testing.T) {
 func TestFusedBF16Ops(t *testing.T) {
 	device(t)
 	r := newRand(t)
-	const N, C = 45, 160
+	testFusedBF16Ops(t, r, 45, 160) // 8-wide kernels
+	testFusedBF16Ops(t, r, 37, 84)  // rows not a multiple of 8: plain kernels
+}
+
+func testFusedBF16Ops(t *testing.T, r *rand.Rand, N, C int) {
 	y, resid, bias := randn(r, N*C, 1), randn(r, N*C, 1), randn(r, C, 1)
 	w, b := randn(r, C, 1), randn(r, C, 1)
 	h, d := randn(r, N*C, 1), randn(r, N*C, 1)
