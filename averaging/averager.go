@@ -379,6 +379,7 @@ func (a *Averager) round(ctx context.Context, r uint64, start time.Time) (Result
 	}
 	var members []peer.ID
 	if view[0] == a.h.ID() {
+		defer a.dropLobby(r)
 		members, err = a.lead(ctx, r, start.Add(a.o.Matchmaking), holders, view, n)
 	} else {
 		members, err = a.join(ctx, r, start.Add(a.o.Matchmaking), view[0], n)

@@ -414,6 +414,13 @@ func TestDifferentViews(t *testing.T) {
 	if len(pairs) < 2*n { // more than any fixed partition into pairs and triples gives
 		t.Errorf("groups did not reshuffle over rounds: %d ordered pairs met", len(pairs))
 	}
+	for i, a := range avs {
+		a.mu.Lock()
+		if len(a.lobbies) != 0 || len(a.rounds) != 0 {
+			t.Errorf("member %d keeps %d lobbies and %d rounds after its rounds", i, len(a.lobbies), len(a.rounds))
+		}
+		a.mu.Unlock()
+	}
 	waitNoGoroutines(t)
 }
 
