@@ -21,6 +21,7 @@ var (
 	descMB         = prometheus.NewDesc("swarmnode_microbatches_total", "Microbatches by outcome.", []string{"outcome"}, nil)
 	descAvgRounds  = prometheus.NewDesc("swarmnode_averaging_rounds_total", "Finished averaging rounds.", nil, nil)
 	descAvgFail    = prometheus.NewDesc("swarmnode_averaging_failures_total", "Averaging rounds that did not finish.", nil, nil)
+	descAvgSkip    = prometheus.NewDesc("swarmnode_averaging_skipped_total", "Averaging rounds skipped.", nil, nil)
 	descAvgGroup   = prometheus.NewDesc("swarmnode_averaging_last_group_size", "Peers in the last averaging round.", nil, nil)
 	descAvgMS      = prometheus.NewDesc("swarmnode_averaging_last_round_ms", "Duration of the last averaging round, ms.", nil, nil)
 	descErrors     = prometheus.NewDesc("swarmnode_errors_total", "Errors by kind.", []string{"kind"}, nil)
@@ -28,7 +29,7 @@ var (
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descStep, descLoss, descTPS, descStage, descHolders, descThroughput,
-		descPeers, descMB, descAvgRounds, descAvgFail, descAvgGroup, descAvgMS, descErrors} {
+		descPeers, descMB, descAvgRounds, descAvgFail, descAvgSkip, descAvgGroup, descAvgMS, descErrors} {
 		ch <- d
 	}
 }
@@ -59,6 +60,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ctr(descMB, float64(r.Microbatches.Failed), "failed")
 	ctr(descAvgRounds, float64(r.Averaging.Rounds))
 	ctr(descAvgFail, float64(r.Averaging.Failures))
+	ctr(descAvgSkip, float64(r.Averaging.Skipped))
 	g(descAvgGroup, float64(r.Averaging.LastGroupSize))
 	g(descAvgMS, r.Averaging.LastRoundMS)
 	for kind, v := range r.Errors {

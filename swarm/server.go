@@ -184,6 +184,7 @@ code{font-size:90%}.self{font-weight:bold}
 <tr><th>last group size</th><td>{{.Averaging.LastGroupSize}}</td></tr>
 <tr><th>last round</th><td>{{f1 .Averaging.LastRoundMS}} ms</td></tr>
 <tr><th>averaging failures</th><td>{{.Averaging.Failures}}</td></tr>
+<tr><th>averaging rounds skipped</th><td>{{.Averaging.Skipped}}</td></tr>
 </table>
 <h2>Errors</h2>
 <table id="errors">{{range .ErrorList}}<tr><th>{{.Kind}}</th><td>{{.Count}}</td></tr>{{else}}<tr><td>none</td></tr>{{end}}</table>

@@ -44,6 +44,10 @@ type MicrobatchCounts struct {
 	Failed    uint64 `json:"failed"`
 }
 
+func (m MicrobatchCounts) add(o MicrobatchCounts) MicrobatchCounts {
+	return MicrobatchCounts{Completed: m.Completed + o.Completed, Retried: m.Retried + o.Retried, Failed: m.Failed + o.Failed}
+}
+
 // AveragingStats are the averaging counters.
 type AveragingStats struct {
 	// Rounds counts finished averaging rounds.
@@ -54,6 +58,8 @@ type AveragingStats struct {
 	LastRoundMS float64 `json:"last_round_ms"`
 	// Failures counts rounds that did not finish.
 	Failures uint64 `json:"failures"`
+	// Skipped counts rounds skipped (e.g. no partner in the group).
+	Skipped uint64 `json:"skipped"`
 }
 
 // Training is the training progress as the status page shows it.
@@ -70,6 +76,9 @@ type Status struct {
 	training Training
 	history  []HistoryPoint
 	mb       MicrobatchCounts
+	// server and trainer mirror the totals kept by a stage server and a
+	// trainer (roles.go); they add to mb, which IncMicrobatch counts.
+	server, trainer MicrobatchCounts
 	avg      AveragingStats
 	errors   map[string]uint64
 }
@@ -175,7 +184,7 @@ func (s *Status) Snapshot() Counters {
 	return Counters{
 		Training:     s.training,
 		History:      slices.Clone(s.history),
-		Microbatches: s.mb,
+		Microbatches: s.mb.add(s.server).add(s.trainer),
 		Averaging:    s.avg,
 		Errors:       maps.Clone(s.errors),
 	}
