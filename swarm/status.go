@@ -79,8 +79,8 @@ type Status struct {
 	// server and trainer mirror the totals kept by a stage server and a
 	// trainer (roles.go); they add to mb, which IncMicrobatch counts.
 	server, trainer MicrobatchCounts
-	avg      AveragingStats
-	errors   map[string]uint64
+	avg             AveragingStats
+	errors          map[string]uint64
 }
 
 func newStatus() *Status { return &Status{errors: make(map[string]uint64)} }
