@@ -57,6 +57,7 @@ DECL(CUresult, cuModuleLoadData, (CUmodule*, const void*))
 DECL(CUresult, cuModuleUnload, (CUmodule))
 DECL(CUresult, cuModuleGetFunction, (CUfunction*, CUmodule, const char*))
 DECL(CUresult, cuFuncSetAttribute, (CUfunction, int, int))
+DECL(CUresult, cuFuncGetAttribute, (int*, int, CUfunction))
 DECL(CUresult, cuLaunchKernel, (CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream, void**, void**))
 DECL(CUresult, cuGetErrorName, (CUresult, const char**))
 DECL(CUresult, cuGetErrorString, (CUresult, const char**))
@@ -140,6 +141,7 @@ static const char* sn_load_cuda(const char* path) {
 	LOAD(h, cuModuleUnload, "cuModuleUnload", 0)
 	LOAD(h, cuModuleGetFunction, "cuModuleGetFunction", 0)
 	LOAD(h, cuFuncSetAttribute, "cuFuncSetAttribute", 0)
+	LOAD(h, cuFuncGetAttribute, "cuFuncGetAttribute", 0)
 	LOAD(h, cuLaunchKernel, "cuLaunchKernel", 0)
 	LOAD(h, cuGetErrorName, "cuGetErrorName", 0)
 	LOAD(h, cuGetErrorString, "cuGetErrorString", 0)
@@ -213,6 +215,7 @@ static CUresult sn_cuModuleLoadData(CUmodule* m, const void* img) { return p_cuM
 static CUresult sn_cuModuleUnload(CUmodule m) { return p_cuModuleUnload(m); }
 static CUresult sn_cuModuleGetFunction(CUfunction* f, CUmodule m, const char* n) { return p_cuModuleGetFunction(f, m, n); }
 static CUresult sn_cuFuncSetAttribute(CUfunction f, int a, int v) { return p_cuFuncSetAttribute(f, a, v); }
+static CUresult sn_cuFuncGetAttribute(int* v, int a, CUfunction f) { return p_cuFuncGetAttribute(v, a, f); }
 static CUresult sn_cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                                   unsigned shmem, CUstream s, void** params) {
 	return p_cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shmem, s, params, 0);
@@ -478,6 +481,12 @@ func drvModuleFunction(m uintptr, name string) (uintptr, error) {
 
 func drvFuncSetAttr(f uintptr, attr, v int) error {
 	return cuCheck(C.sn_cuFuncSetAttribute(*(*C.CUfunction)(unsafe.Pointer(&f)), C.int(attr), C.int(v)), "cuFuncSetAttribute")
+}
+
+func drvFuncGetAttr(f uintptr, attr int) (int, error) {
+	var v C.int
+	err := cuCheck(C.sn_cuFuncGetAttribute(&v, C.int(attr), *(*C.CUfunction)(unsafe.Pointer(&f))), "cuFuncGetAttribute")
+	return int(v), err
 }
 
 // drvLaunch launches f; params points to C memory holding the argument pointer array.

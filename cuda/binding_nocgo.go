@@ -80,6 +80,8 @@ func drvModuleUnload(m uintptr) error { return errNoCgo }
 
 func drvModuleFunction(m uintptr, name string) (uintptr, error) { return 0, errNoCgo }
 
+func drvFuncGetAttr(f uintptr, attr int) (int, error) { return 0, errNoCgo }
+
 func drvFuncSetAttr(f uintptr, attr, v int) error { return errNoCgo }
 
 func drvLaunch(f uintptr, grid, block [3]uint32, shmem uint32, s uintptr, params unsafe.Pointer, name string) error {

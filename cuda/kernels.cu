@@ -863,3 +863,72 @@ extern "C" __global__ void bias_grad_bf16_v8(float* dbias, const uint4* dout, in
 		atomicAdd(&dbias[c], tot);
 	}
 }
+
+// layernorm_bwd_j: layernorm_bwd for rows of C <= 32·J elements, each lane keeping
+// its share of a row in registers so that all of a row's loads are in flight at
+// once (the plain kernel waits on them one loop iteration at a time). When dop is
+// set it also receives the updated dinp in bf16 (the next GEMM's operand).
+template <int J>
+__device__ void layernorm_bwd_j(float* dinp, bf16* dop, float* dw, float* db, const float* dout, const float* inp, const float* w,
+                                const float* mean, const float* rstd, int N, int C, int rowsPerBlock) {
+	extern __shared__ float sh[];
+	float* sdw = sh;
+	float* sdb = sh + C;
+	for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) sh[c] = 0.f;
+	__syncthreads();
+	int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x & 31;
+	int first = blockIdx.x * rowsPerBlock;
+	int last = min(first + rowsPerBlock, N);
+	for (int row = first + wid; row < last; row += warps) {
+		const float* x = inp + (long)row * C;
+		const float* g = dout + (long)row * C;
+		float* di = dinp + (long)row * C;
+		float m = mean[row], r = rstd[row];
+		float xh[J], gv[J], wv[J], dv[J];
+#pragma unroll
+		for (int j = 0; j < J; j++) {
+			int c = j * 32 + lane;
+			bool ok = c < C;
+			xh[j] = ok ? x[c] : 0.f;
+			gv[j] = ok ? g[c] : 0.f;
+			wv[j] = ok ? w[c] : 0.f;
+			dv[j] = ok ? di[c] : 0.f;
+		}
+		float sumD = 0.f, sumDX = 0.f;
+#pragma unroll
+		for (int j = 0; j < J; j++) {
+			xh[j] = (xh[j] - m) * r;
+			float dn = gv[j] * wv[j];
+			sumD += dn;
+			sumDX += dn * xh[j];
+		}
+		sumD = warp_sum(sumD) / C;
+		sumDX = warp_sum(sumDX) / C;
+#pragma unroll
+		for (int j = 0; j < J; j++) {
+			int c = j * 32 + lane;
+			if (c < C) {
+				float v = dv[j] + r * (gv[j] * wv[j] - sumD - xh[j] * sumDX);
+				di[c] = v;
+				if (dop) dop[(long)row * C + c] = from_f<bf16>(v);
+				atomicAdd(&sdw[c], gv[j] * xh[j]);
+				atomicAdd(&sdb[c], gv[j]);
+			}
+		}
+	}
+	__syncthreads();
+	for (int c = threadIdx.x; c < C; c += blockDim.x) {
+		atomicAdd(&dw[c], sdw[c]);
+		atomicAdd(&db[c], sdb[c]);
+	}
+}
+
+#define LNB(J)                                                                                                                  \
+	extern "C" __global__ void layernorm_bwd_##J(float* dinp, bf16* dop, float* dw, float* db, const float* dout, const float* inp, \
+	                                             const float* w, const float* mean, const float* rstd, int N, int C, int rows) {  \
+		layernorm_bwd_j<J>(dinp, dop, dw, db, dout, inp, w, mean, rstd, N, C, rows);                                            \
+	}
+LNB(8)
+LNB(16)
+LNB(24)
+LNB(32)

@@ -196,3 +196,21 @@ func (c *Ctx) launch(name string, grid, block dim3, shmem int, args ...any) erro
 	}
 	return nil
 }
+
+// KernelResources reports a kernel's registers per thread, local (spill) memory per
+// thread and static shared memory per block, as compiled for this device.
+func (c *Ctx) KernelResources(name string) (regs, local, shared int, err error) {
+	f, err := c.function(name)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	const attrShared, attrLocal, attrRegs = 1, 3, 4
+	if regs, err = drvFuncGetAttr(f, attrRegs); err != nil {
+		return
+	}
+	if local, err = drvFuncGetAttr(f, attrLocal); err != nil {
+		return
+	}
+	shared, err = drvFuncGetAttr(f, attrShared)
+	return
+}

@@ -234,6 +234,12 @@ func (c *Ctx) LayerNormForward(out, mean, rstd, inp, w, b Buf, N, C int) error {
 // LayerNormBackward adds the input gradient into dinp and the parameter gradients
 // into dw and db (all float32).
 func (c *Ctx) LayerNormBackward(dinp, dw, db, dout, inp, w, mean, rstd Buf, N, C int) error {
+	return c.LayerNormBackwardOp(dinp, Buf{}, dw, db, dout, inp, w, mean, rstd, N, C)
+}
+
+// LayerNormBackwardOp is LayerNormBackward that also writes the updated dinp in
+// bfloat16 to dop (when present), the operand of the GEMMs that consume it.
+func (c *Ctx) LayerNormBackwardOp(dinp, dop, dw, db, dout, inp, w, mean, rstd Buf, N, C int) error {
 	for _, x := range []struct {
 		name string
 		b    Buf
@@ -244,6 +250,9 @@ func (c *Ctx) LayerNormBackward(dinp, dw, db, dout, inp, w, mean, rstd Buf, N, C
 			return err
 		}
 	}
+	if err := needOpt("layernorm dinp bf16", dop, BF16, N*C); err != nil {
+		return err
+	}
 	shmem := 2 * C * 4
 	if shmem > 48<<10 {
 		return fmt.Errorf("cuda: layernorm backward supports C <= 6144, got %d", C)
@@ -251,6 +260,14 @@ func (c *Ctx) LayerNormBackward(dinp, dw, db, dout, inp, w, mean, rstd Buf, N, C
 	// Few rows per block: enough blocks in flight to cover memory latency, at the
 	// price of one global atomic per element of dw, db and block.
 	const rows = 16
+	for _, j := range []int{8, 16, 24, 32} {
+		if C <= 32*j {
+			return c.launch(fmt.Sprintf("layernorm_bwd_%d", j), grid1(N, rows), dim3{256, 1, 1}, shmem, dinp, dop.Ptr, dw, db, dout, inp, w, mean, rstd, N, C, rows)
+		}
+	}
+	if dop.Ptr != 0 {
+		return fmt.Errorf("cuda: layernorm backward with a bf16 copy supports C <= 1024, got %d", C)
+	}
 	return c.launch("layernorm_bwd", grid1(N, rows), dim3{256, 1, 1}, shmem, dinp, dw, db, dout, inp, w, mean, rstd, N, C, rows)
 }
 

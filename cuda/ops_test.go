@@ -181,16 +181,25 @@ func testLayerNorm(t *testing.T, r *rand.Rand, N, C int) {
 		rdb[i] += float64(db0[i])
 	}
 	for _, dt := range []DType{F32, BF16} {
-		var out, mean, rstd, dx, dw, db []float32
+		var out, mean, rstd, dx, dw, db, dop []float32
 		run(t, func(g *gpu) {
 			o, m, rs := g.alloc(dt, N*C), g.alloc(F32, N), g.alloc(F32, N)
 			X, W := g.up(x), g.up(w)
 			g.check(g.c.LayerNormForward(o, m, rs, X, W, g.up(b), N, C))
 			out, mean, rstd = g.down(o), g.down(m), g.down(rs)
 			DX, DW, DB := g.up(dx0), g.up(dw0), g.up(db0)
-			g.check(g.c.LayerNormBackward(DX, DW, DB, g.up(dout), X, W, m, rs, N, C))
+			if C <= 1024 && dt == BF16 {
+				DOP := g.alloc(BF16, N*C)
+				g.check(g.c.LayerNormBackwardOp(DX, DOP, DW, DB, g.up(dout), X, W, m, rs, N, C))
+				dop = g.down(DOP)
+			} else {
+				g.check(g.c.LayerNormBackward(DX, DW, DB, g.up(dout), X, W, m, rs, N, C))
+			}
 			dx, dw, db = g.down(DX), g.down(DW), g.down(DB)
 		})
+		if dop != nil {
+			checkErr(t, "layernorm dx bf16 copy", dop, rdx, tolBF16)
+		}
 		tol := tolF32
 		if dt == BF16 {
 			tol = tolBF16

@@ -326,6 +326,11 @@ func (s *Stage) BackwardOn(c *Ctx, p *Pass, dout Buf) error {
 		}
 	}
 	if s.tc {
+		// Each LayerNorm backward leaves a bf16 copy of dres for the next GEMMs;
+		// the first one needs a cast.
+		if err := s.timed(c, "bwd cast", func() error { return c.Cast(dresOp, dres) }); err != nil {
+			return err
+		}
 		for i := len(a.blocks) - 1; i >= 0; i-- {
 			if err := s.fusedBlockBackward(c, &a.blocks[i], &s.lay.blocks[i], sc, B, T); err != nil {
 				return fmt.Errorf("block %d backward: %w", s.cfg.First+i, err)
@@ -487,8 +492,9 @@ func (s *Stage) fusedBlockForward(c *Ctx, k *blockActs, bv *blockViews, B, T int
 	return nil
 }
 
-// fusedBlockBackward is the backward of fusedBlockForward: sc.dres holds the
-// gradient of the block's output and becomes the gradient of its input.
+// fusedBlockBackward is the backward of fusedBlockForward: sc.dres (and its bf16
+// copy sc.dresOp) hold the gradient of the block's output and become the gradient
+// of its input.
 func (s *Stage) fusedBlockBackward(c *Ctx, k *blockActs, bv *blockViews, sc *scratch, B, T int) error {
 	m := s.cfg.Model
 	C, NH, N := m.DModel, m.NHead, B*T
@@ -499,8 +505,7 @@ func (s *Stage) fusedBlockBackward(c *Ctx, k *blockActs, bv *blockViews, sc *scr
 		label string
 		fn    func() error
 	}{
-		// MLP branch: out = res2 + gelu(ln2·Wfc + bfc)·Wp + bp.
-		{"bwd cast", func() error { return c.Cast(dresOp, dres) }},
+		// MLP branch: out = res2 + gelu(ln2·Wfc + bfc)·Wp + bp. dresOp already holds dres in bf16.
 		{"bwd fc proj gemms", func() error {
 			if err := c.Gemm(false, true, N, 4*C, C, 1, dresOp, C, s.weight(bv.fcpw), C, 0, dh, 4*C, s.mode); err != nil {
 				return err
@@ -513,10 +518,9 @@ func (s *Stage) fusedBlockBackward(c *Ctx, k *blockActs, bv *blockViews, sc *scr
 			return c.LinearBackward(dln, s.grad(bv.fcw), s.grad(bv.fcb), dh, k.ln2, s.weight(bv.fcw), N, C, 4*C, false, s.mode)
 		}},
 		{"bwd ln2", func() error {
-			return c.LayerNormBackward(dres, s.grad(bv.ln2w), s.grad(bv.ln2b), dln, k.res2, s.param(bv.ln2w), k.ln2m, k.ln2r, N, C)
+			return c.LayerNormBackwardOp(dres, dresOp, s.grad(bv.ln2w), s.grad(bv.ln2b), dln, k.res2, s.param(bv.ln2w), k.ln2m, k.ln2r, N, C)
 		}},
 		// Attention branch: res2 = in + attn(ln1·Wqkv + bqkv)·Wp + bp.
-		{"bwd cast", func() error { return c.Cast(dresOp, dres) }},
 		{"bwd attn proj gemms", func() error {
 			if err := c.Gemm(false, true, N, C, C, 1, dresOp, C, s.weight(bv.attpw), C, 0, datty, C, s.mode); err != nil {
 				return err
@@ -531,7 +535,7 @@ func (s *Stage) fusedBlockBackward(c *Ctx, k *blockActs, bv *blockViews, sc *scr
 			return c.LinearBackward(dln, s.grad(bv.qkvw), s.grad(bv.qkvb), dqkv, k.ln1, s.weight(bv.qkvw), N, C, 3*C, false, s.mode)
 		}},
 		{"bwd ln1", func() error {
-			return c.LayerNormBackward(dres, s.grad(bv.ln1w), s.grad(bv.ln1b), dln, k.in, s.param(bv.ln1w), k.ln1m, k.ln1r, N, C)
+			return c.LayerNormBackwardOp(dres, dresOp, s.grad(bv.ln1w), s.grad(bv.ln1b), dln, k.in, s.param(bv.ln1w), k.ln1m, k.ln1r, N, C)
 		}},
 	}
 	for _, st := range steps {

@@ -160,6 +160,13 @@ func run(C, NH, L, T, B int, precName string, iters, warm int, dump string) erro
 		if err := c.Destroy(g); err != nil {
 			return err
 		}
+		for _, k := range []string{"attn_fwd_tc", "attn_bwd_dkdv_tc", "attn_bwd_dq_tc", "layernorm_bwd_24", "residual_bias_ln"} {
+			regs, local, shared, err := c.KernelResources(k)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "kernel %-18s %3d registers, %4d B local (spills), %5d B shared\n", k, regs, local, shared)
+		}
 		// Where the time goes: per-step times over 3 profiled iterations (each step
 		// synchronised, so they add up to more than a free-running pass).
 		s.SetProfile(true)
