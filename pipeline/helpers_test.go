@@ -110,11 +110,12 @@ func chainRun(tb testing.TB, cfg config.Config, corpus *data.Corpus) (valLoss fl
 type testRouter struct {
 	mu      sync.Mutex
 	servers map[int][]*Server
+	extra   map[int][]Holder // holders that are not Servers (misbehaving peers)
 	downs   map[peer.ID]int
 }
 
 func newTestRouter() *testRouter {
-	return &testRouter{servers: make(map[int][]*Server), downs: make(map[peer.ID]int)}
+	return &testRouter{servers: make(map[int][]*Server), extra: make(map[int][]Holder), downs: make(map[peer.ID]int)}
 }
 
 func (r *testRouter) add(s *Server) {
@@ -126,8 +127,8 @@ func (r *testRouter) add(s *Server) {
 func (r *testRouter) Holders(k int) []Holder {
 	r.mu.Lock()
 	ss := append([]*Server(nil), r.servers[k]...)
+	out := append([]Holder(nil), r.extra[k]...)
 	r.mu.Unlock()
-	out := make([]Holder, 0, len(ss))
 	for _, s := range ss {
 		tp, q := s.Load()
 		out = append(out, Holder{ID: s.host.ID(), Throughput: tp, Queue: q, Addrs: s.host.Addrs()})

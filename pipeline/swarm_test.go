@@ -1,9 +1,12 @@
 package pipeline
 
 import (
+	"io"
 	"math"
 	"testing"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
 
 	"swarmnode/config"
 )
@@ -168,5 +171,52 @@ func TestBusyHoldersStillTrain(t *testing.T) {
 	}
 	if busy == 0 {
 		t.Fatal("four trainer microbatches in flight never met a busy server")
+	}
+}
+
+// TestHangingHolder: a stage-1 holder that takes requests and never answers (a
+// stopped process) costs its callers one hop timeout each, after which it is in
+// backoff and the microbatches go to the live holder; nothing is lost.
+func TestHangingHolder(t *testing.T) {
+	cfg := testConfig()
+	cfg.Train.Steps, cfg.Train.EvalEvery = 40, 40
+	cfg.Pipeline.HopTimeout = time.Second
+	corpus := loadCorpus(t, cfg)
+	sw := newSwarm(t, cfg, []int{1, 1, 1}, nil)
+	hang := newHost(t)
+	hang.SetStreamHandler(Protocol(cfg.Run), func(s network.Stream) {
+		_, _ = io.Copy(io.Discard, s) // until the caller gives up and resets
+	})
+	// It claims to be fast, so that it draws traffic until it is found out.
+	sw.router.mu.Lock()
+	sw.router.extra[1] = []Holder{{ID: hang.ID(), Throughput: 1e9, Addrs: hang.Addrs()}}
+	sw.router.mu.Unlock()
+	var steps []StepReport
+	tr := sw.newTrainer(t, corpus, TrainerOptions{OnStep: func(r StepReport) { steps = append(steps, r) }})
+	start := time.Now()
+	sum := runTrainer(t, tr, 60*time.Second)
+	st := tr.Stats()
+	if sum.Step != cfg.Train.Steps || st.Lost != 0 || st.Completed != int64(cfg.Train.Steps*cfg.Train.Accumulation()) {
+		t.Fatalf("summary %+v, stats %+v", sum, st)
+	}
+	s0 := sw.servers[0][0].Stats()
+	if s0.DownstreamFailures == 0 {
+		t.Fatal("the hanging holder was never called")
+	}
+	sw.router.mu.Lock()
+	downs := sw.router.downs[hang.ID()]
+	sw.router.mu.Unlock()
+	if downs == 0 {
+		t.Error("the hanging holder was never marked down")
+	}
+	var maxGap time.Duration
+	prev := start
+	for _, r := range steps {
+		maxGap = max(maxGap, r.Time.Sub(prev))
+		prev = r.Time
+	}
+	t.Logf("%d calls timed out; longest wait between steps %s", s0.DownstreamFailures, maxGap)
+	if maxGap > 5*time.Second {
+		t.Errorf("training stalled for %s behind a hanging holder (hop timeout %s)", maxGap, cfg.Pipeline.HopTimeout)
 	}
 }
