@@ -99,7 +99,7 @@ func OptionsFromConfig(run, key string, c config.Averaging) (Options, error) {
 	}
 	return Options{
 		Run: run, Key: key, Period: c.Period, GroupSize: c.GroupSize,
-		Matchmaking: c.Matchmaking, Deadline: c.Deadline, Codec: codec,
+		Matchmaking: c.Matchmaking, Deadline: c.Deadline, StallTimeout: c.StallTimeout, Codec: codec,
 	}, nil
 }
 

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
+
+	"swarmnode/config"
 )
 
 func TestSlicesSource(t *testing.T) {
@@ -80,4 +82,29 @@ func TestRunAveragesOnTheClock(t *testing.T) {
 		s.mu.Unlock()
 	}
 	waitNoGoroutines(t)
+}
+
+func TestOptionsFromConfig(t *testing.T) {
+	cfg, err := config.Parse([]byte("averaging:\n  deadline: 4s\n  stall_timeout: 1s\n  codec: bf16\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := OptionsFromConfig("run-1", "stage-0", cfg.Averaging)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Codec != BF16 || o.StallTimeout != time.Second || o.Deadline != 4*time.Second || o.GroupSize != 4 {
+		t.Errorf("options %+v", o)
+	}
+	for _, bad := range []string{
+		"averaging:\n  deadline: 4s\n  stall_timeout: 4s\n",
+		"averaging:\n  deadline: 2s\n  matchmaking: 2s\n",
+	} {
+		if _, err := config.Parse([]byte(bad)); err == nil {
+			t.Errorf("config accepted %q", bad)
+		}
+	}
+	if _, err := New(newHost(t, nil), PeerList{}, &vecSource{vec: []float32{1}}, Options{Run: "a/b", Key: "k"}); err == nil {
+		t.Error("a run id with a slash was accepted")
+	}
 }

@@ -18,6 +18,11 @@ type Averaging struct {
 	Codec string `yaml:"codec"`
 	// Optimizer averages AdamW's moments too when true; otherwise each keeps its own.
 	Optimizer bool `yaml:"optimizer"`
+	// StallTimeout is how long a reducer waits for a member's next chunk before
+	// leaving that member out of its shard; a reducer silent for twice as long is
+	// left out by the members. Less than the deadline; 0 (the default) means a
+	// quarter of the deadline.
+	StallTimeout time.Duration `yaml:"stall_timeout"`
 }
 
 // DefaultAveraging averages every 10 s in groups of up to 4.
@@ -39,6 +44,10 @@ func (a Averaging) validate() error {
 		return fieldErr("averaging.matchmaking", "must be positive, got %s", a.Matchmaking)
 	case a.Deadline <= 0:
 		return fieldErr("averaging.deadline", "must be positive, got %s", a.Deadline)
+	case a.Matchmaking >= a.Deadline:
+		return fieldErr("averaging.matchmaking", "%s must be shorter than the deadline %s", a.Matchmaking, a.Deadline)
+	case a.StallTimeout < 0 || a.StallTimeout >= a.Deadline:
+		return fieldErr("averaging.stall_timeout", "must be in [0, deadline %s), got %s", a.Deadline, a.StallTimeout)
 	case !validCodec(a.Codec):
 		return fieldErr("averaging.codec", "%q: want fp32, bf16 or int8", a.Codec)
 	}
