@@ -22,6 +22,31 @@ import (
 // Protocol is the stage protocol id of run.
 func Protocol(run string) protocol.ID { return protocol.ID("/swarmnode/" + run + "/stage/1.0.0") }
 
+// Outcome is what became of a microbatch, as counted on the status page.
+type Outcome int
+
+// The outcomes reported through OnMicrobatch hooks.
+const (
+	// Completed: a trainer's microbatch trained, or a server's request answered.
+	Completed Outcome = iota
+	// Retried: an attempt at a holder failed and the microbatch went elsewhere
+	// (or, at a trainer, started over).
+	Retried
+	// Failed: a server answered a request with an error, or a trainer gave up on
+	// a microbatch (only when stopped).
+	Failed
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Completed:
+		return "completed"
+	case Retried:
+		return "retried"
+	}
+	return "failed"
+}
+
 // request is one microbatch as sent to a holder of stage `stage`.
 type request struct {
 	id      uint64
@@ -56,6 +81,7 @@ type caller struct {
 	enc        wire.Encoding // codec and block of the tensors this caller sends
 	zstd       codec.ZstdMode
 	log        *slog.Logger
+	onRetry    func() // after each failed attempt; nil: none
 
 	linkMu sync.Mutex
 	links  map[peer.ID]*codec.Link
@@ -109,6 +135,9 @@ func (c *caller) send(ctx context.Context, req *request) (answer, error) {
 			return ans, nil
 		}
 		c.failures.Add(1)
+		if c.onRetry != nil {
+			c.onRetry()
+		}
 		c.log.Debug("hop failed", "stage", req.stage, "holder", shortID(h.ID), "id", req.id, "after", time.Since(start), "err", err)
 		last = fmt.Errorf("stage %d holder %s: %w", req.stage, shortID(h.ID), err)
 		avoid[h.ID] = true

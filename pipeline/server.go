@@ -39,6 +39,11 @@ type ServerOptions struct {
 	Slowdown float64
 	// Logger receives per-microbatch failures at debug level; nil discards them.
 	Logger *slog.Logger
+	// OnMicrobatch, if set, is told of every request answered (Completed), every
+	// attempt at the next stage that failed and was retried elsewhere (Retried),
+	// and every request answered with an error (Failed). It must be cheap and
+	// safe for concurrent use.
+	OnMicrobatch func(Outcome)
 }
 
 // ServerStats are a stage server's counters.
@@ -141,6 +146,9 @@ func NewServer(h host.Host, w *Worker, r Router, o ServerOptions) (*Server, erro
 			enc: wire.Encoding{Codec: act, Block: o.Compression.BlockSize}, zstd: zm, log: log,
 		}
 	}
+	if s.down != nil && o.OnMicrobatch != nil {
+		s.down.onRetry = func() { o.OnMicrobatch(Retried) }
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	h.SetStreamHandler(Protocol(o.Run), s.handle)
 	return s, nil
@@ -234,6 +242,7 @@ func (s *Server) handle(str network.Stream) {
 	req, err := s.readRequest(conn, start.Add(s.opts.Pipeline.HopTimeout))
 	if err != nil {
 		s.bad.Add(1)
+		s.report(Failed)
 		s.log.Debug("rejected request", "stage", s.k, "from", shortID(str.Conn().RemotePeer()), "err", err)
 		// The read deadline may be what failed: give the answer its own.
 		s.answerError(conn, str, 0, err, time.Now().Add(s.opts.Pipeline.HopTimeout))
@@ -252,6 +261,7 @@ func (s *Server) handle(str network.Stream) {
 	case s.slots <- struct{}{}:
 	default:
 		s.busy.Add(1)
+		s.report(Failed)
 		s.answerError(conn, str, req.id, fmt.Errorf("%w: %d microbatches in flight", wire.ErrBusy, cap(s.slots)), deadline)
 		return
 	}
@@ -262,6 +272,7 @@ func (s *Server) handle(str network.Stream) {
 			err = fmt.Errorf("%w: %v", wire.ErrTimeout, err)
 		}
 		s.failed.Add(1)
+		s.report(Failed)
 		s.log.Debug("microbatch failed", "stage", s.k, "id", req.id, "err", err)
 		s.answerError(conn, str, req.id, err, deadline.Add(budget/20))
 		return
@@ -278,6 +289,7 @@ func (s *Server) handle(str network.Stream) {
 	}
 	if err != nil {
 		s.failed.Add(1)
+		s.report(Failed)
 		s.log.Debug("answer failed", "stage", s.k, "id", req.id, "err", err)
 		_ = str.Reset()
 		return
@@ -287,7 +299,14 @@ func (s *Server) handle(str network.Stream) {
 	} else {
 		s.served.Add(1)
 	}
+	s.report(Completed)
 	_ = str.Close()
+}
+
+func (s *Server) report(o Outcome) {
+	if s.opts.OnMicrobatch != nil {
+		s.opts.OnMicrobatch(o)
+	}
 }
 
 func flags(eval bool) uint8 {

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"io"
 	"math"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -62,7 +63,9 @@ func TestKillHolders(t *testing.T) {
 	kills := map[int]int{50: 1, 100: 2, 150: 0} // step -> stage whose holder 0 dies
 	var steps []StepReport
 	var evals []EvalReport
+	var outcomes [3]atomic.Int64
 	tr := sw.newTrainer(t, corpus, TrainerOptions{
+		OnMicrobatch: func(o Outcome) { outcomes[o].Add(1) },
 		OnStep: func(r StepReport) {
 			steps = append(steps, r)
 			if k, ok := kills[r.Step]; ok {
@@ -76,6 +79,9 @@ func TestKillHolders(t *testing.T) {
 	st := tr.Stats()
 	if sum.Step != cfg.Train.Steps || st.Completed != int64(cfg.Train.Steps*cfg.Train.Accumulation()) || st.Lost != 0 {
 		t.Fatalf("lost microbatches: summary %+v, stats %+v", sum, st)
+	}
+	if outcomes[Completed].Load() != st.Completed || outcomes[Retried].Load() != st.Retried || outcomes[Failed].Load() != 0 {
+		t.Errorf("hooks saw %d completed, %d retried, %d failed; stats say %+v", outcomes[0].Load(), outcomes[1].Load(), outcomes[2].Load(), st)
 	}
 	var maxGap time.Duration
 	for i := 1; i < len(steps); i++ {

@@ -36,6 +36,11 @@ type TrainerOptions struct {
 	// They run on the trainer's goroutine and must not block for long.
 	OnStep func(StepReport)
 	OnEval func(EvalReport)
+	// OnMicrobatch, if set, is told of every training microbatch completed, every
+	// failed attempt (Retried: the microbatch goes on elsewhere or starts over) and
+	// every microbatch given up on when stopped (Failed). It runs on several
+	// goroutines and must be cheap.
+	OnMicrobatch func(Outcome)
 	// Logger gets one line per evaluation; nil discards.
 	Logger *slog.Logger
 }
@@ -137,7 +142,18 @@ func NewTrainer(h host.Host, r Router, corpus *data.Corpus, o TrainerOptions) (*
 			retries: o.Pipeline.Retries, zstd: codec.ZstdOff, log: log,
 		},
 	}
+	if o.OnMicrobatch != nil {
+		t.call.onRetry = func() { o.OnMicrobatch(Retried) }
+	}
 	return t, nil
+}
+
+func (t *Trainer) report(o Outcome, n int) {
+	if t.opts.OnMicrobatch != nil {
+		for range n {
+			t.opts.OnMicrobatch(o)
+		}
+	}
 }
 
 // Stats returns the trainer's progress and counters.
@@ -237,6 +253,7 @@ func (t *Trainer) Run(ctx context.Context) (Summary, error) {
 			inflight--
 			if r.err != nil {
 				t.lost.Add(1)
+				t.report(Failed, 1)
 				return sum, r.err
 			}
 			if r.job.eval {
@@ -265,6 +282,7 @@ func (t *Trainer) Run(ctx context.Context) (Summary, error) {
 				continue
 			}
 			t.completed.Add(1)
+			t.report(Completed, 1)
 			done++
 			stepLoss += float64(r.loss)
 			winTokens += B * T
@@ -302,6 +320,7 @@ func (t *Trainer) Run(ctx context.Context) (Summary, error) {
 			}
 		case <-ctx.Done():
 			t.lost.Add(int64(inflight))
+			t.report(Failed, inflight)
 			t.log.Info("stopping early", "step", step)
 			return sum, nil
 		}
