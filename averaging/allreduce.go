@@ -401,8 +401,9 @@ func (a *Averager) handleReduce(s network.Stream) {
 		s.Reset()
 		return
 	}
-	limit := time.Now().Add(a.o.Deadline)
-	_ = s.SetDeadline(limit)
+	// A sender writes its header at once; one that dawdles holds a handler slot
+	// for one matchmaking window at most, then waits at most one more for its round.
+	_ = s.SetDeadline(time.Now().Add(2 * a.o.Matchmaking))
 	var h partHeader
 	if err := readJSON(s, frameHeader, &h); err != nil {
 		s.Reset()
