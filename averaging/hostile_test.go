@@ -114,3 +114,52 @@ func TestForgedSender(t *testing.T) {
 	}
 	waitNoGoroutines(t)
 }
+
+// TestReducerFails: a member whose reduction fails halfway leaves the rest of its
+// shard at every member's local value; the chunks it did reduce and every other
+// shard are averaged.
+func TestReducerFails(t *testing.T) {
+	const n, cf = 8000, 500
+	rng := rand.New(rand.NewPCG(12, 12))
+	vecs := make([][]float32, 4)
+	for i := range vecs {
+		vecs[i] = randVec(rng, n, 1)
+	}
+	w := []float64{1, 1, 2, 2}
+	ms := newGroup(t, 4, vecs, w, Options{ChunkFloats: cf, Deadline: 6 * time.Second, Matchmaking: time.Second})
+	const bad = 1
+	calls := 0
+	ms[bad].avg.o.Reducer = func(parts [][]float32, ws []float64, out []float32) error {
+		if calls++; calls > 2 {
+			return errors.New("robust aggregator gave up")
+		}
+		return Mean(parts, ws, out)
+	}
+	res, errs := roundAll(ms, 4)
+	want := weightedMean(vecs, w)
+	for i, m := range ms {
+		if errs[i] != nil {
+			t.Fatalf("member %d: %v", i, errs[i])
+		}
+		bi := -1
+		for j, p := range res[i].Members {
+			if p == ms[bad].h.ID() {
+				bi = j
+			}
+		}
+		lo, hi := shardRange(n, 4, bi)
+		for k, x := range m.src.vec {
+			ref := want[k]
+			if k >= lo+2*cf && k < hi {
+				ref = float64(vecs[i][k])
+			}
+			if d := float64(x) - ref; d > 1e-6 || d < -1e-6 {
+				t.Fatalf("member %d value %d (bad shard [%d,%d)): %v, want %v", i, k, lo, hi, x, ref)
+			}
+		}
+		if st := m.avg.Stats(); st.Failures != 1 {
+			t.Errorf("member %d stats %+v", i, st)
+		}
+	}
+	waitNoGoroutines(t)
+}
