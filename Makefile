@@ -4,7 +4,7 @@ BIN     := bin/swarmnode
 CONFIG  ?= examples/gpt/tiny.yaml
 FUZZTIME ?= 10s
 
-.PHONY: build test lint bench demo fuzz gpu-test clean
+.PHONY: build test lint bench demo demo-local fuzz gpu-test clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/swarmnode
@@ -20,7 +20,12 @@ test: lint build
 bench: build
 	bash bench/cpu.sh
 
+# The main job: a local swarm (bootstrap, 2 holders per stage, a trainer) on loopback.
 demo: build
+	CONFIG=$(CONFIG) bash examples/gpt/local-swarm.sh
+
+# The centralized baseline: the same model trained in one process.
+demo-local: build
 	$(BIN) local --config $(CONFIG) --summary out/local-summary.json
 
 # Short coverage-guided runs of every fuzz target.

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -29,8 +30,9 @@ type listFlag []string
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 
-// runCommand runs `swarmnode run`: join the swarm, announce a stage, gossip
-// load, serve the status page until SIGINT/SIGTERM.
+// runCommand runs `swarmnode run`: join the swarm, serve a stage and/or train
+// through the swarm, serve the status page until SIGINT/SIGTERM (a trainer
+// stops by itself after its steps).
 func runCommand(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -45,6 +47,9 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 	role := fs.String("role", "", "server, trainer or both (overrides node.role)")
 	dhtClient := fs.Bool("dht-client", false, "run the DHT in client mode (for peers that cannot accept connections)")
 	relay := fs.Bool("relay", false, "serve as a circuit relay v2 for peers behind NAT")
+	steps := fs.Int("steps", -1, "optimizer steps a trainer runs before exiting (overrides train.steps)")
+	summary := fs.String("summary", "", "trainer: write a JSON summary {step, loss, val_loss, tokens_per_sec} here at exit")
+	slowdown := fs.Float64("slowdown", 0, "server: stretch every forward and backward pass by this factor (a deliberately slow peer, for tests and demos)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -79,6 +84,13 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 			cfg.Node.Relay = *relay
 		}
 	})
+	if *steps >= 0 {
+		cfg.Train.Steps = *steps
+	}
+	if *slowdown != 0 && *slowdown < 1 {
+		fmt.Fprintf(stderr, "swarmnode run: --slowdown %g: want a factor of at least 1\n", *slowdown)
+		return exitUsage
+	}
 	stageNum, err := checkRunFlags(&cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "swarmnode run: %v\n", err)
@@ -121,10 +133,12 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 		stageNum = node.AutoStage(actx)
 		acancel()
 	}
-	if err := node.SetStage(stageNum); err != nil {
-		node.Close()
-		fmt.Fprintf(stderr, "swarmnode run: %v\n", err)
-		return exitRuntime
+	if cfg.Node.Role == dht.RoleTrainer {
+		if err := node.SetStage(-1); err != nil {
+			node.Close()
+			fmt.Fprintf(stderr, "swarmnode run: %v\n", err)
+			return exitRuntime
+		}
 	}
 
 	fmt.Fprintf(stdout, "peer id: %s\n", node.ID())
@@ -139,19 +153,56 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	log.Info("joined swarm", "peer", node.ID(), "run", cfg.Run, "stage", stageNum, "role", cfg.Node.Role)
 
-	// The pipeline plugs in here: a stage server for stageNum (registering its
-	// stream handlers on node.Host(), routing through node.DHT(), reporting
-	// load with node.DHT().SetLoad and progress through node.Status()) and, for
-	// role trainer or both, the trainer loop. Both must stop when ctx ends and
-	// finish or abort in-flight work within shutdownGrace.
+	// The roles: a stage server (with averaging and rebalancing) until the node
+	// stops, and a trainer that stops the node when its steps are done.
+	ro := swarm.RoleOptions{Config: cfg, Slowdown: *slowdown, Logger: log}
+	failed := make(chan error, 2)
+	var serving sync.WaitGroup
+	if cfg.Node.Role != dht.RoleTrainer {
+		serving.Add(1)
+		go func() {
+			defer serving.Done()
+			if err := node.Serve(ctx, ro, stageNum); err != nil {
+				failed <- err
+				cancel()
+			}
+		}()
+	}
+	if cfg.Node.Role != dht.RoleServer {
+		serving.Add(1)
+		go func() {
+			defer serving.Done()
+			sum, err := node.Train(ctx, ro)
+			if *summary != "" {
+				if werr := writeSummary(*summary, sum); werr != nil && err == nil {
+					err = werr
+				}
+			}
+			if err != nil {
+				failed <- err
+			} else {
+				log.Info("training finished", "step", sum.Step, "loss", sum.Loss, "val_loss", sum.ValLoss, "tokens_per_sec", int(sum.TokensPerSec))
+			}
+			cancel()
+		}()
+	}
 
 	<-ctx.Done()
 	done := make(chan error, 1)
-	go func() { done <- node.Close() }()
+	go func() {
+		serving.Wait()
+		done <- node.Close()
+	}()
 	select {
 	case err := <-done:
 		if err != nil {
 			log.Warn("shutdown", "err", err)
+		}
+		select {
+		case err := <-failed:
+			fmt.Fprintf(stderr, "swarmnode run: %v\n", err)
+			return exitRuntime
+		default:
 		}
 		log.Info("stopped")
 		return exitOK
