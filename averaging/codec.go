@@ -91,27 +91,36 @@ func (c Codec) encode(dst []byte, vals []float32) []byte {
 			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
 		}
 	case BF16:
+		b = b[:2*len(vals)]
 		for i, v := range vals {
-			binary.LittleEndian.PutUint16(b[2*i:], toBF16(v))
+			h := toBF16(v)
+			b[2*i], b[2*i+1] = byte(h), byte(h>>8)
 		}
 	case Int8:
 		nb := (len(vals) + Int8Block - 1) / Int8Block
 		q := b[4*nb:]
 		for k := 0; k < nb; k++ {
 			blk := vals[k*Int8Block : min((k+1)*Int8Block, len(vals))]
-			var amax float32
+			// |v| by clearing the sign bit; finite non-negative floats order
+			// like their bits.
+			var abits uint32
 			for _, v := range blk {
-				amax = max(amax, float32(math.Abs(float64(v))))
+				abits = max(abits, math.Float32bits(v)&0x7fffffff)
 			}
-			scale := amax / 127
+			scale := math.Float32frombits(abits) / 127
 			binary.LittleEndian.PutUint32(b[4*k:], math.Float32bits(scale))
 			inv := float32(0)
 			if scale > 0 {
 				inv = 1 / scale
 			}
+			qb := q[k*Int8Block : k*Int8Block+len(blk)]
 			for i, v := range blk {
-				r := math.RoundToEven(float64(v * inv))
-				q[k*Int8Block+i] = byte(int8(max(-127, min(127, r))))
+				x := v * inv // within [-127, 127] up to rounding
+				r := int32(x + 0.5)
+				if x < 0 {
+					r = int32(x - 0.5) // round half away from zero
+				}
+				qb[i] = byte(int8(max(-127, min(127, r))))
 			}
 		}
 	}
@@ -135,8 +144,9 @@ func (c Codec) decode(payload []byte, out []float32) error {
 			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(payload[4*i:]))
 		}
 	case BF16:
+		payload = payload[:2*len(out)]
 		for i := range out {
-			out[i] = math.Float32frombits(uint32(binary.LittleEndian.Uint16(payload[2*i:])) << 16)
+			out[i] = math.Float32frombits(uint32(payload[2*i])<<16 | uint32(payload[2*i+1])<<24)
 		}
 	case Int8:
 		nb := (len(out) + Int8Block - 1) / Int8Block
@@ -146,8 +156,10 @@ func (c Codec) decode(payload []byte, out []float32) error {
 			if !(scale >= 0) || math.IsInf(float64(scale), 0) {
 				return fmt.Errorf("int8 block %d: bad scale %v", k, scale)
 			}
-			for i := k * Int8Block; i < min((k+1)*Int8Block, len(out)); i++ {
-				out[i] = float32(int8(q[i])) * scale
+			lo, hi := k*Int8Block, min((k+1)*Int8Block, len(out))
+			ob, qb := out[lo:hi], q[lo:hi]
+			for i := range ob {
+				ob[i] = float32(int8(qb[i])) * scale
 			}
 		}
 		return nil
