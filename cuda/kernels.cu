@@ -301,6 +301,28 @@ extern "C" __global__ void dequantize_int8(float* x, const signed char* q, const
 // the A fragment of P·V; ldmatrix.trans reads the B fragments of row-major tiles
 // that the product needs transposed.
 
+struct bf16x8 {
+	uint4 u;
+};
+
+__device__ __forceinline__ void unpack8(uint4 u, float* f) {
+	unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		f[2 * i] = __uint_as_float(w[i] << 16);
+		f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+	}
+}
+
+__device__ __forceinline__ uint4 pack8(const float* f) {
+	uint4 u;
+	u.x = (unsigned)from_f<bf16>(f[0]).x | ((unsigned)from_f<bf16>(f[1]).x << 16);
+	u.y = (unsigned)from_f<bf16>(f[2]).x | ((unsigned)from_f<bf16>(f[3]).x << 16);
+	u.z = (unsigned)from_f<bf16>(f[4]).x | ((unsigned)from_f<bf16>(f[5]).x << 16);
+	u.w = (unsigned)from_f<bf16>(f[6]).x | ((unsigned)from_f<bf16>(f[7]).x << 16);
+	return u;
+}
+
 #define TC_HD 64
 #define TC_TILE 64
 #define TC_PAD 72
@@ -410,7 +432,7 @@ __device__ __forceinline__ void load_tile_async(unsigned short* dst, const bf16*
 #define TC_ROWS 128 // rows per block: 8 warps of 16
 #define TC_BUF (TC_TILE * TC_PAD)
 
-extern "C" __global__ void __launch_bounds__(256) attn_fwd_tc(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH, float scale) {
+extern "C" __global__ void __launch_bounds__(256, 2) attn_fwd_tc(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH, float scale) {
 	__shared__ __align__(16) unsigned short Ks[2 * TC_BUF];
 	__shared__ __align__(16) unsigned short Vs[2 * TC_BUF];
 	int C = NH * TC_HD, C3 = 3 * C;
@@ -498,21 +520,33 @@ extern "C" __global__ void __launch_bounds__(256) attn_fwd_tc(bf16* out, float* 
 	}
 }
 
-// attn_bwd_pre_tc: D from a bf16 output gradient (the tensor-core path).
+// attn_bwd_pre_tc: D from a bf16 output gradient (the tensor-core path, head size
+// 64): eight lanes per row, each reading 16 bytes of dout and of out.
 extern "C" __global__ void attn_bwd_pre_tc(float* D, const bf16* dout, const bf16* out, int B, int T, int NH, int HD) {
-	GRID_STRIDE(r, (long)B * NH * T) {
+	long tid = (long)blockIdx.x * blockDim.x + threadIdx.x;
+	long r = tid >> 3;
+	int part = tid & 7;
+	bool ok = r < (long)B * NH * T;
+	float s = 0.f;
+	if (ok) {
 		int t = r % T;
 		long bh = r / T;
 		int b = bh / NH, h = bh % NH;
-		long off = ((long)b * T + t) * NH * HD + h * HD;
-		float s = 0.f;
-		for (int d = 0; d < HD; d++) s += to_f(dout[off + d]) * to_f(out[off + d]);
-		D[r] = s;
+		long off = ((long)b * T + t) * NH * TC_HD + h * TC_HD + part * 8;
+		float x[8], y[8];
+		unpack8(*(const uint4*)(dout + off), x);
+		unpack8(*(const uint4*)(out + off), y);
+#pragma unroll
+		for (int i = 0; i < 8; i++) s += x[i] * y[i];
 	}
+	s += __shfl_xor_sync(0xffffffffu, s, 1);
+	s += __shfl_xor_sync(0xffffffffu, s, 2);
+	s += __shfl_xor_sync(0xffffffffu, s, 4);
+	if (ok && part == 0) D[r] = s;
 }
 
 // attn_bwd_dq_tc: dQ for 128 queries per block, over the key tiles up to the diagonal.
-extern "C" __global__ void __launch_bounds__(256) attn_bwd_dq_tc(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
+extern "C" __global__ void __launch_bounds__(256, 2) attn_bwd_dq_tc(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
 	__shared__ __align__(16) unsigned short Ks[2 * TC_BUF];
 	__shared__ __align__(16) unsigned short Vs[2 * TC_BUF];
 	int C = NH * TC_HD, C3 = 3 * C;
@@ -589,7 +623,8 @@ extern "C" __global__ void __launch_bounds__(256) attn_bwd_dq_tc(bf16* dqkv, con
 extern "C" __global__ void __launch_bounds__(256) attn_bwd_dkdv_tc(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
 	__shared__ __align__(16) unsigned short Qs[2 * TC_BUF];
 	__shared__ __align__(16) unsigned short dOs[2 * TC_BUF];
-	__shared__ float Ls[2][TC_TILE], Ds[2][TC_TILE];
+	__shared__ __align__(16) float Ls[2][TC_TILE];
+	__shared__ __align__(16) float Ds[2][TC_TILE];
 	int C = NH * TC_HD, C3 = 3 * C;
 	int bh = blockIdx.y, b = bh / NH, h = bh % NH;
 	int kb = blockIdx.x; // low key blocks see the most queries and are scheduled first
@@ -606,15 +641,26 @@ extern "C" __global__ void __launch_bounds__(256) attn_bwd_dkdv_tc(bf16* dqkv, c
 	zero_acc(dv);
 	int nq = (T + TC_TILE - 1) / TC_TILE;
 	int q0 = (kb * TC_ROWS) / TC_TILE; // first tile with a query >= the block's first key
+	bool vecLD = (T & 3) == 0; // lse and D rows 16-byte aligned: copy them asynchronously too
 	auto issue = [&](int qt, int buf) {
 		load_tile_async(Qs + buf * TC_BUF, base, C3, qt * TC_TILE, T);
 		load_tile_async(dOs + buf * TC_BUF, dob, C, qt * TC_TILE, T);
-		cp_async_commit();
-		for (int r = threadIdx.x; r < TC_TILE; r += blockDim.x) {
-			int q = qt * TC_TILE + r;
-			Ls[buf][r] = q < T ? lse[(long)bh * T + q] : 0.f;
-			Ds[buf][r] = q < T ? D[(long)bh * T + q] : 0.f;
+		if (vecLD) {
+			if (threadIdx.x < 32) {
+				int part = threadIdx.x & 15, q = qt * TC_TILE + part * 4;
+				const float* src = (threadIdx.x < 16 ? lse : D) + (long)bh * T;
+				float* dst = (threadIdx.x < 16 ? Ls[buf] : Ds[buf]) + part * 4;
+				bool ok = q < T;
+				cp_async16(dst, ok ? (const void*)(src + q) : (const void*)src, ok);
+			}
+		} else {
+			for (int r = threadIdx.x; r < TC_TILE; r += blockDim.x) {
+				int q = qt * TC_TILE + r;
+				Ls[buf][r] = q < T ? lse[(long)bh * T + q] : 0.f;
+				Ds[buf][r] = q < T ? D[(long)bh * T + q] : 0.f;
+			}
 		}
+		cp_async_commit();
 	};
 	if (q0 < nq) issue(q0, 0);
 	for (int qt = q0; qt < nq; qt++) {
@@ -732,28 +778,6 @@ extern "C" __global__ void gelu_bwd_inplace_bf16(bf16* d, const bf16* h, long n)
 // Eight bf16 (or four/eight float32) values per thread with 16-byte loads and
 // stores; rows of C % 8 == 0 elements and fewer than 2^31 elements in all, so the
 // column is a 32-bit remainder. The Go side falls back to the plain kernels otherwise.
-
-struct bf16x8 {
-	uint4 u;
-};
-
-__device__ __forceinline__ void unpack8(uint4 u, float* f) {
-	unsigned w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-	for (int i = 0; i < 4; i++) {
-		f[2 * i] = __uint_as_float(w[i] << 16);
-		f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-	}
-}
-
-__device__ __forceinline__ uint4 pack8(const float* f) {
-	uint4 u;
-	u.x = (unsigned)from_f<bf16>(f[0]).x | ((unsigned)from_f<bf16>(f[1]).x << 16);
-	u.y = (unsigned)from_f<bf16>(f[2]).x | ((unsigned)from_f<bf16>(f[3]).x << 16);
-	u.z = (unsigned)from_f<bf16>(f[4]).x | ((unsigned)from_f<bf16>(f[5]).x << 16);
-	u.w = (unsigned)from_f<bf16>(f[6]).x | ((unsigned)from_f<bf16>(f[7]).x << 16);
-	return u;
-}
 
 #define VEC_STRIDE(v, nv) for (int v = blockIdx.x * blockDim.x + threadIdx.x; v < (nv); v += gridDim.x * blockDim.x)
 

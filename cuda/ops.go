@@ -375,7 +375,7 @@ func (c *Ctx) AttentionBackward(dqkv, scratch, dout, qkv, out, lse Buf, B, T, C,
 		if dout.DType != BF16 || out.DType != BF16 || dqkv.DType != BF16 {
 			return fmt.Errorf("cuda: attention backward: bf16 qkv needs bf16 dout, out and dqkv")
 		}
-		if err := c.launch("attn_bwd_pre_tc", c.ewGrid(B*NH*T), ewThreads, 0, scratch, dout, out, B, T, NH, hd); err != nil {
+		if err := c.launch("attn_bwd_pre_tc", grid1(B*NH*T*8, 256), dim3{256, 1, 1}, 0, scratch, dout, out, B, T, NH, hd); err != nil {
 			return err
 		}
 		g := dim3{uint32((T + 127) / 128), uint32(B * NH), 1}
