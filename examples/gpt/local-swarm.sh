@@ -60,7 +60,7 @@ trainer=${pids[-1]}
 
 echo "status pages:"
 printf '  %s\n' "${urls[@]}"
-echo "training ${STEPS:-the config's} steps through $nstages stages x $HOLDERS holders (logs in $OUT/) ..."
+echo "training ${STEPS:-train.steps} steps through $nstages stages x $HOLDERS holders (logs in $OUT/) ..."
 grep --line-buffered 'msg=eval' <(tail -n +1 -F "$OUT/trainer.log" 2>/dev/null) &
 follower=$!
 status=0
