@@ -105,9 +105,12 @@ func TestDHTRouting(t *testing.T) {
 	if sum.Step != cfg.Train.Steps || st.Lost != 0 || st.Completed != int64(cfg.Train.Steps*cfg.Train.Accumulation()) {
 		t.Fatalf("summary %+v, stats %+v", sum, st)
 	}
+	// Gossip runs on its own period: give it a few rounds.
 	gossiped := false
-	for _, h := range tsvc.Holders(1) {
-		gossiped = gossiped || h.Throughput > 0
+	for wait := time.Now().Add(5 * time.Second); !gossiped && time.Now().Before(wait); time.Sleep(50 * time.Millisecond) {
+		for _, h := range tsvc.Holders(1) {
+			gossiped = gossiped || h.Throughput > 0
+		}
 	}
 	if !gossiped {
 		t.Error("no stage 1 throughput reached the trainer through gossip")

@@ -99,10 +99,14 @@ func TestKillHolders(t *testing.T) {
 	if rerouted == 0 {
 		t.Errorf("no call failed: the kills did not hit the pipeline")
 	}
+	// Late in the cosine schedule the val loss moves by hundredths: allow noise.
 	for i := 1; i < len(evals); i++ {
-		if evals[i].ValLoss >= evals[i-1].ValLoss {
+		if evals[i].ValLoss > evals[i-1].ValLoss+0.02 {
 			t.Errorf("val loss rose from %.4f to %.4f at step %d", evals[i-1].ValLoss, evals[i].ValLoss, evals[i].Step)
 		}
+	}
+	if n := len(evals); n < 2 || evals[n-1].ValLoss >= evals[0].ValLoss-0.3 {
+		t.Errorf("val loss did not fall after the kills: %+v", evals)
 	}
 	for k, row := range sw.servers {
 		sw.router.mu.Lock()
