@@ -48,17 +48,21 @@
 //
 // state: the fetcher asks each holder for a manifest of a fresh snapshot
 // {snap, step, lens (params, m, v), shard_floats, sums (sha256 per shard), root
-// (sha256 of the sums)} and then fetches shards, each from one holder, one shard
-// per holder at a time; a shard is checked against its holder's sum and on
-// mismatch fetched from another holder.
+// (sha256 of the sums)} and then fetches shards, each from one holder, a few shards
+// per holder at a time (FetchOptions.PerHolder); a shard is
+// checked against its holder's sum and on mismatch fetched from another holder,
+// and a holder that failed once serves no more. A holder caps what it serves per
+// second (ServeOptions.Rate) so that newcomers do not starve its training.
 //
 // # Faults
 //
 // A sender that misses a chunk by StallTimeout, or whose peer disconnects, is left
 // out of that shard from that chunk on; every chunk's result is the reduction of
 // the parts that reached it, so a partial shard is still a valid average. A
-// reducer that fails leaves its shard at each member's local value. Every round
-// ends by its Deadline, and every goroutine it started ends with it.
+// reducer that fails, disconnects or stays silent for twice StallTimeout leaves
+// the rest of its shard at each member's local value. Every round ends by its
+// Deadline, and every goroutine it started ends with it. Holders with another
+// vector length or codec are refused at the join and skip.
 //
 // # Asynchronous application
 //
