@@ -48,10 +48,10 @@
 //
 // state: the fetcher asks each holder for a manifest of a fresh snapshot
 // {snap, step, lens (params, m, v), shard_floats, sums (sha256 per shard), root
-// (sha256 of the sums)} and then fetches shards, each from one holder, a few shards
-// per holder at a time (FetchOptions.PerHolder); a shard is
-// checked against its holder's sum and on mismatch fetched from another holder,
-// and a holder that failed once serves no more. A holder caps what it serves per
+// (sha256 of the sums)} and then fetches shards, each from one holder, a few
+// shards per holder at a time (FetchOptions.PerHolder); a shard is checked
+// against its holder's sum and on mismatch fetched from another holder, and a
+// holder that failed once serves no more. A holder caps what it serves per
 // second (ServeOptions.Rate) so that newcomers do not starve its training.
 //
 // # Faults
