@@ -148,13 +148,20 @@ func (e *entry) hidden(now time.Time) bool {
 	return now.Before(e.downUntil)
 }
 
-// recordFresh reports whether p's record is known and valid beyond horizon,
-// so a refresh can skip fetching it again.
-func (t *table) recordFresh(p peer.ID, horizon time.Time) bool {
+// fresh returns p's cached entry if its signed record is known and the entry
+// stays valid beyond horizon, so a lookup can skip fetching the record again.
+// A peer hidden by MarkDown or a leave message is not returned, fresh or not.
+func (t *table) fresh(p peer.ID, horizon time.Time) (Holder, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e, ok := t.m[p]
-	return ok && e.recordSeq > 0 && e.h.Expires.After(horizon)
+	if !ok || e.recordSeq == 0 || !e.h.Expires.After(horizon) {
+		return Holder{}, false
+	}
+	if e.hidden(time.Now()) {
+		return Holder{Stage: -1}, true // known, but not to be listed
+	}
+	return copyHolder(e.h), true
 }
 
 // holders returns the live holders of stage, sorted by peer id.

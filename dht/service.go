@@ -352,10 +352,14 @@ func (s *Service) announce(ctx context.Context) error {
 
 // announceLoop re-announces every RepublishEvery, at once on a stage change,
 // and every GossipEvery while the last attempt failed (e.g. no peers yet).
+// Right after joining the routing table is still filling, so the first
+// announcements reach few peers: the period starts at GossipEvery and doubles
+// up to RepublishEvery.
 func (s *Service) announceLoop(ctx context.Context) {
 	defer s.wg.Done()
 	t := time.NewTimer(0)
 	defer t.Stop()
+	warm := s.opts.GossipEvery
 	for {
 		select {
 		case <-ctx.Done():
@@ -363,8 +367,10 @@ func (s *Service) announceLoop(ctx context.Context) {
 		case <-t.C:
 		case <-s.announceNow:
 			s.publishLoad(ctx, false)
+			warm = s.opts.GossipEvery
 		}
-		next := s.opts.RepublishEvery
+		next := min(warm, s.opts.RepublishEvery)
+		warm *= 2
 		if err := s.announce(ctx); err != nil {
 			if ctx.Err() != nil {
 				return
@@ -447,7 +453,7 @@ func (s *Service) refreshLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		for k := 0; k < s.opts.NumStages; k++ {
-			if _, err := s.lookup(ctx, k, true); err != nil && ctx.Err() == nil {
+			if _, err := s.lookup(ctx, k); err != nil && ctx.Err() == nil {
 				s.log.Debug("refresh holders", "stage", k, "err", err)
 			}
 		}
@@ -460,14 +466,17 @@ func (s *Service) refreshLoop(ctx context.Context) {
 	}
 }
 
-// Lookup searches the DHT for the holders of stage now, bypassing the cache
-// (and updating it): it finds the stage's providers and fetches each one's
-// signed record; providers without a valid record are left out.
+// Lookup searches the DHT for the holders of stage now (and updates the
+// cache): it walks the DHT for the stage's providers and returns those with a
+// valid signed record. Records are fetched only for providers whose record is
+// not cached with at least half its lifetime left (a signed record does not
+// change until it expires; load changes travel by gossip). Providers without
+// a valid record are left out.
 func (s *Service) Lookup(ctx context.Context, stage int) ([]Holder, error) {
-	return s.lookup(ctx, stage, false)
+	return s.lookup(ctx, stage)
 }
 
-func (s *Service) lookup(ctx context.Context, stage int, skipFresh bool) ([]Holder, error) {
+func (s *Service) lookup(ctx context.Context, stage int) ([]Holder, error) {
 	if stage < 0 || stage >= MaxStages {
 		return nil, fmt.Errorf("stage %d out of range", stage)
 	}
@@ -481,13 +490,18 @@ func (s *Service) lookup(ctx context.Context, stage int, skipFresh bool) ([]Hold
 		errs []error
 	)
 	for ai := range s.kad.FindProvidersAsync(ctx, StageCID(s.opts.Run, stage), 0) {
-		if skipFresh && s.tab.recordFresh(ai.ID, horizon) {
+		if h, ok := s.tab.fresh(ai.ID, horizon); ok {
+			if h.Stage == stage {
+				mu.Lock()
+				out = append(out, h)
+				mu.Unlock()
+			}
 			continue
 		}
 		wg.Add(1)
-		go func(p peer.ID) {
+		go func(ai peer.AddrInfo) {
 			defer wg.Done()
-			rec, err := s.fetchRecord(ctx, p)
+			rec, err := s.fetchProviderRecord(ctx, ai)
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -501,7 +515,7 @@ func (s *Service) lookup(ctx context.Context, stage int, skipFresh bool) ([]Hold
 					Throughput: rec.Throughput, Queue: rec.Queue, Addrs: rec.Multiaddrs(),
 					Seq: rec.Seq, LastSeen: now, Expires: rec.ExpiresAt()})
 			}
-		}(ai.ID)
+		}(ai)
 	}
 	wg.Wait()
 	sortHolders(out)
@@ -516,6 +530,25 @@ func (s *Service) FetchRecord(ctx context.Context, p peer.ID) (PeerRecord, error
 	ctx, cancel := context.WithTimeout(ctx, s.opts.OpTimeout)
 	defer cancel()
 	return s.fetchRecord(ctx, p)
+}
+
+// fetchProviderRecord asks the provider for its record first and falls back
+// to a DHT GetValue (a client-mode provider serves no DHT requests).
+func (s *Service) fetchProviderRecord(ctx context.Context, ai peer.AddrInfo) (PeerRecord, error) {
+	if ai.ID != s.h.ID() {
+		key := PeerKey(s.opts.Run, ai.ID)
+		dctx, cancel := context.WithTimeout(ctx, s.opts.OpTimeout/4)
+		b, err := s.fetchDirect(dctx, ai, key)
+		cancel()
+		if err == nil {
+			rec, err := Validator{Run: s.opts.Run}.open(key, b)
+			if err == nil {
+				return rec, nil
+			}
+			s.log.Debug("direct record fetch", "peer", ai.ID, "err", err)
+		}
+	}
+	return s.fetchRecord(ctx, ai.ID)
 }
 
 func (s *Service) fetchRecord(ctx context.Context, p peer.ID) (PeerRecord, error) {

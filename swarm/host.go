@@ -29,12 +29,16 @@ func resourceLimits(o *Options) rcmgr.ConcreteLimitConfig {
 		ConnsOutbound:   4,
 		Memory:          rcmgr.LimitVal64(o.MaxMemoryPerPeer),
 	}
+	// System and transient connection limits follow the connection manager's
+	// high watermark, so the manager, not a hard refusal, trims connections.
+	conns := rcmgr.LimitVal(2 * o.ConnHigh)
 	system := rcmgr.ResourceLimits{
-		Conns:   rcmgr.LimitVal(4 * o.ConnHigh),
+		Conns: conns, ConnsInbound: conns, ConnsOutbound: conns,
 		Streams: rcmgr.LimitVal(16 * o.MaxStreamsPerPeer),
 		Memory:  rcmgr.LimitVal64(o.MaxMemory),
 	}
-	return rcmgr.PartialLimitConfig{System: system, PeerDefault: peer}.Build(rcmgr.DefaultLimits.AutoScale())
+	transient := rcmgr.ResourceLimits{Conns: conns / 2, ConnsInbound: conns / 2, ConnsOutbound: conns / 2}
+	return rcmgr.PartialLimitConfig{System: system, Transient: transient, PeerDefault: peer}.Build(rcmgr.DefaultLimits.AutoScale())
 }
 
 // newHost builds the libp2p host: TCP and QUIC, Noise/TLS, resource and
