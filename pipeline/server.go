@@ -248,9 +248,11 @@ func (s *Server) handle(str network.Stream) {
 		s.answerError(conn, str, 0, err, time.Now().Add(s.opts.Pipeline.HopTimeout))
 		return
 	}
-	budget := req.budget
-	if budget <= 0 {
-		budget = s.opts.Pipeline.HopTimeout * time.Duration(s.n-s.k)
+	// The upstream's budget, but never more than this stage and those below may
+	// take: a request cannot hold the server's resources longer than that.
+	budget := s.opts.Pipeline.HopTimeout * time.Duration(s.n-s.k)
+	if req.budget > 0 {
+		budget = min(budget, req.budget)
 	}
 	// Answer a little before the upstream gives up, so that it hears why.
 	deadline := start.Add(budget - budget/20 - 20*time.Millisecond)
