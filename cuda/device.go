@@ -202,6 +202,7 @@ type Ctx struct {
 	pinnedN   int64
 	syncCheck bool
 	allocs    map[uint64]int64
+	attnW     int // tensor-core attention warps per block (0: default)
 }
 
 const maxArgs = 32

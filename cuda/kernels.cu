@@ -407,7 +407,7 @@ __device__ __forceinline__ void zero_acc(float (*x)[4]) {
 		for (int e = 0; e < 4; e++) x[nt][e] = 0.f;
 }
 
-// Blocks of 8 warps (128 rows) share each 64-row tile of the other operand; tiles
+// Blocks of WARPS warps (16 rows each) share each 64-row tile of the other operand; tiles
 // stream through two shared-memory buffers with cp.async, the next one loading while
 // the current one is used. A warp skips tiles its causal mask hides entirely.
 
@@ -429,10 +429,11 @@ __device__ __forceinline__ void load_tile_async(unsigned short* dst, const bf16*
 	}
 }
 
-#define TC_ROWS 128 // rows per block: 8 warps of 16
 #define TC_BUF (TC_TILE * TC_PAD)
 
-extern "C" __global__ void __launch_bounds__(256, 2) attn_fwd_tc(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH, float scale) {
+template <int WARPS>
+__device__ __forceinline__ void attn_fwd_tc(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH, float scale) {
+	const int TC_ROWS = WARPS * 16;
 	__shared__ __align__(16) unsigned short Ks[2 * TC_BUF];
 	__shared__ __align__(16) unsigned short Vs[2 * TC_BUF];
 	int C = NH * TC_HD, C3 = 3 * C;
@@ -546,7 +547,9 @@ extern "C" __global__ void attn_bwd_pre_tc(float* D, const bf16* dout, const bf1
 }
 
 // attn_bwd_dq_tc: dQ for 128 queries per block, over the key tiles up to the diagonal.
-extern "C" __global__ void __launch_bounds__(256, 2) attn_bwd_dq_tc(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
+template <int WARPS>
+__device__ __forceinline__ void attn_bwd_dq_tc(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
+	const int TC_ROWS = WARPS * 16;
 	__shared__ __align__(16) unsigned short Ks[2 * TC_BUF];
 	__shared__ __align__(16) unsigned short Vs[2 * TC_BUF];
 	int C = NH * TC_HD, C3 = 3 * C;
@@ -620,7 +623,9 @@ extern "C" __global__ void __launch_bounds__(256, 2) attn_bwd_dq_tc(bf16* dqkv, 
 // attn_bwd_dkdv_tc: dK and dV for 128 keys per block, over the query tiles from the
 // diagonal on. Each warp works in the transposed frame: rows are its 16 keys,
 // columns the tile's queries.
-extern "C" __global__ void __launch_bounds__(256) attn_bwd_dkdv_tc(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
+template <int WARPS>
+__device__ __forceinline__ void attn_bwd_dkdv_tc(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
+	const int TC_ROWS = WARPS * 16;
 	__shared__ __align__(16) unsigned short Qs[2 * TC_BUF];
 	__shared__ __align__(16) unsigned short dOs[2 * TC_BUF];
 	__shared__ __align__(16) float Ls[2][TC_TILE];
@@ -708,6 +713,27 @@ extern "C" __global__ void __launch_bounds__(256) attn_bwd_dkdv_tc(bf16* dqkv, c
 			*(unsigned*)(dst + 2 * C + nt * 8 + tg * 2) = pack2(dv[nt][2 * r], dv[nt][2 * r + 1]);
 		}
 	}
+}
+
+
+// Instances: 8 warps (128 rows) and 4 warps (64 rows) per block.
+extern "C" __global__ void __launch_bounds__(256, 2) attn_fwd_tc_w8(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH, float scale) {
+	attn_fwd_tc<8>(out, lse, qkv, B, T, NH, scale);
+}
+extern "C" __global__ void __launch_bounds__(128, 4) attn_fwd_tc_w4(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH, float scale) {
+	attn_fwd_tc<4>(out, lse, qkv, B, T, NH, scale);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) attn_bwd_dq_tc_w8(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
+	attn_bwd_dq_tc<8>(dqkv, dout, qkv, lse, D, B, T, NH, scale);
+}
+extern "C" __global__ void __launch_bounds__(128, 4) attn_bwd_dq_tc_w4(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
+	attn_bwd_dq_tc<4>(dqkv, dout, qkv, lse, D, B, T, NH, scale);
+}
+extern "C" __global__ void __launch_bounds__(256) attn_bwd_dkdv_tc_w8(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
+	attn_bwd_dkdv_tc<8>(dqkv, dout, qkv, lse, D, B, T, NH, scale);
+}
+extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkdv_tc_w4(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
+	attn_bwd_dkdv_tc<4>(dqkv, dout, qkv, lse, D, B, T, NH, scale);
 }
 
 // ---------------------------------------------------------------- fused kernels of the bf16 stage
@@ -891,14 +917,17 @@ extern "C" __global__ void bias_grad_bf16_v8(float* dbias, const uint4* dout, in
 // layernorm_bwd_j: layernorm_bwd for rows of C <= 32·J elements, each lane keeping
 // its share of a row in registers so that all of a row's loads are in flight at
 // once (the plain kernel waits on them one loop iteration at a time). When dop is
-// set it also receives the updated dinp in bf16 (the next GEMM's operand).
+// set it also receives the updated dinp in bf16 (the next GEMM's operand); when
+// dcol is set, the column sums of the updated dinp are added to it (the bias
+// gradient of the residual branch that dinp flows into next).
 template <int J>
-__device__ void layernorm_bwd_j(float* dinp, bf16* dop, float* dw, float* db, const float* dout, const float* inp, const float* w,
+__device__ void layernorm_bwd_j(float* dinp, bf16* dop, float* dcol, float* dw, float* db, const float* dout, const float* inp, const float* w,
                                 const float* mean, const float* rstd, int N, int C, int rowsPerBlock) {
 	extern __shared__ float sh[];
 	float* sdw = sh;
 	float* sdb = sh + C;
-	for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) sh[c] = 0.f;
+	float* sdc = sh + 2 * C; // column sums of the new dinp, when dcol is set
+	for (int c = threadIdx.x; c < (dcol ? 3 : 2) * C; c += blockDim.x) sh[c] = 0.f;
 	__syncthreads();
 	int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x & 31;
 	int first = blockIdx.x * rowsPerBlock;
@@ -935,6 +964,7 @@ __device__ void layernorm_bwd_j(float* dinp, bf16* dop, float* dw, float* db, co
 				float v = dv[j] + r * (gv[j] * wv[j] - sumD - xh[j] * sumDX);
 				di[c] = v;
 				if (dop) dop[(long)row * C + c] = from_f<bf16>(v);
+				if (dcol) atomicAdd(&sdc[c], v);
 				atomicAdd(&sdw[c], gv[j] * xh[j]);
 				atomicAdd(&sdb[c], gv[j]);
 			}
@@ -944,15 +974,56 @@ __device__ void layernorm_bwd_j(float* dinp, bf16* dop, float* dw, float* db, co
 	for (int c = threadIdx.x; c < C; c += blockDim.x) {
 		atomicAdd(&dw[c], sdw[c]);
 		atomicAdd(&db[c], sdb[c]);
+		if (dcol) atomicAdd(&dcol[c], sdc[c]);
 	}
 }
 
 #define LNB(J)                                                                                                                  \
-	extern "C" __global__ void layernorm_bwd_##J(float* dinp, bf16* dop, float* dw, float* db, const float* dout, const float* inp, \
-	                                             const float* w, const float* mean, const float* rstd, int N, int C, int rows) {  \
-		layernorm_bwd_j<J>(dinp, dop, dw, db, dout, inp, w, mean, rstd, N, C, rows);                                            \
+	extern "C" __global__ void layernorm_bwd_##J(float* dinp, bf16* dop, float* dcol, float* dw, float* db, const float* dout,      \
+	                                             const float* inp, const float* w, const float* mean, const float* rstd, int N, int C, \
+	                                             int rows) {                                                                        \
+		layernorm_bwd_j<J>(dinp, dop, dcol, dw, db, dout, inp, w, mean, rstd, N, C, rows);                                      \
 	}
 LNB(8)
 LNB(16)
 LNB(24)
 LNB(32)
+
+// gelu_bwd_bias_grad_bf16_v8: d = gelu'(h)·d in place (bf16, rows of C % 8 == 0)
+// and dbias[c] += sum_r d[r,c] of the stored (rounded) values, in one pass. Block
+// (32, 8) covers 256 columns; blockIdx.y splits the rows.
+extern "C" __global__ void gelu_bwd_bias_grad_bf16_v8(uint4* d, const uint4* h, float* dbias, int N, int C) {
+	__shared__ float sh[8][257];
+	int cv = blockIdx.x * 32 + threadIdx.x;
+	float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+	if (cv * 8 < C)
+		for (int r = blockIdx.y * 8 + threadIdx.y; r < N; r += gridDim.y * 8) {
+			long v = (long)r * (C / 8) + cv;
+			float x8[8], d8[8];
+			unpack8(h[v], x8);
+			unpack8(d[v], d8);
+#pragma unroll
+			for (int i = 0; i < 8; i++) {
+				float x = x8[i];
+				float u = GELU_K * (x + 0.044715f * x * x * x);
+				float th = tanhf(u);
+				float gd = 0.5f * (1.f + th) + 0.5f * x * (1.f - th * th) * GELU_K * (1.f + 3.f * 0.044715f * x * x);
+				d8[i] *= gd;
+			}
+			uint4 o = pack8(d8);
+			d[v] = o;
+			unpack8(o, d8);
+#pragma unroll
+			for (int i = 0; i < 8; i++) s[i] += d8[i];
+		}
+#pragma unroll
+	for (int i = 0; i < 8; i++) sh[threadIdx.y][threadIdx.x * 8 + i] = s[i];
+	__syncthreads();
+	int t = threadIdx.y * 32 + threadIdx.x;
+	int c = blockIdx.x * 256 + t;
+	if (c < C) {
+		float tot = 0.f;
+		for (int k = 0; k < 8; k++) tot += sh[k][t];
+		atomicAdd(&dbias[c], tot);
+	}
+}

@@ -234,12 +234,13 @@ func (c *Ctx) LayerNormForward(out, mean, rstd, inp, w, b Buf, N, C int) error {
 // LayerNormBackward adds the input gradient into dinp and the parameter gradients
 // into dw and db (all float32).
 func (c *Ctx) LayerNormBackward(dinp, dw, db, dout, inp, w, mean, rstd Buf, N, C int) error {
-	return c.LayerNormBackwardOp(dinp, Buf{}, dw, db, dout, inp, w, mean, rstd, N, C)
+	return c.LayerNormBackwardOp(dinp, Buf{}, Buf{}, dw, db, dout, inp, w, mean, rstd, N, C)
 }
 
 // LayerNormBackwardOp is LayerNormBackward that also writes the updated dinp in
-// bfloat16 to dop (when present), the operand of the GEMMs that consume it.
-func (c *Ctx) LayerNormBackwardOp(dinp, dop, dw, db, dout, inp, w, mean, rstd Buf, N, C int) error {
+// bfloat16 to dop and adds its column sums into dcol [C] (each when present): the
+// operand of the GEMMs and the bias gradient of the branch that consume it next.
+func (c *Ctx) LayerNormBackwardOp(dinp, dop, dcol, dw, db, dout, inp, w, mean, rstd Buf, N, C int) error {
 	for _, x := range []struct {
 		name string
 		b    Buf
@@ -253,7 +254,13 @@ func (c *Ctx) LayerNormBackwardOp(dinp, dop, dw, db, dout, inp, w, mean, rstd Bu
 	if err := needOpt("layernorm dinp bf16", dop, BF16, N*C); err != nil {
 		return err
 	}
+	if err := needOpt("layernorm dinp column sums", dcol, F32, C); err != nil {
+		return err
+	}
 	shmem := 2 * C * 4
+	if dcol.Ptr != 0 {
+		shmem = 3 * C * 4
+	}
 	if shmem > 48<<10 {
 		return fmt.Errorf("cuda: layernorm backward supports C <= 6144, got %d", C)
 	}
@@ -262,11 +269,11 @@ func (c *Ctx) LayerNormBackwardOp(dinp, dop, dw, db, dout, inp, w, mean, rstd Bu
 	const rows = 16
 	for _, j := range []int{8, 16, 24, 32} {
 		if C <= 32*j {
-			return c.launch(fmt.Sprintf("layernorm_bwd_%d", j), grid1(N, rows), dim3{256, 1, 1}, shmem, dinp, dop.Ptr, dw, db, dout, inp, w, mean, rstd, N, C, rows)
+			return c.launch(fmt.Sprintf("layernorm_bwd_%d", j), grid1(N, rows), dim3{256, 1, 1}, shmem, dinp, dop.Ptr, dcol.Ptr, dw, db, dout, inp, w, mean, rstd, N, C, rows)
 		}
 	}
-	if dop.Ptr != 0 {
-		return fmt.Errorf("cuda: layernorm backward with a bf16 copy supports C <= 1024, got %d", C)
+	if dop.Ptr != 0 || dcol.Ptr != 0 {
+		return fmt.Errorf("cuda: layernorm backward with a bf16 copy or column sums supports C <= 1024, got %d", C)
 	}
 	return c.launch("layernorm_bwd", grid1(N, rows), dim3{256, 1, 1}, shmem, dinp, dw, db, dout, inp, w, mean, rstd, N, C, rows)
 }
@@ -343,7 +350,8 @@ func (c *Ctx) AttentionForward(out, lse, qkv Buf, B, T, C, NH int) error {
 		if out.DType != BF16 {
 			return fmt.Errorf("cuda: attention: bf16 qkv needs a bf16 output")
 		}
-		return c.launch("attn_fwd_tc", dim3{uint32((T + 127) / 128), uint32(B * NH), 1}, dim3{256, 1, 1}, 0, out, lse, qkv, B, T, NH, scale)
+		w := c.attnWarps()
+		return c.launch(fmt.Sprintf("attn_fwd_tc_w%d", w), dim3{uint32((T + 16*w - 1) / (16 * w)), uint32(B * NH), 1}, dim3{uint32(32 * w), 1, 1}, 0, out, lse, qkv, B, T, NH, scale)
 	}
 	name, err := suffix(fmt.Sprintf("attn_fwd_%d", hd), out.DType)
 	if err != nil {
@@ -378,11 +386,12 @@ func (c *Ctx) AttentionBackward(dqkv, scratch, dout, qkv, out, lse Buf, B, T, C,
 		if err := c.launch("attn_bwd_pre_tc", grid1(B*NH*T*8, 256), dim3{256, 1, 1}, 0, scratch, dout, out, B, T, NH, hd); err != nil {
 			return err
 		}
-		g := dim3{uint32((T + 127) / 128), uint32(B * NH), 1}
-		if err := c.launch("attn_bwd_dkdv_tc", g, dim3{256, 1, 1}, 0, dqkv, dout, qkv, lse, scratch, B, T, NH, scale); err != nil {
+		w := c.attnWarps()
+		g, blk := dim3{uint32((T + 16*w - 1) / (16 * w)), uint32(B * NH), 1}, dim3{uint32(32 * w), 1, 1}
+		if err := c.launch(fmt.Sprintf("attn_bwd_dkdv_tc_w%d", w), g, blk, 0, dqkv, dout, qkv, lse, scratch, B, T, NH, scale); err != nil {
 			return err
 		}
-		return c.launch("attn_bwd_dq_tc", g, dim3{256, 1, 1}, 0, dqkv, dout, qkv, lse, scratch, B, T, NH, scale)
+		return c.launch(fmt.Sprintf("attn_bwd_dq_tc_w%d", w), g, blk, 0, dqkv, dout, qkv, lse, scratch, B, T, NH, scale)
 	}
 	if dout.DType != F32 {
 		return fmt.Errorf("cuda: attention backward: float32 qkv needs float32 dout")
@@ -647,4 +656,44 @@ func aligned16(bs ...Buf) bool {
 // vec8 reports whether rows of C elements can go through the 8-wide kernels.
 func vec8(N, C int, bs ...Buf) bool {
 	return C%8 == 0 && int64(N)*int64(C) < math.MaxInt32 && aligned16(bs...)
+}
+
+// SetAttentionWarps picks the tensor-core attention kernels' block size: 4 or 8
+// warps (64 or 128 rows of 16); 0 restores the default (4). For tuning.
+func (c *Ctx) SetAttentionWarps(w int) error {
+	if w != 0 && w != 4 && w != 8 {
+		return fmt.Errorf("cuda: attention blocks of %d warps (want 4 or 8)", w)
+	}
+	c.attnW = w
+	return nil
+}
+
+func (c *Ctx) attnWarps() int {
+	if c.attnW == 0 {
+		return 4 // measured a little faster than 8 on an H100 (bench/gpu/NOTES.md)
+	}
+	return c.attnW
+}
+
+// GeluBackwardBiasGrad computes d = gelu'(h)·d in place for bfloat16 d, h [N,C]
+// and adds the column sums of the result into dbias [C]: the MLP's GELU backward
+// and its first bias gradient in one pass.
+func (c *Ctx) GeluBackwardBiasGrad(d, h, dbias Buf, N, C int) error {
+	if err := need("gelu bwd d", d, BF16, N*C); err != nil {
+		return err
+	}
+	if err := need("gelu bwd h", h, BF16, N*C); err != nil {
+		return err
+	}
+	if err := need("gelu bwd dbias", dbias, F32, C); err != nil {
+		return err
+	}
+	if !vec8(N, C, d, h) {
+		if err := c.GeluBackwardInPlace(d.Slice(0, N*C), h); err != nil {
+			return err
+		}
+		return c.BiasGrad(dbias, d, N, C)
+	}
+	splits := max(min((N+63)/64, 64), 1)
+	return c.launch("gelu_bwd_bias_grad_bf16_v8", dim3{uint32((C + 255) / 256), uint32(splits), 1}, dim3{32, 8, 1}, 0, d, h, dbias, N, C)
 }

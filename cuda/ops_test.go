@@ -170,7 +170,7 @@ func testLayerNorm(t *testing.T, r *rand.Rand, N, C int) {
 		x[i] += 0.5
 	}
 	dout := randn(r, N*C, 1)
-	dx0, dw0, db0 := randn(r, N*C, 1), randn(r, C, 1), randn(r, C, 1)
+	dx0, dw0, db0, dc0 := randn(r, N*C, 1), randn(r, C, 1), randn(r, C, 1), randn(r, C, 1)
 	ref, rm, rr := refLayerNorm(f64(x), f64(w), f64(b), N, C)
 	rdx, rdw, rdb := refLayerNormBwd(f64(dout), f64(x), f64(w), N, C)
 	for i := range rdx {
@@ -181,7 +181,7 @@ func testLayerNorm(t *testing.T, r *rand.Rand, N, C int) {
 		rdb[i] += float64(db0[i])
 	}
 	for _, dt := range []DType{F32, BF16} {
-		var out, mean, rstd, dx, dw, db, dop []float32
+		var out, mean, rstd, dx, dw, db, dop, dcol []float32
 		run(t, func(g *gpu) {
 			o, m, rs := g.alloc(dt, N*C), g.alloc(F32, N), g.alloc(F32, N)
 			X, W := g.up(x), g.up(w)
@@ -189,9 +189,9 @@ func testLayerNorm(t *testing.T, r *rand.Rand, N, C int) {
 			out, mean, rstd = g.down(o), g.down(m), g.down(rs)
 			DX, DW, DB := g.up(dx0), g.up(dw0), g.up(db0)
 			if C <= 1024 && dt == BF16 {
-				DOP := g.alloc(BF16, N*C)
-				g.check(g.c.LayerNormBackwardOp(DX, DOP, DW, DB, g.up(dout), X, W, m, rs, N, C))
-				dop = g.down(DOP)
+				DOP, DC := g.alloc(BF16, N*C), g.up(dc0)
+				g.check(g.c.LayerNormBackwardOp(DX, DOP, DC, DW, DB, g.up(dout), X, W, m, rs, N, C))
+				dop, dcol = g.down(DOP), g.down(DC)
 			} else {
 				g.check(g.c.LayerNormBackward(DX, DW, DB, g.up(dout), X, W, m, rs, N, C))
 			}
@@ -199,6 +199,11 @@ func testLayerNorm(t *testing.T, r *rand.Rand, N, C int) {
 		})
 		if dop != nil {
 			checkErr(t, "layernorm dx bf16 copy", dop, rdx, tolBF16)
+			rdc := f64(dc0)
+			for i, v := range rdx {
+				rdc[i%C] += v
+			}
+			checkErr(t, "layernorm dx column sums", dcol, rdc, tolF32)
 		}
 		tol := tolF32
 		if dt == BF16 {
@@ -319,6 +324,27 @@ func TestAttention(t *testing.T) {
 			in, out DType
 		}{{"f32", F32, F32}, {"f32 in, bf16 out", F32, BF16}, {"tensor cores", BF16, BF16}} {
 			if v.in == BF16 && sh.HD != 64 {
+				continue
+			}
+			if v.in == BF16 {
+				// Both block sizes of the tensor-core kernels.
+				for _, w := range []int{4, 8} {
+					var out, dqkv []float32
+					run(t, func(g *gpu) {
+						g.check(g.c.SetAttentionWarps(w))
+						defer g.c.SetAttentionWarps(0)
+						Q, dO := g.upBF16(qkv), g.upBF16(dout)
+						o, lse := g.alloc(BF16, B*T*C), g.alloc(F32, B*NH*T)
+						g.check(g.c.AttentionForward(o, lse, Q, B, T, C, NH))
+						out = g.down(o)
+						dq := g.alloc(BF16, B*T*3*C)
+						g.check(g.c.AttentionBackward(dq, g.alloc(F32, B*NH*T), dO, Q, o, lse, B, T, C, NH))
+						dqkv = g.down(dq)
+					})
+					name := fmt.Sprintf("attention B%d T%d NH%d HD%d tensor cores, %d warps", B, T, NH, sh.HD, w)
+					checkErr(t, name+" fwd", out, ref, tolBF16)
+					checkErr(t, name+" bwd", dqkv, rd, tolBF16)
+				}
 				continue
 			}
 			var out, dqkv []float32
@@ -526,7 +552,7 @@ func testFusedBF16Ops(t *testing.T, r *rand.Rand, N, C int) {
 		refD[i] = refGeluGrad(float64(hb[i])) * float64(db[i])
 	}
 	refLN, refM, refR := refLayerNorm(refRes, f64(w), f64(b), N, C)
-	var res, res2, ln, mean, rstd, ba, gh, gg, gd []float32
+	var res, res2, ln, mean, rstd, ba, gh, gg, gd, gd2, gdb []float32
 	run(t, func(g *gpu) {
 		R := g.up(y)
 		g.check(g.c.ResidualBias(R, g.up(resid), g.up(bias), N, C))
@@ -543,7 +569,16 @@ func testFusedBF16Ops(t *testing.T, r *rand.Rand, N, C int) {
 		D := g.upBF16(d)
 		g.check(g.c.GeluBackwardInPlace(D, g.upBF16(h)))
 		gd = g.down(D)
+		D2, DB := g.upBF16(d), g.up(bias)
+		g.check(g.c.GeluBackwardBiasGrad(D2, g.upBF16(h), DB, N, C))
+		gd2, gdb = g.down(D2), g.down(DB)
 	})
+	refDB := f64(bias)
+	for i, v := range refD {
+		refDB[i%C] += v
+	}
+	checkErr(t, "gelu backward + bias grad", gd2, refD, tolBF16)
+	checkErr(t, "gelu backward + bias grad: bias", gdb, refDB, tolBF16)
 	checkErr(t, "residual bias", res, refRes, tolF32)
 	checkErr(t, "residual bias layernorm res", res2, refRes, tolF32)
 	checkErr(t, "residual bias layernorm out", ln, refLN, tolBF16)

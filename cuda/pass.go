@@ -235,7 +235,7 @@ func (s *Stage) ForwardOn(c *Ctx, p *Pass) error {
 		k.in = x
 		bv := &s.lay.blocks[i]
 		if s.tc {
-			if err := s.fusedBlockForward(c, k, bv, B, T); err != nil {
+			if err := s.fusedBlockForward(c, a, i, B, T); err != nil {
 				return fmt.Errorf("block %d forward: %w", s.cfg.First+i, err)
 			}
 			x = k.out
@@ -331,8 +331,16 @@ func (s *Stage) BackwardOn(c *Ctx, p *Pass, dout Buf) error {
 		if err := s.timed(c, "bwd cast", func() error { return c.Cast(dresOp, dres) }); err != nil {
 			return err
 		}
+		// Likewise each LayerNorm backward adds the column sums of the new dres into
+		// the bias gradient of the projection that dres meets next; the first needs
+		// its own pass.
+		if n := len(a.blocks); n > 0 {
+			if err := s.timed(c, "bwd fc proj bias", func() error { return c.BiasGrad(s.grad(s.lay.blocks[n-1].fcpb), dres, N, C) }); err != nil {
+				return err
+			}
+		}
 		for i := len(a.blocks) - 1; i >= 0; i-- {
-			if err := s.fusedBlockBackward(c, &a.blocks[i], &s.lay.blocks[i], sc, B, T); err != nil {
+			if err := s.fusedBlockBackward(c, a, i, sc, B, T); err != nil {
 				return fmt.Errorf("block %d backward: %w", s.cfg.First+i, err)
 			}
 		}
@@ -454,7 +462,13 @@ func (s *Stage) Profile() map[string]float64 {
 // fusedBlockForward is a block's forward in bf16 with tensor-core attention: the
 // GEMMs write bare products (bf16 where the next op reads bf16) and fused kernels
 // add the biases while doing the next step's work.
-func (s *Stage) fusedBlockForward(c *Ctx, k *blockActs, bv *blockViews, B, T int) error {
+func (s *Stage) fusedBlockForward(c *Ctx, a *acts, idx int, B, T int) error {
+	k, bv := &a.blocks[idx], &s.lay.blocks[idx]
+	lnDone := idx > 0 // computed by the previous block's last kernel
+	var next *blockActs
+	if idx+1 < len(a.blocks) {
+		next = &a.blocks[idx+1]
+	}
 	m := s.cfg.Model
 	C, NH, N := m.DModel, m.NHead, B*T
 	steps := []struct {
@@ -462,6 +476,9 @@ func (s *Stage) fusedBlockForward(c *Ctx, k *blockActs, bv *blockViews, B, T int
 		fn    func() error
 	}{
 		{"fwd ln1", func() error {
+			if lnDone {
+				return nil // the previous block's residual kernel computed it
+			}
 			return c.LayerNormForward(k.ln1, k.ln1m, k.ln1r, k.in, s.param(bv.ln1w), s.param(bv.ln1b), N, C)
 		}},
 		{"fwd qkv gemm", func() error {
@@ -482,7 +499,14 @@ func (s *Stage) fusedBlockForward(c *Ctx, k *blockActs, bv *blockViews, B, T int
 		{"fwd fc proj gemm", func() error {
 			return c.Gemm(false, false, N, C, 4*C, 1, k.fchg, 4*C, s.weight(bv.fcpw), C, 0, k.out, C, s.mode)
 		}},
-		{"fwd residual+bias", func() error { return c.ResidualBias(k.out, k.res2, s.param(bv.fcpb), N, C) }},
+		{"fwd residual+bias", func() error {
+			if next == nil {
+				return c.ResidualBias(k.out, k.res2, s.param(bv.fcpb), N, C)
+			}
+			// Also the next block's first LayerNorm, while the row is at hand.
+			nv := &s.lay.blocks[idx+1]
+			return c.ResidualBiasLayerNorm(k.out, k.res2, s.param(bv.fcpb), next.ln1, next.ln1m, next.ln1r, s.param(nv.ln1w), s.param(nv.ln1b), N, C)
+		}},
 	}
 	for _, st := range steps {
 		if err := s.timed(c, st.label, st.fn); err != nil {
@@ -495,7 +519,8 @@ func (s *Stage) fusedBlockForward(c *Ctx, k *blockActs, bv *blockViews, B, T int
 // fusedBlockBackward is the backward of fusedBlockForward: sc.dres (and its bf16
 // copy sc.dresOp) hold the gradient of the block's output and become the gradient
 // of its input.
-func (s *Stage) fusedBlockBackward(c *Ctx, k *blockActs, bv *blockViews, sc *scratch, B, T int) error {
+func (s *Stage) fusedBlockBackward(c *Ctx, a *acts, idx int, sc *scratch, B, T int) error {
+	k, bv := &a.blocks[idx], &s.lay.blocks[idx]
 	m := s.cfg.Model
 	C, NH, N := m.DModel, m.NHead, B*T
 	dres, dresOp := sc.dres.Slice(0, N*C), sc.dresOp.Slice(0, N*C)
@@ -512,13 +537,12 @@ func (s *Stage) fusedBlockBackward(c *Ctx, k *blockActs, bv *blockViews, sc *scr
 			}
 			return c.Gemm(true, false, 4*C, C, N, 1, k.fchg, 4*C, dresOp, C, 1, s.grad(bv.fcpw), C, s.mode)
 		}},
-		{"bwd fc proj bias", func() error { return c.BiasGrad(s.grad(bv.fcpb), dres, N, C) }},
-		{"bwd gelu", func() error { return c.GeluBackwardInPlace(dh, k.fch) }},
-		{"bwd fc gemms+bias", func() error {
-			return c.LinearBackward(dln, s.grad(bv.fcw), s.grad(bv.fcb), dh, k.ln2, s.weight(bv.fcw), N, C, 4*C, false, s.mode)
+		{"bwd gelu+bias grad", func() error { return c.GeluBackwardBiasGrad(dh, k.fch, s.grad(bv.fcb), N, 4*C) }},
+		{"bwd fc gemms", func() error {
+			return c.LinearBackward(dln, s.grad(bv.fcw), Buf{}, dh, k.ln2, s.weight(bv.fcw), N, C, 4*C, false, s.mode)
 		}},
 		{"bwd ln2", func() error {
-			return c.LayerNormBackwardOp(dres, dresOp, s.grad(bv.ln2w), s.grad(bv.ln2b), dln, k.res2, s.param(bv.ln2w), k.ln2m, k.ln2r, N, C)
+			return c.LayerNormBackwardOp(dres, dresOp, s.grad(bv.attpb), s.grad(bv.ln2w), s.grad(bv.ln2b), dln, k.res2, s.param(bv.ln2w), k.ln2m, k.ln2r, N, C)
 		}},
 		// Attention branch: res2 = in + attn(ln1·Wqkv + bqkv)·Wp + bp.
 		{"bwd attn proj gemms", func() error {
@@ -527,7 +551,6 @@ func (s *Stage) fusedBlockBackward(c *Ctx, k *blockActs, bv *blockViews, sc *scr
 			}
 			return c.Gemm(true, false, C, C, N, 1, k.atty, C, dresOp, C, 1, s.grad(bv.attpw), C, s.mode)
 		}},
-		{"bwd attn proj bias", func() error { return c.BiasGrad(s.grad(bv.attpb), dres, N, C) }},
 		{"bwd attention", func() error {
 			return c.AttentionBackward(dqkv, sc.attnD, datty, k.qkvb, k.atty, k.lse, B, T, C, NH)
 		}},
@@ -535,7 +558,11 @@ func (s *Stage) fusedBlockBackward(c *Ctx, k *blockActs, bv *blockViews, sc *scr
 			return c.LinearBackward(dln, s.grad(bv.qkvw), s.grad(bv.qkvb), dqkv, k.ln1, s.weight(bv.qkvw), N, C, 3*C, false, s.mode)
 		}},
 		{"bwd ln1", func() error {
-			return c.LayerNormBackwardOp(dres, dresOp, s.grad(bv.ln1w), s.grad(bv.ln1b), dln, k.in, s.param(bv.ln1w), k.ln1m, k.ln1r, N, C)
+			var dcol Buf // the previous block's MLP output bias
+			if idx > 0 {
+				dcol = s.grad(s.lay.blocks[idx-1].fcpb)
+			}
+			return c.LayerNormBackwardOp(dres, dresOp, dcol, s.grad(bv.ln1w), s.grad(bv.ln1b), dln, k.in, s.param(bv.ln1w), k.ln1m, k.ln1r, N, C)
 		}},
 	}
 	for _, st := range steps {

@@ -160,7 +160,7 @@ func run(C, NH, L, T, B int, precName string, iters, warm int, dump string) erro
 		if err := c.Destroy(g); err != nil {
 			return err
 		}
-		for _, k := range []string{"attn_fwd_tc", "attn_bwd_dkdv_tc", "attn_bwd_dq_tc", "layernorm_bwd_24", "residual_bias_ln"} {
+		for _, k := range []string{"attn_fwd_tc_w8", "attn_bwd_dkdv_tc_w8", "attn_bwd_dq_tc_w8", "attn_fwd_tc_w4", "attn_bwd_dkdv_tc_w4", "attn_bwd_dq_tc_w4", "layernorm_bwd_24"} {
 			regs, local, shared, err := c.KernelResources(k)
 			if err != nil {
 				return err
@@ -209,16 +209,24 @@ func run(C, NH, L, T, B int, precName string, iters, warm int, dump string) erro
 		lse, _ := c.Alloc(cuda.F32, B*NH*T)
 		dq, _ := c.Alloc(cuda.BF16, 3*N*C)
 		tmp, _ := c.Alloc(cuda.F32, B*NH*T)
-		if err := timeIt("attention-fwd-1block", func() error { return c.AttentionForward(out, lse, qkvb, B, T, C, NH) }); err != nil {
+		for _, w := range []int{8, 4} {
+			if err := c.SetAttentionWarps(w); err != nil {
+				return err
+			}
+			if err := timeIt(fmt.Sprintf("attention-fwd-1block-w%d", w), func() error { return c.AttentionForward(out, lse, qkvb, B, T, C, NH) }); err != nil {
+				return err
+			}
+			res[len(res)-1].Note = "one block's attention forward; tflops counts causal work"
+			res[len(res)-1].TFLOPs = 2 * float64(B*NH) * float64(T) * float64(T) * float64(C/NH) / (res[len(res)-1].MsMedian / 1e3) / 1e12
+			if err := timeIt(fmt.Sprintf("attention-bwd-1block-w%d", w), func() error { return c.AttentionBackward(dq, tmp, doutb, qkvb, out, lse, B, T, C, NH) }); err != nil {
+				return err
+			}
+			res[len(res)-1].Note = "one block's attention backward; tflops counts causal work"
+			res[len(res)-1].TFLOPs = 5 * float64(B*NH) * float64(T) * float64(T) * float64(C/NH) / (res[len(res)-1].MsMedian / 1e3) / 1e12
+		}
+		if err := c.SetAttentionWarps(0); err != nil {
 			return err
 		}
-		res[len(res)-1].Note = "one block's attention forward; tflops counts causal work"
-		res[len(res)-1].TFLOPs = 2 * float64(B*NH) * float64(T) * float64(T) * float64(C/NH) / (res[len(res)-1].MsMedian / 1e3) / 1e12
-		if err := timeIt("attention-bwd-1block", func() error { return c.AttentionBackward(dq, tmp, doutb, qkvb, out, lse, B, T, C, NH) }); err != nil {
-			return err
-		}
-		res[len(res)-1].Note = "one block's attention backward; tflops counts causal work"
-		res[len(res)-1].TFLOPs = 5 * float64(B*NH) * float64(T) * float64(T) * float64(C/NH) / (res[len(res)-1].MsMedian / 1e3) / 1e12
 		// The bf16 GEMM ceiling on this GPU, for MFU.
 		const n = 8192
 		A, _ := c.Alloc(cuda.BF16, n*n)
