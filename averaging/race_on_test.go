@@ -1,0 +1,6 @@
+//go:build race
+
+package averaging_test
+
+// raceBuild is true under -race.
+const raceBuild = true
