@@ -136,6 +136,11 @@ type ServeOptions struct {
 	MaxSnapshots int
 	// MaxStreams caps concurrent state streams. Default 16.
 	MaxStreams int
+	// Reuse serves the newest snapshot to manifest requests while it is younger
+	// than this, so that a crowd of newcomers (or a peer asking in a loop) costs
+	// one copy of the state, not one each. Default 5 s; negative takes a fresh
+	// snapshot every time.
+	Reuse time.Duration
 
 	corrupt func(shard int, b []byte) // tests: tamper with served bytes
 }
@@ -149,8 +154,9 @@ type StateServer struct {
 	lim     *rate.Limiter
 	sem     chan struct{}
 
-	mu    sync.Mutex
-	snaps map[string]*snapshot
+	takeMu sync.Mutex // serializes taking snapshots
+	mu     sync.Mutex
+	snaps  map[string]*snapshot
 }
 
 type snapshot struct {
@@ -178,6 +184,9 @@ func ServeState(h host.Host, run, key string, provide func() (State, error), o S
 	}
 	if o.MaxStreams == 0 {
 		o.MaxStreams = 16
+	}
+	if o.Reuse == 0 {
+		o.Reuse = 5 * time.Second
 	}
 	if o.ShardFloats < 1 || o.ShardFloats > maxChunkFloats || o.Rate < 0 || o.TTL < 0 || o.MaxSnapshots < 1 || o.MaxStreams < 1 {
 		return nil, fmt.Errorf("averaging: bad serve options %+v", o)
@@ -278,6 +287,21 @@ func (s *StateServer) handle(st network.Stream) {
 // snapshot takes a fresh copy of the state and its manifest, evicting expired and
 // surplus snapshots.
 func (s *StateServer) snapshot() (*snapshot, error) {
+	s.takeMu.Lock() // concurrent requests wait for one snapshot rather than take several
+	defer s.takeMu.Unlock()
+	if s.o.Reuse > 0 {
+		s.mu.Lock()
+		var newest *snapshot
+		for _, o := range s.snaps {
+			if newest == nil || o.expires.After(newest.expires) {
+				newest = o
+			}
+		}
+		s.mu.Unlock()
+		if newest != nil && time.Until(newest.expires) > s.o.TTL-s.o.Reuse {
+			return newest, nil
+		}
+	}
 	st, err := s.provide()
 	if err != nil {
 		return nil, err

@@ -54,7 +54,7 @@ func TestFetchStateFromOneAndTwo(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameState(t, one, st)
-	snap, err := s1.snapshot()
+	snap, err := s1.snapshot() // within Reuse: the snapshot the fetch used
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,4 +118,33 @@ func TestFetchStateChecksum(t *testing.T) {
 		t.Fatal("fetch of an unserved key succeeded")
 	}
 	waitNoGoroutines(t)
+}
+
+// TestSnapshotReuse: manifests within Reuse share one snapshot; later ones see
+// the state as it is then.
+func TestSnapshotReuse(t *testing.T) {
+	h := newHost(t, nil)
+	var calls int
+	st := testState(1000)
+	provide := func() (State, error) { calls++; c := cloneState(st); c.Step = int64(calls); return c, nil }
+	s, err := ServeState(h, "test", "k", provide, ServeOptions{Reuse: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a, _ := s.snapshot()
+	b, _ := s.snapshot()
+	if a != b || calls != 1 {
+		t.Fatalf("two manifests within Reuse took %d snapshots", calls)
+	}
+	s2, err := ServeState(newHost(t, nil), "test", "k", provide, ServeOptions{Reuse: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	c, _ := s2.snapshot()
+	d, _ := s2.snapshot()
+	if c == d || d.m.Step != c.m.Step+1 {
+		t.Fatalf("Reuse < 0 served a stale snapshot: steps %d, %d", c.m.Step, d.m.Step)
+	}
 }
