@@ -39,3 +39,7 @@ fuzz:
 
 clean:
 	rm -rf bin out
+
+# The CUDA tests: run on a machine with an NVIDIA GPU (they skip, saying why, without one).
+gpu-test:
+	$(GO) test -count=1 -v ./cuda/...
