@@ -83,6 +83,7 @@ func newHost(o *Options, key crypto.PrivKey, reg prometheus.Registerer) (host.Ho
 		libp2p.EnableRelay(),
 		libp2p.EnableAutoRelayWithPeerSource(relaySource),
 		libp2p.EnableHolePunching(),
+		libp2p.DialRanker(preferTCPRanker),
 	}
 	if o.Relay {
 		opts = append(opts, libp2p.EnableRelayService())
