@@ -2,11 +2,13 @@ package pipeline
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
 	"swarmnode/config"
 	"swarmnode/data"
+	"swarmnode/stages"
 )
 
 // benchConfig is big enough that compute dominates: d 256, 6 layers, T 128.
@@ -24,39 +26,62 @@ func benchConfig(steps int) config.Config {
 // BenchmarkSwarmVsChain measures the tokens/s of an in-process swarm (3 stages x
 // 1 holder on loopback hosts, int8 both ways) over the tokens/s of the in-memory
 // chain (`swarmnode local`) on the same model, in the same run: the cost of the
-// protocol and compression. b.N is the number of steps (at least 4); run with
-// -benchtime 8x or so.
+// protocol and compression. The machine is shared, so the two alternate in short
+// segments of 3 steps and the median of the per-round ratios is reported. b.N is
+// the number of rounds (at least 5).
 func BenchmarkSwarmVsChain(b *testing.B) {
-	steps := max(b.N, 4)
+	rounds, seg := max(b.N, 5), 3
 	for _, staleness := range []int{0, 1} {
 		b.Run(fmt.Sprintf("staleness=%d", staleness), func(b *testing.B) {
-			cfg := benchConfig(steps)
+			cfg := benchConfig(seg)
 			cfg.Pipeline.Staleness = staleness
 			corpus := loadCorpus(b, cfg)
-			chainA := chainTokensPerSec(b, cfg, corpus)
-			swarm := swarmTokensPerSec(b, cfg, corpus)
-			chainB := chainTokensPerSec(b, cfg, corpus)
-			chain := (chainA + chainB) / 2
-			b.ReportMetric(chain, "chain-tokens/s")
-			b.ReportMetric(swarm, "swarm-tokens/s")
-			b.ReportMetric(swarm/chain, "swarm/chain")
+			chain, err := stages.NewChain(modelConfig(cfg.Model), cfg.Stages, cfg.Train.Seed)
+			if err != nil {
+				b.Fatal(err)
+			}
+			sw := newSwarm(b, cfg, []int{1, 1, 1}, nil)
+			T := min(cfg.Model.SeqLen, corpus.MaxSeqLen(data.Train))
+			rng := data.NewRNG(cfg.Train.Seed, 0)
+			runChain := func() time.Duration {
+				start := time.Now()
+				for range seg {
+					for range cfg.Train.Accumulation() {
+						tok, tgt := corpus.Batch(data.Train, cfg.Train.Microbatch, T, rng)
+						if _, err := chain.ForwardBackward(tok, tgt, cfg.Train.Microbatch, T); err != nil {
+							b.Fatal(err)
+						}
+					}
+					chain.Step(optimConfig(cfg.Train), cfg.Train.Accumulation())
+				}
+				return time.Since(start)
+			}
+			runSwarm := func() time.Duration {
+				var last time.Time
+				tr := sw.newTrainer(b, corpus, TrainerOptions{OnStep: func(r StepReport) { last = r.Time }})
+				start := time.Now()
+				runTrainer(b, tr, 10*time.Minute)
+				return last.Sub(start)
+			}
+			var ratios []float64
+			var chainTime, swarmTime time.Duration
+			for r := range rounds {
+				var tc, ts time.Duration
+				if r%2 == 0 {
+					tc, ts = runChain(), runSwarm()
+				} else {
+					ts, tc = runSwarm(), runChain()
+				}
+				chainTime, swarmTime = chainTime+tc, swarmTime+ts
+				ratios = append(ratios, tc.Seconds()/ts.Seconds())
+			}
+			slices.Sort(ratios)
+			tokens := float64(rounds * seg * cfg.Train.Batch * T)
+			b.ReportMetric(tokens/chainTime.Seconds(), "chain-tokens/s")
+			b.ReportMetric(tokens/swarmTime.Seconds(), "swarm-tokens/s")
+			b.ReportMetric(ratios[len(ratios)/2], "swarm/chain")
 		})
 	}
-}
-
-func chainTokensPerSec(b *testing.B, cfg config.Config, corpus *data.Corpus) float64 {
-	_, tps := chainRun(b, cfg, corpus)
-	return tps
-}
-
-func swarmTokensPerSec(b *testing.B, cfg config.Config, corpus *data.Corpus) float64 {
-	sw := newSwarm(b, cfg, []int{1, 1, 1}, nil)
-	var last time.Time
-	tr := sw.newTrainer(b, corpus, TrainerOptions{OnStep: func(r StepReport) { last = r.Time }})
-	start := time.Now()
-	runTrainer(b, tr, 10*time.Minute)
-	T := min(cfg.Model.SeqLen, corpus.MaxSeqLen(data.Train))
-	return float64(cfg.Train.Steps*cfg.Train.Batch*T) / last.Sub(start).Seconds()
 }
 
 // BenchmarkSlowHolder compares the tokens/s of a swarm with a second stage-1
