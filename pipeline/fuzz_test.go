@@ -1,0 +1,56 @@
+package pipeline
+
+import (
+	"bytes"
+	"math"
+	"testing"
+	"time"
+
+	"swarmnode/pipeline/wire"
+	"swarmnode/stages"
+)
+
+type memStream struct{ bytes.Buffer }
+
+func (*memStream) SetReadDeadline(time.Time) error  { return nil }
+func (*memStream) SetWriteDeadline(time.Time) error { return nil }
+
+// FuzzServerRequest feeds arbitrary bytes to a stage server's request parser, for
+// a first and a middle stage: no panic, and whatever it accepts is what the stage
+// can compute on: shapes within the run's limits, ids in the vocabulary, finite
+// activations.
+func FuzzServerRequest(f *testing.F) {
+	B, T, D := 2, 4, 8
+	f.Add(cat(floatsFrame(1, B, T, D, ramp(B*T*D)), intsFrame(wire.Targets, 1, B, T, tokens(B*T, 5))))
+	f.Add(cat(intsFrame(wire.Tokens, 0, B, T, tokens(B*T, 7)), intsFrame(wire.Targets, 0, B, T, tokens(B*T, 5))))
+	f.Add(cat(floatsFrame(1, 9, T, D, ramp(9*T*D)), intsFrame(wire.Targets, 1, 9, T, tokens(9*T, 5))))
+	f.Add(floatsFrame(1, B, T, D, ramp(B*T*D))[:60])
+	model := stages.ModelConfig{Vocab: 64, DModel: D, NHead: 2, NLayer: 2, SeqLen: 16}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		for _, k := range []int{0, 1} {
+			s := &Server{k: k, n: 2, model: model, opts: ServerOptions{MaxBatch: 4}}
+			var ms memStream
+			ms.Write(b)
+			r, err := s.readRequest(wire.NewConn(&ms, 1<<16), time.Time{})
+			if err != nil {
+				continue
+			}
+			if r.b < 1 || r.b > 4 || r.t < 1 || r.t > model.SeqLen || len(r.targets) != r.b*r.t {
+				t.Fatalf("stage %d accepted shape %dx%d with %d targets", k, r.b, r.t, len(r.targets))
+			}
+			for _, v := range append(append([]int32(nil), r.tokens...), r.targets...) {
+				if v < 0 || int(v) >= model.Vocab {
+					t.Fatalf("accepted id %d", v)
+				}
+			}
+			if k == 0 && len(r.tokens) != r.b*r.t || k == 1 && len(r.x) != r.b*r.t*D {
+				t.Fatalf("stage %d accepted %d tokens, %d activations for %dx%d", k, len(r.tokens), len(r.x), r.b, r.t)
+			}
+			for _, v := range r.x {
+				if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+					t.Fatalf("accepted %g", v)
+				}
+			}
+		}
+	})
+}
