@@ -14,8 +14,9 @@ if [ ! -x bin/stagebench ]; then
 	go build -o bin/stagebench ./bench/gpu/stagebench
 fi
 echo "== swarmnode (CUDA backend)" >&2
-bin/stagebench -B "$B" -T "$T" -d "$D" -heads "$H" -blocks "$L" -prec bf16 | tee "$out/swarmnode.jsonl"
+bin/stagebench -B "$B" -T "$T" -d "$D" -heads "$H" -blocks "$L" -prec bf16 -iters "${ITERS:-50}" -warmup "${WARMUP:-10}" | tee "$out/swarmnode.jsonl"
 echo "== PyTorch" >&2
-PYTHONUNBUFFERED=1 python3 bench/gpu/torch_stage.py --B "$B" --T "$T" --d "$D" --heads "$H" --blocks "$L" | tee "$out/torch.jsonl"
+PYTHONUNBUFFERED=1 python3 bench/gpu/torch_stage.py --B "$B" --T "$T" --d "$D" --heads "$H" --blocks "$L" \
+	--iters "${ITERS:-50}" --warmup "${WARMUP:-10}" | tee "$out/torch.jsonl"
 echo "== GPT-2-small stage (d $D, $H heads, $L blocks, T $T, B $B), forward+backward" >&2
 python3 bench/gpu/report.py "$out/swarmnode.jsonl" "$out/torch.jsonl" | tee "$out/report.txt"
