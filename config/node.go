@@ -22,6 +22,11 @@ type Node struct {
 	DHTClient bool `yaml:"dht_client"`
 	// Relay makes this peer serve as a circuit relay v2 for peers behind NAT.
 	Relay bool `yaml:"relay"`
+	// Reachability overrides AutoNAT's verdict: "auto" (ask AutoNAT), "public"
+	// for a peer known to be reachable (a relay or bootstrap on a public IP:
+	// go-libp2p serves relaying only while it believes it is public), or
+	// "private" for a peer known to be behind NAT (it looks for relays at once).
+	Reachability string `yaml:"reachability"`
 	// RecordTTL is how long a peer's stage record and provider record stay valid.
 	RecordTTL time.Duration `yaml:"record_ttl"`
 	// GossipEvery is the period of load (throughput, queue) gossip.
@@ -31,13 +36,14 @@ type Node struct {
 // DefaultNode listens on every interface, TCP and QUIC, on ports the OS picks.
 func DefaultNode() Node {
 	return Node{
-		Listen:      []string{"/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"},
-		DataDir:     ".swarmnode",
-		Status:      "127.0.0.1:7070",
-		Stage:       "auto",
-		Role:        "server",
-		RecordTTL:   2 * time.Minute,
-		GossipEvery: 2 * time.Second,
+		Listen:       []string{"/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"},
+		DataDir:      ".swarmnode",
+		Status:       "127.0.0.1:7070",
+		Stage:        "auto",
+		Role:         "server",
+		Reachability: "auto",
+		RecordTTL:    2 * time.Minute,
+		GossipEvery:  2 * time.Second,
 	}
 }
 
@@ -46,6 +52,11 @@ func (n Node) validate() error {
 	case "server", "trainer", "both":
 	default:
 		return fieldErr("node.role", "%q: want server, trainer or both", n.Role)
+	}
+	switch n.Reachability {
+	case "auto", "public", "private":
+	default:
+		return fieldErr("node.reachability", "%q: want auto, public or private", n.Reachability)
 	}
 	if n.DataDir == "" {
 		return fieldErr("node.data_dir", "must not be empty")

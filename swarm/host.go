@@ -10,6 +10,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/host/autorelay"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/proto"
@@ -81,12 +82,22 @@ func newHost(o *Options, key crypto.PrivKey, reg prometheus.Registerer) (host.Ho
 		libp2p.ConnectionManager(cm),
 		libp2p.EnableNATService(),
 		libp2p.EnableRelay(),
-		libp2p.EnableAutoRelayWithPeerSource(relaySource),
+		// Swarms are small: one relay candidate is enough, and waiting minutes
+		// for four (the default) would leave a NATed volunteer unreachable.
+		libp2p.EnableAutoRelayWithPeerSource(relaySource,
+			autorelay.WithMinCandidates(1), autorelay.WithNumRelays(2), autorelay.WithBootDelay(o.RelayRetry),
+			autorelay.WithMinInterval(o.RelayRetry), autorelay.WithBackoff(o.RelayRetry)),
 		libp2p.EnableHolePunching(),
 		libp2p.DialRanker(preferTCPRanker),
 	}
 	if o.Relay {
 		opts = append(opts, libp2p.EnableRelayService())
+	}
+	switch o.Reachability {
+	case "public":
+		opts = append(opts, libp2p.ForceReachabilityPublic())
+	case "private":
+		opts = append(opts, libp2p.ForceReachabilityPrivate())
 	}
 	if reg != nil {
 		opts = append(opts, libp2p.PrometheusRegisterer(reg))

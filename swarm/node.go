@@ -53,8 +53,18 @@ type Options struct {
 	Role string
 	// DHTClient runs the DHT in client mode.
 	DHTClient bool
-	// Relay serves as a circuit relay v2 for peers behind NAT.
+	// Relay serves as a circuit relay v2 for peers behind NAT. go-libp2p
+	// runs the relay service only while the peer believes it is publicly
+	// reachable, so a relay whose AutoNAT verdict is still unknown (no
+	// public peers to test it yet) should also set Reachability "public".
 	Relay bool
+	// Reachability overrides AutoNAT: "public" for a peer known to be
+	// reachable (a relay or bootstrap on a public IP), "private" for one known
+	// to be behind NAT (it reserves relay slots at once); "" asks AutoNAT.
+	Reachability string
+	// RelayRetry is how often a NATed peer looks for relays among its peers
+	// and retries a failed reservation. Default 30s.
+	RelayRetry time.Duration
 	// RecordTTL, GossipEvery, RefreshEvery, DownBackoff and OpTimeout are
 	// passed to dht.Options (see there for defaults).
 	RecordTTL, GossipEvery, RefreshEvery, DownBackoff, OpTimeout time.Duration
@@ -74,10 +84,14 @@ type Options struct {
 // -1; the caller resolves node.stage ("auto" needs a running node).
 func OptionsFromConfig(cfg config.Config) Options {
 	n := cfg.Node
+	reach := n.Reachability
+	if reach == "auto" {
+		reach = ""
+	}
 	return Options{
 		Run: cfg.Run, NumStages: len(cfg.Stages), Listen: n.Listen, Bootstrap: n.Bootstrap,
 		Identity: n.Identity, DataDir: n.DataDir, StatusAddr: n.Status, Stage: -1, Role: n.Role,
-		DHTClient: n.DHTClient, Relay: n.Relay, RecordTTL: n.RecordTTL, GossipEvery: n.GossipEvery,
+		DHTClient: n.DHTClient, Relay: n.Relay, Reachability: reach, RecordTTL: n.RecordTTL, GossipEvery: n.GossipEvery,
 	}
 }
 
@@ -90,6 +104,14 @@ func (o *Options) fill() error {
 	}
 	if len(o.Listen) == 0 {
 		o.Listen = []string{"/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"}
+	}
+	switch o.Reachability {
+	case "", "public", "private":
+	default:
+		return fmt.Errorf("reachability %q: want public, private or empty", o.Reachability)
+	}
+	if o.RelayRetry <= 0 {
+		o.RelayRetry = 30 * time.Second
 	}
 	if o.Role == "" {
 		o.Role = dht.RoleServer
