@@ -267,7 +267,8 @@ func (s *Service) SetSelf(self Self) error {
 	return nil
 }
 
-// SetLoad updates the throughput and queue this peer gossips.
+// SetLoad updates the throughput (tokens/s) and queue length this peer
+// gossips; non-finite or negative values are ignored.
 func (s *Service) SetLoad(throughput float64, queue int) {
 	if !(throughput >= 0) || math.IsInf(throughput, 0) || queue < 0 {
 		return
