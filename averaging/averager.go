@@ -258,6 +258,7 @@ func (a *Averager) Close() error {
 	a.h.RemoveStreamHandler(a.reduceProto)
 	a.h.Network().StopNotify(a.notifee)
 	a.cancel()
+	a.m.unregister(a.o.Registerer)
 	return nil
 }
 

@@ -39,11 +39,27 @@ func newMetrics(reg prometheus.Registerer, key string) (*avgMetrics, error) {
 		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.rounds, m.skipped, m.failures, m.groupSize, m.averaged, m.roundSeconds} {
+		for _, c := range m.collectors() {
 			if err := reg.Register(c); err != nil {
+				m.unregister(reg)
 				return nil, err
 			}
 		}
 	}
 	return m, nil
+}
+
+func (m *avgMetrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.rounds, m.skipped, m.failures, m.groupSize, m.averaged, m.roundSeconds}
+}
+
+// unregister removes the collectors, so that a later Averager of the same key
+// (a peer moving back to a stage it served before) can register its own.
+func (m *avgMetrics) unregister(reg prometheus.Registerer) {
+	if reg == nil {
+		return
+	}
+	for _, c := range m.collectors() {
+		reg.Unregister(c)
+	}
 }

@@ -2,6 +2,9 @@ package pipeline
 
 import (
 	"context"
+	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -31,8 +34,30 @@ type Rebalancer struct {
 	Ratio float64
 	// Cooldown is the least time between two moves of this peer.
 	Cooldown time.Duration
+	// Settle is how long the holders of every stage must stay the same before a
+	// move: while a peer is moving it vanishes from one stage before it shows up
+	// in the other (and callers may have it in backoff meanwhile), and a
+	// decision taken on that half-updated picture sends a second peer after it.
+	// 0 decides on every picture.
+	Settle time.Duration
 
-	lastMove time.Time
+	lastMove    time.Time
+	view        string
+	stableSince time.Time
+}
+
+// viewOf names who holds which stage, so that Decide notices any change.
+func viewOf(hs [][]Holder) string {
+	var b strings.Builder
+	for k, stage := range hs {
+		ids := make([]string, len(stage))
+		for i, h := range stage {
+			ids[i] = string(h.ID)
+		}
+		slices.Sort(ids)
+		fmt.Fprintf(&b, "%d:%s;", k, strings.Join(ids, ","))
+	}
+	return b.String()
 }
 
 // stageTotals sums each stage's throughput; a holder whose throughput is not
@@ -78,6 +103,14 @@ func (rb *Rebalancer) Decide(now time.Time, current int) int {
 		return -1
 	}
 	tot, hs := stageTotals(rb.Router, rb.Stages)
+	if rb.Settle > 0 {
+		if v := viewOf(hs); v != rb.view {
+			rb.view, rb.stableSince = v, now
+		}
+		if now.Sub(rb.stableSince) < rb.Settle {
+			return -1
+		}
+	}
 	if len(hs[current]) < 2 {
 		return -1 // never leave a stage without holders
 	}

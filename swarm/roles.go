@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -147,6 +148,7 @@ func (n *Node) startAveraging(ctx context.Context, o RoleOptions, svc *stageServ
 		return err
 	}
 	opts.Logger = o.logger()
+	opts.Registerer = n.Registry()
 	src := &averaging.Slices{With: func(fn func([][]float32)) {
 		st.WithState(func(s *stages.State) {
 			if cfg.Averaging.Optimizer {
@@ -249,10 +251,11 @@ func (n *Node) Serve(ctx context.Context, o RoleOptions, k int) error {
 	rb := &pipeline.Rebalancer{
 		Router: pipeline.DHTRouter(n.DHT()), Stages: len(cfg.Stages), Self: n.ID(),
 		Ratio: cfg.Pipeline.RebalanceRatio, Cooldown: 3 * cfg.Pipeline.RebalanceEvery,
+		Settle: 2*cfg.Pipeline.RebalanceEvery + 2*cfg.Node.GossipEvery,
 	}
 	current := func() int { mu.Lock(); defer mu.Unlock(); return svc.k }
 	move := func(ctx context.Context, to int) error {
-		o.logger().Info("rebalancing", "from", current(), "to", to)
+		o.logger().Info("rebalancing", "from", current(), "to", to, "holders", holderSummary(n, len(cfg.Stages)))
 		next, err := n.startStage(ctx, o, to)
 		if err != nil {
 			n.status.IncError("rebalance")
@@ -324,6 +327,19 @@ func (o RoleOptions) logger() *slog.Logger {
 		return slog.New(slog.DiscardHandler)
 	}
 	return o.Logger
+}
+
+// holderSummary describes every stage's holders and their throughput for logs.
+func holderSummary(n *Node, stages int) string {
+	var b strings.Builder
+	for k := range stages {
+		fmt.Fprintf(&b, "[%d:", k)
+		for _, h := range n.DHT().Holders(k) {
+			fmt.Fprintf(&b, " %s=%.0f", h.Peer.ShortString(), h.Throughput)
+		}
+		b.WriteString("]")
+	}
+	return b.String()
 }
 
 func clone(s []float32) []float32 { return append([]float32(nil), s...) }
