@@ -221,8 +221,8 @@ func (c *caller) once(ctx context.Context, h Holder, req *request) (ans answer, 
 	if err != nil {
 		return ans, fmt.Errorf("read answer: %w", err)
 	}
-	if f.ID != req.id {
-		return ans, fmt.Errorf("%w: answer for microbatch %x, sent %x", wire.ErrUnexpect, f.ID, req.id)
+	if f.ID != req.id || f.Stage != req.stage {
+		return ans, fmt.Errorf("%w: answer for microbatch %x from stage %d, sent %x to stage %d", wire.ErrUnexpect, f.ID, f.Stage, req.id, req.stage)
 	}
 	ans.loss = f.Loss
 	if req.eval || req.stage == 0 {
