@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"fmt"
 	"io"
 	"math"
 	"sync/atomic"
@@ -229,5 +230,42 @@ func TestHangingHolder(t *testing.T) {
 	t.Logf("%d calls timed out; longest wait between steps %s", s0.DownstreamFailures, maxGap)
 	if maxGap > 5*time.Second {
 		t.Errorf("training stalled for %s behind a hanging holder (hop timeout %s)", maxGap, cfg.Pipeline.HopTimeout)
+	}
+}
+
+// TestTwoTrainers: two trainers with different batch streams feed one swarm at
+// once; both finish, and the stages step on the samples of both.
+func TestTwoTrainers(t *testing.T) {
+	cfg := testConfig()
+	cfg.Train.Steps, cfg.Train.EvalEvery = 30, 30
+	corpus := loadCorpus(t, cfg)
+	sw := newSwarm(t, cfg, []int{1, 2, 1}, nil)
+	trs := []*Trainer{sw.newTrainer(t, corpus, TrainerOptions{Stream: 0})}
+	second := newHost(t)
+	o := TrainerOptions{Run: cfg.Run, Model: cfg.Model, Stages: len(cfg.Stages), Train: cfg.Train, Pipeline: cfg.Pipeline, Stream: 1}
+	tr2, err := NewTrainer(second, sw.router, corpus, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trs = append(trs, tr2)
+	errs := make(chan error, 2)
+	for _, tr := range trs {
+		go func() {
+			sum, err := tr.Run(t.Context())
+			if err == nil && sum.Step != cfg.Train.Steps {
+				err = fmt.Errorf("stopped at step %d", sum.Step)
+			}
+			errs <- err
+		}()
+	}
+	for range trs {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for k, w := range sw.workers {
+		if v := w.Stage().Version(); v < uint64(2*cfg.Train.Steps-1) {
+			t.Errorf("stage %d took %d steps for two trainers' %d", k, v, 2*cfg.Train.Steps)
+		}
 	}
 }
