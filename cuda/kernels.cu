@@ -1027,3 +1027,89 @@ extern "C" __global__ void gelu_bwd_bias_grad_bf16_v8(uint4* d, const uint4* h, 
 		atomicAdd(&dbias[c], tot);
 	}
 }
+
+// residual_bias_ln_j: residual_bias_ln for rows of C <= 32·J elements with the
+// row in registers, so that its loads are all in flight at once.
+template <int J>
+__device__ void residual_bias_ln_j(float* res, const float* resid, const float* bias, bf16* ln, float* mean, float* rstd,
+                                   const float* w, const float* b, int N, int C) {
+	int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+	int lane = threadIdx.x & 31;
+	if (row >= N) return;
+	float* x = res + (long)row * C;
+	const float* rr = resid + (long)row * C;
+	float v[J];
+	float s = 0.f;
+#pragma unroll
+	for (int j = 0; j < J; j++) {
+		int c = j * 32 + lane;
+		v[j] = c < C ? x[c] + rr[c] + bias[c] : 0.f;
+		s += v[j];
+	}
+	float m = warp_sum(s) / C;
+	float v2 = 0.f;
+#pragma unroll
+	for (int j = 0; j < J; j++) {
+		int c = j * 32 + lane;
+		float dd = c < C ? v[j] - m : 0.f;
+		v2 += dd * dd;
+	}
+	float r = rsqrtf(warp_sum(v2) / C + 1e-5f);
+	bf16* o = ln + (long)row * C;
+#pragma unroll
+	for (int j = 0; j < J; j++) {
+		int c = j * 32 + lane;
+		if (c < C) {
+			x[c] = v[j];
+			o[c] = from_f<bf16>((v[j] - m) * r * w[c] + b[c]);
+		}
+	}
+	if (lane == 0) { mean[row] = m; rstd[row] = r; }
+}
+
+// layernorm_fwd_bf16_j: layernorm_fwd (bf16 output) with the row in registers.
+template <int J>
+__device__ void layernorm_fwd_bf16_j(bf16* out, float* mean, float* rstd, const float* inp, const float* w, const float* b, int N, int C) {
+	int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+	int lane = threadIdx.x & 31;
+	if (row >= N) return;
+	const float* x = inp + (long)row * C;
+	float v[J];
+	float s = 0.f;
+#pragma unroll
+	for (int j = 0; j < J; j++) {
+		int c = j * 32 + lane;
+		v[j] = c < C ? x[c] : 0.f;
+		s += v[j];
+	}
+	float m = warp_sum(s) / C;
+	float v2 = 0.f;
+#pragma unroll
+	for (int j = 0; j < J; j++) {
+		int c = j * 32 + lane;
+		float dd = c < C ? v[j] - m : 0.f;
+		v2 += dd * dd;
+	}
+	float r = rsqrtf(warp_sum(v2) / C + 1e-5f);
+	bf16* o = out + (long)row * C;
+#pragma unroll
+	for (int j = 0; j < J; j++) {
+		int c = j * 32 + lane;
+		if (c < C) o[c] = from_f<bf16>((v[j] - m) * r * w[c] + b[c]);
+	}
+	if (lane == 0) { mean[row] = m; rstd[row] = r; }
+}
+
+#define LNF(J)                                                                                                                   \
+	extern "C" __global__ void residual_bias_ln_##J(float* res, const float* resid, const float* bias, bf16* ln, float* mean,   \
+	                                                float* rstd, const float* w, const float* b, int N, int C) {                \
+		residual_bias_ln_j<J>(res, resid, bias, ln, mean, rstd, w, b, N, C);                                                    \
+	}                                                                                                                            \
+	extern "C" __global__ void layernorm_fwd_bf16_##J(bf16* out, float* mean, float* rstd, const float* inp, const float* w,     \
+	                                                  const float* b, int N, int C) {                                           \
+		layernorm_fwd_bf16_j<J>(out, mean, rstd, inp, w, b, N, C);                                                              \
+	}
+LNF(8)
+LNF(16)
+LNF(24)
+LNF(32)

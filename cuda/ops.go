@@ -224,6 +224,11 @@ func (c *Ctx) LayerNormForward(out, mean, rstd, inp, w, b Buf, N, C int) error {
 			return err
 		}
 	}
+	if out.DType == BF16 {
+		if j := regRowJ(C); j > 0 {
+			return c.launch(fmt.Sprintf("layernorm_fwd_bf16_%d", j), grid1(N, 8), dim3{256, 1, 1}, 0, out, mean, rstd, inp, w, b, N, C)
+		}
+	}
 	name, err := suffix("layernorm_fwd", out.DType)
 	if err != nil {
 		return err
@@ -267,10 +272,8 @@ func (c *Ctx) LayerNormBackwardOp(dinp, dop, dcol, dw, db, dout, inp, w, mean, r
 	// Few rows per block: enough blocks in flight to cover memory latency, at the
 	// price of one global atomic per element of dw, db and block.
 	const rows = 16
-	for _, j := range []int{8, 16, 24, 32} {
-		if C <= 32*j {
-			return c.launch(fmt.Sprintf("layernorm_bwd_%d", j), grid1(N, rows), dim3{256, 1, 1}, shmem, dinp, dop.Ptr, dcol.Ptr, dw, db, dout, inp, w, mean, rstd, N, C, rows)
-		}
+	if j := regRowJ(C); j > 0 {
+		return c.launch(fmt.Sprintf("layernorm_bwd_%d", j), grid1(N, rows), dim3{256, 1, 1}, shmem, dinp, dop.Ptr, dcol.Ptr, dw, db, dout, inp, w, mean, rstd, N, C, rows)
 	}
 	if dop.Ptr != 0 || dcol.Ptr != 0 {
 		return fmt.Errorf("cuda: layernorm backward with a bf16 copy or column sums supports C <= 1024, got %d", C)
@@ -609,7 +612,11 @@ func (c *Ctx) ResidualBiasLayerNorm(res, resid, bias, ln, mean, rstd, w, b Buf, 
 	if err := need("residual layernorm out", ln, BF16, N*C); err != nil {
 		return err
 	}
-	return c.launch("residual_bias_ln", grid1(N, 8), dim3{256, 1, 1}, 0, res, resid, bias, ln, mean, rstd, w, b, N, C)
+	name := "residual_bias_ln"
+	if j := regRowJ(C); j > 0 {
+		name = fmt.Sprintf("residual_bias_ln_%d", j) // the row in registers
+	}
+	return c.launch(name, grid1(N, 8), dim3{256, 1, 1}, 0, res, resid, bias, ln, mean, rstd, w, b, N, C)
 }
 
 // BiasGelu adds bias to the bfloat16 GEMM product h [N,C] in place (the backward's
@@ -696,4 +703,15 @@ func (c *Ctx) GeluBackwardBiasGrad(d, h, dbias Buf, N, C int) error {
 	}
 	splits := max(min((N+63)/64, 64), 1)
 	return c.launch("gelu_bwd_bias_grad_bf16_v8", dim3{uint32((C + 255) / 256), uint32(splits), 1}, dim3{32, 8, 1}, 0, d, h, dbias, N, C)
+}
+
+// regRowJ picks the instance of the row-in-registers kernels for rows of C
+// elements (32·J >= C), or 0 when C is too wide for them.
+func regRowJ(C int) int {
+	for _, j := range []int{8, 16, 24, 32} {
+		if C <= 32*j {
+			return j
+		}
+	}
+	return 0
 }

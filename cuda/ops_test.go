@@ -534,6 +534,7 @@ func TestFusedBF16Ops(t *testing.T) {
 	r := newRand(t)
 	testFusedBF16Ops(t, r, 45, 160) // 8-wide kernels
 	testFusedBF16Ops(t, r, 37, 84)  // rows not a multiple of 8: plain kernels
+	testFusedBF16Ops(t, r, 9, 1040) // rows too wide for the row-in-registers LayerNorm
 }
 
 func testFusedBF16Ops(t *testing.T, r *rand.Rand, N, C int) {
