@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -97,14 +98,15 @@ type picker struct {
 	router Router
 	bo     *backoff
 	self   peer.ID // never picked: a peer does not call itself
+	log    *slog.Logger
 
 	mu       sync.Mutex
 	rng      *rand.Rand
 	inflight map[peer.ID]int
 }
 
-func newPicker(r Router, bo *backoff, self peer.ID, seed uint64) *picker {
-	return &picker{router: r, bo: bo, self: self, rng: rand.New(rand.NewPCG(seed, 0x5eed)), inflight: make(map[peer.ID]int)}
+func newPicker(r Router, bo *backoff, self peer.ID, seed uint64, log *slog.Logger) *picker {
+	return &picker{router: r, bo: bo, self: self, log: log, rng: rand.New(rand.NewPCG(seed, 0x5eed)), inflight: make(map[peer.ID]int)}
 }
 
 // weight is a holder's share of the traffic. A holder whose throughput is still
@@ -171,11 +173,19 @@ func (p *picker) choose(k int, avoid map[peer.ID]bool) (Holder, bool) {
 	return cands[len(cands)-1], true
 }
 
-// pick waits until a holder of stage k is available or ctx ends.
+// pick waits until a holder of stage k is available or ctx ends; while it waits
+// it says so in the log now and then, since a stage without a live holder stops
+// the whole pipeline.
 func (p *picker) pick(ctx context.Context, k int, avoid map[peer.ID]bool) (Holder, error) {
+	start := time.Now()
+	next := start.Add(10 * time.Second)
 	for {
 		if h, ok := p.choose(k, avoid); ok {
 			return h, nil
+		}
+		if now := time.Now(); now.After(next) && p.log != nil {
+			p.log.Info("waiting for a live holder", "stage", k, "waited", now.Sub(start).Round(time.Second), "known", len(p.router.Holders(k)))
+			next = now.Add(30 * time.Second)
 		}
 		t := time.NewTimer(50 * time.Millisecond)
 		select {

@@ -20,7 +20,7 @@ func TestPickerWeights(t *testing.T) {
 		{ID: "busy", Throughput: 1000, Queue: 9},
 		{ID: "new"}, // unknown throughput counts as the mean of the known: 700
 	}
-	p := newPicker(r, newBackoff(time.Second, time.Minute), "", 1)
+	p := newPicker(r, newBackoff(time.Second, time.Minute), "", 1, nil)
 	want := map[peer.ID]float64{"fast": 1000, "slow": 100, "busy": 100, "new": 700}
 	total := 1900.0
 	const n = 40000
@@ -55,7 +55,7 @@ func TestPickerWeights(t *testing.T) {
 func TestPickerSkipsDownAndAvoided(t *testing.T) {
 	r := staticRouter{{ID: "a", Throughput: 1}, {ID: "b", Throughput: 1}, {ID: "self", Throughput: 1e9}}
 	bo := newBackoff(time.Hour, 4*time.Hour)
-	p := newPicker(r, bo, "self", 2)
+	p := newPicker(r, bo, "self", 2, nil)
 	bo.down("a", time.Now())
 	for range 100 {
 		if h, _ := p.choose(0, nil); h.ID != "b" {

@@ -140,7 +140,7 @@ func NewServer(h host.Host, w *Worker, r Router, o ServerOptions) (*Server, erro
 		bo := newBackoff(100*time.Millisecond, 30*time.Second)
 		s.down = &caller{
 			host: h, proto: Protocol(o.Run), router: r, bo: bo,
-			picker: newPicker(r, bo, h.ID(), rand.Uint64()),
+			picker: newPicker(r, bo, h.ID(), rand.Uint64(), log),
 			stages: s.n, dmodel: s.model.DModel, maxFrame: o.Pipeline.MaxFrameBytes,
 			hopTimeout: o.Pipeline.HopTimeout, retries: o.Pipeline.Retries,
 			enc: wire.Encoding{Codec: act, Block: o.Compression.BlockSize}, zstd: zm, log: log,

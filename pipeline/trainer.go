@@ -137,7 +137,7 @@ func NewTrainer(h host.Host, r Router, corpus *data.Corpus, o TrainerOptions) (*
 	t := &Trainer{
 		opts: o, corpus: corpus, log: log, idBase: rand.Uint64() &^ 0xffffffff,
 		call: &caller{
-			host: h, proto: Protocol(o.Run), router: r, bo: bo, picker: newPicker(r, bo, h.ID(), rand.Uint64()),
+			host: h, proto: Protocol(o.Run), router: r, bo: bo, picker: newPicker(r, bo, h.ID(), rand.Uint64(), log),
 			stages: o.Stages, maxFrame: o.Pipeline.MaxFrameBytes, hopTimeout: o.Pipeline.HopTimeout,
 			retries: o.Pipeline.Retries, zstd: codec.ZstdOff, log: log,
 		},
