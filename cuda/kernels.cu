@@ -989,19 +989,24 @@ LNB(16)
 LNB(24)
 LNB(32)
 
-// gelu_bwd_bias_grad_bf16_v8: d = gelu'(h)·d in place (bf16, rows of C % 8 == 0)
-// and dbias[c] += sum_r d[r,c] of the stored (rounded) values, in one pass. Block
+// gelu_bwd_bias_grad_bf16_v8: d = gelu'(h + hbias)·d in place (bf16, rows of
+// C % 8 == 0; hbias may be null) and dbias[c] += sum_r d[r,c] of the stored
+// (rounded) values, in one pass. Block
 // (32, 8) covers 256 columns; blockIdx.y splits the rows.
-extern "C" __global__ void gelu_bwd_bias_grad_bf16_v8(uint4* d, const uint4* h, float* dbias, int N, int C) {
+extern "C" __global__ void gelu_bwd_bias_grad_bf16_v8(uint4* d, const uint4* h, const float* hbias, float* dbias, int N, int C) {
 	__shared__ float sh[8][257];
 	int cv = blockIdx.x * 32 + threadIdx.x;
 	float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+	float hb[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+	if (hbias && cv * 8 < C) load8f(hbias + cv * 8, hb);
 	if (cv * 8 < C)
 		for (int r = blockIdx.y * 8 + threadIdx.y; r < N; r += gridDim.y * 8) {
 			long v = (long)r * (C / 8) + cv;
 			float x8[8], d8[8];
 			unpack8(h[v], x8);
 			unpack8(d[v], d8);
+#pragma unroll
+			for (int i = 0; i < 8; i++) x8[i] += hb[i];
 #pragma unroll
 			for (int i = 0; i < 8; i++) {
 				float x = x8[i];
@@ -1113,3 +1118,40 @@ LNF(8)
 LNF(16)
 LNF(24)
 LNF(32)
+
+// gelu_bias_bf16_v8: g = gelu(h + bias) with h (the bare GEMM product) left as it
+// is: the backward adds the bias again, which saves writing h back.
+extern "C" __global__ void gelu_bias_bf16_v8(uint4* g, const uint4* h, const float* bias, int N, int C) {
+	VEC_STRIDE(v, N * (C / 8)) {
+		int c = (v * 8) % C;
+		float f[8], bb[8], y[8];
+		unpack8(h[v], f);
+		load8f(bias + c, bb);
+#pragma unroll
+		for (int i = 0; i < 8; i++) {
+			float x = f[i] + bb[i];
+			float u = GELU_K * (x + 0.044715f * x * x * x);
+			y[i] = 0.5f * x * (1.f + tanhf(u));
+		}
+		g[v] = pack8(y);
+	}
+}
+
+// gelu_bias_bf16 and gelu_bwd_bias_bf16: the plain forms of the two kernels above
+// (the backward without the bias gradient, which BiasGrad then adds).
+extern "C" __global__ void gelu_bias_bf16(bf16* g, const bf16* h, const float* bias, int N, int C) {
+	GRID_STRIDE(i, (long)N * C) {
+		float x = to_f(h[i]) + bias[i % C];
+		float u = GELU_K * (x + 0.044715f * x * x * x);
+		g[i] = from_f<bf16>(0.5f * x * (1.f + tanhf(u)));
+	}
+}
+extern "C" __global__ void gelu_bwd_bias_bf16(bf16* d, const bf16* h, const float* hbias, int N, int C) {
+	GRID_STRIDE(i, (long)N * C) {
+		float x = to_f(h[i]) + (hbias ? hbias[i % C] : 0.f);
+		float u = GELU_K * (x + 0.044715f * x * x * x);
+		float th = tanhf(u);
+		float gd = 0.5f * (1.f + th) + 0.5f * x * (1.f - th * th) * GELU_K * (1.f + 3.f * 0.044715f * x * x);
+		d[i] = from_f<bf16>(gd * to_f(d[i]));
+	}
+}

@@ -682,27 +682,48 @@ func (c *Ctx) attnWarps() int {
 	return c.attnW
 }
 
-// GeluBackwardBiasGrad computes d = gelu'(h)·d in place for bfloat16 d, h [N,C]
-// and adds the column sums of the result into dbias [C]: the MLP's GELU backward
-// and its first bias gradient in one pass.
-func (c *Ctx) GeluBackwardBiasGrad(d, h, dbias Buf, N, C int) error {
+// GeluBias computes g = gelu(h + bias) for the bfloat16 GEMM product h [N,C]
+// (left unchanged; the backward adds the bias again) and bias [C].
+func (c *Ctx) GeluBias(g, h, bias Buf, N, C int) error {
+	if err := need("gelu bias g", g, BF16, N*C); err != nil {
+		return err
+	}
+	if err := need("gelu bias h", h, BF16, N*C); err != nil {
+		return err
+	}
+	if err := need("gelu bias bias", bias, F32, C); err != nil {
+		return err
+	}
+	if vec8(N, C, g, h, bias) {
+		return c.launch("gelu_bias_bf16_v8", c.ewGrid(N*C/8), ewThreads, 0, g, h, bias, N, C)
+	}
+	return c.launch("gelu_bias_bf16", c.ewGrid(N*C), ewThreads, 0, g, h, bias, N, C)
+}
+
+// GeluBackwardBiasGrad computes d = gelu'(h + hbias)·d in place for bfloat16 d, h
+// [N,C] (hbias [C] optional) and adds the column sums of the result into dbias
+// [C]: the MLP's GELU backward and its first bias gradient in one pass.
+func (c *Ctx) GeluBackwardBiasGrad(d, h, hbias, dbias Buf, N, C int) error {
 	if err := need("gelu bwd d", d, BF16, N*C); err != nil {
 		return err
 	}
 	if err := need("gelu bwd h", h, BF16, N*C); err != nil {
 		return err
 	}
+	if err := needOpt("gelu bwd hbias", hbias, F32, C); err != nil {
+		return err
+	}
 	if err := need("gelu bwd dbias", dbias, F32, C); err != nil {
 		return err
 	}
-	if !vec8(N, C, d, h) {
-		if err := c.GeluBackwardInPlace(d.Slice(0, N*C), h); err != nil {
+	if !vec8(N, C, d, h, hbias) {
+		if err := c.launch("gelu_bwd_bias_bf16", c.ewGrid(N*C), ewThreads, 0, d, h, hbias.Ptr, N, C); err != nil {
 			return err
 		}
-		return c.BiasGrad(dbias, d, N, C)
+		return c.BiasGrad(dbias, d.Slice(0, N*C), N, C)
 	}
 	splits := max(min((N+63)/64, 64), 1)
-	return c.launch("gelu_bwd_bias_grad_bf16_v8", dim3{uint32((C + 255) / 256), uint32(splits), 1}, dim3{32, 8, 1}, 0, d, h, dbias, N, C)
+	return c.launch("gelu_bwd_bias_grad_bf16_v8", dim3{uint32((C + 255) / 256), uint32(splits), 1}, dim3{32, 8, 1}, 0, d, h, hbias.Ptr, dbias, N, C)
 }
 
 // regRowJ picks the instance of the row-in-registers kernels for rows of C

@@ -553,7 +553,7 @@ func testFusedBF16Ops(t *testing.T, r *rand.Rand, N, C int) {
 		refD[i] = refGeluGrad(float64(hb[i])) * float64(db[i])
 	}
 	refLN, refM, refR := refLayerNorm(refRes, f64(w), f64(b), N, C)
-	var res, res2, ln, mean, rstd, ba, gh, gg, gd, gd2, gdb []float32
+	var res, res2, ln, mean, rstd, ba, gh, gg, gd, gd2, gdb, gg3, gd4, gdb4 []float32
 	run(t, func(g *gpu) {
 		R := g.up(y)
 		g.check(g.c.ResidualBias(R, g.up(resid), g.up(bias), N, C))
@@ -571,8 +571,14 @@ func testFusedBF16Ops(t *testing.T, r *rand.Rand, N, C int) {
 		g.check(g.c.GeluBackwardInPlace(D, g.upBF16(h)))
 		gd = g.down(D)
 		D2, DB := g.upBF16(d), g.up(bias)
-		g.check(g.c.GeluBackwardBiasGrad(D2, g.upBF16(h), DB, N, C))
+		g.check(g.c.GeluBackwardBiasGrad(D2, g.upBF16(h), Buf{}, DB, N, C))
 		gd2, gdb = g.down(D2), g.down(DB)
+		G3 := g.alloc(BF16, N*C)
+		g.check(g.c.GeluBias(G3, g.upBF16(h), g.up(bias), N, C))
+		gg3 = g.down(G3)
+		D4, DB4 := g.upBF16(d), g.up(bias)
+		g.check(g.c.GeluBackwardBiasGrad(D4, g.upBF16(h), g.up(bias), DB4, N, C))
+		gd4, gdb4 = g.down(D4), g.down(DB4)
 	})
 	refDB := f64(bias)
 	for i, v := range refD {
@@ -580,6 +586,17 @@ func testFusedBF16Ops(t *testing.T, r *rand.Rand, N, C int) {
 	}
 	checkErr(t, "gelu backward + bias grad", gd2, refD, tolBF16)
 	checkErr(t, "gelu backward + bias grad: bias", gdb, refDB, tolBF16)
+	// With the bias added on the fly: gelu(h + bias) and its backward.
+	refG3, refD4, refDB4 := make([]float64, N*C), make([]float64, N*C), f64(bias)
+	for i := range refG3 {
+		x := float64(hb[i]) + float64(bias[i%C])
+		refG3[i] = refGelu(x)
+		refD4[i] = refGeluGrad(x) * float64(db[i])
+		refDB4[i%C] += refD4[i]
+	}
+	checkErr(t, "gelu of h + bias", gg3, refG3, tolBF16)
+	checkErr(t, "gelu backward of h + bias", gd4, refD4, tolBF16)
+	checkErr(t, "gelu backward of h + bias: bias grad", gdb4, refDB4, tolBF16)
 	checkErr(t, "residual bias", res, refRes, tolF32)
 	checkErr(t, "residual bias layernorm res", res2, refRes, tolF32)
 	checkErr(t, "residual bias layernorm out", ln, refLN, tolBF16)

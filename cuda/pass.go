@@ -492,10 +492,11 @@ func (s *Stage) fusedBlockForward(c *Ctx, a *acts, idx int, B, T int) error {
 		{"fwd residual+bias+ln2", func() error {
 			return c.ResidualBiasLayerNorm(k.res2, k.in, s.param(bv.attpb), k.ln2, k.ln2m, k.ln2r, s.param(bv.ln2w), s.param(bv.ln2b), N, C)
 		}},
+		// The bare product stays in fch (bf16); the bias is added where it is read.
 		{"fwd fc gemm", func() error {
 			return c.Gemm(false, false, N, 4*C, C, 1, k.ln2, C, s.weight(bv.fcw), 4*C, 0, k.fch, 4*C, s.mode)
 		}},
-		{"fwd bias+gelu", func() error { return c.BiasGelu(k.fch, k.fchg, s.param(bv.fcb), N, 4*C) }},
+		{"fwd bias+gelu", func() error { return c.GeluBias(k.fchg, k.fch, s.param(bv.fcb), N, 4*C) }},
 		{"fwd fc proj gemm", func() error {
 			return c.Gemm(false, false, N, C, 4*C, 1, k.fchg, 4*C, s.weight(bv.fcpw), C, 0, k.out, C, s.mode)
 		}},
@@ -537,7 +538,9 @@ func (s *Stage) fusedBlockBackward(c *Ctx, a *acts, idx int, sc *scratch, B, T i
 			}
 			return c.Gemm(true, false, 4*C, C, N, 1, k.fchg, 4*C, dresOp, C, 1, s.grad(bv.fcpw), C, s.mode)
 		}},
-		{"bwd gelu+bias grad", func() error { return c.GeluBackwardBiasGrad(dh, k.fch, s.grad(bv.fcb), N, 4*C) }},
+		{"bwd gelu+bias grad", func() error {
+			return c.GeluBackwardBiasGrad(dh, k.fch, s.param(bv.fcb), s.grad(bv.fcb), N, 4*C)
+		}},
 		{"bwd fc gemms", func() error {
 			return c.LinearBackward(dln, s.grad(bv.fcw), Buf{}, dh, k.ln2, s.weight(bv.fcw), N, C, 4*C, false, s.mode)
 		}},
