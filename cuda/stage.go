@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync/atomic"
 )
 
 // Precision is how a stage computes.
@@ -32,10 +33,10 @@ type Stage struct {
 	d     *Device
 	cfg   StageConfig
 	lay   *layout
-	op    DType   // GEMM operand type
-	mode  Compute // float32 GEMM mode
-	step  int     // optimizer steps applied
-	tc    bool    // attention on the tensor cores (bf16, head size 64)
+	op    DType        // GEMM operand type
+	mode  Compute      // float32 GEMM mode
+	step  atomic.Int64 // optimizer steps applied; changed on the device thread only
+	tc    bool         // attention on the tensor cores (bf16, head size 64)
 	freed bool
 
 	params, grads, m, v Buf
@@ -157,7 +158,7 @@ func (s *Stage) NumParams() int { return s.lay.size }
 func (s *Stage) Config() StageConfig { return s.cfg }
 
 // Version is the number of optimizer steps applied.
-func (s *Stage) Version() int { return s.step }
+func (s *Stage) Version() int { return int(s.step.Load()) }
 
 // SetParams uploads the flat parameter vector (the CPU stage's layout).
 func (s *Stage) SetParams(p []float32) error {
@@ -194,8 +195,9 @@ type State struct {
 
 // GetState downloads parameters and AdamW moments.
 func (s *Stage) GetState() (State, error) {
-	st := State{Params: make([]float32, s.lay.size), M: make([]float32, s.lay.size), V: make([]float32, s.lay.size), Step: s.step}
+	st := State{Params: make([]float32, s.lay.size), M: make([]float32, s.lay.size), V: make([]float32, s.lay.size)}
 	err := s.d.Do(func(c *Ctx) error {
+		st.Step = int(s.step.Load())
 		if err := c.Download(st.Params, s.params); err != nil {
 			return err
 		}
@@ -223,13 +225,13 @@ func (s *Stage) SetState(st State) error {
 			}
 		}
 		if s.op == BF16 {
-			return c.Cast(s.pbf, s.params)
+			if err := c.Cast(s.pbf, s.params); err != nil {
+				return err
+			}
 		}
+		s.step.Store(int64(st.Step))
 		return nil
 	})
-	if err == nil {
-		s.step = st.Step
-	}
 	return err
 }
 
@@ -250,18 +252,22 @@ func (s *Stage) Step(opt OptimConfig, micro int) (float32, error) {
 		if err := c.SumSquares(s.sumsq, s.partial, s.grads); err != nil {
 			return err
 		}
-		a := AdamWArgs{LR: opt.LRAt(s.step), Beta1: opt.Beta1, Beta2: opt.Beta2, Eps: opt.Eps, WeightDecay: opt.WeightDecay,
-			Step: s.step + 1, GradScale: 1 / float32(micro), Clip: opt.Clip, SumSq: s.sumsq, ZeroGrad: true}
+		step := int(s.step.Load())
+		a := AdamWArgs{LR: opt.LRAt(step), Beta1: opt.Beta1, Beta2: opt.Beta2, Eps: opt.Eps, WeightDecay: opt.WeightDecay,
+			Step: step + 1, GradScale: 1 / float32(micro), Clip: opt.Clip, SumSq: s.sumsq, ZeroGrad: true}
 		if err := c.AdamW(s.params, s.grads, s.m, s.v, s.decay, s.pbf, a); err != nil {
 			return err
 		}
 		ss = make([]float32, 1)
-		return c.Download(ss, s.sumsq)
+		if err := c.Download(ss, s.sumsq); err != nil {
+			return err
+		}
+		s.step.Add(1)
+		return nil
 	})
 	if err != nil {
 		return 0, err
 	}
-	s.step++
 	return float32(math.Sqrt(float64(ss[0]))) / float32(micro), nil
 }
 
