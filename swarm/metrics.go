@@ -7,7 +7,8 @@ import (
 )
 
 // collector exports a node's Report as Prometheus metrics at scrape time, so
-// the metrics never disagree with /api/status.
+// the metrics never disagree with /api/status. Averaging exports its own
+// metrics (swarmnode_averaging_*, labelled by stage) on the same registry.
 type collector struct{ n *Node }
 
 var (
@@ -19,17 +20,12 @@ var (
 	descThroughput = prometheus.NewDesc("swarmnode_stage_throughput", "Summed throughput of each stage's holders, tokens per second.", []string{"stage"}, nil)
 	descPeers      = prometheus.NewDesc("swarmnode_connected_peers", "Connected libp2p peers.", nil, nil)
 	descMB         = prometheus.NewDesc("swarmnode_microbatches_total", "Microbatches by outcome.", []string{"outcome"}, nil)
-	descAvgRounds  = prometheus.NewDesc("swarmnode_averaging_rounds_total", "Finished averaging rounds.", nil, nil)
-	descAvgFail    = prometheus.NewDesc("swarmnode_averaging_failures_total", "Averaging rounds that did not finish.", nil, nil)
-	descAvgSkip    = prometheus.NewDesc("swarmnode_averaging_skipped_total", "Averaging rounds skipped.", nil, nil)
-	descAvgGroup   = prometheus.NewDesc("swarmnode_averaging_last_group_size", "Peers in the last averaging round.", nil, nil)
-	descAvgMS      = prometheus.NewDesc("swarmnode_averaging_last_round_ms", "Duration of the last averaging round, ms.", nil, nil)
 	descErrors     = prometheus.NewDesc("swarmnode_errors_total", "Errors by kind.", []string{"kind"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descStep, descLoss, descTPS, descStage, descHolders, descThroughput,
-		descPeers, descMB, descAvgRounds, descAvgFail, descAvgSkip, descAvgGroup, descAvgMS, descErrors} {
+		descPeers, descMB, descErrors} {
 		ch <- d
 	}
 }
@@ -58,11 +54,6 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ctr(descMB, float64(r.Microbatches.Completed), "completed")
 	ctr(descMB, float64(r.Microbatches.Retried), "retried")
 	ctr(descMB, float64(r.Microbatches.Failed), "failed")
-	ctr(descAvgRounds, float64(r.Averaging.Rounds))
-	ctr(descAvgFail, float64(r.Averaging.Failures))
-	ctr(descAvgSkip, float64(r.Averaging.Skipped))
-	g(descAvgGroup, float64(r.Averaging.LastGroupSize))
-	g(descAvgMS, r.Averaging.LastRoundMS)
 	for kind, v := range r.Errors {
 		ctr(descErrors, float64(v), kind)
 	}

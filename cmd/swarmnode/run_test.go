@@ -175,7 +175,7 @@ func TestRunThreeProcessesSeeEachOther(t *testing.T) {
 	}
 	procs := []*runProc{boot,
 		startRun(t, bin, cfg, "--bootstrap", tcp, "--stage", "auto"),
-		startRun(t, bin, cfg, "--bootstrap", tcp, "--stage", "2", "--role", "both"),
+		startRun(t, bin, cfg, "--bootstrap", tcp, "--stage", "2"),
 	}
 	start := time.Now()
 	client := http.Client{Timeout: 2 * time.Second}
