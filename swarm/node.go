@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -154,6 +155,7 @@ type Node struct {
 	reg    *prometheus.Registry
 	srv    *statusServer
 	reach  atomic.Int32
+	lock   *os.File // held identity lock; closing it releases the lock
 
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -176,13 +178,18 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	reg := prometheus.NewRegistry()
-	h, err := newHost(&opts, key, reg)
+	lock, err := lockIdentity(opts.Identity)
 	if err != nil {
 		return nil, err
 	}
+	reg := prometheus.NewRegistry()
+	h, err := newHost(&opts, key, reg)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
 	lctx, cancel := context.WithCancel(context.Background())
-	n := &Node{opts: opts, log: opts.Logger, host: h, status: newStatus(), reg: reg, cancel: cancel}
+	n := &Node{opts: opts, log: opts.Logger, host: h, status: newStatus(), reg: reg, cancel: cancel, lock: lock}
 	fail := func(err error) (*Node, error) {
 		n.Close()
 		return nil, err
@@ -356,6 +363,9 @@ func (n *Node) Close() error {
 		n.cancel()
 		errs = append(errs, n.host.Close())
 		n.wg.Wait()
+		if n.lock != nil {
+			errs = append(errs, n.lock.Close())
+		}
 		n.closeErr = errors.Join(errs...)
 	})
 	return n.closeErr

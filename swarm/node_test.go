@@ -263,3 +263,18 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		t.Fatal("bad status address accepted")
 	}
 }
+
+func TestIdentityInUseRefused(t *testing.T) {
+	o := testOptions(t, 0)
+	o.StatusAddr = "off"
+	a := startTestNode(t, o)
+	if _, err := New(t.Context(), o); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second node on one identity: err %v, want an in-use refusal", err)
+	}
+	a.Close()
+	b, err := New(t.Context(), o)
+	if err != nil {
+		t.Fatalf("identity not released by Close: %v", err)
+	}
+	b.Close()
+}
