@@ -165,7 +165,8 @@ type Node struct {
 
 // New starts a node: it loads (or creates) the identity, starts the host,
 // dials the bootstrap peers, joins the DHT and gossip, announces opts.Stage
-// and starts the status server. It runs until Close.
+// and starts the status server. ctx bounds the start-up; the node then runs
+// until Close.
 func New(ctx context.Context, opts Options) (*Node, error) {
 	if err := opts.fill(); err != nil {
 		return nil, err
@@ -208,6 +209,11 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 	})
 	if err != nil {
 		return fail(err)
+	}
+	// ctx bounds start-up only (the bootstrap dials above are its slow
+	// part); a start-up cancelled by a signal leaves nothing running.
+	if err := ctx.Err(); err != nil {
+		return fail(fmt.Errorf("start-up cancelled: %w", err))
 	}
 	if err := reg.Register(&collector{n: n}); err != nil {
 		return fail(fmt.Errorf("metrics: %w", err))
