@@ -123,6 +123,10 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 	opts.Logger = log
 	node, err := swarm.New(ctx, opts)
 	if err != nil {
+		if ctx.Err() != nil {
+			log.Info("stopped during start-up")
+			return exitOK // a signal asked for it: a clean stop
+		}
 		fmt.Fprintf(stderr, "swarmnode run: %v\n", err)
 		return exitRuntime
 	}
