@@ -16,15 +16,23 @@ __device__ __forceinline__ float to_f(bf16 v) { return __uint_as_float(((unsigne
 template <typename T> __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ bf16 from_f<bf16>(float v) {
-	unsigned u = __float_as_uint(v);
 	bf16 r;
-	if ((u & 0x7fffffffu) > 0x7f800000u) { // NaN stays NaN
-		r.x = (unsigned short)((u >> 16) | 0x40);
-		return r;
-	}
-	u += 0x7fffu + ((u >> 16) & 1u); // round to nearest even
-	r.x = (unsigned short)(u >> 16);
+	asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r.x) : "f"(v)); // round to nearest even; NaN stays NaN
 	return r;
+}
+
+// pack2 rounds two floats to bf16 in one instruction, lo in the low half.
+__device__ __forceinline__ unsigned pack2(float lo, float hi) {
+	unsigned r;
+	asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+	return r;
+}
+
+// fast_exp2 is the hardware 2^x (relative error about 2^-22; -inf gives 0).
+__device__ __forceinline__ float fast_exp2(float x) {
+	float y;
+	asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+	return y;
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -316,10 +316,10 @@ __device__ __forceinline__ void unpack8(uint4 u, float* f) {
 
 __device__ __forceinline__ uint4 pack8(const float* f) {
 	uint4 u;
-	u.x = (unsigned)from_f<bf16>(f[0]).x | ((unsigned)from_f<bf16>(f[1]).x << 16);
-	u.y = (unsigned)from_f<bf16>(f[2]).x | ((unsigned)from_f<bf16>(f[3]).x << 16);
-	u.z = (unsigned)from_f<bf16>(f[4]).x | ((unsigned)from_f<bf16>(f[5]).x << 16);
-	u.w = (unsigned)from_f<bf16>(f[6]).x | ((unsigned)from_f<bf16>(f[7]).x << 16);
+	u.x = pack2(f[0], f[1]);
+	u.y = pack2(f[2], f[3]);
+	u.z = pack2(f[4], f[5]);
+	u.w = pack2(f[6], f[7]);
 	return u;
 }
 
@@ -340,9 +340,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const unsigned sh
 	             : "r"(a));
 }
 
-__device__ __forceinline__ unsigned pack2(float lo, float hi) {
-	return (unsigned)from_f<bf16>(lo).x | ((unsigned)from_f<bf16>(hi).x << 16);
-}
 
 __device__ __forceinline__ unsigned ld32(const unsigned short* p) { return *(const unsigned*)p; }
 
@@ -487,7 +484,7 @@ __device__ __forceinline__ void attn_fwd_tc(bf16* out, float* lse, const bf16* q
 				mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
 				float mn = fmaxf(m[r], mx);
 				float base_m = mn == -SN_INF ? 0.f : mn; // a row with nothing visible yet
-				float corr = exp2f(m[r] - base_m);
+				float corr = fast_exp2(m[r] - base_m);
 				l[r] *= corr;
 #pragma unroll
 				for (int nt = 0; nt < 8; nt++) {
@@ -495,7 +492,7 @@ __device__ __forceinline__ void attn_fwd_tc(bf16* out, float* lse, const bf16* q
 					o[nt][2 * r + 1] *= corr;
 #pragma unroll
 					for (int e = 0; e < 2; e++) {
-						float p = exp2f(s[nt][2 * r + e] - base_m);
+						float p = fast_exp2(s[nt][2 * r + e] - base_m);
 						s[nt][2 * r + e] = p;
 						l[r] += p;
 					}
@@ -601,7 +598,7 @@ __device__ __forceinline__ void attn_bwd_dq_tc(bf16* dqkv, const bf16* dout, con
 				for (int e = 0; e < 4; e++) {
 					int r = e >> 1;
 					int row = r0 + g + r * 8, key = kt * TC_TILE + nt * 8 + tg * 2 + (e & 1);
-					float p = exp2f(s[nt][e] * sc - Lr[r]);
+					float p = fast_exp2(s[nt][e] * sc - Lr[r]);
 					if (row >= T || (mask && key > row)) p = 0.f;
 					s[nt][e] = p * (dp[nt][e] - Dr[r]);
 				}
@@ -692,7 +689,7 @@ __device__ __forceinline__ void attn_bwd_dkdv_tc(bf16* dqkv, const bf16* dout, c
 				for (int e = 0; e < 4; e++) {
 					int key = k0 + g + (e >> 1) * 8;
 					int ql = nt * 8 + tg * 2 + (e & 1), q = qt * TC_TILE + ql;
-					float p = exp2f(s[nt][e] * sc - Ls[cb][ql]);
+					float p = fast_exp2(s[nt][e] * sc - Ls[cb][ql]);
 					if (q >= T || key >= T || (mask && q < key)) p = 0.f;
 					s[nt][e] = p;
 					dp[nt][e] = p * (dp[nt][e] - Ds[cb][ql]);
