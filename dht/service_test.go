@@ -192,7 +192,9 @@ func TestStoppedNodeDisappears(t *testing.T) {
 	crashed := nodes[3]
 	crashed.h.Close()
 	crashed.s.Close()
-	waitFor(t, opts.RecordTTL+200*time.Millisecond, gone(crashed, 1))
+	// The TTL runs from the last message received; 500 ms covers one still in
+	// flight when the node died.
+	waitFor(t, opts.RecordTTL+500*time.Millisecond, gone(crashed, 1))
 
 	// Clean shutdown: the leave message removes it well before the TTL.
 	left := nodes[2]
