@@ -164,6 +164,14 @@ func (t *table) fresh(p peer.ID, horizon time.Time) (Holder, bool) {
 	return copyHolder(e.h), true
 }
 
+// isHidden reports whether p is marked down or has left.
+func (t *table) isHidden(p peer.ID, now time.Time) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.m[p]
+	return ok && e.hidden(now)
+}
+
 // holders returns the live holders of stage, sorted by peer id.
 func (t *table) holders(stage int, now time.Time) []Holder {
 	t.mu.Lock()

@@ -511,7 +511,7 @@ func (s *Service) lookup(ctx context.Context, stage int) ([]Holder, error) {
 			}
 			now := time.Now()
 			s.tab.observeRecord(rec, now)
-			if rec.Stage == stage {
+			if rec.Stage == stage && !s.tab.isHidden(rec.Peer, now) {
 				out = append(out, Holder{Peer: rec.Peer, Stage: rec.Stage, Role: rec.Role,
 					Throughput: rec.Throughput, Queue: rec.Queue, Addrs: rec.Multiaddrs(),
 					Seq: rec.Seq, LastSeen: now, Expires: rec.ExpiresAt()})

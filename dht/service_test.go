@@ -214,6 +214,16 @@ func TestMarkDownAndReturn(t *testing.T) {
 			t.Fatal("MarkDown did not drop the holder at once")
 		}
 	}
+	// A DHT lookup does not bring it back during the backoff either.
+	hs, err := nodes[0].s.Lookup(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hs {
+		if h.Peer == victim {
+			t.Fatal("Lookup lists a marked-down holder")
+		}
+	}
 	// It keeps gossiping, so it comes back after the backoff.
 	waitFor(t, opts.DownBackoff+2*time.Second, func() error { return sees(nodes[0], nodes) })
 }
