@@ -591,15 +591,18 @@ __device__ __forceinline__ void attn_bwd_dq_tc(bf16* dqkv, const bf16* dout, con
 			zero_acc(dp);
 			mma_rows_x_tile(s, qa, Ks + cur);
 			mma_rows_x_tile(dp, da, Vs + cur);
-			bool mask = kt * TC_TILE + TC_TILE - 1 > r0;
+			// Index arithmetic only where the causal mask or the end of the sequence cuts the tile.
+			bool edge = kt * TC_TILE + TC_TILE - 1 > r0 || r0 + 16 > T;
 #pragma unroll
 			for (int nt = 0; nt < 8; nt++)
 #pragma unroll
 				for (int e = 0; e < 4; e++) {
 					int r = e >> 1;
-					int row = r0 + g + r * 8, key = kt * TC_TILE + nt * 8 + tg * 2 + (e & 1);
 					float p = fast_exp2(s[nt][e] * sc - Lr[r]);
-					if (row >= T || (mask && key > row)) p = 0.f;
+					if (edge) {
+						int row = r0 + g + r * 8, key = kt * TC_TILE + nt * 8 + tg * 2 + (e & 1);
+						if (row >= T || key > row) p = 0.f;
+					}
 					s[nt][e] = p * (dp[nt][e] - Dr[r]);
 				}
 			mma_acc_x_tile(dq, s, Ks + cur);
@@ -682,15 +685,18 @@ __device__ __forceinline__ void attn_bwd_dkdv_tc(bf16* dqkv, const bf16* dout, c
 			zero_acc(dp);
 			mma_rows_x_tile(s, ka, Qc);
 			mma_rows_x_tile(dp, va, dOc);
-			bool mask = qt * TC_TILE < k0 + 16;
+			// Index arithmetic only where the causal mask or the end of the sequence cuts the tile.
+			bool edge = qt * TC_TILE < k0 + 16 || qt * TC_TILE + TC_TILE > T || k0 + 16 > T;
 #pragma unroll
 			for (int nt = 0; nt < 8; nt++)
 #pragma unroll
 				for (int e = 0; e < 4; e++) {
-					int key = k0 + g + (e >> 1) * 8;
-					int ql = nt * 8 + tg * 2 + (e & 1), q = qt * TC_TILE + ql;
+					int ql = nt * 8 + tg * 2 + (e & 1);
 					float p = fast_exp2(s[nt][e] * sc - Ls[cb][ql]);
-					if (q >= T || key >= T || (mask && q < key)) p = 0.f;
+					if (edge) {
+						int key = k0 + g + (e >> 1) * 8, q = qt * TC_TILE + ql;
+						if (q >= T || key >= T || q < key) p = 0.f;
+					}
 					s[nt][e] = p;
 					dp[nt][e] = p * (dp[nt][e] - Ds[cb][ql]);
 				}
@@ -723,7 +729,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) attn_fwd_tc_w4(bf16* out, f
 extern "C" __global__ void __launch_bounds__(256, 2) attn_bwd_dq_tc_w8(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
 	attn_bwd_dq_tc<8>(dqkv, dout, qkv, lse, D, B, T, NH, scale);
 }
-extern "C" __global__ void __launch_bounds__(128, 4) attn_bwd_dq_tc_w4(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
+extern "C" __global__ void __launch_bounds__(128, 3) attn_bwd_dq_tc_w4(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
 	attn_bwd_dq_tc<4>(dqkv, dout, qkv, lse, D, B, T, NH, scale);
 }
 extern "C" __global__ void __launch_bounds__(256) attn_bwd_dkdv_tc_w8(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
