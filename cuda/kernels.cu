@@ -723,7 +723,7 @@ __device__ __forceinline__ void attn_bwd_dkdv_tc(bf16* dqkv, const bf16* dout, c
 extern "C" __global__ void __launch_bounds__(256, 2) attn_fwd_tc_w8(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH, float scale) {
 	attn_fwd_tc<8>(out, lse, qkv, B, T, NH, scale);
 }
-extern "C" __global__ void __launch_bounds__(128, 4) attn_fwd_tc_w4(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH, float scale) {
+extern "C" __global__ void __launch_bounds__(128, 3) attn_fwd_tc_w4(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH, float scale) {
 	attn_fwd_tc<4>(out, lse, qkv, B, T, NH, scale);
 }
 extern "C" __global__ void __launch_bounds__(256, 2) attn_bwd_dq_tc_w8(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse, const float* D, int B, int T, int NH, float scale) {
