@@ -11,4 +11,4 @@ cd "$(dirname "$0")/.."
 N=${N:-200}
 GO=${GO:-go}
 "$GO" test -run '^$' -bench '^BenchmarkSwarm64Lookup$' -benchtime "${N}x" ./swarm/ | tee /dev/stderr |
-  grep -E '^(64 hosts up|holders lookup)' | tail -2
+  grep -oE '(64 hosts up|holders lookup|provider walk stopping).*' | tail -3
