@@ -273,7 +273,9 @@ func (c *Ctx) LayerNormBackwardOp(dinp, dop, dcol, dw, db, dout, inp, w, mean, r
 	// price of one global atomic per element of dw, db and block.
 	const rows = 16
 	if j := regRowJ(C); j > 0 {
-		return c.launch(fmt.Sprintf("layernorm_bwd_%d", j), grid1(N, rows), dim3{256, 1, 1}, shmem, dinp, dop.Ptr, dcol.Ptr, dw, db, dout, inp, w, mean, rstd, N, C, rows)
+		// ~170 registers a thread: blocks of 4 warps let 3 blocks share an SM.
+		const regRows = 8
+		return c.launch(fmt.Sprintf("layernorm_bwd_%d", j), grid1(N, regRows), dim3{128, 1, 1}, shmem, dinp, dop.Ptr, dcol.Ptr, dw, db, dout, inp, w, mean, rstd, N, C, regRows)
 	}
 	if dop.Ptr != 0 || dcol.Ptr != 0 {
 		return fmt.Errorf("cuda: layernorm backward with a bf16 copy or column sums supports C <= 1024, got %d", C)
