@@ -354,13 +354,14 @@ func (s *Service) announce(ctx context.Context) error {
 // announceLoop re-announces every RepublishEvery, at once on a stage change,
 // and every GossipEvery while the last attempt failed (e.g. no peers yet).
 // Right after joining the routing table is still filling, so the first
-// announcements reach few peers: the period starts at GossipEvery and doubles
-// up to RepublishEvery.
+// announcements reach few peers: the period starts at min(GossipEvery, 1s)
+// and doubles up to RepublishEvery.
 func (s *Service) announceLoop(ctx context.Context) {
 	defer s.wg.Done()
 	t := time.NewTimer(0)
 	defer t.Stop()
-	warm := s.opts.GossipEvery
+	warmStart := min(s.opts.GossipEvery, time.Second)
+	warm := warmStart
 	for {
 		select {
 		case <-ctx.Done():
@@ -368,7 +369,7 @@ func (s *Service) announceLoop(ctx context.Context) {
 		case <-t.C:
 		case <-s.announceNow:
 			s.publishLoad(ctx, false)
-			warm = s.opts.GossipEvery
+			warm = warmStart
 		}
 		next := min(warm, s.opts.RepublishEvery)
 		warm *= 2
