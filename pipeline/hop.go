@@ -186,7 +186,11 @@ func (c *caller) once(ctx context.Context, h Holder, req *request) (ans answer, 
 		return ans, fmt.Errorf("open stream: %w", err)
 	}
 	ok := false
+	// Reads and writes wait on deadlines, not on ctx: a cancelled call (the peer
+	// is shutting down or moving stage) resets the stream to stop them at once.
+	stop := context.AfterFunc(ctx, func() { _ = s.Reset() })
 	defer func() {
+		stop()
 		if ok {
 			_ = s.Close()
 		} else {

@@ -91,6 +91,7 @@ type Server struct {
 	cancel context.CancelFunc
 	mu     sync.Mutex
 	closed bool
+	active map[network.Stream]struct{} // reset on Close, so that no handler waits on a peer
 	wg     sync.WaitGroup
 
 	slots     chan struct{} // microbatches being computed
@@ -133,6 +134,7 @@ func NewServer(h host.Host, w *Worker, r Router, o ServerOptions) (*Server, erro
 		host: h, w: w, k: st.Index(), n: st.Count(), model: st.Model(), opts: o, log: log,
 		grad:    wire.Encoding{Codec: grad, Block: o.Compression.BlockSize},
 		zstd:    zm,
+		active:  make(map[network.Stream]struct{}),
 		slots:   make(chan struct{}, o.Pipeline.MaxInFlight),
 		readers: make(chan struct{}, 2*o.Pipeline.MaxInFlight),
 	}
@@ -192,9 +194,17 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
+	active := make([]network.Stream, 0, len(s.active))
+	for str := range s.active {
+		active = append(active, str)
+	}
 	s.mu.Unlock()
 	s.host.RemoveStreamHandler(Protocol(s.opts.Run))
 	s.cancel()
+	// Upstreams see a reset at once and retry elsewhere; handlers stop waiting.
+	for _, str := range active {
+		_ = str.Reset()
+	}
 	s.wg.Wait()
 	return nil
 }
@@ -225,8 +235,14 @@ func (s *Server) handle(str network.Stream) {
 		return
 	}
 	s.wg.Add(1)
+	s.active[str] = struct{}{}
 	s.mu.Unlock()
-	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.active, str)
+		s.mu.Unlock()
+		s.wg.Done()
+	}()
 	select {
 	case s.readers <- struct{}{}:
 		defer func() { <-s.readers }()

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"math"
@@ -267,5 +268,43 @@ func TestTwoTrainers(t *testing.T) {
 		if v := w.Stage().Version(); v < uint64(2*cfg.Train.Steps-1) {
 			t.Errorf("stage %d took %d steps for two trainers' %d", k, v, 2*cfg.Train.Steps)
 		}
+	}
+}
+
+// TestCloseDoesNotWaitForPeers: closing a server whose microbatch waits on a
+// hanging downstream returns at once (a node must shut down or move stage within
+// seconds), and the upstream hears of it.
+func TestCloseDoesNotWaitForPeers(t *testing.T) {
+	cfg := testConfig()
+	cfg.Pipeline.HopTimeout = time.Minute
+	sw := newSwarm(t, cfg, []int{1, 0, 0}, nil)
+	hang := newHost(t)
+	called := make(chan struct{}, 1)
+	hang.SetStreamHandler(Protocol(cfg.Run), func(s network.Stream) {
+		called <- struct{}{}
+		_, _ = io.Copy(io.Discard, s)
+	})
+	sw.router.mu.Lock()
+	sw.router.extra[1] = []Holder{{ID: hang.ID(), Addrs: hang.Addrs()}}
+	sw.router.mu.Unlock()
+	srv := sw.servers[0][0]
+	B, T := 2, 8
+	errc := make(chan error, 1)
+	go func() {
+		c := &caller{host: sw.trainer, proto: Protocol(cfg.Run), router: sw.router, bo: newBackoff(time.Second, time.Minute),
+			stages: 3, maxFrame: cfg.Pipeline.MaxFrameBytes, hopTimeout: cfg.Pipeline.HopTimeout}
+		c.picker = newPicker(sw.router, c.bo, sw.trainer.ID(), 1, nil)
+		_, err := c.once(context.Background(), Holder{ID: srv.host.ID(), Addrs: srv.host.Addrs()},
+			&request{id: 1, stage: 0, b: B, t: T, tokens: tokens(B*T, 1), targets: tokens(B*T, 2)})
+		errc <- err
+	}()
+	<-called // the microbatch now waits on the hanging peer
+	start := time.Now()
+	srv.Close()
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Close took %s with a microbatch waiting on a hanging peer", d)
+	}
+	if err := <-errc; err == nil {
+		t.Error("the upstream got an answer from a closed server")
 	}
 }
