@@ -30,6 +30,13 @@ type WorkerOptions struct {
 	Microbatch int
 	// Staleness is pipeline.staleness: how many steps ahead forward passes may run.
 	Staleness int
+	// Replicas, if set, returns how many peers hold this stage (this one
+	// included). Each then steps after its share, StepSamples/Replicas sequences
+	// (at least one microbatch), so that with averaging keeping the replicas
+	// together the stage as a whole steps once per StepSamples sequences, as in
+	// `swarmnode local`, instead of once per StepSamples sequences per replica.
+	// Nil: every replica steps after StepSamples of its own sequences.
+	Replicas func() int
 }
 
 // Worker computes one stage for the servers that front it: forward and backward
@@ -65,9 +72,20 @@ func NewWorker(st *stages.Stage, o WorkerOptions) *Worker {
 	return &Worker{st: st, opts: o, stepped: make(chan struct{})}
 }
 
+// stepSamples is the number of sequences after which this replica steps.
+func (w *Worker) stepSamples() int {
+	n := w.opts.StepSamples
+	if w.opts.Replicas != nil {
+		if r := w.opts.Replicas(); r > 1 {
+			n = max(w.opts.Microbatch, n/r)
+		}
+	}
+	return n
+}
+
 // admit waits until a training forward of b sequences fits the quota.
 func (w *Worker) admit(ctx context.Context, b int) error {
-	quota := (w.opts.Staleness + 1) * w.opts.StepSamples
+	quota := (w.opts.Staleness + 1) * w.stepSamples()
 	for {
 		w.qmu.Lock()
 		if w.admitted == 0 || w.admitted+b <= quota {
@@ -131,7 +149,7 @@ func (w *Worker) backward(p *stages.Pass, dout []float32) ([]float32, time.Durat
 		n = w.samples.Add(int64(b))
 	}
 	w.gate.RUnlock()
-	if n >= int64(w.opts.StepSamples) {
+	if n >= int64(w.stepSamples()) {
 		w.step()
 	}
 	return dx, d, err
@@ -140,7 +158,7 @@ func (w *Worker) backward(p *stages.Pass, dout []float32) ([]float32, time.Durat
 func (w *Worker) step() {
 	w.gate.Lock()
 	n := int(w.samples.Load())
-	if n < w.opts.StepSamples {
+	if n < w.stepSamples() {
 		w.gate.Unlock()
 		return // another backward got here first
 	}
