@@ -4,7 +4,7 @@ BIN     := bin/swarmnode
 CONFIG  ?= examples/gpt/tiny.yaml
 FUZZTIME ?= 10s
 
-.PHONY: build test lint bench demo demo-local fuzz gpu-test clean
+.PHONY: build test lint bench demo demo-local fuzz gpu-test gpu-bin clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/swarmnode
@@ -42,4 +42,10 @@ clean:
 
 # The CUDA tests: run on a machine with an NVIDIA GPU (they skip, saying why, without one).
 gpu-test:
-	$(GO) test -count=1 -v ./cuda/...
+	$(GO) test -count=1 -v -timeout 10m ./cuda/
+
+# For a GPU machine without Go: build here, carry bin/, run bin/cudatest -test.v there.
+gpu-bin:
+	$(GO) test -c -o bin/cudatest ./cuda/
+	$(GO) build -o bin/stagebench ./bench/gpu/stagebench
+	$(GO) build -o bin/gputrain ./bench/gpu/gputrain
