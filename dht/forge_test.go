@@ -8,6 +8,8 @@ import (
 	"time"
 
 	pb "github.com/libp2p/go-libp2p-kad-dht/pb"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	pubsubpb "github.com/libp2p/go-libp2p-pubsub/pb"
 	record "github.com/libp2p/go-libp2p-record"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -187,6 +189,7 @@ func TestForgedGossipIgnored(t *testing.T) {
 	if err := topic.Publish(ctx, []byte(good)); err != nil {
 		t.Fatal(err)
 	}
+
 	waitFor(t, 2*time.Second, func() error {
 		hs := nodes[0].s.Holders(1)
 		if len(hs) != 1 || hs[0].Peer != ah.ID() || hs[0].Throughput != 7 {
@@ -194,4 +197,32 @@ func TestForgedGossipIgnored(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestLoadRateLimit: an author's load messages faster than MinLoadInterval are
+// ignored (not forwarded, not applied); a leave message always passes.
+func TestLoadRateLimit(t *testing.T) {
+	ctx := t.Context()
+	n := startNode(t, ctx, testOpts(1), Self{Stage: 0, Role: RoleServer}, nil)
+	_, author := newKey(t)
+	msg := func(data string) *pubsub.Message {
+		return &pubsub.Message{Message: &pubsubpb.Message{From: []byte(author), Data: []byte(data)}}
+	}
+	load := `{"stage":0,"role":"server","seq":5}`
+	if r := n.s.validateLoadMsg(ctx, author, msg(load)); r != pubsub.ValidationAccept {
+		t.Fatalf("first message: %v", r)
+	}
+	if r := n.s.validateLoadMsg(ctx, author, msg(load)); r != pubsub.ValidationIgnore {
+		t.Fatalf("message right after: %v, want ignore", r)
+	}
+	if r := n.s.validateLoadMsg(ctx, author, msg(`{"stage":0,"role":"server","seq":6,"leaving":true}`)); r != pubsub.ValidationAccept {
+		t.Fatalf("leave message: %v", r)
+	}
+	if r := n.s.validateLoadMsg(ctx, author, msg(`junk`)); r != pubsub.ValidationReject {
+		t.Fatalf("junk: %v, want reject", r)
+	}
+	time.Sleep(MinLoadInterval)
+	if r := n.s.validateLoadMsg(ctx, author, msg(load)); r != pubsub.ValidationAccept {
+		t.Fatalf("message after the interval: %v", r)
+	}
 }

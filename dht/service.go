@@ -110,6 +110,11 @@ type Service struct {
 	self    Self
 	lastSeq uint64
 
+	// lastMsg is when each author's last load message was accepted, for
+	// the per-author rate limit; refreshLoop prunes it.
+	rateMu  sync.Mutex
+	lastMsg map[peer.ID]time.Time
+
 	announceNow chan struct{}
 	cancel      context.CancelFunc
 	wg          sync.WaitGroup
@@ -169,9 +174,10 @@ func New(ctx context.Context, h host.Host, ps *pubsub.PubSub, self Self, opts Op
 	s := &Service{
 		opts: opts, h: h, key: key, kad: kad, tab: newTable(opts.RecordTTL),
 		ps: ps, log: opts.Logger, self: self, announceNow: make(chan struct{}, 1),
+		lastMsg: make(map[peer.ID]time.Time),
 	}
 	topicName := GossipTopic(opts.Run)
-	if err := ps.RegisterTopicValidator(topicName, validateLoadMsg); err != nil {
+	if err := ps.RegisterTopicValidator(topicName, s.validateLoadMsg); err != nil {
 		kad.Close()
 		return nil, fmt.Errorf("gossip validator: %w", err)
 	}
@@ -427,15 +433,45 @@ func (s *Service) gossipLoop(ctx context.Context) {
 	}
 }
 
+// MinLoadInterval is the shortest interval between two accepted load
+// messages of one author; faster ones are dropped unforwarded, so a peer
+// cannot make the swarm verify and relay a flood of its messages.
+const MinLoadInterval = 100 * time.Millisecond
+
 // validateLoadMsg is the topic validator: GossipSub has checked the signature
-// already; this rejects malformed content, so the sender's score drops.
-func validateLoadMsg(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+// already; this rejects malformed content (the sender's score drops) and
+// ignores an author's messages that come faster than MinLoadInterval.
+func (s *Service) validateLoadMsg(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
 	l, err := DecodeLoad(m.Data)
 	if err != nil {
 		return pubsub.ValidationReject
 	}
+	if from := m.GetFrom(); from != s.h.ID() && !l.Leaving {
+		now := time.Now()
+		s.rateMu.Lock()
+		last, seen := s.lastMsg[from]
+		tooSoon := seen && now.Sub(last) < MinLoadInterval
+		if !tooSoon {
+			s.lastMsg[from] = now
+		}
+		s.rateMu.Unlock()
+		if tooSoon {
+			return pubsub.ValidationIgnore
+		}
+	}
 	m.ValidatorData = l
 	return pubsub.ValidationAccept
+}
+
+// pruneRate forgets authors not heard from for a while.
+func (s *Service) pruneRate(now time.Time) {
+	s.rateMu.Lock()
+	defer s.rateMu.Unlock()
+	for p, t := range s.lastMsg {
+		if now.Sub(t) > 10*time.Second {
+			delete(s.lastMsg, p)
+		}
+	}
 }
 
 func (s *Service) readLoop(ctx context.Context) {
@@ -492,6 +528,7 @@ func (s *Service) refreshLoop(ctx context.Context) {
 			}
 		}
 		s.tab.prune(time.Now())
+		s.pruneRate(time.Now())
 		select {
 		case <-ctx.Done():
 			return
