@@ -12,6 +12,7 @@ func DHTRouter(s *dht.Service) Router { return dhtRouter{s} }
 
 type dhtRouter struct{ s *dht.Service }
 
+// Holders lists the DHT table's live holders of stage k.
 func (r dhtRouter) Holders(k int) []Holder {
 	hs := r.s.Holders(k)
 	out := make([]Holder, 0, len(hs))
@@ -21,4 +22,5 @@ func (r dhtRouter) Holders(k int) []Holder {
 	return out
 }
 
+// MarkDown hides p from the DHT table for its down backoff.
 func (r dhtRouter) MarkDown(p peer.ID) { r.s.MarkDown(p) }

@@ -37,6 +37,7 @@ const (
 	Failed
 )
 
+// String names the outcome as the status page does.
 func (o Outcome) String() string {
 	switch o {
 	case Completed:

@@ -55,6 +55,7 @@ func Parse(s string) (Kind, error) {
 	return 0, fmt.Errorf("%w %q (want fp32, bf16 or int8)", ErrKind, s)
 }
 
+// String is the codec name as config spells it.
 func (k Kind) String() string {
 	switch k {
 	case FP32:

@@ -29,6 +29,7 @@ func ParseZstd(s string) (ZstdMode, error) {
 	return 0, fmt.Errorf("codec: zstd mode %q (want on, off or auto)", s)
 }
 
+// String is the mode as config spells it.
 func (m ZstdMode) String() string {
 	switch m {
 	case ZstdOn:

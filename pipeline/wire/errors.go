@@ -30,6 +30,7 @@ const (
 	CodeWrongStage Code = 10
 )
 
+// String names the code for messages.
 func (c Code) String() string {
 	switch c {
 	case CodeInternal:
@@ -112,6 +113,7 @@ type RemoteError struct {
 	Msg   string
 }
 
+// Error says which stage answered with what.
 func (e *RemoteError) Error() string {
 	return fmt.Sprintf("stage %d peer: %s: %s", e.Stage, e.Code, e.Msg)
 }

@@ -61,6 +61,7 @@ const (
 	Error       Kind = 6
 )
 
+// String names the kind for messages.
 func (k Kind) String() string {
 	switch k {
 	case Tokens:
