@@ -109,6 +109,9 @@ type Service struct {
 	mu      sync.Mutex
 	self    Self
 	lastSeq uint64
+	// left is what this peer served before it stopped serving any stage;
+	// the announce loop tells the run with a leave message.
+	left *Self
 
 	// lastMsg is when each author's last load message was accepted, for
 	// the per-author rate limit; refreshLoop prunes it.
@@ -273,6 +276,10 @@ func (s *Service) SetSelf(self Self) error {
 	}
 	s.mu.Lock()
 	changed := self.Stage != s.self.Stage || self.Role != s.self.Role
+	if self.Stage < 0 && s.self.Stage >= 0 {
+		old := s.self
+		s.left = &old
+	}
 	s.self = self
 	s.mu.Unlock()
 	if changed {
@@ -382,6 +389,13 @@ func (s *Service) announceLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		case <-s.announceNow:
+			s.mu.Lock()
+			left := s.left
+			s.left = nil
+			s.mu.Unlock()
+			if left != nil {
+				s.publish(ctx, *left, true)
+			}
 			s.publishLoad(ctx, false)
 			warm = warmStart
 		}
@@ -399,7 +413,11 @@ func (s *Service) announceLoop(ctx context.Context) {
 }
 
 func (s *Service) publishLoad(ctx context.Context, leaving bool) {
-	self := s.Self()
+	s.publish(ctx, s.Self(), leaving)
+}
+
+// publish gossips self's load, or that it leaves self.Stage.
+func (s *Service) publish(ctx context.Context, self Self, leaving bool) {
 	if self.Stage < 0 {
 		return
 	}
@@ -409,9 +427,8 @@ func (s *Service) publishLoad(ctx context.Context, leaving bool) {
 		s.log.Warn("encode load", "err", err)
 		return
 	}
-	if !leaving {
-		s.tab.observeLoad(s.h.ID(), l, time.Now())
-	}
+	// Our own table too: a peer that stops serving drops its own entry.
+	s.tab.observeLoad(s.h.ID(), l, time.Now())
 	cctx, cancel := context.WithTimeout(ctx, s.opts.OpTimeout)
 	defer cancel()
 	if err := s.topic.Publish(cctx, b); err != nil && ctx.Err() == nil {

@@ -248,6 +248,19 @@ func TestStageChangeAnnounced(t *testing.T) {
 		}
 		return nil
 	})
+	// Stopping to serve (a peer turning pure trainer) is announced at once
+	// too, not left to the record TTL.
+	if err := nodes[2].s.SetSelf(Self{Stage: -1, Role: RoleTrainer}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Second, func() error {
+		for _, n := range []*tnode{nodes[0], nodes[2]} {
+			if hs := n.s.Holders(1); len(hs) != 0 {
+				return fmt.Errorf("stage 1 still lists %+v", hs)
+			}
+		}
+		return nil
+	})
 	if err := nodes[2].s.SetSelf(Self{Stage: 1, Role: "king"}); err == nil {
 		t.Fatal("SetSelf accepted a bad role")
 	}
