@@ -3,7 +3,15 @@
 // GossipSub, and the local status server. It is where the pipeline and
 // averaging packages are wired together: they register their stream handlers
 // on Node.Host, find stage holders through Node.DHT, and report progress
-// through Node.Status.
+// through Node.Status. In short:
+//
+//	n, err := swarm.New(ctx, opts)          // host, DHT, gossip, status server
+//	n.Host().SetStreamHandler(proto, h)     // serve a protocol
+//	hs := n.DHT().Holders(k)                // live holders of stage k, with load
+//	n.DHT().MarkDown(p)                     // a call to p failed: route around it
+//	n.DHT().SetLoad(tokensPerSec, queueLen) // gossiped to the run
+//	n.Status().SetTraining(step, loss, tps) // shown on /, /api/status, /metrics
+//	n.Close()
 //
 // The package also holds RunLocal, the single-process training baseline.
 package swarm
