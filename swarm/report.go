@@ -6,10 +6,14 @@ import (
 
 // HolderReport is one holder of a stage as /api/status shows it.
 type HolderReport struct {
-	PeerID     string  `json:"peer_id"`
-	Role       string  `json:"role"`
+	// PeerID is the holder's peer id.
+	PeerID string `json:"peer_id"`
+	// Role is server or both.
+	Role string `json:"role"`
+	// Throughput is its last reported speed, tokens per second.
 	Throughput float64 `json:"throughput"`
-	Queue      int     `json:"queue"`
+	// Queue is its last reported number of waiting microbatches.
+	Queue int `json:"queue"`
 	// LastSeen is when a record or gossip message of the holder last arrived.
 	LastSeen time.Time `json:"last_seen"`
 	// Self marks this node.
@@ -18,24 +22,34 @@ type HolderReport struct {
 
 // Report is the /api/status document.
 type Report struct {
-	PeerID       string   `json:"peer_id"`
-	Addrs        []string `json:"addrs"`
-	Reachability string   `json:"reachability"`
-	Run          string   `json:"run"`
-	Role         string   `json:"role"`
+	// PeerID is this peer's id.
+	PeerID string `json:"peer_id"`
+	// Addrs are its full multiaddrs, ending in /p2p/<id>.
+	Addrs []string `json:"addrs"`
+	// Reachability is AutoNAT's verdict: public, private or unknown.
+	Reachability string `json:"reachability"`
+	// Run is the run id.
+	Run string `json:"run"`
+	// Role is server, trainer or both.
+	Role string `json:"role"`
 	// Stage is the stage served, -1 for none.
 	Stage int `json:"stage"`
 	// Holders maps every stage of the run to its live holders.
-	Holders        map[int][]HolderReport `json:"holders"`
-	ConnectedPeers int                    `json:"connected_peers"`
-	Step           int64                  `json:"step"`
-	Loss           float64                `json:"loss"`
-	TokensPerSec   float64                `json:"tokens_per_sec"`
-	History        []HistoryPoint         `json:"history"`
-	Microbatches   MicrobatchCounts       `json:"microbatches"`
-	Averaging      AveragingStats         `json:"averaging"`
-	Errors         map[string]uint64      `json:"errors"`
-	Time           time.Time              `json:"time"`
+	Holders map[int][]HolderReport `json:"holders"`
+	// ConnectedPeers counts the libp2p peers connected now.
+	ConnectedPeers int `json:"connected_peers"`
+	// Step, Loss and TokensPerSec are the latest training progress.
+	Step         int64   `json:"step"`
+	Loss         float64 `json:"loss"`
+	TokensPerSec float64 `json:"tokens_per_sec"`
+	// History is the loss curve.
+	History []HistoryPoint `json:"history"`
+	// Microbatches, Averaging and Errors are the counters of Status.
+	Microbatches MicrobatchCounts  `json:"microbatches"`
+	Averaging    AveragingStats    `json:"averaging"`
+	Errors       map[string]uint64 `json:"errors"`
+	// Time is when the report was made.
+	Time time.Time `json:"time"`
 }
 
 // Report assembles the node's current status.

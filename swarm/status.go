@@ -39,9 +39,12 @@ const (
 
 // MicrobatchCounts are the microbatch counters.
 type MicrobatchCounts struct {
+	// Completed counts microbatches whose forward and backward finished.
 	Completed uint64 `json:"completed"`
-	Retried   uint64 `json:"retried"`
-	Failed    uint64 `json:"failed"`
+	// Retried counts partial retries after a downstream hop failed.
+	Retried uint64 `json:"retried"`
+	// Failed counts microbatches given up on.
+	Failed uint64 `json:"failed"`
 }
 
 func (m MicrobatchCounts) add(o MicrobatchCounts) MicrobatchCounts {
@@ -64,8 +67,11 @@ type AveragingStats struct {
 
 // Training is the training progress as the status page shows it.
 type Training struct {
-	Step         int64   `json:"step"`
-	Loss         float64 `json:"loss"`
+	// Step is the latest optimizer step.
+	Step int64 `json:"step"`
+	// Loss is the latest training loss.
+	Loss float64 `json:"loss"`
+	// TokensPerSec is the training throughput.
 	TokensPerSec float64 `json:"tokens_per_sec"`
 }
 
@@ -170,6 +176,8 @@ func (s *Status) IncError(kind string) {
 
 // Counters is a consistent copy of everything in a Status.
 type Counters struct {
+	// Training, History, Microbatches, Averaging and Errors mirror the
+	// Status setters of the same names.
 	Training     Training
 	History      []HistoryPoint
 	Microbatches MicrobatchCounts
