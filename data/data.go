@@ -88,6 +88,11 @@ func (c *Corpus) Batch(s Split, B, T int, rng *rand.Rand) (tokens, targets []int
 	return tokens, targets
 }
 
+// ValStream is the batch stream evaluation draws from: every evaluation, on
+// every peer and in `swarmnode local`, averages over the same val windows, so
+// val losses compare across runs.
+const ValStream = 1
+
 // NewRNG returns the batch-order generator for a seed and stream; trainers with
 // different stream numbers draw different batches from the same seed.
 func NewRNG(seed, stream uint64) *rand.Rand {

@@ -17,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 )
 
 // Options configures a Service. Zero durations take the defaults below.
@@ -208,7 +209,8 @@ func New(ctx context.Context, h host.Host, ps *pubsub.PubSub, self Self, opts Op
 		}
 	}()
 	s.connectBootstrap(lctx)
-	s.wg.Add(5)
+	s.wg.Add(6)
+	go s.bootstrapLoop(lctx)
 	go s.rtRefreshLoop(lctx)
 	go s.announceLoop(lctx)
 	go s.gossipLoop(lctx)
@@ -256,6 +258,39 @@ func (s *Service) connectBootstrap(ctx context.Context) {
 		}(ai)
 	}
 	wg.Wait()
+}
+
+// bootstrapLoop redials the bootstrap peers while this peer is connected to
+// none of them and to nobody else either: a first dial that failed (the
+// bootstrap was still starting, the machine was overloaded, a dial backoff)
+// must not leave the peer outside the swarm for good.
+func (s *Service) bootstrapLoop(ctx context.Context) {
+	defer s.wg.Done()
+	if len(s.opts.Bootstrap) == 0 {
+		return
+	}
+	wait := time.Second
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		if len(s.h.Network().Peers()) > 0 {
+			wait = time.Second
+			continue
+		}
+		s.log.Info("no connected peers: dialing the bootstrap peers again")
+		if sw, ok := s.h.Network().(*swarm.Swarm); ok {
+			// A failed dial puts a peer in dial backoff; this redial is the
+			// deliberate, already rate-limited retry, so it starts clean.
+			for _, ai := range s.opts.Bootstrap {
+				sw.Backoff().Clear(ai.ID)
+			}
+		}
+		s.connectBootstrap(ctx)
+		wait = min(2*wait, 30*time.Second)
+	}
 }
 
 // Kad returns the underlying kad-dht, for callers that need raw DHT access.

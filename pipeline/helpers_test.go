@@ -91,7 +91,7 @@ func chainRun(tb testing.TB, cfg config.Config, corpus *data.Corpus) (valLoss fl
 		chain.Step(optimConfig(cfg.Train), accum)
 	}
 	tokensPerSec = float64(cfg.Train.Steps*accum*B*T) / time.Since(start).Seconds()
-	vrng := data.NewRNG(cfg.Train.Seed, ValStream)
+	vrng := data.NewRNG(cfg.Train.Seed, data.ValStream)
 	vT := min(cfg.Model.SeqLen, corpus.MaxSeqLen(data.Val))
 	for range cfg.Train.EvalBatches {
 		tok, tgt := corpus.Batch(data.Val, B, vT, vrng)

@@ -225,7 +225,7 @@ func (t *Trainer) Run(ctx context.Context) (Summary, error) {
 		return &job{eval: eval, req: request{id: t.idBase + uint64(nid), stage: 0, eval: eval, b: B, t: T, tokens: tok, targets: tgt}}
 	}
 	startEval := func() {
-		vrng := data.NewRNG(o.Train.Seed, ValStream)
+		vrng := data.NewRNG(o.Train.Seed, data.ValStream)
 		vT := min(o.Model.SeqLen, t.corpus.MaxSeqLen(data.Val))
 		for range o.Train.EvalBatches {
 			evalQueue = append(evalQueue, newJob(data.Val, vrng, vT, true))
@@ -327,10 +327,6 @@ func (t *Trainer) Run(ctx context.Context) (Summary, error) {
 	}
 	return sum, nil
 }
-
-// ValStream is the batch stream evaluation draws from: every evaluation, on every
-// peer and in `swarmnode local`, averages over the same val windows.
-const ValStream = 1
 
 // worker runs microbatches until ctx ends; it restarts every failed microbatch,
 // so none is lost.

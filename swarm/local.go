@@ -34,14 +34,10 @@ func OptimConfig(t config.Train) stages.OptimConfig {
 	}
 }
 
-// valRNGStream is the batch stream of evaluation: every eval, on every peer and in
-// `swarmnode local`, averages over the same val windows, so val losses compare.
-const valRNGStream = 1
-
 // Evaluate returns the mean loss over cfg.Train.EvalBatches val microbatches drawn
 // from a fixed stream; lossFn computes one microbatch's mean loss.
 func Evaluate(cfg config.Config, corpus *data.Corpus, lossFn func(tokens, targets []int32, B, T int) (float32, error)) (float64, error) {
-	rng := data.NewRNG(cfg.Train.Seed, valRNGStream)
+	rng := data.NewRNG(cfg.Train.Seed, data.ValStream)
 	T := min(cfg.Model.SeqLen, corpus.MaxSeqLen(data.Val))
 	sum := 0.0
 	for i := 0; i < cfg.Train.EvalBatches; i++ {

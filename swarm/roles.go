@@ -57,7 +57,10 @@ type dhtPeers struct {
 	k int
 }
 
-func (p dhtPeers) Holders(context.Context) ([]peer.ID, error) {
+func (p dhtPeers) Holders(context.Context) ([]peer.ID, error) { return p.holders(), nil }
+
+// holders lists this peer and the other live holders of the stage.
+func (p dhtPeers) holders() []peer.ID {
 	hs := p.n.DHT().Holders(p.k)
 	ids := make([]peer.ID, 0, len(hs)+1)
 	ids = append(ids, p.n.ID())
@@ -66,7 +69,7 @@ func (p dhtPeers) Holders(context.Context) ([]peer.ID, error) {
 			ids = append(ids, h.Peer)
 		}
 	}
-	return ids, nil
+	return ids
 }
 
 // startStage builds stage k, loads its current state from the live holders (a
@@ -84,10 +87,17 @@ func (n *Node) startStage(ctx context.Context, o RoleOptions, k int) (*stageServ
 	if err := n.loadStageState(ctx, o, st, k); err != nil {
 		return nil, err
 	}
-	worker := pipeline.NewWorker(st, pipeline.WorkerOptions{
+	wo := pipeline.WorkerOptions{
 		Optim: OptimConfig(cfg.Train), StepSamples: cfg.Train.Batch,
 		Microbatch: cfg.Train.Microbatch, Staleness: cfg.Pipeline.Staleness,
-	})
+	}
+	// Each holder steps after train.batch sequences of its own; averaging then
+	// mixes the holders' copies. Sharing the batch among holders instead
+	// (WorkerOptions.Replicas) keeps the learning-rate schedule in step with
+	// the trainer but halves each step's batch: on the example config, 1000
+	// steps with 2 holders per stage, it reached val loss 2.23-2.24 against
+	// 2.13 this way.
+	worker := pipeline.NewWorker(st, wo)
 	server, err := pipeline.NewServer(n.Host(), worker, pipeline.DHTRouter(n.DHT()), pipeline.ServerOptions{
 		Run: cfg.Run, Pipeline: cfg.Pipeline, Compression: cfg.Compression,
 		MaxBatch: cfg.Train.Microbatch, Slowdown: o.Slowdown, Logger: log,
@@ -358,7 +368,9 @@ func (s *Status) setServer(st pipeline.ServerStats) {
 func (s *Status) setTrainer(st pipeline.TrainerStats) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.trainer = MicrobatchCounts{Completed: uint64(st.Completed), Retried: uint64(st.Retried), Failed: uint64(st.Failed)}
+	// The trainer retries every failed attempt; a microbatch is failed only
+	// when it was given up on (Lost: the run was stopped mid-way).
+	s.trainer = MicrobatchCounts{Completed: uint64(st.Completed), Retried: uint64(st.Retried), Failed: uint64(st.Lost)}
 }
 
 // setAveragingStats mirrors the averager's counters.
