@@ -116,3 +116,24 @@ func TestLoadMissingFile(t *testing.T) {
 		t.Fatalf("want not-exist error, got %v", err)
 	}
 }
+
+// FuzzParse: whatever the file holds, Parse returns a config or an error; it
+// never panics, and what it accepts passes validation.
+func FuzzParse(f *testing.F) {
+	if raw, err := os.ReadFile(filepath.Join("..", "examples", "gpt", "tiny.yaml")); err == nil {
+		f.Add(raw)
+	}
+	f.Add([]byte("train:\n  steps: 7\n"))
+	f.Add([]byte("stages: [1, -1]\n"))
+	f.Add([]byte("model: {d_model: 1e99}\n"))
+	f.Add([]byte("averaging: {period: -5s}\n"))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		cfg, err := Parse(raw)
+		if err != nil {
+			return
+		}
+		if verr := cfg.Validate(); verr != nil {
+			t.Fatalf("Parse accepted an invalid config: %v", verr)
+		}
+	})
+}
