@@ -20,6 +20,10 @@ type State struct {
 // their lengths) and Step; Version follows Step. The slices must not be kept
 // after fn returns.
 func (s *Stage) WithState(fn func(st *State)) {
+	if s.gpu != nil {
+		s.gpuWithState(fn)
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := &State{Params: s.params, M: s.m, V: s.v, Step: int(s.version)}
@@ -32,6 +36,12 @@ func (s *Stage) WithState(fn func(st *State)) {
 
 // ZeroGrad clears the accumulated gradients.
 func (s *Stage) ZeroGrad() {
+	if s.gpu != nil {
+		s.gradMu.Lock()
+		defer s.gradMu.Unlock()
+		s.gpu.fail(s.gpu.cs.ZeroGrad())
+		return
+	}
 	s.gradMu.Lock()
 	defer s.gradMu.Unlock()
 	clear(s.grads)
@@ -46,6 +56,9 @@ func (s *Stage) ZeroGrad() {
 // Version stay as they were, and the non-finite norm is returned for the caller
 // to report.
 func (s *Stage) Step(opt OptimConfig, micro int) float32 {
+	if s.gpu != nil {
+		return s.gpuStep(opt, micro)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.gradMu.Lock()

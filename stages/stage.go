@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+
+	"swarmnode/cuda"
 )
 
 // defaultMaxTokens bounds B·T of one microbatch until SetMaxTokens says otherwise.
@@ -33,6 +35,10 @@ type Stage struct {
 	acts      slabPool
 	scratch   slabPool
 	maxTokens atomic.Int64
+
+	// gpu is set on a stage built by NewOnGPU: the math runs there and params,
+	// grads, m and v are nil.
+	gpu *gpuStage
 }
 
 // New builds stage k of len(layers) stages; layers[i] is the number of transformer
@@ -98,11 +104,23 @@ func (s *Stage) Model() ModelConfig { return s.cfg }
 func (s *Stage) Layers() (first, n int) { return s.first, len(s.lay.blocks) }
 
 // Params returns the flat parameter vector. Callers must not resize it and should
-// write it only inside WithState, while no pass is running.
-func (s *Stage) Params() []float32 { return s.params }
+// write it only inside WithState, while no pass is running. On a GPU stage it is
+// a fresh host copy (nil on a device error, see DeviceErr).
+func (s *Stage) Params() []float32 {
+	if s.gpu != nil {
+		return s.hostCopy(false)
+	}
+	return s.params
+}
 
-// Grads returns the flat accumulated gradients, in the layout of Params.
-func (s *Stage) Grads() []float32 { return s.grads }
+// Grads returns the flat accumulated gradients, in the layout of Params (a host
+// copy on a GPU stage).
+func (s *Stage) Grads() []float32 {
+	if s.gpu != nil {
+		return s.hostCopy(true)
+	}
+	return s.grads
+}
 
 // Views returns the named tensors in layout order.
 func (s *Stage) Views() []View {
@@ -121,7 +139,11 @@ func (s *Stage) View(name string) []float32 {
 	if !ok {
 		return nil
 	}
-	return s.lay.views[i].slice(s.params)
+	p := s.Params()
+	if p == nil {
+		return nil
+	}
+	return s.lay.views[i].slice(p)
 }
 
 // GradView returns the accumulated gradient of the named tensor, or nil.
@@ -130,7 +152,11 @@ func (s *Stage) GradView(name string) []float32 {
 	if !ok {
 		return nil
 	}
-	return s.lay.views[i].slice(s.grads)
+	p := s.Grads()
+	if p == nil {
+		return nil
+	}
+	return s.lay.views[i].slice(p)
 }
 
 // SetMaxTokens sets the largest microbatch (B·T tokens) Forward accepts, so that a
@@ -172,6 +198,7 @@ type Pass struct {
 
 	stage   *Stage
 	used    atomic.Bool
+	gp      *cuda.Pass // GPU stage: the device activations
 	slab    []float32
 	tokens  []int32
 	targets []int32
@@ -199,6 +226,10 @@ func (p *Pass) Release() {
 }
 
 func (p *Pass) free() {
+	if p.gp != nil {
+		p.gp.Release()
+		p.gp = nil
+	}
 	p.stage.acts.put(p.slab)
 	p.slab, p.x0, p.blocks, p.lnf, p.lnfm, p.lnfr, p.logits = nil, nil, nil, nil, nil, nil, nil
 }
@@ -279,6 +310,9 @@ func (s *Stage) Forward(in Input) (*Pass, error) {
 	if err := s.validate(in); err != nil {
 		return nil, fmt.Errorf("stage %d forward: %w", s.index, err)
 	}
+	if s.gpu != nil {
+		return s.gpuForward(in)
+	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 
@@ -357,6 +391,9 @@ func (s *Stage) Backward(p *Pass, dout []float32) ([]float32, error) {
 		return nil, fmt.Errorf("stage %d backward: pass already consumed", s.index)
 	}
 	defer p.free()
+	if s.gpu != nil {
+		return s.gpuBackward(p, dout)
+	}
 
 	s.mu.RLock()
 	defer s.mu.RUnlock()

@@ -1,0 +1,241 @@
+package stages
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"sync/atomic"
+
+	"swarmnode/cuda"
+)
+
+// gpuStage is the compute backend of a stage that runs on a GPU: the stage keeps
+// its layout, validation, locks and version, and hands the math to a cuda.Stage,
+// which holds parameters, gradients and moments in device memory. The CPU path
+// never touches it, so CPU results stay bit-identical.
+type gpuStage struct {
+	dev  *cuda.Device
+	cs   *cuda.Stage
+	prec cuda.Precision
+	err  atomic.Pointer[error] // first device error, for callers without an error return
+}
+
+func (g *gpuStage) fail(err error) error {
+	if err != nil {
+		g.err.CompareAndSwap(nil, &err)
+	}
+	return err
+}
+
+// NewOnGPU builds stage k like New, on dev: the weights are initialised on the CPU
+// exactly as New does (so any split, on any mix of devices, starts from identical
+// weights) and uploaded; Forward, Backward and Step then run on the GPU in the
+// given precision. Params, Grads, View and GradView return host copies, and
+// WithState downloads the state, runs fn and uploads it back. Close frees the
+// device memory.
+func NewOnGPU(cfg ModelConfig, layers []int, k int, seed uint64, dev *cuda.Device, prec cuda.Precision) (*Stage, error) {
+	if dev == nil {
+		return nil, errors.New("stages: NewOnGPU needs an open cuda.Device")
+	}
+	s, err := New(cfg, layers, k, seed)
+	if err != nil {
+		return nil, err
+	}
+	cs, err := cuda.NewStage(dev, cuda.StageConfig{
+		Model: cuda.ModelConfig{Vocab: cfg.Vocab, DModel: cfg.DModel, NHead: cfg.NHead, NLayer: cfg.NLayer, SeqLen: cfg.SeqLen},
+		First: s.first, Blocks: layers[k], IsFirst: s.IsFirst(), IsLast: s.IsLast(), Precision: prec,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("stages: stage %d on the GPU: %w", k, err)
+	}
+	if cs.NumParams() != len(s.params) {
+		cs.Close()
+		return nil, fmt.Errorf("stages: stage %d has %d parameters on the GPU, %d on the CPU", k, cs.NumParams(), len(s.params))
+	}
+	if err := cs.SetParams(s.params); err != nil {
+		cs.Close()
+		return nil, fmt.Errorf("stages: stage %d: uploading the initial weights: %w", k, err)
+	}
+	s.gpu = &gpuStage{dev: dev, cs: cs, prec: prec}
+	// The device holds the state now; host copies are made on demand.
+	s.params, s.grads, s.m, s.v = nil, nil, nil, nil
+	return s, nil
+}
+
+// NewChainOnGPU builds every stage of the split layers on dev (see NewOnGPU).
+func NewChainOnGPU(cfg ModelConfig, layers []int, seed uint64, dev *cuda.Device, prec cuda.Precision) (*Chain, error) {
+	if len(layers) == 0 {
+		return nil, errors.New("stages: empty layer split")
+	}
+	c := &Chain{}
+	for k := range layers {
+		s, err := NewOnGPU(cfg, layers, k, seed, dev, prec)
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		c.stages = append(c.stages, s)
+	}
+	return c, nil
+}
+
+// Close frees the device memory of every stage.
+func (c *Chain) Close() error {
+	var errs []error
+	for _, s := range c.stages {
+		errs = append(errs, s.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// OnGPU reports whether the stage computes on a GPU.
+func (s *Stage) OnGPU() bool { return s.gpu != nil }
+
+// Device describes where the stage computes: "cpu", or the GPU's name and the
+// precision.
+func (s *Stage) Device() string {
+	if s.gpu == nil {
+		return "cpu"
+	}
+	p := map[cuda.Precision]string{cuda.FP32: "fp32", cuda.TF32: "tf32", cuda.BF16Mixed: "bf16"}[s.gpu.prec]
+	return fmt.Sprintf("cuda:%d %s (%s)", s.gpu.dev.Info().Ordinal, s.gpu.dev.Info().Name, p)
+}
+
+// DeviceErr returns the first GPU error of a call that has no error return (Params,
+// Grads, WithState, ZeroGrad, Step), or nil. A CPU stage always returns nil.
+func (s *Stage) DeviceErr() error {
+	if s.gpu == nil {
+		return nil
+	}
+	if e := s.gpu.err.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// Close frees the stage's device memory; the stage must not be used afterwards.
+// It does nothing on a CPU stage.
+func (s *Stage) Close() error {
+	if s.gpu == nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gpu.cs.Close()
+}
+
+// NumParams is the length of the flat parameter vector (no copy, on any device).
+func (s *Stage) NumParams() int { return s.lay.size }
+
+func (s *Stage) gpuForward(in Input) (*Pass, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	p := &Pass{stage: s, B: in.B, T: in.T, Version: s.Version()}
+	gp, err := s.gpu.cs.Forward(cuda.Input{B: in.B, T: in.T, Tokens: in.Tokens, X: in.X, Targets: in.Targets})
+	if err != nil {
+		return nil, fmt.Errorf("stage %d forward: %w", s.index, s.gpu.fail(err))
+	}
+	p.gp, p.Out, p.Loss = gp, gp.Out, gp.Loss
+	gp.Out = nil // the caller owns Out
+	return p, nil
+}
+
+func (s *Stage) gpuBackward(p *Pass, dout []float32) ([]float32, error) {
+	gp := p.gp
+	p.gp = nil
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	s.gradMu.Lock()
+	defer s.gradMu.Unlock()
+	if s.IsLast() {
+		dout = nil
+	}
+	dx, err := s.gpu.cs.Backward(gp, dout)
+	if err != nil {
+		return nil, fmt.Errorf("stage %d backward: %w", s.index, s.gpu.fail(err))
+	}
+	if s.IsFirst() {
+		return nil, nil
+	}
+	return dx, nil
+}
+
+// gpuStep follows Step's contract. The norm is taken on the host from the
+// downloaded gradients because cuda.Stage.Step applies the update whatever the
+// norm: a NaN/Inf gradient must leave the weights untouched.
+func (s *Stage) gpuStep(opt OptimConfig, micro int) float32 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gradMu.Lock()
+	defer s.gradMu.Unlock()
+	if micro < 1 {
+		micro = 1
+	}
+	g, err := s.gpu.cs.Grads()
+	if err != nil {
+		s.gpu.fail(err)
+		return float32(math.NaN())
+	}
+	inv := 1 / float32(micro)
+	var sq float64
+	for _, x := range g {
+		x *= inv
+		sq += float64(x) * float64(x)
+	}
+	norm := math.Sqrt(sq)
+	if math.IsNaN(norm) || math.IsInf(norm, 0) {
+		s.gpu.fail(s.gpu.cs.ZeroGrad())
+		return float32(norm)
+	}
+	co := cuda.OptimConfig{LR: opt.LR, MinLR: opt.MinLR, Warmup: opt.Warmup, Steps: opt.Steps,
+		WeightDecay: opt.WeightDecay, Beta1: opt.Beta1, Beta2: opt.Beta2, Eps: opt.Eps, Clip: opt.Clip}
+	if _, err := s.gpu.cs.Step(co, micro); err != nil {
+		s.gpu.fail(err)
+		return float32(math.NaN())
+	}
+	atomic.AddUint64(&s.version, 1)
+	return float32(norm)
+}
+
+// gpuWithState runs fn on a host copy of the device state and uploads it back.
+// On a device error fn sees empty slices (so length checks fail) and DeviceErr
+// reports the cause.
+func (s *Stage) gpuWithState(fn func(st *State)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cst, err := s.gpu.cs.GetState()
+	if err != nil {
+		s.gpu.fail(err)
+		st := &State{Step: int(s.version)}
+		fn(st)
+		return
+	}
+	st := &State{Params: cst.Params, M: cst.M, V: cst.V, Step: int(s.version)}
+	fn(st)
+	if st.Step < 0 {
+		st.Step = 0
+	}
+	if err := s.gpu.cs.SetState(cuda.State{Params: cst.Params, M: cst.M, V: cst.V, Step: st.Step}); err != nil {
+		s.gpu.fail(err)
+		return
+	}
+	atomic.StoreUint64(&s.version, uint64(st.Step))
+}
+
+// hostCopy downloads the parameters (grads=false) or gradients; nil on a device
+// error (see DeviceErr).
+func (s *Stage) hostCopy(grads bool) []float32 {
+	var (
+		out []float32
+		err error
+	)
+	if grads {
+		out, err = s.gpu.cs.Grads()
+	} else {
+		out, err = s.gpu.cs.Params()
+	}
+	if s.gpu.fail(err) != nil {
+		return nil
+	}
+	return out
+}

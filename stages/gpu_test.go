@@ -1,0 +1,202 @@
+package stages
+
+import (
+	"math"
+	"sync"
+	"testing"
+
+	"swarmnode/cuda"
+)
+
+var (
+	gpuOnce sync.Once
+	gpuDev  *cuda.Device
+	gpuErr  error
+)
+
+// openGPU returns the process's GPU, or skips the test saying why there is none
+// (CI has no GPU; `make gpu-test` runs these on a machine that has one).
+func openGPU(t *testing.T) *cuda.Device {
+	t.Helper()
+	gpuOnce.Do(func() {
+		if gpuErr = cuda.Available(); gpuErr == nil {
+			gpuDev, gpuErr = cuda.Open(0)
+		}
+	})
+	if gpuErr != nil {
+		t.Skipf("no usable GPU: %v", gpuErr)
+	}
+	return gpuDev
+}
+
+// gpuCfg has head size 32, which the CUDA attention supports.
+var gpuCfg = ModelConfig{Vocab: 50, DModel: 64, NHead: 2, NLayer: 3, SeqLen: 16}
+
+func maxAbsDiff(a, b []float32) float64 {
+	if len(a) != len(b) {
+		return math.Inf(1)
+	}
+	d := 0.0
+	for i := range a {
+		d = math.Max(d, math.Abs(float64(a[i])-float64(b[i])))
+	}
+	return d
+}
+
+// TestGPUMatchesCPU trains the same split on the CPU and, in float32, on the GPU:
+// initial weights identical, then losses, gradients and parameters after AdamW
+// steps close.
+func TestGPUMatchesCPU(t *testing.T) {
+	dev := openGPU(t)
+	layers := []int{1, 1, 1}
+	cpu, err := NewChain(gpuCfg, layers, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gpu, err := NewChainOnGPU(gpuCfg, layers, 3, dev, cuda.FP32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gpu.Close()
+	for k, s := range gpu.Stages() {
+		if !s.OnGPU() {
+			t.Fatalf("stage %d not on the GPU", k)
+		}
+		if d := maxAbsDiff(s.Params(), cpu.Stages()[k].Params()); d != 0 {
+			t.Fatalf("stage %d initial weights differ by %g", k, d)
+		}
+	}
+	t.Logf("device: %s", gpu.Stages()[0].Device())
+	opt := OptimConfig{LR: 1e-3, Warmup: 2, Steps: 10, WeightDecay: 0.1, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, Clip: 1}
+	B, T := 3, gpuCfg.SeqLen
+	for step := 0; step < 3; step++ {
+		for m := 0; m < 2; m++ {
+			tok, tgt := tinyBatch(gpuCfg, B, T, int32(step*2+m))
+			lc, err := cpu.ForwardBackward(tok, tgt, B, T)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lg, err := gpu.ForwardBackward(tok, tgt, B, T)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if math.Abs(float64(lc-lg)) > 1e-4 {
+				t.Fatalf("step %d micro %d: loss cpu %v gpu %v", step, m, lc, lg)
+			}
+		}
+		for k, s := range gpu.Stages() {
+			if e := relErr(s.Grads(), cpu.Stages()[k].Grads()); e > 1e-4 {
+				t.Fatalf("step %d stage %d: gradient rel err %g", step, k, e)
+			}
+			if e := relErr(s.GradView(s.Views()[0].Name), cpu.Stages()[k].GradView(s.Views()[0].Name)); e > 1e-4 {
+				t.Fatalf("step %d stage %d: GradView rel err %g", step, k, e)
+			}
+		}
+		nc, ng := cpu.Step(opt, 2), gpu.Step(opt, 2)
+		if math.Abs(float64(nc-ng)) > 1e-4*float64(nc) {
+			t.Fatalf("step %d: grad norm cpu %v gpu %v", step, nc, ng)
+		}
+	}
+	for k, s := range gpu.Stages() {
+		c := cpu.Stages()[k]
+		if s.Version() != c.Version() || s.Version() != 3 {
+			t.Fatalf("stage %d version gpu %d cpu %d", k, s.Version(), c.Version())
+		}
+		if d := maxAbsDiff(s.Params(), c.Params()); d > 1e-5 {
+			t.Fatalf("stage %d params differ by %g after 3 steps", k, d)
+		}
+		if err := s.DeviceErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestGPUState checks WithState, ReadState and AddState on a GPU stage against a
+// CPU twin given the same edits.
+func TestGPUState(t *testing.T) {
+	dev := openGPU(t)
+	c, err := New(gpuCfg, []int{2, 1}, 0, 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := NewOnGPU(gpuCfg, []int{2, 1}, 0, 9, dev, cuda.BF16Mixed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	n := g.NumParams()
+	edit := func(st *State) {
+		for i := range st.M {
+			st.M[i] = float32(i%7) * 0.01
+			st.V[i] = float32(i%3) * 0.02
+			st.Params[i] *= 0.5
+		}
+		st.Step = 4
+	}
+	c.WithState(edit)
+	g.WithState(edit)
+	if g.Version() != 4 {
+		t.Fatalf("version after WithState %d, want 4", g.Version())
+	}
+	delta := make([]float32, n)
+	for i := range delta {
+		delta[i] = float32(i%11) * 1e-3
+	}
+	for _, s := range []*Stage{c, g} {
+		if err := s.AddState(n/2, delta); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range [][2]int{{0, 3 * n}, {n - 5, 10}, {2*n + 1, n - 1}} {
+		a, b := make([]float32, r[1]), make([]float32, r[1])
+		if err := c.ReadState(r[0], a); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.ReadState(r[0], b); err != nil {
+			t.Fatal(err)
+		}
+		if d := maxAbsDiff(a, b); d != 0 {
+			t.Fatalf("ReadState(%d, %d): GPU and CPU differ by %g", r[0], r[1], d)
+		}
+	}
+	if err := g.ReadState(3*n-1, make([]float32, 2)); err == nil {
+		t.Fatal("GPU ReadState accepted an out-of-range request")
+	}
+}
+
+// TestGPUTrains checks that bf16 training on the GPU lowers the loss on a fixed
+// batch, and that a NaN-free step bumps Version.
+func TestGPUTrains(t *testing.T) {
+	dev := openGPU(t)
+	cfg := ModelConfig{Vocab: 64, DModel: 128, NHead: 2, NLayer: 2, SeqLen: 32}
+	ch, err := NewChainOnGPU(cfg, []int{1, 1}, 1, dev, cuda.BF16Mixed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	opt := OptimConfig{LR: 3e-3, Warmup: 5, Steps: 60, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, Clip: 1}
+	tok, tgt := tinyBatch(cfg, 4, cfg.SeqLen, 1)
+	first, err := ch.Loss(tok, tgt, 4, cfg.SeqLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 60; i++ {
+		if _, err := ch.ForwardBackward(tok, tgt, 4, cfg.SeqLen); err != nil {
+			t.Fatal(err)
+		}
+		if n := ch.Step(opt, 1); math.IsNaN(float64(n)) || math.IsInf(float64(n), 0) {
+			t.Fatalf("step %d: grad norm %v", i, n)
+		}
+	}
+	last, err := ch.Loss(tok, tgt, 4, cfg.SeqLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("loss %.4f -> %.4f after 60 bf16 steps", first, last)
+	if !(last < 0.5*first) {
+		t.Fatalf("loss %v -> %v: did not fall by half", first, last)
+	}
+	if v := ch.Stages()[1].Version(); v != 60 {
+		t.Fatalf("version %d, want 60", v)
+	}
+}
