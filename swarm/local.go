@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"swarmnode/config"
+	"swarmnode/cuda"
 	"swarmnode/data"
 	"swarmnode/stages"
 	"swarmnode/stages/blas"
@@ -34,6 +36,90 @@ func OptimConfig(t config.Train) stages.OptimConfig {
 	}
 }
 
+// gpuPrecision is how stages compute on a GPU: bf16 GEMM operands with float32
+// accumulation, master weights and optimizer state (the fast path of package cuda).
+const gpuPrecision = cuda.BF16Mixed
+
+// The process's GPU, opened once by the first stage that needs it and kept for the
+// process's life: the primary context and its thread serve every stage the node
+// builds, also after a move to another stage.
+var (
+	gpuMu   sync.Mutex
+	gpuDev  *cuda.Device
+	gpuOpen = func() (*cuda.Device, error) { return cuda.Open(0) }
+)
+
+func sharedGPU() (*cuda.Device, error) {
+	gpuMu.Lock()
+	defer gpuMu.Unlock()
+	if gpuDev != nil {
+		return gpuDev, nil
+	}
+	d, err := gpuOpen()
+	if err != nil {
+		return nil, err
+	}
+	gpuDev = d
+	return d, nil
+}
+
+// gpuAvailable is cuda.Available, replaceable in tests.
+var gpuAvailable = cuda.Available
+
+// CheckDevice reports, for config device cpu, cuda or auto, whether stages can
+// run there: an error naming what is missing (driver, library, GPU) when device
+// is cuda and no GPU is usable; nil for cpu and auto (auto falls back to the CPU).
+func CheckDevice(device string) error {
+	switch device {
+	case "", "cpu", "auto":
+		return nil
+	case "cuda":
+		if err := gpuAvailable(); err != nil {
+			return fmt.Errorf("device cuda: no usable GPU: %w (use --device cpu, or auto to fall back to the CPU)", err)
+		}
+		return nil
+	}
+	return fmt.Errorf("device %q: want cpu, cuda or auto", device)
+}
+
+// resolveDevice opens the GPU the config asks for: nil for the CPU. cuda without
+// a usable GPU is an error; auto falls back to the CPU and logs why.
+func resolveDevice(device string, log *slog.Logger) (*cuda.Device, error) {
+	if err := CheckDevice(device); err != nil {
+		return nil, err
+	}
+	if device != "cuda" && device != "auto" {
+		return nil, nil
+	}
+	if err := gpuAvailable(); err != nil {
+		log.Info("device auto: no usable GPU, computing on the CPU", "reason", err.Error())
+		return nil, nil
+	}
+	d, err := sharedGPU()
+	if err != nil {
+		if device == "cuda" {
+			return nil, fmt.Errorf("device cuda: opening GPU 0: %w", err)
+		}
+		log.Warn("device auto: GPU 0 did not open, computing on the CPU", "err", err.Error())
+		return nil, nil
+	}
+	return d, nil
+}
+
+// newStage builds stage k of the config on dev (nil: the CPU). In auto mode a
+// stage the GPU cannot hold (an unsupported head size, say) falls back to the CPU.
+func newStage(cfg config.Config, k int, dev *cuda.Device, log *slog.Logger) (*stages.Stage, error) {
+	if dev == nil {
+		return stages.New(ModelConfig(cfg.Model), cfg.Stages, k, cfg.Train.Seed)
+	}
+	st, err := stages.NewOnGPU(ModelConfig(cfg.Model), cfg.Stages, k, cfg.Train.Seed, dev, gpuPrecision)
+	if err != nil && cfg.Device == "auto" {
+		log.Warn("device auto: stage does not run on the GPU, computing on the CPU", "stage", k, "err", err.Error())
+		return stages.New(ModelConfig(cfg.Model), cfg.Stages, k, cfg.Train.Seed)
+	}
+	return st, err
+}
+
 // Evaluate returns the mean loss over cfg.Train.EvalBatches val microbatches drawn
 // from a fixed stream; lossFn computes one microbatch's mean loss.
 func Evaluate(cfg config.Config, corpus *data.Corpus, lossFn func(tokens, targets []int32, B, T int) (float32, error)) (float64, error) {
@@ -59,10 +145,25 @@ func RunLocal(ctx context.Context, cfg config.Config, log *slog.Logger) (Summary
 	if err != nil {
 		return Summary{}, err
 	}
-	chain, err := stages.NewChain(ModelConfig(cfg.Model), cfg.Stages, cfg.Train.Seed)
+	dev, err := resolveDevice(cfg.Device, log)
 	if err != nil {
 		return Summary{}, err
 	}
+	var chain *stages.Chain
+	if dev != nil {
+		chain, err = stages.NewChainOnGPU(ModelConfig(cfg.Model), cfg.Stages, cfg.Train.Seed, dev, gpuPrecision)
+		if err != nil && cfg.Device == "auto" {
+			log.Warn("device auto: model does not run on the GPU, computing on the CPU", "err", err.Error())
+			dev = nil
+		}
+	}
+	if dev == nil {
+		chain, err = stages.NewChain(ModelConfig(cfg.Model), cfg.Stages, cfg.Train.Seed)
+	}
+	if err != nil {
+		return Summary{}, err
+	}
+	defer chain.Close()
 	opt := OptimConfig(cfg.Train)
 	accum := cfg.Train.Accumulation()
 	B := cfg.Train.Microbatch
@@ -70,10 +171,10 @@ func RunLocal(ctx context.Context, cfg config.Config, log *slog.Logger) (Summary
 	rng := data.NewRNG(cfg.Train.Seed, 0)
 	params := 0
 	for _, s := range chain.Stages() {
-		params += len(s.Params())
+		params += s.NumParams()
 	}
 	log.Info("local training", "run", cfg.Run, "params", params, "stages", len(cfg.Stages),
-		"steps", cfg.Train.Steps, "batch_tokens", cfg.Train.Batch*T, "blas", blas.Name())
+		"steps", cfg.Train.Steps, "batch_tokens", cfg.Train.Batch*T, "device", chain.Stages()[0].Device(), "blas", blas.Name())
 
 	var sum Summary
 	windowStart, windowTokens := time.Now(), 0
@@ -93,6 +194,11 @@ func RunLocal(ctx context.Context, cfg config.Config, log *slog.Logger) (Summary
 			stepLoss += float64(l)
 		}
 		chain.Step(opt, accum)
+		for _, s := range chain.Stages() {
+			if err := s.DeviceErr(); err != nil {
+				return sum, fmt.Errorf("step %d: %w", step, err)
+			}
+		}
 		stepLoss /= float64(accum)
 		windowLoss += stepLoss
 		windowSteps++

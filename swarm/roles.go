@@ -43,6 +43,7 @@ func stageKey(k int) string { return fmt.Sprintf("stage-%d", k) }
 // server, its averager and its state server.
 type stageService struct {
 	k      int
+	st     *stages.Stage
 	worker *pipeline.Worker
 	server *pipeline.Server
 	avg    *averaging.Averager // nil when averaging is off
@@ -79,10 +80,20 @@ func (p dhtPeers) holders() []peer.ID {
 func (n *Node) startStage(ctx context.Context, o RoleOptions, k int) (*stageService, error) {
 	cfg := o.Config
 	log := o.logger()
-	st, err := stages.New(ModelConfig(cfg.Model), cfg.Stages, k, cfg.Train.Seed)
+	dev, err := resolveDevice(cfg.Device, log)
 	if err != nil {
 		return nil, err
 	}
+	st, err := newStage(cfg, k, dev, log)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() { // the GPU memory of a stage that never served
+		if !ok {
+			st.Close()
+		}
+	}()
 	st.SetMaxTokens(cfg.Train.Microbatch * cfg.Model.SeqLen)
 	if err := n.loadStageState(ctx, o, st, k); err != nil {
 		return nil, err
@@ -105,7 +116,7 @@ func (n *Node) startStage(ctx context.Context, o RoleOptions, k int) (*stageServ
 	if err != nil {
 		return nil, err
 	}
-	svc := &stageService{k: k, worker: worker, server: server}
+	svc := &stageService{k: k, st: st, worker: worker, server: server}
 	svc.state, err = averaging.ServeState(n.Host(), cfg.Run, stageKey(k), func() (averaging.State, error) {
 		var out averaging.State
 		st.WithState(func(s *stages.State) {
@@ -146,7 +157,8 @@ func (n *Node) startStage(ctx context.Context, o RoleOptions, k int) (*stageServ
 			}
 		}
 	}()
-	log.Info("serving stage", "stage", k, "params", len(st.Params()), "version", st.Version())
+	log.Info("serving stage", "stage", k, "params", st.NumParams(), "version", st.Version(), "device", st.Device())
+	ok = true
 	return svc, nil
 }
 
@@ -159,16 +171,12 @@ func (n *Node) startAveraging(ctx context.Context, o RoleOptions, svc *stageServ
 	}
 	opts.Logger = o.logger()
 	opts.Registerer = n.Registry()
-	src := &averaging.Slices{With: func(fn func([][]float32)) {
-		st.WithState(func(s *stages.State) {
-			if cfg.Averaging.Optimizer {
-				fn([][]float32{s.Params, s.M, s.V})
-			} else {
-				fn([][]float32{s.Params})
-			}
-		})
-	}}
-	svc.worker.OnStep(func(si pipeline.StepInfo) { src.AddSamples(float64(si.Samples)) })
+	n0 := st.NumParams()
+	if cfg.Averaging.Optimizer {
+		n0 = st.StateLen()
+	}
+	src := &stageSource{st: st, n: n0, log: o.logger()}
+	svc.worker.OnStep(func(si pipeline.StepInfo) { src.addSamples(float64(si.Samples)) })
 	avg, err := averaging.New(n.Host(), dhtPeers{n, svc.k}, src, opts)
 	if err != nil {
 		return err
@@ -182,6 +190,66 @@ func (n *Node) startAveraging(ctx context.Context, o RoleOptions, svc *stageServ
 		}
 	}()
 	return nil
+}
+
+// stageSource is the averaging.Source of a stage: its parameters, or Params|M|V
+// when the optimizer state is averaged too, read and corrected chunk by chunk
+// through the stage's ranged accessors (ranged copies on the CPU, device
+// transfers on a GPU).
+type stageSource struct {
+	st  *stages.Stage
+	n   int
+	log *slog.Logger
+
+	mu      sync.Mutex
+	samples float64
+	warned  bool
+}
+
+// addSamples records samples trained on since the last round.
+func (s *stageSource) addSamples(n float64) {
+	s.mu.Lock()
+	s.samples += n
+	s.mu.Unlock()
+}
+
+// Len is the averaged vector's length.
+func (s *stageSource) Len() int { return s.n }
+
+// Samples returns the samples recorded since the previous call.
+func (s *stageSource) Samples() float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := s.samples
+	s.samples = 0
+	return w
+}
+
+// Read copies vec[off:off+len(dst)].
+func (s *stageSource) Read(off int, dst []float32) {
+	if err := s.st.ReadState(off, dst); err != nil {
+		clear(dst) // a device failure: send zeros rather than stale memory
+		s.warn(err)
+	}
+}
+
+// Add adds delta to vec[off:off+len(delta)].
+func (s *stageSource) Add(off int, delta []float32) {
+	if err := s.st.AddState(off, delta); err != nil {
+		s.warn(err)
+	}
+}
+
+// warn logs the first failure of a ranged access (off-range requests cannot
+// happen; a GPU fault can, and repeats for every chunk).
+func (s *stageSource) warn(err error) {
+	s.mu.Lock()
+	first := !s.warned
+	s.warned = true
+	s.mu.Unlock()
+	if first {
+		s.log.Warn("averaging: stage state access failed", "err", err.Error())
+	}
 }
 
 // loadStageState replaces st's initial weights with the state of the live
@@ -199,7 +267,7 @@ func (n *Node) loadStageState(ctx context.Context, o RoleOptions, st *stages.Sta
 	}
 	fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	state, err := averaging.FetchState(fctx, n.Host(), o.Config.Run, stageKey(k), from, averaging.FetchOptions{MaxFloats: 3 * len(st.Params())})
+	state, err := averaging.FetchState(fctx, n.Host(), o.Config.Run, stageKey(k), from, averaging.FetchOptions{MaxFloats: st.StateLen()})
 	if err != nil {
 		// The swarm must not stall on a broken holder: start fresh, averaging
 		// pulls the copy towards its peers.
@@ -234,6 +302,7 @@ func (s *stageService) close() {
 		s.avg.Close()
 	}
 	s.wg.Wait()
+	s.st.Close()
 }
 
 // Serve serves stage k until ctx ends, moving to another stage when the

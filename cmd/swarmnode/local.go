@@ -22,6 +22,7 @@ func localCommand(args []string, stdout, stderr io.Writer) int {
 	cfgPath := fs.String("config", "", "run config file (YAML)")
 	steps := fs.Int("steps", -1, "optimizer steps to train (overrides train.steps)")
 	summary := fs.String("summary", "", "write a JSON summary {step, loss, val_loss, tokens_per_sec} here at exit")
+	device := fs.String("device", "", "where stages compute: cpu, cuda or auto (overrides device)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -36,6 +37,9 @@ func localCommand(args []string, stdout, stderr io.Writer) int {
 	if *steps >= 0 {
 		cfg.Train.Steps = *steps
 	}
+	if code := applyDevice(fs, *device, &cfg, "local", stderr); code != exitOK {
+		return code
+	}
 	log := setupLogger(stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -48,6 +52,28 @@ func localCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "swarmnode local: %v\n", err)
+		return exitRuntime
+	}
+	return exitOK
+}
+
+// applyDevice applies a --device flag over the config's device (a bad value is a
+// usage error) and checks that the device is usable: --device cuda without a
+// usable GPU is a runtime error (exit 1) naming what is missing.
+func applyDevice(fs *flag.FlagSet, device string, cfg *config.Config, cmd string, stderr io.Writer) int {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "device" })
+	if set {
+		switch device {
+		case "cpu", "cuda", "auto":
+			cfg.Device = device
+		default:
+			fmt.Fprintf(stderr, "swarmnode %s: --device %q: want cpu, cuda or auto\n", cmd, device)
+			return exitUsage
+		}
+	}
+	if err := swarm.CheckDevice(cfg.Device); err != nil {
+		fmt.Fprintf(stderr, "swarmnode %s: %v\n", cmd, err)
 		return exitRuntime
 	}
 	return exitOK

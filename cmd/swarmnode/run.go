@@ -49,6 +49,7 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 	relay := fs.Bool("relay", false, "serve as a circuit relay v2 for peers behind NAT")
 	steps := fs.Int("steps", -1, "optimizer steps a trainer runs before exiting (overrides train.steps)")
 	summary := fs.String("summary", "", "trainer: write a JSON summary {step, loss, val_loss, tokens_per_sec} here at exit")
+	device := fs.String("device", "", "where served stages compute: cpu, cuda or auto (overrides device)")
 	slowdown := fs.Float64("slowdown", 0, "server: stretch every forward and backward pass by this factor (a deliberately slow peer, for tests and demos)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
@@ -95,6 +96,9 @@ func runCommand(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "swarmnode run: %v\n", err)
 		return exitUsage
+	}
+	if code := applyDevice(fs, *device, &cfg, "run", stderr); code != exitOK {
+		return code
 	}
 
 	log := setupLogger(stderr)
