@@ -43,9 +43,11 @@ clean:
 # The CUDA tests: run on a machine with an NVIDIA GPU (they skip, saying why, without one).
 gpu-test:
 	$(GO) test -count=1 -v -timeout 10m ./cuda/
+	$(GO) test -count=1 -v -timeout 10m -run GPU ./stages/
 
-# For a GPU machine without Go: build here, carry bin/, run bin/cudatest -test.v there.
+# For a GPU machine without Go: build here, carry bin/, run bin/cudatest -test.v and bin/stagestest -test.v -test.run GPU there.
 gpu-bin:
 	$(GO) test -c -o bin/cudatest ./cuda/
+	$(GO) test -c -o bin/stagestest ./stages/
 	$(GO) build -o bin/stagebench ./bench/gpu/stagebench
 	$(GO) build -o bin/gputrain ./bench/gpu/gputrain
