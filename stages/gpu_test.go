@@ -147,7 +147,12 @@ func TestGPUState(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, r := range [][2]int{{0, 3 * n}, {n - 5, 10}, {2*n + 1, n - 1}} {
+	for _, s := range []*Stage{c, g} { // within Params alone
+		if err := s.AddState(3, delta[:n/3]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range [][2]int{{0, 3 * n}, {n - 5, 10}, {2*n + 1, n - 1}, {1, n - 2}} {
 		a, b := make([]float32, r[1]), make([]float32, r[1])
 		if err := c.ReadState(r[0], a); err != nil {
 			t.Fatal(err)

@@ -79,6 +79,20 @@ func (s *Stage) gpuRangeState(off, n int, write bool, fn func(p []float32, at in
 		s.mu.RLock()
 		defer s.mu.RUnlock()
 	}
+	if off+n <= s.lay.size { // parameters only (averaging without the moments): a third of the traffic
+		p, err := s.gpu.cs.Params()
+		if err != nil {
+			return fmt.Errorf("stage %d: reading the GPU parameters: %w", s.index, s.gpu.fail(err))
+		}
+		fn(p[off:off+n], 0)
+		if !write {
+			return nil
+		}
+		if err := s.gpu.cs.SetParams(p); err != nil {
+			return fmt.Errorf("stage %d: writing the GPU parameters: %w", s.index, s.gpu.fail(err))
+		}
+		return nil
+	}
 	cst, err := s.gpu.cs.GetState()
 	if err != nil {
 		return fmt.Errorf("stage %d: reading the GPU state: %w", s.index, s.gpu.fail(err))
