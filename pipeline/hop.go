@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -87,7 +88,9 @@ type caller struct {
 	linkMu sync.Mutex
 	links  map[peer.ID]*codec.Link
 
-	attempts, failures atomic.Int64
+	lat latencies // of recent training calls that succeeded
+
+	attempts, failures, hedges atomic.Int64
 }
 
 // link returns the zstd policy for peer p (one per peer: links differ).
@@ -117,10 +120,20 @@ func (c *caller) hopLimit(k int) time.Duration {
 // send delivers req to some holder of its stage, trying up to retries other
 // holders after a failure, until ctx ends. A failure that is this side's own fault
 // (a tensor it cannot encode) is not retried.
-func (c *caller) send(ctx context.Context, req *request) (answer, error) {
+//
+// A training call that takes far longer than this stage's calls usually do is
+// hedged: the holder is asked to give up (see once), and if it does, req goes to
+// another holder without counting as a failure. When soft closes, the upstream
+// has asked this hop to give up: the holder in progress is asked the same, and if
+// it agrees send returns errCancelled.
+func (c *caller) send(ctx context.Context, req *request, soft <-chan struct{}) (answer, error) {
 	avoid := make(map[peer.ID]bool)
 	var last error
+	hedged := 0
 	for attempt := 0; attempt <= c.retries; attempt++ {
+		if closed(soft) {
+			return answer{}, errCancelled
+		}
 		h, err := c.picker.pick(ctx, req.stage, avoid)
 		if err != nil {
 			if last == nil {
@@ -130,10 +143,33 @@ func (c *caller) send(ctx context.Context, req *request) (answer, error) {
 		}
 		c.attempts.Add(1)
 		start := time.Now()
-		ans, err := c.once(ctx, h, req)
+		var after time.Duration
+		if !req.eval && hedged < maxHedges {
+			after = c.lat.hedgeAfter()
+		}
+		ans, asked, err := c.try(ctx, h, req, soft, after, func() bool { return c.picker.other(req.stage, h.ID, avoid) })
 		if err == nil {
 			c.bo.up(h.ID)
+			if !req.eval {
+				c.lat.add(time.Since(start))
+			}
 			return ans, nil
+		}
+		var re *wire.RemoteError
+		if asked && errors.As(err, &re) {
+			// The holder gave up as asked: it kept no state of req.
+			if closed(soft) {
+				return answer{}, errCancelled
+			}
+			c.hedges.Add(1)
+			if c.onRetry != nil {
+				c.onRetry()
+			}
+			c.log.Debug("hedged", "stage", req.stage, "holder", shortID(h.ID), "id", req.id, "after", time.Since(start))
+			avoid[h.ID] = true
+			hedged++
+			attempt-- // slowness is not a failure: keep the retries for those
+			continue
 		}
 		c.failures.Add(1)
 		if c.onRetry != nil {
@@ -142,7 +178,6 @@ func (c *caller) send(ctx context.Context, req *request) (answer, error) {
 		c.log.Debug("hop failed", "stage", req.stage, "holder", shortID(h.ID), "id", req.id, "after", time.Since(start), "err", err)
 		last = fmt.Errorf("stage %d holder %s: %w", req.stage, shortID(h.ID), err)
 		avoid[h.ID] = true
-		var re *wire.RemoteError
 		switch {
 		case errors.Is(err, errLocal):
 			return answer{}, last
@@ -161,11 +196,37 @@ func (c *caller) send(ctx context.Context, req *request) (answer, error) {
 	return answer{}, fmt.Errorf("%w: %v", wire.ErrDownstream, last)
 }
 
+// maxHedges bounds the hedges of one microbatch at one hop.
+const maxHedges = 2
+
+// errCancelled answers a request whose upstream asked this hop to give up before
+// it had committed anything. It travels as "busy": try another holder.
+var errCancelled = fmt.Errorf("%w: cancelled at the upstream's request", wire.ErrBusy)
+
+func closed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
 // errLocal marks failures that retrying elsewhere cannot fix.
 var errLocal = errors.New("local failure")
 
-// once makes one attempt at holder h.
-func (c *caller) once(ctx context.Context, h Holder, req *request) (ans answer, err error) {
+// once makes one attempt at holder h, never asking it to give up.
+func (c *caller) once(ctx context.Context, h Holder, req *request) (answer, error) {
+	ans, _, err := c.try(ctx, h, req, nil, 0, nil)
+	return ans, err
+}
+
+// try makes one attempt at holder h. It asks h to give up (by closing its side
+// of the stream; h answers with an error if nothing of req is committed yet, else
+// it answers as usual) when soft closes, or when hedgeAfter (if positive) has
+// passed and canHedge says another holder could take over; asked reports
+// whether it did.
+func (c *caller) try(ctx context.Context, h Holder, req *request, soft <-chan struct{}, hedgeAfter time.Duration, canHedge func() bool) (ans answer, asked bool, err error) {
 	deadline := time.Now().Add(c.hopLimit(req.stage))
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -182,9 +243,9 @@ func (c *caller) once(ctx context.Context, h Holder, req *request) (ans answer, 
 	if err != nil {
 		if errors.Is(err, swarm.ErrSwarmClosed) {
 			// This peer's own host is shutting down: no other holder can help.
-			return ans, fmt.Errorf("%w: %w", errLocal, err)
+			return ans, asked, fmt.Errorf("%w: %w", errLocal, err)
 		}
-		return ans, fmt.Errorf("open stream: %w", err)
+		return ans, asked, fmt.Errorf("open stream: %w", err)
 	}
 	ok := false
 	// Reads and writes wait on deadlines, not on ctx: a cancelled call (the peer
@@ -214,37 +275,72 @@ func (c *caller) once(ctx context.Context, h Holder, req *request) (ans answer, 
 	}
 	if err != nil {
 		if errors.Is(err, codec.ErrNonFinite) || errors.Is(err, wire.ErrOversize) || errors.Is(err, wire.ErrShape) {
-			return ans, fmt.Errorf("%w: %w", errLocal, err)
+			return ans, asked, fmt.Errorf("%w: %w", errLocal, err)
 		}
-		return ans, fmt.Errorf("send input: %w", err)
+		return ans, asked, fmt.Errorf("send input: %w", err)
 	}
 	hdr.Kind, hdr.D = wire.Targets, 1
 	if err := conn.WriteInts(hdr, req.targets, deadline); err != nil {
-		return ans, fmt.Errorf("send targets: %w", err)
+		return ans, asked, fmt.Errorf("send targets: %w", err)
 	}
+	var askedFlag atomic.Bool
+	watchDone, watchStop := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		c.askToGiveUp(s, soft, hedgeAfter, canHedge, watchStop, &askedFlag)
+	}()
 	f, err := conn.Read(deadline)
+	close(watchStop)
+	<-watchDone
+	asked = askedFlag.Load()
 	if err != nil {
-		return ans, fmt.Errorf("read answer: %w", err)
+		return ans, asked, fmt.Errorf("read answer: %w", err)
 	}
 	if f.ID != req.id || f.Stage != req.stage {
-		return ans, fmt.Errorf("%w: answer for microbatch %x from stage %d, sent %x to stage %d", wire.ErrUnexpect, f.ID, f.Stage, req.id, req.stage)
+		return ans, asked, fmt.Errorf("%w: answer for microbatch %x from stage %d, sent %x to stage %d", wire.ErrUnexpect, f.ID, f.Stage, req.id, req.stage)
 	}
 	ans.loss = f.Loss
 	if req.eval || req.stage == 0 {
 		if f.Kind != wire.Result {
-			return ans, fmt.Errorf("%w: got %v, want result", wire.ErrUnexpect, f.Kind)
+			return ans, asked, fmt.Errorf("%w: got %v, want result", wire.ErrUnexpect, f.Kind)
 		}
 		ok = true
-		return ans, nil
+		return ans, asked, nil
 	}
 	if err := f.Expect(wire.Gradient, req.b, req.t, c.dmodel, 0); err != nil {
-		return ans, err
+		return ans, asked, err
 	}
 	if ans.grad, err = f.Floats(nil); err != nil {
-		return ans, err
+		return ans, asked, err
 	}
 	ok = true
-	return ans, nil
+	return ans, asked, nil
+}
+
+// askToGiveUp half-closes s when soft closes, or after hedgeAfter if canHedge
+// then agrees, unless stop closes first.
+func (c *caller) askToGiveUp(s network.Stream, soft <-chan struct{}, hedgeAfter time.Duration, canHedge func() bool, stop <-chan struct{}, asked *atomic.Bool) {
+	var timer <-chan time.Time
+	if hedgeAfter > 0 {
+		t := time.NewTimer(hedgeAfter)
+		defer t.Stop()
+		timer = t.C
+	}
+	for {
+		select {
+		case <-stop:
+			return
+		case <-soft:
+		case <-timer:
+			if !canHedge() {
+				timer = nil
+				continue
+			}
+		}
+		asked.Store(true)
+		_ = s.CloseWrite()
+		return
+	}
 }
 
 func shortID(p peer.ID) string {

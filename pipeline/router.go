@@ -210,3 +210,29 @@ func (p *picker) end(id peer.ID) {
 	}
 	p.mu.Unlock()
 }
+
+// other reports whether a holder of stage k other than this peer and those in
+// avoid, out of backoff, is measured at least hedgeSpeedup times as fast as
+// holder not: somewhere a hedged call could go and be expected to finish sooner.
+// Holders of similar speed are not hedged against each other: their slowness is
+// a queue, which the other one would likely share.
+func (p *picker) other(k int, not peer.ID, avoid map[peer.ID]bool) bool {
+	now := time.Now()
+	hs := p.router.Holders(k)
+	slow := -1.0
+	for _, h := range hs {
+		if h.ID == not {
+			slow = h.Throughput
+		}
+	}
+	if slow < 0 {
+		slow = 0 // gone from the router's view: anyone live is better
+	}
+	for _, h := range hs {
+		if h.ID != not && h.ID != p.self && !avoid[h.ID] && !p.bo.isDown(h.ID, now) &&
+			h.Throughput > 0 && h.Throughput >= hedgeSpeedup*slow {
+			return true
+		}
+	}
+	return false
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
@@ -65,6 +66,12 @@ type ServerStats struct {
 	// DownstreamCalls and DownstreamFailures count attempts at the next stage.
 	DownstreamCalls    int64 `json:"downstream_calls"`
 	DownstreamFailures int64 `json:"downstream_failures"`
+	// Hedged counts downstream calls that took far longer than usual and were
+	// moved to another holder after the slow one gave up (not failures).
+	Hedged int64 `json:"hedged"`
+	// Cancelled counts requests this server gave up at its upstream's request
+	// (the upstream hedged them) before committing anything.
+	Cancelled int64 `json:"cancelled"`
 	// InFlight is the number of microbatches being handled now.
 	InFlight int `json:"in_flight"`
 	// Queue is the number waiting for or in computation now.
@@ -105,7 +112,7 @@ type Server struct {
 	linkMu sync.Mutex
 	links  map[peer.ID]*codec.Link
 
-	served, evals, failed, bad, busy atomic.Int64
+	served, evals, failed, bad, busy, cancelled atomic.Int64
 }
 
 // NewServer starts serving w's stage on h, routing to the next stage through r.
@@ -176,11 +183,12 @@ func (s *Server) Stats() ServerStats {
 	st := ServerStats{
 		Stage: s.k, Version: s.w.Stage().Version(),
 		Served: s.served.Load(), Evals: s.evals.Load(), Failed: s.failed.Load(),
-		BadFrames: s.bad.Load(), Busy: s.busy.Load(),
+		BadFrames: s.bad.Load(), Busy: s.busy.Load(), Cancelled: s.cancelled.Load(),
 		InFlight: len(s.slots), Queue: q, CacheBytes: s.cacheUsed.Load(), Throughput: tp,
 	}
 	if s.down != nil {
 		st.DownstreamCalls, st.DownstreamFailures = s.down.attempts.Load(), s.down.failures.Load()
+		st.Hedged = s.down.hedges.Load()
 	}
 	return st
 }
@@ -274,6 +282,19 @@ func (s *Server) handle(str network.Stream) {
 	deadline := start.Add(budget - budget/20 - 20*time.Millisecond)
 	ctx, cancel := context.WithDeadline(s.ctx, deadline)
 	defer cancel()
+	// The upstream closing its side asks this hop to give up (it is hedging);
+	// resetting the stream makes it give up whatever it was doing.
+	soft, giveUp := context.WithCancel(ctx)
+	defer giveUp()
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		watchUpstream(str, deadline.Add(budget/20), giveUp, cancel)
+	}()
+	defer func() {
+		_ = str.SetReadDeadline(time.Now())
+		<-watched
+	}()
 
 	select {
 	case s.slots <- struct{}{}:
@@ -283,8 +304,13 @@ func (s *Server) handle(str network.Stream) {
 		s.answerError(conn, str, req.id, fmt.Errorf("%w: %d microbatches in flight", wire.ErrBusy, cap(s.slots)), deadline)
 		return
 	}
-	ans, err := s.compute(ctx, req)
+	ans, err := s.compute(ctx, soft, req)
 	<-s.slots
+	if errors.Is(err, errCancelled) {
+		s.cancelled.Add(1)
+		s.answerError(conn, str, req.id, err, deadline.Add(budget/20))
+		return
+	}
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("%w: %v", wire.ErrTimeout, err)
@@ -395,17 +421,42 @@ func (s *Server) readRequest(conn *wire.Conn, deadline time.Time) (*serverReques
 	return r, nil
 }
 
+// watchUpstream waits for the upstream to close its side of str (giveUp: a
+// hedge) or reset it (cancel), until deadline. The upstream sends nothing after
+// its request, so any byte read means it is out of step.
+func watchUpstream(str network.Stream, deadline time.Time, giveUp, cancel context.CancelFunc) {
+	_ = str.SetReadDeadline(deadline)
+	var b [1]byte
+	_, err := str.Read(b[:])
+	var ne interface{ Timeout() bool }
+	switch {
+	case errors.Is(err, io.EOF):
+		giveUp()
+	case errors.As(err, &ne) && ne.Timeout():
+		// The handler is done, or its deadline is.
+	default:
+		cancel()
+	}
+}
+
 // compute runs the stage forward, the rest of the pipeline below it, and the
-// stage backward.
-func (s *Server) compute(ctx context.Context, req *serverRequest) (answer, error) {
+// stage backward. When soft ends before ctx (the upstream asked this hop to give
+// up), compute returns errCancelled if it has committed nothing yet: no backward
+// pass has run here or below. Once the downstream has answered (or, on the last
+// stage, the backward pass is about to run) it carries on.
+func (s *Server) compute(ctx, soft context.Context, req *serverRequest) (answer, error) {
+	cancelled := func() bool { return ctx.Err() == nil && soft.Err() != nil }
 	in := stages.Input{B: req.b, T: req.t, Tokens: req.tokens, X: req.x}
 	if s.k == s.n-1 {
 		in.Targets = req.targets
 	}
 	s.queue.Add(1)
 	if !req.eval {
-		if err := s.w.admit(ctx, req.b); err != nil {
+		if err := s.w.admit(soft, req.b); err != nil {
 			s.queue.Add(-1)
+			if cancelled() {
+				return answer{}, errCancelled
+			}
 			return answer{}, err
 		}
 	}
@@ -424,7 +475,11 @@ func (s *Server) compute(ctx context.Context, req *serverRequest) (answer, error
 			s.w.unadmit(req.b)
 		}
 	}
-	fd += s.slow(ctx, fd)
+	fd += s.slow(soft, fd)
+	if cancelled() {
+		release()
+		return answer{}, errCancelled
+	}
 	size := p.Bytes()
 	if s.cacheUsed.Add(size) > s.opts.Pipeline.CacheBytes {
 		s.cacheUsed.Add(-size)
@@ -444,7 +499,7 @@ func (s *Server) compute(ctx context.Context, req *serverRequest) (answer, error
 			dctx, cancel = context.WithDeadline(ctx, d.Add(-2*fd-10*time.Millisecond))
 			defer cancel()
 		}
-		down, err := s.down.send(dctx, &request{id: req.id, stage: s.k + 1, eval: req.eval, b: req.b, t: req.t, x: p.Out, targets: req.targets})
+		down, err := s.down.send(dctx, &request{id: req.id, stage: s.k + 1, eval: req.eval, b: req.b, t: req.t, x: p.Out, targets: req.targets}, soft.Done())
 		if err != nil {
 			release()
 			return answer{}, err
@@ -458,6 +513,10 @@ func (s *Server) compute(ctx context.Context, req *serverRequest) (answer, error
 	if err := ctx.Err(); err != nil {
 		release()
 		return answer{}, err
+	}
+	if s.down == nil && cancelled() {
+		release()
+		return answer{}, errCancelled
 	}
 	s.queue.Add(1)
 	dx, bd, err := s.w.backward(p, dout)

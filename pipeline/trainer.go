@@ -91,8 +91,11 @@ type TrainerStats struct {
 	TokensPerSec float64 `json:"tokens_per_sec"`
 	// Completed counts microbatches trained (evaluation excluded).
 	Completed int64 `json:"completed"`
-	// Retried counts microbatch attempts repeated after a failure.
+	// Retried counts microbatch attempts repeated after a failure or a hedge.
 	Retried int64 `json:"retried"`
+	// Hedged counts attempts at stage 0 that took far longer than usual and were
+	// moved to another holder after the slow one gave up.
+	Hedged int64 `json:"hedged"`
 	// Failed counts failed attempts at stage 0 (each is retried).
 	Failed int64 `json:"failed"`
 	// Lost counts microbatches given up on: zero unless the run was stopped.
@@ -164,7 +167,8 @@ func (t *Trainer) Stats() TrainerStats {
 	t.mu.Unlock()
 	// Every failed attempt is followed by another, at another holder or after a pause.
 	s.Completed, s.Failed, s.Lost = t.completed.Load(), t.call.failures.Load(), t.lost.Load()
-	s.Retried = s.Failed
+	s.Hedged = t.call.hedges.Load()
+	s.Retried = s.Failed + s.Hedged
 	return s
 }
 
@@ -349,7 +353,7 @@ func (t *Trainer) worker(ctx context.Context, jobs <-chan *job, results chan<- r
 
 func (t *Trainer) runMicro(ctx context.Context, j *job) (float32, error) {
 	for attempt := 0; ; attempt++ {
-		ans, err := t.call.send(ctx, &j.req)
+		ans, err := t.call.send(ctx, &j.req, nil)
 		if err == nil {
 			return ans.loss, nil
 		}
