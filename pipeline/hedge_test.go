@@ -60,6 +60,21 @@ func TestHedgeSlowHolder(t *testing.T) {
 	if odd != 0 {
 		t.Errorf("%d steps were not on exactly %d sequences", odd, cfg.Train.Batch)
 	}
+	// What the slow holder gave up it gave back: no cached pass, no admission.
+	for k, row := range sw.servers {
+		for i, srv := range row {
+			if st := srv.Stats(); st.CacheBytes != 0 || st.InFlight != 0 || st.Queue != 0 {
+				t.Errorf("stage %d holder %d still holds %+v", k, i, st)
+			}
+		}
+		w := sw.workers[k]
+		w.qmu.Lock()
+		admitted := w.admitted
+		w.qmu.Unlock()
+		if admitted != 0 {
+			t.Errorf("stage %d has %d sequences admitted after training", k, admitted)
+		}
+	}
 	if fast.Failed+slow.Failed != 0 || s0.DownstreamFailures != 0 {
 		t.Errorf("failures: fast %+v, slow %+v, stage 0 %+v", fast, slow, s0)
 	}
