@@ -6,6 +6,8 @@
 #
 #   examples/gpt/local-swarm.sh                # make demo runs this
 #   STEPS=500 HOLDERS=3 examples/gpt/local-swarm.sh
+#   GPUS=2 HOLDERS=1 CONFIG=examples/gpt/gpt2-small-gpu.yaml examples/gpt/local-swarm.sh
+#     (stage servers spread over GPUs 0..GPUS-1 with CUDA_VISIBLE_DEVICES)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -15,6 +17,7 @@ HOLDERS=${HOLDERS:-2}
 BIN=${BIN:-bin/swarmnode}
 OUT=${OUT:-out/local-swarm}
 PORT=${PORT:-7100} # status pages on PORT, PORT+1, ...
+GPUS=${GPUS:-}     # set: give server i the GPU i % GPUS
 
 nstages=$(sed -n 's/^stages:[[:space:]]*\[\(.*\)\].*/\1/p' "$CONFIG" | tr ',' '\n' | grep -c '[0-9]')
 [ "$nstages" -ge 1 ] || { echo "cannot read 'stages: [...]' from $CONFIG" >&2; exit 2; }
@@ -32,7 +35,11 @@ urls=()
 start() { # start NAME ARGS...: one peer, its output under $OUT
   local name=$1; shift
   local port=$((PORT + ${#urls[@]}))
-  "$BIN" run --config "$CONFIG" --data-dir "$OUT/$name" --listen /ip4/127.0.0.1/tcp/0 \
+  local gpu=()
+  if [ -n "$GPUS" ] && [ "$name" != trainer ]; then
+    gpu=(env CUDA_VISIBLE_DEVICES=$((${#urls[@]} % GPUS)))
+  fi
+  "${gpu[@]}" "$BIN" run --config "$CONFIG" --data-dir "$OUT/$name" --listen /ip4/127.0.0.1/tcp/0 \
     --status "127.0.0.1:$port" "$@" >"$OUT/$name.out" 2>"$OUT/$name.log" &
   pids+=($!)
   urls+=("$name http://127.0.0.1:$port/")
