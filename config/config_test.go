@@ -36,6 +36,18 @@ func TestExampleConfigLoads(t *testing.T) {
 	}
 }
 
+func TestEveryExampleConfigLoads(t *testing.T) {
+	paths, err := filepath.Glob(filepath.Join("..", "examples", "gpt", "*.yaml"))
+	if err != nil || len(paths) < 2 {
+		t.Fatalf("example configs: %v %v", paths, err)
+	}
+	for _, p := range paths {
+		if _, err := Load(p); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+}
+
 func TestOverridesKeepOtherDefaults(t *testing.T) {
 	cfg, err := Parse([]byte("train:\n  steps: 7\naveraging:\n  period: 3s\n"))
 	if err != nil {
