@@ -424,13 +424,16 @@ func holderSummary(n *Node, stages int) string {
 func clone(s []float32) []float32 { return append([]float32(nil), s...) }
 
 // setServer mirrors a stage server's counters: each microbatch it answered is
-// completed, each downstream failure a partial retry, each error answer failed.
+// completed, each downstream failure or hedge a partial retry, each error
+// answer failed.
 func (s *Status) setServer(st pipeline.ServerStats) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.server = MicrobatchCounts{Completed: uint64(st.Served), Retried: uint64(st.DownstreamFailures), Failed: uint64(st.Failed)}
+	s.server = MicrobatchCounts{Completed: uint64(st.Served), Retried: uint64(st.DownstreamFailures + st.Hedged), Failed: uint64(st.Failed)}
 	s.errors["bad_frame"] = uint64(st.BadFrames)
 	s.errors["busy"] = uint64(st.Busy)
+	s.errors["hedged"] = uint64(st.Hedged)
+	s.errors["cancelled"] = uint64(st.Cancelled)
 }
 
 // setTrainer mirrors a trainer's microbatch counters.
