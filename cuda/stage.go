@@ -243,23 +243,29 @@ func (s *Stage) ZeroGrad() error {
 // Step averages the gradients over micro microbatches, clips them by global norm
 // to opt.Clip, applies AdamW at opt.LRAt(Version()) with weight decay on matrices,
 // zeroes the gradients and returns the pre-clip norm (of the averaged gradients).
+// A non-finite norm (a NaN or Inf gradient) skips the update: the gradients are
+// zeroed, the weights, moments and Version stay as they were, and the norm is
+// returned so the caller can tell.
 func (s *Stage) Step(opt OptimConfig, micro int) (float32, error) {
 	if micro < 1 {
 		micro = 1
 	}
-	var ss []float32
+	ss := make([]float32, 1)
 	err := s.d.Do(func(c *Ctx) error {
 		if err := c.SumSquares(s.sumsq, s.partial, s.grads); err != nil {
 			return err
+		}
+		// One 4-byte read-back decides whether the update may run at all.
+		if err := c.Download(ss, s.sumsq); err != nil {
+			return err
+		}
+		if f := float64(ss[0]); math.IsNaN(f) || math.IsInf(f, 0) {
+			return c.Zero(s.grads)
 		}
 		step := int(s.step.Load())
 		a := AdamWArgs{LR: opt.LRAt(step), Beta1: opt.Beta1, Beta2: opt.Beta2, Eps: opt.Eps, WeightDecay: opt.WeightDecay,
 			Step: step + 1, GradScale: 1 / float32(micro), Clip: opt.Clip, SumSq: s.sumsq, ZeroGrad: true}
 		if err := c.AdamW(s.params, s.grads, s.m, s.v, s.decay, s.pbf, a); err != nil {
-			return err
-		}
-		ss = make([]float32, 1)
-		if err := c.Download(ss, s.sumsq); err != nil {
 			return err
 		}
 		s.step.Add(1)

@@ -60,6 +60,9 @@ func (c *Chain) forward(tokens, targets []int32, B, T int) ([]*Pass, error) {
 // ForwardBackward runs one microbatch through every stage and back, accumulating
 // gradients, and returns its mean loss.
 func (c *Chain) ForwardBackward(tokens, targets []int32, B, T int) (float32, error) {
+	if c.onOneGPU() {
+		return c.gpuRun(tokens, targets, B, T, true)
+	}
 	passes, err := c.forward(tokens, targets, B, T)
 	if err != nil {
 		return 0, err
@@ -80,6 +83,9 @@ func (c *Chain) ForwardBackward(tokens, targets []int32, B, T int) (float32, err
 
 // Loss runs the microbatch forward only (evaluation) and returns its mean loss.
 func (c *Chain) Loss(tokens, targets []int32, B, T int) (float32, error) {
+	if c.onOneGPU() {
+		return c.gpuRun(tokens, targets, B, T, false)
+	}
 	passes, err := c.forward(tokens, targets, B, T)
 	if err != nil {
 		return 0, err

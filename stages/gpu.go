@@ -79,6 +79,37 @@ func NewChainOnGPU(cfg ModelConfig, layers []int, seed uint64, dev *cuda.Device,
 	return c, nil
 }
 
+// onOneGPU reports whether every stage of the chain computes on the same GPU, so
+// activations can stay in device memory between stages.
+func (c *Chain) onOneGPU() bool {
+	for _, s := range c.stages {
+		if s.gpu == nil || s.gpu.dev != c.stages[0].gpu.dev {
+			return false
+		}
+	}
+	return len(c.stages) > 0
+}
+
+// gpuRun runs one microbatch through the whole chain on its GPU (see
+// cuda.RunChain), holding each stage's locks as Forward and Backward would.
+func (c *Chain) gpuRun(tokens, targets []int32, B, T int, train bool) (float32, error) {
+	css := make([]*cuda.Stage, len(c.stages))
+	for k, s := range c.stages {
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		if train {
+			s.gradMu.Lock()
+			defer s.gradMu.Unlock()
+		}
+		css[k] = s.gpu.cs
+	}
+	loss, err := cuda.RunChain(css, tokens, targets, B, T, train)
+	if err != nil {
+		return 0, fmt.Errorf("chain on the GPU: %w", c.stages[0].gpu.fail(err))
+	}
+	return loss, nil
+}
+
 // Close frees the device memory of every stage.
 func (c *Chain) Close() error {
 	var errs []error
@@ -160,9 +191,8 @@ func (s *Stage) gpuBackward(p *Pass, dout []float32) ([]float32, error) {
 	return dx, nil
 }
 
-// gpuStep follows Step's contract. The norm is taken on the host from the
-// downloaded gradients because cuda.Stage.Step applies the update whatever the
-// norm: a NaN/Inf gradient must leave the weights untouched.
+// gpuStep follows Step's contract: the norm is computed on the device and a
+// NaN/Inf gradient leaves the weights untouched (cuda.Stage.Step skips it).
 func (s *Stage) gpuStep(opt OptimConfig, micro int) float32 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -171,30 +201,18 @@ func (s *Stage) gpuStep(opt OptimConfig, micro int) float32 {
 	if micro < 1 {
 		micro = 1
 	}
-	g, err := s.gpu.cs.Grads()
+	co := cuda.OptimConfig{LR: opt.LR, MinLR: opt.MinLR, Warmup: opt.Warmup, Steps: opt.Steps,
+		WeightDecay: opt.WeightDecay, Beta1: opt.Beta1, Beta2: opt.Beta2, Eps: opt.Eps, Clip: opt.Clip}
+	norm, err := s.gpu.cs.Step(co, micro)
 	if err != nil {
 		s.gpu.fail(err)
 		return float32(math.NaN())
 	}
-	inv := 1 / float32(micro)
-	var sq float64
-	for _, x := range g {
-		x *= inv
-		sq += float64(x) * float64(x)
-	}
-	norm := math.Sqrt(sq)
-	if math.IsNaN(norm) || math.IsInf(norm, 0) {
-		s.gpu.fail(s.gpu.cs.ZeroGrad())
-		return float32(norm)
-	}
-	co := cuda.OptimConfig{LR: opt.LR, MinLR: opt.MinLR, Warmup: opt.Warmup, Steps: opt.Steps,
-		WeightDecay: opt.WeightDecay, Beta1: opt.Beta1, Beta2: opt.Beta2, Eps: opt.Eps, Clip: opt.Clip}
-	if _, err := s.gpu.cs.Step(co, micro); err != nil {
-		s.gpu.fail(err)
-		return float32(math.NaN())
+	if n := float64(norm); math.IsNaN(n) || math.IsInf(n, 0) {
+		return norm
 	}
 	atomic.AddUint64(&s.version, 1)
-	return float32(norm)
+	return norm
 }
 
 // gpuWithState runs fn on a host copy of the device state and uploads it back.

@@ -205,3 +205,51 @@ func TestGPUTrains(t *testing.T) {
 		t.Fatalf("version %d, want 60", v)
 	}
 }
+
+// TestGPUChainMatchesStageByStage checks the chain's device-to-device path
+// against the same microbatch sent stage by stage through host memory, as a swarm
+// sends it: same loss, same gradients.
+func TestGPUChainMatchesStageByStage(t *testing.T) {
+	dev := openGPU(t)
+	layers := []int{2, 1}
+	chain, err := NewChainOnGPU(gpuCfg, layers, 5, dev, cuda.FP32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer chain.Close()
+	split, err := NewChainOnGPU(gpuCfg, layers, 5, dev, cuda.FP32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer split.Close()
+	B, T := 2, gpuCfg.SeqLen
+	tok, tgt := tinyBatch(gpuCfg, B, T, 7)
+	lc, err := chain.ForwardBackward(tok, tgt, B, T)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s0, s1 := split.Stages()[0], split.Stages()[1]
+	p0, err := s0.Forward(Input{B: B, T: T, Tokens: tok})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p1, err := s1.Forward(Input{B: B, T: T, X: p0.Out, Targets: tgt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dx, err := s1.Backward(p1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s0.Backward(p0, dx); err != nil {
+		t.Fatal(err)
+	}
+	if math.Abs(float64(lc-p1.Loss)) > 1e-6 {
+		t.Fatalf("loss: chain %v, stage by stage %v", lc, p1.Loss)
+	}
+	for k := range layers {
+		if e := relErr(chain.Stages()[k].Grads(), split.Stages()[k].Grads()); e > 1e-6 {
+			t.Fatalf("stage %d: gradient rel err %g", k, e)
+		}
+	}
+}

@@ -2,6 +2,8 @@ package swarm
 
 import (
 	"time"
+
+	"swarmnode/pipeline/wire"
 )
 
 // HolderReport is one holder of a stage as /api/status shows it.
@@ -48,6 +50,9 @@ type Report struct {
 	Microbatches MicrobatchCounts  `json:"microbatches"`
 	Averaging    AveragingStats    `json:"averaging"`
 	Errors       map[string]uint64 `json:"errors"`
+	// Wire counts the pipeline frames this process sent: bytes on the wire and
+	// what they would have taken uncompressed.
+	Wire wire.Traffic `json:"wire"`
 	// Time is when the report was made.
 	Time time.Time `json:"time"`
 }
@@ -63,6 +68,7 @@ func (n *Node) Report() Report {
 		ConnectedPeers: len(n.host.Network().Peers()),
 		Step:           c.Training.Step, Loss: c.Training.Loss, TokensPerSec: c.Training.TokensPerSec,
 		History: c.History, Microbatches: c.Microbatches, Averaging: c.Averaging, Errors: c.Errors,
+		Wire: wire.Sent(),
 		Time: time.Now().UTC(),
 	}
 	if r.History == nil {

@@ -8,6 +8,7 @@ import (
 	"html/template"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"strings"
 	"time"
@@ -15,7 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// statusServer serves the status page, /api/status and /metrics.
+// statusServer serves the status page, /api/status, /metrics and /debug/pprof.
 type statusServer struct {
 	addr string
 	srv  *http.Server
@@ -38,6 +39,12 @@ func startStatusServer(addr string, n *Node) (*statusServer, error) {
 		}
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{Timeout: 5 * time.Second}))
+	// Go's profiler, for finding where a node spends its time (the status server
+	// binds loopback unless told otherwise). Keep profiles under WriteTimeout:
+	// /debug/pprof/profile?seconds=5.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	s := &statusServer{
 		addr: ln.Addr().String(),
 		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,

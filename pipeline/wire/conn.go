@@ -196,6 +196,13 @@ func (c *Conn) write(h *Header, deadline time.Time) error {
 	if _, err := c.s.Write(c.out); err != nil {
 		return timeoutErr(err)
 	}
+	raw := int64(len(c.out))
+	if h.DType == Float32 || h.DType == Int32 {
+		raw = HeaderSize + 4*int64(h.N())
+	}
+	traffic.frames.Add(1)
+	traffic.bytes.Add(int64(len(c.out)))
+	traffic.raw.Add(raw)
 	return nil
 }
 

@@ -390,3 +390,30 @@ func TestAutoZstdFollowsLink(t *testing.T) {
 		t.Errorf("fast link: %d of 64 frames compressed, want about the %d probes", n, 64/16+1)
 	}
 }
+
+// TestTrafficCounts checks that Sent counts what went on the wire and what the
+// frames would take as plain float32: an int8 frame of 1024 values in blocks of
+// 64 carries 1024+4·16 payload bytes for 4096 raw.
+func TestTrafficCounts(t *testing.T) {
+	before := Sent()
+	var s buf
+	c := NewConn(&s, 1<<20)
+	h := Header{Kind: Activations, ID: 1, Stage: 1, B: 2, T: 8, D: 64}
+	if err := c.WriteFloats(h, randFloats(1024, 3), Encoding{Codec: codec.Int8, Block: 64}, never); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteResult(1, 0, 0, 1, never); err != nil {
+		t.Fatal(err)
+	}
+	after := Sent()
+	frames, bytes, raw := after.Frames-before.Frames, after.Bytes-before.Bytes, after.RawBytes-before.RawBytes
+	if frames != 2 || bytes != int64(s.Len()) {
+		t.Fatalf("counted %d frames of %d bytes, wrote 2 frames of %d bytes", frames, bytes, s.Len())
+	}
+	if want := int64(2*HeaderSize + 1024*4); raw != want {
+		t.Fatalf("raw bytes %d, want %d", raw, want)
+	}
+	if want := int64(2*HeaderSize + 1024 + 4*16); bytes != want {
+		t.Fatalf("wire bytes %d, want %d", bytes, want)
+	}
+}
