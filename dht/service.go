@@ -8,9 +8,11 @@ import (
 	"math"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	kaddht "github.com/libp2p/go-libp2p-kad-dht"
+	pb "github.com/libp2p/go-libp2p-kad-dht/pb"
 	"github.com/libp2p/go-libp2p-kad-dht/records"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	record "github.com/libp2p/go-libp2p-record"
@@ -101,6 +103,7 @@ type Service struct {
 	h     host.Host
 	key   crypto.PrivKey
 	kad   *kaddht.IpfsDHT
+	msgr  *pb.ProtocolMessenger
 	ps    *pubsub.PubSub
 	topic *pubsub.Topic
 	sub   *pubsub.Subscription
@@ -118,6 +121,10 @@ type Service struct {
 	// the per-author rate limit; refreshLoop prunes it.
 	rateMu  sync.Mutex
 	lastMsg map[peer.ID]time.Time
+
+	// nearHits and nearMisses count Lookups answered by nearProviders and
+	// those that fell back to the full walk.
+	nearHits, nearMisses atomic.Uint64
 
 	announceNow chan struct{}
 	cancel      context.CancelFunc
@@ -175,8 +182,15 @@ func New(ctx context.Context, h host.Host, ps *pubsub.PubSub, self Self, opts Op
 	if err != nil {
 		return nil, fmt.Errorf("dht: %w", err)
 	}
+	// The DHT's own message sender: GET_PROVIDERS of the short lookup reuse
+	// its streams.
+	msgr, err := pb.NewProtocolMessenger(kad.MessageSender())
+	if err != nil {
+		kad.Close()
+		return nil, fmt.Errorf("dht messenger: %w", err)
+	}
 	s := &Service{
-		opts: opts, h: h, key: key, kad: kad, tab: newTable(opts.RecordTTL),
+		opts: opts, h: h, key: key, kad: kad, msgr: msgr, tab: newTable(opts.RecordTTL),
 		ps: ps, log: opts.Logger, self: self, announceNow: make(chan struct{}, 1),
 		lastMsg: make(map[peer.ID]time.Time),
 	}
@@ -575,7 +589,7 @@ func (s *Service) refreshLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		for k := 0; k < s.opts.NumStages; k++ {
-			if _, err := s.lookup(ctx, k); err != nil && ctx.Err() == nil {
+			if _, err := s.lookup(ctx, k, true); err != nil && ctx.Err() == nil {
 				s.log.Debug("refresh holders", "stage", k, "err", err)
 			}
 		}
@@ -590,16 +604,32 @@ func (s *Service) refreshLoop(ctx context.Context) {
 }
 
 // Lookup searches the DHT for the holders of stage now (and updates the
-// cache): it walks the DHT for the stage's providers and returns those with a
-// valid signed record. Records are fetched only for providers whose record is
-// not cached with at least half its lifetime left (a signed record does not
-// change until it expires; load changes travel by gossip). Providers without
-// a valid record are left out.
+// cache): it finds the stage's providers and returns those with a valid
+// signed record. The providers come from the peers closest to the stage key,
+// found by a short walk without kad-dht's follow-up (see nearProviders); when
+// that walk does not converge or finds nobody, Lookup runs the full kad-dht
+// provider walk instead. Records are fetched only for providers whose record
+// is not cached with at least half its lifetime left (a signed record does
+// not change until it expires; load changes travel by gossip). Providers
+// without a valid record are left out.
 func (s *Service) Lookup(ctx context.Context, stage int) ([]Holder, error) {
-	return s.lookup(ctx, stage)
+	return s.lookup(ctx, stage, false)
 }
 
-func (s *Service) lookup(ctx context.Context, stage int) ([]Holder, error) {
+// LookupFull is Lookup with kad-dht's full provider walk (walk, then a
+// follow-up query to each of the K closest peers found), as the periodic
+// refresh runs it.
+func (s *Service) LookupFull(ctx context.Context, stage int) ([]Holder, error) {
+	return s.lookup(ctx, stage, true)
+}
+
+// NearLookups returns how many Lookups the short walk answered and how many
+// fell back to the full walk.
+func (s *Service) NearLookups() (near, fallback uint64) {
+	return s.nearHits.Load(), s.nearMisses.Load()
+}
+
+func (s *Service) lookup(ctx context.Context, stage int, full bool) ([]Holder, error) {
 	if stage < 0 || stage >= MaxStages {
 		return nil, fmt.Errorf("stage %d out of range", stage)
 	}
@@ -612,7 +642,7 @@ func (s *Service) lookup(ctx context.Context, stage int) ([]Holder, error) {
 		out  []Holder
 		errs []error
 	)
-	for ai := range s.kad.FindProvidersAsync(ctx, StageCID(s.opts.Run, stage), 0) {
+	for ai := range s.providersOf(ctx, StageCID(s.opts.Run, stage), full) {
 		if h, ok := s.tab.fresh(ai.ID, horizon); ok {
 			if h.Stage == stage {
 				mu.Lock()

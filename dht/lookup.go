@@ -1,0 +1,248 @@
+package dht
+
+import (
+	"context"
+	"crypto/sha256"
+	"slices"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+)
+
+// Short provider lookup. kad-dht's FindProvidersAsync(key, 0) runs a walk
+// towards the key and then a follow-up that queries every one of the K (20)
+// closest peers it found, whatever the earlier answers held; in a 64-peer run
+// that is about a third of the swarm per lookup. But every holder provides its
+// stage to the K peers closest to the key, so any one of those closest peers
+// already holds (nearly) every provider record. nearProviders therefore runs
+// the walk without the follow-up and with a strict stopping rule:
+//
+//   - it starts from the nearestSeed peers of the routing table closest to the
+//     key (when the table holds most of the swarm, these are the key's closest
+//     peers already) and asks the nearAlpha closest not yet asked, in parallel,
+//     with GET_PROVIDERS;
+//   - every answer's closer peers join the candidates;
+//   - it stops when the nearBeta closest candidates that did not fail have
+//     all answered (kad-dht's own termination rule) and at least two answers
+//     agree on the provider set, or after nearMaxRounds rounds;
+//   - when the answers disagree it asks the next nearAlpha closest peers once
+//     more (a bounded follow-up) and returns the union.
+//
+// It reports failure (and the caller falls back to the full walk) when no
+// peer answered, the walk did not converge within nearMaxRounds, or nobody
+// knew a provider. The periodic refresh keeps doing full walks, so a provider
+// that only far peers know of still reaches the cache within RefreshEvery.
+const (
+	nearAlpha     = 3
+	nearBeta      = 3
+	nearSeed      = 20
+	nearMaxRounds = 4
+)
+
+// kadID is a key's or peer's position in the Kademlia key space (sha256 of
+// the key bytes, as go-libp2p-kbucket computes it).
+type kadID [sha256.Size]byte
+
+func kadKey(b []byte) kadID { return sha256.Sum256(b) }
+
+// closer reports whether a is closer to t than b by XOR distance.
+func closer(a, b, t kadID) bool {
+	for i := range t {
+		da, db := a[i]^t[i], b[i]^t[i]
+		if da != db {
+			return da < db
+		}
+	}
+	return false
+}
+
+type nearCand struct {
+	id     peer.ID
+	pos    kadID
+	asked  bool
+	failed bool
+	answer []peer.ID // sorted provider ids of its answer
+}
+
+// nearProviders finds the providers of c from the peers closest to it, as
+// described above. ok is false when the caller must fall back to the walk.
+func (s *Service) nearProviders(ctx context.Context, c cid.Cid) (provs []peer.AddrInfo, ok bool) {
+	mh := c.Hash()
+	target := kadKey(mh)
+	self := s.h.ID()
+	byID := make(map[peer.ID]*nearCand)
+	var cands []*nearCand
+	add := func(p peer.ID) {
+		if p == self || p == "" {
+			return
+		}
+		if _, seen := byID[p]; seen {
+			return
+		}
+		nc := &nearCand{id: p, pos: kadKey([]byte(p))}
+		byID[p] = nc
+		cands = append(cands, nc)
+	}
+	for _, p := range s.kad.RoutingTable().NearestPeers(target[:], nearSeed) {
+		add(p)
+	}
+	if len(cands) == 0 {
+		return nil, false
+	}
+	found := make(map[peer.ID]peer.AddrInfo)
+	// A server-mode peer may be one of the closest itself.
+	if local, err := s.kad.ProviderStore().GetProviders(ctx, mh); err == nil {
+		for _, ai := range local {
+			found[ai.ID] = ai
+		}
+	}
+	sortCands := func() {
+		slices.SortFunc(cands, func(a, b *nearCand) int {
+			if closer(a.pos, b.pos, target) {
+				return -1
+			}
+			if closer(b.pos, a.pos, target) {
+				return 1
+			}
+			return 0
+		})
+	}
+	// next returns up to n of the closest live candidates not yet asked.
+	next := func(n int) []*nearCand {
+		var out []*nearCand
+		for _, nc := range cands {
+			if len(out) == n {
+				break
+			}
+			if !nc.asked && !nc.failed {
+				out = append(out, nc)
+			}
+		}
+		return out
+	}
+	type reply struct {
+		nc     *nearCand
+		provs  []*peer.AddrInfo
+		closer []*peer.AddrInfo
+		err    error
+	}
+	ask := func(batch []*nearCand) {
+		replies := make(chan reply, len(batch))
+		rctx, cancel := context.WithTimeout(ctx, s.opts.OpTimeout/4)
+		defer cancel()
+		for _, nc := range batch {
+			nc.asked = true
+			go func() {
+				pv, cl, err := s.msgr.GetProviders(rctx, nc.id, mh)
+				replies <- reply{nc: nc, provs: pv, closer: cl, err: err}
+			}()
+		}
+		for range batch {
+			r := <-replies
+			if r.err != nil {
+				r.nc.failed = true
+				s.log.Debug("near GET_PROVIDERS", "peer", r.nc.id, "err", r.err)
+				continue
+			}
+			ids := make([]peer.ID, 0, len(r.provs))
+			for _, ai := range r.provs {
+				if ai == nil || ai.ID == "" {
+					continue
+				}
+				ids = append(ids, ai.ID)
+				if old, seen := found[ai.ID]; !seen || (len(old.Addrs) == 0 && len(ai.Addrs) > 0) {
+					found[ai.ID] = *ai
+				}
+			}
+			slices.Sort(ids)
+			r.nc.answer = slices.Compact(ids)
+			for _, ai := range r.closer {
+				if ai == nil {
+					continue
+				}
+				if ai.ID != self && len(ai.Addrs) > 0 {
+					s.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, peerstore.TempAddrTTL)
+				}
+				add(ai.ID)
+			}
+		}
+	}
+	for round := 0; ; round++ {
+		if ctx.Err() != nil {
+			return nil, false
+		}
+		sortCands()
+		// Converged: the nearBeta closest live candidates have all answered.
+		live, pending := 0, false
+		for _, nc := range cands {
+			if nc.failed {
+				continue
+			}
+			pending = pending || !nc.asked
+			if live++; live == nearBeta {
+				break
+			}
+		}
+		if live == 0 {
+			return nil, false
+		}
+		if !pending {
+			break
+		}
+		if round == nearMaxRounds {
+			return nil, false
+		}
+		ask(next(nearAlpha))
+	}
+	// Agreement: two answers with the same provider set. Otherwise one
+	// bounded follow-up round, and the union of everything heard.
+	if !agree(cands) {
+		ask(next(nearAlpha))
+	}
+	if len(found) == 0 {
+		return nil, false
+	}
+	provs = make([]peer.AddrInfo, 0, len(found))
+	for _, ai := range found {
+		provs = append(provs, ai)
+	}
+	return provs, true
+}
+
+// agree reports whether two peers that answered gave the same provider set.
+func agree(cands []*nearCand) bool {
+	var answers [][]peer.ID
+	for _, nc := range cands {
+		if nc.asked && !nc.failed {
+			answers = append(answers, nc.answer)
+		}
+	}
+	for i := range answers {
+		for j := i + 1; j < len(answers); j++ {
+			if slices.Equal(answers[i], answers[j]) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// providersOf streams the providers of c: from nearProviders when full is
+// false and it succeeds, from kad-dht's full walk otherwise. The channel is
+// closed when the search ends.
+func (s *Service) providersOf(ctx context.Context, c cid.Cid, full bool) <-chan peer.AddrInfo {
+	if !full {
+		if provs, ok := s.nearProviders(ctx, c); ok {
+			ch := make(chan peer.AddrInfo, len(provs))
+			for _, ai := range provs {
+				ch <- ai
+			}
+			close(ch)
+			s.nearHits.Add(1)
+			return ch
+		}
+		s.nearMisses.Add(1)
+	}
+	return s.kad.FindProvidersAsync(ctx, c, 0)
+}
