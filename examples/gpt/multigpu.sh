@@ -96,11 +96,13 @@ trainer=${pids[-1]}
 echo "$peers stage servers on ${GPUS} GPUs, $nstages stages x $HOLDERS holders; status pages:"
 for j in "${!names[@]}"; do echo "  ${names[$j]} http://127.0.0.1:${ports[$j]}/"; done
 
-poll() { # poll: one /api/status sample of every live peer
+poll() { # poll: one /api/status sample of every live peer; the latest is also <peer>.final.json
+  local j doc
   for j in "${!names[@]}"; do
     kill -0 "${pids[$j]}" 2>/dev/null || continue
-    curl -sf --max-time 2 "http://127.0.0.1:${ports[$j]}/api/status" | tr -d '\n' >>"$OUT/status/${names[$j]}.jsonl" &&
-      echo >>"$OUT/status/${names[$j]}.jsonl" || true
+    doc=$(curl -sf --max-time 2 "http://127.0.0.1:${ports[$j]}/api/status" | tr -d '\n') || continue
+    echo "$doc" >>"$OUT/status/${names[$j]}.jsonl"
+    echo "$doc" >"$OUT/status/${names[$j]}.final.json"
   done
 }
 trainer_step() {
@@ -114,11 +116,9 @@ while kill -0 "$trainer" 2>/dev/null; do
   if [ "$KILL_AT" -gt 0 ] && [ -z "$killed_at" ]; then
     s=$(trainer_step || true)
     if [ -n "$s" ] && [ "$s" -ge "$KILL_AT" ]; then
+      poll
       for j in "${!names[@]}"; do
-        if [ "${names[$j]}" = "$victim" ]; then
-          curl -sf --max-time 2 "http://127.0.0.1:${ports[$j]}/api/status" >"$OUT/status/$victim.final.json" || true
-          kill -KILL "${pids[$j]}"
-        fi
+        if [ "${names[$j]}" = "$victim" ]; then kill -KILL "${pids[$j]}"; fi
       done
       killed_at=$s killed_time=$(date +%s.%N)
       echo "step $s: killed $victim (SIGKILL)"
@@ -129,10 +129,7 @@ done
 status=0
 wait "$trainer" || status=$?
 end_time=$(date +%s.%N)
-for j in "${!names[@]}"; do
-  [ "${names[$j]}" = "$victim" ] && [ -n "$killed_at" ] && continue
-  curl -sf --max-time 5 "http://127.0.0.1:${ports[$j]}/api/status" >"$OUT/status/${names[$j]}.final.json" || true
-done
+poll # the servers' last word (the trainer has exited: its last sample stands)
 if [ "$status" -ne 0 ]; then
   echo "trainer failed (exit $status):" >&2
   tail -20 "$OUT/trainer.log" >&2

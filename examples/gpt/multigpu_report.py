@@ -98,6 +98,10 @@ def main():
     tr = finals.get("trainer", {})
     hist = tr.get("history") or []
     steps = tr.get("step", 0)
+    try:  # the trainer's own summary has its final step; its last status sample may be older
+        steps = json.load(open(os.path.join(a.out, "summary-trainer.json")))["step"]
+    except (OSError, ValueError, KeyError):
+        pass
     tokens = steps * batch * seq
 
     # Swarm speed over the trainer's history: from its first point to its last.
