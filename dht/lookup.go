@@ -27,7 +27,9 @@ import (
 //     all answered (kad-dht's own termination rule) and at least two answers
 //     agree on the provider set, or after nearMaxRounds rounds;
 //   - when the answers disagree it asks the next nearAlpha closest peers once
-//     more (a bounded follow-up) and returns the union.
+//     more, and while a holder already known from gossip or an earlier
+//     lookup is missing it goes on asking the next closest, up to
+//     nearFollowMax peers in all (a bounded follow-up); it returns the union.
 //
 // It reports failure (and the caller falls back to the full walk) when no
 // peer answered, the walk did not converge within nearMaxRounds, or nobody
@@ -38,6 +40,9 @@ const (
 	nearBeta      = 3
 	nearSeed      = 20
 	nearMaxRounds = 4
+	// nearFollowMax bounds the peers asked in all (K, as the full walk's
+	// follow-up asks).
+	nearFollowMax = 20
 )
 
 // kadID is a key's or peer's position in the Kademlia key space (sha256 of
@@ -67,7 +72,10 @@ type nearCand struct {
 
 // nearProviders finds the providers of c from the peers closest to it, as
 // described above. ok is false when the caller must fall back to the walk.
-func (s *Service) nearProviders(ctx context.Context, c cid.Cid) (provs []peer.AddrInfo, ok bool) {
+// known are holders of the stage this peer has heard of already (gossip,
+// earlier lookups); while one of them is missing from the answers, the
+// follow-up goes on.
+func (s *Service) nearProviders(ctx context.Context, c cid.Cid, known []peer.ID) (provs []peer.AddrInfo, ok bool) {
 	mh := c.Hash()
 	target := kadKey(mh)
 	self := s.h.ID()
@@ -195,10 +203,32 @@ func (s *Service) nearProviders(ctx context.Context, c cid.Cid) (provs []peer.Ad
 		}
 		ask(next(nearAlpha))
 	}
-	// Agreement: two answers with the same provider set. Otherwise one
-	// bounded follow-up round, and the union of everything heard.
-	if !agree(cands) {
-		ask(next(nearAlpha))
+	// Follow-up, bounded: while the answers disagree (one more round) or
+	// miss a holder this peer already knows of (rounds until nearFollowMax
+	// peers were asked), ask the next closest peers and keep the union.
+	extra := 0
+	for ctx.Err() == nil {
+		sortCands()
+		missing := slices.ContainsFunc(known, func(p peer.ID) bool {
+			_, ok := found[p]
+			return !ok && p != self
+		})
+		if !missing && (extra > 0 || agree(cands)) {
+			break
+		}
+		asked := 0
+		for _, nc := range cands {
+			if nc.asked {
+				asked++
+			}
+		}
+		batch := next(nearAlpha)
+		if len(batch) == 0 || asked >= nearFollowMax {
+			break
+		}
+		ask(batch)
+		extra++
+		s.nearFollowups.Add(1)
 	}
 	if len(found) == 0 {
 		return nil, false
@@ -231,9 +261,9 @@ func agree(cands []*nearCand) bool {
 // providersOf streams the providers of c: from nearProviders when full is
 // false and it succeeds, from kad-dht's full walk otherwise. The channel is
 // closed when the search ends.
-func (s *Service) providersOf(ctx context.Context, c cid.Cid, full bool) <-chan peer.AddrInfo {
+func (s *Service) providersOf(ctx context.Context, c cid.Cid, full bool, known []peer.ID) <-chan peer.AddrInfo {
 	if !full {
-		if provs, ok := s.nearProviders(ctx, c); ok {
+		if provs, ok := s.nearProviders(ctx, c, known); ok {
 			ch := make(chan peer.AddrInfo, len(provs))
 			for _, ai := range provs {
 				ch <- ai

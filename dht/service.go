@@ -123,8 +123,9 @@ type Service struct {
 	lastMsg map[peer.ID]time.Time
 
 	// nearHits and nearMisses count Lookups answered by nearProviders and
-	// those that fell back to the full walk.
-	nearHits, nearMisses atomic.Uint64
+	// those that fell back to the full walk; nearFollowups counts the
+	// follow-up rounds of the former.
+	nearHits, nearMisses, nearFollowups atomic.Uint64
 
 	announceNow chan struct{}
 	cancel      context.CancelFunc
@@ -623,10 +624,20 @@ func (s *Service) LookupFull(ctx context.Context, stage int) ([]Holder, error) {
 	return s.lookup(ctx, stage, true)
 }
 
-// NearLookups returns how many Lookups the short walk answered and how many
-// fell back to the full walk.
-func (s *Service) NearLookups() (near, fallback uint64) {
-	return s.nearHits.Load(), s.nearMisses.Load()
+// LookupStats counts how Lookups found their providers.
+type LookupStats struct {
+	// Near is how many the short walk towards the closest peers answered.
+	Near uint64
+	// Followups is how many extra rounds those needed because the answers
+	// disagreed or missed a holder already known.
+	Followups uint64
+	// Fallbacks is how many ran the full kad-dht walk instead.
+	Fallbacks uint64
+}
+
+// LookupStats returns the counts of Lookups since the start.
+func (s *Service) LookupStats() LookupStats {
+	return LookupStats{Near: s.nearHits.Load(), Followups: s.nearFollowups.Load(), Fallbacks: s.nearMisses.Load()}
 }
 
 func (s *Service) lookup(ctx context.Context, stage int, full bool) ([]Holder, error) {
@@ -642,7 +653,11 @@ func (s *Service) lookup(ctx context.Context, stage int, full bool) ([]Holder, e
 		out  []Holder
 		errs []error
 	)
-	for ai := range s.providersOf(ctx, StageCID(s.opts.Run, stage), full) {
+	var known []peer.ID
+	for _, h := range s.tab.holders(stage, time.Now()) {
+		known = append(known, h.Peer)
+	}
+	for ai := range s.providersOf(ctx, StageCID(s.opts.Run, stage), full, known) {
 		if h, ok := s.tab.fresh(ai.ID, horizon); ok {
 			if h.Stage == stage {
 				mu.Lock()
