@@ -1,0 +1,167 @@
+package dht
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// holdersOf returns the ids of the nodes serving stage.
+func holdersOf(nodes []*tnode, stage int) []peer.ID {
+	var out []peer.ID
+	for _, n := range nodes {
+		if n.s.Self().Stage == stage {
+			out = append(out, n.h.ID())
+		}
+	}
+	return out
+}
+
+// covers reports whether got lists every peer of want.
+func covers(got []peer.AddrInfo, want []peer.ID) error {
+	for _, w := range want {
+		if !slices.ContainsFunc(got, func(ai peer.AddrInfo) bool { return ai.ID == w }) {
+			return fmt.Errorf("%s missing from %d providers", w.ShortString(), len(got))
+		}
+	}
+	return nil
+}
+
+// TestNearLookupFindsAllHolders: among real loopback hosts, the short walk to
+// the stage key's closest peers finds every holder of every stage on its own
+// (no holder known beforehand, so no help from the cache), Lookup takes that
+// path, and it still does after the peer closest to a key died.
+func TestNearLookupFindsAllHolders(t *testing.T) {
+	ctx := t.Context()
+	const n, stages = 12, 3
+	opts := testOpts(stages)
+	nodes := startSwarm(t, ctx, n, opts, func(i int) int { return i % stages })
+	copts := testOpts(stages)
+	copts.Client = true
+	c := startNode(t, ctx, copts, Self{Stage: -1, Role: RoleTrainer}, []peer.AddrInfo{addrInfo(nodes[0].h)})
+
+	waitFor(t, 10*time.Second, func() error {
+		for k := 0; k < stages; k++ {
+			provs, ok := c.s.nearProviders(ctx, StageCID(opts.Run, k), nil)
+			if !ok {
+				return fmt.Errorf("stage %d: short walk gave up", k)
+			}
+			if err := covers(provs, holdersOf(nodes, k)); err != nil {
+				return fmt.Errorf("stage %d: %w", k, err)
+			}
+			if len(provs) != len(holdersOf(nodes, k)) {
+				return fmt.Errorf("stage %d: %d providers, want %d", k, len(provs), len(holdersOf(nodes, k)))
+			}
+		}
+		return nil
+	})
+	before := c.s.LookupStats()
+	for k := 0; k < stages; k++ {
+		hs, err := c.s.Lookup(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(hs) != len(holdersOf(nodes, k)) {
+			t.Fatalf("stage %d: Lookup found %d holders, want %d", k, len(hs), len(holdersOf(nodes, k)))
+		}
+	}
+	after := c.s.LookupStats()
+	if after.Near-before.Near != stages || after.Fallbacks != before.Fallbacks {
+		t.Fatalf("lookup paths: %+v, then %+v; want %d short walks and no fallback", before, after, stages)
+	}
+
+	// The peer closest to stage 0's key dies: the walk skips it.
+	target := kadKey(StageCID(opts.Run, 0).Hash())
+	dead := nodes[0]
+	for _, nd := range nodes[1:] {
+		if closer(kadKey([]byte(nd.h.ID())), kadKey([]byte(dead.h.ID())), target) {
+			dead = nd
+		}
+	}
+	dead.s.Close()
+	dead.h.Close()
+	var live []peer.ID
+	for _, p := range holdersOf(nodes, 0) {
+		if p != dead.h.ID() {
+			live = append(live, p)
+		}
+	}
+	provs, ok := c.s.nearProviders(ctx, StageCID(opts.Run, 0), nil)
+	if !ok {
+		t.Fatal("short walk gave up after the closest peer died")
+	}
+	if err := covers(provs, live); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNearLookupFallsBack: the short walk gives up when it has nobody to ask
+// or nobody knows a provider, and Lookup then runs the full walk, which
+// still finds what there is.
+func TestNearLookupFallsBack(t *testing.T) {
+	ctx := t.Context()
+	opts := testOpts(2)
+	// Alone: an empty routing table; the full walk still finds this peer
+	// in its own provider store.
+	lone := startNode(t, ctx, opts, Self{Stage: 0, Role: RoleServer}, nil)
+	if _, ok := lone.s.nearProviders(ctx, StageCID(opts.Run, 0), nil); ok {
+		t.Fatal("short walk answered with an empty routing table")
+	}
+	waitFor(t, 3*time.Second, func() error {
+		hs, err := lone.s.Lookup(ctx, 0)
+		if err != nil {
+			return err
+		}
+		if len(hs) != 1 || hs[0].Peer != lone.h.ID() {
+			return fmt.Errorf("lone lookup: %+v", hs)
+		}
+		return nil
+	})
+	if st := lone.s.LookupStats(); st.Fallbacks == 0 || st.Near != 0 {
+		t.Fatalf("lone lookup paths %+v, want only fallbacks", st)
+	}
+
+	// A stage nobody serves: the short walk finds no provider, the full
+	// walk confirms it.
+	nodes := startSwarm(t, ctx, 4, opts, func(int) int { return 0 })
+	waitFor(t, 5*time.Second, func() error {
+		provs, ok := nodes[1].s.nearProviders(ctx, StageCID(opts.Run, 0), nil)
+		if !ok {
+			return fmt.Errorf("short walk gave up on stage 0")
+		}
+		return covers(provs, holdersOf(nodes, 0))
+	})
+	if provs, ok := nodes[1].s.nearProviders(ctx, StageCID(opts.Run, 1), nil); ok {
+		t.Fatalf("short walk answered %v for a stage nobody serves", provs)
+	}
+	before := nodes[1].s.LookupStats()
+	hs, err := nodes[1].s.Lookup(ctx, 1)
+	if err != nil || len(hs) != 0 {
+		t.Fatalf("lookup of an empty stage: %+v, %v", hs, err)
+	}
+	if st := nodes[1].s.LookupStats(); st.Fallbacks != before.Fallbacks+1 {
+		t.Fatalf("lookup paths %+v then %+v, want one fallback", before, st)
+	}
+}
+
+// TestCloser checks the XOR order against its definition on small keys.
+func TestCloser(t *testing.T) {
+	var a, b, tg kadID
+	a[0], b[0], tg[0] = 0b0001, 0b0100, 0b0000
+	if !closer(a, b, tg) || closer(b, a, tg) || closer(a, a, tg) {
+		t.Fatal("closer: wrong order on the first byte")
+	}
+	tg[0] = 0b0101 // a^t = 0100, b^t = 0001
+	if closer(a, b, tg) {
+		t.Fatal("closer ignores the target")
+	}
+	a[0], b[0] = 0, 0
+	a[31], b[31] = 1, 2
+	tg[0] = 0
+	if !closer(a, b, tg) {
+		t.Fatal("closer: wrong order on the last byte")
+	}
+}
