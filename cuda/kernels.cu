@@ -131,13 +131,16 @@ extern "C" __global__ void layernorm_fwd_bf16(bf16* out, float* mean, float* rst
 
 // layernorm_bwd: dinp += ..., dw += ..., db += ... . One warp per row, rowsPerBlock
 // rows per block; dw and db gather in shared memory (2·C floats) before one atomic
-// add per block.
-extern "C" __global__ void layernorm_bwd(float* dinp, float* dw, float* db, const float* dout, const float* inp, const float* w,
-                                         const float* mean, const float* rstd, int N, int C, int rowsPerBlock) {
+// add per block. For rows too wide for layernorm_bwd_j's registers; dop and dcol
+// (either may be null) are as there: a bf16 copy of the new dinp, and its column
+// sums added to dcol (3·C floats of shared memory then).
+extern "C" __global__ void layernorm_bwd(float* dinp, bf16* dop, float* dcol, float* dw, float* db, const float* dout, const float* inp,
+                                         const float* w, const float* mean, const float* rstd, int N, int C, int rowsPerBlock) {
 	extern __shared__ float sh[];
 	float* sdw = sh;
 	float* sdb = sh + C;
-	for (int c = threadIdx.x; c < 2 * C; c += blockDim.x) sh[c] = 0.f;
+	float* sdc = sh + 2 * C;
+	for (int c = threadIdx.x; c < (dcol ? 3 : 2) * C; c += blockDim.x) sh[c] = 0.f;
 	__syncthreads();
 	int warps = blockDim.x / 32, wid = threadIdx.x / 32, lane = threadIdx.x & 31;
 	int first = blockIdx.x * rowsPerBlock;
@@ -158,7 +161,10 @@ extern "C" __global__ void layernorm_bwd(float* dinp, float* dw, float* db, cons
 		float* di = dinp + (long)row * C;
 		for (int c = lane; c < C; c += 32) {
 			float xh = (x[c] - m) * r;
-			di[c] += r * (g[c] * w[c] - sumD - xh * sumDX);
+			float v = di[c] + r * (g[c] * w[c] - sumD - xh * sumDX);
+			di[c] = v;
+			if (dop) dop[(long)row * C + c] = from_f<bf16>(v);
+			if (dcol) atomicAdd(&sdc[c], v);
 			atomicAdd(&sdw[c], g[c] * xh);
 			atomicAdd(&sdb[c], g[c]);
 		}
@@ -167,6 +173,7 @@ extern "C" __global__ void layernorm_bwd(float* dinp, float* dw, float* db, cons
 	for (int c = threadIdx.x; c < C; c += blockDim.x) {
 		atomicAdd(&dw[c], sdw[c]);
 		atomicAdd(&db[c], sdb[c]);
+		if (dcol) atomicAdd(&dcol[c], sdc[c]);
 	}
 }
 

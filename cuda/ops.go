@@ -277,10 +277,7 @@ func (c *Ctx) LayerNormBackwardOp(dinp, dop, dcol, dw, db, dout, inp, w, mean, r
 		const regRows = 8
 		return c.launch(fmt.Sprintf("layernorm_bwd_%d", j), grid1(N, regRows), dim3{128, 1, 1}, shmem, dinp, dop.Ptr, dcol.Ptr, dw, db, dout, inp, w, mean, rstd, N, C, regRows)
 	}
-	if dop.Ptr != 0 || dcol.Ptr != 0 {
-		return fmt.Errorf("cuda: layernorm backward with a bf16 copy or column sums supports C <= 1024, got %d", C)
-	}
-	return c.launch("layernorm_bwd", grid1(N, rows), dim3{256, 1, 1}, shmem, dinp, dw, db, dout, inp, w, mean, rstd, N, C, rows)
+	return c.launch("layernorm_bwd", grid1(N, rows), dim3{256, 1, 1}, shmem, dinp, dop.Ptr, dcol.Ptr, dw, db, dout, inp, w, mean, rstd, N, C, rows)
 }
 
 // GeluForward computes out = gelu(inp) (tanh form); out is float32 or bfloat16.
