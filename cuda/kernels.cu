@@ -298,6 +298,44 @@ extern "C" __global__ void dequantize_int8(float* x, const signed char* q, const
 	GRID_STRIDE(i, n) x[i] = (float)q[i] * scales[i / bs];
 }
 
+// quantize_int8_wire / dequantize_int8_wire: the same quantizer in the pipeline
+// wire's int8 layout (package pipeline/codec): block b of bs values occupies
+// bytes [b·(4+bs), (b+1)·(4+bs)) of the message, a little-endian float32 scale
+// followed by the block's int8 values (only the last block may be shorter). The
+// bytes copied to the host are then the frame's payload as they go on the wire.
+extern "C" __global__ void quantize_int8_wire(unsigned char* out, const float* x, long n, int bs) {
+	long blk = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+	int lane = threadIdx.x & 31;
+	long first = blk * bs;
+	if (first >= n) return;
+	long last = min(first + bs, n);
+	float am = 0.f;
+	for (long i = first + lane; i < last; i += 32) am = fmaxf(am, fabsf(x[i]));
+	am = warp_max(am);
+	float inv = am > 0.f ? 127.f / am : 0.f;
+	unsigned char* o = out + blk * (4 + (long)bs);
+	for (long i = first + lane; i < last; i += 32) {
+		float r = fminf(fmaxf(roundf(x[i] * inv), -127.f), 127.f);
+		o[4 + (i - first)] = (unsigned char)(signed char)r;
+	}
+	if (lane == 0) {
+		unsigned u = __float_as_uint(am / 127.f);
+		o[0] = u & 0xff;
+		o[1] = (u >> 8) & 0xff;
+		o[2] = (u >> 16) & 0xff;
+		o[3] = u >> 24;
+	}
+}
+
+extern "C" __global__ void dequantize_int8_wire(float* x, const unsigned char* in, long n, int bs) {
+	GRID_STRIDE(i, n) {
+		long blk = i / bs;
+		const unsigned char* p = in + blk * (4 + (long)bs);
+		float scale = __uint_as_float((unsigned)p[0] | (unsigned)p[1] << 8 | (unsigned)p[2] << 16 | (unsigned)p[3] << 24);
+		x[i] = (float)(signed char)p[4 + (i - blk * bs)] * scale;
+	}
+}
+
 // ---------------------------------------------------------------- tensor-core causal attention (head size 64)
 //
 // The same algorithm as above on the bf16 tensor cores (mma.sync m16n8k16, float32

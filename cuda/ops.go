@@ -1,6 +1,7 @@
 package cuda
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 )
@@ -562,6 +563,62 @@ func (c *Ctx) DequantizeInt8(x, q, scales Buf, bs int) error {
 		return err
 	}
 	return c.launch("dequantize_int8", c.ewGrid(x.N), ewThreads, 0, x, q, scales, int64(x.N), bs)
+}
+
+// WireLen is the size in bytes of n values in the int8 wire layout with blocks
+// of bs values: a 4-byte scale per block and a byte per value.
+func WireLen(n, bs int) int { return n + 4*((n+bs-1)/bs) }
+
+// QuantizeInt8Wire compresses x (float32) into out in the pipeline wire's int8
+// layout (see WireLen: per block a little-endian float32 scale, then the block's
+// int8 values), the quantizer of QuantizeInt8.
+func (c *Ctx) QuantizeInt8Wire(out, x Buf, bs int) error {
+	if bs < 1 {
+		return fmt.Errorf("cuda: int8 block size %d", bs)
+	}
+	if err := need("quantize x", x, F32, x.N); err != nil {
+		return err
+	}
+	if err := need("quantize wire out", out, U8, WireLen(x.N, bs)); err != nil {
+		return err
+	}
+	return c.launch("quantize_int8_wire", grid1((x.N+bs-1)/bs, 8), dim3{256, 1, 1}, 0, out, x, int64(x.N), bs)
+}
+
+// DequantizeInt8Wire expands a message in the int8 wire layout into x (float32).
+// The scales are not checked here: see CheckInt8Wire.
+func (c *Ctx) DequantizeInt8Wire(x, in Buf, bs int) error {
+	if bs < 1 {
+		return fmt.Errorf("cuda: int8 block size %d", bs)
+	}
+	if err := need("dequantize wire in", in, U8, WireLen(x.N, bs)); err != nil {
+		return err
+	}
+	if err := need("dequantize x", x, F32, x.N); err != nil {
+		return err
+	}
+	return c.launch("dequantize_int8_wire", c.ewGrid(x.N), ewThreads, 0, x, in, int64(x.N), bs)
+}
+
+// CheckInt8Wire checks, on the host, a message of n values in the int8 wire
+// layout before it goes to the device: its exact length, and every scale finite,
+// not negative and small enough that no value (at most 128·scale) overflows, so
+// the dequantized tensor is finite without a look at its values.
+func CheckInt8Wire(msg []byte, n, bs int) error {
+	if bs < 1 || n < 0 {
+		return fmt.Errorf("cuda: int8 wire tensor of %d values in blocks of %d", n, bs)
+	}
+	if want := WireLen(n, bs); len(msg) != want {
+		return fmt.Errorf("cuda: int8 wire tensor of %d values in blocks of %d takes %d bytes, got %d", n, bs, want, len(msg))
+	}
+	for off, i := 0, 0; i < n; i += bs {
+		scale := math.Float32frombits(binary.LittleEndian.Uint32(msg[off:]))
+		if !(scale >= 0 && scale <= math.MaxFloat32/128) { // false for NaN too
+			return fmt.Errorf("cuda: int8 wire scale %g of the block at value %d", scale, i)
+		}
+		off += 4 + min(bs, n-i)
+	}
+	return nil
 }
 
 // BiasAdd adds bias [C] to every row of the bfloat16 matrix x [N,C] in place.

@@ -11,6 +11,13 @@ type Input struct {
 	Tokens  []int32   // first stage: B·T token ids in [0, Vocab)
 	X       []float32 // other stages: B·T·DModel activations
 	Targets []int32   // last stage: B·T next-token ids
+	// XWire, instead of X, holds the activations in the int8 wire layout with
+	// blocks of Block values (see WireLen); they are dequantized on the device.
+	XWire []byte
+	Block int
+	// OutBlock > 0 asks for the output in the int8 wire layout with blocks of
+	// OutBlock values (Pass.OutWire, quantized on the device) instead of Out.
+	OutBlock int
 }
 
 // Pass is one microbatch's forward pass on the device: its activations stay on
@@ -19,7 +26,9 @@ type Pass struct {
 	s    *Stage
 	a    *acts
 	Out  []float32 // host copy of the output (Forward only; nil for the last stage)
-	Loss float32   // last stage: mean cross-entropy
+	// OutWire is the output in the int8 wire layout when Input.OutBlock asked for it.
+	OutWire []byte
+	Loss    float32 // last stage: mean cross-entropy
 }
 
 // B and T are the pass's microbatch shape.
@@ -77,11 +86,58 @@ func checkFinite(name string, x []float32, n int) error {
 		return fmt.Errorf("cuda: %d %s values, want %d", len(x), name, n)
 	}
 	for i, v := range x {
-		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+		// All exponent bits set: NaN or ±Inf. A bit test is several times faster
+		// than math.IsNaN and IsInf on large tensors.
+		if math.Float32bits(v)&0x7f800000 == 0x7f800000 {
 			return fmt.Errorf("cuda: %s[%d] is %v", name, i, v)
 		}
 	}
 	return nil
+}
+
+// wireBuf returns n bytes of device memory for int8 wire messages (one buffer
+// per stage, grown on demand: passes run one at a time on the device thread).
+func (s *Stage) wireBuf(c *Ctx, n int) (Buf, error) {
+	if s.wire.N < n {
+		if s.wire.Ptr != 0 {
+			if err := c.Free(s.wire); err != nil {
+				return Buf{}, err
+			}
+			s.wire = Buf{}
+		}
+		b, err := c.Alloc(U8, n)
+		if err != nil {
+			return Buf{}, err
+		}
+		s.wire = b
+	}
+	return s.wire.Slice(0, n), nil
+}
+
+// uploadWire copies a message in the int8 wire layout to the device and
+// dequantizes it into dst.
+func (s *Stage) uploadWire(c *Ctx, dst Buf, msg []byte, bs int) error {
+	w, err := s.wireBuf(c, len(msg))
+	if err != nil {
+		return err
+	}
+	if err := c.UploadBytes(w, msg); err != nil {
+		return err
+	}
+	return c.DequantizeInt8Wire(dst, w, bs)
+}
+
+// downloadWire quantizes src on the device and copies the message to the host.
+func (s *Stage) downloadWire(c *Ctx, src Buf, bs int) ([]byte, error) {
+	w, err := s.wireBuf(c, WireLen(src.N, bs))
+	if err != nil {
+		return nil, err
+	}
+	if err := c.QuantizeInt8Wire(w, src, bs); err != nil {
+		return nil, err
+	}
+	msg := make([]byte, w.N)
+	return msg, c.DownloadBytes(msg, w)
 }
 
 // NewPass takes device activations for a B×T microbatch without running anything;
@@ -110,8 +166,18 @@ func (s *Stage) Forward(in Input) (*Pass, error) {
 		if err := checkIDs("tokens", in.Tokens, N, V); err != nil {
 			return nil, err
 		}
+	} else if in.XWire != nil {
+		if len(in.X) != 0 {
+			return nil, fmt.Errorf("cuda: input has both X and XWire")
+		}
+		if err := CheckInt8Wire(in.XWire, N*C, in.Block); err != nil {
+			return nil, err
+		}
 	} else if err := checkFinite("X", in.X, N*C); err != nil {
 		return nil, err
+	}
+	if in.OutBlock < 0 {
+		return nil, fmt.Errorf("cuda: output block size %d", in.OutBlock)
 	}
 	if s.cfg.IsLast {
 		if err := checkIDs("targets", in.Targets, N, V); err != nil {
@@ -125,9 +191,12 @@ func (s *Stage) Forward(in Input) (*Pass, error) {
 			return err
 		}
 		p.a = a
-		if s.cfg.IsFirst {
+		switch {
+		case s.cfg.IsFirst:
 			err = c.UploadI32(a.tok, in.Tokens)
-		} else {
+		case in.XWire != nil:
+			err = s.uploadWire(c, a.in.Slice(0, N*C), in.XWire, in.Block)
+		default:
 			err = c.Upload(a.in, in.X)
 		}
 		if err == nil && s.cfg.IsLast {
@@ -137,8 +206,12 @@ func (s *Stage) Forward(in Input) (*Pass, error) {
 			err = s.ForwardOn(c, p)
 		}
 		if err == nil && !s.cfg.IsLast {
-			p.Out = make([]float32, N*C)
-			err = c.Download(p.Out, a.out)
+			if in.OutBlock > 0 {
+				p.OutWire, err = s.downloadWire(c, a.out.Slice(0, N*C), in.OutBlock)
+			} else {
+				p.Out = make([]float32, N*C)
+				err = c.Download(p.Out, a.out)
+			}
 		}
 		if err == nil && s.cfg.IsLast {
 			p.Loss, err = s.lossOn(c, p)
@@ -159,8 +232,8 @@ func (s *Stage) Forward(in Input) (*Pass, error) {
 // differentiates its own mean loss), accumulates parameter gradients and returns
 // the gradient of the input (nil on the first stage). The pass is consumed.
 func (s *Stage) Backward(p *Pass, dout []float32) ([]float32, error) {
-	if p == nil || p.a == nil || p.s != s {
-		return nil, fmt.Errorf("cuda: backward of a pass that is not live on this stage")
+	if err := s.checkPass(p); err != nil {
+		return nil, err
 	}
 	N, C := p.a.B*p.a.T, s.cfg.Model.DModel
 	if !s.cfg.IsLast {
@@ -169,7 +242,52 @@ func (s *Stage) Backward(p *Pass, dout []float32) ([]float32, error) {
 		}
 	}
 	var dx []float32
-	err := s.d.Do(func(c *Ctx) error {
+	err := s.backward(p, func(c *Ctx, d Buf) error { return c.Upload(d, dout) }, func(c *Ctx, dres Buf) error {
+		dx = make([]float32, N*C)
+		return c.Download(dx, dres)
+	})
+	return dx, err
+}
+
+// BackwardWire is Backward with both gradients in the int8 wire layout: dout
+// (nil on the last stage) with blocks of doutBlock values is dequantized on the
+// device, and the input gradient comes back quantized there with blocks of
+// dxBlock values (nil on the first stage).
+func (s *Stage) BackwardWire(p *Pass, dout []byte, doutBlock, dxBlock int) ([]byte, error) {
+	if err := s.checkPass(p); err != nil {
+		return nil, err
+	}
+	N, C := p.a.B*p.a.T, s.cfg.Model.DModel
+	if !s.cfg.IsLast {
+		if err := CheckInt8Wire(dout, N*C, doutBlock); err != nil {
+			return nil, err
+		}
+	}
+	if !s.cfg.IsFirst && dxBlock < 1 {
+		return nil, fmt.Errorf("cuda: input gradient block size %d", dxBlock)
+	}
+	var dx []byte
+	err := s.backward(p, func(c *Ctx, d Buf) error { return s.uploadWire(c, d, dout, doutBlock) }, func(c *Ctx, dres Buf) error {
+		var err error
+		dx, err = s.downloadWire(c, dres, dxBlock)
+		return err
+	})
+	return dx, err
+}
+
+func (s *Stage) checkPass(p *Pass) error {
+	if p == nil || p.a == nil || p.s != s {
+		return fmt.Errorf("cuda: backward of a pass that is not live on this stage")
+	}
+	return nil
+}
+
+// backward runs the backward pass of p on the device thread: upload puts the
+// output gradient into d (not called on the last stage) and download takes the
+// input gradient from dres (not called on the first stage).
+func (s *Stage) backward(p *Pass, upload func(c *Ctx, d Buf) error, download func(c *Ctx, dres Buf) error) error {
+	N, C := p.a.B*p.a.T, s.cfg.Model.DModel
+	return s.d.Do(func(c *Ctx) error {
 		a := p.a
 		p.a = nil
 		defer func() { s.pool[[2]int{a.B, a.T}] = append(s.pool[[2]int{a.B, a.T}], a) }()
@@ -180,7 +298,7 @@ func (s *Stage) Backward(p *Pass, dout []float32) ([]float32, error) {
 		var d Buf
 		if !s.cfg.IsLast {
 			d = sc.dln.Slice(0, N*C) // staging for the upload; BackwardOn copies it to dres first
-			if err := c.Upload(d, dout); err != nil {
+			if err := upload(c, d); err != nil {
 				return err
 			}
 		}
@@ -189,12 +307,10 @@ func (s *Stage) Backward(p *Pass, dout []float32) ([]float32, error) {
 			return err
 		}
 		if !s.cfg.IsFirst {
-			dx = make([]float32, N*C)
-			return c.Download(dx, sc.dres.Slice(0, N*C))
+			return download(c, sc.dres.Slice(0, N*C))
 		}
 		return c.Sync()
 	})
-	return dx, err
 }
 
 func (s *Stage) lossOn(c *Ctx, p *Pass) (float32, error) {

@@ -44,6 +44,7 @@ type Stage struct {
 	decay               Buf // one byte per parameter: 1 where AdamW decays
 	sumsq, partial      Buf
 	sc                  *scratch
+	wire                Buf // int8 wire messages in and out (see wireBuf)
 	pool                map[[2]int][]*acts
 	prof                map[string]float64 // per-step milliseconds when profiling
 }
@@ -133,7 +134,7 @@ func (s *Stage) Close() error {
 				}
 			}
 		}
-		for _, b := range []Buf{s.params, s.grads, s.m, s.v, s.pbf, s.decay, s.sumsq, s.partial} {
+		for _, b := range []Buf{s.params, s.grads, s.m, s.v, s.pbf, s.decay, s.sumsq, s.partial, s.wire} {
 			free(b)
 		}
 		if s.sc != nil {
