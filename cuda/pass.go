@@ -23,9 +23,9 @@ type Input struct {
 // Pass is one microbatch's forward pass on the device: its activations stay on
 // the GPU until Backward (or Release) returns them to the stage's pool.
 type Pass struct {
-	s    *Stage
-	a    *acts
-	Out  []float32 // host copy of the output (Forward only; nil for the last stage)
+	s   *Stage
+	a   *acts
+	Out []float32 // host copy of the output (Forward only; nil for the last stage)
 	// OutWire is the output in the int8 wire layout when Input.OutBlock asked for it.
 	OutWire []byte
 	Loss    float32 // last stage: mean cross-entropy
