@@ -162,12 +162,13 @@ func (s *Stage) gpuForward(in Input) (*Pass, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	p := &Pass{stage: s, B: in.B, T: in.T, Version: s.Version()}
-	gp, err := s.gpu.cs.Forward(cuda.Input{B: in.B, T: in.T, Tokens: in.Tokens, X: in.X, Targets: in.Targets})
+	gp, err := s.gpu.cs.Forward(cuda.Input{B: in.B, T: in.T, Tokens: in.Tokens, X: in.X, Targets: in.Targets,
+		XWire: in.XWire, Block: in.Block, OutBlock: in.OutBlock})
 	if err != nil {
 		return nil, fmt.Errorf("stage %d forward: %w", s.index, s.gpu.fail(err))
 	}
-	p.gp, p.Out, p.Loss = gp, gp.Out, gp.Loss
-	gp.Out = nil // the caller owns Out
+	p.gp, p.Out, p.OutWire, p.Loss = gp, gp.Out, gp.OutWire, gp.Loss
+	gp.Out, gp.OutWire = nil, nil // the caller owns them
 	return p, nil
 }
 
@@ -182,6 +183,46 @@ func (s *Stage) gpuBackward(p *Pass, dout []float32) ([]float32, error) {
 		dout = nil
 	}
 	dx, err := s.gpu.cs.Backward(gp, dout)
+	if err != nil {
+		return nil, fmt.Errorf("stage %d backward: %w", s.index, s.gpu.fail(err))
+	}
+	if s.IsFirst() {
+		return nil, nil
+	}
+	return dx, nil
+}
+
+// BackwardWire is Backward with both gradients in the pipeline's int8 wire
+// layout, for a stage on a GPU: dout (nil on the last stage) has blocks of
+// doutBlock values and is dequantized on the device; the input gradient (nil
+// on the first stage) is quantized there into blocks of dxBlock values. It
+// consumes the pass.
+func (s *Stage) BackwardWire(p *Pass, dout []byte, doutBlock, dxBlock int) ([]byte, error) {
+	if p == nil || p.stage != s {
+		return nil, fmt.Errorf("stage %d backward: pass is nil or from another stage", s.index)
+	}
+	if s.gpu == nil {
+		return nil, fmt.Errorf("stage %d backward: int8 wire gradients need a stage on a GPU", s.index)
+	}
+	if s.IsLast() != (dout == nil) {
+		return nil, fmt.Errorf("stage %d backward: %d bytes of output gradient for the last stage %v", s.index, len(dout), s.IsLast())
+	}
+	if !s.IsLast() {
+		if err := cuda.CheckInt8Wire(dout, p.B*p.T*s.cfg.DModel, doutBlock); err != nil {
+			return nil, fmt.Errorf("stage %d backward: output gradient: %w", s.index, err)
+		}
+	}
+	if p.used.Swap(true) {
+		return nil, fmt.Errorf("stage %d backward: pass already consumed", s.index)
+	}
+	defer p.free()
+	gp := p.gp
+	p.gp = nil
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	s.gradMu.Lock()
+	defer s.gradMu.Unlock()
+	dx, err := s.gpu.cs.BackwardWire(gp, dout, doutBlock, dxBlock)
 	if err != nil {
 		return nil, fmt.Errorf("stage %d backward: %w", s.index, s.gpu.fail(err))
 	}

@@ -182,6 +182,15 @@ type Input struct {
 	X []float32
 	// Targets are the B·T next-token ids; last stage only.
 	Targets []int32
+	// XWire, on a GPU stage, may replace X: the activations as they arrived in
+	// the pipeline's int8 wire layout with blocks of Block values, dequantized on
+	// the device (so they cross the PCIe bus compressed).
+	XWire []byte
+	Block int
+	// OutBlock > 0, on a GPU stage that is not the last, asks for the output
+	// quantized on the device into Pass.OutWire (int8 wire layout, blocks of
+	// OutBlock values) instead of Out.
+	OutBlock int
 }
 
 // Pass is the result of one Forward and what its Backward needs.
@@ -189,6 +198,9 @@ type Pass struct {
 	// Out holds the B·T·DModel output activations; nil for the last stage. The
 	// caller owns it: it stays valid after Backward and Release.
 	Out []float32
+	// OutWire is the output in the int8 wire layout when Input.OutBlock asked
+	// for it (GPU stages); Out is nil then.
+	OutWire []byte
 	// Loss is the mean cross-entropy over the B·T targets (last stage only).
 	Loss float32
 	// Version is the parameter version the forward ran on.
@@ -212,7 +224,7 @@ type Pass struct {
 
 // Bytes reports the memory held by the pass's cached activations.
 func (p *Pass) Bytes() int64 {
-	return int64(len(p.slab)+len(p.Out))*4 + int64(len(p.tokens)+len(p.targets))*4
+	return int64(len(p.slab)+len(p.Out))*4 + int64(len(p.OutWire)) + int64(len(p.tokens)+len(p.targets))*4
 }
 
 // Release returns the pass's buffers to the stage without a backward pass (for a
@@ -256,6 +268,16 @@ func (s *Stage) validate(in Input) error {
 		if err := checkIDs(in.Tokens, c.Vocab, "token"); err != nil {
 			return err
 		}
+	} else if in.XWire != nil {
+		if s.gpu == nil {
+			return errors.New("int8 wire input needs a stage on a GPU")
+		}
+		if len(in.X) != 0 {
+			return errors.New("input has both X and XWire")
+		}
+		if err := cuda.CheckInt8Wire(in.XWire, n*c.DModel, in.Block); err != nil {
+			return fmt.Errorf("input activation: %w", err)
+		}
 	} else {
 		if len(in.X) != n*c.DModel {
 			return fmt.Errorf("got %d activations, want B·T·d_model = %d", len(in.X), n*c.DModel)
@@ -263,6 +285,9 @@ func (s *Stage) validate(in Input) error {
 		if err := checkFinite(in.X, "input activation"); err != nil {
 			return err
 		}
+	}
+	if in.OutBlock != 0 && (s.gpu == nil || in.OutBlock < 0) {
+		return fmt.Errorf("output block size %d needs a stage on a GPU", in.OutBlock)
 	}
 	if s.IsLast() {
 		if len(in.Targets) != n {
