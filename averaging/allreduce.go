@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,6 +67,50 @@ func (a *Averager) getBuf() []float32 {
 
 func (a *Averager) putBuf(b []float32) { a.pool.Put(&b) }
 
+// sendDepth is how many chunks a sender has in flight on one stream: read from
+// the source and sent, their results not yet back. Each waits for its result in
+// its own buffer, so the values sent are still in cache when the delta is taken,
+// and memory stays bounded whatever the vector size.
+const sendDepth = slotDepth
+
+// headFloats is the room before a chunk's values in a chunkBuf: 20 bytes, of
+// which the last 18 take the frame header (length, type) and the chunk header,
+// so that an fp32 chunk is one contiguous frame over its values, and the values
+// stay 4-byte aligned.
+const headFloats = 5
+
+// chunkBuf holds one chunk's values after room for its frame's header.
+type chunkBuf struct {
+	back []float32 // headFloats of header room, then ChunkFloats values
+	enc  []byte    // the frame of a codec other than fp32
+}
+
+func (a *Averager) getChunk() *chunkBuf {
+	if b, ok := a.chunks.Get().(*chunkBuf); ok {
+		return b
+	}
+	return &chunkBuf{back: make([]float32, headFloats+a.o.ChunkFloats)}
+}
+
+// vals is the room for m values.
+func (b *chunkBuf) vals(m int) []float32 { return b.back[headFloats : headFloats+m] }
+
+// frame returns the complete chunk frame (shard, index) of the first m values;
+// in fp32 it aliases the values. With round set, values are replaced by what a
+// peer decodes from the frame, and ok reports whether they are all finite.
+func (b *chunkBuf) frame(c Codec, shard, index, m int, round bool) (f []byte, ok bool) {
+	vals := b.vals(m)
+	if c == FP32 && nativeLE {
+		f = f32bytes(b.back[:headFloats+m])[4*headFloats-5-chunkHead:]
+		putChunkHeads(f, c, shard, index, m)
+		return f, true
+	}
+	b.enc = slices.Grow(b.enc[:0], 5+chunkHead+c.encodedLen(m))[:5+chunkHead]
+	putChunkHeads(b.enc, c, shard, index, m)
+	b.enc, ok = c.encodeRound(b.enc, vals, round)
+	return b.enc, ok
+}
+
 // allReduce runs the butterfly all-reduce of one confirmed group and applies the
 // result. Member i sends shard j of its snapshot to member j and receives shard
 // j's reduction back; it reduces shard i itself.
@@ -110,14 +155,6 @@ func (a *Averager) allReduce(ctx context.Context, r uint64, rk [32]byte, members
 	if a.o.OnGroup != nil {
 		a.o.OnGroup(r, members)
 	}
-	// The snapshot buffer outlives the round: a fresh vector-sized allocation
-	// every round costs more in page faults than the round's own copying. Each
-	// chunk is read from the source just before it is sent and holds, once its
-	// result is back, the delta that goes to the source.
-	if len(a.snap) != n {
-		a.snap = make([]float32, n)
-	}
-	snap := a.snap
 	t0 := time.Now()
 	weight := a.src.Samples()
 	if !(weight >= 0) || math.IsInf(weight, 0) {
@@ -138,12 +175,12 @@ func (a *Averager) allReduce(ctx context.Context, r uint64, rk [32]byte, members
 			continue
 		}
 		wg.Go(func() {
-			if err := a.sendShard(ctx, rr, j, snap, weight, &progress[j]); err != nil {
+			if err := a.sendShard(ctx, rr, j, weight, &progress[j]); err != nil {
 				a.o.Logger.Debug("averaging shard failed", "key", a.o.Key, "round", r, "reducer", members[j].ShortString(), "err", err)
 			}
 		})
 	}
-	dropped.Add(int64(a.reduceShard(ctx, rr, snap, weight, &progress[res.Index])))
+	dropped.Add(int64(a.reduceShard(ctx, rr, weight, &progress[res.Index])))
 	wg.Wait()
 	res.Phases.Exchange = time.Since(t0)
 
@@ -173,10 +210,10 @@ func (a *Averager) allReduce(ctx context.Context, r uint64, rk [32]byte, members
 	return res, nil
 }
 
-// sendShard reads shard j from the source chunk by chunk into snap and sends it
-// to its reducer; each result that comes back goes to the source as a delta
-// against the values sent.
-func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, snap []float32, weight float64, progress *atomic.Int64) error {
+// sendShard reads shard j from the source chunk by chunk and sends it to its
+// reducer; each result that comes back goes to the source as a delta against the
+// values sent. At most sendDepth chunks are in flight, each in its own buffer.
+func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, weight float64, progress *atomic.Int64) error {
 	s, err := a.h.NewStream(ctx, rr.members[j], a.reduceProto)
 	if err != nil {
 		return err
@@ -192,48 +229,78 @@ func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, snap [
 		return err
 	}
 	cf := a.o.ChunkFloats
-	var sent atomic.Int64
+	codec := a.o.Codec
+	// free holds the buffers ready for a chunk; sent, in order, the chunks whose
+	// part was written and whose result is awaited. Together they hold at most
+	// sendDepth buffers, so neither send blocks.
+	free := make(chan *chunkBuf, sendDepth)
+	sent := make(chan *chunkBuf, sendDepth)
+	for range sendDepth {
+		free <- a.getChunk()
+	}
+	wctx, wcancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		var buf []byte
+		defer close(sent)
 		for c, clo := 0, lo; clo < hi; c, clo = c+1, clo+cf {
-			part := snap[clo:min(clo+cf, hi)]
-			a.src.Read(clo, part)
-			var err error
-			if buf, err = writeChunk(s, buf, a.o.Codec, j, c, part); err != nil {
+			var b *chunkBuf
+			select {
+			case b = <-free:
+			case <-wctx.Done():
+				return
+			}
+			m := min(cf, hi-clo)
+			a.src.Read(clo, b.vals(m))
+			// One Write per frame: a muxed stream turns each Write into its own
+			// frame.
+			f, _ := b.frame(codec, j, c, m, false)
+			if _, err := s.Write(f); err != nil {
+				free <- b
 				s.Reset()
 				return
 			}
-			sent.Store(int64(c + 1))
+			sent <- b
 		}
 		_ = s.CloseWrite()
 	})
-	defer wg.Wait()
+	defer func() {
+		wcancel()
+		wg.Wait()
+		for b := range sent {
+			a.chunks.Put(b)
+		}
+		for len(free) > 0 {
+			a.chunks.Put(<-free)
+		}
+	}()
 
 	tmp := a.getBuf()
 	defer a.putBuf(tmp)
 	var rbuf []byte
 	for c, clo := 0, lo; clo < hi; c, clo = c+1, clo+cf {
-		chi := min(clo+cf, hi)
-		out := tmp[:chi-clo]
+		m := min(cf, hi-clo)
+		out := tmp[:m]
 		// A reducer may wait StallTimeout for the slowest part before it answers;
 		// one that takes twice that is hanging, and its shard stays local.
 		if t := time.Now().Add(2 * a.o.StallTimeout); t.Before(rr.deadline) {
 			_ = s.SetReadDeadline(t)
 		}
-		if rbuf, err = readChunk(s, rbuf, a.o.Codec, j, c, out); err != nil {
+		if rbuf, err = readChunk(s, rbuf, codec, j, c, out); err != nil {
 			s.Reset()
 			return fmt.Errorf("result chunk %d: %w", c, err)
 		}
-		if sent.Load() <= int64(c) {
+		// A result that overtakes its part waits for the part to be written.
+		b, ok := <-sent
+		if !ok {
 			s.Reset()
-			return fmt.Errorf("result chunk %d before its part was sent", c)
+			return fmt.Errorf("result chunk %d: its part was not sent", c)
 		}
-		d := snap[clo:chi]
+		d := b.vals(m)
 		for k, v := range out {
 			d[k] = v - d[k]
 		}
 		a.src.Add(clo, d)
+		free <- b
 		progress.Store(int64(c + 1))
 	}
 	return nil
@@ -243,7 +310,7 @@ func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, snap [
 // chunk c waits at most StallTimeout for each sender's part, then is reduced over
 // the parts that came, sent back to their senders and applied locally as a delta.
 // It returns how many senders it left out.
-func (a *Averager) reduceShard(ctx context.Context, rr *reduceRound, snap []float32, weight float64, progress *atomic.Int64) int {
+func (a *Averager) reduceShard(ctx context.Context, rr *reduceRound, weight float64, progress *atomic.Int64) int {
 	var live []*slot
 	for _, sl := range rr.slots {
 		if sl != nil {
@@ -287,15 +354,17 @@ func (a *Averager) reduceShard(ctx context.Context, rr *reduceRound, snap []floa
 
 	lo, hi := shardRange(rr.n, len(rr.members), rr.index)
 	cf := a.o.ChunkFloats
-	out := make([]float32, min(cf, hi-lo))
+	own := a.getBuf()
+	defer a.putBuf(own)
 	parts := make([][]float32, 0, len(rr.members))
 	weights := make([]float64, 0, len(rr.members))
 	bufs := make([][]float32, 0, len(rr.members))
 	for c, clo := 0, lo; clo < hi; c, clo = c+1, clo+cf {
 		chi := min(clo+cf, hi)
 		m := chi - clo
-		a.src.Read(clo, snap[clo:chi])
-		parts = append(parts[:0], snap[clo:chi])
+		mine := own[:m]
+		a.src.Read(clo, mine)
+		parts = append(parts[:0], mine)
 		weights = append(weights[:0], weight)
 		bufs = bufs[:0]
 		stall := time.NewTimer(a.o.StallTimeout)
@@ -339,7 +408,10 @@ func (a *Averager) reduceShard(ctx context.Context, rr *reduceRound, snap []floa
 		live = kept
 		stall.Stop()
 
-		o := out[:m]
+		// The reduction goes straight into the result's frame; we hold one
+		// reference to it until its delta is applied here.
+		p := a.newPayload(len(live) + 1)
+		o := p.vals(m)
 		err := a.o.Reducer(parts, weights, o)
 		if err == nil {
 			err = checkFinite(o)
@@ -347,19 +419,20 @@ func (a *Averager) reduceShard(ctx context.Context, rr *reduceRound, snap []floa
 		for _, b := range bufs {
 			a.putBuf(b)
 		}
+		if err == nil {
+			// Apply exactly what the senders will decode.
+			var ok bool
+			if p.f, ok = p.frame(a.o.Codec, rr.index, c, m, true); !ok {
+				err = fmt.Errorf("result not finite in %s", a.o.Codec)
+			}
+		}
 		if err != nil {
+			p.refs.Store(1)
+			p.release(a)
 			a.o.Logger.Info("averaging reducer failed", "key", a.o.Key, "round", rr.round, "chunk", c, "err", err)
 			return dropped + 1
 		}
-		p := a.newPayload(len(live))
-		p.b = appendChunk(p.b[:0], a.o.Codec, rr.index, c, o)
-		if a.o.Codec != FP32 {
-			// Apply exactly what the senders will decode.
-			_ = a.o.Codec.decode(p.b[chunkHead:], o)
-		}
-		if len(live) == 0 {
-			p.release(a)
-		} else {
+		if len(live) > 0 {
 			stall.Reset(a.o.StallTimeout)
 			kept = live[:0]
 			for _, sl := range live {
@@ -379,11 +452,11 @@ func (a *Averager) reduceShard(ctx context.Context, rr *reduceRound, snap []floa
 			live = kept
 			stall.Stop()
 		}
-		d := snap[clo:chi]
 		for k, v := range o {
-			d[k] = v - d[k]
+			mine[k] = v - mine[k]
 		}
-		a.src.Add(clo, d)
+		a.src.Add(clo, mine)
+		p.release(a)
 		progress.Store(int64(c + 1))
 	}
 	return dropped
@@ -458,7 +531,7 @@ func (a *Averager) handleReduce(s network.Stream) {
 					_ = s.CloseWrite()
 					return
 				}
-				err := writeFrame(s, frameChunk, p.b)
+				_, err := s.Write(p.f)
 				p.release(a)
 				if err != nil {
 					sl.drop()
@@ -509,17 +582,19 @@ func (a *Averager) peerGone(p peer.ID) {
 	}
 }
 
-// payload is one encoded result chunk, shared by the writers of every sender's
-// stream and recycled once the last of them wrote it.
+// payload is one result chunk, reduced in place after its frame's header room and
+// shared by the writers of every sender's stream; it is recycled once the last
+// of them wrote it.
 type payload struct {
-	b    []byte
+	chunkBuf
+	f    []byte // the frame to write
 	refs atomic.Int32
 }
 
 func (a *Averager) newPayload(refs int) *payload {
 	p, _ := a.payloads.Get().(*payload)
 	if p == nil {
-		p = &payload{}
+		p = &payload{chunkBuf: chunkBuf{back: make([]float32, headFloats+a.o.ChunkFloats)}}
 	}
 	p.refs.Store(int32(max(refs, 1)))
 	return p

@@ -87,8 +87,9 @@ type Options struct {
 }
 
 // DefaultChunkFloats is the default chunk size: 512 KiB of fp32. With slotDepth
-// chunks queued each way per sender, a member holds at most about
-// 2·slotDepth·(G−1) chunks in flight (24 MiB for G = 4), whatever the vector size.
+// chunks queued each way per sender at the reducer and sendDepth chunks awaiting
+// their results per reducer at the sender, a member holds at most about
+// 3·slotDepth·(G−1) chunks in flight (36 MiB for G = 4), whatever the vector size.
 const DefaultChunkFloats = 1 << 17
 
 // OptionsFromConfig maps the averaging config section to Options.
@@ -214,8 +215,9 @@ type Averager struct {
 
 	notifee *network.NotifyBundle
 
-	roundMu sync.Mutex // one round at a time: they share snap
-	snap    []float32  // the values sent, then the deltas, of the current round
+	chunks sync.Pool // *chunkBuf of ChunkFloats
+
+	roundMu sync.Mutex // one round at a time
 }
 
 // New creates an Averager for src on h and registers its stream handlers. Close

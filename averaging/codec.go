@@ -77,10 +77,20 @@ func (c Codec) encodedLen(n int) int {
 
 // encode appends the encoding of vals to dst. vals must be finite.
 func (c Codec) encode(dst []byte, vals []float32) []byte {
+	dst, _ = c.encodeRound(dst, vals, false)
+	return dst
+}
+
+// encodeRound appends the encoding of vals to dst like encode and, when round is
+// set, also replaces vals by the values a peer decodes from it, in the same pass;
+// ok is then false if one of them is not finite (a value beyond bf16's range, or
+// an int8 block whose scale overflows), which decode would reject.
+func (c Codec) encodeRound(dst []byte, vals []float32, round bool) (_ []byte, ok bool) {
 	off := len(dst)
 	// Every byte of the extension is written below, so grow without clearing.
 	dst = slices.Grow(dst, c.encodedLen(len(vals)))[:off+c.encodedLen(len(vals))]
 	b := dst[off:]
+	ok = true
 	switch c {
 	case FP32:
 		if nativeLE {
@@ -91,11 +101,7 @@ func (c Codec) encode(dst []byte, vals []float32) []byte {
 			binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
 		}
 	case BF16:
-		b = b[:2*len(vals)]
-		for i, v := range vals {
-			h := toBF16(v)
-			b[2*i], b[2*i+1] = byte(h), byte(h>>8)
-		}
+		ok = encodeBF16(b[:2*len(vals)], vals, round)
 	case Int8:
 		nb := (len(vals) + Int8Block - 1) / Int8Block
 		q := b[4*nb:]
@@ -114,17 +120,68 @@ func (c Codec) encode(dst []byte, vals []float32) []byte {
 				inv = 1 / scale
 			}
 			qb := q[k*Int8Block : k*Int8Block+len(blk)]
+			qb = qb[:len(blk)]
 			for i, v := range blk {
-				x := v * inv // within [-127, 127] up to rounding
-				r := int32(x + 0.5)
-				if x < 0 {
-					r = int32(x - 0.5) // round half away from zero
+				// x is within [-127, 127] up to rounding. Round |x| half up,
+				// then give it x's sign: round half away from zero, branch-free.
+				xb := math.Float32bits(v * inv)
+				r := min(127, int32(math.Float32frombits(xb&0x7fffffff)+0.5))
+				sign := int32(xb) >> 31 // 0 or -1
+				qb[i] = byte((r ^ sign) - sign)
+			}
+			if round {
+				if math.IsInf(float64(scale*127), 0) {
+					ok = false
 				}
-				qb[i] = byte(int8(max(-127, min(127, r))))
+				for i := range blk {
+					blk[i] = float32(int8(qb[i])) * scale
+				}
 			}
 		}
 	}
-	return dst
+	return dst, ok
+}
+
+// encodeBF16 writes vals as bfloat16 to b (2 bytes each, little-endian) and, if
+// round is set, replaces them by their bf16 values; it reports whether all of
+// those are finite.
+func encodeBF16(b []byte, vals []float32, round bool) bool {
+	if !nativeLE {
+		var acc uint32
+		for i, v := range vals {
+			h := toBF16(v)
+			b[2*i], b[2*i+1] = byte(h), byte(h>>8)
+			acc |= uint32(h)&0x7f80 + 0x80
+			if round {
+				vals[i] = math.Float32frombits(uint32(h) << 16)
+			}
+		}
+		return acc&0x8000 == 0
+	}
+	u := u16s(b)[:len(vals)]
+	if !round {
+		for i, v := range vals {
+			u[i] = toBF16(v)
+		}
+		return true
+	}
+	// A bf16 exponent of all ones (Inf, NaN) carries into bit 15 when 0x80 is added.
+	var acc uint32
+	for i, v := range vals {
+		h := toBF16(v)
+		u[i] = h
+		acc |= uint32(h)&0x7f80 + 0x80
+		vals[i] = math.Float32frombits(uint32(h) << 16)
+	}
+	return acc&0x8000 == 0
+}
+
+// u16s views b (of even length) as native-order uint16s.
+func u16s(b []byte) []uint16 {
+	if len(b) < 2 {
+		return nil
+	}
+	return unsafe.Slice((*uint16)(unsafe.Pointer(unsafe.SliceData(b))), len(b)/2)
 }
 
 // decode fills out from payload, which must hold exactly len(out) values in codec
@@ -144,9 +201,25 @@ func (c Codec) decode(payload []byte, out []float32) error {
 			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(payload[4*i:]))
 		}
 	case BF16:
-		payload = payload[:2*len(out)]
-		for i := range out {
-			out[i] = math.Float32frombits(uint32(payload[2*i])<<16 | uint32(payload[2*i+1])<<24)
+		// Checked in the same pass: a bf16 exponent of all ones carries into
+		// bit 15 when 0x80 is added.
+		var acc uint32
+		if nativeLE {
+			u := u16s(payload)[:len(out)]
+			for i, h := range u {
+				acc |= uint32(h)&0x7f80 + 0x80
+				out[i] = math.Float32frombits(uint32(h) << 16)
+			}
+		} else {
+			payload = payload[:2*len(out)]
+			for i := range out {
+				h := uint32(payload[2*i]) | uint32(payload[2*i+1])<<8
+				acc |= h&0x7f80 + 0x80
+				out[i] = math.Float32frombits(h << 16)
+			}
+		}
+		if acc&0x8000 == 0 {
+			return nil
 		}
 	case Int8:
 		nb := (len(out) + Int8Block - 1) / Int8Block
@@ -158,8 +231,16 @@ func (c Codec) decode(payload []byte, out []float32) error {
 			}
 			lo, hi := k*Int8Block, min((k+1)*Int8Block, len(out))
 			ob, qb := out[lo:hi], q[lo:hi]
+			qb = qb[:len(ob)]
 			for i := range ob {
 				ob[i] = float32(int8(qb[i])) * scale
+			}
+			// |q| ≤ 128, so a block is finite when 128·scale is; only a scale
+			// near the float32 limit needs its values checked.
+			if math.IsInf(float64(scale*128), 0) {
+				if err := checkFinite(ob); err != nil {
+					return fmt.Errorf("int8 block %d: %w", k, err)
+				}
 			}
 		}
 		return nil
@@ -186,28 +267,33 @@ func (c Codec) roundTrip(vals []float32) {
 // checkFinite rejects NaN and ±Inf, whose exponent bits are all ones. It runs
 // on every value received, so the common all-finite case is branch-free: adding
 // one to a full exponent carries into the sign bit, and no other exponent does.
+// It works on two values per 64-bit word: a carry stops at each value's sign bit.
 func checkFinite(vals []float32) error {
 	if len(vals) == 0 {
 		return nil
 	}
-	const exp, carry = 0x7f800000, 0x00800000
-	bits := unsafe.Slice((*uint32)(unsafe.Pointer(unsafe.SliceData(vals))), len(vals))
-	var b0, b1, b2, b3 uint32
+	const exp, carry = 0x7f800000_7f800000, 0x00800000_00800000
+	words := unsafe.Slice((*uint64)(unsafe.Pointer(unsafe.SliceData(vals))), len(vals)/2)
+	var b0, b1, b2, b3 uint64
 	k := 0
-	for ; k+4 <= len(bits); k += 4 {
-		b0 |= bits[k]&exp + carry
-		b1 |= bits[k+1]&exp + carry
-		b2 |= bits[k+2]&exp + carry
-		b3 |= bits[k+3]&exp + carry
+	for ; k+4 <= len(words); k += 4 {
+		w := words[k : k+4 : k+4]
+		b0 |= w[0]&exp + carry
+		b1 |= w[1]&exp + carry
+		b2 |= w[2]&exp + carry
+		b3 |= w[3]&exp + carry
 	}
-	for ; k < len(bits); k++ {
-		b0 |= bits[k]&exp + carry
+	for ; k < len(words); k++ {
+		b0 |= words[k]&exp + carry
 	}
-	if (b0|b1|b2|b3)&0x80000000 == 0 {
+	if len(vals)%2 == 1 {
+		b0 |= uint64(math.Float32bits(vals[len(vals)-1])&0x7f800000 + 0x00800000)
+	}
+	if (b0|b1|b2|b3)&0x80000000_80000000 == 0 {
 		return nil
 	}
 	for i, v := range vals {
-		if math.Float32bits(v)&exp == exp {
+		if math.Float32bits(v)&0x7f800000 == 0x7f800000 {
 			return fmt.Errorf("value %d is %v", i, v)
 		}
 	}

@@ -142,6 +142,18 @@ func parseChunk(payload []byte) (chunk, error) {
 	return c, nil
 }
 
+// putChunkHeads writes a chunk frame's header and chunk header (5+chunkHead bytes)
+// to h, for count values in codec c.
+func putChunkHeads(h []byte, c Codec, shard, index, count int) {
+	h = h[:5+chunkHead]
+	binary.LittleEndian.PutUint32(h, uint32(1+chunkHead+c.encodedLen(count)))
+	h[4] = frameChunk
+	h[5] = byte(c)
+	binary.LittleEndian.PutUint32(h[6:], uint32(shard))
+	binary.LittleEndian.PutUint32(h[10:], uint32(index))
+	binary.LittleEndian.PutUint32(h[14:], uint32(count))
+}
+
 // writeChunk writes one chunk frame of vals, encoded in buf.
 func writeChunk(w io.Writer, buf []byte, c Codec, shard, index int, vals []float32) ([]byte, error) {
 	// One Write per frame: a muxed stream turns each Write into its own frame
