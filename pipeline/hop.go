@@ -51,12 +51,16 @@ func (o Outcome) String() string {
 
 // request is one microbatch as sent to a holder of stage `stage`.
 type request struct {
-	id      uint64
-	stage   int
-	eval    bool
-	b, t    int
-	tokens  []int32   // stage 0
-	x       []float32 // other stages
+	id     uint64
+	stage  int
+	eval   bool
+	b, t   int
+	tokens []int32   // stage 0
+	x      []float32 // other stages
+	// xw, instead of x, is the input already in the int8 wire layout with blocks
+	// of xblock values (quantized on a GPU).
+	xw      []byte
+	xblock  int
 	targets []int32
 }
 
@@ -65,6 +69,10 @@ type request struct {
 type answer struct {
 	loss float32
 	grad []float32
+	// gradw, instead of grad, is the gradient in the int8 wire layout with
+	// blocks of gradBlock values (for a GPU stage to dequantize itself).
+	gradw     []byte
+	gradBlock int
 }
 
 // caller sends requests to holders of one stage and retries on other holders.
@@ -81,9 +89,12 @@ type caller struct {
 	hopTimeout time.Duration
 	retries    int
 	enc        wire.Encoding // codec and block of the tensors this caller sends
-	zstd       codec.ZstdMode
-	log        *slog.Logger
-	onRetry    func() // after each failed attempt; nil: none
+	// wireGrads keeps int8 gradient answers in the wire layout (answer.gradw):
+	// the caller is a GPU stage that dequantizes them on the device.
+	wireGrads bool
+	zstd      codec.ZstdMode
+	log       *slog.Logger
+	onRetry   func() // after each failed attempt; nil: none
 
 	linkMu sync.Mutex
 	links  map[peer.ID]*codec.Link
@@ -271,7 +282,11 @@ func (c *caller) try(ctx context.Context, h Holder, req *request, soft <-chan st
 		hdr.Kind, hdr.D = wire.Activations, c.dmodel
 		enc := c.enc
 		enc.Link = c.link(h.ID)
-		err = conn.WriteFloats(hdr, req.x, enc, deadline)
+		if req.xw != nil {
+			err = conn.WriteInt8Wire(hdr, req.xw, req.xblock, enc, deadline)
+		} else {
+			err = conn.WriteFloats(hdr, req.x, enc, deadline)
+		}
 	}
 	if err != nil {
 		if errors.Is(err, codec.ErrNonFinite) || errors.Is(err, wire.ErrOversize) || errors.Is(err, wire.ErrShape) {
@@ -310,7 +325,12 @@ func (c *caller) try(ctx context.Context, h Holder, req *request, soft <-chan st
 	if err := f.Expect(wire.Gradient, req.b, req.t, c.dmodel, 0); err != nil {
 		return ans, asked, err
 	}
-	if ans.grad, err = f.Floats(nil); err != nil {
+	if c.wireGrads && f.Codec == codec.Int8 {
+		ans.gradBlock = f.Block
+		if ans.gradw, err = f.Int8Wire(); err != nil {
+			return ans, asked, err
+		}
+	} else if ans.grad, err = f.Floats(nil); err != nil {
 		return ans, asked, err
 	}
 	ok = true

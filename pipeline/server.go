@@ -93,6 +93,9 @@ type Server struct {
 	down  *caller // nil on the last stage
 	grad  wire.Encoding
 	zstd  codec.ZstdMode
+	// gpuWire: tensors travel between the wire and the GPU in the int8 wire
+	// layout, quantized and dequantized on the device (see NewServer).
+	gpuWire bool
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -137,8 +140,12 @@ func NewServer(h host.Host, w *Worker, r Router, o ServerOptions) (*Server, erro
 		log = slog.New(slog.DiscardHandler)
 	}
 	st := w.Stage()
+	// A GPU stage with int8 both ways never sees float tensors on the host: it
+	// dequantizes what arrives and quantizes what leaves on the device.
+	gpuWire := st.OnGPU() && act == codec.Int8 && grad == codec.Int8
 	s := &Server{
-		host: h, w: w, k: st.Index(), n: st.Count(), model: st.Model(), opts: o, log: log,
+		gpuWire: gpuWire,
+		host:    h, w: w, k: st.Index(), n: st.Count(), model: st.Model(), opts: o, log: log,
 		grad:    wire.Encoding{Codec: grad, Block: o.Compression.BlockSize},
 		zstd:    zm,
 		active:  make(map[network.Stream]struct{}),
@@ -153,6 +160,7 @@ func NewServer(h host.Host, w *Worker, r Router, o ServerOptions) (*Server, erro
 			stages: s.n, dmodel: s.model.DModel, maxFrame: o.Pipeline.MaxFrameBytes,
 			hopTimeout: o.Pipeline.HopTimeout, retries: o.Pipeline.Retries,
 			enc: wire.Encoding{Codec: act, Block: o.Compression.BlockSize}, zstd: zm, log: log,
+			wireGrads: gpuWire,
 		}
 	}
 	if s.down != nil && o.OnMicrobatch != nil {
@@ -329,7 +337,11 @@ func (s *Server) handle(str network.Stream) {
 		h := wire.Header{Kind: wire.Gradient, ID: req.id, Stage: s.k, B: req.b, T: req.t, D: s.model.DModel, Loss: ans.loss}
 		enc := s.grad
 		enc.Link = s.link(str.Conn().RemotePeer())
-		err = conn.WriteFloats(h, ans.grad, enc, answerBy)
+		if ans.gradw != nil {
+			err = conn.WriteInt8Wire(h, ans.gradw, ans.gradBlock, enc, answerBy)
+		} else {
+			err = conn.WriteFloats(h, ans.grad, enc, answerBy)
+		}
 	}
 	if err != nil {
 		s.failed.Add(1)
@@ -401,7 +413,12 @@ func (s *Server) readRequest(conn *wire.Conn, deadline time.Time) (*serverReques
 		if err := f.Expect(wire.Activations, 0, 0, s.model.DModel, s.model.SeqLen); err != nil {
 			return nil, err
 		}
-		if r.x, err = f.Floats(nil); err != nil {
+		if s.gpuWire && f.Codec == codec.Int8 {
+			r.xblock = f.Block
+			if r.xw, err = f.Int8Wire(); err != nil {
+				return nil, err
+			}
+		} else if r.x, err = f.Floats(nil); err != nil {
 			return nil, err
 		}
 	}
@@ -446,9 +463,12 @@ func watchUpstream(str network.Stream, deadline time.Time, giveUp, cancel contex
 // stage, the backward pass is about to run) it carries on.
 func (s *Server) compute(ctx, soft context.Context, req *serverRequest) (answer, error) {
 	cancelled := func() bool { return ctx.Err() == nil && soft.Err() != nil }
-	in := stages.Input{B: req.b, T: req.t, Tokens: req.tokens, X: req.x}
+	in := stages.Input{B: req.b, T: req.t, Tokens: req.tokens, X: req.x, XWire: req.xw, Block: req.xblock}
 	if s.k == s.n-1 {
 		in.Targets = req.targets
+	}
+	if s.gpuWire && s.down != nil {
+		in.OutBlock = s.opts.Compression.BlockSize
 	}
 	s.queue.Add(1)
 	if !req.eval {
@@ -491,6 +511,7 @@ func (s *Server) compute(ctx, soft context.Context, req *serverRequest) (answer,
 
 	ans := answer{loss: p.Loss}
 	var dout []float32
+	var downAns answer
 	if s.down != nil {
 		// Keep time to run the backward pass and answer after the downstream does.
 		dctx := ctx
@@ -499,12 +520,14 @@ func (s *Server) compute(ctx, soft context.Context, req *serverRequest) (answer,
 			dctx, cancel = context.WithDeadline(ctx, d.Add(-2*fd-10*time.Millisecond))
 			defer cancel()
 		}
-		down, err := s.down.send(dctx, &request{id: req.id, stage: s.k + 1, eval: req.eval, b: req.b, t: req.t, x: p.Out, targets: req.targets}, soft.Done())
+		down, err := s.down.send(dctx, &request{id: req.id, stage: s.k + 1, eval: req.eval, b: req.b, t: req.t,
+			x: p.Out, xw: p.OutWire, xblock: in.OutBlock, targets: req.targets}, soft.Done())
 		if err != nil {
 			release()
 			return answer{}, err
 		}
 		ans.loss, dout = down.loss, down.grad
+		downAns = down
 	}
 	if req.eval {
 		release()
@@ -519,7 +542,13 @@ func (s *Server) compute(ctx, soft context.Context, req *serverRequest) (answer,
 		return answer{}, errCancelled
 	}
 	s.queue.Add(1)
-	dx, bd, err := s.w.backward(p, dout)
+	var bd time.Duration
+	if s.gpuWire {
+		ans.gradBlock = s.opts.Compression.BlockSize
+		ans.gradw, bd, err = s.backwardWire(p, downAns)
+	} else {
+		ans.grad, bd, err = s.w.backward(p, dout)
+	}
 	s.queue.Add(-1)
 	if err != nil {
 		release() // Backward rejected its input before consuming the pass
@@ -527,8 +556,23 @@ func (s *Server) compute(ctx, soft context.Context, req *serverRequest) (answer,
 	}
 	bd += s.slow(ctx, bd)
 	s.observe(req.b*req.t, fd+bd)
-	ans.grad = dx
 	return ans, nil
+}
+
+// backwardWire runs a GPU stage's backward pass with int8 wire gradients both
+// ways. A downstream that answered in another codec (a peer configured
+// differently) has its gradient quantized here on the host.
+func (s *Server) backwardWire(p *stages.Pass, down answer) ([]byte, time.Duration, error) {
+	bs := s.opts.Compression.BlockSize
+	dout, dblock := down.gradw, down.gradBlock
+	if s.down != nil && dout == nil {
+		var err error
+		if dout, err = codec.Encode(nil, codec.Int8, bs, down.grad); err != nil {
+			return nil, 0, err
+		}
+		dblock = bs
+	}
+	return s.w.backwardWire(p, dout, dblock, bs)
 }
 
 // slow sleeps (Slowdown-1)·d and returns how long it slept.

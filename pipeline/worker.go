@@ -137,11 +137,31 @@ func (w *Worker) forward(in stages.Input) (*stages.Pass, time.Duration, error) {
 // backward runs the backward pass of p and counts its sequences; the step it may
 // complete runs before backward returns.
 func (w *Worker) backward(p *stages.Pass, dout []float32) ([]float32, time.Duration, error) {
+	var dx []float32
+	d, err := w.backwardWith(p, func() (err error) {
+		dx, err = w.st.Backward(p, dout)
+		return err
+	})
+	return dx, d, err
+}
+
+// backwardWire is backward with gradients in the int8 wire layout (a GPU stage;
+// see stages.Stage.BackwardWire).
+func (w *Worker) backwardWire(p *stages.Pass, dout []byte, doutBlock, dxBlock int) ([]byte, time.Duration, error) {
+	var dx []byte
+	d, err := w.backwardWith(p, func() (err error) {
+		dx, err = w.st.BackwardWire(p, dout, doutBlock, dxBlock)
+		return err
+	})
+	return dx, d, err
+}
+
+func (w *Worker) backwardWith(p *stages.Pass, run func() error) (time.Duration, error) {
 	b := p.B
 	w.gate.RLock()
 	w.compute.Lock()
 	start := time.Now()
-	dx, err := w.st.Backward(p, dout)
+	err := run()
 	d := time.Since(start)
 	w.compute.Unlock()
 	n := int64(0)
@@ -152,7 +172,7 @@ func (w *Worker) backward(p *stages.Pass, dout []float32) ([]float32, time.Durat
 	if n >= int64(w.stepSamples()) {
 		w.step()
 	}
-	return dx, d, err
+	return d, err
 }
 
 func (w *Worker) step() {

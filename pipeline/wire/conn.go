@@ -146,6 +146,23 @@ func (f *Frame) Floats(dst []float32) ([]float32, error) {
 	return dst, nil
 }
 
+// Int8Wire returns a copy of an int8 float frame's payload (zstd undone): the
+// tensor in the int8 wire layout, for a receiver that dequantizes it itself (a
+// GPU stage). Only the length is checked here; the receiver checks the scales.
+func (f *Frame) Int8Wire() ([]byte, error) {
+	if f.DType != Float32 || f.Codec != codec.Int8 {
+		return nil, fmt.Errorf("%w: %v frame of codec %v is no int8 tensor", ErrUnexpect, f.Kind, f.Codec)
+	}
+	p, err := f.plain()
+	if err != nil {
+		return nil, err
+	}
+	if want := codec.EncodedLen(codec.Int8, f.N(), f.Block); len(p) != want {
+		return nil, fmt.Errorf("%w: %d int8 values in blocks of %d take %d bytes, got %d", ErrPayload, f.N(), f.Block, want, len(p))
+	}
+	return append([]byte(nil), p...), nil
+}
+
 // Ints decodes an int32 tensor (token ids, targets) whose values must be in [0, limit).
 func (f *Frame) Ints(dst []int32, limit int) ([]int32, error) {
 	if f.DType != Int32 {
@@ -220,6 +237,12 @@ func (c *Conn) WriteFloats(h Header, x []float32, enc Encoding, deadline time.Ti
 	if c.out, err = codec.Encode(c.header(), h.Codec, h.Block, x); err != nil {
 		return err
 	}
+	return c.send(&h, enc, deadline)
+}
+
+// send writes the frame whose payload is in c.out, zstd-compressed first when
+// enc.Link says the link is the bottleneck.
+func (c *Conn) send(h *Header, enc Encoding, deadline time.Time) error {
 	if enc.Link != nil && enc.Link.UseZstd() {
 		start := time.Now()
 		z, err := codec.Zstd(append(c.zbuf[:0], c.out[:HeaderSize]...), c.out[HeaderSize:])
@@ -236,13 +259,25 @@ func (c *Conn) WriteFloats(h Header, x []float32, enc Encoding, deadline time.Ti
 		}
 	}
 	start := time.Now()
-	if err := c.write(&h, deadline); err != nil {
+	if err := c.write(h, deadline); err != nil {
 		return err
 	}
 	if enc.Link != nil {
 		enc.Link.ObserveSend(len(c.out), time.Since(start))
 	}
 	return nil
+}
+
+// WriteInt8Wire writes a float tensor frame whose payload is already in the
+// int8 wire layout with blocks of block values (quantized on a GPU); enc.Link
+// may add zstd as in WriteFloats.
+func (c *Conn) WriteInt8Wire(h Header, msg []byte, block int, enc Encoding, deadline time.Time) error {
+	if want := codec.EncodedLen(codec.Int8, h.N(), block); want < 0 || len(msg) != want {
+		return fmt.Errorf("%w: %d bytes of int8 (block %d) for shape %dx%dx%d", ErrShape, len(msg), block, h.B, h.T, h.D)
+	}
+	h.DType, h.Codec, h.Block, h.Zstd = Float32, codec.Int8, block, false
+	c.out = append(c.header(), msg...)
+	return c.send(&h, enc, deadline)
 }
 
 // header resets the output buffer to an empty header, ready for a payload.

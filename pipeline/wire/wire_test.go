@@ -417,3 +417,60 @@ func TestTrafficCounts(t *testing.T) {
 		t.Fatalf("wire bytes %d, want %d", bytes, want)
 	}
 }
+
+// TestInt8WireFrames: a payload quantized elsewhere (a GPU) goes out as an int8
+// frame that any receiver decodes, and comes back out of a frame byte for byte,
+// with and without zstd; a message of the wrong length is refused.
+func TestInt8WireFrames(t *testing.T) {
+	x := randFloats(2*8*64, 5)
+	msg, err := codec.Encode(nil, codec.Int8, 64, x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := Header{Kind: Gradient, ID: 3, Stage: 2, B: 2, T: 8, D: 64}
+	for _, enc := range []Encoding{{Codec: codec.Int8, Block: 64}, {Codec: codec.Int8, Block: 64, Link: codec.NewLink(codec.ZstdOn)}} {
+		var s buf
+		c := NewConn(&s, 1<<20)
+		if err := c.WriteInt8Wire(h, msg, 64, enc, never); err != nil {
+			t.Fatal(err)
+		}
+		f, err := c.Read(never)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := f.Int8Wire()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, msg) {
+			t.Fatal("int8 payload changed on the way")
+		}
+		y, err := f.Floats(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := make([]float32, len(x))
+		if err := codec.Decode(want, codec.Int8, 64, msg); err != nil {
+			t.Fatal(err)
+		}
+		for i := range y {
+			if y[i] != want[i] {
+				t.Fatalf("value %d: %v, want %v", i, y[i], want[i])
+			}
+		}
+	}
+	var s buf
+	if err := NewConn(&s, 1<<20).WriteInt8Wire(h, msg[1:], 64, Encoding{}, never); !errors.Is(err, ErrShape) {
+		t.Fatalf("short message: %v", err)
+	}
+	if err := NewConn(&s, 1<<20).WriteFloats(h, x, Encoding{Codec: codec.FP32}, never); err != nil {
+		t.Fatal(err)
+	}
+	f, err := NewConn(&s, 1<<20).Read(never)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Int8Wire(); err == nil {
+		t.Fatal("fp32 frame read as int8")
+	}
+}
