@@ -38,7 +38,8 @@ swarm=$!
 if [ "$PROFILE" = 1 ]; then
   # Profile mid-run: once the trainer has logged two evals.
   for _ in $(seq 600); do
-    [ "$(grep -c 'msg=eval' "$OUT/swarm/trainer.log" 2>/dev/null || echo 0)" -ge 2 ] && break
+    n=$(grep -c 'msg=eval' "$OUT/swarm/trainer.log" 2>/dev/null || true)
+    [ "${n:-0}" -ge 2 ] && break
     kill -0 $swarm 2>/dev/null || break
     sleep 0.5
   done
