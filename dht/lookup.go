@@ -14,27 +14,30 @@ import (
 // towards the key and then a follow-up that queries every one of the K (20)
 // closest peers it found, whatever the earlier answers held; in a 64-peer run
 // that is about a third of the swarm per lookup. But every holder provides its
-// stage to the K peers closest to the key, so any one of those closest peers
-// already holds (nearly) every provider record. nearProviders therefore runs
-// the walk without the follow-up and with a strict stopping rule:
+// stage to the K peers closest to the key, so in a healthy swarm each of those
+// closest peers holds every provider record. nearProviders therefore runs the
+// walk with kad-dht's own termination rule and replaces the fixed follow-up
+// with one that stops as soon as the answers confirm each other:
 //
-//   - it starts from the nearestSeed peers of the routing table closest to the
+//   - it starts from the nearSeed peers of the routing table closest to the
 //     key (when the table holds most of the swarm, these are the key's closest
 //     peers already) and asks the nearAlpha closest not yet asked, in parallel,
-//     with GET_PROVIDERS;
-//   - every answer's closer peers join the candidates;
-//   - it stops when the nearBeta closest candidates that did not fail have
-//     all answered (kad-dht's own termination rule) and at least two answers
-//     agree on the provider set, or after nearMaxRounds rounds;
-//   - when the answers disagree it asks the next nearAlpha closest peers once
-//     more, and while a holder already known from gossip or an earlier
-//     lookup is missing it goes on asking the next closest, up to
-//     nearFollowMax peers in all (a bounded follow-up); it returns the union.
+//     with GET_PROVIDERS; every answer's closer peers join the candidates;
+//   - the walk has converged when the nearBeta closest candidates that did not
+//     fail have all answered; it gives up after nearMaxRounds rounds;
+//   - the answer is complete when at least two peers each returned the whole
+//     union of the providers heard of; until then it asks the next nearAlpha
+//     closest peers, up to nearFollowMax peers in all (the full follow-up's
+//     reach), and gives up if the answers never confirm each other;
+//   - while a holder this peer already knows of (gossip, earlier lookups) is
+//     missing from the union, it goes on asking the same way, and then returns
+//     the union (the full walk would ask no one else).
 //
-// It reports failure (and the caller falls back to the full walk) when no
-// peer answered, the walk did not converge within nearMaxRounds, or nobody
-// knew a provider. The periodic refresh keeps doing full walks, so a provider
-// that only far peers know of still reaches the cache within RefreshEvery.
+// It reports failure, and Lookup falls back to the full walk, when no peer
+// answered, the walk did not converge, the answers never confirmed each other,
+// or nobody knew a provider. The periodic refresh keeps doing full walks, so a
+// provider that only far peers know of still reaches the cache within
+// RefreshEvery.
 const (
 	nearAlpha     = 3
 	nearBeta      = 3
@@ -100,9 +103,13 @@ func (s *Service) nearProviders(ctx context.Context, c cid.Cid, known []peer.ID)
 	}
 	found := make(map[peer.ID]peer.AddrInfo)
 	// A server-mode peer may be one of the closest itself.
-	if local, err := s.kad.ProviderStore().GetProviders(ctx, mh); err == nil {
-		for _, ai := range local {
-			found[ai.ID] = ai
+	local := 0
+	if provs, err := s.kad.ProviderStore().GetProviders(ctx, mh); err == nil {
+		for _, ai := range provs {
+			if _, dup := found[ai.ID]; !dup {
+				found[ai.ID] = ai
+				local++
+			}
 		}
 	}
 	sortCands := func() {
@@ -203,17 +210,18 @@ func (s *Service) nearProviders(ctx context.Context, c cid.Cid, known []peer.ID)
 		}
 		ask(next(nearAlpha))
 	}
-	// Follow-up, bounded: while the answers disagree (one more round) or
-	// miss a holder this peer already knows of (rounds until nearFollowMax
-	// peers were asked), ask the next closest peers and keep the union.
-	extra := 0
-	for ctx.Err() == nil {
+	// Follow-up, bounded by nearFollowMax peers asked in all.
+	for {
+		if ctx.Err() != nil {
+			return nil, false
+		}
 		sortCands()
+		complete := confirmed(cands, local, len(found))
 		missing := slices.ContainsFunc(known, func(p peer.ID) bool {
 			_, ok := found[p]
 			return !ok && p != self
 		})
-		if !missing && (extra > 0 || agree(cands)) {
+		if complete && !missing {
 			break
 		}
 		asked := 0
@@ -224,10 +232,12 @@ func (s *Service) nearProviders(ctx context.Context, c cid.Cid, known []peer.ID)
 		}
 		batch := next(nearAlpha)
 		if len(batch) == 0 || asked >= nearFollowMax {
+			if !complete {
+				return nil, false
+			}
 			break
 		}
 		ask(batch)
-		extra++
 		s.nearFollowups.Add(1)
 	}
 	if len(found) == 0 {
@@ -240,22 +250,24 @@ func (s *Service) nearProviders(ctx context.Context, c cid.Cid, known []peer.ID)
 	return provs, true
 }
 
-// agree reports whether two peers that answered gave the same provider set.
-func agree(cands []*nearCand) bool {
-	var answers [][]peer.ID
+// confirmed reports whether at least two answers (the local provider store,
+// local, counting as one) each hold all n providers heard of, n > 0. Answers
+// list distinct providers, all of them in the union, so a complete one has
+// length n.
+func confirmed(cands []*nearCand, local, n int) bool {
+	if n == 0 {
+		return false
+	}
+	full := 0
+	if local == n {
+		full++
+	}
 	for _, nc := range cands {
-		if nc.asked && !nc.failed {
-			answers = append(answers, nc.answer)
+		if nc.asked && !nc.failed && len(nc.answer) == n {
+			full++
 		}
 	}
-	for i := range answers {
-		for j := i + 1; j < len(answers); j++ {
-			if slices.Equal(answers[i], answers[j]) {
-				return true
-			}
-		}
-	}
-	return false
+	return full >= 2
 }
 
 // providersOf streams the providers of c: from nearProviders when full is
