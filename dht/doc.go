@@ -12,7 +12,10 @@
 //
 // Service ties them together: it announces this peer and keeps a cached,
 // refreshed table of the live holders of every stage (Holders), from which a
-// caller can drop a holder at once after a failed call (MarkDown).
+// caller can drop a holder at once after a failed call (MarkDown). Lookup asks
+// the DHT now: a short walk to the peers closest to the stage key that stops
+// once two answers confirm each other, falling back to kad-dht's full provider
+// walk (LookupFull, which the periodic refresh runs).
 //
 // docs/protocol.md describes the wire formats for other implementations.
 package dht
