@@ -277,6 +277,7 @@ func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, weight
 	tmp := a.getBuf()
 	defer a.putBuf(tmp)
 	var rbuf []byte
+	raw := codec == FP32 && nativeLE
 	for c, clo := 0, lo; clo < hi; c, clo = c+1, clo+cf {
 		m := min(cf, hi-clo)
 		out := tmp[:m]
@@ -285,7 +286,8 @@ func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, weight
 		if t := time.Now().Add(2 * a.o.StallTimeout); t.Before(rr.deadline) {
 			_ = s.SetReadDeadline(t)
 		}
-		if rbuf, err = readChunk(s, rbuf, codec, j, c, out); err != nil {
+		// fp32 results are checked for NaN and Inf while the delta is taken.
+		if rbuf, err = readChunkTo(s, rbuf, codec, j, c, out, !raw); err != nil {
 			s.Reset()
 			return fmt.Errorf("result chunk %d: %w", c, err)
 		}
@@ -296,8 +298,10 @@ func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, weight
 			return fmt.Errorf("result chunk %d: its part was not sent", c)
 		}
 		d := b.vals(m)
-		for k, v := range out {
-			d[k] = v - d[k]
+		if !subFinite(d, out) && raw {
+			a.chunks.Put(b)
+			s.Reset()
+			return fmt.Errorf("result chunk %d: %w", c, checkFinite(out))
 		}
 		a.src.Add(clo, d)
 		free <- b
@@ -452,9 +456,7 @@ func (a *Averager) reduceShard(ctx context.Context, rr *reduceRound, weight floa
 			live = kept
 			stall.Stop()
 		}
-		for k, v := range o {
-			mine[k] = v - mine[k]
-		}
+		subFinite(mine, o) // o was checked above
 		a.src.Add(clo, mine)
 		p.release(a)
 		progress.Store(int64(c + 1))
@@ -563,6 +565,26 @@ func (a *Averager) handleReduce(s network.Stream) {
 			return
 		}
 	}
+}
+
+// subFinite sets d[k] = avg[k] − d[k], the delta that takes the values sent to
+// their average, and reports whether every avg[k] is finite.
+func subFinite(d, avg []float32) bool {
+	avg = avg[:len(d)]
+	var a0, a1 uint32
+	k := 0
+	for ; k+2 <= len(d); k += 2 {
+		v, w := avg[k:k+2:k+2], d[k:k+2:k+2]
+		a0 |= math.Float32bits(v[0])&0x7f800000 + 0x00800000
+		a1 |= math.Float32bits(v[1])&0x7f800000 + 0x00800000
+		w[0] = v[0] - w[0]
+		w[1] = v[1] - w[1]
+	}
+	if k < len(d) {
+		a0 |= math.Float32bits(avg[k])&0x7f800000 + 0x00800000
+		d[k] = avg[k] - d[k]
+	}
+	return (a0|a1)&0x80000000 == 0
 }
 
 // peerGone leaves a disconnected peer out of every running round at once, rather

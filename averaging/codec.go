@@ -107,81 +107,141 @@ func (c Codec) encodeRound(dst []byte, vals []float32, round bool) (_ []byte, ok
 		q := b[4*nb:]
 		for k := 0; k < nb; k++ {
 			blk := vals[k*Int8Block : min((k+1)*Int8Block, len(vals))]
-			// |v| by clearing the sign bit; finite non-negative floats order
-			// like their bits.
-			var abits uint32
-			for _, v := range blk {
-				abits = max(abits, math.Float32bits(v)&0x7fffffff)
-			}
-			scale := math.Float32frombits(abits) / 127
+			scale := math.Float32frombits(absMax(blk)) / 127
 			binary.LittleEndian.PutUint32(b[4*k:], math.Float32bits(scale))
 			inv := float32(0)
 			if scale > 0 {
-				inv = 1 / scale
+				// A subnormal scale has no finite inverse; the largest float
+				// keeps every x small and finite.
+				inv = min(1/scale, math.MaxFloat32)
 			}
 			qb := q[k*Int8Block : k*Int8Block+len(blk)]
-			qb = qb[:len(blk)]
-			for i, v := range blk {
-				// x is within [-127, 127] up to rounding. Round |x| half up,
-				// then give it x's sign: round half away from zero, branch-free.
-				xb := math.Float32bits(v * inv)
-				r := min(127, int32(math.Float32frombits(xb&0x7fffffff)+0.5))
-				sign := int32(xb) >> 31 // 0 or -1
-				qb[i] = byte((r ^ sign) - sign)
-			}
+			quantize(qb, blk, inv)
 			if round {
 				if math.IsInf(float64(scale*127), 0) {
 					ok = false
 				}
-				for i := range blk {
-					blk[i] = float32(int8(qb[i])) * scale
-				}
+				dequantize(blk, qb, scale)
 			}
 		}
 	}
 	return dst, ok
 }
 
+// absMax returns the bits of the largest |v| in vals: finite non-negative floats
+// order like their bits, and clearing the sign bit gives |v|.
+func absMax(vals []float32) uint32 {
+	var a0, a1, a2, a3 uint32
+	i := 0
+	for ; i+4 <= len(vals); i += 4 {
+		v := vals[i : i+4 : i+4]
+		a0 = max(a0, math.Float32bits(v[0])&0x7fffffff)
+		a1 = max(a1, math.Float32bits(v[1])&0x7fffffff)
+		a2 = max(a2, math.Float32bits(v[2])&0x7fffffff)
+		a3 = max(a3, math.Float32bits(v[3])&0x7fffffff)
+	}
+	for ; i < len(vals); i++ {
+		a0 = max(a0, math.Float32bits(vals[i])&0x7fffffff)
+	}
+	return max(a0, a1, a2, a3)
+}
+
+// quantize writes round(v·inv) of each value, clamped to ±127, as a signed byte.
+func quantize(q []byte, vals []float32, inv float32) {
+	q = q[:len(vals)]
+	for i, v := range vals {
+		// x is within [-127, 127] up to rounding. Round |x| half up, then give
+		// it x's sign: round half away from zero, branch-free.
+		xb := math.Float32bits(v * inv)
+		r := min(127, int32(math.Float32frombits(xb&0x7fffffff)+0.5))
+		sign := int32(xb) >> 31 // 0 or -1
+		q[i] = byte((r ^ sign) - sign)
+	}
+}
+
+// dequantize sets out[i] = q[i]·scale, q[i] a signed byte.
+func dequantize(out []float32, q []byte, scale float32) {
+	q = q[:len(out)]
+	for i, x := range q {
+		out[i] = float32(int8(x)) * scale
+	}
+}
+
 // encodeBF16 writes vals as bfloat16 to b (2 bytes each, little-endian) and, if
 // round is set, replaces them by their bf16 values; it reports whether all of
 // those are finite.
 func encodeBF16(b []byte, vals []float32, round bool) bool {
-	if !nativeLE {
-		var acc uint32
-		for i, v := range vals {
-			h := toBF16(v)
-			b[2*i], b[2*i+1] = byte(h), byte(h>>8)
-			acc |= uint32(h)&0x7f80 + 0x80
+	// Done two values per 64-bit word where the machine allows: rounding a finite
+	// value never carries out of its 32 bits.
+	const lsb, half = 0x00000001_00000001, 0x00007fff_00007fff
+	const exp, carry, top = 0x7f800000_7f800000, 0x00800000_00800000, 0xffff0000_ffff0000
+	var acc uint64
+	k := 0
+	if nativeLE {
+		w := u64s(f32bytes(vals))
+		u := u32s(b)[:len(w)]
+		for i, x := range w {
+			x += half + (x>>16)&lsb
+			x &= top
+			u[i] = uint32(x>>16) | uint32(x>>32)&0xffff0000
 			if round {
-				vals[i] = math.Float32frombits(uint32(h) << 16)
+				acc |= x&exp + carry
+				w[i] = x
 			}
 		}
-		return acc&0x8000 == 0
+		k = 2 * len(w)
 	}
-	u := u16s(b)[:len(vals)]
-	if !round {
-		for i, v := range vals {
-			u[i] = toBF16(v)
+	for i := k; i < len(vals); i++ {
+		h := toBF16(vals[i])
+		b[2*i], b[2*i+1] = byte(h), byte(h>>8)
+		if round {
+			acc |= uint64(h)&0x7f80 + 0x80
+			vals[i] = math.Float32frombits(uint32(h) << 16)
 		}
-		return true
 	}
-	// A bf16 exponent of all ones (Inf, NaN) carries into bit 15 when 0x80 is added.
-	var acc uint32
-	for i, v := range vals {
-		h := toBF16(v)
-		u[i] = h
-		acc |= uint32(h)&0x7f80 + 0x80
-		vals[i] = math.Float32frombits(uint32(h) << 16)
-	}
-	return acc&0x8000 == 0
+	return acc&(0x80000000_80000000|0x8000) == 0
 }
 
-// u16s views b (of even length) as native-order uint16s.
-func u16s(b []byte) []uint16 {
-	if len(b) < 2 {
+// decodeBF16 fills out from the bf16 values in b and reports whether all are
+// finite.
+func decodeBF16(b []byte, out []float32) bool {
+	// Four values per 64-bit word where the machine allows. A bf16 exponent of
+	// all ones (Inf, NaN) carries into bit 15 of its lane when 0x80 is added.
+	const exp, carry, sign = 0x7f807f80_7f807f80, 0x00800080_00800080, 0x80008000_80008000
+	var acc uint64
+	k := 0
+	if nativeLE {
+		w := u64s(b)[:len(out)/4]
+		o := u64s(f32bytes(out))[: 2*len(w) : 2*len(w)]
+		for i, x := range w {
+			acc |= x&exp + carry
+			o[2*i] = (x&0xffff)<<16 | (x&0xffff0000)<<32
+			o[2*i+1] = (x>>32&0xffff)<<16 | (x>>32&0xffff0000)<<32
+		}
+		k = 4 * len(w)
+	}
+	for i := k; i < len(out); i++ {
+		h := uint64(b[2*i]) | uint64(b[2*i+1])<<8
+		acc |= h&0x7f80 + 0x80
+		out[i] = math.Float32frombits(uint32(h) << 16)
+	}
+	return acc&sign == 0
+}
+
+// u64s views b as native-order uint64s, ignoring a tail of fewer than 8 bytes.
+func u64s(b []byte) []uint64 {
+	if len(b) < 8 {
 		return nil
 	}
-	return unsafe.Slice((*uint16)(unsafe.Pointer(unsafe.SliceData(b))), len(b)/2)
+	return unsafe.Slice((*uint64)(unsafe.Pointer(unsafe.SliceData(b))), len(b)/8)
+}
+
+// u32s views b as native-order uint32s, ignoring a tail of fewer than 4 bytes.
+func u32s(b []byte) []uint32 {
+	if len(b) < 4 {
+		return nil
+	}
+	return unsafe.Slice((*uint32)(unsafe.Pointer(unsafe.SliceData(b))), len(b)/4)
 }
 
 // decode fills out from payload, which must hold exactly len(out) values in codec
@@ -201,24 +261,7 @@ func (c Codec) decode(payload []byte, out []float32) error {
 			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(payload[4*i:]))
 		}
 	case BF16:
-		// Checked in the same pass: a bf16 exponent of all ones carries into
-		// bit 15 when 0x80 is added.
-		var acc uint32
-		if nativeLE {
-			u := u16s(payload)[:len(out)]
-			for i, h := range u {
-				acc |= uint32(h)&0x7f80 + 0x80
-				out[i] = math.Float32frombits(uint32(h) << 16)
-			}
-		} else {
-			payload = payload[:2*len(out)]
-			for i := range out {
-				h := uint32(payload[2*i]) | uint32(payload[2*i+1])<<8
-				acc |= h&0x7f80 + 0x80
-				out[i] = math.Float32frombits(h << 16)
-			}
-		}
-		if acc&0x8000 == 0 {
+		if decodeBF16(payload, out) {
 			return nil
 		}
 	case Int8:
@@ -230,11 +273,8 @@ func (c Codec) decode(payload []byte, out []float32) error {
 				return fmt.Errorf("int8 block %d: bad scale %v", k, scale)
 			}
 			lo, hi := k*Int8Block, min((k+1)*Int8Block, len(out))
-			ob, qb := out[lo:hi], q[lo:hi]
-			qb = qb[:len(ob)]
-			for i := range ob {
-				ob[i] = float32(int8(qb[i])) * scale
-			}
+			ob := out[lo:hi]
+			dequantize(ob, q[lo:hi], scale)
 			// |q| ≤ 128, so a block is finite when 128·scale is; only a scale
 			// near the float32 limit needs its values checked.
 			if math.IsInf(float64(scale*128), 0) {

@@ -156,6 +156,64 @@ func FuzzReadShard(f *testing.F) {
 	})
 }
 
+// TestEncodeRound checks that encoding with rounding leaves the values a peer
+// decodes, for every length around the word and block sizes, and that it flags
+// results that do not survive the codec.
+func TestEncodeRound(t *testing.T) {
+	rng := rand.New(rand.NewPCG(6, 6))
+	for _, c := range []Codec{FP32, BF16, Int8} {
+		for _, n := range []int{1, 2, 3, 4, 5, 7, 8, 9, 63, 64, 65, 130, 1000} {
+			vals := randVec(rng, n, 3)
+			want := make([]float32, n)
+			if err := c.decode(c.encode(nil, vals), want); err != nil {
+				t.Fatal(err)
+			}
+			got := append([]float32(nil), vals...)
+			enc, ok := c.encodeRound([]byte{9}, got, true)
+			if !ok || enc[0] != 9 || !bytes.Equal(enc[1:], c.encode(nil, vals)) {
+				t.Fatalf("%s n=%d: ok %v, encoding differs", c, n, ok)
+			}
+			for i := range got {
+				if got[i] != want[i] {
+					t.Fatalf("%s n=%d value %d: %v, decode gives %v", c, n, i, got[i], want[i])
+				}
+			}
+		}
+	}
+	big := []float32{1, math.MaxFloat32, 2} // beyond bf16's range: rounds to Inf
+	if _, ok := BF16.encodeRound(nil, big, true); ok {
+		t.Error("bf16 overflow not flagged")
+	}
+	tiny := []float32{1e-44, -3e-45, 0} // subnormal scale: still finite bytes
+	enc := Int8.encode(nil, tiny)
+	out := make([]float32, len(tiny))
+	if err := Int8.decode(enc, out); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSubFinite(t *testing.T) {
+	for _, n := range []int{1, 2, 3, 4, 5, 17} {
+		for bad := -1; bad < n; bad++ {
+			avg, d := make([]float32, n), make([]float32, n)
+			for i := range avg {
+				avg[i], d[i] = float32(i)+0.5, float32(2*i)
+			}
+			if bad >= 0 {
+				avg[bad] = float32(math.Inf(-1))
+			}
+			if ok := subFinite(d, avg); ok != (bad < 0) {
+				t.Fatalf("n=%d bad=%d: finite %v", n, bad, ok)
+			}
+			for i := range d {
+				if i != bad && d[i] != 0.5-float32(i) {
+					t.Fatalf("n=%d: delta %d is %v", n, i, d[i])
+				}
+			}
+		}
+	}
+}
+
 func TestCheckFinite(t *testing.T) {
 	for _, n := range []int{1, 3, 4, 5, 17} {
 		for bad := 0; bad < n; bad++ {

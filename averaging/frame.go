@@ -169,6 +169,12 @@ func writeChunk(w io.Writer, buf []byte, c Codec, shard, index int, vals []float
 // len(out) values in codec, and decodes it into out. fp32 on a little-endian
 // machine is read straight into out.
 func readChunk(r io.Reader, buf []byte, codec Codec, shard, index int, out []float32) ([]byte, error) {
+	return readChunkTo(r, buf, codec, shard, index, out, true)
+}
+
+// readChunkTo is readChunk; with check unset, fp32 values are not checked for
+// NaN and Inf, which the caller then does in its own pass over them.
+func readChunkTo(r io.Reader, buf []byte, codec Codec, shard, index int, out []float32, check bool) ([]byte, error) {
 	var h [5]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return buf, err
@@ -204,6 +210,9 @@ func readChunk(r io.Reader, buf []byte, codec Codec, shard, index int, out []flo
 	if codec == FP32 && nativeLE {
 		if _, err := io.ReadFull(r, f32bytes(out)); err != nil {
 			return buf, err
+		}
+		if !check {
+			return buf, nil
 		}
 		if err := checkFinite(out); err != nil {
 			return buf, fmt.Errorf("chunk %d of shard %d: %w", index, shard, err)
