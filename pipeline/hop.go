@@ -195,7 +195,7 @@ func (c *caller) send(ctx context.Context, req *request, soft <-chan struct{}) (
 		case errors.As(err, &re) && re.Code == wire.CodeDownstream:
 			// It is alive; the stage below it failed. Another holder may route elsewhere.
 		case errors.As(err, &re) && re.Code == wire.CodeBusy:
-			c.bo.down(h.ID, time.Now())
+			c.bo.busy(h.ID, time.Now())
 		default:
 			c.bo.down(h.ID, time.Now())
 			c.router.MarkDown(h.ID)

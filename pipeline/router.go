@@ -76,6 +76,23 @@ func (b *backoff) down(p peer.ID, now time.Time) time.Duration {
 	return wait
 }
 
+// busy keeps p out of the picks for one base period without counting a
+// failure: a holder that answered "busy" is alive and will have a free slot
+// soon, so repeated busy answers must not escalate into the long backoff of a
+// dead peer (that starves the pipeline when every holder of a stage is full).
+func (b *backoff) busy(p peer.ID, now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	d := b.m[p]
+	if d == nil {
+		d = &downState{}
+		b.m[p] = d
+	}
+	if until := now.Add(b.base); until.After(d.until) {
+		d.until = until
+	}
+}
+
 // up forgets p's failures after a successful call.
 func (b *backoff) up(p peer.ID) {
 	b.mu.Lock()

@@ -99,3 +99,23 @@ func TestBackoffDoubles(t *testing.T) {
 		t.Fatalf("after success the backoff restarts at %s", d)
 	}
 }
+
+// TestBusyDoesNotEscalate: "busy" answers keep a holder out for one base
+// period each time, never longer, and do not count towards a dead peer's backoff.
+func TestBusyDoesNotEscalate(t *testing.T) {
+	bo := newBackoff(100*time.Millisecond, time.Second)
+	now := time.Now()
+	for range 10 {
+		bo.busy("x", now)
+	}
+	if !bo.isDown("x", now.Add(50*time.Millisecond)) || bo.isDown("x", now.Add(150*time.Millisecond)) {
+		t.Fatal("busy window is not one base period")
+	}
+	if d := bo.down("x", now); d != 100*time.Millisecond {
+		t.Fatalf("a failure after busy answers backs off %s, want the base", d)
+	}
+	bo.busy("x", now) // does not shorten a longer failure backoff
+	if !bo.isDown("x", now.Add(90*time.Millisecond)) {
+		t.Fatal("busy shortened a failure backoff")
+	}
+}
