@@ -14,7 +14,7 @@
 #
 #   examples/gpt/multigpu.sh                                   # 8 GPUs: 4 stages x 2 holders
 #   GPUS=2 STEPS=60 LOCAL_STEPS=60 examples/gpt/multigpu.sh    # the same swarm on 2 GPUs
-#   DEADLINE=300 examples/gpt/multigpu.sh                      # stop the trainer after 300 s
+#   DEADLINE=300 examples/gpt/multigpu.sh                      # stop training 300 s after the start
 #   CONFIG=examples/gpt/tiny.yaml GPUS=0 DEVICE=cpu STEPS=30 examples/gpt/multigpu.sh   # CPU dry run
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,8 +28,9 @@ BIN=${BIN:-bin/swarmnode}
 OUT=${OUT:-out/multigpu}
 PORT=${PORT:-7200}
 POLL=${POLL:-5}
-DEADLINE=${DEADLINE:-}       # seconds: stop the trainer (SIGTERM, it writes its summary) after this long
+DEADLINE=${DEADLINE:-}       # seconds after this script starts: stop the trainer (SIGTERM; it writes its summary)
 DEVICE=${DEVICE:-}           # empty: the config's device
+script_start=$(date +%s.%N)
 if [ -z "${GPUS:-}" ]; then
   GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 fi
@@ -126,7 +127,7 @@ while kill -0 "$trainer" 2>/dev/null; do
       echo "step $s: killed $victim (SIGKILL)"
     fi
   fi
-  if [ -n "$DEADLINE" ] && awk -v a="$start_time" -v b="$(date +%s.%N)" -v d="$DEADLINE" 'BEGIN { exit !(b - a > d) }'; then
+  if [ -n "$DEADLINE" ] && awk -v a="$script_start" -v b="$(date +%s.%N)" -v d="$DEADLINE" 'BEGIN { exit !(b - a > d) }'; then
     echo "deadline of ${DEADLINE}s: stopping the trainer"
     kill -TERM "$trainer" 2>/dev/null || true
     DEADLINE=""
