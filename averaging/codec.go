@@ -146,16 +146,16 @@ func absMax(vals []float32) uint32 {
 	return max(a0, a1, a2, a3)
 }
 
-// quantize writes round(v·inv) of each value, clamped to ±127, as a signed byte.
+// quantize writes v·inv rounded to the nearest integer (ties to even) of each
+// value as a signed byte. |v·inv| ≤ 127 up to rounding, where adding 1.5·2²³
+// leaves the rounded integer in the low mantissa bits, in two's complement: no
+// float-to-int conversion, no branch, no clamp.
 func quantize(q []byte, vals []float32, inv float32) {
+	const magic = 0x1.8p23
 	q = q[:len(vals)]
 	for i, v := range vals {
-		// x is within [-127, 127] up to rounding. Round |x| half up, then give
-		// it x's sign: round half away from zero, branch-free.
-		xb := math.Float32bits(v * inv)
-		r := min(127, int32(math.Float32frombits(xb&0x7fffffff)+0.5))
-		sign := int32(xb) >> 31 // 0 or -1
-		q[i] = byte((r ^ sign) - sign)
+		x := float32(v * inv) // rounded here: the conversion forbids fusing
+		q[i] = byte(math.Float32bits(x + magic))
 	}
 }
 
