@@ -41,9 +41,12 @@
 // member j, sends a header {group, round, from, shard, weight, len} (weight: the
 // samples it trained on since its last round) and then shard j of its snapshot in
 // chunks; member j answers each chunk with the reduced chunk on the same stream.
-// The reducer works in lockstep over chunks, holding a few chunks per sender, so
-// memory stays bounded for any vector size, and each member sends 2·(G−1)/G of the
-// vector. A reducer checks that the sender's peer id matches its index in the
+// The reducer works in lockstep over chunks, holding a few chunks per sender, and
+// a sender has at most a few chunks in flight per reducer, each kept in its own
+// buffer until its result is back, so memory stays bounded for any vector size
+// (no vector-sized copy is made), and each member sends 2·(G−1)/G of the vector.
+// An fp32 chunk goes out as one write straight from the buffer the source filled,
+// and the reduction is written straight into the result's frame. A reducer checks that the sender's peer id matches its index in the
 // group.
 //
 // state: the fetcher asks each holder for a manifest of a fresh snapshot
