@@ -286,8 +286,14 @@ func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, weight
 		if t := time.Now().Add(2 * a.o.StallTimeout); t.Before(rr.deadline) {
 			_ = s.SetReadDeadline(t)
 		}
-		// fp32 results are checked for NaN and Inf while the delta is taken.
-		if rbuf, err = readChunkTo(s, rbuf, codec, j, c, out, !raw); err != nil {
+		// Results are checked for NaN and Inf while the delta is taken: fp32
+		// is read straight into out, other codecs decoded straight into the delta.
+		if raw {
+			rbuf, err = readChunkTo(s, rbuf, codec, j, c, out, false)
+		} else if err = readChunkHead(s, codec, j, c, m); err == nil {
+			rbuf, err = readPayload(s, rbuf, codec.encodedLen(m))
+		}
+		if err != nil {
 			s.Reset()
 			return fmt.Errorf("result chunk %d: %w", c, err)
 		}
@@ -298,10 +304,17 @@ func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, weight
 			return fmt.Errorf("result chunk %d: its part was not sent", c)
 		}
 		d := b.vals(m)
-		if !subFinite(d, out) && raw {
+		if raw {
+			if !subFinite(d, out) {
+				err = checkFinite(out)
+			}
+		} else {
+			err = codec.decodeSub(rbuf, d)
+		}
+		if err != nil {
 			a.chunks.Put(b)
 			s.Reset()
-			return fmt.Errorf("result chunk %d: %w", c, checkFinite(out))
+			return fmt.Errorf("result chunk %d: %w", c, err)
 		}
 		a.src.Add(clo, d)
 		free <- b

@@ -290,6 +290,69 @@ func (c Codec) decode(payload []byte, out []float32) error {
 	return checkFinite(out)
 }
 
+// decodeSub sets d[k] = v[k] − d[k] for the values v that payload holds in codec
+// c (not fp32), checked like decode, in one pass: the delta from the values sent
+// to their average. On error d is left partly changed.
+func (c Codec) decodeSub(payload []byte, d []float32) error {
+	if len(payload) != c.encodedLen(len(d)) {
+		return fmt.Errorf("%s payload of %d bytes for %d values, want %d", c, len(payload), len(d), c.encodedLen(len(d)))
+	}
+	switch c {
+	case BF16:
+		const exp, carry, sign = 0x7f807f80_7f807f80, 0x00800080_00800080, 0x80008000_80008000
+		var acc uint64
+		k := 0
+		if nativeLE {
+			w := u64s(payload)[:len(d)/4]
+			for i, x := range w {
+				acc |= x&exp + carry
+				dd := d[4*i : 4*i+4 : 4*i+4]
+				lo, hi := uint32(x), uint32(x>>32)
+				dd[0] = math.Float32frombits(lo<<16) - dd[0]
+				dd[1] = math.Float32frombits(lo&0xffff0000) - dd[1]
+				dd[2] = math.Float32frombits(hi<<16) - dd[2]
+				dd[3] = math.Float32frombits(hi&0xffff0000) - dd[3]
+			}
+			k = 4 * len(w)
+		}
+		for i := k; i < len(d); i++ {
+			h := uint64(payload[2*i]) | uint64(payload[2*i+1])<<8
+			acc |= h&0x7f80 + 0x80
+			d[i] = math.Float32frombits(uint32(h)<<16) - d[i]
+		}
+		if acc&sign != 0 {
+			out := make([]float32, len(d))
+			return c.decode(payload, out) // names the bad value
+		}
+		return nil
+	case Int8:
+		nb := (len(d) + Int8Block - 1) / Int8Block
+		q := payload[4*nb:]
+		for k := 0; k < nb; k++ {
+			scale := math.Float32frombits(binary.LittleEndian.Uint32(payload[4*k:]))
+			if !(scale >= 0) || math.IsInf(float64(scale), 0) {
+				return fmt.Errorf("int8 block %d: bad scale %v", k, scale)
+			}
+			lo, hi := k*Int8Block, min((k+1)*Int8Block, len(d))
+			db, qb := d[lo:hi], q[lo:hi]
+			if math.IsInf(float64(scale*128), 0) {
+				// Rare: a scale near the float32 limit; check every value.
+				var v [Int8Block]float32
+				dequantize(v[:len(db)], qb, scale)
+				if err := checkFinite(v[:len(db)]); err != nil {
+					return fmt.Errorf("int8 block %d: %w", k, err)
+				}
+			}
+			qb = qb[:len(db)]
+			for i, x := range qb {
+				db[i] = float32(float32(int8(x))*scale) - db[i] // as decode rounds: no fusing
+			}
+		}
+		return nil
+	}
+	return fmt.Errorf("decodeSub: codec %s", c)
+}
+
 // roundTrip replaces vals by what a peer decodes from their encoding, so that a
 // reducer applies the very values it sends.
 func (c Codec) roundTrip(vals []float32) {

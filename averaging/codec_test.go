@@ -192,6 +192,52 @@ func TestEncodeRound(t *testing.T) {
 	}
 }
 
+// TestDecodeSub checks the fused decode and delta against decode followed by the
+// subtraction, and that it rejects what decode rejects.
+func TestDecodeSub(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 9))
+	for _, c := range []Codec{BF16, Int8} {
+		for _, n := range []int{1, 3, 4, 5, 8, 63, 64, 65, 130, 1000} {
+			enc := c.encode(nil, randVec(rng, n, 3))
+			sent := randVec(rng, n, 3)
+			want := make([]float32, n)
+			if err := c.decode(enc, want); err != nil {
+				t.Fatal(err)
+			}
+			for i := range want {
+				want[i] -= sent[i]
+			}
+			got := append([]float32(nil), sent...)
+			if err := c.decodeSub(enc, got); err != nil {
+				t.Fatal(err)
+			}
+			for i := range got {
+				if got[i] != want[i] {
+					t.Fatalf("%s n=%d value %d: %v, want %v", c, n, i, got[i], want[i])
+				}
+			}
+			bad := append([]byte(nil), enc...)
+			if c == BF16 {
+				bad[2*(n-1)], bad[2*(n-1)+1] = 0x80, 0x7f // +Inf
+			} else {
+				binary.LittleEndian.PutUint32(bad, math.Float32bits(float32(math.NaN())))
+			}
+			if err := c.decodeSub(bad, got); err == nil {
+				t.Fatalf("%s n=%d: poison accepted", c, n)
+			}
+			if err := c.decodeSub(enc[:len(enc)-1], got); err == nil {
+				t.Fatalf("%s n=%d: short payload accepted", c, n)
+			}
+		}
+	}
+	big := make([]byte, Int8.encodedLen(2))
+	binary.LittleEndian.PutUint32(big, math.Float32bits(math.MaxFloat32/100))
+	big[4], big[5] = 127, 0x80 // 127 and −128 times a huge scale overflow
+	if err := Int8.decodeSub(big, make([]float32, 2)); err == nil {
+		t.Error("int8 overflow accepted")
+	}
+}
+
 func TestSubFinite(t *testing.T) {
 	for _, n := range []int{1, 2, 3, 4, 5, 17} {
 		for bad := -1; bad < n; bad++ {

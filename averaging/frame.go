@@ -175,37 +175,8 @@ func readChunk(r io.Reader, buf []byte, codec Codec, shard, index int, out []flo
 // readChunkTo is readChunk; with check unset, fp32 values are not checked for
 // NaN and Inf, which the caller then does in its own pass over them.
 func readChunkTo(r io.Reader, buf []byte, codec Codec, shard, index int, out []float32, check bool) ([]byte, error) {
-	var h [5]byte
-	if _, err := io.ReadFull(r, h[:]); err != nil {
+	if err := readChunkHead(r, codec, shard, index, len(out)); err != nil {
 		return buf, err
-	}
-	n := int(binary.LittleEndian.Uint32(h[:]))
-	want := 1 + chunkHead + codec.encodedLen(len(out))
-	switch {
-	case h[4] == frameError && n >= 1 && n <= maxControl:
-		msg := make([]byte, n-1)
-		if _, err := io.ReadFull(r, msg); err != nil {
-			return buf, err
-		}
-		return buf, fmt.Errorf("%w: %.200q", errRemote, msg)
-	case h[4] != frameChunk:
-		return buf, fmt.Errorf("frame type %d, want chunk", h[4])
-	case n != want:
-		return buf, fmt.Errorf("chunk frame of %d bytes, want %d", n, want)
-	}
-	var ch [chunkHead]byte
-	if _, err := io.ReadFull(r, ch[:]); err != nil {
-		return buf, err
-	}
-	c := chunk{
-		codec: Codec(ch[0]),
-		shard: int(binary.LittleEndian.Uint32(ch[1:])),
-		index: int(binary.LittleEndian.Uint32(ch[5:])),
-		count: int(binary.LittleEndian.Uint32(ch[9:])),
-	}
-	if c.codec != codec || c.shard != shard || c.index != index || c.count != len(out) {
-		return buf, fmt.Errorf("chunk %s shard %d #%d of %d values, want %s shard %d #%d of %d",
-			c.codec, c.shard, c.index, c.count, codec, shard, index, len(out))
 	}
 	if codec == FP32 && nativeLE {
 		if _, err := io.ReadFull(r, f32bytes(out)); err != nil {
@@ -219,16 +190,62 @@ func readChunkTo(r io.Reader, buf []byte, codec Codec, shard, index int, out []f
 		}
 		return buf, nil
 	}
-	m := n - 1 - chunkHead
-	if cap(buf) < m {
-		buf = make([]byte, m)
-	}
-	buf = buf[:m]
-	if _, err := io.ReadFull(r, buf); err != nil {
+	buf, err := readPayload(r, buf, codec.encodedLen(len(out)))
+	if err != nil {
 		return buf, err
 	}
 	if err := codec.decode(buf, out); err != nil {
 		return buf, fmt.Errorf("chunk %d of shard %d: %w", index, shard, err)
 	}
 	return buf, nil
+}
+
+// readPayload reads the m encoded bytes of a chunk whose header was read into buf,
+// grown as needed.
+func readPayload(r io.Reader, buf []byte, m int) ([]byte, error) {
+	if cap(buf) < m {
+		buf = make([]byte, m)
+	}
+	buf = buf[:m]
+	_, err := io.ReadFull(r, buf)
+	return buf, err
+}
+
+// readChunkHead reads the frame header and chunk header of the next frame, which
+// must be the chunk (shard, index) of count values in codec; its encoded values
+// follow on r. An error frame becomes an error wrapping errRemote.
+func readChunkHead(r io.Reader, codec Codec, shard, index, count int) error {
+	var h [5]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		return err
+	}
+	n := int(binary.LittleEndian.Uint32(h[:]))
+	want := 1 + chunkHead + codec.encodedLen(count)
+	switch {
+	case h[4] == frameError && n >= 1 && n <= maxControl:
+		msg := make([]byte, n-1)
+		if _, err := io.ReadFull(r, msg); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: %.200q", errRemote, msg)
+	case h[4] != frameChunk:
+		return fmt.Errorf("frame type %d, want chunk", h[4])
+	case n != want:
+		return fmt.Errorf("chunk frame of %d bytes, want %d", n, want)
+	}
+	var ch [chunkHead]byte
+	if _, err := io.ReadFull(r, ch[:]); err != nil {
+		return err
+	}
+	c := chunk{
+		codec: Codec(ch[0]),
+		shard: int(binary.LittleEndian.Uint32(ch[1:])),
+		index: int(binary.LittleEndian.Uint32(ch[5:])),
+		count: int(binary.LittleEndian.Uint32(ch[9:])),
+	}
+	if c.codec != codec || c.shard != shard || c.index != index || c.count != count {
+		return fmt.Errorf("chunk %s shard %d #%d of %d values, want %s shard %d #%d of %d",
+			c.codec, c.shard, c.index, c.count, codec, shard, index, count)
+	}
+	return nil
 }
