@@ -45,6 +45,7 @@ type Stage struct {
 	sumsq, partial      Buf
 	sc                  *scratch
 	wire                Buf // int8 wire messages in and out (see wireBuf)
+	tmp                 Buf // float32 staging for AddState
 	pool                map[[2]int][]*acts
 	prof                map[string]float64 // per-step milliseconds when profiling
 }
@@ -134,7 +135,7 @@ func (s *Stage) Close() error {
 				}
 			}
 		}
-		for _, b := range []Buf{s.params, s.grads, s.m, s.v, s.pbf, s.decay, s.sumsq, s.partial, s.wire} {
+		for _, b := range []Buf{s.params, s.grads, s.m, s.v, s.pbf, s.decay, s.sumsq, s.partial, s.wire, s.tmp} {
 			free(b)
 		}
 		if s.sc != nil {
@@ -234,6 +235,74 @@ func (s *Stage) SetState(st State) error {
 		return nil
 	})
 	return err
+}
+
+// ReadState downloads the values at [off, off+len(dst)) of Params|M|V laid end
+// to end: an averaging round reads the state chunk by chunk, so a chunk costs
+// its own size on the bus, not the whole state's.
+func (s *Stage) ReadState(off int, dst []float32) error {
+	return s.d.Do(func(c *Ctx) error {
+		return s.stateSpans(off, len(dst), func(b Buf, at int, _ bool) error {
+			return c.Download(dst[at:at+b.N], b)
+		})
+	})
+}
+
+// AddState adds delta to the values at [off, off+len(delta)) of Params|M|V laid
+// end to end (an averaging round's correction), on the device; the bfloat16 copy
+// of the parameters follows.
+func (s *Stage) AddState(off int, delta []float32) error {
+	return s.d.Do(func(c *Ctx) error {
+		return s.stateSpans(off, len(delta), func(b Buf, at int, params bool) error {
+			if s.tmp.N < b.N {
+				if s.tmp.Ptr != 0 {
+					if err := c.Free(s.tmp); err != nil {
+						return err
+					}
+					s.tmp = Buf{}
+				}
+				t, err := c.Alloc(F32, b.N)
+				if err != nil {
+					return err
+				}
+				s.tmp = t
+			}
+			t := s.tmp.Slice(0, b.N)
+			if err := c.Upload(t, delta[at:at+b.N]); err != nil {
+				return err
+			}
+			if err := c.AddInPlace(b, t); err != nil {
+				return err
+			}
+			if params && s.op == BF16 {
+				first := b.Ptr - s.params.Ptr // bytes into the parameters
+				return c.Cast(s.pbf.Slice(int(first/4), b.N), b)
+			}
+			return nil
+		})
+	})
+}
+
+// stateSpans calls fn with the device slices that make up [off, off+n) of
+// Params|M|V laid end to end, each with its offset into the range and whether it
+// is part of the parameters.
+func (s *Stage) stateSpans(off, n int, fn func(b Buf, at int, params bool) error) error {
+	size := s.lay.size
+	if off < 0 || n < 0 || off+n > 3*size {
+		return fmt.Errorf("cuda: state range [%d, %d) outside the %d values of Params|M|V", off, off+n, 3*size)
+	}
+	at := 0
+	for i, b := range []Buf{s.params, s.m, s.v} {
+		lo, hi := max(off, i*size), min(off+n, (i+1)*size)
+		if lo >= hi {
+			continue
+		}
+		if err := fn(b.Slice(lo-i*size, hi-lo), at, i == 0); err != nil {
+			return err
+		}
+		at += hi - lo
+	}
+	return nil
 }
 
 // ZeroGrad clears the accumulated gradients.

@@ -379,3 +379,55 @@ func TestWireNeedsGPU(t *testing.T) {
 		t.Fatal("wire backward on a CPU stage accepted")
 	}
 }
+
+// TestGPUAddStateUpdatesBF16: a ranged correction of the parameters on a bf16
+// stage reaches the bfloat16 copy the GEMMs read, so the stage computes exactly
+// as one whose parameters were uploaded whole.
+func TestGPUAddStateUpdatesBF16(t *testing.T) {
+	dev := openGPU(t)
+	layers := []int{1, 1, 1}
+	a, err := NewOnGPU(gpuCfg, layers, 1, 4, dev, cuda.BF16Mixed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := NewOnGPU(gpuCfg, layers, 1, 4, dev, cuda.BF16Mixed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	n := a.NumParams()
+	delta := make([]float32, n/2)
+	for i := range delta {
+		delta[i] = float32(math.Sin(float64(i))) * 0.05
+	}
+	if err := a.AddState(n/3, delta); err != nil { // a range inside the parameters, not at their start
+		t.Fatal(err)
+	}
+	want := b.Params()
+	for i, d := range delta {
+		want[n/3+i] += d
+	}
+	b.WithState(func(st *State) { copy(st.Params, want) })
+	if d := maxAbsDiff(a.Params(), want); d != 0 {
+		t.Fatalf("parameters differ by %g after AddState", d)
+	}
+	B, T, C := 2, gpuCfg.SeqLen, gpuCfg.DModel
+	x := make([]float32, B*T*C)
+	for i := range x {
+		x[i] = float32(math.Cos(float64(i) * 0.3))
+	}
+	pa, err := a.Forward(Input{B: B, T: T, X: x})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pa.Release()
+	pb, err := b.Forward(Input{B: B, T: T, X: x})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pb.Release()
+	if d := maxAbsDiff(pa.Out, pb.Out); d != 0 {
+		t.Fatalf("outputs differ by %g: the bf16 copy missed the correction", d)
+	}
+}

@@ -37,7 +37,12 @@ func (s *Stage) ReadState(off int, dst []float32) error {
 		return err
 	}
 	if s.gpu != nil {
-		return s.gpuRangeState(off, len(dst), false, func(p []float32, at int) { copy(dst[at:], p) })
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		if err := s.gpu.cs.ReadState(off, dst); err != nil {
+			return fmt.Errorf("stage %d: reading the GPU state: %w", s.index, s.gpu.fail(err))
+		}
+		return nil
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -59,51 +64,15 @@ func (s *Stage) AddState(off int, delta []float32) error {
 		}
 	}
 	if s.gpu != nil {
-		return s.gpuRangeState(off, len(delta), true, add)
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if err := s.gpu.cs.AddState(off, delta); err != nil {
+			return fmt.Errorf("stage %d: updating the GPU state: %w", s.index, s.gpu.fail(err))
+		}
+		return nil
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	stateSpan([3][]float32{s.params, s.m, s.v}, off, len(delta), add)
-	return nil
-}
-
-// gpuRangeState runs fn over the range on a host copy of the device state and,
-// when write is set, uploads it back. cuda.Stage offers whole-vector transfers
-// only, so one call moves the whole state; ranged device copies need cuda.Stage
-// to expose them.
-func (s *Stage) gpuRangeState(off, n int, write bool, fn func(p []float32, at int)) error {
-	if write {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-	} else {
-		s.mu.RLock()
-		defer s.mu.RUnlock()
-	}
-	if off+n <= s.lay.size { // parameters only (averaging without the moments): a third of the traffic
-		p, err := s.gpu.cs.Params()
-		if err != nil {
-			return fmt.Errorf("stage %d: reading the GPU parameters: %w", s.index, s.gpu.fail(err))
-		}
-		fn(p[off:off+n], 0)
-		if !write {
-			return nil
-		}
-		if err := s.gpu.cs.SetParams(p); err != nil {
-			return fmt.Errorf("stage %d: writing the GPU parameters: %w", s.index, s.gpu.fail(err))
-		}
-		return nil
-	}
-	cst, err := s.gpu.cs.GetState()
-	if err != nil {
-		return fmt.Errorf("stage %d: reading the GPU state: %w", s.index, s.gpu.fail(err))
-	}
-	stateSpan([3][]float32{cst.Params, cst.M, cst.V}, off, n, fn)
-	if !write {
-		return nil
-	}
-	cst.Step = int(s.Version())
-	if err := s.gpu.cs.SetState(cst); err != nil {
-		return fmt.Errorf("stage %d: writing the GPU state: %w", s.index, s.gpu.fail(err))
-	}
 	return nil
 }
