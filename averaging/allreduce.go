@@ -70,8 +70,15 @@ func (a *Averager) putBuf(b []float32) { a.pool.Put(&b) }
 // sendDepth is how many chunks a sender has in flight on one stream: read from
 // the source and sent, their results not yet back. Each waits for its result in
 // its own buffer, so the values sent are still in cache when the delta is taken,
-// and memory stays bounded whatever the vector size.
-const sendDepth = slotDepth
+// and memory stays bounded whatever the vector size. It keeps about sendWindow
+// bytes on the wire, so more of the smaller chunks of a compressed codec: with
+// few in flight, a round would wait on round trips rather than on the machine.
+func (a *Averager) sendDepth() int {
+	return max(slotDepth, min(4*slotDepth, sendWindow/max(1, a.o.Codec.encodedLen(a.o.ChunkFloats))))
+}
+
+// sendWindow is the encoded bytes a sender keeps in flight per stream.
+const sendWindow = 4 << 20
 
 // headFloats is the room before a chunk's values in a chunkBuf: 20 bytes, of
 // which the last 18 take the frame header (length, type) and the chunk header,
@@ -231,11 +238,12 @@ func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, weight
 	cf := a.o.ChunkFloats
 	codec := a.o.Codec
 	// free holds the buffers ready for a chunk; sent, in order, the chunks whose
-	// part was written and whose result is awaited. Together they hold at most
-	// sendDepth buffers, so neither send blocks.
-	free := make(chan *chunkBuf, sendDepth)
-	sent := make(chan *chunkBuf, sendDepth)
-	for range sendDepth {
+	// part was written and whose result is awaited. Together they hold the
+	// depth buffers, so neither send blocks.
+	depth := a.sendDepth()
+	free := make(chan *chunkBuf, depth)
+	sent := make(chan *chunkBuf, depth)
+	for range depth {
 		free <- a.getChunk()
 	}
 	wctx, wcancel := context.WithCancel(ctx)

@@ -87,9 +87,11 @@ type Options struct {
 }
 
 // DefaultChunkFloats is the default chunk size: 512 KiB of fp32. With slotDepth
-// chunks queued each way per sender at the reducer and sendDepth chunks awaiting
-// their results per reducer at the sender, a member holds at most about
-// 3·slotDepth·(G−1) chunks in flight (36 MiB for G = 4), whatever the vector size.
+// (8) chunks queued each way per sender at the reducer and sendDepth chunks
+// awaiting their results per reducer at the sender (8 in fp32, 16 in bf16, 30 in
+// int8: about 4 MiB of encoded chunks), a member holds at most about
+// (16 + sendDepth)·(G−1) chunks of ChunkFloats in flight (36 MiB in fp32, 69 MiB
+// in int8, for G = 4), whatever the vector size.
 const DefaultChunkFloats = 1 << 17
 
 // OptionsFromConfig maps the averaging config section to Options.
