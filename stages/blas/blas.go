@@ -104,18 +104,21 @@ func Err() error {
 // Threads() goroutines at once, each with a single-threaded library call. OpenBLAS's
 // own thread pool is not used: its idle workers spin and yield for a while after
 // every product, stealing the cores from the Go code that runs between products.
+// The blocks depend on the product's shape only, never on the number of
+// goroutines: a library may pick a different kernel for a smaller block (OpenBLAS
+// has small-matrix kernels on AVX-512 machines), so blocks that followed the thread
+// count would make results depend on it.
 func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	if m == 0 || n == 0 {
 		return
 	}
 	checkDims(transA, transB, m, n, k, len(a), lda, len(b), ldb, len(c), ldc)
 	be := current()
-	w := Threads()
-	if !be.splits() || w <= 1 || m*n*k < splitFlops {
+	if !be.splits() || m*n*k < splitFlops || blocks(max(m, n)) < 2 {
 		be.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 		return
 	}
-	split(be, w, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+	split(be, Threads(), transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 }
 
 // SgemmSeq is Sgemm on the calling goroutine only, for callers that already run
@@ -132,8 +135,14 @@ func SgemmSeq(transA, transB bool, m, n, k int, alpha float32, a []float32, lda 
 // splitFlops is the size m·n·k under which a product runs on one goroutine.
 const splitFlops = 1 << 21
 
-// minBlock is the smallest block of rows or columns one goroutine gets.
-const minBlock = 32
+// splitBlock is the typical block of rows or columns of a split product: large
+// enough that the library runs at full speed on each block, small enough that a
+// GPT-sized product has a block for every core of a volunteer's machine.
+const splitBlock = 256
+
+// blocks is the number of blocks a split product's longer side of size rows (or
+// columns) is cut into: a function of the shape alone.
+func blocks(size int) int { return min(64, max(1, size/splitBlock)) }
 
 var threads atomic.Int32
 
@@ -154,26 +163,24 @@ func Threads() int {
 	return runtime.GOMAXPROCS(0)
 }
 
-// split computes the product in w blocks of C, along its longer side.
+// split computes the product in blocks(size) blocks of C along its longer side,
+// w goroutines taking the blocks in turn.
 func split(be backend, w int, transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	rows := m >= n
 	size := n
 	if rows {
 		size = m
 	}
-	if w > size/minBlock {
-		w = max(1, size/minBlock)
-	}
-	var wg sync.WaitGroup
-	for i := 0; i < w; i++ {
+	nb := blocks(size)
+	block := func(i int) {
 		// Blocks start at multiples of 16 so that the library sees aligned panels.
-		lo := (size * i / w) &^ 15
-		hi := (size * (i + 1) / w) &^ 15
-		if i == w-1 {
+		lo := (size * i / nb) &^ 15
+		hi := (size * (i + 1) / nb) &^ 15
+		if i == nb-1 {
 			hi = size
 		}
 		if hi <= lo {
-			continue
+			return
 		}
 		var pa, pb, pc []float32
 		mm, nn := m, n
@@ -194,16 +201,24 @@ func split(be backend, w int, transA, transB bool, m, n, k int, alpha float32, a
 			}
 			pa, pc = a, c[lo:]
 		}
-		if i == w-1 {
-			be.sgemm(transA, transB, mm, nn, k, alpha, pa, lda, pb, ldb, beta, pc, ldc)
-			continue
+		be.sgemm(transA, transB, mm, nn, k, alpha, pa, lda, pb, ldb, beta, pc, ldc)
+	}
+	w = max(1, min(w, nb))
+	var next atomic.Int32
+	work := func() {
+		for i := int(next.Add(1)) - 1; i < nb; i = int(next.Add(1)) - 1 {
+			block(i)
 		}
+	}
+	var wg sync.WaitGroup
+	for range w - 1 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			be.sgemm(transA, transB, mm, nn, k, alpha, pa, lda, pb, ldb, beta, pc, ldc)
+			work()
 		}()
 	}
+	work()
 	wg.Wait()
 }
 

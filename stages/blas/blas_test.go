@@ -157,9 +157,9 @@ func TestSplitProducts(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 8))
 	for _, w := range []int{2, 3, 5} {
 		SetThreads(w)
-		for _, sh := range [][3]int{{211, 150, 97}, {150, 211, 97}, {64, 700, 80}} {
+		for _, sh := range [][3]int{{611, 150, 97}, {150, 611, 97}, {64, 700, 80}} {
 			m, n, k := sh[0], sh[1], sh[2]
-			if m*n*k < splitFlops {
+			if m*n*k < splitFlops || blocks(max(m, n)) < 2 {
 				t.Fatalf("shape %v too small to split", sh)
 			}
 			for _, ta := range []bool{false, true} {
@@ -186,6 +186,37 @@ func TestSplitProducts(t *testing.T) {
 						}
 					}
 				}
+			}
+		}
+	}
+}
+
+// TestSplitIndependentOfThreads: a split product is bit-identical whatever the
+// number of goroutines, one included (the blocks follow the shape only).
+func TestSplitIndependentOfThreads(t *testing.T) {
+	if _, err := loadOpenBLAS(); err != nil {
+		t.Skip("gonum does not go through the split: ", err)
+	}
+	defer Use("auto")
+	if err := Use("openblas"); err != nil {
+		t.Fatal(err)
+	}
+	defer SetThreads(0)
+	r := rand.New(rand.NewPCG(9, 10))
+	const m, n, k = 700, 96, 130
+	a, b := randSlice(r, m*k), randSlice(r, k*n)
+	var ref []float32
+	for _, w := range []int{1, 2, 3, 4, 7} {
+		SetThreads(w)
+		c := make([]float32, m*n)
+		Sgemm(false, false, m, n, k, 1, a, k, b, n, 0, c, n)
+		if ref == nil {
+			ref = c
+			continue
+		}
+		for i := range c {
+			if c[i] != ref[i] {
+				t.Fatalf("%d goroutines: C[%d] = %v, with 1: %v", w, i, c[i], ref[i])
 			}
 		}
 	}
