@@ -101,3 +101,34 @@ func TestCheckInt8Wire(t *testing.T) {
 		}
 	}
 }
+
+// FuzzCheckInt8Wire: whatever bytes arrive, a message CheckInt8Wire accepts
+// decodes (with the pipeline's own decoder) to finite values only, so a GPU
+// stage never dequantizes a NaN or Inf it was sent.
+func FuzzCheckInt8Wire(f *testing.F) {
+	x := []float32{1, -2, 3.5, 0, 1e30, -1e-30, 7, 8, 9}
+	for _, bs := range []int{1, 4, 64} {
+		msg, err := codec.Encode(nil, codec.Int8, bs, x)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(msg, len(x), bs)
+	}
+	f.Fuzz(func(t *testing.T, msg []byte, n, bs int) {
+		if n < 0 || n > 1<<16 || bs < 1 || bs > codec.MaxBlock {
+			return
+		}
+		if CheckInt8Wire(msg, n, bs) != nil {
+			return
+		}
+		out := make([]float32, n)
+		if err := codec.Decode(out, codec.Int8, bs, msg); err != nil {
+			t.Fatalf("accepted here, refused by the codec: %v", err)
+		}
+		for i, v := range out {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				t.Fatalf("value %d decodes to %v", i, v)
+			}
+		}
+	})
+}
