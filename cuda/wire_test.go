@@ -1,30 +1,130 @@
 package cuda
 
 import (
+	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"math"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
-
-	"swarmnode/pipeline/codec"
 )
 
-// TestInt8WireMatchesCodec checks the device's int8 wire messages against the
-// pipeline's own codec: what the GPU quantizes decodes with codec.Decode to
-// within half a step of the input, with the codec's scales; and what the codec
-// encodes, the GPU dequantizes to exactly codec.Decode's values.
-func TestInt8WireMatchesCodec(t *testing.T) {
-	device(t)
-	r := newRand(t)
-	for _, bs := range []int{64, 7} {
-		const n = 5000 + 13
-		x := randn(r, n, 3)
-		for i := 64; i < 128; i++ {
-			x[i] = 0
+// The pipeline's int8 wire layout, as the GPU writes and reads it: per block of
+// bs values a little-endian float32 scale (absmax/127), then the values rounded
+// half away from zero to int8. refEncodeWire and refDecodeWire are the host
+// reference; TestRefWireMatchesGolden ties them to the messages the pipeline's
+// codec makes (cuda/testdata/int8_wire.golden, checked by pipeline/codec's tests),
+// so this package needs no import of the pipeline to agree with it.
+
+func refEncodeWire(x []float32, bs int) []byte {
+	out := make([]byte, 0, WireLen(len(x), bs))
+	for lo := 0; lo < len(x); lo += bs {
+		blk := x[lo:min(lo+bs, len(x))]
+		var am float32
+		for _, v := range blk {
+			am = max(am, float32(math.Abs(float64(v))))
 		}
-		ref, err := codec.Encode(nil, codec.Int8, bs, x)
+		scale := am / 127
+		out = binary.LittleEndian.AppendUint32(out, math.Float32bits(scale))
+		for _, v := range blk {
+			q := 0.0
+			if scale > 0 {
+				q = math.Max(-127, math.Min(127, math.Round(float64(v*(1/scale)))))
+			}
+			out = append(out, byte(int8(q)))
+		}
+	}
+	return out
+}
+
+func refDecodeWire(msg []byte, n, bs int) []float32 {
+	x := make([]float32, n)
+	for lo := 0; lo < n; lo += bs {
+		scale := math.Float32frombits(binary.LittleEndian.Uint32(msg))
+		hi := min(lo+bs, n)
+		for i := lo; i < hi; i++ {
+			x[i] = float32(int8(msg[4+i-lo])) * scale
+		}
+		msg = msg[4+hi-lo:]
+	}
+	return x
+}
+
+// goldenInput mirrors pipeline/codec's golden_test.go.
+func goldenInput() []float32 {
+	x := make([]float32, 300)
+	for i := range x {
+		x[i] = float32(math.Sin(float64(i)*0.37)) * 3
+	}
+	for i := 64; i < 128; i++ {
+		x[i] = 0
+	}
+	return x
+}
+
+// golden reads the pipeline codec's messages for goldenInput, by block size.
+func golden(t testing.TB) map[int][]byte {
+	raw, err := os.ReadFile("testdata/int8_wire.golden")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[int][]byte{}
+	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		f := strings.Fields(line)
+		bs, err := strconv.Atoi(f[0])
 		if err != nil {
 			t.Fatal(err)
 		}
+		if out[bs], err = hex.DecodeString(f[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// TestRefWireMatchesGolden runs without a GPU: the host reference of the layout
+// makes exactly the pipeline codec's messages.
+func TestRefWireMatchesGolden(t *testing.T) {
+	g := golden(t)
+	if len(g) == 0 {
+		t.Fatal("no golden messages")
+	}
+	for bs, want := range g {
+		if got := refEncodeWire(goldenInput(), bs); !bytes.Equal(got, want) {
+			t.Fatalf("block %d: the reference encoder differs from the pipeline codec", bs)
+		}
+		if err := CheckInt8Wire(want, len(goldenInput()), bs); err != nil {
+			t.Fatalf("block %d: the codec's message is refused: %v", bs, err)
+		}
+	}
+}
+
+// TestInt8WireMatchesCodec checks the device's int8 wire messages against the
+// pipeline codec's (through the golden messages and the host reference): the
+// GPU writes the same scales and values to within one rounding step, and reads
+// the codec's messages back exactly as the reference decodes them.
+func TestInt8WireMatchesCodec(t *testing.T) {
+	device(t)
+	r := newRand(t)
+	type tc struct {
+		bs int
+		x  []float32
+	}
+	var cases []tc
+	for bs := range golden(t) {
+		cases = append(cases, tc{bs, goldenInput()})
+	}
+	big := randn(r, 5000+13, 3)
+	for i := 64; i < 128; i++ {
+		big[i] = 0
+	}
+	cases = append(cases, tc{64, big})
+	for _, c := range cases {
+		bs, x := c.bs, c.x
+		n := len(x)
+		ref := refEncodeWire(x, bs)
 		var msg []byte
 		var back []float32
 		run(t, func(g *gpu) {
@@ -43,47 +143,36 @@ func TestInt8WireMatchesCodec(t *testing.T) {
 			back = g.down(Y)
 		})
 		if len(msg) != len(ref) {
-			t.Fatalf("bs %d: %d bytes, codec makes %d", bs, len(msg), len(ref))
-		}
-		got := make([]float32, n)
-		if err := codec.Decode(got, codec.Int8, bs, msg); err != nil {
-			t.Fatalf("bs %d: codec rejects the GPU's message: %v", bs, err)
-		}
-		want := make([]float32, n)
-		if err := codec.Decode(want, codec.Int8, bs, ref); err != nil {
-			t.Fatal(err)
+			t.Fatalf("bs %d: %d bytes, the layout takes %d", bs, len(msg), len(ref))
 		}
 		for b, off := 0, 0; b*bs < n; b++ {
 			if gs, ws := binary.LittleEndian.Uint32(msg[off:]), binary.LittleEndian.Uint32(ref[off:]); gs != ws {
-				t.Fatalf("bs %d block %d: scale %x, codec %x", bs, b, gs, ws)
+				t.Fatalf("bs %d block %d: scale %x, reference %x", bs, b, gs, ws)
 			}
-			scale := float64(math.Float32frombits(binary.LittleEndian.Uint32(ref[off:])))
-			for i := b * bs; i < min(n, (b+1)*bs); i++ {
-				if d := math.Abs(float64(got[i]) - float64(x[i])); d > scale/2*1.001+1e-7 {
-					t.Fatalf("bs %d: value %d off by %v (scale %v)", bs, i, d, scale)
+			for i := 0; i < min(bs, n-b*bs); i++ {
+				if d := int(int8(msg[off+4+i])) - int(int8(ref[off+4+i])); d < -1 || d > 1 {
+					t.Fatalf("bs %d: value %d quantized to %d, reference %d", bs, b*bs+i, int8(msg[off+4+i]), int8(ref[off+4+i]))
 				}
 			}
 			off += 4 + min(bs, n-b*bs)
 		}
+		want := refDecodeWire(ref, n, bs)
 		for i := range want {
 			if back[i] != want[i] {
-				t.Fatalf("bs %d: dequantized %d = %v, codec %v", bs, i, back[i], want[i])
+				t.Fatalf("bs %d: dequantized %d = %v, reference %v", bs, i, back[i], want[i])
 			}
 		}
 	}
 }
 
-// TestCheckInt8Wire runs without a GPU: messages the codec makes pass; a wrong
+// TestCheckInt8Wire runs without a GPU: messages of the layout pass; a wrong
 // length and NaN, negative or overflowing scales are refused.
 func TestCheckInt8Wire(t *testing.T) {
 	x := make([]float32, 100)
 	for i := range x {
 		x[i] = float32(i) - 50
 	}
-	msg, err := codec.Encode(nil, codec.Int8, 16, x)
-	if err != nil {
-		t.Fatal(err)
-	}
+	msg := refEncodeWire(x, 16)
 	if err := CheckInt8Wire(msg, 100, 16); err != nil {
 		t.Fatalf("valid message refused: %v", err)
 	}
@@ -103,29 +192,20 @@ func TestCheckInt8Wire(t *testing.T) {
 }
 
 // FuzzCheckInt8Wire: whatever bytes arrive, a message CheckInt8Wire accepts
-// decodes (with the pipeline's own decoder) to finite values only, so a GPU
-// stage never dequantizes a NaN or Inf it was sent.
+// decodes to finite values only, so a GPU stage never dequantizes a NaN or Inf
+// it was sent.
 func FuzzCheckInt8Wire(f *testing.F) {
-	x := []float32{1, -2, 3.5, 0, 1e30, -1e-30, 7, 8, 9}
-	for _, bs := range []int{1, 4, 64} {
-		msg, err := codec.Encode(nil, codec.Int8, bs, x)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(msg, len(x), bs)
+	for bs, msg := range golden(f) {
+		f.Add(msg, len(goldenInput()), bs)
 	}
 	f.Fuzz(func(t *testing.T, msg []byte, n, bs int) {
-		if n < 0 || n > 1<<16 || bs < 1 || bs > codec.MaxBlock {
+		if n < 0 || n > 1<<16 || bs < 1 || bs > 1<<16 {
 			return
 		}
 		if CheckInt8Wire(msg, n, bs) != nil {
 			return
 		}
-		out := make([]float32, n)
-		if err := codec.Decode(out, codec.Int8, bs, msg); err != nil {
-			t.Fatalf("accepted here, refused by the codec: %v", err)
-		}
-		for i, v := range out {
+		for i, v := range refDecodeWire(msg, n, bs) {
 			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
 				t.Fatalf("value %d decodes to %v", i, v)
 			}

@@ -1,13 +1,13 @@
 package stages
 
 import (
+	"encoding/binary"
 	"math"
 	"strings"
 	"sync"
 	"testing"
 
 	"swarmnode/cuda"
-	"swarmnode/pipeline/codec"
 )
 
 var (
@@ -256,6 +256,43 @@ func TestGPUChainMatchesStageByStage(t *testing.T) {
 	}
 }
 
+// encodeWire and decodeWire are a host reference of the int8 wire layout
+// (cuda/wire_test.go ties the layout to the pipeline's codec): per block of bs
+// values a little-endian float32 scale absmax/127, then the values as int8.
+func encodeWire(x []float32, bs int) []byte {
+	out := make([]byte, 0, cuda.WireLen(len(x), bs))
+	for lo := 0; lo < len(x); lo += bs {
+		blk := x[lo:min(lo+bs, len(x))]
+		var am float32
+		for _, v := range blk {
+			am = max(am, float32(math.Abs(float64(v))))
+		}
+		scale := am / 127
+		out = binary.LittleEndian.AppendUint32(out, math.Float32bits(scale))
+		for _, v := range blk {
+			q := 0.0
+			if scale > 0 {
+				q = math.Round(float64(v / scale))
+			}
+			out = append(out, byte(int8(q)))
+		}
+	}
+	return out
+}
+
+func decodeWire(msg []byte, n, bs int) []float32 {
+	x := make([]float32, n)
+	for lo := 0; lo < n; lo += bs {
+		scale := math.Float32frombits(binary.LittleEndian.Uint32(msg))
+		hi := min(lo+bs, n)
+		for i := lo; i < hi; i++ {
+			x[i] = float32(int8(msg[4+i-lo])) * scale
+		}
+		msg = msg[4+hi-lo:]
+	}
+	return x
+}
+
 // TestGPUWireMatchesFloat runs a middle stage's forward and backward once with
 // float32 tensors and once with int8 wire messages quantized and dequantized on
 // the device: given the same (dequantized) inputs, the outputs agree to one
@@ -280,21 +317,8 @@ func TestGPUWireMatchesFloat(t *testing.T) {
 		x[i] = float32(math.Sin(float64(i)*0.37)) * 2
 		dout[i] = float32(math.Cos(float64(i)*0.11)) * 1e-3
 	}
-	xw, err := codec.Encode(nil, codec.Int8, bs, x)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dw, err := codec.Encode(nil, codec.Int8, bs, dout)
-	if err != nil {
-		t.Fatal(err)
-	}
-	xq, dq := make([]float32, N), make([]float32, N)
-	if err := codec.Decode(xq, codec.Int8, bs, xw); err != nil {
-		t.Fatal(err)
-	}
-	if err := codec.Decode(dq, codec.Int8, bs, dw); err != nil {
-		t.Fatal(err)
-	}
+	xw, dw := encodeWire(x, bs), encodeWire(dout, bs)
+	xq, dq := decodeWire(xw, N, bs), decodeWire(dw, N, bs)
 
 	pf, err := stages[0].Forward(Input{B: B, T: T, X: xq})
 	if err != nil {
@@ -308,13 +332,10 @@ func TestGPUWireMatchesFloat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pw.Out != nil || len(pw.OutWire) != codec.EncodedLen(codec.Int8, N, bs) {
+	if pw.Out != nil || len(pw.OutWire) != cuda.WireLen(N, bs) {
 		t.Fatalf("wire forward: Out %d values, OutWire %d bytes", len(pw.Out), len(pw.OutWire))
 	}
-	out := make([]float32, N)
-	if err := codec.Decode(out, codec.Int8, bs, pw.OutWire); err != nil {
-		t.Fatal(err)
-	}
+	out := decodeWire(pw.OutWire, N, bs)
 	closeQ := func(what string, got, want []float32) {
 		t.Helper()
 		for b := 0; b < N; b += bs {
@@ -334,10 +355,10 @@ func TestGPUWireMatchesFloat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dx := make([]float32, N)
-	if err := codec.Decode(dx, codec.Int8, bs, dxw); err != nil {
-		t.Fatal(err)
+	if len(dxw) != cuda.WireLen(N, bs) {
+		t.Fatalf("wire backward: %d bytes of input gradient", len(dxw))
 	}
+	dx := decodeWire(dxw, N, bs)
 	closeQ("dx", dx, dxf)
 	if e := relErr(stages[1].Grads(), stages[0].Grads()); e > 1e-6 {
 		t.Fatalf("gradients: rel err %g", e)
@@ -361,10 +382,7 @@ func TestWireNeedsGPU(t *testing.T) {
 		t.Fatal(err)
 	}
 	B, T := 1, 4
-	msg, err := codec.Encode(nil, codec.Int8, 16, make([]float32, B*T*gpuCfg.DModel))
-	if err != nil {
-		t.Fatal(err)
-	}
+	msg := encodeWire(make([]float32, B*T*gpuCfg.DModel), 16)
 	if _, err := s.Forward(Input{B: B, T: T, XWire: msg, Block: 16}); err == nil || !strings.Contains(err.Error(), "GPU") {
 		t.Fatalf("wire input on a CPU stage: %v", err)
 	}
