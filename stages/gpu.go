@@ -173,16 +173,23 @@ func (s *Stage) gpuForward(in Input) (*Pass, error) {
 }
 
 func (s *Stage) gpuBackward(p *Pass, dout []float32) ([]float32, error) {
+	if s.IsLast() {
+		dout = nil
+	}
+	return gpuBackwardLocked(s, p, func(gp *cuda.Pass) ([]float32, error) { return s.gpu.cs.Backward(gp, dout) })
+}
+
+// gpuBackwardLocked runs the device backward pass of p under the stage's locks
+// (read lock on the parameters, the gradients' lock) and returns the input
+// gradient, nil on the first stage.
+func gpuBackwardLocked[T []float32 | []byte](s *Stage, p *Pass, run func(gp *cuda.Pass) (T, error)) (T, error) {
 	gp := p.gp
 	p.gp = nil
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	s.gradMu.Lock()
 	defer s.gradMu.Unlock()
-	if s.IsLast() {
-		dout = nil
-	}
-	dx, err := s.gpu.cs.Backward(gp, dout)
+	dx, err := run(gp)
 	if err != nil {
 		return nil, fmt.Errorf("stage %d backward: %w", s.index, s.gpu.fail(err))
 	}
@@ -204,8 +211,8 @@ func (s *Stage) BackwardWire(p *Pass, dout []byte, doutBlock, dxBlock int) ([]by
 	if s.gpu == nil {
 		return nil, fmt.Errorf("stage %d backward: int8 wire gradients need a stage on a GPU", s.index)
 	}
-	if s.IsLast() != (dout == nil) {
-		return nil, fmt.Errorf("stage %d backward: %d bytes of output gradient for the last stage %v", s.index, len(dout), s.IsLast())
+	if s.IsLast() && len(dout) != 0 {
+		return nil, fmt.Errorf("stage %d backward: last stage takes no output gradient, got %d bytes", s.index, len(dout))
 	}
 	if !s.IsLast() {
 		if err := cuda.CheckInt8Wire(dout, p.B*p.T*s.cfg.DModel, doutBlock); err != nil {
@@ -216,20 +223,9 @@ func (s *Stage) BackwardWire(p *Pass, dout []byte, doutBlock, dxBlock int) ([]by
 		return nil, fmt.Errorf("stage %d backward: pass already consumed", s.index)
 	}
 	defer p.free()
-	gp := p.gp
-	p.gp = nil
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	s.gradMu.Lock()
-	defer s.gradMu.Unlock()
-	dx, err := s.gpu.cs.BackwardWire(gp, dout, doutBlock, dxBlock)
-	if err != nil {
-		return nil, fmt.Errorf("stage %d backward: %w", s.index, s.gpu.fail(err))
-	}
-	if s.IsFirst() {
-		return nil, nil
-	}
-	return dx, nil
+	return gpuBackwardLocked(s, p, func(gp *cuda.Pass) ([]byte, error) {
+		return s.gpu.cs.BackwardWire(gp, dout, doutBlock, dxBlock)
+	})
 }
 
 // gpuStep follows Step's contract: the norm is computed on the device and a

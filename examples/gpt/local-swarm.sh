@@ -10,6 +10,7 @@
 #     (stage servers spread over GPUs 0..GPUS-1 with CUDA_VISIBLE_DEVICES)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. examples/gpt/swarm-lib.sh
 
 CONFIG=${CONFIG:-examples/gpt/tiny.yaml}
 STEPS=${STEPS:-}   # empty: the config's train.steps
@@ -46,14 +47,7 @@ start() { # start NAME ARGS...: one peer, its output under $OUT
 }
 
 start s0-0 --role server --stage 0
-boot=""
-for _ in $(seq 100); do
-  boot=$(grep -m1 '^address: .*/tcp/' "$OUT/s0-0.out" 2>/dev/null | cut -d' ' -f2 || true)
-  [ -n "$boot" ] && break
-  kill -0 "${pids[0]}" 2>/dev/null || { cat "$OUT/s0-0.log" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$boot" ] || { echo "bootstrap peer did not start" >&2; exit 1; }
+boot=$(bootstrap_address "$OUT/s0-0.out" "$OUT/s0-0.log" "${pids[0]}" 100) || exit 1
 echo "bootstrap: $boot"
 
 for k in $(seq 0 $((nstages - 1))); do

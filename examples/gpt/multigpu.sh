@@ -18,6 +18,7 @@
 #   CONFIG=examples/gpt/tiny.yaml GPUS=0 DEVICE=cpu STEPS=30 examples/gpt/multigpu.sh   # CPU dry run
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. examples/gpt/swarm-lib.sh
 
 CONFIG=${CONFIG:-examples/gpt/gpt-1b.yaml}
 HOLDERS=${HOLDERS:-2}
@@ -75,14 +76,7 @@ start() { # start NAME ENV ARGS...: one peer, its output under $OUT
 i=0
 start s0-0 "$(gpu_env $i)" --role server --stage 0
 i=$((i + 1))
-boot=""
-for _ in $(seq 600); do
-  boot=$(grep -m1 '^address: .*/tcp/' "$OUT/s0-0.out" 2>/dev/null | cut -d' ' -f2 || true)
-  [ -n "$boot" ] && break
-  kill -0 "${pids[0]}" 2>/dev/null || { cat "$OUT/s0-0.log" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$boot" ] || { echo "bootstrap peer did not start" >&2; exit 1; }
+boot=$(bootstrap_address "$OUT/s0-0.out" "$OUT/s0-0.log" "${pids[0]}" 600) || exit 1
 echo "bootstrap: $boot"
 for k in $(seq 0 $((nstages - 1))); do
   for h in $(seq 0 $((HOLDERS - 1))); do

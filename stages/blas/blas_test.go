@@ -146,14 +146,7 @@ func BenchmarkSgemm1024Gonum(b *testing.B) { benchSgemm(b, Gonum) }
 // columns across goroutines, for every transpose combination and both split
 // directions, against the float64 product.
 func TestSplitProducts(t *testing.T) {
-	if _, err := loadOpenBLAS(); err != nil {
-		t.Skip("gonum does not go through the split: ", err)
-	}
-	defer Use("auto")
-	if err := Use("openblas"); err != nil {
-		t.Fatal(err)
-	}
-	defer SetThreads(0)
+	useOpenBLAS(t)
 	r := rand.New(rand.NewPCG(7, 8))
 	for _, w := range []int{2, 3, 5} {
 		SetThreads(w)
@@ -194,14 +187,7 @@ func TestSplitProducts(t *testing.T) {
 // TestSplitIndependentOfThreads: a split product is bit-identical whatever the
 // number of goroutines, one included (the blocks follow the shape only).
 func TestSplitIndependentOfThreads(t *testing.T) {
-	if _, err := loadOpenBLAS(); err != nil {
-		t.Skip("gonum does not go through the split: ", err)
-	}
-	defer Use("auto")
-	if err := Use("openblas"); err != nil {
-		t.Fatal(err)
-	}
-	defer SetThreads(0)
+	useOpenBLAS(t)
 	r := rand.New(rand.NewPCG(9, 10))
 	const m, n, k = 700, 96, 130
 	a, b := randSlice(r, m*k), randSlice(r, k*n)
@@ -220,4 +206,20 @@ func TestSplitIndependentOfThreads(t *testing.T) {
 			}
 		}
 	}
+}
+
+// useOpenBLAS selects OpenBLAS (the backend that splits products) for the test,
+// or skips it where the library is missing; the defaults come back at the end.
+func useOpenBLAS(t *testing.T) {
+	t.Helper()
+	if _, err := loadOpenBLAS(); err != nil {
+		t.Skip("gonum does not go through the split: ", err)
+	}
+	if err := Use("openblas"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		SetThreads(0)
+		Use("auto")
+	})
 }
