@@ -12,7 +12,7 @@
 #   summary.json                   the figures (see the end of this script)
 #   loss.svg                       the swarm's loss curve against the baseline's
 #
-#   examples/gpt/multigpu.sh                                   # 8 GPUs: 4 stages x 2 holders
+#   IN_FLIGHT=16 examples/gpt/multigpu.sh                      # 8 GPUs: 4 stages x 2 holders, one per GPU
 #   GPUS=2 STEPS=60 LOCAL_STEPS=60 examples/gpt/multigpu.sh    # the same swarm on 2 GPUs
 #   DEADLINE=300 examples/gpt/multigpu.sh                      # stop training 300 s after the start
 #   CONFIG=examples/gpt/tiny.yaml GPUS=0 DEVICE=cpu STEPS=30 examples/gpt/multigpu.sh   # CPU dry run
@@ -31,6 +31,7 @@ PORT=${PORT:-7200}
 POLL=${POLL:-5}
 DEADLINE=${DEADLINE:-}       # seconds after this script starts: stop the trainer (SIGTERM; it writes its summary)
 DEVICE=${DEVICE:-}           # empty: the config's device
+IN_FLIGHT=${IN_FLIGHT:-}     # set: the trainer keeps this many microbatches in flight (pipeline.in_flight)
 script_start=$(date +%s.%N)
 if [ -z "${GPUS:-}" ]; then
   GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
@@ -45,6 +46,11 @@ if [ -z "$KILL_AT" ]; then KILL_AT=$((steps / 2)); fi
 devflag=(${DEVICE:+--device "$DEVICE"})
 rm -rf "$OUT"
 mkdir -p "$OUT/status"
+if [ -n "${IN_FLIGHT:-}" ]; then # a copy of the config with pipeline.in_flight replaced
+  sed "s/^\([[:space:]]*in_flight:\).*/\1 $IN_FLIGHT/" "$CONFIG" >"$OUT/config.yaml"
+  grep -q "^[[:space:]]*in_flight: $IN_FLIGHT\$" "$OUT/config.yaml" || { echo "no pipeline.in_flight in $CONFIG to replace" >&2; exit 2; }
+  CONFIG=$OUT/config.yaml
+fi
 
 gpu_env() { # gpu_env I: the environment that pins process I to its GPU
   if [ "$GPUS" -gt 0 ]; then echo "CUDA_VISIBLE_DEVICES=$(($1 % GPUS))"; else echo "SWARMNODE_NO_GPU=1"; fi
