@@ -273,33 +273,10 @@ extern "C" __global__ void adamw(float* p, float* g, float* m, float* v, const u
 
 // ---------------------------------------------------------------- int8 blockwise quantization
 
-// quantize_int8: one warp per block of bs values: scale = absmax/127,
-// q = round(x/scale) (halves away from zero), scale 0 for an all-zero block.
-extern "C" __global__ void quantize_int8(signed char* q, float* scales, const float* x, long n, int bs) {
-	long blk = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-	int lane = threadIdx.x & 31;
-	long first = blk * bs;
-	if (first >= n) return;
-	long last = min(first + bs, n);
-	float am = 0.f;
-	for (long i = first + lane; i < last; i += 32) am = fmaxf(am, fabsf(x[i]));
-	am = warp_max(am);
-	float scale = am / 127.f;
-	float inv = am > 0.f ? 127.f / am : 0.f;
-	for (long i = first + lane; i < last; i += 32) {
-		float r = roundf(x[i] * inv);
-		r = fminf(fmaxf(r, -127.f), 127.f);
-		q[i] = (signed char)r;
-	}
-	if (lane == 0) scales[blk] = scale;
-}
-
-extern "C" __global__ void dequantize_int8(float* x, const signed char* q, const float* scales, long n, int bs) {
-	GRID_STRIDE(i, n) x[i] = (float)q[i] * scales[i / bs];
-}
-
-// quantize_int8_wire / dequantize_int8_wire: the same quantizer in the pipeline
-// wire's int8 layout (package pipeline/codec): block b of bs values occupies
+// quantize_int8_wire / dequantize_int8_wire: int8 blockwise absmax quantization
+// (one warp per block of bs values: scale = absmax/127, q = round(x/scale), halves
+// away from zero, scale 0 for an all-zero block) in the pipeline wire's layout
+// (package pipeline/codec): block b of bs values occupies
 // bytes [b·(4+bs), (b+1)·(4+bs)) of the message, a little-endian float32 scale
 // followed by the block's int8 values (only the last block may be shorter). The
 // bytes copied to the host are then the frame's payload as they go on the wire.

@@ -528,50 +528,14 @@ func (c *Ctx) AdamW(p, g, m, v, decay, pbf Buf, a AdamWArgs) error {
 		a.LR, a.Beta1, a.Beta2, a.Eps, a.WeightDecay, bc1, bc2, gs, a.SumSq.Ptr, a.Clip, zg)
 }
 
-// QuantizeInt8 compresses x (float32) into q (int8) and one float32 scale per block
-// of bs values (scale = absmax/127, q = round(x/scale)), so activations leave the
-// GPU already compressed.
-func (c *Ctx) QuantizeInt8(q, scales, x Buf, bs int) error {
-	if bs < 1 {
-		return fmt.Errorf("cuda: int8 block size %d", bs)
-	}
-	nb := (x.N + bs - 1) / bs
-	if err := need("quantize x", x, F32, x.N); err != nil {
-		return err
-	}
-	if err := need("quantize q", q, I8, x.N); err != nil {
-		return err
-	}
-	if err := need("quantize scales", scales, F32, nb); err != nil {
-		return err
-	}
-	return c.launch("quantize_int8", grid1(nb, 8), dim3{256, 1, 1}, 0, q, scales, x, int64(x.N), bs)
-}
-
-// DequantizeInt8 expands q and its block scales back into x (float32).
-func (c *Ctx) DequantizeInt8(x, q, scales Buf, bs int) error {
-	if bs < 1 {
-		return fmt.Errorf("cuda: int8 block size %d", bs)
-	}
-	if err := need("dequantize q", q, I8, x.N); err != nil {
-		return err
-	}
-	if err := need("dequantize scales", scales, F32, (x.N+bs-1)/bs); err != nil {
-		return err
-	}
-	if err := need("dequantize x", x, F32, x.N); err != nil {
-		return err
-	}
-	return c.launch("dequantize_int8", c.ewGrid(x.N), ewThreads, 0, x, q, scales, int64(x.N), bs)
-}
-
 // WireLen is the size in bytes of n values in the int8 wire layout with blocks
 // of bs values: a 4-byte scale per block and a byte per value.
 func WireLen(n, bs int) int { return n + 4*((n+bs-1)/bs) }
 
 // QuantizeInt8Wire compresses x (float32) into out in the pipeline wire's int8
-// layout (see WireLen: per block a little-endian float32 scale, then the block's
-// int8 values), the quantizer of QuantizeInt8.
+// layout (see WireLen: per block a little-endian float32 scale absmax/127, then
+// the block's values rounded half away from zero to int8), so activations leave
+// the GPU already compressed.
 func (c *Ctx) QuantizeInt8Wire(out, x Buf, bs int) error {
 	if bs < 1 {
 		return fmt.Errorf("cuda: int8 block size %d", bs)

@@ -483,53 +483,6 @@ func TestAdamWAndClip(t *testing.T) {
 	}
 }
 
-func TestQuantizeInt8(t *testing.T) {
-	device(t)
-	r := newRand(t)
-	const n, bs = 10000 + 37, 64
-	x := randn(r, n, 3)
-	for i := 128; i < 192; i++ {
-		x[i] = 0 // an all-zero block gets scale 0
-	}
-	nb := (n + bs - 1) / bs
-	var q []byte
-	var scales, back []float32
-	run(t, func(g *gpu) {
-		X, Q, S := g.up(x), g.alloc(I8, n), g.alloc(F32, nb)
-		g.check(g.c.QuantizeInt8(Q, S, X, bs))
-		q = make([]byte, n)
-		if g.err == nil {
-			g.check(g.c.DownloadBytes(q, Q))
-		}
-		scales = g.down(S)
-		Y := g.alloc(F32, n)
-		g.check(g.c.DequantizeInt8(Y, Q, S, bs))
-		back = g.down(Y)
-	})
-	for b := 0; b < nb; b++ {
-		var am float64
-		for i := b * bs; i < min(n, (b+1)*bs); i++ {
-			am = math.Max(am, math.Abs(float64(x[i])))
-		}
-		if math.Abs(float64(scales[b])-am/127) > 1e-6*am {
-			t.Fatalf("block %d scale %v, want %v", b, scales[b], am/127)
-		}
-		for i := b * bs; i < min(n, (b+1)*bs); i++ {
-			want := 0.0
-			if am > 0 {
-				want = math.Round(float64(x[i]) / (am / 127))
-			}
-			if got := float64(int8(q[i])); math.Abs(got-want) > 1 || (math.Abs(got-want) == 1 && math.Abs(math.Abs(float64(x[i])/(am/127)-math.Trunc(float64(x[i])/(am/127)))-0.5) > 1e-3) {
-				t.Fatalf("q[%d] = %v, want %v", i, got, want)
-			}
-			if d := math.Abs(float64(back[i]) - float64(x[i])); d > am/127/2*1.001+1e-7 {
-				t.Fatalf("dequantized %d off by %v (scale %v)", i, d, am/127)
-			}
-		}
-	}
-	t.Logf("int8 round trip of %d values in blocks of %d checked", n, bs)
-}
-
 func TestFusedBF16Ops(t *testing.T) {
 	device(t)
 	r := newRand(t)

@@ -101,14 +101,11 @@ func run(cfgPath string, steps int, codec, precName string, summaryPath string) 
 		runs = append(runs, stageRun{s: g, pass: p})
 		first += n
 	}
-	var wire, wireScales, grad cuda.Buf
+	var wire, grad cuda.Buf
 	const bs = 64
 	err = d.Do(func(c *cuda.Ctx) error {
 		var err error
-		if wire, err = c.Alloc(cuda.I8, N*C); err != nil {
-			return err
-		}
-		if wireScales, err = c.Alloc(cuda.F32, (N*C+bs-1)/bs); err != nil {
+		if wire, err = c.Alloc(cuda.U8, cuda.WireLen(N*C, bs)); err != nil {
 			return err
 		}
 		grad, err = c.Alloc(cuda.F32, N*C)
@@ -123,10 +120,10 @@ func run(cfgPath string, steps int, codec, precName string, summaryPath string) 
 		if codec == "fp32" {
 			return c.Copy(dst, src)
 		}
-		if err := c.QuantizeInt8(wire, wireScales, src, bs); err != nil {
+		if err := c.QuantizeInt8Wire(wire, src, bs); err != nil {
 			return err
 		}
-		return c.DequantizeInt8(dst, wire, wireScales, bs)
+		return c.DequantizeInt8Wire(dst, wire, bs)
 	}
 	opt := cuda.OptimConfig{LR: float32(cfg.Train.LR), MinLR: float32(cfg.Train.MinLR), Warmup: cfg.Train.Warmup, Steps: steps,
 		WeightDecay: float32(cfg.Train.WeightDecay), Beta1: float32(cfg.Train.Beta1), Beta2: float32(cfg.Train.Beta2),
