@@ -21,11 +21,15 @@ var (
 	descPeers      = prometheus.NewDesc("swarmnode_connected_peers", "Connected libp2p peers.", nil, nil)
 	descMB         = prometheus.NewDesc("swarmnode_microbatches_total", "Microbatches by outcome.", []string{"outcome"}, nil)
 	descErrors     = prometheus.NewDesc("swarmnode_errors_total", "Errors by kind.", []string{"kind"}, nil)
+	descWireBytes  = prometheus.NewDesc("swarmnode_wire_bytes_total", "Bytes of pipeline frames sent: as sent (wire) and as they would be uncompressed (raw).", []string{"kind"}, nil)
+	descWireFrames = prometheus.NewDesc("swarmnode_wire_frames_total", "Pipeline frames sent.", nil, nil)
+	descLookups    = prometheus.NewDesc("swarmnode_dht_lookups_total", "Holder lookups by how the providers were found: the short walk to the stage key's closest peers (near) or the full kad-dht walk (fallback).", []string{"path"}, nil)
+	descFollowups  = prometheus.NewDesc("swarmnode_dht_lookup_followups_total", "Extra rounds of short-walk lookups whose first answers disagreed.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descStep, descLoss, descTPS, descStage, descHolders, descThroughput,
-		descPeers, descMB, descErrors} {
+		descPeers, descMB, descErrors, descWireBytes, descWireFrames, descLookups, descFollowups} {
 		ch <- d
 	}
 }
@@ -57,4 +61,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for kind, v := range r.Errors {
 		ctr(descErrors, float64(v), kind)
 	}
+	ctr(descWireBytes, float64(r.Wire.Bytes), "wire")
+	ctr(descWireBytes, float64(r.Wire.RawBytes), "raw")
+	ctr(descWireFrames, float64(r.Wire.Frames))
+	ls := c.n.dht.LookupStats()
+	ctr(descLookups, float64(ls.Near), "near")
+	ctr(descLookups, float64(ls.Fallbacks), "fallback")
+	ctr(descFollowups, float64(ls.Followups))
 }

@@ -169,7 +169,7 @@ func TestNodesStatusAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	for _, f := range []string{"peer_id", "addrs", "run", "role", "stage", "holders", "step", "loss", "tokens_per_sec", "history", "microbatches", "averaging", "errors"} {
+	for _, f := range []string{"peer_id", "addrs", "run", "role", "stage", "holders", "step", "loss", "tokens_per_sec", "history", "microbatches", "averaging", "errors", "wire"} {
 		if _, ok := raw[f]; !ok {
 			t.Errorf("/api/status lacks %q", f)
 		}
@@ -181,7 +181,8 @@ func TestNodesStatusAPI(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{"swarmnode_step 42", `swarmnode_stage_holders{stage="0"} 1`, `swarmnode_microbatches_total{outcome="completed"} 1`, `swarmnode_errors_total{kind="dial"} 1`} {
+	for _, want := range []string{"swarmnode_step 42", `swarmnode_stage_holders{stage="0"} 1`, `swarmnode_microbatches_total{outcome="completed"} 1`, `swarmnode_errors_total{kind="dial"} 1`,
+		`swarmnode_wire_bytes_total{kind="raw"}`, `swarmnode_dht_lookups_total{path="near"}`, `swarmnode_dht_lookups_total{path="fallback"}`} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
