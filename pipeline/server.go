@@ -510,8 +510,7 @@ func (s *Server) compute(ctx, soft context.Context, req *serverRequest) (answer,
 	defer s.cacheUsed.Add(-size)
 
 	ans := answer{loss: p.Loss}
-	var dout []float32
-	var downAns answer
+	var down answer // the downstream's answer (none on the last stage)
 	if s.down != nil {
 		// Keep time to run the backward pass and answer after the downstream does.
 		dctx := ctx
@@ -520,14 +519,14 @@ func (s *Server) compute(ctx, soft context.Context, req *serverRequest) (answer,
 			dctx, cancel = context.WithDeadline(ctx, d.Add(-2*fd-10*time.Millisecond))
 			defer cancel()
 		}
-		down, err := s.down.send(dctx, &request{id: req.id, stage: s.k + 1, eval: req.eval, b: req.b, t: req.t,
+		var err error
+		down, err = s.down.send(dctx, &request{id: req.id, stage: s.k + 1, eval: req.eval, b: req.b, t: req.t,
 			x: p.Out, xw: p.OutWire, xblock: in.OutBlock, targets: req.targets}, soft.Done())
 		if err != nil {
 			release()
 			return answer{}, err
 		}
-		ans.loss, dout = down.loss, down.grad
-		downAns = down
+		ans.loss = down.loss
 	}
 	if req.eval {
 		release()
@@ -545,9 +544,9 @@ func (s *Server) compute(ctx, soft context.Context, req *serverRequest) (answer,
 	var bd time.Duration
 	if s.gpuWire {
 		ans.gradBlock = s.opts.Compression.BlockSize
-		ans.gradw, bd, err = s.backwardWire(p, downAns)
+		ans.gradw, bd, err = s.backwardWire(p, down)
 	} else {
-		ans.grad, bd, err = s.w.backward(p, dout)
+		ans.grad, bd, err = s.w.backward(p, down.grad)
 	}
 	s.queue.Add(-1)
 	if err != nil {
