@@ -268,9 +268,9 @@ func (c Codec) decode(payload []byte, out []float32) error {
 		nb := (len(out) + Int8Block - 1) / Int8Block
 		q := payload[4*nb:]
 		for k := 0; k < nb; k++ {
-			scale := math.Float32frombits(binary.LittleEndian.Uint32(payload[4*k:]))
-			if !(scale >= 0) || math.IsInf(float64(scale), 0) {
-				return fmt.Errorf("int8 block %d: bad scale %v", k, scale)
+			scale, err := int8Scale(payload, k)
+			if err != nil {
+				return err
 			}
 			lo, hi := k*Int8Block, min((k+1)*Int8Block, len(out))
 			ob := out[lo:hi]
@@ -288,6 +288,16 @@ func (c Codec) decode(payload []byte, out []float32) error {
 		return fmt.Errorf("unknown codec %d", uint8(c))
 	}
 	return checkFinite(out)
+}
+
+// int8Scale reads block k's scale from an int8 payload (the scales come first)
+// and refuses a negative, NaN or infinite one.
+func int8Scale(payload []byte, k int) (float32, error) {
+	scale := math.Float32frombits(binary.LittleEndian.Uint32(payload[4*k:]))
+	if !(scale >= 0) || math.IsInf(float64(scale), 0) {
+		return 0, fmt.Errorf("int8 block %d: bad scale %v", k, scale)
+	}
+	return scale, nil
 }
 
 // decodeSub sets d[k] = v[k] − d[k] for the values v that payload holds in codec
@@ -329,9 +339,9 @@ func (c Codec) decodeSub(payload []byte, d []float32) error {
 		nb := (len(d) + Int8Block - 1) / Int8Block
 		q := payload[4*nb:]
 		for k := 0; k < nb; k++ {
-			scale := math.Float32frombits(binary.LittleEndian.Uint32(payload[4*k:]))
-			if !(scale >= 0) || math.IsInf(float64(scale), 0) {
-				return fmt.Errorf("int8 block %d: bad scale %v", k, scale)
+			scale, err := int8Scale(payload, k)
+			if err != nil {
+				return err
 			}
 			lo, hi := k*Int8Block, min((k+1)*Int8Block, len(d))
 			db, qb := d[lo:hi], q[lo:hi]
