@@ -1,11 +1,12 @@
 package dht
 
 import (
+	"bytes"
 	"context"
-	"crypto/sha256"
 	"slices"
 
 	"github.com/ipfs/go-cid"
+	kb "github.com/libp2p/go-libp2p-kbucket"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 )
@@ -48,26 +49,9 @@ const (
 	nearFollowMax = 20
 )
 
-// kadID is a key's or peer's position in the Kademlia key space (sha256 of
-// the key bytes, as go-libp2p-kbucket computes it).
-type kadID [sha256.Size]byte
-
-func kadKey(b []byte) kadID { return sha256.Sum256(b) }
-
-// closer reports whether a is closer to t than b by XOR distance.
-func closer(a, b, t kadID) bool {
-	for i := range t {
-		da, db := a[i]^t[i], b[i]^t[i]
-		if da != db {
-			return da < db
-		}
-	}
-	return false
-}
-
 type nearCand struct {
 	id     peer.ID
-	pos    kadID
+	dist   kb.ID // XOR distance to the key, in kad-dht's key space
 	asked  bool
 	failed bool
 	answer []peer.ID // sorted provider ids of its answer
@@ -80,7 +64,7 @@ type nearCand struct {
 // follow-up goes on.
 func (s *Service) nearProviders(ctx context.Context, c cid.Cid, known []peer.ID) (provs []peer.AddrInfo, ok bool) {
 	mh := c.Hash()
-	target := kadKey(mh)
+	target := kb.ConvertKey(string(mh))
 	self := s.h.ID()
 	byID := make(map[peer.ID]*nearCand)
 	var cands []*nearCand
@@ -91,11 +75,11 @@ func (s *Service) nearProviders(ctx context.Context, c cid.Cid, known []peer.ID)
 		if _, seen := byID[p]; seen {
 			return
 		}
-		nc := &nearCand{id: p, pos: kadKey([]byte(p))}
+		nc := &nearCand{id: p, dist: kb.Xor(kb.ConvertPeerID(p), target)}
 		byID[p] = nc
 		cands = append(cands, nc)
 	}
-	for _, p := range s.kad.RoutingTable().NearestPeers(target[:], nearSeed) {
+	for _, p := range s.kad.RoutingTable().NearestPeers(target, nearSeed) {
 		add(p)
 	}
 	if len(cands) == 0 {
@@ -113,15 +97,7 @@ func (s *Service) nearProviders(ctx context.Context, c cid.Cid, known []peer.ID)
 		}
 	}
 	sortCands := func() {
-		slices.SortFunc(cands, func(a, b *nearCand) int {
-			if closer(a.pos, b.pos, target) {
-				return -1
-			}
-			if closer(b.pos, a.pos, target) {
-				return 1
-			}
-			return 0
-		})
+		slices.SortFunc(cands, func(a, b *nearCand) int { return bytes.Compare(a.dist, b.dist) })
 	}
 	// next returns up to n of the closest live candidates not yet asked.
 	next := func(n int) []*nearCand {

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	kb "github.com/libp2p/go-libp2p-kbucket"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -84,10 +85,10 @@ func TestNearLookupFindsAllHolders(t *testing.T) {
 	}
 
 	// The peer closest to stage 0's key dies: the walk skips it.
-	target := kadKey(StageCID(opts.Run, 0).Hash())
+	key := string(StageCID(opts.Run, 0).Hash())
 	dead := nodes[0]
 	for _, nd := range nodes[1:] {
-		if closer(kadKey([]byte(nd.h.ID())), kadKey([]byte(dead.h.ID())), target) {
+		if kb.Closer(nd.h.ID(), dead.h.ID(), key) {
 			dead = nd
 		}
 	}
@@ -154,24 +155,5 @@ func TestNearLookupFallsBack(t *testing.T) {
 	}
 	if st := nodes[1].s.LookupStats(); st.Fallbacks != before.Fallbacks+1 {
 		t.Fatalf("lookup paths %+v then %+v, want one fallback", before, st)
-	}
-}
-
-// TestCloser checks the XOR order against its definition on small keys.
-func TestCloser(t *testing.T) {
-	var a, b, tg kadID
-	a[0], b[0], tg[0] = 0b0001, 0b0100, 0b0000
-	if !closer(a, b, tg) || closer(b, a, tg) || closer(a, a, tg) {
-		t.Fatal("closer: wrong order on the first byte")
-	}
-	tg[0] = 0b0101 // a^t = 0100, b^t = 0001
-	if closer(a, b, tg) {
-		t.Fatal("closer ignores the target")
-	}
-	a[0], b[0] = 0, 0
-	a[31], b[31] = 1, 2
-	tg[0] = 0
-	if !closer(a, b, tg) {
-		t.Fatal("closer: wrong order on the last byte")
 	}
 }
