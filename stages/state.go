@@ -36,16 +36,14 @@ func (s *Stage) ReadState(off int, dst []float32) error {
 	if err := s.checkRange(off, len(dst)); err != nil {
 		return err
 	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	if s.gpu != nil {
-		s.mu.RLock()
-		defer s.mu.RUnlock()
 		if err := s.gpu.cs.ReadState(off, dst); err != nil {
 			return fmt.Errorf("stage %d: reading the GPU state: %w", s.index, s.gpu.fail(err))
 		}
 		return nil
 	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
 	stateSpan([3][]float32{s.params, s.m, s.v}, off, len(dst), func(p []float32, at int) { copy(dst[at:], p) })
 	return nil
 }
@@ -57,22 +55,19 @@ func (s *Stage) AddState(off int, delta []float32) error {
 	if err := s.checkRange(off, len(delta)); err != nil {
 		return err
 	}
-	add := func(p []float32, at int) {
-		d := delta[at : at+len(p)]
-		for i := range p {
-			p[i] += d[i]
-		}
-	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.gpu != nil {
-		s.mu.Lock()
-		defer s.mu.Unlock()
 		if err := s.gpu.cs.AddState(off, delta); err != nil {
 			return fmt.Errorf("stage %d: updating the GPU state: %w", s.index, s.gpu.fail(err))
 		}
 		return nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	stateSpan([3][]float32{s.params, s.m, s.v}, off, len(delta), add)
+	stateSpan([3][]float32{s.params, s.m, s.v}, off, len(delta), func(p []float32, at int) {
+		d := delta[at : at+len(p)]
+		for i := range p {
+			p[i] += d[i]
+		}
+	})
 	return nil
 }
