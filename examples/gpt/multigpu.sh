@@ -52,14 +52,19 @@ if [ -n "${IN_FLIGHT:-}" ]; then # a copy of the config with pipeline.in_flight 
   CONFIG=$OUT/config.yaml
 fi
 
-gpu_env() { # gpu_env I: the environment that pins process I to its GPU
-  if [ "$GPUS" -gt 0 ]; then echo "CUDA_VISIBLE_DEVICES=$(($1 % GPUS))"; else echo "SWARMNODE_NO_GPU=1"; fi
+gpu_of() { # gpu_of I: the GPU process I runs on, empty without GPUs
+  if [ "$GPUS" -gt 0 ]; then echo $(($1 % GPUS)); fi
 }
+# pinned GPU: sets pin to the env(1) assignments that keep a process on that GPU
+# (none for an empty GPU). Processes start as `env "${pin[@]}" CMD` so that $! is
+# the process itself, which the kill below relies on.
+pinned() { pin=(); if [ -n "$1" ]; then pin=("CUDA_VISIBLE_DEVICES=$1"); fi; }
 
 # The baseline first, alone on GPU 0, so it neither slows nor is slowed by the swarm.
 if [ "$LOCAL_STEPS" -gt 0 ]; then
   echo "baseline: swarmnode local, $LOCAL_STEPS steps on one GPU ..."
-  env "$(gpu_env 0)" "$BIN" local --config "$CONFIG" "${devflag[@]}" --steps "$LOCAL_STEPS" \
+  pinned "$(gpu_of 0)"
+  env "${pin[@]}" "$BIN" local --config "$CONFIG" "${devflag[@]}" --steps "$LOCAL_STEPS" \
     --summary "$OUT/local-summary.json" 2>"$OUT/local.log" || { tail -20 "$OUT/local.log" >&2; exit 1; }
   echo "baseline: $(tr -d '\n ' <"$OUT/local-summary.json")"
 fi
@@ -71,30 +76,31 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-start() { # start NAME ENV ARGS...: one peer, its output under $OUT
-  local name=$1 envv=$2; shift 2
-  local port=$((PORT + ${#names[@]}))
-  env "$envv" "$BIN" run --config "$CONFIG" "${devflag[@]}" --data-dir "$OUT/$name" --listen /ip4/127.0.0.1/tcp/0 \
+start() { # start NAME GPU ARGS...: one peer (GPU empty: not pinned), its output under $OUT
+  local name=$1 port=$((PORT + ${#names[@]}))
+  pinned "$2"
+  shift 2
+  env "${pin[@]}" "$BIN" run --config "$CONFIG" "${devflag[@]}" --data-dir "$OUT/$name" --listen /ip4/127.0.0.1/tcp/0 \
     --status "127.0.0.1:$port" "$@" >"$OUT/$name.out" 2>"$OUT/$name.log" &
   pids+=($!) names+=("$name") ports+=("$port")
 }
 
 i=0
-start s0-0 "$(gpu_env $i)" --role server --stage 0
+start s0-0 "$(gpu_of $i)" --role server --stage 0
 i=$((i + 1))
 boot=$(bootstrap_address "$OUT/s0-0.out" "$OUT/s0-0.log" "${pids[0]}" 600) || exit 1
 echo "bootstrap: $boot"
 for k in $(seq 0 $((nstages - 1))); do
   for h in $(seq 0 $((HOLDERS - 1))); do
     [ "$k-$h" = "0-0" ] && continue
-    start "s$k-$h" "$(gpu_env $i)" --role server --stage "$k" --bootstrap "$boot"
+    start "s$k-$h" "$(gpu_of $i)" --role server --stage "$k" --bootstrap "$boot"
     i=$((i + 1))
   done
 done
 peers=$i
 # The victim: the last holder of a middle stage (not the bootstrap, not stage 0).
 victim=s$((nstages / 2))-$((HOLDERS - 1))
-start trainer SWARMNODE_TRAINER=1 --role trainer --bootstrap "$boot" --steps "$steps" --summary "$OUT/summary-trainer.json"
+start trainer "" --role trainer --bootstrap "$boot" --steps "$steps" --summary "$OUT/summary-trainer.json"
 trainer=${pids[-1]}
 echo "$peers stage servers on ${GPUS} GPUs, $nstages stages x $HOLDERS holders; status pages:"
 for j in "${!names[@]}"; do echo "  ${names[$j]} http://127.0.0.1:${ports[$j]}/"; done
