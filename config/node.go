@@ -1,6 +1,10 @@
 package config
 
-import "time"
+import (
+	"time"
+
+	"swarmnode/dht/defaults"
+)
 
 // Node holds the libp2p peer settings of `swarmnode run`; flags override them.
 type Node struct {
@@ -42,8 +46,8 @@ func DefaultNode() Node {
 		Stage:        "auto",
 		Role:         "server",
 		Reachability: "auto",
-		RecordTTL:    2 * time.Minute,
-		GossipEvery:  2 * time.Second,
+		RecordTTL:    defaults.RecordTTL,
+		GossipEvery:  defaults.GossipEvery,
 	}
 }
 

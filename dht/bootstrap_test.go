@@ -12,6 +12,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
+
+	"swarmnode/internal/wait"
 )
 
 // TestBootstrapRedialedUntilReachable: a peer started before its bootstrap
@@ -54,7 +56,7 @@ func TestBootstrapRedialedUntilReachable(t *testing.T) {
 	}
 	t.Cleanup(func() { boot.Close(); h.Close() })
 
-	waitFor(t, 15*time.Second, func() error {
+	wait.For(t, 15*time.Second, func() error {
 		for _, hd := range boot.Holders(1) {
 			if hd.Peer == late.h.ID() {
 				return nil

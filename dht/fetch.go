@@ -6,12 +6,54 @@ import (
 	"fmt"
 	"time"
 
+	kaddht "github.com/libp2p/go-libp2p-kad-dht"
 	pb "github.com/libp2p/go-libp2p-kad-dht/pb"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-msgio"
 	"google.golang.org/protobuf/proto"
 )
+
+// FetchRecord gets and verifies p's record from the DHT.
+func (s *Service) FetchRecord(ctx context.Context, p peer.ID) (PeerRecord, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.opts.OpTimeout)
+	defer cancel()
+	return s.fetchRecord(ctx, p)
+}
+
+// fetchProviderRecord asks the provider for its record first and falls back
+// to a DHT GetValue (a client-mode provider serves no DHT requests).
+func (s *Service) fetchProviderRecord(ctx context.Context, ai peer.AddrInfo) (PeerRecord, error) {
+	if ai.ID != s.h.ID() {
+		key := PeerKey(s.opts.Run, ai.ID)
+		dctx, cancel := context.WithTimeout(ctx, s.opts.OpTimeout/4)
+		b, err := s.fetchDirect(dctx, ai, key)
+		cancel()
+		if err == nil {
+			rec, err := Validator{Run: s.opts.Run}.open(key, b)
+			if err == nil {
+				return rec, nil
+			}
+			s.log.Debug("direct record fetch", "peer", ai.ID, "err", err)
+		}
+	}
+	return s.fetchRecord(ctx, ai.ID)
+}
+
+// fetchRecord gets p's record with a DHT walk towards its key.
+func (s *Service) fetchRecord(ctx context.Context, p peer.ID) (PeerRecord, error) {
+	key := PeerKey(s.opts.Run, p)
+	// Quorum 1: the first valid record will do; gossip carries fresher load.
+	b, err := s.kad.GetValue(ctx, key, kaddht.Quorum(1))
+	if err != nil {
+		return PeerRecord{}, fmt.Errorf("get record of %s: %w", p, err)
+	}
+	rec, err := Validator{Run: s.opts.Run}.open(key, b)
+	if err != nil {
+		return PeerRecord{}, fmt.Errorf("record of %s: %w", p, err)
+	}
+	return rec, nil
+}
 
 // maxReply bounds a GET_VALUE reply read from a peer: a record plus the
 // closer peers a server adds.

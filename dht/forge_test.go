@@ -16,6 +16,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-msgio"
 	"google.golang.org/protobuf/proto"
+
+	"swarmnode/internal/wait"
 )
 
 // rawRPC sends one kad-dht message to p on the run's protocol, the way a
@@ -72,7 +74,7 @@ func TestForgedRecordsRejectedByNetwork(t *testing.T) {
 	ctx := t.Context()
 	nodes := startSwarm(t, ctx, 3, testOpts(1), func(int) int { return 0 })
 	attacker, target, victim := nodes[1], nodes[0], nodes[2]
-	waitFor(t, 3*time.Second, func() error { return sees(target, nodes) })
+	wait.For(t, 3*time.Second, func() error { return sees(target, nodes) })
 
 	attackerKey := attacker.h.Peerstore().PrivKey(attacker.h.ID())
 	victimKey := victim.h.Peerstore().PrivKey(victim.h.ID())
@@ -142,7 +144,7 @@ func TestForgedRecordsRejectedByNetwork(t *testing.T) {
 func TestForgedGossipIgnored(t *testing.T) {
 	ctx := t.Context()
 	nodes := startSwarm(t, ctx, 2, testOpts(2), func(i int) int { return 0 })
-	waitFor(t, 3*time.Second, func() error { return sees(nodes[0], nodes) })
+	wait.For(t, 3*time.Second, func() error { return sees(nodes[0], nodes) })
 	ah := newTestHost(t)
 	t.Cleanup(func() { ah.Close() })
 	aps, err := NewPubSub(ctx, ah)
@@ -162,7 +164,7 @@ func TestForgedGossipIgnored(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Wait until node 0 knows the attacker is on the topic, so messages flow.
-	waitFor(t, 3*time.Second, func() error {
+	wait.For(t, 3*time.Second, func() error {
 		for _, p := range nodes[0].ps.ListPeers(GossipTopic("test")) {
 			if p == ah.ID() {
 				return nil
@@ -190,7 +192,7 @@ func TestForgedGossipIgnored(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	waitFor(t, 2*time.Second, func() error {
+	wait.For(t, 2*time.Second, func() error {
 		hs := nodes[0].s.Holders(1)
 		if len(hs) != 1 || hs[0].Peer != ah.ID() || hs[0].Throughput != 7 {
 			return fmt.Errorf("holders of stage 1: %+v", hs)

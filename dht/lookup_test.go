@@ -8,6 +8,8 @@ import (
 
 	kb "github.com/libp2p/go-libp2p-kbucket"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"swarmnode/internal/wait"
 )
 
 // holdersOf returns the ids of the nodes serving stage.
@@ -54,7 +56,7 @@ func TestNearLookupFindsAllHolders(t *testing.T) {
 	copts.Client = true
 	c := startNode(t, ctx, copts, Self{Stage: -1, Role: RoleTrainer}, []peer.AddrInfo{addrInfo(nodes[0].h)})
 
-	waitFor(t, 30*time.Second, func() error {
+	wait.For(t, 30*time.Second, func() error {
 		for k := 0; k < stages; k++ {
 			provs, ok := c.s.nearProviders(ctx, StageCID(opts.Run, k), nil)
 			if !ok {
@@ -100,7 +102,7 @@ func TestNearLookupFindsAllHolders(t *testing.T) {
 			live = append(live, p)
 		}
 	}
-	waitFor(t, 30*time.Second, func() error {
+	wait.For(t, 30*time.Second, func() error {
 		provs, ok := c.s.nearProviders(ctx, StageCID(opts.Run, 0), nil)
 		if !ok {
 			return fmt.Errorf("short walk gave up after the closest peer died")
@@ -121,7 +123,7 @@ func TestNearLookupFallsBack(t *testing.T) {
 	if _, ok := lone.s.nearProviders(ctx, StageCID(opts.Run, 0), nil); ok {
 		t.Fatal("short walk answered with an empty routing table")
 	}
-	waitFor(t, 3*time.Second, func() error {
+	wait.For(t, 3*time.Second, func() error {
 		hs, err := lone.s.Lookup(ctx, 0)
 		if err != nil {
 			return err
@@ -138,7 +140,7 @@ func TestNearLookupFallsBack(t *testing.T) {
 	// A stage nobody serves: the short walk finds no provider, the full
 	// walk confirms it.
 	nodes := startSwarm(t, ctx, 4, opts, func(int) int { return 0 })
-	waitFor(t, 5*time.Second, func() error {
+	wait.For(t, 5*time.Second, func() error {
 		provs, ok := nodes[1].s.nearProviders(ctx, StageCID(opts.Run, 0), nil)
 		if !ok {
 			return fmt.Errorf("short walk gave up on stage 0")

@@ -87,19 +87,8 @@ func (r *PeerRecord) Check(now time.Time) error {
 	if err := r.Peer.Validate(); err != nil {
 		return fmt.Errorf("peer: %w", err)
 	}
-	if r.Stage < -1 || r.Stage >= MaxStages {
-		return fmt.Errorf("stage %d out of range [-1, %d)", r.Stage, MaxStages)
-	}
-	switch r.Role {
-	case RoleServer, RoleTrainer, RoleBoth:
-	default:
-		return fmt.Errorf("role %q: want server, trainer or both", r.Role)
-	}
-	if math.IsNaN(r.Throughput) || math.IsInf(r.Throughput, 0) || r.Throughput < 0 {
-		return fmt.Errorf("throughput %v: want a finite number >= 0", r.Throughput)
-	}
-	if r.Queue < 0 {
-		return fmt.Errorf("queue %d: negative", r.Queue)
+	if err := (Self{Stage: r.Stage, Role: r.Role, Throughput: r.Throughput, Queue: r.Queue}).check(); err != nil {
+		return err
 	}
 	if len(r.Addrs) > MaxAddrs {
 		return fmt.Errorf("%d addrs: at most %d", len(r.Addrs), MaxAddrs)
@@ -115,6 +104,18 @@ func (r *PeerRecord) Check(now time.Time) error {
 	}
 	if exp.Sub(now) > MaxRecordLifetime {
 		return fmt.Errorf("expires %s from now, more than %s", exp.Sub(now).Round(time.Second), MaxRecordLifetime)
+	}
+	return nil
+}
+
+// checkLoad reports whether a throughput (tokens/s) and a queue length are
+// possible values.
+func checkLoad(throughput float64, queue int) error {
+	if math.IsNaN(throughput) || math.IsInf(throughput, 0) || throughput < 0 {
+		return fmt.Errorf("throughput %v: want a finite number >= 0", throughput)
+	}
+	if queue < 0 {
+		return fmt.Errorf("queue %d: negative", queue)
 	}
 	return nil
 }

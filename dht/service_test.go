@@ -11,6 +11,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+
+	"swarmnode/internal/wait"
 )
 
 type tnode struct {
@@ -88,27 +90,12 @@ func sees(n *tnode, want []*tnode) error {
 	return nil
 }
 
-func waitFor(t testing.TB, within time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", within, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestEightHostsSeeEachOther is the acceptance check: 8 hosts on
 // loopback each list every other's stage within 2 s of the swarm being up.
 func TestEightHostsSeeEachOther(t *testing.T) {
 	ctx := t.Context()
 	nodes := startSwarm(t, ctx, 8, testOpts(3), func(i int) int { return i % 3 })
-	waitFor(t, 2*time.Second, func() error {
+	wait.For(t, 2*time.Second, func() error {
 		for _, n := range nodes {
 			if err := sees(n, nodes); err != nil {
 				return err
@@ -139,7 +126,7 @@ func TestLookupThroughDHT(t *testing.T) {
 			want[n.h.ID()] = true
 		}
 	}
-	waitFor(t, 5*time.Second, func() error {
+	wait.For(t, 5*time.Second, func() error {
 		hs, err := c.s.Lookup(ctx, 1)
 		if err != nil {
 			return err
@@ -165,7 +152,7 @@ func TestStoppedNodeDisappears(t *testing.T) {
 	ctx := t.Context()
 	opts := testOpts(2)
 	nodes := startSwarm(t, ctx, 4, opts, func(i int) int { return i % 2 })
-	waitFor(t, 3*time.Second, func() error {
+	wait.For(t, 3*time.Second, func() error {
 		for _, n := range nodes {
 			if err := sees(n, nodes); err != nil {
 				return err
@@ -194,19 +181,19 @@ func TestStoppedNodeDisappears(t *testing.T) {
 	crashed.s.Close()
 	// The TTL runs from the last message received; 500 ms covers one still in
 	// flight when the node died.
-	waitFor(t, opts.RecordTTL+500*time.Millisecond, gone(crashed, 1))
+	wait.For(t, opts.RecordTTL+500*time.Millisecond, gone(crashed, 1))
 
 	// Clean shutdown: the leave message removes it well before the TTL.
 	left := nodes[2]
 	left.s.Close()
-	waitFor(t, opts.RecordTTL/2, gone(left, 0))
+	wait.For(t, opts.RecordTTL/2, gone(left, 0))
 }
 
 func TestMarkDownAndReturn(t *testing.T) {
 	ctx := t.Context()
 	opts := testOpts(1)
 	nodes := startSwarm(t, ctx, 3, opts, func(int) int { return 0 })
-	waitFor(t, 3*time.Second, func() error { return sees(nodes[0], nodes) })
+	wait.For(t, 3*time.Second, func() error { return sees(nodes[0], nodes) })
 	victim := nodes[1].h.ID()
 	nodes[0].s.MarkDown(victim)
 	for _, h := range nodes[0].s.Holders(0) {
@@ -225,18 +212,18 @@ func TestMarkDownAndReturn(t *testing.T) {
 		}
 	}
 	// It keeps gossiping, so it comes back after the backoff.
-	waitFor(t, opts.DownBackoff+2*time.Second, func() error { return sees(nodes[0], nodes) })
+	wait.For(t, opts.DownBackoff+2*time.Second, func() error { return sees(nodes[0], nodes) })
 }
 
 // TestStageChangeAnnounced: SetSelf moves a peer to another stage everywhere.
 func TestStageChangeAnnounced(t *testing.T) {
 	ctx := t.Context()
 	nodes := startSwarm(t, ctx, 3, testOpts(2), func(int) int { return 0 })
-	waitFor(t, 3*time.Second, func() error { return sees(nodes[0], nodes) })
+	wait.For(t, 3*time.Second, func() error { return sees(nodes[0], nodes) })
 	if err := nodes[2].s.SetSelf(Self{Stage: 1, Role: RoleBoth}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 3*time.Second, func() error {
+	wait.For(t, 3*time.Second, func() error {
 		hs := nodes[0].s.Holders(1)
 		if len(hs) != 1 || hs[0].Peer != nodes[2].h.ID() || hs[0].Role != RoleBoth {
 			return fmt.Errorf("holders of stage 1: %+v", hs)
@@ -253,7 +240,7 @@ func TestStageChangeAnnounced(t *testing.T) {
 	if err := nodes[2].s.SetSelf(Self{Stage: -1, Role: RoleTrainer}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Second, func() error {
+	wait.For(t, 2*time.Second, func() error {
 		for _, n := range []*tnode{nodes[0], nodes[2]} {
 			if hs := n.s.Holders(1); len(hs) != 0 {
 				return fmt.Errorf("stage 1 still lists %+v", hs)

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"swarmnode/internal/wait"
 )
 
 // TestStatusPageInBrowser loads a running node's status page in headless
@@ -25,7 +27,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	b := startTestNode(t, ob)
 	b.Status().AddHistory(HistoryPoint{Step: 1, Loss: 5})
 	b.Status().AddHistory(HistoryPoint{Step: 2, Loss: 4})
-	waitFor(t, 3*time.Second, func() error {
+	wait.For(t, 3*time.Second, func() error {
 		if len(b.DHT().Holders(0)) != 1 {
 			return fmt.Errorf("b does not see a yet")
 		}

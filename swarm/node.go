@@ -106,13 +106,13 @@ func OptionsFromConfig(cfg config.Config) Options {
 
 func (o *Options) fill() error {
 	if o.DataDir == "" {
-		o.DataDir = ".swarmnode"
+		o.DataDir = config.DefaultNode().DataDir
 	}
 	if o.Identity == "" {
 		o.Identity = filepath.Join(o.DataDir, "identity.key")
 	}
 	if len(o.Listen) == 0 {
-		o.Listen = []string{"/ip4/0.0.0.0/tcp/0", "/ip4/0.0.0.0/udp/0/quic-v1"}
+		o.Listen = config.DefaultNode().Listen
 	}
 	switch o.Reachability {
 	case "", "public", "private":

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"swarmnode/dht"
+	"swarmnode/internal/wait"
 )
 
 func testOptions(t testing.TB, stage int) Options {
@@ -48,21 +49,6 @@ func getJSON(t testing.TB, url string, v any) {
 	}
 	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
 		t.Fatalf("GET %s: %v", url, err)
-	}
-}
-
-func waitFor(t testing.TB, within time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", within, err)
-		}
-		time.Sleep(25 * time.Millisecond)
 	}
 }
 
@@ -128,7 +114,7 @@ func TestNodesStatusAPI(t *testing.T) {
 	b.Status().SetTraining(43, nanLoss(), 1)
 
 	var r Report
-	waitFor(t, 3*time.Second, func() error {
+	wait.For(t, 3*time.Second, func() error {
 		r = Report{}
 		getJSON(t, b.StatusURL()+"api/status", &r)
 		if len(r.Holders[0]) != 1 || r.Holders[0][0].PeerID != a.ID().String() {
@@ -234,7 +220,7 @@ func TestAutoStageFillsEmptyStage(t *testing.T) {
 	oc := testOptions(t, -1)
 	oc.Bootstrap = ob.Bootstrap
 	c := startTestNode(t, oc)
-	waitFor(t, 3*time.Second, func() error {
+	wait.For(t, 3*time.Second, func() error {
 		if k := c.AutoStage(t.Context()); k != 2 {
 			return fmt.Errorf("AutoStage = %d, want 2 (the empty stage)", k)
 		}

@@ -11,6 +11,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
 	ma "github.com/multiformats/go-multiaddr"
+
+	"swarmnode/internal/wait"
 )
 
 // TestRelayReachesNATedPeer: a peer started with Relay serves circuit relay
@@ -33,7 +35,7 @@ func TestRelayReachesNATedPeer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	// The relay service starts once the relay host sees itself as public.
-	waitFor(t, 5*time.Second, func() error {
+	wait.For(t, 5*time.Second, func() error {
 		if _, err := client.Reserve(ctx, natted.Host(), peer.AddrInfo{ID: relay.ID(), Addrs: relay.Host().Addrs()}); err != nil {
 			return fmt.Errorf("reserve: %w", err)
 		}
