@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -137,14 +139,88 @@ func TestForgedRecordsRejectedByNetwork(t *testing.T) {
 	}
 }
 
+// rejections counts, by the peer it came from, the gossip messages a node's
+// GossipSub rejected: the event that a malformed message arrived and was
+// refused, where the mere absence of its effect could also mean it never came.
+type rejections struct {
+	mu sync.Mutex
+	n  map[peer.ID]int
+}
+
+// Trace implements pubsub.EventTracer.
+func (r *rejections) Trace(evt *pubsubpb.TraceEvent) {
+	if evt.GetType() != pubsubpb.TraceEvent_REJECT_MESSAGE {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.n[peer.ID(evt.GetRejectMessage().GetReceivedFrom())]++
+}
+
+func (r *rejections) from(p peer.ID) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.n[p]
+}
+
 // TestForgedGossipIgnored: a peer without our validator publishes malformed
-// load messages straight onto the topic; receivers drop them. GossipSub's
-// strict signing binds each message to its real author, so the attacker's one
-// well-formed message (the control) lists the attacker itself, nobody else.
+// load messages straight onto the topic; the receiver rejects every one of
+// them and lists nobody for them. GossipSub's strict signing binds each
+// message to its real author, so the attacker's one well-formed message, the
+// positive control over the same path, lists the attacker itself, nobody else.
 func TestForgedGossipIgnored(t *testing.T) {
 	ctx := t.Context()
-	nodes := startSwarm(t, ctx, 2, testOpts(2), func(i int) int { return 0 })
-	wait.For(t, 3*time.Second, func() error { return sees(nodes[0], nodes) })
+	rej := &rejections{n: make(map[peer.ID]int)}
+	th := newTestHost(t)
+	tps, err := pubsub.NewGossipSub(ctx, th, append(pubsubOptions(), pubsub.WithEventTracer(rej))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := startService(t, ctx, th, tps, testOpts(2), Self{Stage: 0, Role: RoleServer}, nil)
+	other := startNode(t, ctx, testOpts(2), Self{Stage: 0, Role: RoleServer, Throughput: 100}, []peer.AddrInfo{addrInfo(th)})
+	wait.For(t, 3*time.Second, func() error { return sees(target, []*tnode{target, other}) })
+	ah, topic := joinAsAttacker(t, ctx, target)
+
+	big := uint64(time.Now().Add(time.Hour).UnixNano())
+	bad := []string{
+		`junk`,
+		fmt.Sprintf(`{"stage":-5,"role":"server","seq":%d}`, big),
+		fmt.Sprintf(`{"stage":1,"role":"server","throughput":-1,"seq":%d}`, big),
+		fmt.Sprintf(`{"stage":1,"role":"trainer","seq":%d}`, big),
+	}
+	for _, m := range bad {
+		if err := topic.Publish(ctx, []byte(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wait.For(t, 3*time.Second, func() error {
+		if n := rej.from(ah.ID()); n < len(bad) {
+			return fmt.Errorf("target rejected %d of the %d malformed messages", n, len(bad))
+		}
+		return nil
+	})
+	if hs := target.s.Holders(1); len(hs) != 0 {
+		t.Fatalf("malformed gossip made stage 1 holders: %+v", hs)
+	}
+
+	good := fmt.Sprintf(`{"stage":1,"role":"server","throughput":7,"seq":%d}`, big)
+	if err := topic.Publish(ctx, []byte(good)); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, 2*time.Second, func() error {
+		hs := target.s.Holders(1)
+		if len(hs) != 1 || hs[0].Peer != ah.ID() || hs[0].Throughput != 7 {
+			return fmt.Errorf("holders of stage 1: %+v", hs)
+		}
+		return nil
+	})
+}
+
+// joinAsAttacker starts a host with a bare GossipSub (none of our
+// validation) on the run's topic, connected to n, and returns once n counts
+// it as a peer of the topic, so what it publishes reaches n.
+func joinAsAttacker(t *testing.T, ctx context.Context, n *tnode) (host.Host, *pubsub.Topic) {
+	t.Helper()
 	ah := newTestHost(t)
 	t.Cleanup(func() { ah.Close() })
 	aps, err := NewPubSub(ctx, ah)
@@ -159,46 +235,17 @@ func TestForgedGossipIgnored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sub.Cancel()
-	if err := ah.Connect(ctx, addrInfo(nodes[0].h)); err != nil {
+	t.Cleanup(sub.Cancel)
+	if err := ah.Connect(ctx, addrInfo(n.h)); err != nil {
 		t.Fatal(err)
 	}
-	// Wait until node 0 knows the attacker is on the topic, so messages flow.
 	wait.For(t, 3*time.Second, func() error {
-		for _, p := range nodes[0].ps.ListPeers(GossipTopic("test")) {
-			if p == ah.ID() {
-				return nil
-			}
+		if slices.Contains(n.ps.ListPeers(GossipTopic("test")), ah.ID()) {
+			return nil
 		}
-		return errors.New("attacker not yet a topic peer of node 0")
+		return errors.New("attacker not yet a topic peer")
 	})
-	big := uint64(time.Now().Add(time.Hour).UnixNano())
-	for _, bad := range []string{
-		`junk`,
-		fmt.Sprintf(`{"stage":-5,"role":"server","seq":%d}`, big),
-		fmt.Sprintf(`{"stage":1,"role":"server","throughput":-1,"seq":%d}`, big),
-		fmt.Sprintf(`{"stage":1,"role":"trainer","seq":%d}`, big),
-	} {
-		if err := topic.Publish(ctx, []byte(bad)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	time.Sleep(300 * time.Millisecond)
-	if hs := nodes[0].s.Holders(1); len(hs) != 0 {
-		t.Fatalf("malformed gossip made stage 1 holders: %+v", hs)
-	}
-	good := fmt.Sprintf(`{"stage":1,"role":"server","throughput":7,"seq":%d}`, big)
-	if err := topic.Publish(ctx, []byte(good)); err != nil {
-		t.Fatal(err)
-	}
-
-	wait.For(t, 2*time.Second, func() error {
-		hs := nodes[0].s.Holders(1)
-		if len(hs) != 1 || hs[0].Peer != ah.ID() || hs[0].Throughput != 7 {
-			return fmt.Errorf("holders of stage 1: %+v", hs)
-		}
-		return nil
-	})
+	return ah, topic
 }
 
 // TestLoadRateLimit: an author's load messages faster than MinLoadInterval are

@@ -24,6 +24,17 @@ func newKey(t testing.TB) (crypto.PrivKey, peer.ID) {
 	return k, id
 }
 
+// signedGood returns a new peer's goodRecord, signed, valid at now.
+func signedGood(t testing.TB, now time.Time) (peer.ID, []byte) {
+	t.Helper()
+	key, id := newKey(t)
+	b, err := Sign(goodRecord(id, now), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id, b
+}
+
 func goodRecord(id peer.ID, now time.Time) PeerRecord {
 	return PeerRecord{
 		Run: "r1", Peer: id, Stage: 2, Role: RoleServer, Throughput: 1234.5, Queue: 3,
@@ -81,12 +92,8 @@ func TestPeerKeyRoundTrip(t *testing.T) {
 }
 
 func TestValidatorAcceptsGoodRecord(t *testing.T) {
-	key, id := newKey(t)
 	now := time.Now()
-	b, err := Sign(goodRecord(id, now), key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	id, b := signedGood(t, now)
 	v := Validator{Run: "r1"}
 	if err := v.Validate(PeerKey("r1", id), b); err != nil {
 		t.Fatalf("good record rejected: %v", err)
@@ -210,12 +217,7 @@ func TestDecodeLoad(t *testing.T) {
 }
 
 func FuzzValidate(f *testing.F) {
-	key, id := newKey(f)
-	now := time.Now()
-	good, err := Sign(goodRecord(id, now), key)
-	if err != nil {
-		f.Fatal(err)
-	}
+	id, good := signedGood(f, time.Now())
 	f.Add(PeerKey("r1", id), good)
 	f.Add(PeerKey("r1", id), []byte{})
 	f.Add("/swarmnode/r1/peer/x", []byte("garbage"))

@@ -43,13 +43,10 @@ func newTestHost(t testing.TB) host.Host {
 	return h
 }
 
-func startNode(t testing.TB, ctx context.Context, opts Options, self Self, boot []peer.AddrInfo) *tnode {
+// startService starts a Service on h and ps, joining through boot; the test's
+// end closes both the service and the host.
+func startService(t testing.TB, ctx context.Context, h host.Host, ps *pubsub.PubSub, opts Options, self Self, boot []peer.AddrInfo) *tnode {
 	t.Helper()
-	h := newTestHost(t)
-	ps, err := NewPubSub(ctx, h)
-	if err != nil {
-		t.Fatal(err)
-	}
 	opts.Bootstrap = boot
 	s, err := New(ctx, h, ps, self, opts)
 	if err != nil {
@@ -58,6 +55,17 @@ func startNode(t testing.TB, ctx context.Context, opts Options, self Self, boot 
 	n := &tnode{h: h, ps: ps, s: s}
 	t.Cleanup(func() { n.s.Close(); n.h.Close() })
 	return n
+}
+
+// startNode starts a Service on a new loopback host.
+func startNode(t testing.TB, ctx context.Context, opts Options, self Self, boot []peer.AddrInfo) *tnode {
+	t.Helper()
+	h := newTestHost(t)
+	ps, err := NewPubSub(ctx, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return startService(t, ctx, h, ps, opts, self, boot)
 }
 
 func addrInfo(h host.Host) peer.AddrInfo { return peer.AddrInfo{ID: h.ID(), Addrs: h.Addrs()} }
