@@ -64,18 +64,7 @@ func TestDHTRouting(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { srv.Close() })
-			go func() { // what swarm does: gossip the server's load
-				tick := time.NewTicker(100 * time.Millisecond)
-				defer tick.Stop()
-				for {
-					select {
-					case <-ctx.Done():
-						return
-					case <-tick.C:
-						svc.SetLoad(srv.Load())
-					}
-				}
-			}()
+			go svc.FollowLoad(ctx, 100*time.Millisecond, srv.Load) // what swarm does
 			servers, svcs = append(servers, srv), append(svcs, svc)
 		}
 	}

@@ -3,7 +3,6 @@ package pipeline_test
 import (
 	"context"
 	"log/slog"
-	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
 
@@ -31,18 +30,7 @@ func serveAndTrain(ctx context.Context, cfg config.Config, h host.Host, svc *dht
 		return pipeline.Summary{}, err
 	}
 	defer srv.Close()
-	go func() {
-		t := time.NewTicker(cfg.Node.GossipEvery)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				svc.SetLoad(srv.Load())
-			}
-		}
-	}()
+	go svc.FollowLoad(ctx, cfg.Node.GossipEvery, srv.Load)
 
 	corpus, err := data.Load(cfg.Data.Path, cfg.Data.ValFraction)
 	if err != nil {
