@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -42,9 +43,14 @@ type LookupStats struct {
 	Fallbacks uint64
 }
 
+// lookupCounts are the live counters behind LookupStats.
+type lookupCounts struct {
+	near, followups, fallbacks atomic.Uint64
+}
+
 // LookupStats returns the counts of Lookups since the start.
 func (s *Service) LookupStats() LookupStats {
-	return LookupStats{Near: s.nearHits.Load(), Followups: s.nearFollowups.Load(), Fallbacks: s.nearMisses.Load()}
+	return LookupStats{Near: s.counts.near.Load(), Followups: s.counts.followups.Load(), Fallbacks: s.counts.fallbacks.Load()}
 }
 
 func (s *Service) lookup(ctx context.Context, stage int, full bool) ([]Holder, error) {
@@ -111,10 +117,10 @@ func (s *Service) providersOf(ctx context.Context, c cid.Cid, full bool, known [
 				ch <- ai
 			}
 			close(ch)
-			s.nearHits.Add(1)
+			s.counts.near.Add(1)
 			return ch
 		}
-		s.nearMisses.Add(1)
+		s.counts.fallbacks.Add(1)
 	}
 	return s.kad.FindProvidersAsync(ctx, c, 0)
 }

@@ -260,7 +260,7 @@ func (w *nearWalk) followUp(ctx context.Context, known []peer.ID) bool {
 			return complete
 		}
 		w.ask(ctx, batch)
-		w.s.nearFollowups.Add(1)
+		w.s.counts.followups.Add(1)
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	kaddht "github.com/libp2p/go-libp2p-kad-dht"
@@ -44,10 +43,8 @@ type Service struct {
 	rateMu  sync.Mutex
 	lastMsg map[peer.ID]time.Time
 
-	// nearHits and nearMisses count Lookups answered by nearProviders and
-	// those that fell back to the full walk; nearFollowups counts the
-	// follow-up rounds of the former.
-	nearHits, nearMisses, nearFollowups atomic.Uint64
+	// counts says how Lookups found their providers.
+	counts lookupCounts
 
 	announceNow chan struct{}
 	cancel      context.CancelFunc
