@@ -17,5 +17,14 @@
 // once two answers confirm each other, falling back to kad-dht's full provider
 // walk (LookupFull, which the periodic refresh runs).
 //
-// docs/protocol.md describes the wire formats for other implementations.
+// The files, one job each: options.go (Options and their defaults, from
+// package dht/defaults), service.go (construction and shutdown), announce.go
+// (what this peer announces: its record and provider record), gossip.go (load
+// messages, sent and received), refresh.go (the bootstrap, routing-table and
+// holder refresh loops), lookup.go (Lookup), near.go (its short walk),
+// fetch.go (fetching peer records), holders.go (the live-holders table),
+// record.go, validator.go and keys.go (records, their validation, DHT keys).
+//
+// docs/protocol.md describes the wire formats for other implementations;
+// docs/dht-notes.md the measurements behind some choices.
 package dht
