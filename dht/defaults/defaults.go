@@ -24,15 +24,14 @@ const (
 	RepublishesPerTTL = 4
 
 	// GossipEvery is the period of load (throughput, queue) gossip. Routing
-	// weights lag the real load by at most this; at 2 s the 64 peers of a
-	// large run publish 32 messages of at most 512 bytes a second, negligible
-	// next to activations.
+	// weights lag the real load by at most this; at 2 s, 64 peers publish 32
+	// messages of at most 512 bytes a second, negligible next to activations.
 	GossipEvery = 2 * time.Second
 
 	// RefreshEvery is the period of the full DHT lookup of every stage's
-	// holders, which catches holders that gossip missed (peers that announced
-	// before this one subscribed, a gossip mesh still forming). Each period
-	// costs one full provider walk per stage.
+	// holders, which finds the holders whose gossip does not reach this peer
+	// (a gossip mesh still forming, or split). Each period costs one full
+	// provider walk per stage, so it stays a few gossip periods long.
 	RefreshEvery = 5 * time.Second
 
 	// DownBackoff is how long a holder stays hidden after a call to it failed:
