@@ -272,9 +272,6 @@ func (c *Ctx) SetSyncCheck(on bool) { c.syncCheck = on }
 // Sync waits for all queued work and reports any asynchronous fault.
 func (c *Ctx) Sync() error { return drvStreamSync(c.stream) }
 
-// MemInfo returns the free and total device memory in bytes.
-func (c *Ctx) MemInfo() (free, total int64, err error) { return drvMemInfo() }
-
 // DType is the element type of a buffer.
 type DType int
 
@@ -485,26 +482,32 @@ func (c *Ctx) UploadBytes(dst Buf, src []byte) error {
 	return c.upload(dst, unsafe.Pointer(&src[0]), int64(len(src)))
 }
 
-// Event is a point in the device's stream, for timing.
-type Event struct{ e uintptr }
-
-// Record places a new event in the stream.
-func (c *Ctx) Record() (Event, error) {
-	e, err := drvEventCreate()
+// Time queues fn's work between two events in the stream, waits for it and
+// returns the milliseconds the device spent on it.
+func (c *Ctx) Time(fn func() error) (float32, error) {
+	e0, err := drvEventCreate()
 	if err != nil {
-		return Event{}, err
-	}
-	return Event{e}, drvEventRecord(e, c.stream)
-}
-
-// Elapsed waits for b and returns the milliseconds between a and b; it destroys both.
-func (c *Ctx) Elapsed(a, b Event) (float32, error) {
-	defer drvEventDestroy(a.e)
-	defer drvEventDestroy(b.e)
-	if err := drvEventSync(b.e); err != nil {
 		return 0, err
 	}
-	return drvEventElapsed(a.e, b.e)
+	defer drvEventDestroy(e0)
+	e1, err := drvEventCreate()
+	if err != nil {
+		return 0, err
+	}
+	defer drvEventDestroy(e1)
+	if err := drvEventRecord(e0, c.stream); err != nil {
+		return 0, err
+	}
+	if err := fn(); err != nil {
+		return 0, err
+	}
+	if err := drvEventRecord(e1, c.stream); err != nil {
+		return 0, err
+	}
+	if err := drvEventSync(e1); err != nil {
+		return 0, err
+	}
+	return drvEventElapsed(e0, e1)
 }
 
 // Graph is a captured sequence of stream work that can be replayed with one launch.

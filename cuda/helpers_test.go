@@ -190,7 +190,7 @@ func (g *gpu) done() error {
 }
 
 // run runs fn on the test device with a gpu helper and fails the test on error.
-func run(t *testing.T, fn func(g *gpu)) {
+func run(t testing.TB, fn func(g *gpu)) {
 	t.Helper()
 	d := device(t)
 	if err := d.Do(func(c *Ctx) error {

@@ -44,9 +44,6 @@ template <typename InT> __device__ void bias_grad(float* dbias, const InT* dout,
 }
 extern "C" __global__ void bias_grad_f32(float* dbias, const float* dout, int N, int C) { bias_grad<float>(dbias, dout, N, C); }
 extern "C" __global__ void bias_grad_bf16(float* dbias, const bf16* dout, int N, int C) { bias_grad<bf16>(dbias, dout, N, C); }
-extern "C" __global__ void scale_inplace(float* x, long n, float s) {
-	GRID_STRIDE(i, n) x[i] *= s;
-}
 // sumsq_partial: partial[blockIdx.x] = sum of x^2 over this block's grid-stride share.
 extern "C" __global__ void sumsq_partial(float* partial, const float* x, long n) {
 	float s = 0.f;

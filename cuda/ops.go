@@ -100,14 +100,6 @@ func (c *Ctx) Residual(out, a, b Buf) error {
 	return c.launch("residual_fwd", c.ewGrid(n), ewThreads, 0, out, a, b, int64(n))
 }
 
-// Scale computes x *= s (float32).
-func (c *Ctx) Scale(x Buf, s float32) error {
-	if err := need("scale", x, F32, x.N); err != nil {
-		return err
-	}
-	return c.launch("scale_inplace", c.ewGrid(x.N), ewThreads, 0, x, int64(x.N), s)
-}
-
 // LinearForward computes out = resid + inp·w + bias for N rows: inp [N,IC], w
 // [IC,OC] (HF Conv1D orientation), bias [OC], resid [N,OC] (both optional), out
 // [N,OC] float32. inp and w are both float32 or both bfloat16.

@@ -9,6 +9,14 @@ import (
 
 const tolF32, tolBF16 = 1e-4, 2e-2
 
+// tolFor is the relative tolerance of a result computed in bfloat16 or float32.
+func tolFor(bf16 bool) float64 {
+	if bf16 {
+		return tolBF16
+	}
+	return tolF32
+}
+
 func TestGEMM(t *testing.T) {
 	device(t)
 	r := newRand(t)
@@ -62,49 +70,47 @@ func TestGEMM(t *testing.T) {
 	})
 }
 
-// TestGEMMThroughput prints GFLOP/s of 4096³ products (not a pass/fail check).
-func TestGEMMThroughput(t *testing.T) {
-	if testing.Short() {
-		t.Skip("timing run")
-	}
-	device(t)
-	r := newRand(t)
+// BenchmarkGEMM4096 measures 4096³ products in each precision; it reports
+// TFLOP/s of device time.
+func BenchmarkGEMM4096(b *testing.B) {
+	device(b)
+	r := newRand(b)
 	const n = 4096
-	a, b := randn(r, n*n, 1), randn(r, n*n, 1)
-	run(t, func(g *gpu) {
-		g.c.SetSyncCheck(false)
-		for _, tc := range []struct {
-			name string
-			dt   DType
-			mode Compute
-		}{{"fp32", F32, ComputeFP32}, {"tf32", F32, ComputeTF32}, {"bf16", BF16, ComputeFP32}} {
-			var A, B Buf
-			if tc.dt == BF16 {
-				A, B = g.upBF16(a), g.upBF16(b)
-			} else {
-				A, B = g.up(a), g.up(b)
-			}
-			C := g.alloc(F32, n*n)
-			for i := 0; i < 3; i++ {
-				g.check(g.c.Gemm(false, false, n, n, n, 1, A, n, B, n, 0, C, n, tc.mode))
-			}
-			reps := 20
-			e0, err := g.c.Record()
-			g.check(err)
-			for i := 0; i < reps; i++ {
-				g.check(g.c.Gemm(false, false, n, n, n, 1, A, n, B, n, 0, C, n, tc.mode))
-			}
-			e1, err := g.c.Record()
-			g.check(err)
-			if g.err != nil {
-				return
-			}
-			ms, err := g.c.Elapsed(e0, e1)
-			g.check(err)
-			tf := 2 * float64(n) * n * n * float64(reps) / (float64(ms) / 1e3) / 1e12
-			fmt.Printf("GEMM %d³ %s: %.1f TFLOP/s (%.3f ms each)\n", n, tc.name, tf, ms/float32(reps))
-		}
-	})
+	x, y := randn(r, n*n, 1), randn(r, n*n, 1)
+	for _, tc := range []struct {
+		name string
+		dt   DType
+		mode Compute
+	}{{"fp32", F32, ComputeFP32}, {"tf32", F32, ComputeTF32}, {"bf16", BF16, ComputeFP32}} {
+		b.Run(tc.name, func(b *testing.B) {
+			var ms float32
+			run(b, func(g *gpu) {
+				g.c.SetSyncCheck(false)
+				A, B := g.up(x), g.up(y)
+				if tc.dt == BF16 {
+					A, B = g.upBF16(x), g.upBF16(y)
+				}
+				C := g.alloc(F32, n*n)
+				gemm := func() error { return g.c.Gemm(false, false, n, n, n, 1, A, n, B, n, 0, C, n, tc.mode) }
+				g.check(gemm()) // warm-up
+				if g.err != nil {
+					return
+				}
+				b.ResetTimer()
+				var err error
+				ms, err = g.c.Time(func() error {
+					for i := 0; i < b.N; i++ {
+						if err := gemm(); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				g.check(err)
+			})
+			b.ReportMetric(2*n*n*n*float64(b.N)/(float64(ms)/1e3)/1e12, "TFLOP/s")
+		})
+	}
 }
 
 func TestKernelCache(t *testing.T) {
@@ -206,10 +212,7 @@ func testLayerNorm(t *testing.T, r *rand.Rand, N, C int) {
 			}
 			checkErr(t, "layernorm dx column sums", dcol, rdc, tolF32)
 		}
-		tol := tolF32
-		if dt == BF16 {
-			tol = tolBF16
-		}
+		tol := tolFor(dt == BF16)
 		checkErr(t, "layernorm fwd "+dt.String(), out, ref, tol)
 		checkErr(t, "layernorm mean", mean, rm, tolF32)
 		checkErr(t, "layernorm rstd", rstd, rr, tolF32)
@@ -237,10 +240,7 @@ func TestGELU(t *testing.T) {
 			g.check(g.c.GeluBackward(di, X, g.up(dout)))
 			out, din = g.down(o), g.down(di)
 		})
-		tol := tolF32
-		if dt == BF16 {
-			tol = tolBF16
-		}
+		tol := tolFor(dt == BF16)
 		checkErr(t, "gelu fwd "+dt.String(), out, ref, tol)
 		checkErr(t, "gelu bwd "+dt.String(), din, rd, tol)
 	}
@@ -300,10 +300,7 @@ func TestResidualAndLinear(t *testing.T) {
 			g.check(g.c.LinearBackward(DI, DW, DB, Dout, In, W, N, IC, OC, true, ComputeFP32))
 			dinp, dw, db = g.down(DI), g.down(DW), g.down(DB)
 		})
-		tol := tolF32
-		if dt == BF16 {
-			tol = tolBF16
-		}
+		tol := tolFor(dt == BF16)
 		checkErr(t, "linear fwd "+dt.String(), out, refOut, tol)
 		checkErr(t, "linear dinp "+dt.String(), dinp, rdinp, tol)
 		checkErr(t, "linear dw "+dt.String(), dw, rdw, tol)
@@ -363,10 +360,7 @@ func TestAttention(t *testing.T) {
 				g.check(g.c.AttentionBackward(dq, g.alloc(F32, B*NH*T), dO, Q, o, lse, B, T, C, NH))
 				dqkv = g.down(dq)
 			})
-			tol := tolF32
-			if v.out == BF16 {
-				tol = tolBF16
-			}
+			tol := tolFor(v.out == BF16)
 			name := fmt.Sprintf("attention B%d T%d NH%d HD%d %s", B, T, NH, sh.HD, v.name)
 			checkErr(t, name+" fwd", out, ref, tol)
 			checkErr(t, name+" bwd", dqkv, rd, tol)
@@ -405,10 +399,7 @@ func TestCrossEntropy(t *testing.T) {
 			g.check(g.c.Sum(s, g.alloc(F32, 512), ls))
 			sum = g.down(s)
 		})
-		tol := tolF32
-		if dt == BF16 {
-			tol = tolBF16
-		}
+		tol := tolFor(dt == BF16)
 		checkErr(t, "crossentropy losses", losses, rl, tolF32)
 		checkErr(t, "crossentropy mean", []float32{sum[0] / N}, []float64{mean}, tolF32)
 		checkErr(t, "crossentropy dlogits "+dt.String(), dl, rd, tol)
