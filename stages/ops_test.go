@@ -1,18 +1,22 @@
 package stages
 
 import (
+	"hash/fnv"
 	"math"
+	"math/rand/v2"
 	"testing"
 
 	"swarmnode/stages/vec"
 )
 
-// randVec returns n normal deviates scaled by std, from a generator named by name.
+// randVec returns n normal deviates scaled by std, from a generator seeded by name.
 func randVec(name string, n int, std float64) []float32 {
-	r := newRNG(5, name)
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	r := rand.New(rand.NewPCG(5, h.Sum64()))
 	v := make([]float32, n)
 	for i := range v {
-		v[i] = float32(std * r.normal())
+		v[i] = float32(std * r.NormFloat64())
 	}
 	return v
 }
