@@ -352,14 +352,6 @@ func (c *Ctx) Zero(b Buf) error {
 	return drvMemsetD32(b.Ptr, 0, b.Bytes()/4, c.stream)
 }
 
-// Fill sets every element of a float32 buffer to v.
-func (c *Ctx) Fill(b Buf, v float32) error {
-	if b.DType != F32 {
-		return fmt.Errorf("cuda: Fill of a %v buffer", b.DType)
-	}
-	return drvMemsetD32(b.Ptr, *(*uint32)(unsafe.Pointer(&v)), int64(b.N), c.stream)
-}
-
 // Copy copies src to dst on the device (same type and length).
 func (c *Ctx) Copy(dst, src Buf) error {
 	if dst.DType != src.DType || dst.N != src.N {

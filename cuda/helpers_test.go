@@ -124,8 +124,12 @@ func (g *gpu) alloc(t DType, n int) Buf {
 	g.check(err)
 	if err == nil {
 		g.bufs = append(g.bufs, b)
-		if t == F32 {
-			g.check(g.c.Fill(b, float32(math.NaN()))) // poison: unwritten outputs fail the checks
+		if t == F32 { // poison: unwritten outputs fail the checks
+			nan := make([]float32, n)
+			for i := range nan {
+				nan[i] = float32(math.NaN())
+			}
+			g.check(g.c.Upload(b, nan))
 		}
 	}
 	return b

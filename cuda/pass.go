@@ -17,12 +17,6 @@ type Pass struct {
 	Loss    float32 // last stage: mean cross-entropy
 }
 
-// B and T are the pass's microbatch shape.
-func (p *Pass) B() int { return p.a.B }
-
-// T is the sequence length of the pass.
-func (p *Pass) T() int { return p.a.T }
-
 // Tokens is the device buffer of input token ids (first stage).
 func (p *Pass) Tokens() Buf { return p.a.tok }
 
