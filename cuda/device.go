@@ -425,15 +425,20 @@ func (c *Ctx) download(dst unsafe.Pointer, src Buf, n int64) error {
 	return nil
 }
 
+// first points at s's first element, or is nil for an empty s.
+func first[E any](s []E) unsafe.Pointer {
+	if len(s) == 0 {
+		return nil
+	}
+	return unsafe.Pointer(&s[0])
+}
+
 // Upload copies host float32 values into a float32 buffer.
 func (c *Ctx) Upload(dst Buf, src []float32) error {
 	if dst.DType != F32 {
 		return fmt.Errorf("cuda: Upload of float32 into a %v buffer", dst.DType)
 	}
-	if len(src) == 0 {
-		return c.upload(dst, nil, 0)
-	}
-	return c.upload(dst, unsafe.Pointer(&src[0]), int64(len(src))*4)
+	return c.upload(dst, first(src), int64(len(src))*4)
 }
 
 // UploadI32 copies host int32 values into an int32 buffer.
@@ -441,10 +446,7 @@ func (c *Ctx) UploadI32(dst Buf, src []int32) error {
 	if dst.DType != I32 {
 		return fmt.Errorf("cuda: UploadI32 into a %v buffer", dst.DType)
 	}
-	if len(src) == 0 {
-		return c.upload(dst, nil, 0)
-	}
-	return c.upload(dst, unsafe.Pointer(&src[0]), int64(len(src))*4)
+	return c.upload(dst, first(src), int64(len(src))*4)
 }
 
 // Download copies a float32 buffer into dst (len(dst) == b.N).
@@ -452,26 +454,17 @@ func (c *Ctx) Download(dst []float32, src Buf) error {
 	if src.DType != F32 {
 		return fmt.Errorf("cuda: Download of a %v buffer as float32", src.DType)
 	}
-	if len(dst) == 0 {
-		return c.download(nil, src, 0)
-	}
-	return c.download(unsafe.Pointer(&dst[0]), src, int64(len(dst))*4)
+	return c.download(first(dst), src, int64(len(dst))*4)
 }
 
 // DownloadBytes copies any buffer's raw bytes into dst (len(dst) == b.Bytes()).
 func (c *Ctx) DownloadBytes(dst []byte, src Buf) error {
-	if len(dst) == 0 {
-		return c.download(nil, src, 0)
-	}
-	return c.download(unsafe.Pointer(&dst[0]), src, int64(len(dst)))
+	return c.download(first(dst), src, int64(len(dst)))
 }
 
 // UploadBytes copies raw bytes into any buffer (len(src) == b.Bytes()).
 func (c *Ctx) UploadBytes(dst Buf, src []byte) error {
-	if len(src) == 0 {
-		return c.upload(dst, nil, 0)
-	}
-	return c.upload(dst, unsafe.Pointer(&src[0]), int64(len(src)))
+	return c.upload(dst, first(src), int64(len(src)))
 }
 
 // Time queues fn's work between two events in the stream, waits for it and
