@@ -23,8 +23,11 @@ const (
 // First+Blocks), with the embedding on the first stage and the final LayerNorm,
 // LM head and loss on the last) and how it computes.
 type StageConfig struct {
+	// Model is the whole model's shape.
 	Model model.Config
+	// Part is the share of the model the stage holds.
 	model.Part
+	// Precision is how the stage computes.
 	Precision Precision
 }
 

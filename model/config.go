@@ -24,6 +24,7 @@ type FieldError struct {
 	Msg   string
 }
 
+// Error names the field and says what is wrong with it.
 func (e *FieldError) Error() string { return fmt.Sprintf("model: %s: %s", e.Field, e.Msg) }
 
 func fieldErr(field, format string, args ...any) error {
