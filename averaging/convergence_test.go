@@ -13,6 +13,7 @@ import (
 	"swarmnode/averaging"
 	"swarmnode/config"
 	"swarmnode/data"
+	"swarmnode/model"
 	"swarmnode/stages"
 )
 
@@ -36,10 +37,10 @@ func TestConvergenceTwoHoldersPerStage(t *testing.T) {
 		t.Fatal(err)
 	}
 	const steps, every = 200, 5
-	mc := stages.ModelConfig{Vocab: cfg.Model.Vocab, DModel: cfg.Model.DModel, NHead: cfg.Model.NHead, NLayer: cfg.Model.NLayer, SeqLen: cfg.Model.SeqLen}
+	mc := cfg.Model
 	tr := cfg.Train
-	opt := stages.OptimConfig{LR: float32(tr.LR), MinLR: float32(tr.MinLR), Warmup: tr.Warmup, Steps: steps,
-		WeightDecay: float32(tr.WeightDecay), Beta1: float32(tr.Beta1), Beta2: float32(tr.Beta2), Eps: float32(tr.Eps), Clip: float32(tr.Clip)}
+	opt := tr.Optim
+	opt.Steps = steps
 	B, T := tr.Microbatch, cfg.Model.SeqLen
 	micro := tr.Batch / tr.Microbatch // microbatches per step of the whole batch
 
@@ -94,7 +95,7 @@ func TestConvergenceTwoHoldersPerStage(t *testing.T) {
 		steppers[i] = train(chains[i], uint64(20+i), micro/2)
 		for k, st := range chains[i].Stages() {
 			src := &averaging.Slices{With: func(fn func([][]float32)) {
-				st.WithState(func(s *stages.State) {
+				st.WithState(func(s *model.State) {
 					if cfg.Averaging.Optimizer {
 						fn([][]float32{s.Params, s.M, s.V})
 					} else {

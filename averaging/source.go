@@ -8,7 +8,7 @@ import "sync"
 // end to end. The swarm wires a stage as
 //
 //	&Slices{With: func(fn func([][]float32)) {
-//		stage.WithState(func(st *stages.State) { fn([][]float32{st.Params, st.M, st.V}) })
+//		stage.WithState(func(st *model.State) { fn([][]float32{st.Params, st.M, st.V}) })
 //	}}
 //
 // and calls AddSamples after each optimizer step. Each Read and Add holds the

@@ -14,14 +14,18 @@ import (
 	"os"
 
 	"gopkg.in/yaml.v3"
+
+	"swarmnode/model"
 )
 
-// Config is a whole run config. Each section lives in a file of its own.
+// Config is a whole run config. The model section and the optimizer fields of the
+// train section are package model's types, so the file decodes into the very
+// values the stages compute with.
 type Config struct {
 	// Run is the run id: peers of one swarm share it; it prefixes every protocol id.
 	Run string `yaml:"run"`
 	// Model is the GPT's shape.
-	Model Model `yaml:"model"`
+	Model model.Config `yaml:"model"`
 	// Stages lists the number of transformer layers in each pipeline stage; it must
 	// sum to model.n_layer. The first stage also owns the embeddings, the last the
 	// final LayerNorm, the LM head and the loss.
@@ -105,8 +109,8 @@ func (c *Config) Validate() error {
 			return fieldErr("run", "%q: use letters, digits, '-', '_' or '.' (it becomes part of protocol ids)", c.Run)
 		}
 	}
-	if err := c.Model.validate(); err != nil {
-		return err
+	if err := c.Model.Validate(); err != nil {
+		return sectionErr("model", err)
 	}
 	if len(c.Stages) == 0 {
 		return fieldErr("stages", "needs at least one stage")

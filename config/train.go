@@ -1,5 +1,7 @@
 package config
 
+import "swarmnode/model"
+
 // Data is the training corpus, read as bytes (vocab 256).
 type Data struct {
 	// Path is the text file to train on, relative to the working directory.
@@ -29,24 +31,9 @@ type Train struct {
 	Microbatch int `yaml:"microbatch"`
 	// Batch is the number of sequences per optimizer step; a multiple of microbatch.
 	Batch int `yaml:"batch"`
-	// Steps is the number of optimizer steps to train.
-	Steps int `yaml:"steps"`
-	// LR is the peak learning rate, reached after warmup.
-	LR float64 `yaml:"lr"`
-	// MinLR is the learning rate the cosine decay ends at.
-	MinLR float64 `yaml:"min_lr"`
-	// Warmup is the number of steps of linear learning-rate warmup.
-	Warmup int `yaml:"warmup"`
-	// WeightDecay is AdamW's decoupled weight decay, applied to matrices only.
-	WeightDecay float64 `yaml:"weight_decay"`
-	// Beta1 is AdamW's first-moment decay.
-	Beta1 float64 `yaml:"beta1"`
-	// Beta2 is AdamW's second-moment decay.
-	Beta2 float64 `yaml:"beta2"`
-	// Eps is AdamW's denominator epsilon.
-	Eps float64 `yaml:"eps"`
-	// Clip is the gradient-norm clipping threshold per stage; 0 disables clipping.
-	Clip float64 `yaml:"clip"`
+	// Optim holds the number of steps to train (steps), AdamW's settings and the
+	// learning-rate schedule, as fields of this section.
+	model.Optim `yaml:",inline"`
 	// Seed fixes the initial weights and the order of batches.
 	Seed uint64 `yaml:"seed"`
 	// EvalEvery is how many steps pass between val-loss evaluations (and log lines).
@@ -58,9 +45,11 @@ type Train struct {
 // DefaultTrain is tuned for the tiny example model.
 func DefaultTrain() Train {
 	return Train{
-		Microbatch: 8, Batch: 16, Steps: 1000,
-		LR: 3e-3, MinLR: 3e-4, Warmup: 50, WeightDecay: 0.1,
-		Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, Clip: 1.0,
+		Microbatch: 8, Batch: 16,
+		Optim: model.Optim{
+			Steps: 1000, LR: 3e-3, MinLR: 3e-4, Warmup: 50, WeightDecay: 0.1,
+			Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, Clip: 1.0,
+		},
 		Seed: 1, EvalEvery: 100, EvalBatches: 8,
 	}
 }
@@ -74,24 +63,11 @@ func (t Train) validate() error {
 		return fieldErr("train.microbatch", "must be positive, got %d", t.Microbatch)
 	case t.Batch < t.Microbatch || t.Batch%t.Microbatch != 0:
 		return fieldErr("train.batch", "%d must be a positive multiple of train.microbatch %d", t.Batch, t.Microbatch)
-	case t.Steps < 0:
-		return fieldErr("train.steps", "must not be negative, got %d", t.Steps)
-	case t.LR <= 0:
-		return fieldErr("train.lr", "must be positive, got %g", t.LR)
-	case t.MinLR < 0 || t.MinLR > t.LR:
-		return fieldErr("train.min_lr", "must be in [0, lr], got %g", t.MinLR)
-	case t.Warmup < 0:
-		return fieldErr("train.warmup", "must not be negative, got %d", t.Warmup)
-	case t.WeightDecay < 0:
-		return fieldErr("train.weight_decay", "must not be negative, got %g", t.WeightDecay)
-	case t.Beta1 < 0 || t.Beta1 >= 1:
-		return fieldErr("train.beta1", "must be in [0, 1), got %g", t.Beta1)
-	case t.Beta2 < 0 || t.Beta2 >= 1:
-		return fieldErr("train.beta2", "must be in [0, 1), got %g", t.Beta2)
-	case t.Eps <= 0:
-		return fieldErr("train.eps", "must be positive, got %g", t.Eps)
-	case t.Clip < 0:
-		return fieldErr("train.clip", "must not be negative, got %g", t.Clip)
+	}
+	if err := t.Optim.Validate(); err != nil {
+		return sectionErr("train", err)
+	}
+	switch {
 	case t.EvalEvery < 1:
 		return fieldErr("train.eval_every", "must be positive, got %d", t.EvalEvery)
 	case t.EvalBatches < 1:

@@ -43,7 +43,6 @@ DECL(CUresult, cuMemcpyHtoDAsync, (CUdeviceptr, const void*, size_t, CUstream))
 DECL(CUresult, cuMemcpyDtoHAsync, (void*, CUdeviceptr, size_t, CUstream))
 DECL(CUresult, cuMemcpyDtoDAsync, (CUdeviceptr, CUdeviceptr, size_t, CUstream))
 DECL(CUresult, cuMemsetD32Async, (CUdeviceptr, unsigned int, size_t, CUstream))
-DECL(CUresult, cuMemGetInfo, (size_t*, size_t*))
 DECL(CUresult, cuStreamCreate, (CUstream*, unsigned int))
 DECL(CUresult, cuStreamDestroy, (CUstream))
 DECL(CUresult, cuStreamSynchronize, (CUstream))
@@ -127,7 +126,6 @@ static const char* sn_load_cuda(const char* path) {
 	LOAD(h, cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2", 0)
 	LOAD(h, cuMemcpyDtoDAsync, "cuMemcpyDtoDAsync_v2", 0)
 	LOAD(h, cuMemsetD32Async, "cuMemsetD32Async", 0)
-	LOAD(h, cuMemGetInfo, "cuMemGetInfo_v2", 0)
 	LOAD(h, cuStreamCreate, "cuStreamCreate", 0)
 	LOAD(h, cuStreamDestroy, "cuStreamDestroy_v2", 0)
 	LOAD(h, cuStreamSynchronize, "cuStreamSynchronize", 0)
@@ -201,7 +199,6 @@ static CUresult sn_cuMemcpyHtoDAsync(CUdeviceptr d, const void* h, size_t n, CUs
 static CUresult sn_cuMemcpyDtoHAsync(void* h, CUdeviceptr d, size_t n, CUstream s) { return p_cuMemcpyDtoHAsync(h, d, n, s); }
 static CUresult sn_cuMemcpyDtoDAsync(CUdeviceptr d, CUdeviceptr s0, size_t n, CUstream s) { return p_cuMemcpyDtoDAsync(d, s0, n, s); }
 static CUresult sn_cuMemsetD32Async(CUdeviceptr d, unsigned int v, size_t n, CUstream s) { return p_cuMemsetD32Async(d, v, n, s); }
-static CUresult sn_cuMemGetInfo(size_t* f, size_t* t) { return p_cuMemGetInfo(f, t); }
 static CUresult sn_cuStreamCreate(CUstream* s) { return p_cuStreamCreate(s, 1); }
 static CUresult sn_cuStreamDestroy(CUstream s) { return p_cuStreamDestroy(s); }
 static CUresult sn_cuStreamSynchronize(CUstream s) { return p_cuStreamSynchronize(s); }
@@ -402,12 +399,6 @@ func drvDtoD(dst, src uint64, n int64, s uintptr) error {
 
 func drvMemsetD32(dst uint64, v uint32, n int64, s uintptr) error {
 	return cuCheck(C.sn_cuMemsetD32Async(C.CUdeviceptr(dst), C.uint(v), C.size_t(n), *(*C.CUstream)(unsafe.Pointer(&s))), "cuMemsetD32Async")
-}
-
-func drvMemInfo() (free, total int64, err error) {
-	var f, t C.size_t
-	err = cuCheck(C.sn_cuMemGetInfo(&f, &t), "cuMemGetInfo")
-	return int64(f), int64(t), err
 }
 
 func drvStreamCreate() (uintptr, error) {

@@ -54,8 +54,6 @@ func drvDtoD(dst, src uint64, n int64, s uintptr) error { return errNoCgo }
 
 func drvMemsetD32(dst uint64, v uint32, n int64, s uintptr) error { return errNoCgo }
 
-func drvMemInfo() (free, total int64, err error) { return 0, 0, errNoCgo }
-
 func drvStreamCreate() (uintptr, error) { return 0, errNoCgo }
 
 func drvStreamDestroy(s uintptr) error { return errNoCgo }

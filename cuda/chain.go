@@ -1,6 +1,10 @@
 package cuda
 
-import "fmt"
+import (
+	"fmt"
+
+	"swarmnode/model"
+)
 
 // RunChain runs one B×T microbatch through stages that share one device and
 // together make a whole model (the first stage first, the last stage last):
@@ -13,7 +17,7 @@ func RunChain(ss []*Stage, tokens, targets []int32, B, T int, train bool) (float
 		return 0, fmt.Errorf("cuda: RunChain of no stages")
 	}
 	first, last := ss[0], ss[len(ss)-1]
-	if !first.cfg.IsFirst || !last.cfg.IsLast {
+	if !first.cfg.IsFirst() || !last.cfg.IsLast() {
 		return 0, fmt.Errorf("cuda: RunChain needs the first stage first and the last stage last")
 	}
 	d := first.d
@@ -25,14 +29,13 @@ func RunChain(ss []*Stage, tokens, targets []int32, B, T int, train bool) (float
 			return 0, err
 		}
 	}
-	N, V := B*T, first.cfg.Model.Vocab
-	if err := checkIDs("tokens", tokens, N, V); err != nil {
-		return 0, err
+	// The chain is one whole model: its input is the first stage's tokens and the
+	// last stage's targets.
+	in := model.Input{B: B, T: T, Tokens: tokens, Targets: targets}
+	if err := in.Check(first.cfg.Model, model.Part{Count: 1}); err != nil {
+		return 0, fmt.Errorf("cuda: %w", err)
 	}
-	if err := checkIDs("targets", targets, N, V); err != nil {
-		return 0, err
-	}
-	C := first.cfg.Model.DModel
+	N, C := B*T, first.cfg.Model.DModel
 	var loss float32
 	err := d.Do(func(c *Ctx) error {
 		passes := make([]*Pass, 0, len(ss))

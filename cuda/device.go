@@ -272,9 +272,6 @@ func (c *Ctx) SetSyncCheck(on bool) { c.syncCheck = on }
 // Sync waits for all queued work and reports any asynchronous fault.
 func (c *Ctx) Sync() error { return drvStreamSync(c.stream) }
 
-// MemInfo returns the free and total device memory in bytes.
-func (c *Ctx) MemInfo() (free, total int64, err error) { return drvMemInfo() }
-
 // DType is the element type of a buffer.
 type DType int
 
@@ -355,14 +352,6 @@ func (c *Ctx) Zero(b Buf) error {
 	return drvMemsetD32(b.Ptr, 0, b.Bytes()/4, c.stream)
 }
 
-// Fill sets every element of a float32 buffer to v.
-func (c *Ctx) Fill(b Buf, v float32) error {
-	if b.DType != F32 {
-		return fmt.Errorf("cuda: Fill of a %v buffer", b.DType)
-	}
-	return drvMemsetD32(b.Ptr, *(*uint32)(unsafe.Pointer(&v)), int64(b.N), c.stream)
-}
-
 // Copy copies src to dst on the device (same type and length).
 func (c *Ctx) Copy(dst, src Buf) error {
 	if dst.DType != src.DType || dst.N != src.N {
@@ -436,15 +425,20 @@ func (c *Ctx) download(dst unsafe.Pointer, src Buf, n int64) error {
 	return nil
 }
 
+// first points at s's first element, or is nil for an empty s.
+func first[E any](s []E) unsafe.Pointer {
+	if len(s) == 0 {
+		return nil
+	}
+	return unsafe.Pointer(&s[0])
+}
+
 // Upload copies host float32 values into a float32 buffer.
 func (c *Ctx) Upload(dst Buf, src []float32) error {
 	if dst.DType != F32 {
 		return fmt.Errorf("cuda: Upload of float32 into a %v buffer", dst.DType)
 	}
-	if len(src) == 0 {
-		return c.upload(dst, nil, 0)
-	}
-	return c.upload(dst, unsafe.Pointer(&src[0]), int64(len(src))*4)
+	return c.upload(dst, first(src), int64(len(src))*4)
 }
 
 // UploadI32 copies host int32 values into an int32 buffer.
@@ -452,10 +446,7 @@ func (c *Ctx) UploadI32(dst Buf, src []int32) error {
 	if dst.DType != I32 {
 		return fmt.Errorf("cuda: UploadI32 into a %v buffer", dst.DType)
 	}
-	if len(src) == 0 {
-		return c.upload(dst, nil, 0)
-	}
-	return c.upload(dst, unsafe.Pointer(&src[0]), int64(len(src))*4)
+	return c.upload(dst, first(src), int64(len(src))*4)
 }
 
 // Download copies a float32 buffer into dst (len(dst) == b.N).
@@ -463,48 +454,45 @@ func (c *Ctx) Download(dst []float32, src Buf) error {
 	if src.DType != F32 {
 		return fmt.Errorf("cuda: Download of a %v buffer as float32", src.DType)
 	}
-	if len(dst) == 0 {
-		return c.download(nil, src, 0)
-	}
-	return c.download(unsafe.Pointer(&dst[0]), src, int64(len(dst))*4)
+	return c.download(first(dst), src, int64(len(dst))*4)
 }
 
 // DownloadBytes copies any buffer's raw bytes into dst (len(dst) == b.Bytes()).
 func (c *Ctx) DownloadBytes(dst []byte, src Buf) error {
-	if len(dst) == 0 {
-		return c.download(nil, src, 0)
-	}
-	return c.download(unsafe.Pointer(&dst[0]), src, int64(len(dst)))
+	return c.download(first(dst), src, int64(len(dst)))
 }
 
 // UploadBytes copies raw bytes into any buffer (len(src) == b.Bytes()).
 func (c *Ctx) UploadBytes(dst Buf, src []byte) error {
-	if len(src) == 0 {
-		return c.upload(dst, nil, 0)
-	}
-	return c.upload(dst, unsafe.Pointer(&src[0]), int64(len(src)))
+	return c.upload(dst, first(src), int64(len(src)))
 }
 
-// Event is a point in the device's stream, for timing.
-type Event struct{ e uintptr }
-
-// Record places a new event in the stream.
-func (c *Ctx) Record() (Event, error) {
-	e, err := drvEventCreate()
+// Time queues fn's work between two events in the stream, waits for it and
+// returns the milliseconds the device spent on it.
+func (c *Ctx) Time(fn func() error) (float32, error) {
+	e0, err := drvEventCreate()
 	if err != nil {
-		return Event{}, err
-	}
-	return Event{e}, drvEventRecord(e, c.stream)
-}
-
-// Elapsed waits for b and returns the milliseconds between a and b; it destroys both.
-func (c *Ctx) Elapsed(a, b Event) (float32, error) {
-	defer drvEventDestroy(a.e)
-	defer drvEventDestroy(b.e)
-	if err := drvEventSync(b.e); err != nil {
 		return 0, err
 	}
-	return drvEventElapsed(a.e, b.e)
+	defer drvEventDestroy(e0)
+	e1, err := drvEventCreate()
+	if err != nil {
+		return 0, err
+	}
+	defer drvEventDestroy(e1)
+	if err := drvEventRecord(e0, c.stream); err != nil {
+		return 0, err
+	}
+	if err := fn(); err != nil {
+		return 0, err
+	}
+	if err := drvEventRecord(e1, c.stream); err != nil {
+		return 0, err
+	}
+	if err := drvEventSync(e1); err != nil {
+		return 0, err
+	}
+	return drvEventElapsed(e0, e1)
 }
 
 // Graph is a captured sequence of stream work that can be replayed with one launch.

@@ -26,9 +26,9 @@
 // quantisation, so activations leave the GPU already compressed.
 //
 // Stage is a pipeline stage over flat device buffers. Its parameter vector has
-// exactly the layout, names and order of the CPU stages package (docs/stage-api.md)
-// so parameters, gradients and AdamW moments copy between the two as flat
-// vectors. In BF16Mixed precision it keeps float32 master weights and optimizer
-// state, a bf16 copy of the weights for the GEMMs, and bf16 activations where
-// the next GEMM reads them. This package imports nothing else of swarmnode's.
+// the layout of package model, the CPU stages' own, so parameters, gradients and
+// AdamW moments copy between the two as flat vectors. In BF16Mixed precision it
+// keeps float32 master weights and optimizer state, a bf16 copy of the weights
+// for the GEMMs, and bf16 activations where the next GEMM reads them. Of
+// swarmnode's packages it imports package model only.
 package cuda

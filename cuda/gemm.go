@@ -50,21 +50,13 @@ func (c *Ctx) Gemm(transA, transB bool, M, N, K int, alpha float32, A Buf, lda i
 	if err != nil {
 		return err
 	}
-	rowsA, colsA := M, K
-	if transA {
-		rowsA, colsA = K, M
-	}
-	rowsB, colsB := K, N
-	if transB {
-		rowsB, colsB = N, K
-	}
-	if err := fits("A", A, rowsA, colsA, lda); err != nil {
+	if err := fits("A", A, transA, M, K, lda); err != nil {
 		return err
 	}
-	if err := fits("B", B, rowsB, colsB, ldb); err != nil {
+	if err := fits("B", B, transB, K, N, ldb); err != nil {
 		return err
 	}
-	if err := fits("C", Cm, M, N, ldc); err != nil {
+	if err := fits("C", Cm, false, M, N, ldc); err != nil {
 		return err
 	}
 	compute := cublasCompute32F
@@ -75,7 +67,12 @@ func (c *Ctx) Gemm(transA, transB bool, M, N, K int, alpha float32, A Buf, lda i
 	return blasGemmEx(c.blas, transB, transA, N, M, K, alpha, B.Ptr, at, ldb, A.Ptr, at, lda, beta, Cm.Ptr, ct, ldc, compute)
 }
 
-func fits(name string, b Buf, rows, cols, ld int) error {
+// fits checks that b holds an operand used as a rows×cols matrix, stored
+// transposed when trans, with row stride ld.
+func fits(name string, b Buf, trans bool, rows, cols, ld int) error {
+	if trans {
+		rows, cols = cols, rows
+	}
 	if ld < cols {
 		return fmt.Errorf("cuda: GEMM %s: row stride %d < %d columns", name, ld, cols)
 	}

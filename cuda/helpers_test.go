@@ -124,8 +124,12 @@ func (g *gpu) alloc(t DType, n int) Buf {
 	g.check(err)
 	if err == nil {
 		g.bufs = append(g.bufs, b)
-		if t == F32 {
-			g.check(g.c.Fill(b, float32(math.NaN()))) // poison: unwritten outputs fail the checks
+		if t == F32 { // poison: unwritten outputs fail the checks
+			nan := make([]float32, n)
+			for i := range nan {
+				nan[i] = float32(math.NaN())
+			}
+			g.check(g.c.Upload(b, nan))
 		}
 	}
 	return b
@@ -190,7 +194,7 @@ func (g *gpu) done() error {
 }
 
 // run runs fn on the test device with a gpu helper and fails the test on error.
-func run(t *testing.T, fn func(g *gpu)) {
+func run(t testing.TB, fn func(g *gpu)) {
 	t.Helper()
 	d := device(t)
 	if err := d.Do(func(c *Ctx) error {

@@ -14,10 +14,6 @@ extern "C" __global__ void cast_bf16_f32(float* out, const bf16* in, long n) {
 extern "C" __global__ void add_inplace(float* dst, const float* src, long n) {
 	GRID_STRIDE(i, n) dst[i] += src[i];
 }
-// residual_fwd: out = a + b.
-extern "C" __global__ void residual_fwd(float* out, const float* a, const float* b, long n) {
-	GRID_STRIDE(i, n) out[i] = a[i] + b[i];
-}
 // bias_rows: out[r,c] = (resid ? resid[r,c] : 0) + (bias ? bias[c] : 0); it seeds the
 // output of a GEMM that then accumulates with beta = 1.
 extern "C" __global__ void bias_rows(float* out, const float* resid, const float* bias, int N, int C) {
@@ -44,9 +40,6 @@ template <typename InT> __device__ void bias_grad(float* dbias, const InT* dout,
 }
 extern "C" __global__ void bias_grad_f32(float* dbias, const float* dout, int N, int C) { bias_grad<float>(dbias, dout, N, C); }
 extern "C" __global__ void bias_grad_bf16(float* dbias, const bf16* dout, int N, int C) { bias_grad<bf16>(dbias, dout, N, C); }
-extern "C" __global__ void scale_inplace(float* x, long n, float s) {
-	GRID_STRIDE(i, n) x[i] *= s;
-}
 // sumsq_partial: partial[blockIdx.x] = sum of x^2 over this block's grid-stride share.
 extern "C" __global__ void sumsq_partial(float* partial, const float* x, long n) {
 	float s = 0.f;
@@ -67,13 +60,6 @@ extern "C" __global__ void sum_final(float* out, const float* in, int n) {
 	for (int i = threadIdx.x; i < n; i += blockDim.x) s += in[i];
 	float f = block_sum((float)s);
 	if (threadIdx.x == 0) out[0] = f;
-}
-// clip_by_norm: x *= prescale · min(1, clip / (sqrt(*sumsq)·prescale + 1e-6)) (clip <= 0: no clipping).
-extern "C" __global__ void clip_by_norm(float* x, long n, const float* sumsq, float clip, float prescale) {
-	float s = prescale;
-	float c = clip / (sqrtf(*sumsq) * prescale + 1e-6f);
-	if (clip > 0.f && c < 1.f) s *= c;
-	GRID_STRIDE(i, n) x[i] *= s;
 }
 
 // ---------------------------------------------------------------- embedding
@@ -361,7 +347,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const unsigned sh
 	             : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
 	             : "r"(a));
 }
-
 
 __device__ __forceinline__ unsigned ld32(const unsigned short* p) { return *(const unsigned*)p; }
 
@@ -740,7 +725,6 @@ __device__ __forceinline__ void attn_bwd_dkdv_tc(bf16* dqkv, const bf16* dout, c
 	}
 }
 
-
 // Instances: 8 warps (128 rows) and 4 warps (64 rows) per block.
 extern "C" __global__ void __launch_bounds__(256, 2) attn_fwd_tc_w8(bf16* out, float* lse, const bf16* qkv, int B, int T, int NH, float scale) {
 	attn_fwd_tc<8>(out, lse, qkv, B, T, NH, scale);
@@ -801,29 +785,6 @@ extern "C" __global__ void residual_bias_ln(float* res, const float* resid, cons
 	if (lane == 0) { mean[row] = m; rstd[row] = r; }
 }
 
-// bias_gelu_bf16: h = h + bias (kept, bf16: the backward's input), g = gelu(h).
-extern "C" __global__ void bias_gelu_bf16(bf16* h, bf16* g, const float* bias, int N, int C) {
-	GRID_STRIDE(i, (long)N * C) {
-		bf16 hb = from_f<bf16>(to_f(h[i]) + bias[i % C]);
-		h[i] = hb;
-		float x = to_f(hb);
-		float u = GELU_K * (x + 0.044715f * x * x * x);
-		g[i] = from_f<bf16>(0.5f * x * (1.f + tanhf(u)));
-	}
-}
-
-// gelu_bwd_inplace_bf16: d = gelu'(h)·d (bf16 in place).
-extern "C" __global__ void gelu_bwd_inplace_bf16(bf16* d, const bf16* h, long n) {
-	GRID_STRIDE(i, n) {
-		float x = to_f(h[i]);
-		float u = GELU_K * (x + 0.044715f * x * x * x);
-		float th = tanhf(u);
-		float gd = 0.5f * (1.f + th) + 0.5f * x * (1.f - th * th) * GELU_K * (1.f + 3.f * 0.044715f * x * x);
-		d[i] = from_f<bf16>(gd * to_f(d[i]));
-	}
-}
-
-
 // ---------------------------------------------------------------- vectorised element-wise kernels
 //
 // Eight bf16 (or four/eight float32) values per thread with 16-byte loads and
@@ -873,44 +834,6 @@ extern "C" __global__ void residual_bias_v8(float* out, const float* resid, cons
 #pragma unroll
 		for (int i = 0; i < 8; i++) f[i] += r[i] + bb[i];
 		store8f(out + o, f);
-	}
-}
-
-extern "C" __global__ void bias_gelu_bf16_v8(uint4* h, uint4* g, const float* bias, int N, int C) {
-	VEC_STRIDE(v, N * (C / 8)) {
-		int c = (v * 8) % C;
-		float f[8], bb[8], y[8];
-		unpack8(h[v], f);
-		load8f(bias + c, bb);
-#pragma unroll
-		for (int i = 0; i < 8; i++) f[i] += bb[i];
-		uint4 hb = pack8(f);
-		h[v] = hb;
-		unpack8(hb, f); // GELU of the stored (rounded) pre-activation, as the backward sees it
-#pragma unroll
-		for (int i = 0; i < 8; i++) {
-			float x = f[i];
-			float u = GELU_K * (x + 0.044715f * x * x * x);
-			y[i] = 0.5f * x * (1.f + tanhf(u));
-		}
-		g[v] = pack8(y);
-	}
-}
-
-extern "C" __global__ void gelu_bwd_inplace_bf16_v8(uint4* d, const uint4* h, int nv) {
-	VEC_STRIDE(v, nv) {
-		float x8[8], d8[8];
-		unpack8(h[v], x8);
-		unpack8(d[v], d8);
-#pragma unroll
-		for (int i = 0; i < 8; i++) {
-			float x = x8[i];
-			float u = GELU_K * (x + 0.044715f * x * x * x);
-			float th = tanhf(u);
-			float gd = 0.5f * (1.f + th) + 0.5f * x * (1.f - th * th) * GELU_K * (1.f + 3.f * 0.044715f * x * x);
-			d8[i] *= gd;
-		}
-		d[v] = pack8(d8);
 	}
 }
 

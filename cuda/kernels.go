@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 	"unsafe"
 )
 
@@ -50,10 +49,8 @@ func moduleOf(fn string) string {
 
 // module is one loaded cubin and its functions, looked up on first use.
 type module struct {
-	handle  uintptr
-	funcs   map[string]uintptr
-	cached  bool          // the cubin came from the disk cache
-	compile time.Duration // NVRTC time when it did not
+	handle uintptr
+	funcs  map[string]uintptr
 }
 
 type kernelSet struct{ mods map[string]*module }
@@ -62,16 +59,6 @@ func (k *kernelSet) unload() {
 	for _, m := range k.mods {
 		_ = drvModuleUnload(m.handle)
 	}
-}
-
-// KernelStats reports, for the core kernel module, whether it came from the disk
-// cache and, if not, how long NVRTC took. It loads the module if needed.
-func (c *Ctx) KernelStats() (cached bool, compile time.Duration, err error) {
-	m, err := c.module(modCore)
-	if err != nil {
-		return false, 0, err
-	}
-	return m.cached, m.compile, nil
 }
 
 func (c *Ctx) module(name string) (*module, error) {
@@ -102,19 +89,17 @@ func (c *Ctx) module(name string) (*module, error) {
 	if path != "" {
 		if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
 			if hdl, err := drvModuleLoad(b); err == nil {
-				m.handle, m.cached = hdl, true
+				m.handle = hdl
 			} else {
 				_ = os.Remove(path) // a corrupt entry: compile afresh
 			}
 		}
 	}
-	if !m.cached {
-		t0 := time.Now()
+	if m.handle == 0 {
 		cubin, log, err := rtcCompile(src, name+".cu", opts)
 		if err != nil {
 			return nil, fmt.Errorf("cuda: compiling %s.cu for %s: %v\n%s", name, arch, err, log)
 		}
-		m.compile = time.Since(t0)
 		if m.handle, err = drvModuleLoad(cubin); err != nil {
 			return nil, err
 		}

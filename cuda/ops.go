@@ -85,29 +85,6 @@ func (c *Ctx) AddInPlace(dst, src Buf) error {
 	return c.launch("add_inplace", c.ewGrid(dst.N), ewThreads, 0, dst, src, int64(dst.N))
 }
 
-// Residual computes out = a + b (float32), the forward of a residual connection;
-// its backward passes the gradient to both inputs (AddInPlace where they meet).
-func (c *Ctx) Residual(out, a, b Buf) error {
-	n := out.N
-	for _, x := range []struct {
-		name string
-		b    Buf
-	}{{"residual out", out}, {"residual a", a}, {"residual b", b}} {
-		if err := need(x.name, x.b, F32, n); err != nil {
-			return err
-		}
-	}
-	return c.launch("residual_fwd", c.ewGrid(n), ewThreads, 0, out, a, b, int64(n))
-}
-
-// Scale computes x *= s (float32).
-func (c *Ctx) Scale(x Buf, s float32) error {
-	if err := need("scale", x, F32, x.N); err != nil {
-		return err
-	}
-	return c.launch("scale_inplace", c.ewGrid(x.N), ewThreads, 0, x, int64(x.N), s)
-}
-
 // LinearForward computes out = resid + inp·w + bias for N rows: inp [N,IC], w
 // [IC,OC] (HF Conv1D orientation), bias [OC], resid [N,OC] (both optional), out
 // [N,OC] float32. inp and w are both float32 or both bfloat16.
@@ -473,15 +450,6 @@ func (c *Ctx) SumSquares(out, partial Buf, xs ...Buf) error {
 	return c.launch("sum_final", dim3{1, 1, 1}, dim3{512, 1, 1}, 0, out, partial, sumBlocks*len(xs))
 }
 
-// ClipByNorm scales x by prescale and, when clip > 0, clips it so that its norm,
-// sqrt(sumsq[0])·prescale, is at most clip; sumsq stays on the device (no host round trip).
-func (c *Ctx) ClipByNorm(x, sumsq Buf, clip, prescale float32) error {
-	if err := need("clip sumsq", sumsq, F32, 1); err != nil {
-		return err
-	}
-	return c.launch("clip_by_norm", c.ewGrid(x.N), ewThreads, 0, x, int64(x.N), sumsq, clip, prescale)
-}
-
 // AdamWArgs are the hyper-parameters of one AdamW step.
 type AdamWArgs struct {
 	LR, Beta1, Beta2, Eps, WeightDecay float32
@@ -637,38 +605,6 @@ func (c *Ctx) ResidualBiasLayerNorm(res, resid, bias, ln, mean, rstd, w, b Buf, 
 		name = fmt.Sprintf("residual_bias_ln_%d", j) // the row in registers
 	}
 	return c.launch(name, grid1(N, 8), dim3{256, 1, 1}, 0, res, resid, bias, ln, mean, rstd, w, b, N, C)
-}
-
-// BiasGelu adds bias to the bfloat16 GEMM product h [N,C] in place (the backward's
-// input) and writes g = gelu(h) in bfloat16.
-func (c *Ctx) BiasGelu(h, g, bias Buf, N, C int) error {
-	if err := need("bias gelu h", h, BF16, N*C); err != nil {
-		return err
-	}
-	if err := need("bias gelu g", g, BF16, N*C); err != nil {
-		return err
-	}
-	if err := need("bias gelu bias", bias, F32, C); err != nil {
-		return err
-	}
-	if vec8(N, C, h, g, bias) {
-		return c.launch("bias_gelu_bf16_v8", c.ewGrid(N*C/8), ewThreads, 0, h, g, bias, N, C)
-	}
-	return c.launch("bias_gelu_bf16", c.ewGrid(N*C), ewThreads, 0, h, g, bias, N, C)
-}
-
-// GeluBackwardInPlace computes d = gelu'(h)·d for bfloat16 d and h.
-func (c *Ctx) GeluBackwardInPlace(d, h Buf) error {
-	if err := need("gelu bwd d", d, BF16, d.N); err != nil {
-		return err
-	}
-	if err := need("gelu bwd h", h, BF16, d.N); err != nil {
-		return err
-	}
-	if vec8(1, d.N, d, h) {
-		return c.launch("gelu_bwd_inplace_bf16_v8", c.ewGrid(d.N/8), ewThreads, 0, d, h, d.N/8)
-	}
-	return c.launch("gelu_bwd_inplace_bf16", c.ewGrid(d.N), ewThreads, 0, d, h, int64(d.N))
 }
 
 func aligned16(bs ...Buf) bool {

@@ -2,23 +2,9 @@ package cuda
 
 import (
 	"fmt"
-	"math"
-)
 
-// Input is one microbatch of B sequences of T tokens (mirrors stages.Input).
-type Input struct {
-	B, T    int
-	Tokens  []int32   // first stage: B·T token ids in [0, Vocab)
-	X       []float32 // other stages: B·T·DModel activations
-	Targets []int32   // last stage: B·T next-token ids
-	// XWire, instead of X, holds the activations in the int8 wire layout with
-	// blocks of Block values (see WireLen); they are dequantized on the device.
-	XWire []byte
-	Block int
-	// OutBlock > 0 asks for the output in the int8 wire layout with blocks of
-	// OutBlock values (Pass.OutWire, quantized on the device) instead of Out.
-	OutBlock int
-}
+	"swarmnode/model"
+)
 
 // Pass is one microbatch's forward pass on the device: its activations stay on
 // the GPU until Backward (or Release) returns them to the stage's pool.
@@ -30,12 +16,6 @@ type Pass struct {
 	OutWire []byte
 	Loss    float32 // last stage: mean cross-entropy
 }
-
-// B and T are the pass's microbatch shape.
-func (p *Pass) B() int { return p.a.B }
-
-// T is the sequence length of the pass.
-func (p *Pass) T() int { return p.a.T }
 
 // Tokens is the device buffer of input token ids (first stage).
 func (p *Pass) Tokens() Buf { return p.a.tok }
@@ -65,32 +45,6 @@ func (p *Pass) Release() error {
 func (s *Stage) checkShape(B, T int) error {
 	if B < 1 || T < 1 || T > s.cfg.Model.SeqLen {
 		return fmt.Errorf("cuda: microbatch %dx%d (T must be in [1, %d])", B, T, s.cfg.Model.SeqLen)
-	}
-	return nil
-}
-
-func checkIDs(name string, ids []int32, n, v int) error {
-	if len(ids) != n {
-		return fmt.Errorf("cuda: %d %s, want %d", len(ids), name, n)
-	}
-	for i, t := range ids {
-		if t < 0 || int(t) >= v {
-			return fmt.Errorf("cuda: %s[%d] = %d outside [0, %d)", name, i, t, v)
-		}
-	}
-	return nil
-}
-
-func checkFinite(name string, x []float32, n int) error {
-	if len(x) != n {
-		return fmt.Errorf("cuda: %d %s values, want %d", len(x), name, n)
-	}
-	for i, v := range x {
-		// All exponent bits set: NaN or ±Inf. A bit test is several times faster
-		// than math.IsNaN and IsInf on large tensors.
-		if math.Float32bits(v)&0x7f800000 == 0x7f800000 {
-			return fmt.Errorf("cuda: %s[%d] is %v", name, i, v)
-		}
 	}
 	return nil
 }
@@ -155,32 +109,16 @@ func (s *Stage) NewPass(B, T int) (*Pass, error) {
 	return p, err
 }
 
-// Forward validates the input (shapes, token ranges, NaN/Inf), runs the stage and
-// copies the output (or, on the last stage, the mean loss) back to the host.
-func (s *Stage) Forward(in Input) (*Pass, error) {
-	if err := s.checkShape(in.B, in.T); err != nil {
-		return nil, err
+// Forward validates the input (see model.Input.Check, and CheckInt8Wire for
+// XWire), runs the stage and copies the output (or, on the last stage, the mean
+// loss) back to the host.
+func (s *Stage) Forward(in model.Input) (*Pass, error) {
+	if err := in.Check(s.cfg.Model, s.cfg.Part); err != nil {
+		return nil, fmt.Errorf("cuda: %w", err)
 	}
-	N, C, V := in.B*in.T, s.cfg.Model.DModel, s.cfg.Model.Vocab
-	if s.cfg.IsFirst {
-		if err := checkIDs("tokens", in.Tokens, N, V); err != nil {
-			return nil, err
-		}
-	} else if in.XWire != nil {
-		if len(in.X) != 0 {
-			return nil, fmt.Errorf("cuda: input has both X and XWire")
-		}
+	N, C := in.B*in.T, s.cfg.Model.DModel
+	if in.XWire != nil {
 		if err := CheckInt8Wire(in.XWire, N*C, in.Block); err != nil {
-			return nil, err
-		}
-	} else if err := checkFinite("X", in.X, N*C); err != nil {
-		return nil, err
-	}
-	if in.OutBlock < 0 {
-		return nil, fmt.Errorf("cuda: output block size %d", in.OutBlock)
-	}
-	if s.cfg.IsLast {
-		if err := checkIDs("targets", in.Targets, N, V); err != nil {
 			return nil, err
 		}
 	}
@@ -192,20 +130,20 @@ func (s *Stage) Forward(in Input) (*Pass, error) {
 		}
 		p.a = a
 		switch {
-		case s.cfg.IsFirst:
+		case s.cfg.IsFirst():
 			err = c.UploadI32(a.tok, in.Tokens)
 		case in.XWire != nil:
 			err = s.uploadWire(c, a.in.Slice(0, N*C), in.XWire, in.Block)
 		default:
 			err = c.Upload(a.in, in.X)
 		}
-		if err == nil && s.cfg.IsLast {
+		if err == nil && s.cfg.IsLast() {
 			err = c.UploadI32(a.targets, in.Targets)
 		}
 		if err == nil {
 			err = s.ForwardOn(c, p)
 		}
-		if err == nil && !s.cfg.IsLast {
+		if err == nil && !s.cfg.IsLast() {
 			if in.OutBlock > 0 {
 				p.OutWire, err = s.downloadWire(c, a.out.Slice(0, N*C), in.OutBlock)
 			} else {
@@ -213,7 +151,7 @@ func (s *Stage) Forward(in Input) (*Pass, error) {
 				err = c.Download(p.Out, a.out)
 			}
 		}
-		if err == nil && s.cfg.IsLast {
+		if err == nil && s.cfg.IsLast() {
 			p.Loss, err = s.lossOn(c, p)
 		}
 		if err != nil {
@@ -236,9 +174,12 @@ func (s *Stage) Backward(p *Pass, dout []float32) ([]float32, error) {
 		return nil, err
 	}
 	N, C := p.a.B*p.a.T, s.cfg.Model.DModel
-	if !s.cfg.IsLast {
-		if err := checkFinite("dout", dout, N*C); err != nil {
-			return nil, err
+	if !s.cfg.IsLast() {
+		if len(dout) != N*C {
+			return nil, fmt.Errorf("cuda: %d output gradients, want %d", len(dout), N*C)
+		}
+		if err := model.CheckFinite(dout, "output gradient"); err != nil {
+			return nil, fmt.Errorf("cuda: %w", err)
 		}
 	}
 	var dx []float32
@@ -258,12 +199,12 @@ func (s *Stage) BackwardWire(p *Pass, dout []byte, doutBlock, dxBlock int) ([]by
 		return nil, err
 	}
 	N, C := p.a.B*p.a.T, s.cfg.Model.DModel
-	if !s.cfg.IsLast {
+	if !s.cfg.IsLast() {
 		if err := CheckInt8Wire(dout, N*C, doutBlock); err != nil {
 			return nil, err
 		}
 	}
-	if !s.cfg.IsFirst && dxBlock < 1 {
+	if !s.cfg.IsFirst() && dxBlock < 1 {
 		return nil, fmt.Errorf("cuda: input gradient block size %d", dxBlock)
 	}
 	var dx []byte
@@ -296,7 +237,7 @@ func (s *Stage) backward(p *Pass, upload func(c *Ctx, d Buf) error, download fun
 			return err
 		}
 		var d Buf
-		if !s.cfg.IsLast {
+		if !s.cfg.IsLast() {
 			d = sc.dln.Slice(0, N*C) // staging for the upload; BackwardOn copies it to dres first
 			if err := upload(c, d); err != nil {
 				return err
@@ -306,7 +247,7 @@ func (s *Stage) backward(p *Pass, upload func(c *Ctx, d Buf) error, download fun
 		if err := s.BackwardOn(c, pp, d); err != nil {
 			return err
 		}
-		if !s.cfg.IsFirst {
+		if !s.cfg.IsFirst() {
 			return download(c, sc.dres.Slice(0, N*C))
 		}
 		return c.Sync()
@@ -322,15 +263,15 @@ func (s *Stage) lossOn(c *Ctx, p *Pass) (float32, error) {
 }
 
 // weight returns the GEMM operand of view v: bfloat16 or float32 parameters.
-func (s *Stage) weight(v View) Buf {
+func (s *Stage) weight(v model.View) Buf {
 	if s.op == BF16 {
 		return s.pbf.Slice(v.Offset, v.Len)
 	}
 	return s.params.Slice(v.Offset, v.Len)
 }
 
-func (s *Stage) param(v View) Buf { return s.params.Slice(v.Offset, v.Len) }
-func (s *Stage) grad(v View) Buf  { return s.grads.Slice(v.Offset, v.Len) }
+func (s *Stage) param(v model.View) Buf { return s.params.Slice(v.Offset, v.Len) }
+func (s *Stage) grad(v model.View) Buf  { return s.grads.Slice(v.Offset, v.Len) }
 
 // ForwardOn queues the forward pass of p on the device (inside Device.Do); its
 // inputs must already be in p's device buffers. On the last stage it also
@@ -338,64 +279,34 @@ func (s *Stage) grad(v View) Buf  { return s.grads.Slice(v.Offset, v.Len) }
 func (s *Stage) ForwardOn(c *Ctx, p *Pass) error {
 	a := p.a
 	m := s.cfg.Model
-	B, T, C, NH := a.B, a.T, m.DModel, m.NHead
+	B, T, C := a.B, a.T, m.DModel
 	N := B * T
 	x := a.in.Slice(0, N*C)
-	if s.cfg.IsFirst {
-		if err := c.EncoderForward(x, a.tok, s.param(s.lay.wte), s.param(s.lay.wpe).Slice(0, T*C), B, T, C); err != nil {
+	if s.cfg.IsFirst() {
+		if err := c.EncoderForward(x, a.tok, s.param(s.lay.WTE), s.param(s.lay.WPE).Slice(0, T*C), B, T, C); err != nil {
 			return err
 		}
 	}
 	for i := range a.blocks {
-		k := &a.blocks[i]
-		k.in = x
-		bv := &s.lay.blocks[i]
+		a.blocks[i].in = x
+		forward := s.blockForward
 		if s.tc {
-			if err := s.fusedBlockForward(c, a, i, B, T); err != nil {
-				return fmt.Errorf("block %d forward: %w", s.cfg.First+i, err)
-			}
-			x = k.out
-			continue
+			forward = s.fusedBlockForward
 		}
-		labels := []string{"fwd ln1", "fwd qkv gemm", "fwd attention", "fwd attn proj gemm", "fwd ln2", "fwd fc gemm", "fwd gelu", "fwd fc proj gemm"}
-		steps := []func() error{
-			func() error {
-				return c.LayerNormForward(k.ln1, k.ln1m, k.ln1r, k.in, s.param(bv.ln1w), s.param(bv.ln1b), N, C)
-			},
-			func() error {
-				return c.LinearForward(k.qkv, k.ln1, s.weight(bv.qkvw), s.param(bv.qkvb), Buf{}, N, C, 3*C, s.mode)
-			},
-			func() error { return c.AttentionForward(k.atty, k.lse, k.qkv, B, T, C, NH) },
-			func() error {
-				return c.LinearForward(k.res2, k.atty, s.weight(bv.attpw), s.param(bv.attpb), k.in, N, C, C, s.mode)
-			},
-			func() error {
-				return c.LayerNormForward(k.ln2, k.ln2m, k.ln2r, k.res2, s.param(bv.ln2w), s.param(bv.ln2b), N, C)
-			},
-			func() error {
-				return c.LinearForward(k.fch, k.ln2, s.weight(bv.fcw), s.param(bv.fcb), Buf{}, N, C, 4*C, s.mode)
-			},
-			func() error { return c.GeluForward(k.fchg, k.fch) },
-			func() error {
-				return c.LinearForward(k.out, k.fchg, s.weight(bv.fcpw), s.param(bv.fcpb), k.res2, N, 4*C, C, s.mode)
-			},
+		if err := forward(c, a, i); err != nil {
+			return fmt.Errorf("block %d forward: %w", s.cfg.First+i, err)
 		}
-		for j, st := range steps {
-			if err := s.timed(c, labels[j], st); err != nil {
-				return fmt.Errorf("block %d forward: %w", s.cfg.First+i, err)
-			}
-		}
-		x = k.out
+		x = a.blocks[i].out
 	}
 	a.out = x
-	if !s.cfg.IsLast {
+	if !s.cfg.IsLast() {
 		return nil
 	}
 	V := m.Vocab
-	if err := c.LayerNormForward(a.lnf, a.lnfm, a.lnfr, x, s.param(s.lay.lnfw), s.param(s.lay.lnfb), N, C); err != nil {
+	if err := c.LayerNormForward(a.lnf, a.lnfm, a.lnfr, x, s.param(s.lay.LNFW), s.param(s.lay.LNFB), N, C); err != nil {
 		return err
 	}
-	if err := c.Gemm(false, true, N, V, C, 1, a.lnf, C, s.weight(s.lay.head), C, 0, a.logits, V, s.mode); err != nil {
+	if err := c.Gemm(false, true, N, V, C, 1, a.lnf, C, s.weight(s.lay.Head), C, 0, a.logits, V, s.mode); err != nil {
 		return err
 	}
 	if err := c.CrossEntropy(a.losses, a.dlogits, a.logits, a.targets, N, V, 1/float32(N)); err != nil {
@@ -404,64 +315,121 @@ func (s *Stage) ForwardOn(c *Ctx, p *Pass) error {
 	return c.Sum(a.lossSum, s.partial, a.losses)
 }
 
+// blockForward is block idx's forward on the general path (float32 or bf16
+// GEMM operands, float32 attention).
+func (s *Stage) blockForward(c *Ctx, a *acts, idx int) error {
+	m := s.cfg.Model
+	B, T, C, NH := a.B, a.T, m.DModel, m.NHead
+	N := B * T
+	k, bv := &a.blocks[idx], &s.lay.Blocks[idx]
+	return s.runSteps(c, []step{
+		{"fwd ln1", func() error {
+			return c.LayerNormForward(k.ln1, k.ln1m, k.ln1r, k.in, s.param(bv.LN1W), s.param(bv.LN1B), N, C)
+		}},
+		{"fwd qkv gemm", func() error {
+			return c.LinearForward(k.qkv, k.ln1, s.weight(bv.QKVW), s.param(bv.QKVB), Buf{}, N, C, 3*C, s.mode)
+		}},
+		{"fwd attention", func() error { return c.AttentionForward(k.atty, k.lse, k.qkv, B, T, C, NH) }},
+		{"fwd attn proj gemm", func() error {
+			return c.LinearForward(k.res2, k.atty, s.weight(bv.AttnProjW), s.param(bv.AttnProjB), k.in, N, C, C, s.mode)
+		}},
+		{"fwd ln2", func() error {
+			return c.LayerNormForward(k.ln2, k.ln2m, k.ln2r, k.res2, s.param(bv.LN2W), s.param(bv.LN2B), N, C)
+		}},
+		{"fwd fc gemm", func() error {
+			return c.LinearForward(k.fch, k.ln2, s.weight(bv.FCW), s.param(bv.FCB), Buf{}, N, C, 4*C, s.mode)
+		}},
+		{"fwd gelu", func() error { return c.GeluForward(k.fchg, k.fch) }},
+		{"fwd fc proj gemm", func() error {
+			return c.LinearForward(k.out, k.fchg, s.weight(bv.FCProjW), s.param(bv.FCProjB), k.res2, N, 4*C, C, s.mode)
+		}},
+	})
+}
+
 // BackwardOn queues the backward pass of p (inside Device.Do): dout is the
 // gradient of the output ([B·T, DModel] float32; ignored on the last stage).
 // Parameter gradients accumulate; the input gradient is left in GradInput.
 func (s *Stage) BackwardOn(c *Ctx, p *Pass, dout Buf) error {
 	a := p.a
-	m := s.cfg.Model
-	B, T, C, NH := a.B, a.T, m.DModel, m.NHead
-	N := B * T
-	sc, err := s.scratchFor(c, B, T)
+	sc, err := s.scratchFor(c, a.B, a.T)
 	if err != nil {
 		return err
 	}
-	dres := sc.dres.Slice(0, N*C)
-	dresOp := sc.dresOp.Slice(0, N*C)
-	dln := sc.dln.Slice(0, N*C)
-	if s.cfg.IsLast {
-		V := m.Vocab
-		if err := c.Gemm(false, false, N, C, V, 1, a.dlogits, V, s.weight(s.lay.head), C, 0, dln, C, s.mode); err != nil {
-			return err
-		}
-		if err := c.Gemm(true, false, V, C, N, 1, a.dlogits, V, a.lnf, C, 1, s.grad(s.lay.head), C, s.mode); err != nil {
-			return err
-		}
-		if err := c.Zero(dres); err != nil {
-			return err
-		}
-		if err := c.LayerNormBackward(dres, s.grad(s.lay.lnfw), s.grad(s.lay.lnfb), dln, a.out, s.param(s.lay.lnfw), a.lnfm, a.lnfr, N, C); err != nil {
+	if err := s.outputGrad(c, a, sc, dout); err != nil {
+		return err
+	}
+	if s.tc {
+		if err := s.fusedBackward(c, a, sc); err != nil {
 			return err
 		}
 	} else {
-		if err := need("stage dout", dout, F32, N*C); err != nil {
-			return err
-		}
-		if err := c.Copy(dres, dout.Slice(0, N*C)); err != nil {
-			return err
-		}
-	}
-	if s.tc {
-		// Each LayerNorm backward leaves a bf16 copy of dres for the next GEMMs;
-		// the first one needs a cast.
-		if err := s.timed(c, "bwd cast", func() error { return c.Cast(dresOp, dres) }); err != nil {
-			return err
-		}
-		// Likewise each LayerNorm backward adds the column sums of the new dres into
-		// the bias gradient of the projection that dres meets next; the first needs
-		// its own pass.
-		if n := len(a.blocks); n > 0 {
-			if err := s.timed(c, "bwd fc proj bias", func() error { return c.BiasGrad(s.grad(s.lay.blocks[n-1].fcpb), dres, N, C) }); err != nil {
-				return err
-			}
-		}
 		for i := len(a.blocks) - 1; i >= 0; i-- {
-			if err := s.fusedBlockBackward(c, a, i, sc, B, T); err != nil {
+			if err := s.blockBackward(c, a, i, sc); err != nil {
 				return fmt.Errorf("block %d backward: %w", s.cfg.First+i, err)
 			}
 		}
-		return s.encoderBackward(c, a, dres)
 	}
+	return s.encoderBackward(c, a, sc.dres.Slice(0, a.B*a.T*s.cfg.Model.DModel))
+}
+
+// outputGrad puts the gradient of the last block's output into sc.dres: on the
+// last stage the backward of the loss, the LM head and the final LayerNorm,
+// elsewhere a copy of dout.
+func (s *Stage) outputGrad(c *Ctx, a *acts, sc *scratch, dout Buf) error {
+	N, C := a.B*a.T, s.cfg.Model.DModel
+	dres := sc.dres.Slice(0, N*C)
+	if !s.cfg.IsLast() {
+		if err := need("stage dout", dout, F32, N*C); err != nil {
+			return err
+		}
+		return c.Copy(dres, dout.Slice(0, N*C))
+	}
+	V, dln := s.cfg.Model.Vocab, sc.dln.Slice(0, N*C)
+	if err := c.Gemm(false, false, N, C, V, 1, a.dlogits, V, s.weight(s.lay.Head), C, 0, dln, C, s.mode); err != nil {
+		return err
+	}
+	if err := c.Gemm(true, false, V, C, N, 1, a.dlogits, V, a.lnf, C, 1, s.grad(s.lay.Head), C, s.mode); err != nil {
+		return err
+	}
+	if err := c.Zero(dres); err != nil {
+		return err
+	}
+	return c.LayerNormBackward(dres, s.grad(s.lay.LNFW), s.grad(s.lay.LNFB), dln, a.out, s.param(s.lay.LNFW), a.lnfm, a.lnfr, N, C)
+}
+
+// fusedBackward runs the blocks' backward on the bf16 tensor-core path.
+func (s *Stage) fusedBackward(c *Ctx, a *acts, sc *scratch) error {
+	N, C := a.B*a.T, s.cfg.Model.DModel
+	dres, dresOp := sc.dres.Slice(0, N*C), sc.dresOp.Slice(0, N*C)
+	// Each LayerNorm backward leaves a bf16 copy of dres for the next GEMMs;
+	// the first one needs a cast.
+	if err := s.timed(c, "bwd cast", func() error { return c.Cast(dresOp, dres) }); err != nil {
+		return err
+	}
+	// Likewise each LayerNorm backward adds the column sums of the new dres into
+	// the bias gradient of the projection that dres meets next; the first needs
+	// its own pass.
+	if n := len(a.blocks); n > 0 {
+		if err := s.timed(c, "bwd fc proj bias", func() error { return c.BiasGrad(s.grad(s.lay.Blocks[n-1].FCProjB), dres, N, C) }); err != nil {
+			return err
+		}
+	}
+	for i := len(a.blocks) - 1; i >= 0; i-- {
+		if err := s.fusedBlockBackward(c, a, i, sc); err != nil {
+			return fmt.Errorf("block %d backward: %w", s.cfg.First+i, err)
+		}
+	}
+	return nil
+}
+
+// blockBackward is block idx's backward on the general path: sc.dres holds the
+// gradient of the block's output and becomes the gradient of its input.
+func (s *Stage) blockBackward(c *Ctx, a *acts, idx int, sc *scratch) error {
+	m := s.cfg.Model
+	B, T, C, NH := a.B, a.T, m.DModel, m.NHead
+	N := B * T
+	k, bv := &a.blocks[idx], &s.lay.Blocks[idx]
+	dres, dresOp, dln := sc.dres.Slice(0, N*C), sc.dresOp.Slice(0, N*C), sc.dln.Slice(0, N*C)
 	dh, dhOp := sc.dh.Slice(0, 4*N*C), sc.dhOp.Slice(0, 4*N*C)
 	datty, dqkv := sc.datty.Slice(0, N*C), sc.dqkv.Slice(0, 3*N*C)
 	toOp := func() error {
@@ -470,55 +438,43 @@ func (s *Stage) BackwardOn(c *Ctx, p *Pass, dout Buf) error {
 		}
 		return nil
 	}
-	for i := len(a.blocks) - 1; i >= 0; i-- {
-		k := &a.blocks[i]
-		bv := &s.lay.blocks[i]
-		labels := []string{"bwd cast", "bwd fc proj gemms", "bwd fc proj bias", "bwd gelu", "bwd fc gemms+bias", "bwd ln2",
-			"bwd cast", "bwd attn proj gemms", "bwd attn proj bias", "bwd attention", "bwd qkv gemms+bias", "bwd ln1"}
-		steps := []func() error{
-			// MLP branch: out = res2 + gelu(ln2·Wfc + bfc)·Wp + bp.
-			toOp,
-			func() error {
-				return c.LinearBackward(dh, s.grad(bv.fcpw), Buf{}, dresOp, k.fchg, s.weight(bv.fcpw), N, 4*C, C, false, s.mode)
-			},
-			func() error { return c.BiasGrad(s.grad(bv.fcpb), dres, N, C) },
-			func() error { return c.GeluBackward(dhOp, k.fch, dh) },
-			func() error {
-				return c.LinearBackward(dln, s.grad(bv.fcw), s.grad(bv.fcb), dhOp, k.ln2, s.weight(bv.fcw), N, C, 4*C, false, s.mode)
-			},
-			func() error {
-				return c.LayerNormBackward(dres, s.grad(bv.ln2w), s.grad(bv.ln2b), dln, k.res2, s.param(bv.ln2w), k.ln2m, k.ln2r, N, C)
-			},
-			// Attention branch: res2 = in + attn(ln1·Wqkv + bqkv)·Wp + bp.
-			toOp,
-			func() error {
-				return c.LinearBackward(datty, s.grad(bv.attpw), Buf{}, dresOp, k.atty, s.weight(bv.attpw), N, C, C, false, s.mode)
-			},
-			func() error { return c.BiasGrad(s.grad(bv.attpb), dres, N, C) },
-			func() error { return c.AttentionBackward(dqkv, sc.attnD, datty, k.qkv, k.atty, k.lse, B, T, C, NH) },
-			func() error {
-				return c.LinearBackward(dln, s.grad(bv.qkvw), s.grad(bv.qkvb), dqkv, k.ln1, s.weight(bv.qkvw), N, C, 3*C, false, s.mode)
-			},
-			func() error {
-				return c.LayerNormBackward(dres, s.grad(bv.ln1w), s.grad(bv.ln1b), dln, k.in, s.param(bv.ln1w), k.ln1m, k.ln1r, N, C)
-			},
-		}
-		for j, st := range steps {
-			if err := s.timed(c, labels[j], st); err != nil {
-				return fmt.Errorf("block %d backward: %w", s.cfg.First+i, err)
-			}
-		}
-	}
-	return s.encoderBackward(c, a, dres)
+	return s.runSteps(c, []step{
+		// MLP branch: out = res2 + gelu(ln2·Wfc + bfc)·Wp + bp.
+		{"bwd cast", toOp},
+		{"bwd fc proj gemms", func() error {
+			return c.LinearBackward(dh, s.grad(bv.FCProjW), Buf{}, dresOp, k.fchg, s.weight(bv.FCProjW), N, 4*C, C, false, s.mode)
+		}},
+		{"bwd fc proj bias", func() error { return c.BiasGrad(s.grad(bv.FCProjB), dres, N, C) }},
+		{"bwd gelu", func() error { return c.GeluBackward(dhOp, k.fch, dh) }},
+		{"bwd fc gemms+bias", func() error {
+			return c.LinearBackward(dln, s.grad(bv.FCW), s.grad(bv.FCB), dhOp, k.ln2, s.weight(bv.FCW), N, C, 4*C, false, s.mode)
+		}},
+		{"bwd ln2", func() error {
+			return c.LayerNormBackward(dres, s.grad(bv.LN2W), s.grad(bv.LN2B), dln, k.res2, s.param(bv.LN2W), k.ln2m, k.ln2r, N, C)
+		}},
+		// Attention branch: res2 = in + attn(ln1·Wqkv + bqkv)·Wp + bp.
+		{"bwd cast", toOp},
+		{"bwd attn proj gemms", func() error {
+			return c.LinearBackward(datty, s.grad(bv.AttnProjW), Buf{}, dresOp, k.atty, s.weight(bv.AttnProjW), N, C, C, false, s.mode)
+		}},
+		{"bwd attn proj bias", func() error { return c.BiasGrad(s.grad(bv.AttnProjB), dres, N, C) }},
+		{"bwd attention", func() error { return c.AttentionBackward(dqkv, sc.attnD, datty, k.qkv, k.atty, k.lse, B, T, C, NH) }},
+		{"bwd qkv gemms+bias", func() error {
+			return c.LinearBackward(dln, s.grad(bv.QKVW), s.grad(bv.QKVB), dqkv, k.ln1, s.weight(bv.QKVW), N, C, 3*C, false, s.mode)
+		}},
+		{"bwd ln1", func() error {
+			return c.LayerNormBackward(dres, s.grad(bv.LN1W), s.grad(bv.LN1B), dln, k.in, s.param(bv.LN1W), k.ln1m, k.ln1r, N, C)
+		}},
+	})
 }
 
 // encoderBackward adds the embedding gradients (first stage only).
 func (s *Stage) encoderBackward(c *Ctx, a *acts, dres Buf) error {
-	if !s.cfg.IsFirst {
+	if !s.cfg.IsFirst() {
 		return nil
 	}
 	C := s.cfg.Model.DModel
-	return c.EncoderBackward(s.grad(s.lay.wte), s.grad(s.lay.wpe).Slice(0, a.T*C), dres, a.tok, a.B, a.T, C)
+	return c.EncoderBackward(s.grad(s.lay.WTE), s.grad(s.lay.WPE).Slice(0, a.T*C), dres, a.tok, a.B, a.T, C)
 }
 
 // GradInput is the device buffer holding the input gradient after BackwardOn
@@ -533,23 +489,28 @@ func (s *Stage) GradInput(B, T int) Buf {
 // LossOn reads the mean loss of a last-stage pass after ForwardOn (it synchronises).
 func (s *Stage) LossOn(c *Ctx, p *Pass) (float32, error) { return s.lossOn(c, p) }
 
+// step is one labelled step of a pass; profiles add up time by label.
+type step struct {
+	label string
+	fn    func() error
+}
+
+// runSteps runs steps in order, timing each when profiling is on.
+func (s *Stage) runSteps(c *Ctx, steps []step) error {
+	for _, st := range steps {
+		if err := s.timed(c, st.label, st.fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // timed runs one step of a pass, timing it with events when profiling is on.
 func (s *Stage) timed(c *Ctx, label string, fn func() error) error {
 	if s.prof == nil {
 		return fn()
 	}
-	e0, err := c.Record()
-	if err != nil {
-		return err
-	}
-	if err := fn(); err != nil {
-		return err
-	}
-	e1, err := c.Record()
-	if err != nil {
-		return err
-	}
-	ms, err := c.Elapsed(e0, e1)
+	ms, err := c.Time(fn)
 	if err != nil {
 		return err
 	}
@@ -578,8 +539,9 @@ func (s *Stage) Profile() map[string]float64 {
 // fusedBlockForward is a block's forward in bf16 with tensor-core attention: the
 // GEMMs write bare products (bf16 where the next op reads bf16) and fused kernels
 // add the biases while doing the next step's work.
-func (s *Stage) fusedBlockForward(c *Ctx, a *acts, idx int, B, T int) error {
-	k, bv := &a.blocks[idx], &s.lay.blocks[idx]
+func (s *Stage) fusedBlockForward(c *Ctx, a *acts, idx int) error {
+	B, T := a.B, a.T
+	k, bv := &a.blocks[idx], &s.lay.Blocks[idx]
 	lnDone := idx > 0 // computed by the previous block's last kernel
 	var next *blockActs
 	if idx+1 < len(a.blocks) {
@@ -587,107 +549,90 @@ func (s *Stage) fusedBlockForward(c *Ctx, a *acts, idx int, B, T int) error {
 	}
 	m := s.cfg.Model
 	C, NH, N := m.DModel, m.NHead, B*T
-	steps := []struct {
-		label string
-		fn    func() error
-	}{
+	return s.runSteps(c, []step{
 		{"fwd ln1", func() error {
 			if lnDone {
 				return nil // the previous block's residual kernel computed it
 			}
-			return c.LayerNormForward(k.ln1, k.ln1m, k.ln1r, k.in, s.param(bv.ln1w), s.param(bv.ln1b), N, C)
+			return c.LayerNormForward(k.ln1, k.ln1m, k.ln1r, k.in, s.param(bv.LN1W), s.param(bv.LN1B), N, C)
 		}},
 		{"fwd qkv gemm", func() error {
-			return c.Gemm(false, false, N, 3*C, C, 1, k.ln1, C, s.weight(bv.qkvw), 3*C, 0, k.qkvb, 3*C, s.mode)
+			return c.Gemm(false, false, N, 3*C, C, 1, k.ln1, C, s.weight(bv.QKVW), 3*C, 0, k.qkvb, 3*C, s.mode)
 		}},
-		{"fwd qkv bias", func() error { return c.BiasAdd(k.qkvb, s.param(bv.qkvb), N, 3*C) }},
+		{"fwd qkv bias", func() error { return c.BiasAdd(k.qkvb, s.param(bv.QKVB), N, 3*C) }},
 		{"fwd attention", func() error { return c.AttentionForward(k.atty, k.lse, k.qkvb, B, T, C, NH) }},
 		{"fwd attn proj gemm", func() error {
-			return c.Gemm(false, false, N, C, C, 1, k.atty, C, s.weight(bv.attpw), C, 0, k.res2, C, s.mode)
+			return c.Gemm(false, false, N, C, C, 1, k.atty, C, s.weight(bv.AttnProjW), C, 0, k.res2, C, s.mode)
 		}},
 		{"fwd residual+bias+ln2", func() error {
-			return c.ResidualBiasLayerNorm(k.res2, k.in, s.param(bv.attpb), k.ln2, k.ln2m, k.ln2r, s.param(bv.ln2w), s.param(bv.ln2b), N, C)
+			return c.ResidualBiasLayerNorm(k.res2, k.in, s.param(bv.AttnProjB), k.ln2, k.ln2m, k.ln2r, s.param(bv.LN2W), s.param(bv.LN2B), N, C)
 		}},
 		// The bare product stays in fch (bf16); the bias is added where it is read.
 		{"fwd fc gemm", func() error {
-			return c.Gemm(false, false, N, 4*C, C, 1, k.ln2, C, s.weight(bv.fcw), 4*C, 0, k.fch, 4*C, s.mode)
+			return c.Gemm(false, false, N, 4*C, C, 1, k.ln2, C, s.weight(bv.FCW), 4*C, 0, k.fch, 4*C, s.mode)
 		}},
-		{"fwd bias+gelu", func() error { return c.GeluBias(k.fchg, k.fch, s.param(bv.fcb), N, 4*C) }},
+		{"fwd bias+gelu", func() error { return c.GeluBias(k.fchg, k.fch, s.param(bv.FCB), N, 4*C) }},
 		{"fwd fc proj gemm", func() error {
-			return c.Gemm(false, false, N, C, 4*C, 1, k.fchg, 4*C, s.weight(bv.fcpw), C, 0, k.out, C, s.mode)
+			return c.Gemm(false, false, N, C, 4*C, 1, k.fchg, 4*C, s.weight(bv.FCProjW), C, 0, k.out, C, s.mode)
 		}},
 		{"fwd residual+bias", func() error {
 			if next == nil {
-				return c.ResidualBias(k.out, k.res2, s.param(bv.fcpb), N, C)
+				return c.ResidualBias(k.out, k.res2, s.param(bv.FCProjB), N, C)
 			}
 			// Also the next block's first LayerNorm, while the row is at hand.
-			nv := &s.lay.blocks[idx+1]
-			return c.ResidualBiasLayerNorm(k.out, k.res2, s.param(bv.fcpb), next.ln1, next.ln1m, next.ln1r, s.param(nv.ln1w), s.param(nv.ln1b), N, C)
+			nv := &s.lay.Blocks[idx+1]
+			return c.ResidualBiasLayerNorm(k.out, k.res2, s.param(bv.FCProjB), next.ln1, next.ln1m, next.ln1r, s.param(nv.LN1W), s.param(nv.LN1B), N, C)
 		}},
-	}
-	for _, st := range steps {
-		if err := s.timed(c, st.label, st.fn); err != nil {
-			return err
-		}
-	}
-	return nil
+	})
 }
 
 // fusedBlockBackward is the backward of fusedBlockForward: sc.dres (and its bf16
 // copy sc.dresOp) hold the gradient of the block's output and become the gradient
 // of its input.
-func (s *Stage) fusedBlockBackward(c *Ctx, a *acts, idx int, sc *scratch, B, T int) error {
-	k, bv := &a.blocks[idx], &s.lay.blocks[idx]
+func (s *Stage) fusedBlockBackward(c *Ctx, a *acts, idx int, sc *scratch) error {
+	B, T := a.B, a.T
+	k, bv := &a.blocks[idx], &s.lay.Blocks[idx]
 	m := s.cfg.Model
 	C, NH, N := m.DModel, m.NHead, B*T
 	dres, dresOp := sc.dres.Slice(0, N*C), sc.dresOp.Slice(0, N*C)
 	dh, dln := sc.dhOp.Slice(0, 4*N*C), sc.dln.Slice(0, N*C)
 	datty, dqkv := sc.dattyOp.Slice(0, N*C), sc.dqkv.Slice(0, 3*N*C)
-	steps := []struct {
-		label string
-		fn    func() error
-	}{
+	return s.runSteps(c, []step{
 		// MLP branch: out = res2 + gelu(ln2·Wfc + bfc)·Wp + bp. dresOp already holds dres in bf16.
 		{"bwd fc proj gemms", func() error {
-			if err := c.Gemm(false, true, N, 4*C, C, 1, dresOp, C, s.weight(bv.fcpw), C, 0, dh, 4*C, s.mode); err != nil {
+			if err := c.Gemm(false, true, N, 4*C, C, 1, dresOp, C, s.weight(bv.FCProjW), C, 0, dh, 4*C, s.mode); err != nil {
 				return err
 			}
-			return c.Gemm(true, false, 4*C, C, N, 1, k.fchg, 4*C, dresOp, C, 1, s.grad(bv.fcpw), C, s.mode)
+			return c.Gemm(true, false, 4*C, C, N, 1, k.fchg, 4*C, dresOp, C, 1, s.grad(bv.FCProjW), C, s.mode)
 		}},
 		{"bwd gelu+bias grad", func() error {
-			return c.GeluBackwardBiasGrad(dh, k.fch, s.param(bv.fcb), s.grad(bv.fcb), N, 4*C)
+			return c.GeluBackwardBiasGrad(dh, k.fch, s.param(bv.FCB), s.grad(bv.FCB), N, 4*C)
 		}},
 		{"bwd fc gemms", func() error {
-			return c.LinearBackward(dln, s.grad(bv.fcw), Buf{}, dh, k.ln2, s.weight(bv.fcw), N, C, 4*C, false, s.mode)
+			return c.LinearBackward(dln, s.grad(bv.FCW), Buf{}, dh, k.ln2, s.weight(bv.FCW), N, C, 4*C, false, s.mode)
 		}},
 		{"bwd ln2", func() error {
-			return c.LayerNormBackwardOp(dres, dresOp, s.grad(bv.attpb), s.grad(bv.ln2w), s.grad(bv.ln2b), dln, k.res2, s.param(bv.ln2w), k.ln2m, k.ln2r, N, C)
+			return c.LayerNormBackwardOp(dres, dresOp, s.grad(bv.AttnProjB), s.grad(bv.LN2W), s.grad(bv.LN2B), dln, k.res2, s.param(bv.LN2W), k.ln2m, k.ln2r, N, C)
 		}},
 		// Attention branch: res2 = in + attn(ln1·Wqkv + bqkv)·Wp + bp.
 		{"bwd attn proj gemms", func() error {
-			if err := c.Gemm(false, true, N, C, C, 1, dresOp, C, s.weight(bv.attpw), C, 0, datty, C, s.mode); err != nil {
+			if err := c.Gemm(false, true, N, C, C, 1, dresOp, C, s.weight(bv.AttnProjW), C, 0, datty, C, s.mode); err != nil {
 				return err
 			}
-			return c.Gemm(true, false, C, C, N, 1, k.atty, C, dresOp, C, 1, s.grad(bv.attpw), C, s.mode)
+			return c.Gemm(true, false, C, C, N, 1, k.atty, C, dresOp, C, 1, s.grad(bv.AttnProjW), C, s.mode)
 		}},
 		{"bwd attention", func() error {
 			return c.AttentionBackward(dqkv, sc.attnD, datty, k.qkvb, k.atty, k.lse, B, T, C, NH)
 		}},
 		{"bwd qkv gemms+bias", func() error {
-			return c.LinearBackward(dln, s.grad(bv.qkvw), s.grad(bv.qkvb), dqkv, k.ln1, s.weight(bv.qkvw), N, C, 3*C, false, s.mode)
+			return c.LinearBackward(dln, s.grad(bv.QKVW), s.grad(bv.QKVB), dqkv, k.ln1, s.weight(bv.QKVW), N, C, 3*C, false, s.mode)
 		}},
 		{"bwd ln1", func() error {
 			var dcol Buf // the previous block's MLP output bias
 			if idx > 0 {
-				dcol = s.grad(s.lay.blocks[idx-1].fcpb)
+				dcol = s.grad(s.lay.Blocks[idx-1].FCProjB)
 			}
-			return c.LayerNormBackwardOp(dres, dresOp, dcol, s.grad(bv.ln1w), s.grad(bv.ln1b), dln, k.in, s.param(bv.ln1w), k.ln1m, k.ln1r, N, C)
+			return c.LayerNormBackwardOp(dres, dresOp, dcol, s.grad(bv.LN1W), s.grad(bv.LN1B), dln, k.in, s.param(bv.LN1W), k.ln1m, k.ln1r, N, C)
 		}},
-	}
-	for _, st := range steps {
-		if err := s.timed(c, st.label, st.fn); err != nil {
-			return err
-		}
-	}
-	return nil
+	})
 }

@@ -5,22 +5,17 @@ import "math"
 // Float64 CPU references of every op, written for clarity rather than speed.
 
 func refGemm(transA, transB bool, M, N, K int, alpha float64, A []float64, lda int, B []float64, ldb int, beta float64, C []float64, ldc int) {
+	at := func(x []float64, ld int, trans bool, i, j int) float64 {
+		if trans {
+			return x[j*ld+i]
+		}
+		return x[i*ld+j]
+	}
 	for i := 0; i < M; i++ {
 		for j := 0; j < N; j++ {
 			var s float64
 			for k := 0; k < K; k++ {
-				var a, b float64
-				if transA {
-					a = A[k*lda+i]
-				} else {
-					a = A[i*lda+k]
-				}
-				if transB {
-					b = B[j*ldb+k]
-				} else {
-					b = B[k*ldb+j]
-				}
-				s += a * b
+				s += at(A, lda, transA, i, k) * at(B, ldb, transB, k, j)
 			}
 			C[i*ldc+j] = alpha*s + beta*C[i*ldc+j]
 		}

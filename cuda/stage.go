@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"sync/atomic"
+
+	"swarmnode/model"
 )
 
 // Precision is how a stage computes.
@@ -17,22 +19,25 @@ const (
 	BF16Mixed                  // bfloat16 GEMM operands (weights and activations), float32 accumulation and master weights
 )
 
-// StageConfig describes one stage: blocks [First, First+Blocks) of the model, with
-// the embedding when IsFirst and the final LayerNorm, LM head and loss when IsLast.
+// StageConfig describes one stage: its part of the model (blocks [First,
+// First+Blocks), with the embedding on the first stage and the final LayerNorm,
+// LM head and loss on the last) and how it computes.
 type StageConfig struct {
-	Model           ModelConfig
-	First, Blocks   int
-	IsFirst, IsLast bool
-	Precision       Precision
+	// Model is the whole model's shape.
+	Model model.Config
+	// Part is the share of the model the stage holds.
+	model.Part
+	// Precision is how the stage computes.
+	Precision Precision
 }
 
 // Stage is a GPT pipeline stage on the GPU: forward, backward (accumulating
-// gradients) and the AdamW step, over flat device buffers laid out like the CPU
-// stage's parameter vector.
+// gradients) and the AdamW step, over flat device buffers in the layout of
+// package model, the same as the CPU stage's.
 type Stage struct {
 	d     *Device
 	cfg   StageConfig
-	lay   *layout
+	lay   *model.Layout
 	op    DType        // GEMM operand type
 	mode  Compute      // float32 GEMM mode
 	step  atomic.Int64 // optimizer steps applied; changed on the device thread only
@@ -53,13 +58,16 @@ type Stage struct {
 // NewStage allocates a stage on d with zero parameters; set them with SetParams.
 func NewStage(d *Device, cfg StageConfig) (*Stage, error) {
 	m := cfg.Model
-	if m.Vocab < 1 || m.DModel < 1 || m.NHead < 1 || m.SeqLen < 1 || cfg.Blocks < 0 || cfg.First < 0 {
-		return nil, fmt.Errorf("cuda: bad stage config %+v", cfg)
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("cuda: %w", err)
 	}
-	if m.DModel%m.NHead != 0 || !attnHeadDims[m.DModel/m.NHead] {
+	if cfg.Blocks < 0 || cfg.First < 0 {
+		return nil, fmt.Errorf("cuda: bad stage part %+v", cfg.Part)
+	}
+	if !attnHeadDims[m.DModel/m.NHead] {
 		return nil, fmt.Errorf("cuda: head size %d/%d is not supported (16, 32 or 64)", m.DModel, m.NHead)
 	}
-	s := &Stage{d: d, cfg: cfg, lay: newLayout(m, cfg.First, cfg.Blocks, cfg.IsFirst, cfg.IsLast), pool: map[[2]int][]*acts{}}
+	s := &Stage{d: d, cfg: cfg, lay: model.NewLayout(m, cfg.Part), pool: map[[2]int][]*acts{}}
 	switch cfg.Precision {
 	case FP32:
 		s.op, s.mode = F32, ComputeFP32
@@ -71,11 +79,11 @@ func NewStage(d *Device, cfg StageConfig) (*Stage, error) {
 		return nil, fmt.Errorf("cuda: unknown precision %d", cfg.Precision)
 	}
 	s.tc = s.op == BF16 && m.DModel/m.NHead == 64
-	if s.lay.size == 0 {
+	if s.lay.Size == 0 {
 		return nil, errors.New("cuda: stage has no parameters")
 	}
-	decay := make([]byte, s.lay.size)
-	for _, v := range s.lay.views {
+	decay := make([]byte, s.lay.Size)
+	for _, v := range s.lay.Views {
 		if v.Decay {
 			for i := v.Offset; i < v.Offset+v.Len; i++ {
 				decay[i] = 1
@@ -83,23 +91,15 @@ func NewStage(d *Device, cfg StageConfig) (*Stage, error) {
 		}
 	}
 	err := d.Do(func(c *Ctx) error {
-		n := s.lay.size
-		var err error
-		alloc := func(t DType, n int) Buf {
-			if err != nil {
-				return Buf{}
-			}
-			var b Buf
-			b, err = c.Alloc(t, n)
-			return b
-		}
-		s.params, s.grads, s.m, s.v = alloc(F32, n), alloc(F32, n), alloc(F32, n), alloc(F32, n)
-		s.decay, s.sumsq, s.partial = alloc(U8, n), alloc(F32, 1), alloc(F32, sumBlocks)
+		n := s.lay.Size
+		al := allocator{c: c}
+		s.params, s.grads, s.m, s.v = al.alloc(F32, n), al.alloc(F32, n), al.alloc(F32, n), al.alloc(F32, n)
+		s.decay, s.sumsq, s.partial = al.alloc(U8, n), al.alloc(F32, 1), al.alloc(F32, sumBlocks)
 		if s.op == BF16 {
-			s.pbf = alloc(BF16, n)
+			s.pbf = al.alloc(BF16, n)
 		}
-		if err != nil {
-			return err
+		if al.err != nil {
+			return al.err // Close frees what was allocated
 		}
 		for _, b := range []Buf{s.params, s.grads, s.m, s.v} {
 			if err := c.Zero(b); err != nil {
@@ -118,6 +118,37 @@ func NewStage(d *Device, cfg StageConfig) (*Stage, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// allocator allocates device buffers until the first error, which it keeps;
+// later calls return empty buffers, so a set of buffers is allocated in a row
+// and checked once.
+type allocator struct {
+	c   *Ctx
+	err error
+	got []Buf
+}
+
+func (a *allocator) alloc(t DType, n int) Buf {
+	if a.err != nil {
+		return Buf{}
+	}
+	b, err := a.c.Alloc(t, n)
+	if err != nil {
+		a.err = err
+		return Buf{}
+	}
+	a.got = append(a.got, b)
+	return b
+}
+
+// undo frees every buffer allocated so far and returns the first error.
+func (a *allocator) undo() error {
+	for _, b := range a.got {
+		_ = a.c.Free(b)
+	}
+	a.got = nil
+	return a.err
 }
 
 // Close frees the stage's device memory.
@@ -150,11 +181,11 @@ func (s *Stage) Close() error {
 	})
 }
 
-// Views lists the stage's tensors in layout order.
-func (s *Stage) Views() []View { return append([]View(nil), s.lay.views...) }
+// Layout is the stage's parameter layout; it must not be changed.
+func (s *Stage) Layout() *model.Layout { return s.lay }
 
 // NumParams is the length of the flat parameter vector.
-func (s *Stage) NumParams() int { return s.lay.size }
+func (s *Stage) NumParams() int { return s.lay.Size }
 
 // Config is the stage's configuration.
 func (s *Stage) Config() StageConfig { return s.cfg }
@@ -164,8 +195,8 @@ func (s *Stage) Version() int { return int(s.step.Load()) }
 
 // SetParams uploads the flat parameter vector (the CPU stage's layout).
 func (s *Stage) SetParams(p []float32) error {
-	if len(p) != s.lay.size {
-		return fmt.Errorf("cuda: %d parameters, stage has %d", len(p), s.lay.size)
+	if len(p) != s.lay.Size {
+		return fmt.Errorf("cuda: %d parameters, stage has %d", len(p), s.lay.Size)
 	}
 	return s.d.Do(func(c *Ctx) error {
 		if err := c.Upload(s.params, p); err != nil {
@@ -189,15 +220,9 @@ func (s *Stage) Params() ([]float32, error) { return s.download(s.params) }
 // Grads downloads the accumulated gradients (same layout).
 func (s *Stage) Grads() ([]float32, error) { return s.download(s.grads) }
 
-// State is the optimizer state, for averaging and state transfer (mirrors stages.State).
-type State struct {
-	Params, M, V []float32
-	Step         int
-}
-
 // GetState downloads parameters and AdamW moments.
-func (s *Stage) GetState() (State, error) {
-	st := State{Params: make([]float32, s.lay.size), M: make([]float32, s.lay.size), V: make([]float32, s.lay.size)}
+func (s *Stage) GetState() (model.State, error) {
+	st := model.State{Params: make([]float32, s.lay.Size), M: make([]float32, s.lay.Size), V: make([]float32, s.lay.Size)}
 	err := s.d.Do(func(c *Ctx) error {
 		st.Step = int(s.step.Load())
 		if err := c.Download(st.Params, s.params); err != nil {
@@ -212,8 +237,8 @@ func (s *Stage) GetState() (State, error) {
 }
 
 // SetState uploads parameters and AdamW moments.
-func (s *Stage) SetState(st State) error {
-	n := s.lay.size
+func (s *Stage) SetState(st model.State) error {
+	n := s.lay.Size
 	if len(st.Params) != n || len(st.M) != n || len(st.V) != n || st.Step < 0 {
 		return fmt.Errorf("cuda: state of %d/%d/%d values (step %d), stage has %d", len(st.Params), len(st.M), len(st.V), st.Step, n)
 	}
@@ -287,7 +312,7 @@ func (s *Stage) AddState(off int, delta []float32) error {
 // Params|M|V laid end to end, each with its offset into the range and whether it
 // is part of the parameters.
 func (s *Stage) stateSpans(off, n int, fn func(b Buf, at int, params bool) error) error {
-	size := s.lay.size
+	size := s.lay.Size
 	if off < 0 || n < 0 || off+n > 3*size {
 		return fmt.Errorf("cuda: state range [%d, %d) outside the %d values of Params|M|V", off, off+n, 3*size)
 	}
@@ -316,7 +341,7 @@ func (s *Stage) ZeroGrad() error {
 // A non-finite norm (a NaN or Inf gradient) skips the update: the gradients are
 // zeroed, the weights, moments and Version stay as they were, and the norm is
 // returned so the caller can tell.
-func (s *Stage) Step(opt OptimConfig, micro int) (float32, error) {
+func (s *Stage) Step(opt model.Optim, micro int) (float32, error) {
 	if micro < 1 {
 		micro = 1
 	}
@@ -387,25 +412,16 @@ func (s *Stage) newActs(c *Ctx, B, T int) (*acts, error) {
 	m := s.cfg.Model
 	N, C, NH := B*T, m.DModel, m.NHead
 	a := &acts{B: B, T: T}
-	var err error
-	var got []Buf
-	alloc := func(t DType, n int) Buf {
-		if err != nil {
-			return Buf{}
-		}
-		var b Buf
-		b, err = c.Alloc(t, n)
-		got = append(got, b)
-		return b
-	}
-	if s.cfg.IsFirst {
+	al := allocator{c: c}
+	alloc := al.alloc
+	if s.cfg.IsFirst() {
 		a.tok = alloc(I32, N)
 	}
 	a.in = alloc(F32, N*C) // the input, or the embedding's output on the first stage
-	if s.cfg.IsLast {
+	if s.cfg.IsLast() {
 		a.targets = alloc(I32, N)
 	}
-	for range s.lay.blocks {
+	for range s.lay.Blocks {
 		var k blockActs
 		k.ln1, k.ln1m, k.ln1r = alloc(s.op, N*C), alloc(F32, N), alloc(F32, N)
 		k.atty, k.lse = alloc(s.op, N*C), alloc(F32, B*NH*T)
@@ -420,7 +436,7 @@ func (s *Stage) newActs(c *Ctx, B, T int) (*acts, error) {
 		}
 		a.blocks = append(a.blocks, k)
 	}
-	if s.cfg.IsLast {
+	if s.cfg.IsLast() {
 		a.lnf, a.lnfm, a.lnfr = alloc(s.op, N*C), alloc(F32, N), alloc(F32, N)
 		a.logits, a.losses, a.lossSum = alloc(F32, N*m.Vocab), alloc(F32, N), alloc(F32, 1)
 		if s.op == BF16 {
@@ -429,13 +445,8 @@ func (s *Stage) newActs(c *Ctx, B, T int) (*acts, error) {
 			a.dlogits = a.logits // the float32 gradient overwrites the logits
 		}
 	}
-	if err != nil {
-		for _, b := range got {
-			if b.Ptr != 0 {
-				_ = c.Free(b)
-			}
-		}
-		return nil, err
+	if al.err != nil {
+		return nil, al.undo()
 	}
 	return a, nil
 }
@@ -472,15 +483,8 @@ func (s *Stage) scratchFor(c *Ctx, B, T int) (*scratch, error) {
 	}
 	C, NH := s.cfg.Model.DModel, s.cfg.Model.NHead
 	sc := &scratch{N: N}
-	var err error
-	alloc := func(t DType, n int) Buf {
-		if err != nil {
-			return Buf{}
-		}
-		var b Buf
-		b, err = c.Alloc(t, n)
-		return b
-	}
+	al := allocator{c: c}
+	alloc := al.alloc
 	sc.dres, sc.dln = alloc(F32, N*C), alloc(F32, N*C)
 	sc.attnD, sc.dqkv = alloc(F32, B*NH*T), alloc(s.op, 3*N*C)
 	switch {
@@ -493,13 +497,8 @@ func (s *Stage) scratchFor(c *Ctx, B, T int) (*scratch, error) {
 		sc.dh, sc.datty = alloc(F32, 4*N*C), alloc(F32, N*C)
 		sc.dresOp, sc.dhOp = sc.dres, sc.dh
 	}
-	if err != nil {
-		sc.free(func(b Buf) {
-			if b.Ptr != 0 {
-				_ = c.Free(b)
-			}
-		})
-		return nil, err
+	if al.err != nil {
+		return nil, al.undo()
 	}
 	s.sc = sc
 	return sc, nil

@@ -2,10 +2,10 @@ package cuda
 
 import (
 	"bytes"
+	_ "embed"
 	"encoding/binary"
 	"encoding/hex"
 	"math"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -64,14 +64,17 @@ func goldenInput() []float32 {
 	return x
 }
 
-// golden reads the pipeline codec's messages for goldenInput, by block size.
+// goldenWire holds the pipeline codec's messages for goldenInput, one line per
+// block size; embedded, so that the test binary runs from any directory (on a
+// GPU machine without Go, say).
+//
+//go:embed testdata/int8_wire.golden
+var goldenWire string
+
+// golden parses goldenWire: the messages by block size.
 func golden(t testing.TB) map[int][]byte {
-	raw, err := os.ReadFile("testdata/int8_wire.golden")
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[int][]byte{}
-	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(goldenWire), "\n") {
 		f := strings.Fields(line)
 		bs, err := strconv.Atoi(f[0])
 		if err != nil {

@@ -8,13 +8,14 @@ import (
 
 	"swarmnode/config"
 	"swarmnode/data"
+	"swarmnode/model"
 	"swarmnode/stages"
 )
 
 // benchConfig is big enough that compute dominates: d 256, 6 layers, T 128.
 func benchConfig(steps int) config.Config {
 	cfg := testConfig()
-	cfg.Model = config.Model{Vocab: 256, DModel: 256, NHead: 4, NLayer: 6, SeqLen: 128}
+	cfg.Model = model.Config{Vocab: 256, DModel: 256, NHead: 4, NLayer: 6, SeqLen: 128}
 	cfg.Stages = []int{2, 2, 2}
 	cfg.Train.Microbatch, cfg.Train.Batch = 8, 16
 	cfg.Train.Steps, cfg.Train.Warmup = steps, 2
@@ -36,7 +37,7 @@ func BenchmarkSwarmVsChain(b *testing.B) {
 			cfg := benchConfig(seg)
 			cfg.Pipeline.Staleness = staleness
 			corpus := loadCorpus(b, cfg)
-			chain, err := stages.NewChain(modelConfig(cfg.Model), cfg.Stages, cfg.Train.Seed)
+			chain, err := stages.NewChain(cfg.Model, cfg.Stages, cfg.Train.Seed)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -52,7 +53,7 @@ func BenchmarkSwarmVsChain(b *testing.B) {
 							b.Fatal(err)
 						}
 					}
-					chain.Step(optimConfig(cfg.Train), cfg.Train.Accumulation())
+					chain.Step(cfg.Train.Optim, cfg.Train.Accumulation())
 				}
 				return time.Since(start)
 			}

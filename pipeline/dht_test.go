@@ -48,11 +48,11 @@ func TestDHTRouting(t *testing.T) {
 	var svcs []*dht.Service
 	var boot []peer.AddrInfo
 	for k := range cfg.Stages {
-		st, err := stages.New(modelConfig(cfg.Model), cfg.Stages, k, cfg.Train.Seed)
+		st, err := stages.New(cfg.Model, cfg.Stages, k, cfg.Train.Seed)
 		if err != nil {
 			t.Fatal(err)
 		}
-		w := NewWorker(st, WorkerOptionsFrom(cfg, optimConfig(cfg.Train)))
+		w := NewWorker(st, WorkerOptionsFrom(cfg, cfg.Train.Optim))
 		for range 2 {
 			h := newHost(t)
 			svc := dhtNode(t, ctx, h, k, boot)

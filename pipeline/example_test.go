@@ -9,6 +9,7 @@ import (
 	"swarmnode/config"
 	"swarmnode/data"
 	"swarmnode/dht"
+	"swarmnode/model"
 	"swarmnode/pipeline"
 	"swarmnode/stages"
 )
@@ -16,10 +17,10 @@ import (
 // serveAndTrain is how a node composes the pipeline: a stage server for stage k
 // that gossips its load and steps its optimizer, and a trainer.
 func serveAndTrain(ctx context.Context, cfg config.Config, h host.Host, svc *dht.Service,
-	k int, model stages.ModelConfig, optim stages.OptimConfig, log *slog.Logger) (pipeline.Summary, error) {
+	k int, mc model.Config, optim model.Optim, log *slog.Logger) (pipeline.Summary, error) {
 	router := pipeline.DHTRouter(svc)
 
-	st, err := stages.New(model, cfg.Stages, k, cfg.Train.Seed)
+	st, err := stages.New(mc, cfg.Stages, k, cfg.Train.Seed)
 	if err != nil {
 		return pipeline.Summary{}, err
 	}

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"swarmnode/model"
 	"swarmnode/pipeline/wire"
-	"swarmnode/stages"
 )
 
 type memStream struct{ bytes.Buffer }
@@ -25,21 +25,21 @@ func FuzzServerRequest(f *testing.F) {
 	f.Add(cat(intsFrame(wire.Tokens, 0, B, T, tokens(B*T, 7)), intsFrame(wire.Targets, 0, B, T, tokens(B*T, 5))))
 	f.Add(cat(floatsFrame(1, 9, T, D, ramp(9*T*D)), intsFrame(wire.Targets, 1, 9, T, tokens(9*T, 5))))
 	f.Add(floatsFrame(1, B, T, D, ramp(B*T*D))[:60])
-	model := stages.ModelConfig{Vocab: 64, DModel: D, NHead: 2, NLayer: 2, SeqLen: 16}
+	mc := model.Config{Vocab: 64, DModel: D, NHead: 2, NLayer: 2, SeqLen: 16}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for _, k := range []int{0, 1} {
-			s := &Server{k: k, n: 2, model: model, opts: ServerOptions{MaxBatch: 4}}
+			s := &Server{k: k, n: 2, model: mc, opts: ServerOptions{MaxBatch: 4}}
 			var ms memStream
 			ms.Write(b)
 			r, err := s.readRequest(wire.NewConn(&ms, 1<<16), time.Time{})
 			if err != nil {
 				continue
 			}
-			if r.b < 1 || r.b > 4 || r.t < 1 || r.t > model.SeqLen || len(r.targets) != r.b*r.t {
+			if r.b < 1 || r.b > 4 || r.t < 1 || r.t > mc.SeqLen || len(r.targets) != r.b*r.t {
 				t.Fatalf("stage %d accepted shape %dx%d with %d targets", k, r.b, r.t, len(r.targets))
 			}
 			for _, v := range append(append([]int32(nil), r.tokens...), r.targets...) {
-				if v < 0 || int(v) >= model.Vocab {
+				if v < 0 || int(v) >= mc.Vocab {
 					t.Fatalf("accepted id %d", v)
 				}
 			}

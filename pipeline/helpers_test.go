@@ -14,6 +14,7 @@ import (
 
 	"swarmnode/config"
 	"swarmnode/data"
+	"swarmnode/model"
 	"swarmnode/stages"
 )
 
@@ -37,7 +38,7 @@ func newHost(tb testing.TB) host.Host {
 func testConfig() config.Config {
 	cfg := config.Default()
 	cfg.Run = "pipeline-test"
-	cfg.Model = config.Model{Vocab: 256, DModel: 32, NHead: 2, NLayer: 3, SeqLen: 32}
+	cfg.Model = model.Config{Vocab: 256, DModel: 32, NHead: 2, NLayer: 3, SeqLen: 32}
 	cfg.Stages = []int{1, 1, 1}
 	cfg.Data.Path = "../examples/gpt/data/tinyshakespeare.txt"
 	cfg.Train.Microbatch, cfg.Train.Batch = 4, 8
@@ -46,18 +47,6 @@ func testConfig() config.Config {
 	cfg.Pipeline.HopTimeout = 10 * time.Second
 	cfg.Pipeline.InFlight = 4
 	return cfg
-}
-
-func modelConfig(m config.Model) stages.ModelConfig {
-	return stages.ModelConfig{Vocab: m.Vocab, DModel: m.DModel, NHead: m.NHead, NLayer: m.NLayer, SeqLen: m.SeqLen}
-}
-
-func optimConfig(t config.Train) stages.OptimConfig {
-	return stages.OptimConfig{
-		LR: float32(t.LR), MinLR: float32(t.MinLR), Warmup: t.Warmup, Steps: t.Steps,
-		WeightDecay: float32(t.WeightDecay), Beta1: float32(t.Beta1), Beta2: float32(t.Beta2),
-		Eps: float32(t.Eps), Clip: float32(t.Clip),
-	}
 }
 
 func loadCorpus(tb testing.TB, cfg config.Config) *data.Corpus {
@@ -73,7 +62,7 @@ func loadCorpus(tb testing.TB, cfg config.Config) *data.Corpus {
 // the final val loss over the trainer's val windows.
 func chainRun(tb testing.TB, cfg config.Config, corpus *data.Corpus) (valLoss float64, tokensPerSec float64) {
 	tb.Helper()
-	chain, err := stages.NewChain(modelConfig(cfg.Model), cfg.Stages, cfg.Train.Seed)
+	chain, err := stages.NewChain(cfg.Model, cfg.Stages, cfg.Train.Seed)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -88,7 +77,7 @@ func chainRun(tb testing.TB, cfg config.Config, corpus *data.Corpus) (valLoss fl
 				tb.Fatal(err)
 			}
 		}
-		chain.Step(optimConfig(cfg.Train), accum)
+		chain.Step(cfg.Train.Optim, accum)
 	}
 	tokensPerSec = float64(cfg.Train.Steps*accum*B*T) / time.Since(start).Seconds()
 	vrng := data.NewRNG(cfg.Train.Seed, data.ValStream)
@@ -164,12 +153,12 @@ func newSwarmLog(tb testing.TB, cfg config.Config, holders []int, slow map[[2]in
 	tb.Helper()
 	sw := &testSwarm{cfg: cfg, router: newTestRouter()}
 	for k := range cfg.Stages {
-		st, err := stages.New(modelConfig(cfg.Model), cfg.Stages, k, cfg.Train.Seed)
+		st, err := stages.New(cfg.Model, cfg.Stages, k, cfg.Train.Seed)
 		if err != nil {
 			tb.Fatal(err)
 		}
 		w := NewWorker(st, WorkerOptions{
-			Optim: optimConfig(cfg.Train), StepSamples: cfg.Train.Batch,
+			Optim: cfg.Train.Optim, StepSamples: cfg.Train.Batch,
 			Microbatch: cfg.Train.Microbatch, Staleness: cfg.Pipeline.Staleness,
 		})
 		sw.workers = append(sw.workers, w)

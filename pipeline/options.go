@@ -4,12 +4,12 @@ import (
 	"log/slog"
 
 	"swarmnode/config"
-	"swarmnode/stages"
+	"swarmnode/model"
 )
 
 // WorkerOptionsFrom takes a worker's settings from a run config; optim is the
 // config's train section as the stages package wants it.
-func WorkerOptionsFrom(cfg config.Config, optim stages.OptimConfig) WorkerOptions {
+func WorkerOptionsFrom(cfg config.Config, optim model.Optim) WorkerOptions {
 	return WorkerOptions{
 		Optim: optim, StepSamples: cfg.Train.Batch, Microbatch: cfg.Train.Microbatch,
 		Staleness: cfg.Pipeline.Staleness,

@@ -16,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"swarmnode/config"
+	"swarmnode/model"
 	"swarmnode/pipeline/codec"
 	"swarmnode/pipeline/wire"
 	"swarmnode/stages"
@@ -87,7 +88,7 @@ type Server struct {
 	host  host.Host
 	w     *Worker
 	k, n  int
-	model stages.ModelConfig
+	model model.Config
 	opts  ServerOptions
 	log   *slog.Logger
 	down  *caller // nil on the last stage
@@ -463,7 +464,7 @@ func watchUpstream(str network.Stream, deadline time.Time, giveUp, cancel contex
 // stage, the backward pass is about to run) it carries on.
 func (s *Server) compute(ctx, soft context.Context, req *serverRequest) (answer, error) {
 	cancelled := func() bool { return ctx.Err() == nil && soft.Err() != nil }
-	in := stages.Input{B: req.b, T: req.t, Tokens: req.tokens, X: req.x, XWire: req.xw, Block: req.xblock}
+	in := model.Input{B: req.b, T: req.t, Tokens: req.tokens, X: req.x, XWire: req.xw, Block: req.xblock}
 	if s.k == s.n-1 {
 		in.Targets = req.targets
 	}

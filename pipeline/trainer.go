@@ -14,6 +14,7 @@ import (
 
 	"swarmnode/config"
 	"swarmnode/data"
+	"swarmnode/model"
 	"swarmnode/pipeline/codec"
 )
 
@@ -22,7 +23,7 @@ type TrainerOptions struct {
 	// Run is the run id; it names the stage protocol.
 	Run string
 	// Model is the model shape (sequence length and vocabulary bound the batches).
-	Model config.Model
+	Model model.Config
 	// Stages is the number of pipeline stages.
 	Stages int
 	// Train holds the batch sizes, steps, seed and evaluation settings.

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"swarmnode/model"
 	"swarmnode/stages"
 )
 
@@ -22,7 +23,7 @@ type StepInfo struct {
 // WorkerOptions set a Worker's optimizer schedule.
 type WorkerOptions struct {
 	// Optim is the optimizer and learning-rate schedule.
-	Optim stages.OptimConfig
+	Optim model.Optim
 	// StepSamples is the number of sequences per optimizer step (train.batch).
 	StepSamples int
 	// Microbatch is the number of sequences per microbatch (train.microbatch); a
@@ -126,7 +127,7 @@ func (w *Worker) OnStep(fn func(StepInfo)) {
 // Pending returns the number of sequences accumulated since the last step.
 func (w *Worker) Pending() int { return int(w.samples.Load()) }
 
-func (w *Worker) forward(in stages.Input) (*stages.Pass, time.Duration, error) {
+func (w *Worker) forward(in model.Input) (*stages.Pass, time.Duration, error) {
 	w.compute.Lock()
 	defer w.compute.Unlock()
 	start := time.Now()

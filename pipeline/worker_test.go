@@ -6,17 +6,18 @@ import (
 	"testing"
 	"time"
 
+	"swarmnode/model"
 	"swarmnode/stages"
 )
 
 func testWorker(t *testing.T, o WorkerOptions) *Worker {
 	t.Helper()
 	cfg := testConfig()
-	st, err := stages.New(modelConfig(cfg.Model), []int{3}, 0, 1)
+	st, err := stages.New(cfg.Model, []int{3}, 0, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	o.Optim = optimConfig(cfg.Train)
+	o.Optim = cfg.Train.Optim
 	return NewWorker(st, o)
 }
 
@@ -27,7 +28,7 @@ func microbatch(t *testing.T, w *Worker, b int) {
 		t.Fatal(err)
 	}
 	T := 8
-	p, _, err := w.forward(stages.Input{B: b, T: T, Tokens: tokens(b*T, 3), Targets: tokens(b*T, 4)})
+	p, _, err := w.forward(model.Input{B: b, T: T, Tokens: tokens(b*T, 3), Targets: tokens(b*T, 4)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,10 +23,7 @@ func attentionForward(out, att, qkv []float32, B, T, C, NH int) {
 	parallelFor(B*NH, 1, func(lo, hi int) {
 		for bh := lo; bh < hi; bh++ {
 			b, h := bh/NH, bh%NH
-			base := b * T * C3
-			q := qkv[base+h*hs:]
-			k := qkv[base+C+h*hs:]
-			v := qkv[base+2*C+h*hs:]
+			q, k, v := headQKV(qkv, b, h, T, C, hs)
 			p := att[bh*T*T : (bh+1)*T*T]
 			o := out[b*T*C+h*hs:]
 			for r0 := 0; r0 < T; r0 += attnBlock {
@@ -39,6 +36,13 @@ func attentionForward(out, att, qkv []float32, B, T, C, NH int) {
 			}
 		}
 	})
+}
+
+// headQKV returns where head h of sequence b starts in the q, k and v parts of
+// the fused projections qkv [B,T,3C]; rows are 3C apart.
+func headQKV(qkv []float32, b, h, T, C, hs int) (q, k, v []float32) {
+	base := b*T*3*C + h*hs
+	return qkv[base:], qkv[base+C:], qkv[base+2*C:]
 }
 
 // softmaxCausalRow replaces row[0..t] by its softmax and zeroes row[t+1:].
@@ -68,13 +72,8 @@ func attentionBackward(dqkv, dout, qkv, att, scratch []float32, B, T, C, NH int)
 		ds := scratch[w*T*T : (w+1)*T*T]
 		for bh := lo; bh < hi; bh++ {
 			b, h := bh/NH, bh%NH
-			base := b * T * C3
-			q := qkv[base+h*hs:]
-			k := qkv[base+C+h*hs:]
-			v := qkv[base+2*C+h*hs:]
-			dq := dqkv[base+h*hs:]
-			dk := dqkv[base+C+h*hs:]
-			dv := dqkv[base+2*C+h*hs:]
+			q, k, v := headQKV(qkv, b, h, T, C, hs)
+			dq, dk, dv := headQKV(dqkv, b, h, T, C, hs)
 			do := dout[b*T*C+h*hs:]
 			p := att[bh*T*T : (bh+1)*T*T]
 			// Column block [c0, c1) of dV and dK gets contributions from rows i >= c0

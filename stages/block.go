@@ -1,5 +1,7 @@
 package stages
 
+import "swarmnode/model"
+
 // blockActs are the activations one transformer block keeps for its backward pass.
 type blockActs struct {
 	in              []float32 // [N,C] block input (owned by the previous block or the stage)
@@ -33,18 +35,18 @@ func (a *blockActs) carve(cv *carver, B, T, C, NH int) {
 
 // blockForward runs one pre-LN transformer block on a.in, filling a. tmp holds
 // N·4C floats of scratch.
-func blockForward(a *blockActs, params []float32, bp *blockParams, tmp []float32, B, T, C, NH int) {
+func blockForward(a *blockActs, params []float32, bp *model.Block, tmp []float32, B, T, C, NH int) {
 	N := B * T
-	p := func(v View) []float32 { return v.slice(params) }
-	layernormForward(a.ln1, a.ln1m, a.ln1r, a.in, p(bp.ln1w), p(bp.ln1b), N, C)
-	linearForward(a.qkv, a.ln1, p(bp.qkvw), p(bp.qkvb), N, C, 3*C)
+	p := func(v model.View) []float32 { return v.Of(params) }
+	layernormForward(a.ln1, a.ln1m, a.ln1r, a.in, p(bp.LN1W), p(bp.LN1B), N, C)
+	linearForward(a.qkv, a.ln1, p(bp.QKVW), p(bp.QKVB), N, C, 3*C)
 	attentionForward(a.atty, a.att, a.qkv, B, T, C, NH)
-	residualLinearForward(a.res2, a.in, a.atty, p(bp.attpw), p(bp.attpb), N, C, C)
-	layernormForward(a.ln2, a.ln2m, a.ln2r, a.res2, p(bp.ln2w), p(bp.ln2b), N, C)
-	linearForward(a.fch, a.ln2, p(bp.fcw), p(bp.fcb), N, C, 4*C)
+	residualLinearForward(a.res2, a.in, a.atty, p(bp.AttnProjW), p(bp.AttnProjB), N, C, C)
+	layernormForward(a.ln2, a.ln2m, a.ln2r, a.res2, p(bp.LN2W), p(bp.LN2B), N, C)
+	linearForward(a.fch, a.ln2, p(bp.FCW), p(bp.FCB), N, C, 4*C)
 	gl := tmp[:N*4*C]
 	geluForward(gl, a.th, a.fch)
-	residualLinearForward(a.out, a.res2, gl, p(bp.fcpw), p(bp.fcpb), N, 4*C, C)
+	residualLinearForward(a.out, a.res2, gl, p(bp.FCProjW), p(bp.FCProjB), N, 4*C, C)
 }
 
 // blockScratch is the backward scratch of one block, shared by all blocks of a stage.
@@ -57,26 +59,26 @@ type blockScratch struct {
 
 // blockBackward turns dres, the gradient of the block's output, into the gradient
 // of its input (in place) and adds the parameter gradients into grads.
-func blockBackward(dres []float32, a *blockActs, params, grads []float32, bp *blockParams, sc *blockScratch, B, T, C, NH int) {
+func blockBackward(dres []float32, a *blockActs, params, grads []float32, bp *model.Block, sc *blockScratch, B, T, C, NH int) {
 	N := B * T
-	p := func(v View) []float32 { return v.slice(params) }
-	g := func(v View) []float32 { return v.slice(grads) }
+	p := func(v model.View) []float32 { return v.Of(params) }
+	g := func(v model.View) []float32 { return v.Of(grads) }
 
 	// MLP branch: out = res2 + gelu(ln2·Wfc + bfc)·Wp + bp.
 	dh := sc.big[:N*4*C]
 	geluRecompute(sc.hid, a.th, a.fch)
-	linearBackward(dh, g(bp.fcpw), g(bp.fcpb), dres, sc.hid, p(bp.fcpw), N, 4*C, C, false)
+	linearBackward(dh, g(bp.FCProjW), g(bp.FCProjB), dres, sc.hid, p(bp.FCProjW), N, 4*C, C, false)
 	geluBackward(dh, a.th, a.fch, dh)
 	dln := sc.small[:N*C]
-	linearBackward(dln, g(bp.fcw), g(bp.fcb), dh, a.ln2, p(bp.fcw), N, C, 4*C, false)
-	layernormBackward(dres, g(bp.ln2w), g(bp.ln2b), dln, a.res2, p(bp.ln2w), a.ln2m, a.ln2r, N, C)
+	linearBackward(dln, g(bp.FCW), g(bp.FCB), dh, a.ln2, p(bp.FCW), N, C, 4*C, false)
+	layernormBackward(dres, g(bp.LN2W), g(bp.LN2B), dln, a.res2, p(bp.LN2W), a.ln2m, a.ln2r, N, C)
 
 	// Attention branch: res2 = in + attn(ln1·Wqkv + bqkv)·Wp + bp.
 	datty := sc.small[:N*C]
-	linearBackward(datty, g(bp.attpw), g(bp.attpb), dres, a.atty, p(bp.attpw), N, C, C, false)
+	linearBackward(datty, g(bp.AttnProjW), g(bp.AttnProjB), dres, a.atty, p(bp.AttnProjW), N, C, C, false)
 	dqkv := sc.big[:N*3*C]
 	attentionBackward(dqkv, datty, a.qkv, a.att, sc.attn, B, T, C, NH)
 	dln = sc.small[:N*C]
-	linearBackward(dln, g(bp.qkvw), g(bp.qkvb), dqkv, a.ln1, p(bp.qkvw), N, C, 3*C, false)
-	layernormBackward(dres, g(bp.ln1w), g(bp.ln1b), dln, a.in, p(bp.ln1w), a.ln1m, a.ln1r, N, C)
+	linearBackward(dln, g(bp.QKVW), g(bp.QKVB), dqkv, a.ln1, p(bp.QKVW), N, C, 3*C, false)
+	layernormBackward(dres, g(bp.LN1W), g(bp.LN1B), dln, a.in, p(bp.LN1W), a.ln1m, a.ln1r, N, C)
 }

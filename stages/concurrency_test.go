@@ -3,13 +3,15 @@ package stages
 import (
 	"sync"
 	"testing"
+
+	"swarmnode/model"
 )
 
 // TestConcurrentPasses runs forwards and backwards of several microbatches at once
 // on shared stages (as a stage server does) and checks that the accumulated
 // gradients equal those of running them one after another.
 func TestConcurrentPasses(t *testing.T) {
-	cfg := ModelConfig{Vocab: 17, DModel: 16, NHead: 2, NLayer: 2, SeqLen: 8}
+	cfg := model.Config{Vocab: 17, DModel: 16, NHead: 2, NLayer: 2, SeqLen: 8}
 	B, T := 2, 8
 	const micro = 6
 	seq, err := NewChain(cfg, []int{1, 1}, 9)
@@ -57,7 +59,7 @@ func TestConcurrentPasses(t *testing.T) {
 func TestPassRelease(t *testing.T) {
 	s, _ := New(tinyCfg, []int{1, 1}, 0, 1)
 	tok, _ := tinyBatch(tinyCfg, 2, 4, 0)
-	p1, err := s.Forward(Input{B: 2, T: 4, Tokens: tok})
+	p1, err := s.Forward(model.Input{B: 2, T: 4, Tokens: tok})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +70,7 @@ func TestPassRelease(t *testing.T) {
 	p1.Release()
 	p1.Release()
 	tok2, _ := tinyBatch(tinyCfg, 2, 4, 5)
-	p2, _ := s.Forward(Input{B: 2, T: 4, Tokens: tok2})
+	p2, _ := s.Forward(model.Input{B: 2, T: 4, Tokens: tok2})
 	if relErr(p1.Out, out) != 0 {
 		t.Error("a later forward overwrote the Out of a released pass")
 	}

@@ -14,14 +14,7 @@ func crossEntropyForward(logits []float32, targets []int32, N, V int) float32 {
 		d := make([]float32, V)
 		for i := lo; i < hi; i++ {
 			row := logits[i*V : i*V+V]
-			mx := row[0]
-			for _, v := range row[1:] {
-				if v > mx {
-					mx = v
-				}
-			}
-			copy(d, row)
-			s := vec.ExpShift(d, mx)
+			s, mx := expRow(d, row)
 			losses[i] = math.Log(s) + float64(mx) - float64(row[targets[i]])
 		}
 	})
@@ -38,16 +31,8 @@ func crossEntropyBackward(dlogits, logits []float32, targets []int32, N, V int) 
 	inv := 1 / float64(N)
 	parallelFor(N, 8, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
-			row := logits[i*V : i*V+V]
 			d := dlogits[i*V : i*V+V]
-			mx := row[0]
-			for _, v := range row[1:] {
-				if v > mx {
-					mx = v
-				}
-			}
-			copy(d, row)
-			s := vec.ExpShift(d, mx)
+			s, _ := expRow(d, logits[i*V:i*V+V])
 			f := float32(inv / s)
 			for j := range d {
 				d[j] *= f
@@ -55,4 +40,16 @@ func crossEntropyBackward(dlogits, logits []float32, targets []int32, N, V int) 
 			d[targets[i]] -= float32(inv)
 		}
 	})
+}
+
+// expRow writes exp(row − max(row)) into d and returns the sum of d and the max.
+func expRow(d, row []float32) (sum float64, mx float32) {
+	mx = row[0]
+	for _, v := range row[1:] {
+		if v > mx {
+			mx = v
+		}
+	}
+	copy(d, row)
+	return vec.ExpShift(d, mx), mx
 }

@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"testing"
 
+	"swarmnode/model"
 	"swarmnode/stages/blas"
 )
 
@@ -24,7 +25,7 @@ func TestForwardIndependentOfThreads(t *testing.T) {
 }
 
 func forwardIndependentOfThreads(t *testing.T) {
-	cfg := ModelConfig{Vocab: 50, DModel: 64, NHead: 4, NLayer: 2, SeqLen: 128}
+	cfg := model.Config{Vocab: 50, DModel: 64, NHead: 4, NLayer: 2, SeqLen: 128}
 	B, T := 3, 100
 	s, err := New(cfg, []int{2, 0}, 0, 5)
 	if err != nil {
@@ -35,7 +36,7 @@ func forwardIndependentOfThreads(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
 	for _, procs := range []int{1, 2, 3, 4} {
 		runtime.GOMAXPROCS(procs)
-		p, err := s.Forward(Input{B: B, T: T, Tokens: tok})
+		p, err := s.Forward(model.Input{B: B, T: T, Tokens: tok})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"swarmnode/model"
 	"swarmnode/stages/blas"
 )
 
@@ -83,14 +84,14 @@ func (f *fixture) tensor(t *testing.T, key string) []float32 {
 	return f.data[e.Offset : e.Offset+n]
 }
 
-func (f *fixture) model() ModelConfig {
+func (f *fixture) model() model.Config {
 	c := f.Config
-	return ModelConfig{Vocab: c.Vocab, DModel: c.DModel, NHead: c.NHead, NLayer: c.NLayer, SeqLen: c.SeqLen}
+	return model.Config{Vocab: c.Vocab, DModel: c.DModel, NHead: c.NHead, NLayer: c.NLayer, SeqLen: c.SeqLen}
 }
 
-func (f *fixture) optim() OptimConfig {
+func (f *fixture) optim() model.Optim {
 	o := f.Opt
-	return OptimConfig{LR: o.LR, MinLR: o.MinLR, Warmup: o.Warmup, Steps: o.Steps, WeightDecay: o.WeightDecay,
+	return model.Optim{LR: o.LR, MinLR: o.MinLR, Warmup: o.Warmup, Steps: o.Steps, WeightDecay: o.WeightDecay,
 		Beta1: o.Beta1, Beta2: o.Beta2, Eps: o.Eps, Clip: o.Clip}
 }
 
@@ -163,21 +164,29 @@ func TestMatchesPyTorch(t *testing.T) {
 }
 
 func matchPyTorch(t *testing.T, f *fixture) {
-	cfg := f.model()
-	c, err := NewChain(cfg, f.Split, 1)
+	c, err := NewChain(f.model(), f.Split, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := c.Stages()
-	for _, s := range st {
+	for _, s := range c.Stages() {
 		loadFixtureWeights(s)
 	}
+	matchOneMicrobatch(t, f, c.Stages())
+	for _, s := range c.Stages() {
+		s.ZeroGrad()
+	}
+	matchTraining(t, f, c)
+}
 
-	// One microbatch, stage by stage, to look at the logits inside the last pass.
+// matchOneMicrobatch runs the first microbatch stage by stage, to look at the
+// logits inside the last pass, and checks the logits, the loss and every
+// parameter gradient.
+func matchOneMicrobatch(t *testing.T, f *fixture, st []*Stage) {
 	passes := make([]*Pass, len(st))
 	var x []float32
+	var err error
 	for k, s := range st {
-		in := Input{B: f.B, T: f.T}
+		in := model.Input{B: f.B, T: f.T}
 		if k == 0 {
 			in.Tokens = f.Tokens[0]
 		} else {
@@ -192,7 +201,7 @@ func matchPyTorch(t *testing.T, f *fixture) {
 		x = passes[k].Out
 	}
 	last := passes[len(st)-1]
-	if e := relErr(last.logits, f.tensor(t, "logits")); e > fixtureTol {
+	if e := relErr(last.cpu.logits, f.tensor(t, "logits")); e > fixtureTol {
 		t.Errorf("logits: relative error %.3g", e)
 	}
 	if e := math.Abs(float64(last.Loss)-f.Loss) / f.Loss; e > fixtureTol {
@@ -204,22 +213,13 @@ func matchPyTorch(t *testing.T, f *fixture) {
 			t.Fatal(err)
 		}
 	}
-	worst := 0.0
-	for _, s := range st {
-		for _, v := range s.Views() {
-			e := relErr(s.GradView(v.Name), f.tensor(t, "grad/"+v.Name))
-			worst = max(worst, e)
-			if e > fixtureTol {
-				t.Errorf("grad %s: relative error %.3g", v.Name, e)
-			}
-		}
-	}
-	t.Logf("worst gradient relative error %.3g", worst)
+	matchTensors(t, f, st, "grad/", (*Stage).GradView)
+}
 
-	// Training: Micro microbatches per step, per-stage clipping, AdamW, schedule.
-	for _, s := range st {
-		s.ZeroGrad()
-	}
+// matchTraining runs Micro microbatches per step with per-stage clipping, AdamW
+// and the schedule, and checks the losses, the gradient norms and the final
+// parameters.
+func matchTraining(t *testing.T, f *fixture, c *Chain) {
 	opt := f.optim()
 	for step := 0; step < f.Steps; step++ {
 		for j := 0; j < f.Micro; j++ {
@@ -232,7 +232,7 @@ func matchPyTorch(t *testing.T, f *fixture) {
 				t.Errorf("step %d microbatch %d: loss %v, PyTorch %v", step, j, loss, f.TrainLosses[i])
 			}
 		}
-		for k, s := range st {
+		for k, s := range c.Stages() {
 			norm := float64(s.Step(opt, f.Micro))
 			if want := f.GradNorms[step][k]; math.Abs(norm-want) > fixtureTol*want {
 				t.Errorf("step %d stage %d: grad norm %v, PyTorch %v", step, k, norm, want)
@@ -242,15 +242,22 @@ func matchPyTorch(t *testing.T, f *fixture) {
 			}
 		}
 	}
-	worst = 0
+	matchTensors(t, f, c.Stages(), "final/", (*Stage).View)
+}
+
+// matchTensors compares every tensor of the stages, as get returns it, with the
+// fixture's tensor of the same name under prefix.
+func matchTensors(t *testing.T, f *fixture, st []*Stage, prefix string, get func(*Stage, string) []float32) {
+	t.Helper()
+	worst := 0.0
 	for _, s := range st {
 		for _, v := range s.Views() {
-			e := relErr(s.View(v.Name), f.tensor(t, "final/"+v.Name))
+			e := relErr(get(s, v.Name), f.tensor(t, prefix+v.Name))
 			worst = max(worst, e)
 			if e > fixtureTol {
-				t.Errorf("%s after %d steps: relative error %.3g", v.Name, f.Steps, e)
+				t.Errorf("%s%s: relative error %.3g", prefix, v.Name, e)
 			}
 		}
 	}
-	t.Logf("worst parameter relative error after %d steps %.3g", f.Steps, worst)
+	t.Logf("worst relative error of %s tensors %.3g", prefix, worst)
 }

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"math"
 	"testing"
+
+	"swarmnode/model"
 )
 
 // FuzzStageInput feeds arbitrary shapes, token ids, activations and output
@@ -35,7 +37,7 @@ func FuzzStageInput(f *testing.F) {
 			floats[i] = math.Float32frombits(u)
 		}
 		n := B * T
-		in := Input{B: B, T: T}
+		in := model.Input{B: B, T: T}
 		if s.IsFirst() {
 			in.Tokens = ints[:min(n, words)]
 		} else {

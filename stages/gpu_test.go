@@ -1,38 +1,32 @@
 package stages
 
 import (
-	"encoding/binary"
 	"math"
 	"strings"
-	"sync"
 	"testing"
 
 	"swarmnode/cuda"
+	"swarmnode/model"
+	"swarmnode/pipeline/codec"
 )
 
-var (
-	gpuOnce sync.Once
-	gpuDev  *cuda.Device
-	gpuErr  error
-)
-
-// openGPU returns the process's GPU, or skips the test saying why there is none
-// (CI has no GPU; `make gpu-test` runs these on a machine that has one).
-func openGPU(t *testing.T) *cuda.Device {
+// testGPU returns the process's GPU computing in prec, or skips the test saying
+// why there is none (CI has no GPU; `make gpu-test` runs these on a machine that
+// has one).
+func testGPU(t *testing.T, prec cuda.Precision) *GPU {
 	t.Helper()
-	gpuOnce.Do(func() {
-		if gpuErr = cuda.Available(); gpuErr == nil {
-			gpuDev, gpuErr = cuda.Open(0)
-		}
-	})
-	if gpuErr != nil {
-		t.Skipf("no usable GPU: %v", gpuErr)
+	if err := GPUAvailable(); err != nil {
+		t.Skipf("no usable GPU: %v", err)
 	}
-	return gpuDev
+	g, err := SharedGPU()
+	if err != nil {
+		t.Skipf("GPU 0 did not open: %v", err)
+	}
+	return &GPU{dev: g.dev, prec: prec}
 }
 
 // gpuCfg has head size 32, which the CUDA attention supports.
-var gpuCfg = ModelConfig{Vocab: 50, DModel: 64, NHead: 2, NLayer: 3, SeqLen: 16}
+var gpuCfg = model.Config{Vocab: 50, DModel: 64, NHead: 2, NLayer: 3, SeqLen: 16}
 
 func maxAbsDiff(a, b []float32) float64 {
 	if len(a) != len(b) {
@@ -49,13 +43,13 @@ func maxAbsDiff(a, b []float32) float64 {
 // initial weights identical, then losses, gradients and parameters after AdamW
 // steps close.
 func TestGPUMatchesCPU(t *testing.T) {
-	dev := openGPU(t)
+	dev := testGPU(t, cuda.FP32)
 	layers := []int{1, 1, 1}
 	cpu, err := NewChain(gpuCfg, layers, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	gpu, err := NewChainOnGPU(gpuCfg, layers, 3, dev, cuda.FP32)
+	gpu, err := NewChainOnGPU(gpuCfg, layers, 3, dev)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +63,7 @@ func TestGPUMatchesCPU(t *testing.T) {
 		}
 	}
 	t.Logf("device: %s", gpu.Stages()[0].Device())
-	opt := OptimConfig{LR: 1e-3, Warmup: 2, Steps: 10, WeightDecay: 0.1, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, Clip: 1}
+	opt := model.Optim{LR: 1e-3, Warmup: 2, Steps: 10, WeightDecay: 0.1, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, Clip: 1}
 	B, T := 3, gpuCfg.SeqLen
 	for step := 0; step < 3; step++ {
 		for m := 0; m < 2; m++ {
@@ -116,18 +110,18 @@ func TestGPUMatchesCPU(t *testing.T) {
 // TestGPUState checks WithState, ReadState and AddState on a GPU stage against a
 // CPU twin given the same edits.
 func TestGPUState(t *testing.T) {
-	dev := openGPU(t)
+	dev := testGPU(t, cuda.BF16Mixed)
 	c, err := New(gpuCfg, []int{2, 1}, 0, 9)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := NewOnGPU(gpuCfg, []int{2, 1}, 0, 9, dev, cuda.BF16Mixed)
+	g, err := NewOnGPU(gpuCfg, []int{2, 1}, 0, 9, dev)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer g.Close()
 	n := g.NumParams()
-	edit := func(st *State) {
+	edit := func(st *model.State) {
 		for i := range st.M {
 			st.M[i] = float32(i%7) * 0.01
 			st.V[i] = float32(i%3) * 0.02
@@ -174,14 +168,14 @@ func TestGPUState(t *testing.T) {
 // TestGPUTrains checks that bf16 training on the GPU lowers the loss on a fixed
 // batch, and that a NaN-free step bumps Version.
 func TestGPUTrains(t *testing.T) {
-	dev := openGPU(t)
-	cfg := ModelConfig{Vocab: 64, DModel: 128, NHead: 2, NLayer: 2, SeqLen: 32}
-	ch, err := NewChainOnGPU(cfg, []int{1, 1}, 1, dev, cuda.BF16Mixed)
+	dev := testGPU(t, cuda.BF16Mixed)
+	cfg := model.Config{Vocab: 64, DModel: 128, NHead: 2, NLayer: 2, SeqLen: 32}
+	ch, err := NewChainOnGPU(cfg, []int{1, 1}, 1, dev)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ch.Close()
-	opt := OptimConfig{LR: 3e-3, Warmup: 5, Steps: 60, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, Clip: 1}
+	opt := model.Optim{LR: 3e-3, Warmup: 5, Steps: 60, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, Clip: 1}
 	tok, tgt := tinyBatch(cfg, 4, cfg.SeqLen, 1)
 	first, err := ch.Loss(tok, tgt, 4, cfg.SeqLen)
 	if err != nil {
@@ -212,14 +206,14 @@ func TestGPUTrains(t *testing.T) {
 // against the same microbatch sent stage by stage through host memory, as a swarm
 // sends it: same loss, same gradients.
 func TestGPUChainMatchesStageByStage(t *testing.T) {
-	dev := openGPU(t)
+	dev := testGPU(t, cuda.FP32)
 	layers := []int{2, 1}
-	chain, err := NewChainOnGPU(gpuCfg, layers, 5, dev, cuda.FP32)
+	chain, err := NewChainOnGPU(gpuCfg, layers, 5, dev)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer chain.Close()
-	split, err := NewChainOnGPU(gpuCfg, layers, 5, dev, cuda.FP32)
+	split, err := NewChainOnGPU(gpuCfg, layers, 5, dev)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,11 +225,11 @@ func TestGPUChainMatchesStageByStage(t *testing.T) {
 		t.Fatal(err)
 	}
 	s0, s1 := split.Stages()[0], split.Stages()[1]
-	p0, err := s0.Forward(Input{B: B, T: T, Tokens: tok})
+	p0, err := s0.Forward(model.Input{B: B, T: T, Tokens: tok})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p1, err := s1.Forward(Input{B: B, T: T, X: p0.Out, Targets: tgt})
+	p1, err := s1.Forward(model.Input{B: B, T: T, X: p0.Out, Targets: tgt})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,39 +250,22 @@ func TestGPUChainMatchesStageByStage(t *testing.T) {
 	}
 }
 
-// encodeWire and decodeWire are a host reference of the int8 wire layout
-// (cuda/wire_test.go ties the layout to the pipeline's codec): per block of bs
-// values a little-endian float32 scale absmax/127, then the values as int8.
-func encodeWire(x []float32, bs int) []byte {
-	out := make([]byte, 0, cuda.WireLen(len(x), bs))
-	for lo := 0; lo < len(x); lo += bs {
-		blk := x[lo:min(lo+bs, len(x))]
-		var am float32
-		for _, v := range blk {
-			am = max(am, float32(math.Abs(float64(v))))
-		}
-		scale := am / 127
-		out = binary.LittleEndian.AppendUint32(out, math.Float32bits(scale))
-		for _, v := range blk {
-			q := 0.0
-			if scale > 0 {
-				q = math.Round(float64(v / scale))
-			}
-			out = append(out, byte(int8(q)))
-		}
+// encodeWire and decodeWire make and read messages in the int8 wire layout with
+// the pipeline's codec, as a GPU stage gets and sends them in a swarm.
+func encodeWire(t *testing.T, x []float32, bs int) []byte {
+	t.Helper()
+	msg, err := codec.Encode(nil, codec.Int8, bs, x)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
+	return msg
 }
 
-func decodeWire(msg []byte, n, bs int) []float32 {
+func decodeWire(t *testing.T, msg []byte, n, bs int) []float32 {
+	t.Helper()
 	x := make([]float32, n)
-	for lo := 0; lo < n; lo += bs {
-		scale := math.Float32frombits(binary.LittleEndian.Uint32(msg))
-		hi := min(lo+bs, n)
-		for i := lo; i < hi; i++ {
-			x[i] = float32(int8(msg[4+i-lo])) * scale
-		}
-		msg = msg[4+hi-lo:]
+	if err := codec.Decode(x, codec.Int8, bs, msg); err != nil {
+		t.Fatal(err)
 	}
 	return x
 }
@@ -298,12 +275,12 @@ func decodeWire(msg []byte, n, bs int) []float32 {
 // the device: given the same (dequantized) inputs, the outputs agree to one
 // quantization step and the parameter gradients agree.
 func TestGPUWireMatchesFloat(t *testing.T) {
-	dev := openGPU(t)
+	dev := testGPU(t, cuda.FP32)
 	layers := []int{1, 1, 1}
 	const bs = 32
 	var stages [2]*Stage
 	for i := range stages {
-		s, err := NewOnGPU(gpuCfg, layers, 1, 9, dev, cuda.FP32)
+		s, err := NewOnGPU(gpuCfg, layers, 1, 9, dev)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -317,10 +294,10 @@ func TestGPUWireMatchesFloat(t *testing.T) {
 		x[i] = float32(math.Sin(float64(i)*0.37)) * 2
 		dout[i] = float32(math.Cos(float64(i)*0.11)) * 1e-3
 	}
-	xw, dw := encodeWire(x, bs), encodeWire(dout, bs)
-	xq, dq := decodeWire(xw, N, bs), decodeWire(dw, N, bs)
+	xw, dw := encodeWire(t, x, bs), encodeWire(t, dout, bs)
+	xq, dq := decodeWire(t, xw, N, bs), decodeWire(t, dw, N, bs)
 
-	pf, err := stages[0].Forward(Input{B: B, T: T, X: xq})
+	pf, err := stages[0].Forward(model.Input{B: B, T: T, X: xq})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -328,14 +305,14 @@ func TestGPUWireMatchesFloat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pw, err := stages[1].Forward(Input{B: B, T: T, XWire: xw, Block: bs, OutBlock: bs})
+	pw, err := stages[1].Forward(model.Input{B: B, T: T, XWire: xw, Block: bs, OutBlock: bs})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if pw.Out != nil || len(pw.OutWire) != cuda.WireLen(N, bs) {
 		t.Fatalf("wire forward: Out %d values, OutWire %d bytes", len(pw.Out), len(pw.OutWire))
 	}
-	out := decodeWire(pw.OutWire, N, bs)
+	out := decodeWire(t, pw.OutWire, N, bs)
 	closeQ := func(what string, got, want []float32) {
 		t.Helper()
 		for b := 0; b < N; b += bs {
@@ -358,7 +335,7 @@ func TestGPUWireMatchesFloat(t *testing.T) {
 	if len(dxw) != cuda.WireLen(N, bs) {
 		t.Fatalf("wire backward: %d bytes of input gradient", len(dxw))
 	}
-	dx := decodeWire(dxw, N, bs)
+	dx := decodeWire(t, dxw, N, bs)
 	closeQ("dx", dx, dxf)
 	if e := relErr(stages[1].Grads(), stages[0].Grads()); e > 1e-6 {
 		t.Fatalf("gradients: rel err %g", e)
@@ -366,7 +343,7 @@ func TestGPUWireMatchesFloat(t *testing.T) {
 	// A forged message (NaN scale) is refused before it reaches the device.
 	bad := append([]byte(nil), xw...)
 	bad[0], bad[1], bad[2], bad[3] = 0, 0, 0xc0, 0x7f
-	if _, err := stages[1].Forward(Input{B: B, T: T, XWire: bad, Block: bs}); err == nil {
+	if _, err := stages[1].Forward(model.Input{B: B, T: T, XWire: bad, Block: bs}); err == nil {
 		t.Fatal("NaN scale accepted")
 	}
 	if err := stages[1].DeviceErr(); err != nil {
@@ -382,14 +359,14 @@ func TestWireNeedsGPU(t *testing.T) {
 		t.Fatal(err)
 	}
 	B, T := 1, 4
-	msg := encodeWire(make([]float32, B*T*gpuCfg.DModel), 16)
-	if _, err := s.Forward(Input{B: B, T: T, XWire: msg, Block: 16}); err == nil || !strings.Contains(err.Error(), "GPU") {
+	msg := encodeWire(t, make([]float32, B*T*gpuCfg.DModel), 16)
+	if _, err := s.Forward(model.Input{B: B, T: T, XWire: msg, Block: 16}); err == nil || !strings.Contains(err.Error(), "GPU") {
 		t.Fatalf("wire input on a CPU stage: %v", err)
 	}
-	if _, err := s.Forward(Input{B: B, T: T, X: make([]float32, B*T*gpuCfg.DModel), OutBlock: 16}); err == nil {
+	if _, err := s.Forward(model.Input{B: B, T: T, X: make([]float32, B*T*gpuCfg.DModel), OutBlock: 16}); err == nil {
 		t.Fatal("wire output on a CPU stage accepted")
 	}
-	p, err := s.Forward(Input{B: B, T: T, X: make([]float32, B*T*gpuCfg.DModel)})
+	p, err := s.Forward(model.Input{B: B, T: T, X: make([]float32, B*T*gpuCfg.DModel)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -402,14 +379,14 @@ func TestWireNeedsGPU(t *testing.T) {
 // stage reaches the bfloat16 copy the GEMMs read, so the stage computes exactly
 // as one whose parameters were uploaded whole.
 func TestGPUAddStateUpdatesBF16(t *testing.T) {
-	dev := openGPU(t)
+	dev := testGPU(t, cuda.BF16Mixed)
 	layers := []int{1, 1, 1}
-	a, err := NewOnGPU(gpuCfg, layers, 1, 4, dev, cuda.BF16Mixed)
+	a, err := NewOnGPU(gpuCfg, layers, 1, 4, dev)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	b, err := NewOnGPU(gpuCfg, layers, 1, 4, dev, cuda.BF16Mixed)
+	b, err := NewOnGPU(gpuCfg, layers, 1, 4, dev)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -426,7 +403,7 @@ func TestGPUAddStateUpdatesBF16(t *testing.T) {
 	for i, d := range delta {
 		want[n/3+i] += d
 	}
-	b.WithState(func(st *State) { copy(st.Params, want) })
+	b.WithState(func(st *model.State) { copy(st.Params, want) })
 	if d := maxAbsDiff(a.Params(), want); d != 0 {
 		t.Fatalf("parameters differ by %g after AddState", d)
 	}
@@ -435,12 +412,12 @@ func TestGPUAddStateUpdatesBF16(t *testing.T) {
 	for i := range x {
 		x[i] = float32(math.Cos(float64(i) * 0.3))
 	}
-	pa, err := a.Forward(Input{B: B, T: T, X: x})
+	pa, err := a.Forward(model.Input{B: B, T: T, X: x})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pa.Release()
-	pb, err := b.Forward(Input{B: B, T: T, X: x})
+	pb, err := b.Forward(model.Input{B: B, T: T, X: x})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,18 +1,22 @@
 package stages
 
 import (
+	"hash/fnv"
 	"math"
+	"math/rand/v2"
 	"testing"
 
 	"swarmnode/stages/vec"
 )
 
-// randVec returns n normal deviates scaled by std, from a generator named by name.
+// randVec returns n normal deviates scaled by std, from a generator seeded by name.
 func randVec(name string, n int, std float64) []float32 {
-	r := newRNG(5, name)
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	r := rand.New(rand.NewPCG(5, h.Sum64()))
 	v := make([]float32, n)
 	for i := range v {
-		v[i] = float32(std * r.normal())
+		v[i] = float32(std * r.NormFloat64())
 	}
 	return v
 }
@@ -32,6 +36,21 @@ func dot64(a, b []float32) float64 {
 func checkFD(t *testing.T, what string, x, analytic []float32, loss func() float64) {
 	t.Helper()
 	checkFDEvery(t, what, x, analytic, loss, 1)
+}
+
+// grad pairs an input of an op with the claimed gradient of the loss with
+// respect to it.
+type grad struct {
+	what  string
+	x, dx []float32
+}
+
+// checkFDs is checkFD for several inputs of one loss.
+func checkFDs(t *testing.T, loss func() float64, grads ...grad) {
+	t.Helper()
+	for _, g := range grads {
+		checkFD(t, g.what, g.x, g.dx, loss)
+	}
 }
 
 // checkFDEvery is checkFD at every step-th element (for larger inputs).
@@ -64,9 +83,7 @@ func TestLayerNormGrad(t *testing.T) {
 	loss()
 	dinp, dw, db := make([]float32, N*C), make([]float32, C), make([]float32, C)
 	layernormBackward(dinp, dw, db, R, inp, w, mean, rstd, N, C)
-	checkFD(t, "dinp", inp, dinp, loss)
-	checkFD(t, "dw", w, dw, loss)
-	checkFD(t, "db", b, db, loss)
+	checkFDs(t, loss, grad{"dinp", inp, dinp}, grad{"dw", w, dw}, grad{"db", b, db})
 }
 
 func TestLinearGrad(t *testing.T) {
@@ -78,9 +95,7 @@ func TestLinearGrad(t *testing.T) {
 	loss()
 	dinp, dw, db := make([]float32, N*IC), make([]float32, IC*OC), make([]float32, OC)
 	linearBackward(dinp, dw, db, R, inp, w, N, IC, OC, false)
-	checkFD(t, "dinp", inp, dinp, loss)
-	checkFD(t, "dw", w, dw, loss)
-	checkFD(t, "db", b, db, loss)
+	checkFDs(t, loss, grad{"dinp", inp, dinp}, grad{"dw", w, dw}, grad{"db", b, db})
 }
 
 func TestLinearTGrad(t *testing.T) {
@@ -92,8 +107,7 @@ func TestLinearTGrad(t *testing.T) {
 	loss()
 	dinp, dw := make([]float32, N*IC), make([]float32, OC*IC)
 	linearBackwardT(dinp, dw, R, inp, w, N, IC, OC)
-	checkFD(t, "dinp", inp, dinp, loss)
-	checkFD(t, "dw", w, dw, loss)
+	checkFDs(t, loss, grad{"dinp", inp, dinp}, grad{"dw", w, dw})
 }
 
 // TestResidualGrad checks the residual projection out = resid + inp·w + b: the
@@ -109,10 +123,7 @@ func TestResidualGrad(t *testing.T) {
 	addInto(dres, R)
 	dinp, dw, db := make([]float32, N*IC), make([]float32, IC*OC), make([]float32, OC)
 	linearBackward(dinp, dw, db, R, inp, w, N, IC, OC, false)
-	checkFD(t, "dresid", res, dres, loss)
-	checkFD(t, "dinp", inp, dinp, loss)
-	checkFD(t, "dw", w, dw, loss)
-	checkFD(t, "db", b, db, loss)
+	checkFDs(t, loss, grad{"dresid", res, dres}, grad{"dinp", inp, dinp}, grad{"dw", w, dw}, grad{"db", b, db})
 
 	a, c := randVec("a", 10, 1), randVec("c", 10, 1)
 	sum := make([]float32, 10)
@@ -197,8 +208,7 @@ func TestEncoderGrad(t *testing.T) {
 	loss()
 	dwte, dwpe := make([]float32, V*C), make([]float32, T*C)
 	encoderBackward(dwte, dwpe, R, tokens, B, T, C)
-	checkFD(t, "dwte", wte, dwte, loss)
-	checkFD(t, "dwpe", wpe, dwpe, loss)
+	checkFDs(t, loss, grad{"dwte", wte, dwte}, grad{"dwpe", wpe, dwpe})
 }
 
 func TestCrossEntropyGrad(t *testing.T) {

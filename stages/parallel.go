@@ -12,36 +12,11 @@ func workers() int { return runtime.GOMAXPROCS(0) }
 // fn on each chunk in its own goroutine and waits for all of them. Small jobs run
 // inline: a goroutine costs about a microsecond, more than a short row loop.
 func parallelFor(n, grain int, fn func(lo, hi int)) {
-	if n <= 0 {
-		return
-	}
-	if grain < 1 {
-		grain = 1
-	}
-	w := workers()
-	if m := n / grain; m < w {
-		w = m
-	}
-	if w <= 1 {
-		fn(0, n)
-		return
-	}
-	var wg sync.WaitGroup
-	wg.Add(w - 1)
-	for i := 1; i < w; i++ {
-		lo, hi := n*i/w, n*(i+1)/w
-		go func() {
-			defer wg.Done()
-			fn(lo, hi)
-		}()
-	}
-	fn(0, n/w)
-	wg.Wait()
+	parallelWorkers(n, grain, workers(), func(_, lo, hi int) { fn(lo, hi) })
 }
 
 // parallelWorkers runs fn(worker, lo, hi) like parallelFor but also passes the
 // worker's index in [0, count), so that each worker can own a scratch buffer.
-// It returns the number of workers used.
 func parallelWorkers(n, grain, count int, fn func(w, lo, hi int)) {
 	if n <= 0 {
 		return

@@ -7,125 +7,132 @@ import (
 	"sync/atomic"
 
 	"swarmnode/cuda"
+	"swarmnode/model"
 )
 
 // defaultMaxTokens bounds B·T of one microbatch until SetMaxTokens says otherwise.
 const defaultMaxTokens = 1 << 16
 
-// Stage is one contiguous slice of the model: its parameters, gradients, AdamW
-// state and the forward and backward passes over them. It is safe for concurrent
-// use by several goroutines.
+// Stage is one contiguous part of the model: its parameters, gradients, AdamW
+// state and the forward and backward passes over them, on the CPU or a GPU. It is
+// safe for concurrent use by several goroutines.
 type Stage struct {
-	cfg     ModelConfig
-	index   int
-	count   int
-	first   int // global index of the first block
-	lay     *layout
-	params  []float32
-	grads   []float32
-	m, v    []float32
+	cfg     model.Config
+	part    model.Part
+	lay     *model.Layout
+	eng     engine
 	version uint64
 
-	// mu guards params, m, v and version: forwards and backwards read under RLock,
-	// Step and WithState write under Lock. gradMu serializes writers of grads; it
-	// is taken after mu, never before.
+	// mu guards the engine's parameters and moments, and version: forwards and
+	// backwards read under RLock, Step and WithState write under Lock. gradMu
+	// serializes writers of the gradients; it is taken after mu, never before.
 	mu     sync.RWMutex
 	gradMu sync.Mutex
 
-	acts      slabPool
-	scratch   slabPool
 	maxTokens atomic.Int64
-
-	// gpu is set on a stage built by NewOnGPU: the math runs there and params,
-	// grads, m and v are nil.
-	gpu *gpuStage
+	devErr    atomic.Pointer[error] // first device error, for calls without an error return
 }
 
-// New builds stage k of len(layers) stages; layers[i] is the number of transformer
-// blocks in stage i and they must add up to cfg.NLayer. Initial weights are a pure
-// function of (seed, parameter name), so any split of the same model starts from
-// identical weights (GPT-2 init: N(0, 0.02), residual output projections scaled by
-// 1/sqrt(2·n_layer), LayerNorm weight 1 and bias 0, linear biases 0).
-func New(cfg ModelConfig, layers []int, k int, seed uint64) (*Stage, error) {
-	if err := cfg.Validate(); err != nil {
+// engine is where a stage's tensors live and its math runs: cpuEngine (cpu.go)
+// or gpuEngine (gpu.go), side by side as llm.c keeps train_gpt2.c beside
+// train_gpt2.cu. Stage validates every input and takes the locks, so an engine
+// sees only well-formed calls: forward and readState under the read lock,
+// backward under the read lock and gradMu, step under the write lock and gradMu,
+// withState and addState under the write lock, zeroGrad under gradMu.
+type engine interface {
+	// forward runs the stage on in, filling p's results and activations.
+	forward(in model.Input, p *Pass) error
+	// backward adds p's parameter gradients and returns the input gradient.
+	backward(p *Pass, dout []float32) ([]float32, error)
+	// release returns p's activations to the engine.
+	release(p *Pass)
+	// step averages the gradients over micro microbatches, clips them, applies
+	// AdamW as step `step` of the schedule and zeroes them; it returns the norm
+	// before clipping and leaves the parameters alone when it is not finite.
+	step(opt model.Optim, micro, step int) (float32, error)
+	zeroGrad() error
+	// withState fills st's vectors, calls fn and keeps what fn wrote.
+	withState(st *model.State, fn func(*model.State)) error
+	// readState and addState address Params, M and V laid end to end.
+	readState(off int, dst []float32) error
+	addState(off int, delta []float32) error
+	// vector returns the parameters, or the gradients: live on the CPU, a copy
+	// from a GPU.
+	vector(grads bool) ([]float32, error)
+	close() error
+	// device describes where the engine computes.
+	device() string
+}
+
+// New builds stage k of len(layers) stages on the CPU; layers[i] is the number of
+// transformer blocks in stage i and they must add up to cfg.NLayer. Initial
+// weights are a pure function of (seed, parameter name), so any split of the same
+// model starts from identical weights (see model.Layout.Init).
+func New(cfg model.Config, layers []int, k int, seed uint64) (*Stage, error) {
+	s, params, err := newStage(cfg, layers, k, seed)
+	if err != nil {
 		return nil, err
 	}
-	if len(layers) == 0 {
-		return nil, errors.New("stages: empty layer split")
-	}
-	if k < 0 || k >= len(layers) {
-		return nil, fmt.Errorf("stages: stage index %d outside [0, %d)", k, len(layers))
-	}
-	total, first := 0, 0
-	for i, n := range layers {
-		if n < 0 {
-			return nil, fmt.Errorf("stages: stage %d has %d layers", i, n)
-		}
-		// A middle stage without blocks would be an identity hop: a split error.
-		if n == 0 && i != 0 && i != len(layers)-1 {
-			return nil, fmt.Errorf("stages: middle stage %d of %v has no layers", i, layers)
-		}
-		if i < k {
-			first += n
-		}
-		total += n
-	}
-	if total != cfg.NLayer {
-		return nil, fmt.Errorf("stages: layers per stage %v add up to %d, model has n_layer %d", layers, total, cfg.NLayer)
-	}
-	s := &Stage{cfg: cfg, index: k, count: len(layers), first: first}
-	s.maxTokens.Store(defaultMaxTokens)
-	s.lay = newLayout(cfg, first, layers[k], s.IsFirst(), s.IsLast())
-	n := s.lay.size
-	s.params = make([]float32, n)
-	s.grads = make([]float32, n)
-	s.m = make([]float32, n)
-	s.v = make([]float32, n)
-	initParams(s.lay, cfg, seed, s.params)
+	s.eng = newCPUEngine(cfg, s.part, s.lay, params)
 	return s, nil
 }
 
+// newStage builds stage k of the split, without an engine, and its initial
+// parameters.
+func newStage(cfg model.Config, layers []int, k int, seed uint64) (*Stage, []float32, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, nil, err
+	}
+	part, err := model.Split(cfg, layers, k)
+	if err != nil {
+		return nil, nil, err
+	}
+	s := &Stage{cfg: cfg, part: part, lay: model.NewLayout(cfg, part)}
+	s.maxTokens.Store(defaultMaxTokens)
+	params := make([]float32, s.lay.Size)
+	s.lay.Init(params, seed)
+	return s, params, nil
+}
+
 // Index returns the stage's position k in the pipeline.
-func (s *Stage) Index() int { return s.index }
+func (s *Stage) Index() int { return s.part.Index }
 
 // Count returns the number of stages in the pipeline.
-func (s *Stage) Count() int { return s.count }
+func (s *Stage) Count() int { return s.part.Count }
 
 // IsFirst reports whether the stage owns the embeddings and takes token ids.
-func (s *Stage) IsFirst() bool { return s.index == 0 }
+func (s *Stage) IsFirst() bool { return s.part.IsFirst() }
 
 // IsLast reports whether the stage owns the head and computes the loss.
-func (s *Stage) IsLast() bool { return s.index == s.count-1 }
+func (s *Stage) IsLast() bool { return s.part.IsLast() }
 
 // Model returns the model shape.
-func (s *Stage) Model() ModelConfig { return s.cfg }
+func (s *Stage) Model() model.Config { return s.cfg }
 
-// Layers returns the global indices [first, first+n) of the blocks this stage holds.
-func (s *Stage) Layers() (first, n int) { return s.first, len(s.lay.blocks) }
+// NumParams is the length of the flat parameter vector (no copy, on any device).
+func (s *Stage) NumParams() int { return s.lay.Size }
 
 // Params returns the flat parameter vector. Callers must not resize it and should
 // write it only inside WithState, while no pass is running. On a GPU stage it is
 // a fresh host copy (nil on a device error, see DeviceErr).
-func (s *Stage) Params() []float32 {
-	if s.gpu != nil {
-		return s.hostCopy(false)
-	}
-	return s.params
-}
+func (s *Stage) Params() []float32 { return s.vector(false) }
 
 // Grads returns the flat accumulated gradients, in the layout of Params (a host
 // copy on a GPU stage).
-func (s *Stage) Grads() []float32 {
-	if s.gpu != nil {
-		return s.hostCopy(true)
+func (s *Stage) Grads() []float32 { return s.vector(true) }
+
+func (s *Stage) vector(grads bool) []float32 {
+	v, err := s.eng.vector(grads)
+	if s.fail(err) != nil {
+		return nil
 	}
-	return s.grads
+	return v
 }
 
 // Views returns the named tensors in layout order.
-func (s *Stage) Views() []View {
-	out := make([]View, len(s.lay.views))
-	for i, v := range s.lay.views {
+func (s *Stage) Views() []model.View {
+	out := make([]model.View, len(s.lay.Views))
+	for i, v := range s.lay.Views {
 		v.Shape = append([]int(nil), v.Shape...)
 		out[i] = v
 	}
@@ -134,29 +141,21 @@ func (s *Stage) Views() []View {
 
 // View returns the parameters of the named tensor, or nil if the stage has none of
 // that name.
-func (s *Stage) View(name string) []float32 {
-	i, ok := s.lay.byName[name]
-	if !ok {
-		return nil
-	}
-	p := s.Params()
-	if p == nil {
-		return nil
-	}
-	return s.lay.views[i].slice(p)
-}
+func (s *Stage) View(name string) []float32 { return s.viewOf(name, false) }
 
 // GradView returns the accumulated gradient of the named tensor, or nil.
-func (s *Stage) GradView(name string) []float32 {
-	i, ok := s.lay.byName[name]
+func (s *Stage) GradView(name string) []float32 { return s.viewOf(name, true) }
+
+func (s *Stage) viewOf(name string, grads bool) []float32 {
+	v, ok := s.lay.Find(name)
 	if !ok {
 		return nil
 	}
-	p := s.Grads()
-	if p == nil {
+	buf := s.vector(grads)
+	if buf == nil {
 		return nil
 	}
-	return s.lay.views[i].slice(p)
+	return v.Of(buf)
 }
 
 // SetMaxTokens sets the largest microbatch (B·T tokens) Forward accepts, so that a
@@ -173,24 +172,42 @@ func (s *Stage) SetMaxTokens(n int) {
 // Version returns the number of optimizer steps applied (the parameter version).
 func (s *Stage) Version() uint64 { return atomic.LoadUint64(&s.version) }
 
-// Input is one microbatch of B sequences of T tokens (T <= SeqLen).
-type Input struct {
-	B, T int
-	// Tokens are the B·T token ids in [0, Vocab); first stage only.
-	Tokens []int32
-	// X are the B·T·DModel input activations; every stage but the first.
-	X []float32
-	// Targets are the B·T next-token ids; last stage only.
-	Targets []int32
-	// XWire, on a GPU stage, may replace X: the activations as they arrived in
-	// the pipeline's int8 wire layout with blocks of Block values, dequantized on
-	// the device (so they cross the PCIe bus compressed).
-	XWire []byte
-	Block int
-	// OutBlock > 0, on a GPU stage that is not the last, asks for the output
-	// quantized on the device into Pass.OutWire (int8 wire layout, blocks of
-	// OutBlock values) instead of Out.
-	OutBlock int
+// OnGPU reports whether the stage computes on a GPU.
+func (s *Stage) OnGPU() bool { return s.gpu() != nil }
+
+// gpu returns the stage's GPU engine, nil on a CPU stage.
+func (s *Stage) gpu() *gpuEngine {
+	g, _ := s.eng.(*gpuEngine)
+	return g
+}
+
+// Device describes where the stage computes: "cpu", or the GPU's name and the
+// precision.
+func (s *Stage) Device() string { return s.eng.device() }
+
+// DeviceErr returns the first GPU error of a call that has no error return (Params,
+// Grads, WithState, ZeroGrad, Step), or nil. A CPU stage always returns nil.
+func (s *Stage) DeviceErr() error {
+	if e := s.devErr.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// fail records err as the stage's device error if it is the first, and returns it.
+func (s *Stage) fail(err error) error {
+	if err != nil {
+		s.devErr.CompareAndSwap(nil, &err)
+	}
+	return err
+}
+
+// Close frees the stage's device memory; the stage must not be used afterwards.
+// It does nothing on a CPU stage.
+func (s *Stage) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.eng.close()
 }
 
 // Pass is the result of one Forward and what its Backward needs.
@@ -208,23 +225,19 @@ type Pass struct {
 	// B and T are the microbatch shape.
 	B, T int
 
-	stage   *Stage
-	used    atomic.Bool
-	gp      *cuda.Pass // GPU stage: the device activations
-	slab    []float32
-	tokens  []int32
-	targets []int32
-	x0      []float32 // input of the first block (embeddings or a copy of X)
-	blocks  []blockActs
-	lnf     []float32
-	lnfm    []float32
-	lnfr    []float32
-	logits  []float32 // [B·T, Vocab], last stage only
+	stage *Stage
+	used  atomic.Bool
+	cpu   *cpuActs   // a CPU stage's activations
+	gpu   *cuda.Pass // a GPU stage's device activations
 }
 
-// Bytes reports the memory held by the pass's cached activations.
+// Bytes reports the memory held by the pass's outputs and cached activations.
 func (p *Pass) Bytes() int64 {
-	return int64(len(p.slab)+len(p.Out))*4 + int64(len(p.OutWire)) + int64(len(p.tokens)+len(p.targets))*4
+	n := int64(len(p.Out))*4 + int64(len(p.OutWire))
+	if p.cpu != nil {
+		n += p.cpu.bytes()
+	}
+	return n
 }
 
 // Release returns the pass's buffers to the stage without a backward pass (for a
@@ -234,160 +247,45 @@ func (p *Pass) Release() {
 	if p.used.Swap(true) {
 		return
 	}
-	p.free()
+	p.stage.eng.release(p)
 }
 
-func (p *Pass) free() {
-	if p.gp != nil {
-		p.gp.Release()
-		p.gp = nil
-	}
-	p.stage.acts.put(p.slab)
-	p.slab, p.x0, p.blocks, p.lnf, p.lnfm, p.lnfr, p.logits = nil, nil, nil, nil, nil, nil, nil
-}
-
-func (s *Stage) validate(in Input) error {
-	c := s.cfg
-	if in.B <= 0 || in.T <= 0 {
-		return fmt.Errorf("batch shape B=%d T=%d must be positive", in.B, in.T)
-	}
-	if in.T > c.SeqLen {
-		return fmt.Errorf("sequence length T=%d exceeds seq_len %d", in.T, c.SeqLen)
+// validate checks in as model.Input.Check does, and the token limit and what
+// only a GPU stage takes.
+func (s *Stage) validate(in model.Input) error {
+	if err := in.Check(s.cfg, s.part); err != nil {
+		return err
 	}
 	if limit := s.maxTokens.Load(); int64(in.B) > limit || int64(in.B)*int64(in.T) > limit {
 		return fmt.Errorf("microbatch of %d×%d tokens exceeds the limit of %d", in.B, in.T, limit)
 	}
-	n := in.B * in.T
-	if s.IsFirst() {
-		if len(in.Tokens) != n {
-			return fmt.Errorf("got %d tokens, want B·T = %d", len(in.Tokens), n)
-		}
-		if len(in.X) != 0 {
-			return errors.New("first stage takes tokens, got activations")
-		}
-		if err := checkIDs(in.Tokens, c.Vocab, "token"); err != nil {
-			return err
-		}
-	} else if in.XWire != nil {
-		if s.gpu == nil {
-			return errors.New("int8 wire input needs a stage on a GPU")
-		}
-		if len(in.X) != 0 {
-			return errors.New("input has both X and XWire")
-		}
-		if err := cuda.CheckInt8Wire(in.XWire, n*c.DModel, in.Block); err != nil {
+	if in.XWire == nil && in.OutBlock == 0 {
+		return nil
+	}
+	if s.gpu() == nil {
+		return errors.New("int8 wire input or output needs a stage on a GPU")
+	}
+	if in.XWire != nil {
+		if err := cuda.CheckInt8Wire(in.XWire, in.B*in.T*s.cfg.DModel, in.Block); err != nil {
 			return fmt.Errorf("input activation: %w", err)
 		}
-	} else {
-		if len(in.X) != n*c.DModel {
-			return fmt.Errorf("got %d activations, want B·T·d_model = %d", len(in.X), n*c.DModel)
-		}
-		if err := checkFinite(in.X, "input activation"); err != nil {
-			return err
-		}
-	}
-	if in.OutBlock != 0 && (s.gpu == nil || in.OutBlock < 0) {
-		return fmt.Errorf("output block size %d needs a stage on a GPU", in.OutBlock)
-	}
-	if s.IsLast() {
-		if len(in.Targets) != n {
-			return fmt.Errorf("got %d targets, want B·T = %d", len(in.Targets), n)
-		}
-		if err := checkIDs(in.Targets, c.Vocab, "target"); err != nil {
-			return err
-		}
 	}
 	return nil
-}
-
-func checkIDs(ids []int32, vocab int, what string) error {
-	for i, t := range ids {
-		if t < 0 || int(t) >= vocab {
-			return fmt.Errorf("%s %d at position %d outside [0, %d)", what, t, i, vocab)
-		}
-	}
-	return nil
-}
-
-func checkFinite(x []float32, what string) error {
-	for i, v := range x {
-		// v-v is 0 for finite v and NaN for NaN and ±Inf.
-		if v-v != 0 {
-			return fmt.Errorf("%s %d is %v", what, i, v)
-		}
-	}
-	return nil
-}
-
-// actLen is the size of the activation slab of one pass.
-func (s *Stage) actLen(B, T int) int {
-	N, C := B*T, s.cfg.DModel
-	n := N*C + len(s.lay.blocks)*blockActLen(B, T, C, s.cfg.NHead)
-	if s.IsLast() {
-		n += N*C + 2*N + N*s.cfg.Vocab
-	}
-	return n
 }
 
 // Forward validates the input (shapes, token ranges, NaN/Inf in X) and runs the
 // stage. It holds the parameter read lock, so several Forwards may run at once.
-func (s *Stage) Forward(in Input) (*Pass, error) {
+func (s *Stage) Forward(in model.Input) (*Pass, error) {
 	if err := s.validate(in); err != nil {
-		return nil, fmt.Errorf("stage %d forward: %w", s.index, err)
-	}
-	if s.gpu != nil {
-		return s.gpuForward(in)
+		return nil, fmt.Errorf("stage %d forward: %w", s.part.Index, err)
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-
-	B, T, C, NH := in.B, in.T, s.cfg.DModel, s.cfg.NHead
-	N := B * T
-	p := &Pass{stage: s, B: B, T: T, Version: s.Version()}
-	p.slab = s.acts.get(s.actLen(B, T))
-	cv := &carver{buf: p.slab}
-	p.x0 = cv.take(N * C)
-	if s.IsFirst() {
-		p.tokens = append([]int32(nil), in.Tokens...)
-		encoderForward(p.x0, p.tokens, s.lay.wte.slice(s.params), s.lay.wpe.slice(s.params), B, T, C)
-	} else {
-		copy(p.x0, in.X)
+	p := &Pass{stage: s, B: in.B, T: in.T, Version: s.Version()}
+	if err := s.eng.forward(in, p); err != nil {
+		return nil, fmt.Errorf("stage %d forward: %w", s.part.Index, s.fail(err))
 	}
-	x := p.x0
-	p.blocks = make([]blockActs, len(s.lay.blocks))
-	if len(p.blocks) > 0 {
-		tmp := s.scratch.get(N * 4 * C)
-		for i := range p.blocks {
-			a := &p.blocks[i]
-			a.carve(cv, B, T, C, NH)
-			a.in = x
-			blockForward(a, s.params, &s.lay.blocks[i], tmp, B, T, C, NH)
-			x = a.out
-		}
-		s.scratch.put(tmp)
-	}
-	if !s.IsLast() {
-		p.Out = append([]float32(nil), x...)
-		return p, nil
-	}
-	V := s.cfg.Vocab
-	p.targets = append([]int32(nil), in.Targets...)
-	p.lnf, p.lnfm, p.lnfr = cv.take(N*C), cv.take(N), cv.take(N)
-	p.logits = cv.take(N * V)
-	layernormForward(p.lnf, p.lnfm, p.lnfr, x, s.lay.lnfw.slice(s.params), s.lay.lnfb.slice(s.params), N, C)
-	linearForwardT(p.logits, p.lnf, s.lay.head.slice(s.params), N, C, V)
-	p.Loss = crossEntropyForward(p.logits, p.targets, N, V)
 	return p, nil
-}
-
-// scratchLen is the size of the backward scratch slab.
-func (s *Stage) scratchLen(B, T int) int {
-	N, C := B*T, s.cfg.DModel
-	n := N*C + 2*N*4*C + N*C + attnScratchLen(B, T, s.cfg.NHead)
-	if s.IsLast() {
-		n += N * s.cfg.Vocab
-	}
-	return n
 }
 
 // Backward takes a pass of this stage and the gradient of its Out (nil for the
@@ -395,65 +293,73 @@ func (s *Stage) scratchLen(B, T int) int {
 // gradients into Grads and returns the gradient of the input activations (nil for
 // the first stage). It consumes the pass: its buffers go back to the stage.
 func (s *Stage) Backward(p *Pass, dout []float32) ([]float32, error) {
-	if p == nil || p.stage != s {
-		return nil, fmt.Errorf("stage %d backward: pass is nil or from another stage", s.index)
+	if err := s.checkPass(p); err != nil {
+		return nil, err
 	}
-	B, T, C, NH := p.B, p.T, s.cfg.DModel, s.cfg.NHead
-	N := B * T
 	if s.IsLast() {
 		if len(dout) != 0 {
-			return nil, fmt.Errorf("stage %d backward: last stage takes no output gradient, got %d values", s.index, len(dout))
+			return nil, fmt.Errorf("stage %d backward: last stage takes no output gradient, got %d values", s.part.Index, len(dout))
 		}
 	} else {
-		if len(dout) != N*C {
-			return nil, fmt.Errorf("stage %d backward: got %d output gradients, want B·T·d_model = %d", s.index, len(dout), N*C)
+		if n := p.B * p.T * s.cfg.DModel; len(dout) != n {
+			return nil, fmt.Errorf("stage %d backward: got %d output gradients, want B·T·d_model = %d", s.part.Index, len(dout), n)
 		}
-		if err := checkFinite(dout, "output gradient"); err != nil {
-			return nil, fmt.Errorf("stage %d backward: %w", s.index, err)
+		if err := model.CheckFinite(dout, "output gradient"); err != nil {
+			return nil, fmt.Errorf("stage %d backward: %w", s.part.Index, err)
 		}
 	}
-	if p.used.Swap(true) {
-		return nil, fmt.Errorf("stage %d backward: pass already consumed", s.index)
-	}
-	defer p.free()
-	if s.gpu != nil {
-		return s.gpuBackward(p, dout)
-	}
+	return backwardLocked(s, p, func() ([]float32, error) { return s.eng.backward(p, dout) })
+}
 
+// BackwardWire is Backward with both gradients in the pipeline's int8 wire
+// layout, for a stage on a GPU: dout (nil on the last stage) has blocks of
+// doutBlock values and is dequantized on the device; the input gradient (nil
+// on the first stage) is quantized there into blocks of dxBlock values. It
+// consumes the pass.
+func (s *Stage) BackwardWire(p *Pass, dout []byte, doutBlock, dxBlock int) ([]byte, error) {
+	if err := s.checkPass(p); err != nil {
+		return nil, err
+	}
+	g := s.gpu()
+	if g == nil {
+		return nil, fmt.Errorf("stage %d backward: int8 wire gradients need a stage on a GPU", s.part.Index)
+	}
+	if s.IsLast() && len(dout) != 0 {
+		return nil, fmt.Errorf("stage %d backward: last stage takes no output gradient, got %d bytes", s.part.Index, len(dout))
+	}
+	if !s.IsLast() {
+		if err := cuda.CheckInt8Wire(dout, p.B*p.T*s.cfg.DModel, doutBlock); err != nil {
+			return nil, fmt.Errorf("stage %d backward: output gradient: %w", s.part.Index, err)
+		}
+	}
+	return backwardLocked(s, p, func() ([]byte, error) { return g.backwardWire(p, dout, doutBlock, dxBlock) })
+}
+
+func (s *Stage) checkPass(p *Pass) error {
+	if p == nil || p.stage != s {
+		return fmt.Errorf("stage %d backward: pass is nil or from another stage", s.part.Index)
+	}
+	return nil
+}
+
+// backwardLocked consumes p and runs its backward under the parameters' read
+// lock and the gradients' lock; it returns the input gradient, nil on the first
+// stage.
+func backwardLocked[T []float32 | []byte](s *Stage, p *Pass, run func() (T, error)) (T, error) {
+	if p.used.Swap(true) {
+		return nil, fmt.Errorf("stage %d backward: pass already consumed", s.part.Index)
+	}
+	defer s.eng.release(p)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	s.gradMu.Lock()
 	defer s.gradMu.Unlock()
-
-	slab := s.scratch.get(s.scratchLen(B, T))
-	defer s.scratch.put(slab)
-	cv := &carver{buf: slab}
-	dres := cv.take(N * C)
-	sc := blockScratch{big: cv.take(N * 4 * C), hid: cv.take(N * 4 * C), small: cv.take(N * C), attn: cv.take(attnScratchLen(B, T, NH))}
-	params, grads := s.params, s.grads
-
-	if s.IsLast() {
-		V := s.cfg.Vocab
-		dlogits := cv.take(N * V)
-		crossEntropyBackward(dlogits, p.logits, p.targets, N, V)
-		dlnf := sc.small[:N*C]
-		linearBackwardT(dlnf, s.lay.head.slice(grads), dlogits, p.lnf, s.lay.head.slice(params), N, C, V)
-		clear(dres)
-		x := p.x0
-		if n := len(p.blocks); n > 0 {
-			x = p.blocks[n-1].out
-		}
-		layernormBackward(dres, s.lay.lnfw.slice(grads), s.lay.lnfb.slice(grads), dlnf, x,
-			s.lay.lnfw.slice(params), p.lnfm, p.lnfr, N, C)
-	} else {
-		copy(dres, dout)
-	}
-	for i := len(p.blocks) - 1; i >= 0; i-- {
-		blockBackward(dres, &p.blocks[i], params, grads, &s.lay.blocks[i], &sc, B, T, C, NH)
+	dx, err := run()
+	if err != nil {
+		return nil, fmt.Errorf("stage %d backward: %w", s.part.Index, s.fail(err))
 	}
 	if s.IsFirst() {
-		encoderBackward(s.lay.wte.slice(grads), s.lay.wpe.slice(grads), dres, p.tokens, B, T, C)
 		return nil, nil
 	}
-	return append([]float32(nil), dres...), nil
+	return dx, nil
 }

@@ -4,11 +4,13 @@ import (
 	"math"
 	"strings"
 	"testing"
+
+	"swarmnode/model"
 )
 
-var tinyCfg = ModelConfig{Vocab: 11, DModel: 8, NHead: 2, NLayer: 2, SeqLen: 6}
+var tinyCfg = model.Config{Vocab: 11, DModel: 8, NHead: 2, NLayer: 2, SeqLen: 6}
 
-func tinyBatch(cfg ModelConfig, B, T int, salt int32) (tokens, targets []int32) {
+func tinyBatch(cfg model.Config, B, T int, salt int32) (tokens, targets []int32) {
 	tokens = make([]int32, B*T)
 	targets = make([]int32, B*T)
 	for i := range tokens {
@@ -28,9 +30,8 @@ func TestChainGradFiniteDifference(t *testing.T) {
 	}
 	// Randomise the zero-initialised tensors so their gradients are exercised.
 	for _, s := range c.Stages() {
-		r := newRNG(99, "perturb")
-		for i := range s.Params() {
-			s.Params()[i] += float32(0.1 * r.normal())
+		for i, d := range randVec("perturb", s.NumParams(), 0.1) {
+			s.Params()[i] += d
 		}
 	}
 	B, T := 2, 5
@@ -41,8 +42,8 @@ func TestChainGradFiniteDifference(t *testing.T) {
 	const h = 1e-2
 	for _, s := range c.Stages() {
 		for _, v := range s.Views() {
-			p := v.slice(s.Params())
-			g := v.slice(s.Grads())
+			p := v.Of(s.Params())
+			g := v.Of(s.Grads())
 			for _, i := range []int{0, v.Len / 2, v.Len - 1} {
 				old := p[i]
 				p[i] = old + h
@@ -71,17 +72,17 @@ func TestForwardRejectsBadInput(t *testing.T) {
 	bad[2] = int32(cfg.Vocab)
 	cases := []struct {
 		s    *Stage
-		in   Input
+		in   model.Input
 		want string
 	}{
-		{s0, Input{B: 1, T: 4, Tokens: tok[:3]}, "tokens"},
-		{s0, Input{B: 1, T: 4, Tokens: bad}, "outside"},
-		{s0, Input{B: 1, T: 7, Tokens: make([]int32, 7)}, "seq_len"},
-		{s0, Input{B: 0, T: 4}, "positive"},
-		{s1, Input{B: 1, T: 4, X: nan, Targets: tgt}, "NaN"},
-		{s1, Input{B: 1, T: 4, X: x[:5], Targets: tgt}, "activations"},
-		{s1, Input{B: 1, T: 4, X: x, Targets: tgt[:2]}, "targets"},
-		{s1, Input{B: 1, T: 4, X: x, Targets: []int32{0, 1, -1, 2}}, "outside"},
+		{s0, model.Input{B: 1, T: 4, Tokens: tok[:3]}, "tokens"},
+		{s0, model.Input{B: 1, T: 4, Tokens: bad}, "outside"},
+		{s0, model.Input{B: 1, T: 7, Tokens: make([]int32, 7)}, "seq_len"},
+		{s0, model.Input{B: 0, T: 4}, "positive"},
+		{s1, model.Input{B: 1, T: 4, X: nan, Targets: tgt}, "NaN"},
+		{s1, model.Input{B: 1, T: 4, X: x[:5], Targets: tgt}, "activations"},
+		{s1, model.Input{B: 1, T: 4, X: x, Targets: tgt[:2]}, "targets"},
+		{s1, model.Input{B: 1, T: 4, X: x, Targets: []int32{0, 1, -1, 2}}, "outside"},
 	}
 	for _, c := range cases {
 		_, err := c.s.Forward(c.in)
@@ -89,7 +90,7 @@ func TestForwardRejectsBadInput(t *testing.T) {
 			t.Errorf("Forward(%+v) error %v, want one mentioning %q", c.in, err, c.want)
 		}
 	}
-	p, err := s0.Forward(Input{B: 1, T: 4, Tokens: tok})
+	p, err := s0.Forward(model.Input{B: 1, T: 4, Tokens: tok})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +108,7 @@ func TestForwardRejectsBadInput(t *testing.T) {
 // TestSplitsAgree checks that 1, 2 and 4 stages of one model start from the same
 // weights and give the same loss and gradients.
 func TestSplitsAgree(t *testing.T) {
-	cfg := ModelConfig{Vocab: 13, DModel: 16, NHead: 4, NLayer: 4, SeqLen: 8}
+	cfg := model.Config{Vocab: 13, DModel: 16, NHead: 4, NLayer: 4, SeqLen: 8}
 	B, T := 3, 8
 	tok, tgt := tinyBatch(cfg, B, T, 2)
 	type result struct {
@@ -159,62 +160,13 @@ func TestSplitsAgree(t *testing.T) {
 	}
 }
 
-// TestInit checks GPT-2 initialisation statistics and per-seed determinism.
-func TestInit(t *testing.T) {
-	cfg := ModelConfig{Vocab: 64, DModel: 64, NHead: 4, NLayer: 8, SeqLen: 16}
-	s, err := New(cfg, []int{8}, 0, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	std := func(x []float32) float64 {
-		var q float64
-		for _, v := range x {
-			q += float64(v) * float64(v)
-		}
-		return math.Sqrt(q / float64(len(x)))
-	}
-	if got := std(s.View("h.0.mlp.c_fc.weight")); math.Abs(got-0.02) > 0.001 {
-		t.Errorf("c_fc std %v, want 0.02", got)
-	}
-	want := 0.02 / math.Sqrt(2*8)
-	if got := std(s.View("h.5.attn.c_proj.weight")); math.Abs(got-want) > want/20 {
-		t.Errorf("attn c_proj std %v, want %v", got, want)
-	}
-	for _, name := range []string{"h.1.ln_1.weight", "ln_f.weight"} {
-		for _, v := range s.View(name) {
-			if v != 1 {
-				t.Fatalf("%s has %v, want 1", name, v)
-			}
-		}
-	}
-	for _, name := range []string{"h.1.attn.c_attn.bias", "ln_f.bias"} {
-		for _, v := range s.View(name) {
-			if v != 0 {
-				t.Fatalf("%s has %v, want 0", name, v)
-			}
-		}
-	}
-	for _, v := range s.Views() {
-		if v.Decay != (len(v.Shape) == 2) {
-			t.Errorf("%s: Decay %v for shape %v", v.Name, v.Decay, v.Shape)
-		}
-	}
-	s2, _ := New(cfg, []int{8}, 0, 4)
-	if relErr(s.View("wte"), s2.View("wte")) == 0 {
-		t.Error("seeds 3 and 4 give the same wte")
-	}
-	if s.View("nope") != nil {
-		t.Error("View of an unknown name is not nil")
-	}
-}
-
 func TestNewRejectsBadSplits(t *testing.T) {
 	for _, split := range [][]int{{}, {1}, {1, 1, 1}, {2, -1, 1}, {1, 0, 1}} {
 		if _, err := NewChain(tinyCfg, split, 1); err == nil {
 			t.Errorf("split %v accepted for n_layer %d", split, tinyCfg.NLayer)
 		}
 	}
-	if _, err := New(ModelConfig{Vocab: 5, DModel: 6, NHead: 4, NLayer: 1, SeqLen: 2}, []int{1}, 0, 1); err == nil {
+	if _, err := New(model.Config{Vocab: 5, DModel: 6, NHead: 4, NLayer: 1, SeqLen: 2}, []int{1}, 0, 1); err == nil {
 		t.Error("d_model not divisible by n_head accepted")
 	}
 	if _, err := New(tinyCfg, []int{1, 0, 1}, 0, 1); err == nil {
@@ -222,19 +174,6 @@ func TestNewRejectsBadSplits(t *testing.T) {
 	}
 	if _, err := New(tinyCfg, []int{1, 1}, 2, 1); err == nil {
 		t.Error("stage index out of range accepted")
-	}
-}
-
-func TestLRAt(t *testing.T) {
-	o := OptimConfig{LR: 1, MinLR: 0.1, Warmup: 4, Steps: 14}
-	cases := map[int]float64{0: 0.25, 3: 1, 4: 1, 9: 0.55, 14: 0.1, 100: 0.1}
-	for step, want := range cases {
-		if got := float64(o.LRAt(step)); math.Abs(got-want) > 1e-6 {
-			t.Errorf("LRAt(%d) = %v, want %v", step, got, want)
-		}
-	}
-	if got := (OptimConfig{LR: 0.5}).LRAt(7); got != 0.5 {
-		t.Errorf("no schedule: LRAt = %v, want 0.5", got)
 	}
 }
 
@@ -247,7 +186,7 @@ func TestStepAndState(t *testing.T) {
 	}
 	n := float64(len(s.Grads()))
 	before := append([]float32(nil), s.Params()...)
-	opt := OptimConfig{LR: 0.1, Beta1: 0.9, Beta2: 0.99, Eps: 1e-8, Clip: 1}
+	opt := model.Optim{LR: 0.1, Beta1: 0.9, Beta2: 0.99, Eps: 1e-8, Clip: 1}
 	// Grads average to 1 over 2 microbatches, norm sqrt(n).
 	if got := float64(s.Step(opt, 2)); math.Abs(got-math.Sqrt(n)) > 1e-3 {
 		t.Errorf("grad norm %v, want %v", got, math.Sqrt(n))
@@ -266,15 +205,18 @@ func TestStepAndState(t *testing.T) {
 			t.Fatalf("param %d moved by %v, want -0.1", i, d)
 		}
 	}
-	s.WithState(func(st *State) {
+	s.WithState(func(st *model.State) {
 		if st.Step != 1 || len(st.M) != len(st.Params) || len(st.V) != len(st.Params) {
 			t.Errorf("state step %d, lengths %d %d %d", st.Step, len(st.Params), len(st.M), len(st.V))
 		}
 		st.Params[0] = 5
 		st.Step = 10
 	})
-	if s.Version() != 10 || s.Params()[0] != 5 {
+	if s.Version() != 10 || s.Params()[0] != 5 || s.View(s.Views()[0].Name)[0] != 5 {
 		t.Errorf("WithState changes lost: version %d, param %v", s.Version(), s.Params()[0])
+	}
+	if s.View("nope") != nil || s.GradView("nope") != nil {
+		t.Error("View of an unknown name is not nil")
 	}
 }
 
@@ -282,11 +224,11 @@ func TestMaxTokensAndNonFiniteStep(t *testing.T) {
 	s, _ := New(tinyCfg, []int{2}, 0, 1)
 	s.SetMaxTokens(8)
 	tok, tgt := tinyBatch(tinyCfg, 2, 5, 0)
-	if _, err := s.Forward(Input{B: 2, T: 5, Tokens: tok, Targets: tgt}); err == nil || !strings.Contains(err.Error(), "limit") {
+	if _, err := s.Forward(model.Input{B: 2, T: 5, Tokens: tok, Targets: tgt}); err == nil || !strings.Contains(err.Error(), "limit") {
 		t.Errorf("10 tokens over a limit of 8: error %v", err)
 	}
 	s.SetMaxTokens(0)
-	p, err := s.Forward(Input{B: 2, T: 5, Tokens: tok, Targets: tgt})
+	p, err := s.Forward(model.Input{B: 2, T: 5, Tokens: tok, Targets: tgt})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -295,7 +237,7 @@ func TestMaxTokensAndNonFiniteStep(t *testing.T) {
 	}
 	before := append([]float32(nil), s.Params()...)
 	s.Grads()[3] = float32(math.Inf(1))
-	opt := OptimConfig{LR: 0.1, Beta1: 0.9, Beta2: 0.99, Eps: 1e-8}
+	opt := model.Optim{LR: 0.1, Beta1: 0.9, Beta2: 0.99, Eps: 1e-8}
 	if n := s.Step(opt, 1); !math.IsInf(float64(n), 0) && !math.IsNaN(float64(n)) {
 		t.Errorf("norm %v with an infinite gradient", n)
 	}

@@ -1,73 +1,95 @@
 package stages
 
-import "fmt"
+import (
+	"fmt"
+	"math"
+	"sync/atomic"
+
+	"swarmnode/model"
+)
+
+// WithState calls fn with the stage's parameters and AdamW state under the write
+// lock, for averaging and state transfer. fn may change the slices' contents (not
+// their lengths) and Step; Version follows Step. The slices must not be kept
+// after fn returns. On a GPU stage fn works on a host copy that is uploaded
+// afterwards; on a device error it sees empty slices (so length checks fail) and
+// DeviceErr reports the cause.
+func (s *Stage) WithState(fn func(st *model.State)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := &model.State{Step: int(s.version)}
+	if err := s.eng.withState(st, fn); err != nil {
+		s.fail(err)
+		return
+	}
+	atomic.StoreUint64(&s.version, uint64(max(st.Step, 0)))
+}
+
+// ZeroGrad clears the accumulated gradients.
+func (s *Stage) ZeroGrad() {
+	s.gradMu.Lock()
+	defer s.gradMu.Unlock()
+	s.fail(s.eng.zeroGrad())
+}
+
+// Step averages the accumulated gradients over micro microbatches (grads *= 1/micro),
+// clips them to a global norm of opt.Clip (per stage; PyTorch's clip_grad_norm_
+// rule), applies AdamW at opt.LRAt(Version()) with decoupled weight decay on the
+// views with Decay set, zeroes the gradients and bumps Version. It returns the
+// gradient norm before clipping. When that norm is NaN or infinite (a diverged
+// microbatch) the step is skipped: gradients are zeroed, parameters, moments and
+// Version stay as they were, and the non-finite norm is returned for the caller
+// to report. A device error returns NaN (see DeviceErr).
+func (s *Stage) Step(opt model.Optim, micro int) float32 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gradMu.Lock()
+	defer s.gradMu.Unlock()
+	norm, err := s.eng.step(opt, max(micro, 1), int(s.version))
+	if err != nil {
+		s.fail(err)
+		return float32(math.NaN())
+	}
+	if n := float64(norm); !math.IsNaN(n) && !math.IsInf(n, 0) {
+		atomic.AddUint64(&s.version, 1)
+	}
+	return norm
+}
 
 // StateLen is the length of the state vector ReadState and AddState address:
 // Params, M and V laid end to end (3 × NumParams). Averaging the parameters alone
 // uses its first NumParams values.
-func (s *Stage) StateLen() int { return 3 * s.lay.size }
-
-// checkRange validates [off, off+n) against the state vector.
-func (s *Stage) checkRange(off, n int) error {
-	if off < 0 || n < 0 || off > s.StateLen()-n {
-		return fmt.Errorf("stage %d: state range [%d, %d) outside [0, %d)", s.index, off, off+n, s.StateLen())
-	}
-	return nil
-}
-
-// stateSpan calls fn for each part of [off, off+n) that falls in one of parts
-// (Params, M, V end to end): the part's slice of it and where it starts in the
-// range.
-func stateSpan(parts [3][]float32, off, n int, fn func(p []float32, at int)) {
-	base := 0
-	for _, p := range parts {
-		lo, hi := max(off, base), min(off+n, base+len(p))
-		if lo < hi {
-			fn(p[lo-base:hi-base], lo-off)
-		}
-		base += len(p)
-	}
-}
+func (s *Stage) StateLen() int { return 3 * s.lay.Size }
 
 // ReadState copies the values at [off, off+len(dst)) of Params|M|V laid end to
 // end into dst, under the read lock: the averager reads the state chunk by chunk
-// while training goes on. On a GPU stage it downloads the state.
+// while training goes on. A GPU stage downloads only that range.
 func (s *Stage) ReadState(off int, dst []float32) error {
-	if err := s.checkRange(off, len(dst)); err != nil {
-		return err
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.gpu != nil {
-		if err := s.gpu.cs.ReadState(off, dst); err != nil {
-			return fmt.Errorf("stage %d: reading the GPU state: %w", s.index, s.gpu.fail(err))
-		}
-		return nil
-	}
-	stateSpan([3][]float32{s.params, s.m, s.v}, off, len(dst), func(p []float32, at int) { copy(dst[at:], p) })
-	return nil
+	return s.stateRange(off, len(dst), false, "reading", func() error { return s.eng.readState(off, dst) })
 }
 
 // AddState adds delta to the values at [off, off+len(delta)) of Params|M|V laid
-// end to end, under the write lock (an averaging round's correction). On a GPU
-// stage it updates the device state.
+// end to end, under the write lock (an averaging round's correction). A GPU
+// stage updates the range on the device.
 func (s *Stage) AddState(off int, delta []float32) error {
-	if err := s.checkRange(off, len(delta)); err != nil {
-		return err
+	return s.stateRange(off, len(delta), true, "updating", func() error { return s.eng.addState(off, delta) })
+}
+
+// stateRange checks [off, off+n) against the state vector and runs op under the
+// write lock (write) or the read lock.
+func (s *Stage) stateRange(off, n int, write bool, what string, op func() error) error {
+	if off < 0 || n < 0 || off > s.StateLen()-n {
+		return fmt.Errorf("stage %d: state range [%d, %d) outside [0, %d)", s.part.Index, off, off+n, s.StateLen())
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.gpu != nil {
-		if err := s.gpu.cs.AddState(off, delta); err != nil {
-			return fmt.Errorf("stage %d: updating the GPU state: %w", s.index, s.gpu.fail(err))
-		}
-		return nil
+	if write {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+	} else {
+		s.mu.RLock()
+		defer s.mu.RUnlock()
 	}
-	stateSpan([3][]float32{s.params, s.m, s.v}, off, len(delta), func(p []float32, at int) {
-		d := delta[at : at+len(p)]
-		for i := range p {
-			p[i] += d[i]
-		}
-	})
+	if err := op(); err != nil {
+		return fmt.Errorf("stage %d: %s the state: %w", s.part.Index, what, s.fail(err))
+	}
 	return nil
 }

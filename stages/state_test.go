@@ -3,6 +3,8 @@ package stages
 import (
 	"strings"
 	"testing"
+
+	"swarmnode/model"
 )
 
 // TestReadAddState checks the ranged accessors against WithState on ranges that
@@ -17,7 +19,7 @@ func TestReadAddState(t *testing.T) {
 		t.Fatalf("StateLen %d, NumParams %d, len(Params) %d", s.StateLen(), n, len(s.Params()))
 	}
 	// Distinct moments so that a read from the wrong part shows.
-	s.WithState(func(st *State) {
+	s.WithState(func(st *model.State) {
 		for i := range st.M {
 			st.M[i] = float32(i) + 0.25
 			st.V[i] = -float32(i) - 0.5
@@ -25,7 +27,7 @@ func TestReadAddState(t *testing.T) {
 	})
 	want := func() []float32 {
 		var all []float32
-		s.WithState(func(st *State) { all = append(append(append(all, st.Params...), st.M...), st.V...) })
+		s.WithState(func(st *model.State) { all = append(append(append(all, st.Params...), st.M...), st.V...) })
 		return all
 	}
 	all := want()

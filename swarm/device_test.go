@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"swarmnode/cuda"
+	"swarmnode/stages"
 )
 
 // TestResolveDevice checks the device choice for every config value with the
@@ -18,7 +18,7 @@ func TestResolveDevice(t *testing.T) {
 	t.Cleanup(func() { gpuAvailable, gpuOpen = avail, open })
 	missing := errors.New("cuda: cannot load libcublas.so.13")
 	opened := 0
-	gpuOpen = func() (*cuda.Device, error) { opened++; return nil, errors.New("context creation failed") }
+	gpuOpen = func() (*stages.GPU, error) { opened++; return nil, errors.New("context creation failed") }
 
 	var buf bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&buf, nil))

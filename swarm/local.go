@@ -4,11 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"swarmnode/config"
-	"swarmnode/cuda"
 	"swarmnode/data"
 	"swarmnode/stages"
 	"swarmnode/stages/blas"
@@ -22,49 +20,12 @@ type Summary struct {
 	TokensPerSec float64 `json:"tokens_per_sec"`
 }
 
-// ModelConfig converts the config's model section to the stages package's shape.
-func ModelConfig(m config.Model) stages.ModelConfig {
-	return stages.ModelConfig{Vocab: m.Vocab, DModel: m.DModel, NHead: m.NHead, NLayer: m.NLayer, SeqLen: m.SeqLen}
-}
-
-// OptimConfig converts the config's train section to the stages package's optimizer settings.
-func OptimConfig(t config.Train) stages.OptimConfig {
-	return stages.OptimConfig{
-		LR: float32(t.LR), MinLR: float32(t.MinLR), Warmup: t.Warmup, Steps: t.Steps,
-		WeightDecay: float32(t.WeightDecay), Beta1: float32(t.Beta1), Beta2: float32(t.Beta2),
-		Eps: float32(t.Eps), Clip: float32(t.Clip),
-	}
-}
-
-// gpuPrecision is how stages compute on a GPU: bf16 GEMM operands with float32
-// accumulation, master weights and optimizer state (the fast path of package cuda).
-const gpuPrecision = cuda.BF16Mixed
-
-// The process's GPU, opened once by the first stage that needs it and kept for the
-// process's life: the primary context and its thread serve every stage the node
-// builds, also after a move to another stage.
+// The GPU seams, replaceable in tests: whether a GPU is usable, and the
+// process's GPU, opened once (see stages.SharedGPU).
 var (
-	gpuMu   sync.Mutex
-	gpuDev  *cuda.Device
-	gpuOpen = func() (*cuda.Device, error) { return cuda.Open(0) }
+	gpuAvailable = stages.GPUAvailable
+	gpuOpen      = stages.SharedGPU
 )
-
-func sharedGPU() (*cuda.Device, error) {
-	gpuMu.Lock()
-	defer gpuMu.Unlock()
-	if gpuDev != nil {
-		return gpuDev, nil
-	}
-	d, err := gpuOpen()
-	if err != nil {
-		return nil, err
-	}
-	gpuDev = d
-	return d, nil
-}
-
-// gpuAvailable is cuda.Available, replaceable in tests.
-var gpuAvailable = cuda.Available
 
 // CheckDevice reports, for config device cpu, cuda or auto, whether stages can
 // run there: an error naming what is missing (driver, library, GPU) when device
@@ -84,7 +45,7 @@ func CheckDevice(device string) error {
 
 // resolveDevice opens the GPU the config asks for: nil for the CPU. cuda without
 // a usable GPU is an error; auto falls back to the CPU and logs why.
-func resolveDevice(device string, log *slog.Logger) (*cuda.Device, error) {
+func resolveDevice(device string, log *slog.Logger) (*stages.GPU, error) {
 	if err := CheckDevice(device); err != nil {
 		return nil, err
 	}
@@ -95,7 +56,7 @@ func resolveDevice(device string, log *slog.Logger) (*cuda.Device, error) {
 		log.Info("device auto: no usable GPU, computing on the CPU", "reason", err.Error())
 		return nil, nil
 	}
-	d, err := sharedGPU()
+	d, err := gpuOpen()
 	if err != nil {
 		if device == "cuda" {
 			return nil, fmt.Errorf("device cuda: opening GPU 0: %w", err)
@@ -108,14 +69,14 @@ func resolveDevice(device string, log *slog.Logger) (*cuda.Device, error) {
 
 // newStage builds stage k of the config on dev (nil: the CPU). In auto mode a
 // stage the GPU cannot hold (an unsupported head size, say) falls back to the CPU.
-func newStage(cfg config.Config, k int, dev *cuda.Device, log *slog.Logger) (*stages.Stage, error) {
+func newStage(cfg config.Config, k int, dev *stages.GPU, log *slog.Logger) (*stages.Stage, error) {
 	if dev == nil {
-		return stages.New(ModelConfig(cfg.Model), cfg.Stages, k, cfg.Train.Seed)
+		return stages.New(cfg.Model, cfg.Stages, k, cfg.Train.Seed)
 	}
-	st, err := stages.NewOnGPU(ModelConfig(cfg.Model), cfg.Stages, k, cfg.Train.Seed, dev, gpuPrecision)
+	st, err := stages.NewOnGPU(cfg.Model, cfg.Stages, k, cfg.Train.Seed, dev)
 	if err != nil && cfg.Device == "auto" {
 		log.Warn("device auto: stage does not run on the GPU, computing on the CPU", "stage", k, "err", err.Error())
-		return stages.New(ModelConfig(cfg.Model), cfg.Stages, k, cfg.Train.Seed)
+		return stages.New(cfg.Model, cfg.Stages, k, cfg.Train.Seed)
 	}
 	return st, err
 }
@@ -151,20 +112,20 @@ func RunLocal(ctx context.Context, cfg config.Config, log *slog.Logger) (Summary
 	}
 	var chain *stages.Chain
 	if dev != nil {
-		chain, err = stages.NewChainOnGPU(ModelConfig(cfg.Model), cfg.Stages, cfg.Train.Seed, dev, gpuPrecision)
+		chain, err = stages.NewChainOnGPU(cfg.Model, cfg.Stages, cfg.Train.Seed, dev)
 		if err != nil && cfg.Device == "auto" {
 			log.Warn("device auto: model does not run on the GPU, computing on the CPU", "err", err.Error())
 			dev = nil
 		}
 	}
 	if dev == nil {
-		chain, err = stages.NewChain(ModelConfig(cfg.Model), cfg.Stages, cfg.Train.Seed)
+		chain, err = stages.NewChain(cfg.Model, cfg.Stages, cfg.Train.Seed)
 	}
 	if err != nil {
 		return Summary{}, err
 	}
 	defer chain.Close()
-	opt := OptimConfig(cfg.Train)
+	opt := cfg.Train.Optim
 	accum := cfg.Train.Accumulation()
 	B := cfg.Train.Microbatch
 	T := min(cfg.Model.SeqLen, corpus.MaxSeqLen(data.Train))

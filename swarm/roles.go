@@ -15,6 +15,7 @@ import (
 	"swarmnode/averaging"
 	"swarmnode/config"
 	"swarmnode/data"
+	"swarmnode/model"
 	"swarmnode/pipeline"
 	"swarmnode/stages"
 )
@@ -99,7 +100,7 @@ func (n *Node) startStage(ctx context.Context, o RoleOptions, k int) (*stageServ
 		return nil, err
 	}
 	wo := pipeline.WorkerOptions{
-		Optim: OptimConfig(cfg.Train), StepSamples: cfg.Train.Batch,
+		Optim: cfg.Train.Optim, StepSamples: cfg.Train.Batch,
 		Microbatch: cfg.Train.Microbatch, Staleness: cfg.Pipeline.Staleness,
 	}
 	// Each holder steps after train.batch sequences of its own; averaging then
@@ -119,7 +120,7 @@ func (n *Node) startStage(ctx context.Context, o RoleOptions, k int) (*stageServ
 	svc := &stageService{k: k, st: st, worker: worker, server: server}
 	svc.state, err = averaging.ServeState(n.Host(), cfg.Run, stageKey(k), func() (averaging.State, error) {
 		var out averaging.State
-		st.WithState(func(s *stages.State) {
+		st.WithState(func(s *model.State) {
 			out = averaging.State{Step: int64(s.Step), Params: clone(s.Params), M: clone(s.M), V: clone(s.V)}
 		})
 		return out, nil
@@ -276,7 +277,7 @@ func (n *Node) loadStageState(ctx context.Context, o RoleOptions, st *stages.Sta
 		return nil
 	}
 	var loadErr error
-	st.WithState(func(s *stages.State) {
+	st.WithState(func(s *model.State) {
 		if len(state.Params) != len(s.Params) || (len(state.M) != 0 && len(state.M) != len(s.M)) || (len(state.V) != 0 && len(state.V) != len(s.V)) {
 			loadErr = fmt.Errorf("stage %d state from %v has %d params, want %d", k, from, len(state.Params), len(s.Params))
 			return

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"swarmnode/config"
+	"swarmnode/model"
 )
 
 // syncBuffer is a log sink shared by goroutines.
@@ -35,7 +36,7 @@ func rolesTestConfig(t *testing.T) config.Config {
 	t.Helper()
 	cfg := config.Default()
 	cfg.Run = "roles-test"
-	cfg.Model = config.Model{Vocab: 256, DModel: 32, NHead: 2, NLayer: 2, SeqLen: 16}
+	cfg.Model = model.Config{Vocab: 256, DModel: 32, NHead: 2, NLayer: 2, SeqLen: 16}
 	cfg.Stages = []int{1, 1}
 	cfg.Data.Path = filepath.Join("..", "examples", "gpt", "data", "tinyshakespeare.txt")
 	cfg.Train.Microbatch, cfg.Train.Batch, cfg.Train.Steps = 2, 4, 100000

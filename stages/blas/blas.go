@@ -235,14 +235,8 @@ func Gonum(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int
 // checkDims panics on a programming error (buffer too short); the C library would
 // otherwise read or write out of bounds.
 func checkDims(transA, transB bool, m, n, k, la, lda, lb, ldb, lc, ldc int) {
-	ar, ac := m, k
-	if transA {
-		ar, ac = k, m
-	}
-	br, bc := k, n
-	if transB {
-		br, bc = n, k
-	}
+	ar, ac := stored(transA, m, k)
+	br, bc := stored(transB, k, n)
 	need := func(rows, cols, ld, have int, what string) {
 		if ld < cols || ld < 1 {
 			panic(fmt.Sprintf("blas: %s stride %d < %d columns", what, ld, cols))
@@ -254,6 +248,15 @@ func checkDims(transA, transB bool, m, n, k, la, lda, lb, ldb, lc, ldc int) {
 	need(ar, ac, lda, la, "A")
 	need(br, bc, ldb, lb, "B")
 	need(m, n, ldc, lc, "C")
+}
+
+// stored returns the shape in memory of an operand used as a rows×cols matrix,
+// transposed or not.
+func stored(trans bool, rows, cols int) (int, int) {
+	if trans {
+		return cols, rows
+	}
+	return rows, cols
 }
 
 type gonumBackend struct{}

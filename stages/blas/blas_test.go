@@ -1,6 +1,7 @@
 package blas
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -9,29 +10,69 @@ import (
 
 // naive computes the product in float64 as the reference.
 func naive(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) []float64 {
+	elem := func(x []float32, ld int, trans bool, i, j int) float64 {
+		if trans {
+			i, j = j, i
+		}
+		return float64(x[i*ld+j])
+	}
 	out := make([]float64, m*n)
 	for i := 0; i < m; i++ {
 		for j := 0; j < n; j++ {
 			var s float64
 			for l := 0; l < k; l++ {
-				var av, bv float32
-				if transA {
-					av = a[l*lda+i]
-				} else {
-					av = a[i*lda+l]
-				}
-				if transB {
-					bv = b[j*ldb+l]
-				} else {
-					bv = b[l*ldb+j]
-				}
-				s += float64(av) * float64(bv)
+				s += elem(a, lda, transA, i, l) * elem(b, ldb, transB, l, j)
 			}
 			out[i*n+j] = float64(alpha)*s + float64(beta)*float64(c[i*ldc+j])
 		}
 	}
 	return out
 }
+
+// product is a random problem C = α·op(A)·op(B) + β·C of shape m×n×k, each
+// matrix stored with a row stride wider than it.
+type product struct {
+	ta, tb        bool
+	m, n, k       int
+	a, b, c       []float32
+	lda, ldb, ldc int
+}
+
+// randProduct draws a product whose row strides exceed the stored widths of A,
+// B and C by pad.
+func randProduct(r *rand.Rand, ta, tb bool, m, n, k int, pad [3]int) product {
+	ar, ac := stored(ta, m, k)
+	br, bc := stored(tb, k, n)
+	p := product{ta: ta, tb: tb, m: m, n: n, k: k, lda: ac + pad[0], ldb: bc + pad[1], ldc: n + pad[2]}
+	p.a, p.b = randSlice(r, (ar-1)*p.lda+ac), randSlice(r, (br-1)*p.ldb+bc)
+	p.c = randSlice(r, (m-1)*p.ldc+n)
+	return p
+}
+
+// run computes the product with sgemm into a copy of C and checks it against
+// the float64 product and that the padding between C's rows is untouched.
+func (p product) run(t *testing.T, what string, alpha, beta float32, sgemm func(bool, bool, int, int, int, float32, []float32, int, []float32, int, float32, []float32, int)) {
+	t.Helper()
+	want := naive(p.ta, p.tb, p.m, p.n, p.k, alpha, p.a, p.lda, p.b, p.ldb, beta, p.c, p.ldc)
+	c := append([]float32(nil), p.c...)
+	sgemm(p.ta, p.tb, p.m, p.n, p.k, alpha, p.a, p.lda, p.b, p.ldb, beta, c, p.ldc)
+	for i := 0; i < p.m; i++ {
+		for j := 0; j < p.ldc && i*p.ldc+j < len(c); j++ {
+			got := float64(c[i*p.ldc+j])
+			if j >= p.n {
+				if c[i*p.ldc+j] != p.c[i*p.ldc+j] {
+					t.Fatalf("%s wrote padding at row %d col %d", what, i, j)
+				}
+				continue
+			}
+			if w := want[i*p.n+j]; math.Abs(got-w) > 1e-5*math.Sqrt(float64(p.k))*(1+math.Abs(w)) {
+				t.Fatalf("%s %dx%dx%d ta=%v tb=%v: C[%d,%d] = %g, want %g", what, p.m, p.n, p.k, p.ta, p.tb, i, j, got, w)
+			}
+		}
+	}
+}
+
+var transposes = [][2]bool{{false, false}, {false, true}, {true, false}, {true, true}}
 
 func randSlice(r *rand.Rand, n int) []float32 {
 	s := make([]float32, n)
@@ -44,51 +85,18 @@ func randSlice(r *rand.Rand, n int) []float32 {
 // TestBackendsAgree checks both backends against a float64 product for every
 // transpose combination, with row strides wider than the matrices.
 func TestBackendsAgree(t *testing.T) {
-	ob, err := loadOpenBLAS()
-	if err != nil {
+	backends := []backend{gonumBackend{}}
+	if ob, err := loadOpenBLAS(); err != nil {
 		t.Logf("OpenBLAS not available (%v): checking gonum only", err)
+	} else {
+		backends = append(backends, ob)
 	}
 	r := rand.New(rand.NewPCG(1, 2))
 	for _, sh := range [][3]int{{1, 1, 1}, {7, 5, 3}, {33, 65, 17}, {128, 96, 200}} {
-		m, n, k := sh[0], sh[1], sh[2]
-		for _, ta := range []bool{false, true} {
-			for _, tb := range []bool{false, true} {
-				ar, ac := m, k
-				if ta {
-					ar, ac = k, m
-				}
-				br, bc := k, n
-				if tb {
-					br, bc = n, k
-				}
-				lda, ldb, ldc := ac+3, bc+1, n+2
-				a, b := randSlice(r, (ar-1)*lda+ac), randSlice(r, (br-1)*ldb+bc)
-				c0 := randSlice(r, (m-1)*ldc+n)
-				want := naive(ta, tb, m, n, k, 0.7, a, lda, b, ldb, 0.3, c0, ldc)
-				backends := []backend{gonumBackend{}}
-				if ob != nil {
-					backends = append(backends, ob)
-				}
-				for _, be := range backends {
-					c := append([]float32(nil), c0...)
-					be.sgemm(ta, tb, m, n, k, 0.7, a, lda, b, ldb, 0.3, c, ldc)
-					for i := 0; i < m; i++ {
-						for j := 0; j < n; j++ {
-							got, w := float64(c[i*ldc+j]), want[i*n+j]
-							if math.Abs(got-w) > 1e-5*math.Sqrt(float64(k))*(1+math.Abs(w)) {
-								t.Fatalf("%s %v: ta=%v tb=%v C[%d,%d] = %g, want %g", be.name(), sh, ta, tb, i, j, got, w)
-							}
-						}
-						// Padding between rows must be untouched.
-						if i < m-1 {
-							for j := n; j < ldc; j++ {
-								if c[i*ldc+j] != c0[i*ldc+j] {
-									t.Fatalf("%s wrote padding at row %d col %d", be.name(), i, j)
-								}
-							}
-						}
-					}
-				}
+		for _, tr := range transposes {
+			p := randProduct(r, tr[0], tr[1], sh[0], sh[1], sh[2], [3]int{3, 1, 2})
+			for _, be := range backends {
+				p.run(t, be.name(), 0.7, 0.3, be.sgemm)
 			}
 		}
 	}
@@ -155,30 +163,9 @@ func TestSplitProducts(t *testing.T) {
 			if m*n*k < splitFlops || blocks(max(m, n)) < 2 {
 				t.Fatalf("shape %v too small to split", sh)
 			}
-			for _, ta := range []bool{false, true} {
-				for _, tb := range []bool{false, true} {
-					ar, ac := m, k
-					if ta {
-						ar, ac = k, m
-					}
-					br, bc := k, n
-					if tb {
-						br, bc = n, k
-					}
-					lda, ldb, ldc := ac+1, bc+2, n+3
-					a, b := randSlice(r, (ar-1)*lda+ac), randSlice(r, (br-1)*ldb+bc)
-					c := randSlice(r, (m-1)*ldc+n)
-					want := naive(ta, tb, m, n, k, 1.5, a, lda, b, ldb, 0.5, c, ldc)
-					Sgemm(ta, tb, m, n, k, 1.5, a, lda, b, ldb, 0.5, c, ldc)
-					for i := 0; i < m; i++ {
-						for j := 0; j < n; j++ {
-							got, wv := float64(c[i*ldc+j]), want[i*n+j]
-							if math.Abs(got-wv) > 1e-5*math.Sqrt(float64(k))*(1+math.Abs(wv)) {
-								t.Fatalf("threads %d %v ta=%v tb=%v: C[%d,%d] = %g, want %g", w, sh, ta, tb, i, j, got, wv)
-							}
-						}
-					}
-				}
+			for _, tr := range transposes {
+				p := randProduct(r, tr[0], tr[1], m, n, k, [3]int{1, 2, 3})
+				p.run(t, fmt.Sprintf("threads %d", w), 1.5, 0.5, Sgemm)
 			}
 		}
 	}

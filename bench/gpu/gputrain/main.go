@@ -1,7 +1,7 @@
 // Command gputrain trains a GPT on one GPU with swarmnode's CUDA backend, split
 // into pipeline stages exactly as a swarm splits it: each stage is a cuda.Stage
-// whose parameters start as the CPU stages package's (copied over as flat
-// vectors, which also checks that the two layouts agree), activations and their
+// whose parameters start from package model's initialisation, as every stage's
+// do on the CPU or a GPU, activations and their
 // gradients pass between stages through int8 blockwise compression (the wire
 // codec, applied on the GPU), and every stage takes its own AdamW step. It prints
 // the loss as it falls and the tokens/s.
@@ -20,7 +20,7 @@ import (
 	"swarmnode/config"
 	"swarmnode/cuda"
 	"swarmnode/data"
-	"swarmnode/stages"
+	"swarmnode/model"
 )
 
 func main() {
@@ -72,26 +72,22 @@ func run(cfgPath string, steps int, codec, precName string, summaryPath string) 
 	fmt.Printf("device %s; model d=%d heads=%d layers=%d T=%d vocab=%d; stages %v; microbatch %d x %d, %d per step; %s, %s between stages\n",
 		info.Name, m.DModel, m.NHead, m.NLayer, m.SeqLen, m.Vocab, cfg.Stages, B, T, accum, precName, codec)
 
-	// Stage k holds blocks [first, first+cfg.Stages[k]); its initial parameters are
-	// the CPU stage's, copied as a flat vector.
-	smc := stages.ModelConfig{Vocab: m.Vocab, DModel: m.DModel, NHead: m.NHead, NLayer: m.NLayer, SeqLen: m.SeqLen}
+	// Stage k holds the part of the model a swarm's stage k holds, initialised as
+	// a swarm initialises it.
 	var runs []stageRun
-	first := 0
-	for k, n := range cfg.Stages {
-		cpu, err := stages.New(smc, cfg.Stages, k, cfg.Train.Seed)
+	for k := range cfg.Stages {
+		part, err := model.Split(m, cfg.Stages, k)
 		if err != nil {
 			return err
 		}
-		g, err := cuda.NewStage(d, cuda.StageConfig{Model: cuda.ModelConfig(m), First: first, Blocks: n,
-			IsFirst: k == 0, IsLast: k == len(cfg.Stages)-1, Precision: prec})
+		g, err := cuda.NewStage(d, cuda.StageConfig{Model: m, Part: part, Precision: prec})
 		if err != nil {
 			return err
 		}
 		defer g.Close()
-		if err := sameLayout(cpu.Views(), g.Views()); err != nil {
-			return fmt.Errorf("stage %d: %w", k, err)
-		}
-		if err := g.SetParams(cpu.Params()); err != nil {
+		params := make([]float32, g.NumParams())
+		g.Layout().Init(params, cfg.Train.Seed)
+		if err := g.SetParams(params); err != nil {
 			return err
 		}
 		p, err := g.NewPass(B, T)
@@ -99,7 +95,6 @@ func run(cfgPath string, steps int, codec, precName string, summaryPath string) 
 			return err
 		}
 		runs = append(runs, stageRun{s: g, pass: p})
-		first += n
 	}
 	var wire, grad cuda.Buf
 	const bs = 64
@@ -125,9 +120,8 @@ func run(cfgPath string, steps int, codec, precName string, summaryPath string) 
 		}
 		return c.DequantizeInt8Wire(dst, wire, bs)
 	}
-	opt := cuda.OptimConfig{LR: float32(cfg.Train.LR), MinLR: float32(cfg.Train.MinLR), Warmup: cfg.Train.Warmup, Steps: steps,
-		WeightDecay: float32(cfg.Train.WeightDecay), Beta1: float32(cfg.Train.Beta1), Beta2: float32(cfg.Train.Beta2),
-		Eps: float32(cfg.Train.Eps), Clip: float32(cfg.Train.Clip)}
+	opt := cfg.Train.Optim
+	opt.Steps = steps
 	rng := data.NewRNG(cfg.Train.Seed, 0)
 	last := len(runs) - 1
 	// microbatch runs one microbatch forward (and backward when train is set) through all stages.
@@ -237,20 +231,6 @@ func run(cfgPath string, steps int, codec, precName string, summaryPath string) 
 	}
 	if !(lastLoss < firstLoss-1) {
 		return fmt.Errorf("the loss did not fall: %.3f -> %.3f", firstLoss, lastLoss)
-	}
-	return nil
-}
-
-// sameLayout checks that the GPU stage lays its parameters out as the CPU stage does.
-func sameLayout(cpu []stages.View, gpu []cuda.View) error {
-	if len(cpu) != len(gpu) {
-		return fmt.Errorf("%d CPU tensors, %d GPU tensors", len(cpu), len(gpu))
-	}
-	for i := range cpu {
-		a, b := cpu[i], gpu[i]
-		if a.Name != b.Name || a.Offset != b.Offset || a.Len != b.Len || a.Decay != b.Decay || fmt.Sprint(a.Shape) != fmt.Sprint(b.Shape) {
-			return fmt.Errorf("tensor %d: CPU %+v, GPU %+v", i, a, b)
-		}
 	}
 	return nil
 }

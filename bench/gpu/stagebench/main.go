@@ -15,6 +15,7 @@ import (
 	"sort"
 
 	"swarmnode/cuda"
+	"swarmnode/model"
 )
 
 type result struct {
@@ -57,29 +58,20 @@ func run(C, NH, L, T, B int, precName string, iters, warm int, dump string) erro
 	defer d.Close()
 	info := d.Info()
 	fmt.Fprintf(os.Stderr, "device %s (cc %d.%d, %d SMs), cuBLAS %d, NVRTC %d.%d\n", info.Name, info.CCMajor, info.CCMinor, info.SMs, info.CUBLAS, info.NVRTC[0], info.NVRTC[1])
-	model := cuda.ModelConfig{Vocab: 50257, DModel: C, NHead: NH, NLayer: 12, SeqLen: T}
-	s, err := cuda.NewStage(d, cuda.StageConfig{Model: model, First: 0, Blocks: L, Precision: p})
+	// A middle stage of a GPT-2-sized model: blocks only, no embeddings or head.
+	cfg := model.Config{Vocab: 50257, DModel: C, NHead: NH, NLayer: 12, SeqLen: T}
+	part := model.Part{Index: 1, Count: 3, First: 0, Blocks: L}
+	s, err := cuda.NewStage(d, cuda.StageConfig{Model: cfg, Part: part, Precision: p})
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	r := rand.New(rand.NewSource(1))
 	params := make([]float32, s.NumParams())
-	for _, v := range s.Views() {
-		for i := v.Offset; i < v.Offset+v.Len; i++ {
-			switch {
-			case v.Decay:
-				params[i] = float32(0.02 * r.NormFloat64())
-			case len(v.Name) > 6 && v.Name[len(v.Name)-6:] == "weight":
-				params[i] = float32(1 + 0.02*r.NormFloat64())
-			default:
-				params[i] = float32(0.02 * r.NormFloat64())
-			}
-		}
-	}
+	s.Layout().Init(params, 1)
 	if err := s.SetParams(params); err != nil {
 		return err
 	}
+	r := rand.New(rand.NewSource(1))
 	N := B * T
 	x, dout := make([]float32, N*C), make([]float32, N*C)
 	for i := range x {
@@ -124,18 +116,7 @@ func run(C, NH, L, T, B int, precName string, iters, warm int, dump string) erro
 			}
 			ms := make([]float64, iters)
 			for i := range ms {
-				e0, err := c.Record()
-				if err != nil {
-					return err
-				}
-				if err := fn(); err != nil {
-					return err
-				}
-				e1, err := c.Record()
-				if err != nil {
-					return err
-				}
-				t, err := c.Elapsed(e0, e1)
+				t, err := c.Time(fn)
 				if err != nil {
 					return err
 				}
@@ -272,7 +253,7 @@ func run(C, NH, L, T, B int, precName string, iters, warm int, dump string) erro
 // dumpRun runs one forward+backward in float32 and writes everything PyTorch needs
 // to check the stage (bench/gpu/check_torch.py).
 func dumpRun(s *cuda.Stage, params, x, dout []float32, B, T int, dir string) error {
-	pass, err := s.Forward(cuda.Input{B: B, T: T, X: x})
+	pass, err := s.Forward(model.Input{B: B, T: T, X: x})
 	if err != nil {
 		return err
 	}
@@ -297,8 +278,7 @@ func dumpRun(s *cuda.Stage, params, x, dout []float32, B, T int, dir string) err
 			return err
 		}
 	}
-	views := s.Views()
-	meta := map[string]any{"B": B, "T": T, "C": s.Config().Model.DModel, "NH": s.Config().Model.NHead, "views": views}
+	meta := map[string]any{"B": B, "T": T, "C": s.Config().Model.DModel, "NH": s.Config().Model.NHead, "views": s.Layout().Views}
 	mb, _ := json.Marshal(meta)
 	return os.WriteFile(filepath.Join(dir, "meta.json"), mb, 0o644)
 }

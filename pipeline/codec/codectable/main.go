@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"swarmnode/data"
+	"swarmnode/model"
 	"swarmnode/pipeline/codec"
 	"swarmnode/stages"
 )
@@ -54,7 +55,7 @@ func fromModel(path string) (act, grad []float32, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg := stages.ModelConfig{Vocab: 256, DModel: 256, NHead: 4, NLayer: 4, SeqLen: 128}
+	cfg := model.Config{Vocab: 256, DModel: 256, NHead: 4, NLayer: 4, SeqLen: 128}
 	chain, err := stages.NewChain(cfg, []int{2, 2}, 1)
 	if err != nil {
 		return nil, nil, err
@@ -62,12 +63,12 @@ func fromModel(path string) (act, grad []float32, err error) {
 	B, T := 8, 128
 	tok, tgt := c.Batch(data.Train, B, T, data.NewRNG(1, 0))
 	s0, s1 := chain.Stages()[0], chain.Stages()[1]
-	p0, err := s0.Forward(stages.Input{B: B, T: T, Tokens: tok})
+	p0, err := s0.Forward(model.Input{B: B, T: T, Tokens: tok})
 	if err != nil {
 		return nil, nil, err
 	}
 	defer p0.Release()
-	p1, err := s1.Forward(stages.Input{B: B, T: T, X: p0.Out, Targets: tgt})
+	p1, err := s1.Forward(model.Input{B: B, T: T, X: p0.Out, Targets: tgt})
 	if err != nil {
 		return nil, nil, err
 	}
