@@ -16,7 +16,9 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// Config is a whole run config. Each section lives in a file of its own.
+// Config is a whole run config. Each section's type, defaults and validation
+// live in the file of its topic: model.go, train.go (data and train), node.go,
+// wire.go (compression and pipeline) and averaging.go.
 type Config struct {
 	// Run is the run id: peers of one swarm share it; it prefixes every protocol id.
 	Run string `yaml:"run"`
@@ -95,8 +97,22 @@ func Parse(raw []byte) (Config, error) {
 	return cfg, nil
 }
 
-// Validate checks every section and the relations between them.
+// Validate checks every section and the relations between them, and returns
+// the first error: a FieldError naming the field.
 func (c *Config) Validate() error {
+	for _, check := range []func() error{
+		c.validateRun, c.Model.validate, c.validateStages, c.Data.validate, c.Train.validate,
+		func() error { return c.Node.validate(len(c.Stages)) },
+		c.Compression.validate, c.Pipeline.validate, c.Averaging.validate, c.validateDevice,
+	} {
+		if err := check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Config) validateRun() error {
 	if c.Run == "" {
 		return fieldErr("run", "must not be empty")
 	}
@@ -105,9 +121,11 @@ func (c *Config) Validate() error {
 			return fieldErr("run", "%q: use letters, digits, '-', '_' or '.' (it becomes part of protocol ids)", c.Run)
 		}
 	}
-	if err := c.Model.validate(); err != nil {
-		return err
-	}
+	return nil
+}
+
+// validateStages checks that the stages split the model's layers.
+func (c *Config) validateStages() error {
 	if len(c.Stages) == 0 {
 		return fieldErr("stages", "needs at least one stage")
 	}
@@ -121,28 +139,13 @@ func (c *Config) Validate() error {
 	if sum != c.Model.NLayer {
 		return fieldErr("stages", "layers per stage %v sum to %d, but model.n_layer is %d", c.Stages, sum, c.Model.NLayer)
 	}
-	if err := c.Data.validate(); err != nil {
-		return err
-	}
-	if err := c.Train.validate(); err != nil {
-		return err
-	}
-	if err := c.Node.validate(); err != nil {
-		return err
-	}
-	if err := c.Compression.validate(); err != nil {
-		return err
-	}
-	if err := c.Pipeline.validate(); err != nil {
-		return err
-	}
-	if err := c.Averaging.validate(); err != nil {
-		return err
-	}
+	return nil
+}
+
+func (c *Config) validateDevice() error {
 	switch c.Device {
 	case "cpu", "cuda", "auto":
-	default:
-		return fieldErr("device", "%q: want cpu, cuda or auto", c.Device)
+		return nil
 	}
-	return nil
+	return fieldErr("device", "%q: want cpu, cuda or auto", c.Device)
 }

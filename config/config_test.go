@@ -80,34 +80,40 @@ func TestWrongTypeIsAnError(t *testing.T) {
 
 func TestValidationNamesField(t *testing.T) {
 	cases := map[string]string{
-		"stages: [1, 1]\n":                     "stages",
-		"model:\n  n_head: 5\n":                "model.n_head",
-		"train:\n  batch: 12\n":                "train.batch",
-		"node:\n  role: boss\n":                "node.role",
-		"compression:\n  activations: fp8\n":   "compression.activations",
-		"averaging:\n  group_size: 1\n":        "averaging.group_size",
-		"pipeline:\n  rebalance_ratio: 2\n":    "pipeline.rebalance_ratio",
-		"run: \"a/b\"\n":                       "run",
-		"device: tpu\n":                        "device",
-		"data:\n  val_fraction: 1.5\n":         "data.val_fraction",
-		"train:\n  lr: 0\n":                    "train.lr",
-		"stages: [2, -1, 3]\n":                 "stages[1]",
-		"compression:\n  zstd: maybe\n":        "compression.zstd",
-		"node:\n  gossip_every: 0s\n":          "node.gossip_every",
-		"train:\n  min_lr: 1\n":                "train.min_lr",
-		"model:\n  vocab: 1\n":                 "model.vocab",
-		"averaging:\n  codec: zip\n":           "averaging.codec",
-		"pipeline:\n  max_frame_bytes: 10\n":   "pipeline.max_frame_bytes",
-		"train:\n  eval_every: 0\n":            "train.eval_every",
-		"model:\n  seq_len: 0\n":               "model.seq_len",
-		"compression:\n  block_size: 0\n":      "compression.block_size",
-		"pipeline:\n  hop_timeout: -1s\n":      "pipeline.hop_timeout",
-		"train:\n  beta2: 1\n":                 "train.beta2",
-		"node:\n  record_ttl: 10ms\n":          "node.record_ttl",
-		"averaging:\n  deadline: 0s\n":         "averaging.deadline",
-		"train:\n  clip: -1\n":                 "train.clip",
-		"pipeline:\n  in_flight: 0\n":          "pipeline.in_flight",
-		"compression:\n  gradients: float16\n": "compression.gradients",
+		"stages: [1, 1]\n":                             "stages",
+		"model:\n  n_head: 5\n":                        "model.n_head",
+		"train:\n  batch: 12\n":                        "train.batch",
+		"node:\n  role: boss\n":                        "node.role",
+		"compression:\n  activations: fp8\n":           "compression.activations",
+		"averaging:\n  group_size: 1\n":                "averaging.group_size",
+		"pipeline:\n  rebalance_ratio: 2\n":            "pipeline.rebalance_ratio",
+		"run: \"a/b\"\n":                               "run",
+		"device: tpu\n":                                "device",
+		"data:\n  val_fraction: 1.5\n":                 "data.val_fraction",
+		"train:\n  lr: 0\n":                            "train.lr",
+		"stages: [2, -1, 3]\n":                         "stages[1]",
+		"compression:\n  zstd: maybe\n":                "compression.zstd",
+		"node:\n  gossip_every: 0s\n":                  "node.gossip_every",
+		"train:\n  min_lr: 1\n":                        "train.min_lr",
+		"model:\n  vocab: 1\n":                         "model.vocab",
+		"averaging:\n  codec: zip\n":                   "averaging.codec",
+		"pipeline:\n  max_frame_bytes: 10\n":           "pipeline.max_frame_bytes",
+		"train:\n  eval_every: 0\n":                    "train.eval_every",
+		"model:\n  seq_len: 0\n":                       "model.seq_len",
+		"compression:\n  block_size: 0\n":              "compression.block_size",
+		"pipeline:\n  hop_timeout: -1s\n":              "pipeline.hop_timeout",
+		"train:\n  beta2: 1\n":                         "train.beta2",
+		"node:\n  record_ttl: 10ms\n":                  "node.record_ttl",
+		"averaging:\n  deadline: 0s\n":                 "averaging.deadline",
+		"train:\n  clip: -1\n":                         "train.clip",
+		"pipeline:\n  in_flight: 0\n":                  "pipeline.in_flight",
+		"compression:\n  gradients: float16\n":         "compression.gradients",
+		"node:\n  stage: \"2\"\n":                      "node.stage",
+		"node:\n  stage: first\n":                      "node.stage",
+		"node:\n  listen: []\n":                        "node.listen",
+		"node:\n  listen: [/ip4/1.2.3]\n":              "node.listen[0]",
+		"node:\n  bootstrap: [/ip4/127.0.0.1/tcp/1]\n": "node.bootstrap[0]",
+		"node:\n  status: \"7070\"\n":                  "node.status",
 	}
 	for in, field := range cases {
 		_, err := Parse([]byte(in))
@@ -118,6 +124,18 @@ func TestValidationNamesField(t *testing.T) {
 		}
 		if fe.Field != field {
 			t.Errorf("%q: error names %q, want %q (%v)", in, fe.Field, field, err)
+		}
+	}
+}
+
+func TestStageIndex(t *testing.T) {
+	for in, want := range map[string]int{"stages: [1, 1, 2]\nmodel: {n_layer: 4}\nnode: {stage: \"2\"}\n": 2, "": -1} {
+		cfg, err := Parse([]byte(in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cfg.Node.StageIndex(); got != want {
+			t.Errorf("%q: StageIndex %d, want %d", in, got, want)
 		}
 	}
 }

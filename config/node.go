@@ -1,6 +1,14 @@
 package config
 
-import "time"
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	ma "github.com/multiformats/go-multiaddr"
+)
 
 // Node holds the libp2p peer settings of `swarmnode run`; flags override them.
 type Node struct {
@@ -47,7 +55,18 @@ func DefaultNode() Node {
 	}
 }
 
-func (n Node) validate() error {
+// StageIndex is node.stage as a stage number, -1 for auto. It is meant for a
+// validated config, where node.stage is auto or a stage of the run.
+func (n Node) StageIndex() int {
+	k, err := strconv.Atoi(n.Stage)
+	if err != nil {
+		return -1
+	}
+	return k
+}
+
+// validate checks the node section; numStages bounds node.stage.
+func (n Node) validate(numStages int) error {
 	switch n.Role {
 	case "server", "trainer", "both":
 	default:
@@ -66,6 +85,43 @@ func (n Node) validate() error {
 	}
 	if n.GossipEvery <= 0 {
 		return fieldErr("node.gossip_every", "must be positive, got %s", n.GossipEvery)
+	}
+	if n.Stage != "auto" {
+		if k, err := strconv.Atoi(n.Stage); err != nil || k < 0 || k >= numStages {
+			return fieldErr("node.stage", "%q: want auto or a stage number in [0, %d)", n.Stage, numStages)
+		}
+	}
+	if err := validAddrs("node.listen", n.Listen, false); err != nil {
+		return err
+	}
+	if len(n.Listen) == 0 {
+		return fieldErr("node.listen", "needs at least one address")
+	}
+	if err := validAddrs("node.bootstrap", n.Bootstrap, true); err != nil {
+		return err
+	}
+	if n.Status != "off" {
+		if _, _, err := net.SplitHostPort(n.Status); err != nil {
+			return fieldErr("node.status", "%q: want HOST:PORT or off", n.Status)
+		}
+	}
+	return nil
+}
+
+// validAddrs checks that every entry of a list field parses as a multiaddr and,
+// with withPeer, names the peer to dial (a bootstrap peer must end in
+// /p2p/<peer-id>: a libp2p dial authenticates the peer it expects).
+func validAddrs(field string, addrs []string, withPeer bool) error {
+	for i, s := range addrs {
+		a, err := ma.NewMultiaddr(s)
+		if err == nil && withPeer {
+			if _, perr := a.ValueForProtocol(ma.P_P2P); perr != nil {
+				err = errors.New("no /p2p/<peer-id> part")
+			}
+		}
+		if err != nil {
+			return fieldErr(fmt.Sprintf("%s[%d]", field, i), "%q: %v", s, err)
+		}
 	}
 	return nil
 }
