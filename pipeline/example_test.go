@@ -3,23 +3,21 @@ package pipeline_test
 import (
 	"context"
 	"log/slog"
-	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
 
 	"swarmnode/config"
 	"swarmnode/data"
-	"swarmnode/dht"
 	"swarmnode/pipeline"
 	"swarmnode/stages"
 )
 
 // serveAndTrain is how a node composes the pipeline: a stage server for stage k
-// that gossips its load and steps its optimizer, and a trainer.
-func serveAndTrain(ctx context.Context, cfg config.Config, h host.Host, svc *dht.Service,
+// and a trainer, both finding the holders of every stage through router. A
+// swarm node routes through the run's DHT and gossips each server's Load to
+// the run; see package swarm.
+func serveAndTrain(ctx context.Context, cfg config.Config, h host.Host, router pipeline.Router,
 	k int, model stages.ModelConfig, optim stages.OptimConfig, log *slog.Logger) (pipeline.Summary, error) {
-	router := pipeline.DHTRouter(svc)
-
 	st, err := stages.New(model, cfg.Stages, k, cfg.Train.Seed)
 	if err != nil {
 		return pipeline.Summary{}, err
@@ -31,24 +29,12 @@ func serveAndTrain(ctx context.Context, cfg config.Config, h host.Host, svc *dht
 		return pipeline.Summary{}, err
 	}
 	defer srv.Close()
-	go func() {
-		t := time.NewTicker(cfg.Node.GossipEvery)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				svc.SetLoad(srv.Load())
-			}
-		}
-	}()
 
 	corpus, err := data.Load(cfg.Data.Path, cfg.Data.ValFraction)
 	if err != nil {
 		return pipeline.Summary{}, err
 	}
-	opts := pipeline.TrainerOptionsFrom(cfg, 0, log)
+	opts := pipeline.TrainerOptionsFrom(cfg, log)
 	opts.OnStep = func(r pipeline.StepReport) { log.Info("step", "step", r.Step, "loss", r.Loss) }
 	tr, err := pipeline.NewTrainer(h, router, corpus, opts)
 	if err != nil {

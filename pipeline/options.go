@@ -24,15 +24,10 @@ func ServerOptionsFrom(cfg config.Config, log *slog.Logger) ServerOptions {
 	}
 }
 
-// TrainerOptionsFrom takes a trainer's settings from a run config; steps, when
-// positive, overrides train.steps (the --steps flag).
-func TrainerOptionsFrom(cfg config.Config, steps int, log *slog.Logger) TrainerOptions {
-	t := cfg.Train
-	if steps > 0 {
-		t.Steps = steps
-	}
+// TrainerOptionsFrom takes a trainer's settings from a run config.
+func TrainerOptionsFrom(cfg config.Config, log *slog.Logger) TrainerOptions {
 	return TrainerOptions{
-		Run: cfg.Run, Model: cfg.Model, Stages: len(cfg.Stages), Train: t,
+		Run: cfg.Run, Model: cfg.Model, Stages: len(cfg.Stages), Train: cfg.Train,
 		Pipeline: cfg.Pipeline, Logger: log,
 	}
 }

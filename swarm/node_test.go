@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"swarmnode/averaging"
 	"swarmnode/dht"
+	"swarmnode/pipeline"
 )
 
 func testOptions(t testing.TB, stage int) Options {
@@ -35,7 +37,8 @@ func startTestNode(t testing.TB, o Options) *Node {
 	return n
 }
 
-func getJSON(t testing.TB, url string, v any) {
+// get fetches url and fails the test unless it answers 200.
+func get(t testing.TB, url string) []byte {
 	t.Helper()
 	c := http.Client{Timeout: 2 * time.Second}
 	resp, err := c.Get(url)
@@ -43,10 +46,18 @@ func getJSON(t testing.TB, url string, v any) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET %s: %s", url, resp.Status)
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %s %v", url, resp.Status, err)
 	}
-	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+	return body
+}
+
+func getBody(t testing.TB, url string) string { return string(get(t, url)) }
+
+func getJSON(t testing.TB, url string, v any) {
+	t.Helper()
+	if err := json.Unmarshal(get(t, url), v); err != nil {
 		t.Fatalf("GET %s: %v", url, err)
 	}
 }
@@ -113,20 +124,32 @@ func TestIdentityRefusesReadableKey(t *testing.T) {
 	}
 }
 
+// TestNodesStatusAPI starts two nodes, fills one's status the way the roles
+// do, and reads it back through /api/status, /metrics and the page.
 func TestNodesStatusAPI(t *testing.T) {
 	a := startTestNode(t, testOptions(t, 0))
 	ob := testOptions(t, 2)
 	ob.Bootstrap = []string{a.Addrs()[0].String()}
 	b := startTestNode(t, ob)
-	b.Status().SetTraining(42, 2.5, 1234)
-	b.Status().AddHistory(HistoryPoint{Step: 10, Loss: 3.0})
-	b.Status().AddHistory(HistoryPoint{Step: 42, Loss: 2.5, ValLoss: 2.7})
-	b.Status().IncMicrobatch(MicrobatchCompleted)
-	b.Status().IncMicrobatch(MicrobatchRetried)
-	b.Status().AveragingRound(3, 120*time.Millisecond)
-	b.Status().IncError("dial")
-	b.Status().SetTraining(43, nanLoss(), 1)
+	st := b.Status()
+	st.SetTraining(42, 2.5, 1234)
+	st.AddHistory(HistoryPoint{Step: 10, Loss: 3.0})
+	st.AddHistory(HistoryPoint{Step: 42, Loss: 2.5, ValLoss: 2.7})
+	st.setServer(pipeline.ServerStats{Served: 1})
+	st.setTrainer(pipeline.TrainerStats{Retried: 1})
+	st.setAveragingStats(averaging.Stats{Rounds: 1, LastGroupSize: 3, LastRoundMS: 120})
+	st.IncError("dial")
+	st.SetTraining(43, nanLoss(), 1)
 
+	checkStatusReport(t, a, b)
+	checkStatusFieldNames(t, a)
+	checkMetrics(t, b)
+	checkStatusPage(t, a, b)
+}
+
+// checkStatusReport checks b's /api/status once it lists a as the holder of stage 0.
+func checkStatusReport(t *testing.T, a, b *Node) {
+	t.Helper()
 	var r Report
 	waitFor(t, 3*time.Second, func() error {
 		r = Report{}
@@ -157,45 +180,37 @@ func TestNodesStatusAPI(t *testing.T) {
 			t.Fatalf("addr %q lacks /p2p/<id>", a)
 		}
 	}
+}
 
-	// The raw JSON keeps the field names the issue lists, zero values included.
-	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get(a.StatusURL() + "api/status")
-	if err != nil {
-		t.Fatal(err)
-	}
+// checkStatusFieldNames checks that the raw JSON keeps the field names the
+// issue lists, zero values included.
+func checkStatusFieldNames(t *testing.T, n *Node) {
+	t.Helper()
 	var raw map[string]any
-	if err := json.NewDecoder(resp.Body).Decode(&raw); err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	getJSON(t, n.StatusURL()+"api/status", &raw)
 	for _, f := range []string{"peer_id", "addrs", "run", "role", "stage", "holders", "step", "loss", "tokens_per_sec", "history", "microbatches", "averaging", "errors", "wire"} {
 		if _, ok := raw[f]; !ok {
 			t.Errorf("/api/status lacks %q", f)
 		}
 	}
+}
 
-	resp, err = c.Get(b.StatusURL() + "metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+func checkMetrics(t *testing.T, n *Node) {
+	t.Helper()
+	body := getBody(t, n.StatusURL()+"metrics")
 	for _, want := range []string{"swarmnode_step 42", `swarmnode_stage_holders{stage="0"} 1`, `swarmnode_microbatches_total{outcome="completed"} 1`, `swarmnode_errors_total{kind="dial"} 1`,
 		`swarmnode_wire_bytes_total{kind="raw"}`, `swarmnode_dht_lookups_total{path="near"}`, `swarmnode_dht_lookups_total{path="fallback"}`} {
-		if !strings.Contains(string(body), want) {
+		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
+}
 
-	resp, err = c.Get(b.StatusURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ = io.ReadAll(resp.Body)
-	resp.Body.Close()
+func checkStatusPage(t *testing.T, a, b *Node) {
+	t.Helper()
+	body := getBody(t, b.StatusURL())
 	for _, want := range []string{b.ID().String(), a.ID().String(), `id="holders"`, "<polyline", `http-equiv="refresh"`} {
-		if !strings.Contains(string(body), want) {
+		if !strings.Contains(body, want) {
 			t.Errorf("page lacks %q", want)
 		}
 	}

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"swarmnode/cuda"
+	"swarmnode/swarm"
 )
 
 // TestDeviceFlag checks --device on `local` and `run`: a bad value is a usage
@@ -45,7 +45,7 @@ train: {microbatch: 2, batch: 2, steps: 2, warmup: 1, eval_every: 2, eval_batche
 			t.Errorf("%s --device tpu: exit %d, want 2 naming the flag:\n%s", c, code, out)
 		}
 	}
-	if cuda.Available() == nil {
+	if swarm.CheckDevice("cuda") == nil {
 		t.Log("a GPU is usable here: the no-GPU cases are not checked")
 	} else {
 		for _, args := range [][]string{
