@@ -146,6 +146,17 @@ func startRun(t *testing.T, bin, cfg string, args ...string) *runProc {
 	return p
 }
 
+// readStatus reads p's /api/status into v.
+func readStatus(p *runProc, v any) error {
+	client := http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Get(p.status + "api/status")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
 type apiStatus struct {
 	PeerID  string `json:"peer_id"`
 	Stage   int    `json:"stage"`
@@ -178,15 +189,9 @@ func TestRunThreeProcessesSeeEachOther(t *testing.T) {
 		startRun(t, bin, cfg, "--bootstrap", tcp, "--stage", "2"),
 	}
 	start := time.Now()
-	client := http.Client{Timeout: 2 * time.Second}
 	seesAll := func(p *runProc) error {
-		resp, err := client.Get(p.status + "api/status")
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
 		var s apiStatus
-		if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
+		if err := readStatus(p, &s); err != nil {
 			return err
 		}
 		listed := map[string]bool{}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -61,97 +60,109 @@ func TestSwarmSurvivesKilledAndStoppedHolders(t *testing.T) {
 	summary := filepath.Join(dir, "summary.json")
 	trainer := startRun(t, bin, cfg, "--bootstrap", bootAddr, "--role", "trainer", "--summary", summary)
 
-	client := http.Client{Timeout: time.Second}
-	poll := func() (trainerStatus, bool) {
-		var s trainerStatus
-		resp, err := client.Get(trainer.status + "api/status")
-		if err != nil {
-			return s, false
-		}
-		defer resp.Body.Close()
-		return s, json.NewDecoder(resp.Body).Decode(&s) == nil
+	f := &faults{kill: holders["1b"], stop: holders["2b"]}
+	f.watch(t, trainer)
+	if trainer.err != nil {
+		t.Fatalf("trainer exited with %v\n%s", trainer.err, trainer.stderr)
 	}
+	if !f.killed || !f.stopped {
+		t.Fatalf("the run ended before the faults were injected (killed %v, stopped %v)", f.killed, f.stopped)
+	}
+	checkSummarySteps(t, summary, 240, trainer)
+	t.Logf("longest pause in completed microbatches after the kill: %s; val losses %v", f.maxPause.Round(time.Millisecond), f.history)
+	// The frozen holder's calls time out after pipeline.hop_timeout (3 s); the
+	// issue allows 5 s without progress.
+	if f.maxPause > 5*time.Second {
+		t.Errorf("completed microbatches paused for %s", f.maxPause)
+	}
+	if len(f.history) < 4 || f.history[len(f.history)-1] >= f.history[0] {
+		t.Errorf("val loss did not keep falling: %v", f.history)
+	}
+	if !strings.Contains(trainer.stderr.String(), "training finished") {
+		t.Errorf("trainer log lacks its final line:\n%s", trainer.stderr)
+	}
+}
 
-	var (
-		lastCompleted int
-		lastProgress  = time.Now()
-		maxPause      time.Duration
-		killed        bool
-		stopped       bool
-		history       []float64
-	)
+// faults injects the test's faults as training goes and records how the
+// trainer's progress went: kill is killed at step 60, stop frozen at step 120.
+type faults struct {
+	kill, stop      *runProc
+	killed, stopped bool
+	// lastCompleted and lastProgress are the trainer's completed microbatches
+	// and when they last grew; maxPause is the longest wait for growth since
+	// the kill.
+	lastCompleted int
+	lastProgress  time.Time
+	maxPause      time.Duration
+	// history is the trainer's latest val-loss curve.
+	history []float64
+}
+
+// watch polls the trainer's status until it exits (3 minutes at most).
+func (f *faults) watch(t *testing.T, trainer *runProc) {
+	t.Helper()
+	f.lastProgress = time.Now()
 	deadline := time.After(3 * time.Minute)
-	for running := true; running; {
+	for {
 		select {
 		case <-trainer.exited:
-			running = false
-			continue
+			return
 		case <-deadline:
 			t.Fatalf("trainer still running after 3 minutes\n%s", trainer.stderr)
 		case <-time.After(100 * time.Millisecond):
 		}
-		s, ok := poll()
-		if !ok {
-			continue
-		}
-		now := time.Now()
-		if s.Microbatches.Completed > lastCompleted {
-			lastCompleted, lastProgress = s.Microbatches.Completed, now
-		} else if killed && now.Sub(lastProgress) > maxPause {
-			maxPause = now.Sub(lastProgress)
-		}
-		history = history[:0]
-		for _, h := range s.History {
-			history = append(history, h.ValLoss)
-		}
-		if !killed && s.Step >= 60 {
-			if err := holders["1b"].cmd.Process.Kill(); err != nil {
-				t.Fatal(err)
-			}
-			killed = true
-			lastProgress = now
-			t.Logf("step %d: killed a holder of stage 1", s.Step)
-		}
-		if killed && !stopped && s.Step >= 120 {
-			if err := holders["2b"].cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-				t.Fatal(err)
-			}
-			stopped = true
-			t.Logf("step %d: froze a holder of stage 2 (SIGSTOP)", s.Step)
-			t.Cleanup(func() { holders["2b"].cmd.Process.Signal(syscall.SIGCONT) })
+		var s trainerStatus
+		if readStatus(trainer, &s) == nil {
+			f.observe(t, s, time.Now())
 		}
 	}
-	if trainer.err != nil {
-		t.Fatalf("trainer exited with %v\n%s", trainer.err, trainer.stderr)
+}
+
+// observe takes one status sample of the trainer and injects a fault when its
+// step has come.
+func (f *faults) observe(t *testing.T, s trainerStatus, now time.Time) {
+	t.Helper()
+	if s.Microbatches.Completed > f.lastCompleted {
+		f.lastCompleted, f.lastProgress = s.Microbatches.Completed, now
+	} else if f.killed && now.Sub(f.lastProgress) > f.maxPause {
+		f.maxPause = now.Sub(f.lastProgress)
 	}
-	if !killed || !stopped {
-		t.Fatalf("the run ended before the faults were injected (killed %v, stopped %v)", killed, stopped)
+	f.history = f.history[:0]
+	for _, h := range s.History {
+		f.history = append(f.history, h.ValLoss)
 	}
-	raw, err := os.ReadFile(summary)
+	if !f.killed && s.Step >= 60 {
+		if err := f.kill.cmd.Process.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		f.killed, f.lastProgress = true, now
+		t.Logf("step %d: killed a holder of stage 1", s.Step)
+	}
+	if f.killed && !f.stopped && s.Step >= 120 {
+		if err := f.stop.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		f.stopped = true
+		t.Logf("step %d: froze a holder of stage 2 (SIGSTOP)", s.Step)
+		t.Cleanup(func() { f.stop.cmd.Process.Signal(syscall.SIGCONT) })
+	}
+}
+
+// checkSummarySteps checks that the trainer's summary file reports every step:
+// no microbatch was lost to the faults.
+func checkSummarySteps(t *testing.T, path string, steps int, trainer *runProc) {
+	t.Helper()
+	raw, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var sum struct {
-		Step    int     `json:"step"`
-		ValLoss float64 `json:"val_loss"`
+		Step int `json:"step"`
 	}
 	if err := json.Unmarshal(raw, &sum); err != nil {
 		t.Fatal(err)
 	}
-	// Every step ran: no microbatch was lost to the faults.
-	if sum.Step != 240 {
-		t.Fatalf("trainer stopped at step %d of 240: %s\n%s", sum.Step, raw, trainer.stderr)
-	}
-	t.Logf("longest pause in completed microbatches after the kill: %s; val losses %v", maxPause.Round(time.Millisecond), history)
-	// The frozen holder's calls time out after pipeline.hop_timeout (3 s); the
-	// issue allows 5 s without progress.
-	if maxPause > 5*time.Second {
-		t.Errorf("completed microbatches paused for %s", maxPause)
-	}
-	if len(history) < 4 || history[len(history)-1] >= history[0] {
-		t.Errorf("val loss did not keep falling: %v", history)
-	}
-	if !strings.Contains(trainer.stderr.String(), "training finished") {
-		t.Errorf("trainer log lacks its final line:\n%s", trainer.stderr)
+	if sum.Step != steps {
+		t.Fatalf("trainer stopped at step %d of %d: %s\n%s", sum.Step, steps, raw, trainer.stderr)
 	}
 }
