@@ -41,7 +41,7 @@ type Config struct {
 	// Averaging sets the background parameter averaging among holders of a stage.
 	Averaging Averaging `yaml:"averaging"`
 	// Device picks where stages compute: cpu, cuda or auto.
-	Device string `yaml:"device"`
+	Device string `yaml:"device" check:"oneof=cpu|cuda|auto"`
 }
 
 // Default returns a config with every field at its documented default.
@@ -103,7 +103,8 @@ func (c *Config) Validate() error {
 	for _, check := range []func() error{
 		c.validateRun, c.Model.validate, c.validateStages, c.Data.validate, c.Train.validate,
 		func() error { return c.Node.validate(len(c.Stages)) },
-		c.Compression.validate, c.Pipeline.validate, c.Averaging.validate, c.validateDevice,
+		c.Compression.validate, c.Pipeline.validate, c.Averaging.validate,
+		func() error { return checkFields("", *c) }, // device
 	} {
 		if err := check(); err != nil {
 			return err
@@ -140,12 +141,4 @@ func (c *Config) validateStages() error {
 		return fieldErr("stages", "layers per stage %v sum to %d, but model.n_layer is %d", c.Stages, sum, c.Model.NLayer)
 	}
 	return nil
-}
-
-func (c *Config) validateDevice() error {
-	switch c.Device {
-	case "cpu", "cuda", "auto":
-		return nil
-	}
-	return fieldErr("device", "%q: want cpu, cuda or auto", c.Device)
 }

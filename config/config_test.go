@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -124,6 +125,28 @@ func TestValidationNamesField(t *testing.T) {
 		}
 		if fe.Field != field {
 			t.Errorf("%q: error names %q, want %q (%v)", in, fe.Field, field, err)
+		}
+	}
+}
+
+// TestCheckMessages pins the messages of each kind of field rule (check.go).
+func TestCheckMessages(t *testing.T) {
+	cases := map[string]string{
+		"train:\n  lr: 0\n":                  "config: train.lr: must be positive, got 0",
+		"train:\n  clip: -1\n":               "config: train.clip: must not be negative, got -1",
+		"pipeline:\n  max_frame_bytes: 10\n": "config: pipeline.max_frame_bytes: must be at least 1024, got 10",
+		"node:\n  record_ttl: 10ms\n":        "config: node.record_ttl: must be at least 1s, got 10ms",
+		"pipeline:\n  rebalance_ratio: 1\n":  "config: pipeline.rebalance_ratio: must be in (0, 1), got 1",
+		"train:\n  beta1: 0\n":               "",
+		"pipeline:\n  staleness: 65\n":       "config: pipeline.staleness: must be in [0, 64], got 65",
+		"compression:\n  zstd: maybe\n":      `config: compression.zstd: "maybe": want on, off or auto`,
+		"data:\n  path: \"\"\n":              "config: data.path: must not be empty",
+		"device: tpu\n":                      `config: device: "tpu": want cpu, cuda or auto`,
+	}
+	for in, want := range cases {
+		_, err := Parse([]byte(in))
+		if got := fmt.Sprint(err); want == "" && err != nil || want != "" && got != want {
+			t.Errorf("%q: got %v, want %q", in, err, want)
 		}
 	}
 }

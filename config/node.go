@@ -19,13 +19,13 @@ type Node struct {
 	// Identity is the Ed25519 key file; empty means <data_dir>/identity.key.
 	Identity string `yaml:"identity"`
 	// DataDir holds the identity key and other per-peer files.
-	DataDir string `yaml:"data_dir"`
+	DataDir string `yaml:"data_dir" check:"nonempty"`
 	// Status is the HOST:PORT of the local status page, or "off".
 	Status string `yaml:"status"`
 	// Stage is the stage to serve: a number, or "auto" for the one that needs it most.
 	Stage string `yaml:"stage"`
 	// Role is server (serve a stage), trainer (feed data) or both.
-	Role string `yaml:"role"`
+	Role string `yaml:"role" check:"oneof=server|trainer|both"`
 	// DHTClient runs the DHT in client mode, for peers that cannot accept connections.
 	DHTClient bool `yaml:"dht_client"`
 	// Relay makes this peer serve as a circuit relay v2 for peers behind NAT.
@@ -34,11 +34,11 @@ type Node struct {
 	// for a peer known to be reachable (a relay or bootstrap on a public IP:
 	// go-libp2p serves relaying only while it believes it is public), or
 	// "private" for a peer known to be behind NAT (it looks for relays at once).
-	Reachability string `yaml:"reachability"`
+	Reachability string `yaml:"reachability" check:"oneof=auto|public|private"`
 	// RecordTTL is how long a peer's stage record and provider record stay valid.
-	RecordTTL time.Duration `yaml:"record_ttl"`
+	RecordTTL time.Duration `yaml:"record_ttl" check:"min=1s"`
 	// GossipEvery is the period of load (throughput, queue) gossip.
-	GossipEvery time.Duration `yaml:"gossip_every"`
+	GossipEvery time.Duration `yaml:"gossip_every" check:"positive"`
 }
 
 // DefaultNode listens on every interface, TCP and QUIC, on ports the OS picks.
@@ -67,24 +67,8 @@ func (n Node) StageIndex() int {
 
 // validate checks the node section; numStages bounds node.stage.
 func (n Node) validate(numStages int) error {
-	switch n.Role {
-	case "server", "trainer", "both":
-	default:
-		return fieldErr("node.role", "%q: want server, trainer or both", n.Role)
-	}
-	switch n.Reachability {
-	case "auto", "public", "private":
-	default:
-		return fieldErr("node.reachability", "%q: want auto, public or private", n.Reachability)
-	}
-	if n.DataDir == "" {
-		return fieldErr("node.data_dir", "must not be empty")
-	}
-	if n.RecordTTL < time.Second {
-		return fieldErr("node.record_ttl", "must be at least 1s, got %s", n.RecordTTL)
-	}
-	if n.GossipEvery <= 0 {
-		return fieldErr("node.gossip_every", "must be positive, got %s", n.GossipEvery)
+	if err := checkFields("node", n); err != nil {
+		return err
 	}
 	if n.Stage != "auto" {
 		if k, err := strconv.Atoi(n.Stage); err != nil || k < 0 || k >= numStages {

@@ -3,9 +3,9 @@ package config
 // Data is the training corpus, read as bytes (vocab 256).
 type Data struct {
 	// Path is the text file to train on, relative to the working directory.
-	Path string `yaml:"path"`
+	Path string `yaml:"path" check:"nonempty"`
 	// ValFraction is the share of the file, taken from its end, held out for eval.
-	ValFraction float64 `yaml:"val_fraction"`
+	ValFraction float64 `yaml:"val_fraction" check:"in=(0, 1)"`
 }
 
 // DefaultData points at the example corpus.
@@ -13,46 +13,38 @@ func DefaultData() Data {
 	return Data{Path: "examples/gpt/data/tinyshakespeare.txt", ValFraction: 0.1}
 }
 
-func (d Data) validate() error {
-	if d.Path == "" {
-		return fieldErr("data.path", "must not be empty")
-	}
-	if d.ValFraction <= 0 || d.ValFraction >= 1 {
-		return fieldErr("data.val_fraction", "must be in (0, 1), got %g", d.ValFraction)
-	}
-	return nil
-}
+func (d Data) validate() error { return checkFields("data", d) }
 
 // Train holds optimizer, schedule and loop settings.
 type Train struct {
 	// Microbatch is the number of sequences in one microbatch (one trip through the pipeline).
-	Microbatch int `yaml:"microbatch"`
+	Microbatch int `yaml:"microbatch" check:"positive"`
 	// Batch is the number of sequences per optimizer step; a multiple of microbatch.
 	Batch int `yaml:"batch"`
 	// Steps is the number of optimizer steps to train.
-	Steps int `yaml:"steps"`
+	Steps int `yaml:"steps" check:"nonneg"`
 	// LR is the peak learning rate, reached after warmup.
-	LR float64 `yaml:"lr"`
+	LR float64 `yaml:"lr" check:"positive"`
 	// MinLR is the learning rate the cosine decay ends at.
 	MinLR float64 `yaml:"min_lr"`
 	// Warmup is the number of steps of linear learning-rate warmup.
-	Warmup int `yaml:"warmup"`
+	Warmup int `yaml:"warmup" check:"nonneg"`
 	// WeightDecay is AdamW's decoupled weight decay, applied to matrices only.
-	WeightDecay float64 `yaml:"weight_decay"`
+	WeightDecay float64 `yaml:"weight_decay" check:"nonneg"`
 	// Beta1 is AdamW's first-moment decay.
-	Beta1 float64 `yaml:"beta1"`
+	Beta1 float64 `yaml:"beta1" check:"in=[0, 1)"`
 	// Beta2 is AdamW's second-moment decay.
-	Beta2 float64 `yaml:"beta2"`
+	Beta2 float64 `yaml:"beta2" check:"in=[0, 1)"`
 	// Eps is AdamW's denominator epsilon.
-	Eps float64 `yaml:"eps"`
+	Eps float64 `yaml:"eps" check:"positive"`
 	// Clip is the gradient-norm clipping threshold per stage; 0 disables clipping.
-	Clip float64 `yaml:"clip"`
+	Clip float64 `yaml:"clip" check:"nonneg"`
 	// Seed fixes the initial weights and the order of batches.
 	Seed uint64 `yaml:"seed"`
 	// EvalEvery is how many steps pass between val-loss evaluations (and log lines).
-	EvalEvery int `yaml:"eval_every"`
+	EvalEvery int `yaml:"eval_every" check:"positive"`
 	// EvalBatches is the number of val microbatches one evaluation averages over.
-	EvalBatches int `yaml:"eval_batches"`
+	EvalBatches int `yaml:"eval_batches" check:"positive"`
 }
 
 // DefaultTrain is tuned for the tiny example model.
@@ -69,33 +61,14 @@ func DefaultTrain() Train {
 func (t Train) Accumulation() int { return t.Batch / t.Microbatch }
 
 func (t Train) validate() error {
-	switch {
-	case t.Microbatch < 1:
-		return fieldErr("train.microbatch", "must be positive, got %d", t.Microbatch)
-	case t.Batch < t.Microbatch || t.Batch%t.Microbatch != 0:
+	if err := checkFields("train", t); err != nil {
+		return err
+	}
+	if t.Batch < t.Microbatch || t.Batch%t.Microbatch != 0 {
 		return fieldErr("train.batch", "%d must be a positive multiple of train.microbatch %d", t.Batch, t.Microbatch)
-	case t.Steps < 0:
-		return fieldErr("train.steps", "must not be negative, got %d", t.Steps)
-	case t.LR <= 0:
-		return fieldErr("train.lr", "must be positive, got %g", t.LR)
-	case t.MinLR < 0 || t.MinLR > t.LR:
+	}
+	if t.MinLR < 0 || t.MinLR > t.LR {
 		return fieldErr("train.min_lr", "must be in [0, lr], got %g", t.MinLR)
-	case t.Warmup < 0:
-		return fieldErr("train.warmup", "must not be negative, got %d", t.Warmup)
-	case t.WeightDecay < 0:
-		return fieldErr("train.weight_decay", "must not be negative, got %g", t.WeightDecay)
-	case t.Beta1 < 0 || t.Beta1 >= 1:
-		return fieldErr("train.beta1", "must be in [0, 1), got %g", t.Beta1)
-	case t.Beta2 < 0 || t.Beta2 >= 1:
-		return fieldErr("train.beta2", "must be in [0, 1), got %g", t.Beta2)
-	case t.Eps <= 0:
-		return fieldErr("train.eps", "must be positive, got %g", t.Eps)
-	case t.Clip < 0:
-		return fieldErr("train.clip", "must not be negative, got %g", t.Clip)
-	case t.EvalEvery < 1:
-		return fieldErr("train.eval_every", "must be positive, got %d", t.EvalEvery)
-	case t.EvalBatches < 1:
-		return fieldErr("train.eval_batches", "must be positive, got %d", t.EvalBatches)
 	}
 	return nil
 }
