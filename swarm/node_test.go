@@ -56,8 +56,6 @@ func get(t testing.TB, url string) []byte {
 	return body
 }
 
-func getBody(t testing.TB, url string) string { return string(get(t, url)) }
-
 func getJSON(t testing.TB, url string, v any) {
 	t.Helper()
 	if err := json.Unmarshal(get(t, url), v); err != nil {
@@ -200,7 +198,7 @@ func checkStatusFieldNames(t *testing.T, n *Node) {
 
 func checkMetrics(t *testing.T, n *Node) {
 	t.Helper()
-	body := getBody(t, n.StatusURL()+"metrics")
+	body := string(get(t, n.StatusURL()+"metrics"))
 	for _, want := range []string{"swarmnode_step 42", `swarmnode_stage_holders{stage="0"} 1`, `swarmnode_microbatches_total{outcome="completed"} 1`, `swarmnode_errors_total{kind="dial"} 1`,
 		`swarmnode_wire_bytes_total{kind="raw"}`, `swarmnode_dht_lookups_total{path="near"}`, `swarmnode_dht_lookups_total{path="fallback"}`} {
 		if !strings.Contains(body, want) {
@@ -211,7 +209,7 @@ func checkMetrics(t *testing.T, n *Node) {
 
 func checkStatusPage(t *testing.T, a, b *Node) {
 	t.Helper()
-	body := getBody(t, b.StatusURL())
+	body := string(get(t, b.StatusURL()))
 	for _, want := range []string{b.ID().String(), a.ID().String(), `id="holders"`, "<polyline", `http-equiv="refresh"`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("page lacks %q", want)
