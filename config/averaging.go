@@ -7,15 +7,15 @@ type Averaging struct {
 	// Enabled turns averaging on.
 	Enabled bool `yaml:"enabled"`
 	// Period is the time between rounds.
-	Period time.Duration `yaml:"period"`
+	Period time.Duration `yaml:"period" check:"positive"`
 	// GroupSize is the most members in one averaging group.
-	GroupSize int `yaml:"group_size"`
+	GroupSize int `yaml:"group_size" check:"min=2"`
 	// Matchmaking is how long a holder waits to form a group before skipping the round.
-	Matchmaking time.Duration `yaml:"matchmaking"`
+	Matchmaking time.Duration `yaml:"matchmaking" check:"positive"`
 	// Deadline bounds a whole round; a round always ends by it.
-	Deadline time.Duration `yaml:"deadline"`
+	Deadline time.Duration `yaml:"deadline" check:"positive"`
 	// Codec is the wire codec of averaged parts: fp32, bf16 or int8.
-	Codec string `yaml:"codec"`
+	Codec string `yaml:"codec" check:"oneof=fp32|bf16|int8"`
 	// Optimizer averages AdamW's moments too when true; otherwise each keeps its own.
 	Optimizer bool `yaml:"optimizer"`
 	// StallTimeout is how long a reducer waits for a member's next chunk before
@@ -35,21 +35,14 @@ func DefaultAveraging() Averaging {
 }
 
 func (a Averaging) validate() error {
-	switch {
-	case a.Period <= 0:
-		return fieldErr("averaging.period", "must be positive, got %s", a.Period)
-	case a.GroupSize < 2:
-		return fieldErr("averaging.group_size", "must be at least 2, got %d", a.GroupSize)
-	case a.Matchmaking <= 0:
-		return fieldErr("averaging.matchmaking", "must be positive, got %s", a.Matchmaking)
-	case a.Deadline <= 0:
-		return fieldErr("averaging.deadline", "must be positive, got %s", a.Deadline)
-	case a.Matchmaking >= a.Deadline:
+	if err := checkFields("averaging", a); err != nil {
+		return err
+	}
+	if a.Matchmaking >= a.Deadline {
 		return fieldErr("averaging.matchmaking", "%s must be shorter than the deadline %s", a.Matchmaking, a.Deadline)
-	case a.StallTimeout < 0 || a.StallTimeout >= a.Deadline:
+	}
+	if a.StallTimeout < 0 || a.StallTimeout >= a.Deadline {
 		return fieldErr("averaging.stall_timeout", "must be in [0, deadline %s), got %s", a.Deadline, a.StallTimeout)
-	case !validCodec(a.Codec):
-		return fieldErr("averaging.codec", "%q: want fp32, bf16 or int8", a.Codec)
 	}
 	return nil
 }

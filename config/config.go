@@ -18,9 +18,12 @@ import (
 	"swarmnode/model"
 )
 
-// Config is a whole run config. The model section and the optimizer fields of the
-// train section are package model's types, so the file decodes into the very
-// values the stages compute with.
+// Config is a whole run config. Each section's type, defaults and validation
+// live in the file of its topic: train.go (data and train), node.go, wire.go
+// (compression and pipeline) and averaging.go; the model section and the
+// optimizer fields of the train section are package model's types (model.go
+// names their errors), so the file decodes into the very values the stages
+// compute with.
 type Config struct {
 	// Run is the run id: peers of one swarm share it; it prefixes every protocol id.
 	Run string `yaml:"run"`
@@ -43,7 +46,7 @@ type Config struct {
 	// Averaging sets the background parameter averaging among holders of a stage.
 	Averaging Averaging `yaml:"averaging"`
 	// Device picks where stages compute: cpu, cuda or auto.
-	Device string `yaml:"device"`
+	Device string `yaml:"device" check:"oneof=cpu|cuda|auto"`
 }
 
 // Default returns a config with every field at its documented default.
@@ -99,8 +102,23 @@ func Parse(raw []byte) (Config, error) {
 	return cfg, nil
 }
 
-// Validate checks every section and the relations between them.
+// Validate checks every section and the relations between them, and returns
+// the first error: a FieldError naming the field.
 func (c *Config) Validate() error {
+	for _, check := range []func() error{
+		c.validateRun, c.validateModel, c.validateStages, c.Data.validate, c.Train.validate,
+		func() error { return c.Node.validate(len(c.Stages)) },
+		c.Compression.validate, c.Pipeline.validate, c.Averaging.validate,
+		func() error { return checkFields("", *c) }, // device
+	} {
+		if err := check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Config) validateRun() error {
 	if c.Run == "" {
 		return fieldErr("run", "must not be empty")
 	}
@@ -109,9 +127,13 @@ func (c *Config) Validate() error {
 			return fieldErr("run", "%q: use letters, digits, '-', '_' or '.' (it becomes part of protocol ids)", c.Run)
 		}
 	}
-	if err := c.Model.Validate(); err != nil {
-		return sectionErr("model", err)
-	}
+	return nil
+}
+
+func (c *Config) validateModel() error { return sectionErr("model", c.Model.Validate()) }
+
+// validateStages checks that the stages split the model's layers.
+func (c *Config) validateStages() error {
 	if len(c.Stages) == 0 {
 		return fieldErr("stages", "needs at least one stage")
 	}
@@ -124,29 +146,6 @@ func (c *Config) Validate() error {
 	}
 	if sum != c.Model.NLayer {
 		return fieldErr("stages", "layers per stage %v sum to %d, but model.n_layer is %d", c.Stages, sum, c.Model.NLayer)
-	}
-	if err := c.Data.validate(); err != nil {
-		return err
-	}
-	if err := c.Train.validate(); err != nil {
-		return err
-	}
-	if err := c.Node.validate(); err != nil {
-		return err
-	}
-	if err := c.Compression.validate(); err != nil {
-		return err
-	}
-	if err := c.Pipeline.validate(); err != nil {
-		return err
-	}
-	if err := c.Averaging.validate(); err != nil {
-		return err
-	}
-	switch c.Device {
-	case "cpu", "cuda", "auto":
-	default:
-		return fieldErr("device", "%q: want cpu, cuda or auto", c.Device)
 	}
 	return nil
 }

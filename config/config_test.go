@@ -78,46 +78,68 @@ func TestWrongTypeIsAnError(t *testing.T) {
 	}
 }
 
+// TestValidationNamesField: every invalid value is a FieldError naming the
+// field, with the message of its rule.
 func TestValidationNamesField(t *testing.T) {
-	cases := map[string]string{
-		"stages: [1, 1]\n":                     "stages",
-		"model:\n  n_head: 5\n":                "model.n_head",
-		"train:\n  batch: 12\n":                "train.batch",
-		"node:\n  role: boss\n":                "node.role",
-		"compression:\n  activations: fp8\n":   "compression.activations",
-		"averaging:\n  group_size: 1\n":        "averaging.group_size",
-		"pipeline:\n  rebalance_ratio: 2\n":    "pipeline.rebalance_ratio",
-		"run: \"a/b\"\n":                       "run",
-		"device: tpu\n":                        "device",
-		"data:\n  val_fraction: 1.5\n":         "data.val_fraction",
-		"train:\n  lr: 0\n":                    "train.lr",
-		"stages: [2, -1, 3]\n":                 "stages[1]",
-		"compression:\n  zstd: maybe\n":        "compression.zstd",
-		"node:\n  gossip_every: 0s\n":          "node.gossip_every",
-		"train:\n  min_lr: 1\n":                "train.min_lr",
-		"model:\n  vocab: 1\n":                 "model.vocab",
-		"averaging:\n  codec: zip\n":           "averaging.codec",
-		"pipeline:\n  max_frame_bytes: 10\n":   "pipeline.max_frame_bytes",
-		"train:\n  eval_every: 0\n":            "train.eval_every",
-		"model:\n  seq_len: 0\n":               "model.seq_len",
-		"compression:\n  block_size: 0\n":      "compression.block_size",
-		"pipeline:\n  hop_timeout: -1s\n":      "pipeline.hop_timeout",
-		"train:\n  beta2: 1\n":                 "train.beta2",
-		"node:\n  record_ttl: 10ms\n":          "node.record_ttl",
-		"averaging:\n  deadline: 0s\n":         "averaging.deadline",
-		"train:\n  clip: -1\n":                 "train.clip",
-		"pipeline:\n  in_flight: 0\n":          "pipeline.in_flight",
-		"compression:\n  gradients: float16\n": "compression.gradients",
+	cases := []struct{ in, want string }{
+		{"stages: [1, 1]\n", "stages: layers per stage [1 1] sum to 2, but model.n_layer is 4"},
+		{"model:\n  n_head: 5\n", "model.n_head: 5 does not divide d_model 64"},
+		{"train:\n  batch: 12\n", "train.batch: 12 must be a positive multiple of train.microbatch 8"},
+		{"node:\n  role: boss\n", "node.role: \"boss\": want server, trainer or both"},
+		{"compression:\n  activations: fp8\n", "compression.activations: \"fp8\": want fp32, bf16 or int8"},
+		{"averaging:\n  group_size: 1\n", "averaging.group_size: must be at least 2, got 1"},
+		{"pipeline:\n  rebalance_ratio: 2\n", "pipeline.rebalance_ratio: must be in (0, 1), got 2"},
+		{"run: \"a/b\"\n", "run: \"a/b\": use letters, digits, '-', '_' or '.' (it becomes part of protocol ids)"},
+		{"device: tpu\n", "device: \"tpu\": want cpu, cuda or auto"},
+		{"data:\n  val_fraction: 1.5\n", "data.val_fraction: must be in (0, 1), got 1.5"},
+		{"train:\n  lr: 0\n", "train.lr: must be positive, got 0"},
+		{"stages: [2, -1, 3]\n", "stages[1]: negative layer count -1"},
+		{"compression:\n  zstd: maybe\n", "compression.zstd: \"maybe\": want on, off or auto"},
+		{"node:\n  gossip_every: 0s\n", "node.gossip_every: must be positive, got 0s"},
+		{"train:\n  min_lr: 1\n", "train.min_lr: must be in [0, lr], got 1"},
+		{"model:\n  vocab: 1\n", "model.vocab: must be at least 2, got 1"},
+		{"averaging:\n  codec: zip\n", "averaging.codec: \"zip\": want fp32, bf16 or int8"},
+		{"pipeline:\n  max_frame_bytes: 10\n", "pipeline.max_frame_bytes: must be at least 1024, got 10"},
+		{"train:\n  eval_every: 0\n", "train.eval_every: must be positive, got 0"},
+		{"model:\n  seq_len: 0\n", "model.seq_len: must be positive, got 0"},
+		{"compression:\n  block_size: 0\n", "compression.block_size: must be in [1, 65536], got 0"},
+		{"pipeline:\n  hop_timeout: -1s\n", "pipeline.hop_timeout: must be positive, got -1s"},
+		{"train:\n  beta2: 1\n", "train.beta2: must be in [0, 1), got 1"},
+		{"node:\n  record_ttl: 10ms\n", "node.record_ttl: must be at least 1s, got 10ms"},
+		{"averaging:\n  deadline: 0s\n", "averaging.deadline: must be positive, got 0s"},
+		{"train:\n  clip: -1\n", "train.clip: must not be negative, got -1"},
+		{"pipeline:\n  in_flight: 0\n", "pipeline.in_flight: must be positive, got 0"},
+		{"compression:\n  gradients: float16\n", "compression.gradients: \"float16\": want fp32, bf16 or int8"},
+		{"node:\n  stage: \"2\"\n", "node.stage: \"2\": want auto or a stage number in [0, 2)"},
+		{"node:\n  stage: first\n", "node.stage: \"first\": want auto or a stage number in [0, 2)"},
+		{"node:\n  listen: []\n", "node.listen: needs at least one address"},
+		{"node:\n  listen: [/ip4/1.2.3]\n", "node.listen[0]: \"/ip4/1.2.3\": failed to parse multiaddr"},
+		{"node:\n  bootstrap: [/ip4/127.0.0.1/tcp/1]\n", "node.bootstrap[0]: \"/ip4/127.0.0.1/tcp/1\": no /p2p/<peer-id> part"},
+		{"node:\n  status: \"7070\"\n", "node.status: \"7070\": want HOST:PORT or off"},
+		{"pipeline:\n  staleness: 65\n", "pipeline.staleness: must be in [0, 64], got 65"},
+		{"data:\n  path: \"\"\n", "data.path: must not be empty"},
 	}
-	for in, field := range cases {
-		_, err := Parse([]byte(in))
+	for _, c := range cases {
+		_, err := Parse([]byte(c.in))
 		var fe *FieldError
 		if !errors.As(err, &fe) {
-			t.Errorf("%q: want FieldError, got %v", in, err)
+			t.Errorf("%q: want FieldError, got %v", c.in, err)
 			continue
 		}
-		if fe.Field != field {
-			t.Errorf("%q: error names %q, want %q (%v)", in, fe.Field, field, err)
+		if field, _, _ := strings.Cut(c.want, ": "); fe.Field != field || !strings.HasPrefix(err.Error(), "config: "+c.want) {
+			t.Errorf("%q: error %q, want %q", c.in, err, "config: "+c.want)
+		}
+	}
+}
+
+func TestStageIndex(t *testing.T) {
+	for in, want := range map[string]int{"stages: [1, 1, 2]\nmodel: {n_layer: 4}\nnode: {stage: \"2\"}\n": 2, "": -1} {
+		cfg, err := Parse([]byte(in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cfg.Node.StageIndex(); got != want {
+			t.Errorf("%q: StageIndex %d, want %d", in, got, want)
 		}
 	}
 }

@@ -5,9 +5,9 @@ import "swarmnode/model"
 // Data is the training corpus, read as bytes (vocab 256).
 type Data struct {
 	// Path is the text file to train on, relative to the working directory.
-	Path string `yaml:"path"`
+	Path string `yaml:"path" check:"nonempty"`
 	// ValFraction is the share of the file, taken from its end, held out for eval.
-	ValFraction float64 `yaml:"val_fraction"`
+	ValFraction float64 `yaml:"val_fraction" check:"in=(0, 1)"`
 }
 
 // DefaultData points at the example corpus.
@@ -15,31 +15,23 @@ func DefaultData() Data {
 	return Data{Path: "examples/gpt/data/tinyshakespeare.txt", ValFraction: 0.1}
 }
 
-func (d Data) validate() error {
-	if d.Path == "" {
-		return fieldErr("data.path", "must not be empty")
-	}
-	if d.ValFraction <= 0 || d.ValFraction >= 1 {
-		return fieldErr("data.val_fraction", "must be in (0, 1), got %g", d.ValFraction)
-	}
-	return nil
-}
+func (d Data) validate() error { return checkFields("data", d) }
 
 // Train holds optimizer, schedule and loop settings.
 type Train struct {
 	// Microbatch is the number of sequences in one microbatch (one trip through the pipeline).
-	Microbatch int `yaml:"microbatch"`
+	Microbatch int `yaml:"microbatch" check:"positive"`
 	// Batch is the number of sequences per optimizer step; a multiple of microbatch.
 	Batch int `yaml:"batch"`
 	// Optim holds the number of steps to train (steps), AdamW's settings and the
-	// learning-rate schedule, as fields of this section.
+	// learning-rate schedule, as fields of this section; package model validates them.
 	model.Optim `yaml:",inline"`
 	// Seed fixes the initial weights and the order of batches.
 	Seed uint64 `yaml:"seed"`
 	// EvalEvery is how many steps pass between val-loss evaluations (and log lines).
-	EvalEvery int `yaml:"eval_every"`
+	EvalEvery int `yaml:"eval_every" check:"positive"`
 	// EvalBatches is the number of val microbatches one evaluation averages over.
-	EvalBatches int `yaml:"eval_batches"`
+	EvalBatches int `yaml:"eval_batches" check:"positive"`
 }
 
 // DefaultTrain is tuned for the tiny example model.
@@ -58,20 +50,11 @@ func DefaultTrain() Train {
 func (t Train) Accumulation() int { return t.Batch / t.Microbatch }
 
 func (t Train) validate() error {
-	switch {
-	case t.Microbatch < 1:
-		return fieldErr("train.microbatch", "must be positive, got %d", t.Microbatch)
-	case t.Batch < t.Microbatch || t.Batch%t.Microbatch != 0:
+	if err := checkFields("train", t); err != nil {
+		return err
+	}
+	if t.Batch < t.Microbatch || t.Batch%t.Microbatch != 0 {
 		return fieldErr("train.batch", "%d must be a positive multiple of train.microbatch %d", t.Batch, t.Microbatch)
 	}
-	if err := t.Optim.Validate(); err != nil {
-		return sectionErr("train", err)
-	}
-	switch {
-	case t.EvalEvery < 1:
-		return fieldErr("train.eval_every", "must be positive, got %d", t.EvalEvery)
-	case t.EvalBatches < 1:
-		return fieldErr("train.eval_batches", "must be positive, got %d", t.EvalBatches)
-	}
-	return nil
+	return sectionErr("train", t.Optim.Validate())
 }

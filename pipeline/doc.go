@@ -38,7 +38,7 @@
 // holder that does not answer at all (stopped) is left to the hop timeout as
 // before. Resetting the stream instead cancels the holder outright.
 //
-// The package knows nothing of the DHT's internals: a Router supplies the live
-// holders of each stage and learns about failed calls. DHTRouter adapts the run's
-// dht.Service; tests use in-process routers over real loopback hosts.
+// The package knows nothing of the DHT: a Router supplies the live holders of
+// each stage and learns about failed calls. Package swarm adapts the run's DHT to
+// it; tests use in-process routers over real loopback hosts.
 package pipeline

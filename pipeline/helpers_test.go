@@ -157,17 +157,13 @@ func newSwarmLog(tb testing.TB, cfg config.Config, holders []int, slow map[[2]in
 		if err != nil {
 			tb.Fatal(err)
 		}
-		w := NewWorker(st, WorkerOptions{
-			Optim: cfg.Train.Optim, StepSamples: cfg.Train.Batch,
-			Microbatch: cfg.Train.Microbatch, Staleness: cfg.Pipeline.Staleness,
-		})
+		w := NewWorker(st, WorkerOptionsFrom(cfg))
 		sw.workers = append(sw.workers, w)
 		var row []*Server
 		for i := range holders[k] {
-			s, err := NewServer(newHost(tb), w, sw.router, ServerOptions{
-				Run: cfg.Run, Pipeline: cfg.Pipeline, Compression: cfg.Compression, MaxBatch: cfg.Train.Microbatch,
-				Slowdown: slow[[2]int{k, i}], Logger: log,
-			})
+			so := ServerOptionsFrom(cfg, log)
+			so.Slowdown = slow[[2]int{k, i}]
+			s, err := NewServer(newHost(tb), w, sw.router, so)
 			if err != nil {
 				tb.Fatal(err)
 			}

@@ -4,14 +4,12 @@ import (
 	"log/slog"
 
 	"swarmnode/config"
-	"swarmnode/model"
 )
 
-// WorkerOptionsFrom takes a worker's settings from a run config; optim is the
-// config's train section as the stages package wants it.
-func WorkerOptionsFrom(cfg config.Config, optim model.Optim) WorkerOptions {
+// WorkerOptionsFrom takes a worker's settings from a run config.
+func WorkerOptionsFrom(cfg config.Config) WorkerOptions {
 	return WorkerOptions{
-		Optim: optim, StepSamples: cfg.Train.Batch, Microbatch: cfg.Train.Microbatch,
+		Optim: cfg.Train.Optim, StepSamples: cfg.Train.Batch, Microbatch: cfg.Train.Microbatch,
 		Staleness: cfg.Pipeline.Staleness,
 	}
 }
@@ -24,15 +22,10 @@ func ServerOptionsFrom(cfg config.Config, log *slog.Logger) ServerOptions {
 	}
 }
 
-// TrainerOptionsFrom takes a trainer's settings from a run config; steps, when
-// positive, overrides train.steps (the --steps flag).
-func TrainerOptionsFrom(cfg config.Config, steps int, log *slog.Logger) TrainerOptions {
-	t := cfg.Train
-	if steps > 0 {
-		t.Steps = steps
-	}
+// TrainerOptionsFrom takes a trainer's settings from a run config.
+func TrainerOptionsFrom(cfg config.Config, log *slog.Logger) TrainerOptions {
 	return TrainerOptions{
-		Run: cfg.Run, Model: cfg.Model, Stages: len(cfg.Stages), Train: t,
+		Run: cfg.Run, Model: cfg.Model, Stages: len(cfg.Stages), Train: cfg.Train,
 		Pipeline: cfg.Pipeline, Logger: log,
 	}
 }

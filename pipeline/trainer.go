@@ -2,10 +2,12 @@ package pipeline
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,13 +68,25 @@ type EvalReport struct {
 	TokensPerSec float64
 }
 
-// Summary is what a training run reports at exit; its JSON matches `swarmnode
-// local --summary`.
+// Summary is what a training run reports at exit, through the swarm or in one
+// process (`swarmnode local`): the file `--summary FILE` writes.
 type Summary struct {
 	Step         int     `json:"step"`
 	Loss         float64 `json:"loss"`
 	ValLoss      float64 `json:"val_loss"`
 	TokensPerSec float64 `json:"tokens_per_sec"`
+}
+
+// WriteFile writes the summary to path as indented JSON.
+func (s Summary) WriteFile(path string) error {
+	raw, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, append(raw, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write summary: %w", err)
+	}
+	return nil
 }
 
 // Point is one step of the loss history.

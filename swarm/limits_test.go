@@ -11,17 +11,25 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 )
 
-// TestPrefersTCP: two nodes that both listen on TCP and QUIC connect over TCP.
-func TestPrefersTCP(t *testing.T) {
-	a := startTestNode(t, testOptions(t, 0))
-	o := testOptions(t, 1)
-	o.StatusAddr = "off"
-	b := startTestNode(t, o)
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+// connectedPair starts a node with options oa and a second node connected to
+// it; both listen on TCP and QUIC.
+func connectedPair(t *testing.T, oa Options) (a, b *Node) {
+	t.Helper()
+	a = startTestNode(t, oa)
+	ob := testOptions(t, 1)
+	ob.StatusAddr = "off"
+	b = startTestNode(t, ob)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	if err := b.Host().Connect(ctx, peer.AddrInfo{ID: a.ID(), Addrs: a.Host().Addrs()}); err != nil {
 		t.Fatal(err)
 	}
+	return a, b
+}
+
+// TestPrefersTCP: two nodes that both listen on TCP and QUIC connect over TCP.
+func TestPrefersTCP(t *testing.T) {
+	a, b := connectedPair(t, testOptions(t, 0))
 	conns := b.Host().Network().ConnsToPeer(a.ID())
 	if len(conns) == 0 {
 		t.Fatal("no connection")
@@ -54,21 +62,15 @@ func TestPreferTCPRanker(t *testing.T) {
 func TestStreamFloodLimited(t *testing.T) {
 	o := testOptions(t, 0)
 	o.MaxStreamsPerPeer = 16 // 8 inbound per peer
-	a := startTestNode(t, o)
+	a, b := connectedPair(t, o)
 	hold := make(chan struct{})
 	defer close(hold)
 	a.Host().SetStreamHandler("/flood/1", func(s network.Stream) {
 		<-hold
 		s.Reset()
 	})
-	ob := testOptions(t, 1)
-	ob.StatusAddr = "off"
-	b := startTestNode(t, ob)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	if err := b.Host().Connect(ctx, peer.AddrInfo{ID: a.ID(), Addrs: a.Host().Addrs()}); err != nil {
-		t.Fatal(err)
-	}
 	var opened, refused int
 	for i := 0; i < 40; i++ {
 		s, err := b.Host().NewStream(ctx, a.ID(), "/flood/1")

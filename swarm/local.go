@@ -8,17 +8,10 @@ import (
 
 	"swarmnode/config"
 	"swarmnode/data"
+	"swarmnode/pipeline"
 	"swarmnode/stages"
 	"swarmnode/stages/blas"
 )
-
-// Summary is what a training run reports at exit (`--summary FILE`).
-type Summary struct {
-	Step         int     `json:"step"`
-	Loss         float64 `json:"loss"`
-	ValLoss      float64 `json:"val_loss"`
-	TokensPerSec float64 `json:"tokens_per_sec"`
-}
 
 // The GPU seams, replaceable in tests: whether a GPU is usable, and the
 // process's GPU, opened once (see stages.SharedGPU).
@@ -101,14 +94,14 @@ func Evaluate(cfg config.Config, corpus *data.Corpus, lossFn func(tokens, target
 // RunLocal trains the whole model in this process by chaining the stages in memory:
 // the centralized baseline a swarm is measured against. It logs one line per eval
 // and stops early, with a valid summary, when ctx is cancelled.
-func RunLocal(ctx context.Context, cfg config.Config, log *slog.Logger) (Summary, error) {
+func RunLocal(ctx context.Context, cfg config.Config, log *slog.Logger) (pipeline.Summary, error) {
 	corpus, err := data.Load(cfg.Data.Path, cfg.Data.ValFraction)
 	if err != nil {
-		return Summary{}, err
+		return pipeline.Summary{}, err
 	}
 	dev, err := resolveDevice(cfg.Device, log)
 	if err != nil {
-		return Summary{}, err
+		return pipeline.Summary{}, err
 	}
 	var chain *stages.Chain
 	if dev != nil {
@@ -122,7 +115,7 @@ func RunLocal(ctx context.Context, cfg config.Config, log *slog.Logger) (Summary
 		chain, err = stages.NewChain(cfg.Model, cfg.Stages, cfg.Train.Seed)
 	}
 	if err != nil {
-		return Summary{}, err
+		return pipeline.Summary{}, err
 	}
 	defer chain.Close()
 	opt := cfg.Train.Optim
@@ -137,7 +130,7 @@ func RunLocal(ctx context.Context, cfg config.Config, log *slog.Logger) (Summary
 	log.Info("local training", "run", cfg.Run, "params", params, "stages", len(cfg.Stages),
 		"steps", cfg.Train.Steps, "batch_tokens", cfg.Train.Batch*T, "device", chain.Stages()[0].Device(), "blas", blas.Name())
 
-	var sum Summary
+	var sum pipeline.Summary
 	windowStart, windowTokens := time.Now(), 0
 	windowLoss, windowSteps := 0.0, 0
 	for step := 1; step <= cfg.Train.Steps; step++ {

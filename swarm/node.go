@@ -13,7 +13,9 @@
 //	n.Status().SetTraining(step, loss, tps) // shown on /, /api/status, /metrics
 //	n.Close()
 //
-// The package also holds RunLocal, the single-process training baseline.
+// Run is the whole peer of `swarmnode run` built on a Node: it picks the stage,
+// plays the server and trainer roles (roles.go) and shuts down. RunLocal is
+// the single-process training baseline of `swarmnode local`.
 package swarm
 
 import (

@@ -1,18 +1,21 @@
 package swarm
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
+	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"swarmnode/averaging"
 	"swarmnode/dht"
 	"swarmnode/internal/wait"
+	"swarmnode/pipeline"
 )
 
 func testOptions(t testing.TB, stage int) Options {
@@ -36,7 +39,8 @@ func startTestNode(t testing.TB, o Options) *Node {
 	return n
 }
 
-func getJSON(t testing.TB, url string, v any) {
+// get fetches url and fails the test unless it answers 200.
+func get(t testing.TB, url string) []byte {
 	t.Helper()
 	c := http.Client{Timeout: 2 * time.Second}
 	resp, err := c.Get(url)
@@ -44,75 +48,46 @@ func getJSON(t testing.TB, url string, v any) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET %s: %s", url, resp.Status)
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %s %v", url, resp.Status, err)
 	}
-	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+	return body
+}
+
+func getJSON(t testing.TB, url string, v any) {
+	t.Helper()
+	if err := json.Unmarshal(get(t, url), v); err != nil {
 		t.Fatalf("GET %s: %v", url, err)
 	}
 }
 
-func TestIdentityCreatedPrivateAndReused(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "sub", "identity.key")
-	k1, err := LoadIdentity(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi.Mode().Perm() != 0o600 {
-		t.Fatalf("key file mode %04o, want 0600", fi.Mode().Perm())
-	}
-	k2, err := LoadIdentity(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !k1.Equals(k2) {
-		t.Fatal("second load returned another key")
-	}
-}
-
-func TestIdentityRefusesReadableKey(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "identity.key")
-	if _, err := LoadIdentity(path); err != nil {
-		t.Fatal(err)
-	}
-	for _, mode := range []os.FileMode{0o644, 0o640, 0o604, 0o660} {
-		if err := os.Chmod(path, mode); err != nil {
-			t.Fatal(err)
-		}
-		_, err := LoadIdentity(path)
-		if err == nil || !strings.Contains(err.Error(), "chmod 600") {
-			t.Fatalf("mode %04o: err %v, want a refusal that says chmod 600", mode, err)
-		}
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte("garbage"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := LoadIdentity(path); err == nil {
-		t.Fatal("garbage key file accepted")
-	}
-}
-
+// TestNodesStatusAPI starts two nodes, fills one's status the way the roles
+// do, and reads it back through /api/status, /metrics and the page.
 func TestNodesStatusAPI(t *testing.T) {
 	a := startTestNode(t, testOptions(t, 0))
 	ob := testOptions(t, 2)
 	ob.Bootstrap = []string{a.Addrs()[0].String()}
 	b := startTestNode(t, ob)
-	b.Status().SetTraining(42, 2.5, 1234)
-	b.Status().AddHistory(HistoryPoint{Step: 10, Loss: 3.0})
-	b.Status().AddHistory(HistoryPoint{Step: 42, Loss: 2.5, ValLoss: 2.7})
-	b.Status().IncMicrobatch(MicrobatchCompleted)
-	b.Status().IncMicrobatch(MicrobatchRetried)
-	b.Status().AveragingRound(3, 120*time.Millisecond)
-	b.Status().IncError("dial")
-	b.Status().SetTraining(43, nanLoss(), 1)
+	st := b.Status()
+	st.SetTraining(42, 2.5, 1234)
+	st.AddHistory(HistoryPoint{Step: 10, Loss: 3.0})
+	st.AddHistory(HistoryPoint{Step: 42, Loss: 2.5, ValLoss: 2.7})
+	st.setServer(pipeline.ServerStats{Served: 1})
+	st.setTrainer(pipeline.TrainerStats{Retried: 1})
+	st.setAveragingStats(averaging.Stats{Rounds: 1, LastGroupSize: 3, LastRoundMS: 120})
+	st.IncError("dial")
+	st.SetTraining(43, nanLoss(), 1)
 
+	checkStatusReport(t, a, b)
+	checkStatusFieldNames(t, a)
+	checkMetrics(t, b)
+	checkStatusPage(t, a, b)
+}
+
+// checkStatusReport checks b's /api/status once it lists a as the holder of stage 0.
+func checkStatusReport(t *testing.T, a, b *Node) {
+	t.Helper()
 	var r Report
 	wait.For(t, 3*time.Second, func() error {
 		r = Report{}
@@ -143,47 +118,88 @@ func TestNodesStatusAPI(t *testing.T) {
 			t.Fatalf("addr %q lacks /p2p/<id>", a)
 		}
 	}
+}
 
-	// The raw JSON keeps the field names the issue lists, zero values included.
-	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get(a.StatusURL() + "api/status")
-	if err != nil {
-		t.Fatal(err)
-	}
+// checkStatusFieldNames checks that the raw JSON keeps the field names the
+// issue lists, zero values included.
+func checkStatusFieldNames(t *testing.T, n *Node) {
+	t.Helper()
 	var raw map[string]any
-	if err := json.NewDecoder(resp.Body).Decode(&raw); err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	getJSON(t, n.StatusURL()+"api/status", &raw)
 	for _, f := range []string{"peer_id", "addrs", "run", "role", "stage", "holders", "step", "loss", "tokens_per_sec", "history", "microbatches", "averaging", "errors", "wire"} {
 		if _, ok := raw[f]; !ok {
 			t.Errorf("/api/status lacks %q", f)
 		}
 	}
+}
 
-	resp, err = c.Get(b.StatusURL() + "metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+func checkMetrics(t *testing.T, n *Node) {
+	t.Helper()
+	body := string(get(t, n.StatusURL()+"metrics"))
 	for _, want := range []string{"swarmnode_step 42", `swarmnode_stage_holders{stage="0"} 1`, `swarmnode_microbatches_total{outcome="completed"} 1`, `swarmnode_errors_total{kind="dial"} 1`,
 		`swarmnode_wire_bytes_total{kind="raw"}`, `swarmnode_dht_lookups_total{path="near"}`, `swarmnode_dht_lookups_total{path="fallback"}`} {
-		if !strings.Contains(string(body), want) {
+		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
+}
 
-	resp, err = c.Get(b.StatusURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ = io.ReadAll(resp.Body)
-	resp.Body.Close()
+func checkStatusPage(t *testing.T, a, b *Node) {
+	t.Helper()
+	body := string(get(t, b.StatusURL()))
 	for _, want := range []string{b.ID().String(), a.ID().String(), `id="holders"`, "<polyline", `http-equiv="refresh"`} {
-		if !strings.Contains(string(body), want) {
+		if !strings.Contains(body, want) {
 			t.Errorf("page lacks %q", want)
 		}
+	}
+}
+
+// TestStatusPageInBrowser loads a running node's status page in headless
+// Chromium and checks the DOM the browser rendered: our peer id and a holders
+// table listing both nodes. CI installs Debian's chromium; without it the
+// test skips, saying so.
+func TestStatusPageInBrowser(t *testing.T) {
+	bin, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Skip("chromium not installed (apt-get install chromium); skipping the browser test")
+	}
+	a := startTestNode(t, testOptions(t, 0))
+	ob := testOptions(t, 1)
+	ob.Bootstrap = []string{a.Addrs()[0].String()}
+	b := startTestNode(t, ob)
+	b.Status().AddHistory(HistoryPoint{Step: 1, Loss: 5})
+	b.Status().AddHistory(HistoryPoint{Step: 2, Loss: 4})
+	wait.For(t, 3*time.Second, func() error {
+		if len(b.DHT().Holders(0)) != 1 {
+			return fmt.Errorf("b does not see a yet")
+		}
+		return nil
+	})
+
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+		"--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+		"--disable-dev-shm-usage", "--user-data-dir="+t.TempDir(), "--dump-dom", b.StatusURL())
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("chromium: %v\n%s", err, out)
+	}
+	dom := string(out)
+	if !strings.Contains(dom, `id="peer-id">`+b.ID().String()+"<") {
+		t.Fatalf("rendered DOM lacks our peer id:\n%s", dom)
+	}
+	table := regexp.MustCompile(`(?s)<table id="holders">.*?</table>`).FindString(dom)
+	if table == "" {
+		t.Fatalf("rendered DOM lacks the holders table:\n%s", dom)
+	}
+	for _, want := range []string{`data-stage="0" data-peer="` + a.ID().String(), `data-stage="1" data-peer="` + b.ID().String(), `data-stage="2"`} {
+		if !strings.Contains(table, want) {
+			t.Errorf("holders table lacks %s:\n%s", want, table)
+		}
+	}
+	if !strings.Contains(dom, `<svg id="loss-curve"`) || !strings.Contains(dom, "<polyline") {
+		t.Errorf("rendered DOM lacks the loss curve")
 	}
 }
 

@@ -8,9 +8,8 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
-
-	"github.com/libp2p/go-libp2p/core/peer"
 
 	"swarmnode/averaging"
 	"swarmnode/config"
@@ -24,17 +23,21 @@ import (
 // and trainer roles of `swarmnode run`. pipeline/ and averaging/ know nothing of
 // each other; here a stage's optimizer steps feed its averager, and a
 // rebalancing move fetches the target stage's state through averaging's state
-// transfer before pipeline serves it.
+// transfer before pipeline serves it. Each holder of a stage steps after
+// train.batch sequences of its own and averaging mixes the holders' copies
+// (docs/holders.md says why the holders do not share the batch instead).
 
-// RoleOptions configure the roles a node plays.
-type RoleOptions struct {
-	// Config is the run config (model, stages, train, pipeline, compression, averaging).
-	Config config.Config
-	// Slowdown stretches every forward and backward pass of the stage server by
-	// this factor (values above 1): a deliberately slow peer for tests and demos.
-	Slowdown float64
-	// Logger receives progress; nil discards.
-	Logger *slog.Logger
+// roles plays the server and trainer roles on a node under one run config.
+type roles struct {
+	n   *Node
+	cfg config.Config
+	// slowdown stretches every pass of the stage server (RunOptions.Slowdown).
+	slowdown float64
+	log      *slog.Logger
+}
+
+func newRoles(n *Node, cfg config.Config, o RunOptions) *roles {
+	return &roles{n: n, cfg: cfg, slowdown: o.Slowdown, log: o.logger()}
 }
 
 // stageKey names the averaging and state-transfer protocols of stage k.
@@ -53,72 +56,54 @@ type stageService struct {
 	wg     sync.WaitGroup
 }
 
-// dhtPeers lists the other live holders of one stage for the averager.
-type dhtPeers struct {
-	n *Node
-	k int
-}
-
-func (p dhtPeers) Holders(context.Context) ([]peer.ID, error) { return p.holders(), nil }
-
-// holders lists this peer and the other live holders of the stage.
-func (p dhtPeers) holders() []peer.ID {
-	hs := p.n.DHT().Holders(p.k)
-	ids := make([]peer.ID, 0, len(hs)+1)
-	ids = append(ids, p.n.ID())
-	for _, h := range hs {
-		if h.Peer != p.n.ID() {
-			ids = append(ids, h.Peer)
-		}
-	}
-	return ids
-}
-
-// startStage builds stage k, loads its current state from the live holders (a
-// late joiner or a peer moving stage must not restart from the initial weights),
-// and serves it: pipeline server, state server and averager. The caller
-// announces the stage afterwards.
-func (n *Node) startStage(ctx context.Context, o RoleOptions, k int) (*stageService, error) {
-	cfg := o.Config
-	log := o.logger()
-	dev, err := resolveDevice(cfg.Device, log)
+// startStage builds stage k with the live holders' state and serves it. The
+// caller announces the stage afterwards.
+func (r *roles) startStage(ctx context.Context, k int) (*stageService, error) {
+	st, err := r.buildStage(ctx, k)
 	if err != nil {
 		return nil, err
 	}
-	st, err := newStage(cfg, k, dev, log)
+	svc, err := r.serveStage(ctx, k, st)
+	if err != nil {
+		st.Close() // the GPU memory of a stage that never served
+		return nil, err
+	}
+	return svc, nil
+}
+
+// buildStage builds stage k on the configured device and loads its current
+// state from the live holders: a late joiner or a peer moving stage must not
+// restart from the initial weights.
+func (r *roles) buildStage(ctx context.Context, k int) (*stages.Stage, error) {
+	dev, err := resolveDevice(r.cfg.Device, r.log)
 	if err != nil {
 		return nil, err
 	}
-	ok := false
-	defer func() { // the GPU memory of a stage that never served
-		if !ok {
-			st.Close()
-		}
-	}()
-	st.SetMaxTokens(cfg.Train.Microbatch * cfg.Model.SeqLen)
-	if err := n.loadStageState(ctx, o, st, k); err != nil {
+	st, err := newStage(r.cfg, k, dev, r.log)
+	if err != nil {
 		return nil, err
 	}
-	wo := pipeline.WorkerOptions{
-		Optim: cfg.Train.Optim, StepSamples: cfg.Train.Batch,
-		Microbatch: cfg.Train.Microbatch, Staleness: cfg.Pipeline.Staleness,
+	st.SetMaxTokens(r.cfg.Train.Microbatch * r.cfg.Model.SeqLen)
+	if err := r.loadStageState(ctx, st, k); err != nil {
+		st.Close()
+		return nil, err
 	}
-	// Each holder steps after train.batch sequences of its own; averaging then
-	// mixes the holders' copies. Sharing the batch among holders instead
-	// (WorkerOptions.Replicas) keeps the learning-rate schedule in step with
-	// the trainer but halves each step's batch: on the example config, 1000
-	// steps with 2 holders per stage, it reached val loss 2.23-2.24 against
-	// 2.13 this way.
-	worker := pipeline.NewWorker(st, wo)
-	server, err := pipeline.NewServer(n.Host(), worker, pipeline.DHTRouter(n.DHT()), pipeline.ServerOptions{
-		Run: cfg.Run, Pipeline: cfg.Pipeline, Compression: cfg.Compression,
-		MaxBatch: cfg.Train.Microbatch, Slowdown: o.Slowdown, Logger: log,
-	})
+	return st, nil
+}
+
+// serveStage serves the built stage st as stage k: pipeline server, state
+// server and averager, until svc.close.
+func (r *roles) serveStage(ctx context.Context, k int, st *stages.Stage) (*stageService, error) {
+	cfg := r.cfg
+	worker := pipeline.NewWorker(st, pipeline.WorkerOptionsFrom(cfg))
+	so := pipeline.ServerOptionsFrom(cfg, r.log)
+	so.Slowdown = r.slowdown
+	server, err := pipeline.NewServer(r.n.Host(), worker, dhtRouter{r.n.DHT()}, so)
 	if err != nil {
 		return nil, err
 	}
 	svc := &stageService{k: k, st: st, worker: worker, server: server}
-	svc.state, err = averaging.ServeState(n.Host(), cfg.Run, stageKey(k), func() (averaging.State, error) {
+	svc.state, err = averaging.ServeState(r.n.Host(), cfg.Run, stageKey(k), func() (averaging.State, error) {
 		var out averaging.State
 		st.WithState(func(s *model.State) {
 			out = averaging.State{Step: int64(s.Step), Params: clone(s.Params), M: clone(s.M), V: clone(s.V)}
@@ -132,7 +117,7 @@ func (n *Node) startStage(ctx context.Context, o RoleOptions, k int) (*stageServ
 	sctx, cancel := context.WithCancel(ctx)
 	svc.cancel = cancel
 	if cfg.Averaging.Enabled {
-		if err := n.startAveraging(sctx, o, svc, st); err != nil {
+		if err := r.startAveraging(sctx, svc); err != nil {
 			cancel()
 			svc.state.Close()
 			server.Close()
@@ -140,45 +125,40 @@ func (n *Node) startStage(ctx context.Context, o RoleOptions, k int) (*stageServ
 		}
 	}
 	svc.wg.Add(1)
-	go func() { // publish this stage's load and counters until the stage stops
-		defer svc.wg.Done()
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-sctx.Done():
-				return
-			case <-t.C:
-				tp, q := server.Load()
-				n.DHT().SetLoad(tp, q)
-				n.status.setServer(server.Stats())
-				if svc.avg != nil {
-					n.status.setAveragingStats(svc.avg.Stats())
-				}
-			}
-		}
-	}()
-	log.Info("serving stage", "stage", k, "params", st.NumParams(), "version", st.Version(), "device", st.Device())
-	ok = true
+	go r.publish(sctx, svc)
+	r.log.Info("serving stage", "stage", k, "params", st.NumParams(), "version", st.Version(), "device", st.Device())
 	return svc, nil
 }
 
+// publish gossips the stage server's load and mirrors its counters on the
+// status page every second until ctx ends.
+func (r *roles) publish(ctx context.Context, svc *stageService) {
+	defer svc.wg.Done()
+	r.n.DHT().FollowLoad(ctx, time.Second, func() (float64, int) {
+		r.n.status.setServer(svc.server.Stats())
+		if svc.avg != nil {
+			r.n.status.setAveragingStats(svc.avg.Stats())
+		}
+		return svc.server.Load()
+	})
+}
+
 // startAveraging runs the background averager of svc's stage.
-func (n *Node) startAveraging(ctx context.Context, o RoleOptions, svc *stageService, st *stages.Stage) error {
-	cfg := o.Config
+func (r *roles) startAveraging(ctx context.Context, svc *stageService) error {
+	cfg := r.cfg
 	opts, err := averaging.OptionsFromConfig(cfg.Run, stageKey(svc.k), cfg.Averaging)
 	if err != nil {
 		return err
 	}
-	opts.Logger = o.logger()
-	opts.Registerer = n.Registry()
-	n0 := st.NumParams()
+	opts.Logger = r.log
+	opts.Registerer = r.n.Registry()
+	n0 := svc.st.NumParams()
 	if cfg.Averaging.Optimizer {
-		n0 = st.StateLen()
+		n0 = svc.st.StateLen()
 	}
-	src := &stageSource{st: st, n: n0, log: o.logger()}
-	svc.worker.OnStep(func(si pipeline.StepInfo) { src.addSamples(float64(si.Samples)) })
-	avg, err := averaging.New(n.Host(), dhtPeers{n, svc.k}, src, opts)
+	src := &stageSource{st: svc.st, n: n0, log: r.log}
+	svc.worker.OnStep(func(si pipeline.StepInfo) { src.samples.Add(int64(si.Samples)) })
+	avg, err := averaging.New(r.n.Host(), dhtPeers{r.n, svc.k}, src, opts)
 	if err != nil {
 		return err
 	}
@@ -187,7 +167,7 @@ func (n *Node) startAveraging(ctx context.Context, o RoleOptions, svc *stageServ
 	go func() {
 		defer svc.wg.Done()
 		if err := avg.Run(ctx); err != nil && ctx.Err() == nil {
-			o.logger().Warn("averaging stopped", "stage", svc.k, "err", err)
+			r.log.Warn("averaging stopped", "stage", svc.k, "err", err)
 		}
 	}()
 	return nil
@@ -202,29 +182,15 @@ type stageSource struct {
 	n   int
 	log *slog.Logger
 
-	mu      sync.Mutex
-	samples float64
-	warned  bool
-}
-
-// addSamples records samples trained on since the last round.
-func (s *stageSource) addSamples(n float64) {
-	s.mu.Lock()
-	s.samples += n
-	s.mu.Unlock()
+	samples atomic.Int64 // trained on since the last round
+	warned  atomic.Bool
 }
 
 // Len is the averaged vector's length.
 func (s *stageSource) Len() int { return s.n }
 
 // Samples returns the samples recorded since the previous call.
-func (s *stageSource) Samples() float64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	w := s.samples
-	s.samples = 0
-	return w
-}
+func (s *stageSource) Samples() float64 { return float64(s.samples.Swap(0)) }
 
 // Read copies vec[off:off+len(dst)].
 func (s *stageSource) Read(off int, dst []float32) {
@@ -244,11 +210,7 @@ func (s *stageSource) Add(off int, delta []float32) {
 // warn logs the first failure of a ranged access (off-range requests cannot
 // happen; a GPU fault can, and repeats for every chunk).
 func (s *stageSource) warn(err error) {
-	s.mu.Lock()
-	first := !s.warned
-	s.warned = true
-	s.mu.Unlock()
-	if first {
+	if s.warned.CompareAndSwap(false, true) {
 		s.log.Warn("averaging: stage state access failed", "err", err.Error())
 	}
 }
@@ -256,24 +218,19 @@ func (s *stageSource) warn(err error) {
 // loadStageState replaces st's initial weights with the state of the live
 // holders of stage k, fetched in shards from all of them at once. With no
 // holder to ask, the stage starts from its seeded initial weights.
-func (n *Node) loadStageState(ctx context.Context, o RoleOptions, st *stages.Stage, k int) error {
-	var from []peer.ID
-	for _, h := range n.DHT().Holders(k) {
-		if h.Peer != n.ID() {
-			from = append(from, h.Peer)
-		}
-	}
+func (r *roles) loadStageState(ctx context.Context, st *stages.Stage, k int) error {
+	from := r.n.otherHolders(k)
 	if len(from) == 0 {
 		return nil
 	}
 	fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	state, err := averaging.FetchState(fctx, n.Host(), o.Config.Run, stageKey(k), from, averaging.FetchOptions{MaxFloats: st.StateLen()})
+	state, err := averaging.FetchState(fctx, r.n.Host(), r.cfg.Run, stageKey(k), from, averaging.FetchOptions{MaxFloats: st.StateLen()})
 	if err != nil {
 		// The swarm must not stall on a broken holder: start fresh, averaging
 		// pulls the copy towards its peers.
-		o.logger().Warn("state transfer failed; starting from initial weights", "stage", k, "err", err)
-		n.status.IncError("state_transfer")
+		r.log.Warn("state transfer failed; starting from initial weights", "stage", k, "err", err)
+		r.n.status.IncError("state_transfer")
 		return nil
 	}
 	var loadErr error
@@ -290,7 +247,7 @@ func (n *Node) loadStageState(ctx context.Context, o RoleOptions, st *stages.Sta
 	if loadErr != nil {
 		return loadErr
 	}
-	o.logger().Info("loaded stage state", "stage", k, "step", state.Step, "holders", len(state.From))
+	r.log.Info("loaded stage state", "stage", k, "step", state.Step, "holders", len(state.From))
 	return nil
 }
 
@@ -306,80 +263,121 @@ func (s *stageService) close() {
 	s.st.Close()
 }
 
-// Serve serves stage k until ctx ends, moving to another stage when the
+// serve serves stage k until ctx ends, moving to another stage when the
 // rebalancer finds the pipeline unbalanced. It announces the stage it serves.
-func (n *Node) Serve(ctx context.Context, o RoleOptions, k int) error {
-	svc, err := n.startStage(ctx, o, k)
+func (r *roles) serve(ctx context.Context, k int) error {
+	svc, err := r.startStage(ctx, k)
 	if err != nil {
 		return fmt.Errorf("serve stage %d: %w", k, err)
 	}
-	if err := n.SetStage(k); err != nil {
+	if err := r.n.SetStage(k); err != nil {
 		svc.close()
 		return err
 	}
-	var mu sync.Mutex // guards svc against the rebalancer's moves
+	// The rebalancer calls current and move on its own goroutine, one at a
+	// time; svc changes only there, to nil after a move that lost the stage.
 	defer func() {
-		mu.Lock()
-		svc.close()
-		mu.Unlock()
+		if svc != nil {
+			svc.close()
+		}
 	}()
-	cfg := o.Config
+	cfg := r.cfg
 	if cfg.Pipeline.RebalanceEvery <= 0 || len(cfg.Stages) < 2 {
 		<-ctx.Done()
 		return nil
 	}
 	rb := &pipeline.Rebalancer{
-		Router: pipeline.DHTRouter(n.DHT()), Stages: len(cfg.Stages), Self: n.ID(),
+		Router: dhtRouter{r.n.DHT()}, Stages: len(cfg.Stages), Self: r.n.ID(),
 		Ratio: cfg.Pipeline.RebalanceRatio, Cooldown: 3 * cfg.Pipeline.RebalanceEvery,
-		Settle: 2*cfg.Pipeline.RebalanceEvery + 2*cfg.Node.GossipEvery,
+		Settle: rebalanceSettle(cfg),
 	}
-	current := func() int { mu.Lock(); defer mu.Unlock(); return svc.k }
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var lost error // a move that left the node without a stage
+	current := func() int {
+		if svc == nil {
+			return -1 // no stage: the rebalancer stays
+		}
+		return svc.k
+	}
 	move := func(ctx context.Context, to int) error {
-		o.logger().Info("rebalancing", "from", current(), "to", to, "holders", holderSummary(n, len(cfg.Stages)))
-		next, err := n.startStage(ctx, o, to)
-		if err != nil {
-			n.status.IncError("rebalance")
-			return err
+		next, err := r.move(ctx, svc, to)
+		switch {
+		case errors.Is(err, errStageLost):
+			svc, lost = next, err
+			stop()
+		case err == nil:
+			svc = next
 		}
-		if err := n.SetStage(to); err != nil {
-			next.close()
-			return err
-		}
-		mu.Lock()
-		old := svc
-		svc = next
-		mu.Unlock()
-		old.close()
-		return nil
+		return err
 	}
-	if err := rb.Run(ctx, cfg.Pipeline.RebalanceEvery, current, move); err != nil && !errors.Is(err, context.Canceled) {
+	err = rb.Run(rctx, cfg.Pipeline.RebalanceEvery, current, move)
+	if lost != nil {
+		return lost
+	}
+	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return nil
 }
 
-// Train feeds the run's data through the swarm for Train.Steps steps (or until
+// errStageLost marks a move that stopped the old stage but could not serve
+// the new one.
+var errStageLost = errors.New("rebalancing left no stage to serve")
+
+// move moves the node from the stage svc serves to stage to, and returns the
+// new stage's service. The target stage is built and its state fetched from
+// its holders while the old stage still serves; only then does the old
+// server stop, before the new one starts: both answer the run's one stage
+// protocol, and closing a server removes the protocol's handler, whoever set
+// it. A failure before the old server stops leaves it serving; one after is
+// errStageLost, with the new stage's service if it started.
+func (r *roles) move(ctx context.Context, svc *stageService, to int) (*stageService, error) {
+	r.log.Info("rebalancing", "from", svc.k, "to", to, "holders", holderSummary(r.n, len(r.cfg.Stages)))
+	st, err := r.buildStage(ctx, to)
+	if err != nil {
+		r.n.status.IncError("rebalance")
+		return nil, err
+	}
+	svc.close()
+	next, err := r.serveStage(ctx, to, st)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("%w: stage %d: %v", errStageLost, to, err)
+	}
+	if err := r.n.SetStage(to); err != nil {
+		return next, fmt.Errorf("%w: stage %d: %v", errStageLost, to, err)
+	}
+	return next, nil
+}
+
+// rebalanceSettle is how long the holders of every stage must stay the same
+// before a rebalancing move (pipeline.Rebalancer.Settle): two checks, and two
+// gossip rounds for a move to reach every peer.
+func rebalanceSettle(cfg config.Config) time.Duration {
+	return 2*cfg.Pipeline.RebalanceEvery + 2*cfg.Node.GossipEvery
+}
+
+// train feeds the run's data through the swarm for train.steps steps (or until
 // ctx ends) and returns the summary. Progress goes to the status page.
-func (n *Node) Train(ctx context.Context, o RoleOptions) (pipeline.Summary, error) {
-	cfg := o.Config
+func (r *roles) train(ctx context.Context) (pipeline.Summary, error) {
+	cfg := r.cfg
 	corpus, err := data.Load(cfg.Data.Path, cfg.Data.ValFraction)
 	if err != nil {
 		return pipeline.Summary{}, err
 	}
+	status := r.n.status
+	opts := pipeline.TrainerOptionsFrom(cfg, r.log)
 	// Each trainer draws its own batch stream, so that several trainers of one
 	// run do not feed the same sequences.
 	h := fnv.New64a()
-	h.Write([]byte(n.ID()))
-	tr, err := pipeline.NewTrainer(n.Host(), pipeline.DHTRouter(n.DHT()), corpus, pipeline.TrainerOptions{
-		Run: cfg.Run, Model: cfg.Model, Stages: len(cfg.Stages), Train: cfg.Train,
-		Pipeline: cfg.Pipeline, Stream: h.Sum64(), Logger: o.logger(),
-		OnStep: func(r pipeline.StepReport) {
-			n.status.SetTraining(int64(r.Step), r.Loss, r.TokensPerSec)
-		},
-		OnEval: func(r pipeline.EvalReport) {
-			n.status.AddHistory(HistoryPoint{Step: int64(r.Step), Loss: r.Loss, ValLoss: r.ValLoss})
-		},
-	})
+	h.Write([]byte(r.n.ID()))
+	opts.Stream = h.Sum64()
+	opts.OnStep = func(s pipeline.StepReport) { status.SetTraining(int64(s.Step), s.Loss, s.TokensPerSec) }
+	opts.OnEval = func(e pipeline.EvalReport) {
+		status.AddHistory(HistoryPoint{Step: int64(e.Step), Loss: e.Loss, ValLoss: e.ValLoss})
+	}
+	tr, err := pipeline.NewTrainer(r.n.Host(), dhtRouter{r.n.DHT()}, corpus, opts)
 	if err != nil {
 		return pipeline.Summary{}, err
 	}
@@ -392,21 +390,14 @@ func (n *Node) Train(ctx context.Context, o RoleOptions) (pipeline.Summary, erro
 			case <-done:
 				return
 			case <-t.C:
-				n.status.setTrainer(tr.Stats())
+				status.setTrainer(tr.Stats())
 			}
 		}
 	}()
 	sum, err := tr.Run(ctx)
 	close(done)
-	n.status.setTrainer(tr.Stats())
+	status.setTrainer(tr.Stats())
 	return sum, err
-}
-
-func (o RoleOptions) logger() *slog.Logger {
-	if o.Logger == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return o.Logger
 }
 
 // holderSummary describes every stage's holders and their throughput for logs.

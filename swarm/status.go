@@ -24,19 +24,6 @@ type HistoryPoint struct {
 	Time time.Time `json:"time"`
 }
 
-// MicrobatchKind names a microbatch outcome.
-type MicrobatchKind int
-
-// Microbatch outcomes counted on the status page.
-const (
-	// MicrobatchCompleted is a microbatch whose forward and backward finished.
-	MicrobatchCompleted MicrobatchKind = iota
-	// MicrobatchRetried is a partial retry after a downstream hop failed.
-	MicrobatchRetried
-	// MicrobatchFailed is a microbatch given up on.
-	MicrobatchFailed
-)
-
 // MicrobatchCounts are the microbatch counters.
 type MicrobatchCounts struct {
 	// Completed counts microbatches whose forward and backward finished.
@@ -75,15 +62,15 @@ type Training struct {
 	TokensPerSec float64 `json:"tokens_per_sec"`
 }
 
-// Status holds the progress figures that the pipeline and averaging fill in
-// and the status server shows. All methods are safe for concurrent use.
+// Status holds the progress figures the status server shows: the roles
+// (roles.go) fill them in from the trainer's, the stage server's and the
+// averager's counters. All methods are safe for concurrent use.
 type Status struct {
 	mu       sync.Mutex
 	training Training
 	history  []HistoryPoint
-	mb       MicrobatchCounts
-	// server and trainer mirror the totals kept by a stage server and a
-	// trainer (roles.go); they add to mb, which IncMicrobatch counts.
+	// server and trainer mirror the totals kept by the stage server and the
+	// trainer (roles.go); the page shows their sum.
 	server, trainer MicrobatchCounts
 	avg             AveragingStats
 	errors          map[string]uint64
@@ -127,43 +114,6 @@ func (s *Status) AddHistory(p HistoryPoint) {
 	s.history = append(s.history, p)
 }
 
-// IncMicrobatch counts one microbatch outcome.
-func (s *Status) IncMicrobatch(kind MicrobatchKind) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	switch kind {
-	case MicrobatchCompleted:
-		s.mb.Completed++
-	case MicrobatchRetried:
-		s.mb.Retried++
-	case MicrobatchFailed:
-		s.mb.Failed++
-	}
-}
-
-// SetAveraging replaces the averaging counters wholesale.
-func (s *Status) SetAveraging(a AveragingStats) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.avg = a
-}
-
-// AveragingRound records a finished averaging round.
-func (s *Status) AveragingRound(groupSize int, took time.Duration) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.avg.Rounds++
-	s.avg.LastGroupSize = groupSize
-	s.avg.LastRoundMS = float64(took.Microseconds()) / 1000
-}
-
-// AveragingFailure records a round that did not finish.
-func (s *Status) AveragingFailure() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.avg.Failures++
-}
-
 // IncError counts one error of the given kind (e.g. "dial", "bad_frame").
 func (s *Status) IncError(kind string) {
 	if kind == "" {
@@ -176,8 +126,8 @@ func (s *Status) IncError(kind string) {
 
 // Counters is a consistent copy of everything in a Status.
 type Counters struct {
-	// Training, History, Microbatches, Averaging and Errors mirror the
-	// Status setters of the same names.
+	// Training, History, Microbatches, Averaging and Errors are the
+	// figures of the status page's sections of the same names.
 	Training     Training
 	History      []HistoryPoint
 	Microbatches MicrobatchCounts
@@ -192,7 +142,7 @@ func (s *Status) Snapshot() Counters {
 	return Counters{
 		Training:     s.training,
 		History:      slices.Clone(s.history),
-		Microbatches: s.mb.add(s.server).add(s.trainer),
+		Microbatches: s.server.add(s.trainer),
 		Averaging:    s.avg,
 		Errors:       maps.Clone(s.errors),
 	}

@@ -1,0 +1,52 @@
+package swarm
+
+import (
+	"context"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"swarmnode/dht"
+	"swarmnode/pipeline"
+)
+
+// The run's DHT seen as pipeline/ and averaging/ want it: neither package
+// knows the DHT, so the adapters live here, where the three meet.
+
+// dhtRouter is the pipeline's Router over the run's DHT service: its table of
+// live holders, fed by provider records, signed peer records and load gossip.
+type dhtRouter struct{ s *dht.Service }
+
+// Holders lists the DHT table's live holders of stage k.
+func (r dhtRouter) Holders(k int) []pipeline.Holder {
+	hs := r.s.Holders(k)
+	out := make([]pipeline.Holder, 0, len(hs))
+	for _, h := range hs {
+		out = append(out, pipeline.Holder{ID: h.Peer, Throughput: h.Throughput, Queue: h.Queue, Addrs: h.Addrs})
+	}
+	return out
+}
+
+// MarkDown hides p from the DHT table for its down backoff.
+func (r dhtRouter) MarkDown(p peer.ID) { r.s.MarkDown(p) }
+
+// dhtPeers lists the live holders of one stage for the averager.
+type dhtPeers struct {
+	n *Node
+	k int
+}
+
+// Holders lists this peer and the other live holders of the stage.
+func (p dhtPeers) Holders(context.Context) ([]peer.ID, error) {
+	return append([]peer.ID{p.n.ID()}, p.n.otherHolders(p.k)...), nil
+}
+
+// otherHolders lists the live holders of stage k other than this peer.
+func (n *Node) otherHolders(k int) []peer.ID {
+	var ids []peer.ID
+	for _, h := range n.DHT().Holders(k) {
+		if h.Peer != n.ID() {
+			ids = append(ids, h.Peer)
+		}
+	}
+	return ids
+}
