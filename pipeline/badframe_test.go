@@ -11,8 +11,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"swarmnode/pipeline/codec"
-	"swarmnode/pipeline/wire"
+	"swarmnode/codec"
+	"swarmnode/wire"
 )
 
 func rawFrame(h wire.Header, payload []byte) []byte {

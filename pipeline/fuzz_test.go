@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"swarmnode/pipeline/wire"
 	"swarmnode/stages"
+	"swarmnode/wire"
 )
 
 type memStream struct{ bytes.Buffer }

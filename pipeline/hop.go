@@ -16,8 +16,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 
-	"swarmnode/pipeline/codec"
-	"swarmnode/pipeline/wire"
+	"swarmnode/codec"
+	"swarmnode/wire"
 )
 
 // Protocol is the stage protocol id of run.

@@ -15,10 +15,10 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"swarmnode/codec"
 	"swarmnode/config"
-	"swarmnode/pipeline/codec"
-	"swarmnode/pipeline/wire"
 	"swarmnode/stages"
+	"swarmnode/wire"
 )
 
 // ServerOptions configure a stage server.

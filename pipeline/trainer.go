@@ -12,9 +12,9 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/host"
 
+	"swarmnode/codec"
 	"swarmnode/config"
 	"swarmnode/data"
-	"swarmnode/pipeline/codec"
 )
 
 // TrainerOptions configure a trainer.

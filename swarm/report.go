@@ -3,7 +3,7 @@ package swarm
 import (
 	"time"
 
-	"swarmnode/pipeline/wire"
+	"swarmnode/wire"
 )
 
 // HolderReport is one holder of a stage as /api/status shows it.

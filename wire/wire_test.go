@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"swarmnode/pipeline/codec"
+	"swarmnode/codec"
 )
 
 // buf is an in-memory stream: writes append, reads consume.

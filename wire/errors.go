@@ -9,7 +9,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"swarmnode/pipeline/codec"
+	"swarmnode/codec"
 )
 
 // Code is the reason an error frame gives; it travels as a uint16.

@@ -13,7 +13,7 @@ import (
 // backend's tests (cuda/wire_test.go) check that the GPU writes and reads the
 // same layout against this file, so the two packages agree on the wire without
 // importing each other.
-const goldenPath = "../../cuda/testdata/int8_wire.golden"
+const goldenPath = "../cuda/testdata/int8_wire.golden"
 
 // GoldenInput is the fixed input of the golden messages (mirrored in the cuda tests).
 func goldenInput() []float32 {

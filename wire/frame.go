@@ -33,7 +33,7 @@ import (
 	"math"
 	"time"
 
-	"swarmnode/pipeline/codec"
+	"swarmnode/codec"
 )
 
 // HeaderSize is the size of a frame header in bytes.

@@ -7,7 +7,7 @@ import (
 	"io"
 	"time"
 
-	"swarmnode/pipeline/codec"
+	"swarmnode/codec"
 )
 
 // Stream is the part of a libp2p network.Stream a Conn needs.

@@ -14,8 +14,8 @@ import (
 	"os"
 	"time"
 
+	"swarmnode/codec"
 	"swarmnode/data"
-	"swarmnode/pipeline/codec"
 	"swarmnode/stages"
 )
 
