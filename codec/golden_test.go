@@ -32,7 +32,7 @@ func goldenInput() []float32 {
 func TestInt8WireGolden(t *testing.T) {
 	var b strings.Builder
 	for _, bs := range []int{64, 7} {
-		msg, err := Encode(nil, Int8, bs, goldenInput())
+		msg, err := Format{Kind: Int8, Block: bs}.Append(nil, goldenInput())
 		if err != nil {
 			t.Fatal(err)
 		}

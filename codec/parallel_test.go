@@ -9,120 +9,111 @@ import (
 	"testing"
 )
 
-// refEncode and refDecode are the original one-value-per-iteration, single-goroutine
-// codec, kept as the specification the unrolled and chunked paths must match byte for
-// byte and error for error.
-func refEncode(k Kind, block int, src []float32) ([]byte, error) {
-	out := make([]byte, EncodedLen(k, len(src), block))
-	if err := refEncodeInto(out, k, block, src); err != nil {
+// refEncode and refDecode are a one-value-per-iteration, single-goroutine codec,
+// kept as the specification the word-at-a-time and chunked paths must match byte
+// for byte and error for error.
+func refEncode(f Format, src []float32) ([]byte, error) {
+	out := make([]byte, f.Len(len(src)))
+	if err := refEncodeInto(out, f, src); err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-// refEncodeInto is refEncode into a buffer of EncodedLen bytes, so that the benchmark
+// refEncodeInto is refEncode into a buffer of f.Len bytes, so that the benchmark
 // measures the loop and not an allocation.
-func refEncodeInto(out []byte, k Kind, block int, src []float32) error {
-	switch k {
+func refEncodeInto(out []byte, f Format, src []float32) error {
+	if err := refFinite(src, 0); err != nil {
+		return err
+	}
+	switch f.Kind {
 	case FP32:
 		for i, v := range src {
-			b := math.Float32bits(v)
-			if b&0x7f800000 == 0x7f800000 {
-				return fmt.Errorf("%w at index %d", ErrNonFinite, i)
-			}
-			binary.LittleEndian.PutUint32(out[4*i:4*i+4], b)
+			binary.LittleEndian.PutUint32(out[4*i:4*i+4], math.Float32bits(v))
 		}
 	case BF16:
 		for i, v := range src {
-			b := math.Float32bits(v)
-			if b&0x7f800000 == 0x7f800000 {
-				return fmt.Errorf("%w at index %d", ErrNonFinite, i)
-			}
-			binary.LittleEndian.PutUint16(out[2*i:2*i+2], bf16Round(b))
+			binary.LittleEndian.PutUint16(out[2*i:2*i+2], bf16Round(math.Float32bits(v)))
 		}
 	case Int8:
-		o := out
-		for start := 0; start < len(src); start += block {
-			end := min(start+block, len(src))
-			var amax uint32
+		nb := blocks(len(src), f.Block)
+		for k := range nb {
+			start, end := k*f.Block, min((k+1)*f.Block, len(src))
+			var amax float32
 			for _, v := range src[start:end] {
-				amax = max(amax, math.Float32bits(v)&0x7fffffff)
+				amax = max(amax, float32(math.Abs(float64(v))))
 			}
-			if amax >= 0x7f800000 {
-				for i, v := range src[start:end] {
-					if math.Float32bits(v)&0x7f800000 == 0x7f800000 {
-						return fmt.Errorf("%w at index %d", ErrNonFinite, start+i)
+			scale := amax / 127
+			so, qo := 4*k+start, 4*k+start+4
+			if f.Layout == Planar {
+				so, qo = 4*k, 4*nb+start
+			}
+			binary.LittleEndian.PutUint32(out[so:], math.Float32bits(scale))
+			for i, v := range src[start:end] {
+				q := 0.0
+				if scale != 0 {
+					x := float64(v * min(1/scale, math.MaxFloat32))
+					if f.Layout == Planar {
+						q = math.RoundToEven(x)
+					} else {
+						q = math.Max(-127, math.Min(127, math.Round(x)))
 					}
 				}
+				out[qo+i] = byte(int8(q))
 			}
-			scale := math.Float32frombits(amax) / 127
-			binary.LittleEndian.PutUint32(o, math.Float32bits(scale))
-			q := o[4 : 4+end-start]
-			clear(q)
-			if scale != 0 {
-				inv := 1 / scale
-				for i, v := range src[start:end] {
-					x := v * inv
-					half := math.Float32frombits(math.Float32bits(x)&0x80000000 | 0x3f000000)
-					q[i] = byte(int8(max(-127, min(127, int32(x+half)))))
-				}
-			}
-			o = o[4+end-start:]
 		}
 	}
 	return nil
 }
 
-func refDecode(dst []float32, k Kind, block int, src []byte) error {
-	switch k {
+func refDecode(dst []float32, f Format, src []byte) error {
+	switch f.Kind {
 	case FP32:
 		for i := range dst {
-			b := binary.LittleEndian.Uint32(src[4*i : 4*i+4])
-			if b&0x7f800000 == 0x7f800000 {
-				return fmt.Errorf("%w at index %d", ErrNonFinite, i)
-			}
-			dst[i] = math.Float32frombits(b)
+			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(src[4*i : 4*i+4]))
 		}
 	case BF16:
 		for i := range dst {
-			b := uint32(binary.LittleEndian.Uint16(src[2*i:2*i+2])) << 16
-			if b&0x7f800000 == 0x7f800000 {
-				return fmt.Errorf("%w at index %d", ErrNonFinite, i)
-			}
-			dst[i] = math.Float32frombits(b)
+			dst[i] = math.Float32frombits(uint32(binary.LittleEndian.Uint16(src[2*i:2*i+2])) << 16)
 		}
 	case Int8:
-		for start := 0; start < len(dst); start += block {
-			end := min(start+block, len(dst))
-			sb := binary.LittleEndian.Uint32(src)
+		nb := blocks(len(dst), f.Block)
+		for k := range nb {
+			start, end := k*f.Block, min((k+1)*f.Block, len(dst))
+			so, qo := 4*k+start, 4*k+start+4
+			if f.Layout == Planar {
+				so, qo = 4*k, 4*nb+start
+			}
+			sb := binary.LittleEndian.Uint32(src[so:])
 			scale := math.Float32frombits(sb)
 			if sb&0x7f800000 == 0x7f800000 || scale < 0 {
 				return fmt.Errorf("%w: int8 scale %g of block at index %d", ErrNonFinite, scale, start)
 			}
-			for i, c := range src[4 : 4+end-start] {
+			for i, c := range src[qo : qo+end-start] {
 				dst[start+i] = float32(int8(c)) * scale
 			}
-			if scale > math.MaxFloat32/128 {
-				for i, v := range dst[start:end] {
-					if math.IsInf(float64(v), 0) {
-						return fmt.Errorf("%w at index %d", ErrNonFinite, start+i)
-					}
-				}
+			if err := refFinite(dst[start:end], start); err != nil {
+				return err
 			}
-			src = src[4+end-start:]
+		}
+	}
+	return refFinite(dst, 0)
+}
+
+// refFinite names the first NaN or Inf of vals, whose first value has index base.
+func refFinite(vals []float32, base int) error {
+	for i, v := range vals {
+		if math.IsInf(float64(v), 0) || math.IsNaN(float64(v)) {
+			return fmt.Errorf("%w at index %d", ErrNonFinite, base+i)
 		}
 	}
 	return nil
 }
 
-type setting struct {
-	k     Kind
-	block int
-}
+var settings = []Format{{Kind: FP32}, {Kind: BF16}, {Kind: Int8, Block: 1}, {Kind: Int8, Block: 7},
+	{Kind: Int8, Block: 64}, {Kind: Int8, Block: 4096}, {Kind: Int8, Block: 7, Layout: Planar}, {Kind: Int8, Block: 64, Layout: Planar}}
 
-var settings = []setting{{FP32, 0}, {BF16, 0}, {Int8, 1}, {Int8, 7}, {Int8, 64}, {Int8, 4096}}
-
-// splits are the chunk counts tried besides what Encode picks: 1 is the serial path,
+// splits are the chunk counts tried besides what Append picks: 1 is the serial path,
 // the rest force uneven splits, more chunks than CPUs, and (with block 4096 on the
 // small input) more chunks than blocks.
 var splits = []int{1, 2, 3, 5, 16}
@@ -138,35 +129,35 @@ func sameFloats(a, b []float32) bool {
 
 func TestParallelMatchesReference(t *testing.T) {
 	// Odd sizes, not multiples of any block size; the large one crosses parallelMin so
-	// that the public Encode and Decode split it themselves.
+	// that the public Append and Decode split it themselves.
 	for _, n := range []int{10007, parallelMin + 12345} {
 		x := activations(n, 768, 9)
 		for _, s := range settings {
-			name := fmt.Sprintf("%v/%d/n=%d", s.k, s.block, n)
-			want, err := refEncode(s.k, s.block, x)
+			name := fmt.Sprintf("%+v/n=%d", s, n)
+			want, err := refEncode(s, x)
 			if err != nil {
 				t.Fatal(name, err)
 			}
 			wantY := make([]float32, n)
-			if err := refDecode(wantY, s.k, s.block, want); err != nil {
+			if err := refDecode(wantY, s, want); err != nil {
 				t.Fatal(name, err)
 			}
 			prefix := []byte("hdr")
-			got, err := Encode(prefix, s.k, s.block, x)
+			got, err := s.Append(prefix, x)
 			if err != nil || !bytes.Equal(got[:3], prefix) || !bytes.Equal(got[3:], want) {
-				t.Fatalf("%s: Encode differs from the reference (err %v)", name, err)
+				t.Fatalf("%s: Append differs from the reference (err %v)", name, err)
 			}
 			y := make([]float32, n)
-			if err := Decode(y, s.k, s.block, want); err != nil || !sameFloats(y, wantY) {
+			if err := s.Decode(y, want); err != nil || !sameFloats(y, wantY) {
 				t.Fatalf("%s: Decode differs from the reference (err %v)", name, err)
 			}
 			for _, p := range splits {
 				out := make([]byte, len(want))
-				if err := encode(out, s.k, s.block, x, p); err != nil || !bytes.Equal(out, want) {
+				if err := s.encode(out, x, false, p); err != nil || !bytes.Equal(out, want) {
 					t.Fatalf("%s: encode with %d chunks differs (err %v)", name, p, err)
 				}
 				clear(y)
-				if err := decode(y, s.k, s.block, want, p); err != nil || !sameFloats(y, wantY) {
+				if err := s.decode(y, want, p); err != nil || !sameFloats(y, wantY) {
 					t.Fatalf("%s: decode with %d chunks differs (err %v)", name, p, err)
 				}
 			}
@@ -197,18 +188,18 @@ func TestParallelNonFinite(t *testing.T) {
 			lowest = min(lowest, i)
 		}
 		for _, s := range settings {
-			name := fmt.Sprintf("%v/%d bad %v", s.k, s.block, bad)
-			_, want := refEncode(s.k, s.block, y)
+			name := fmt.Sprintf("%+v bad %v", s, bad)
+			_, want := refEncode(s, y)
 			if !errors.Is(want, ErrNonFinite) || want.Error() != fmt.Sprintf("%v at index %d", ErrNonFinite, lowest) {
 				t.Fatalf("%s: reference says %v", name, want)
 			}
-			dst, err := Encode([]byte("x"), s.k, s.block, y)
+			dst, err := s.Append([]byte("x"), y)
 			if err == nil || err.Error() != want.Error() || !errors.Is(err, ErrNonFinite) || string(dst) != "x" {
-				t.Fatalf("%s: Encode: %v, want %v", name, err, want)
+				t.Fatalf("%s: Append: %v, want %v", name, err, want)
 			}
 			for _, q := range splits {
-				out := make([]byte, EncodedLen(s.k, n, s.block))
-				if err := encode(out, s.k, s.block, y, q); err == nil || err.Error() != want.Error() {
+				out := make([]byte, s.Len(n))
+				if err := s.encode(out, y, false, q); err == nil || err.Error() != want.Error() {
 					t.Fatalf("%s: encode with %d chunks: %v, want %v", name, q, err, want)
 				}
 			}
@@ -222,33 +213,34 @@ func TestParallelDecodeRejects(t *testing.T) {
 	const n = parallelMin + 1001
 	x := activations(n, 768, 11)
 	for _, s := range settings {
-		enc, err := refEncode(s.k, s.block, x)
+		enc, err := refEncode(s, x)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, at := range [][]int{{7}, {n - 1}, {n / 3, n/2 + 5}, {n - 5, n / 4}} {
 			bad := append([]byte(nil), enc...)
 			for _, i := range at {
-				switch s.k {
+				switch s.Kind {
 				case FP32:
 					binary.LittleEndian.PutUint32(bad[4*i:], 0x7fc00000) // NaN
 				case BF16:
 					binary.LittleEndian.PutUint16(bad[2*i:], 0xff80) // -Inf
 				case Int8:
-					blk := i / s.block
-					binary.LittleEndian.PutUint32(bad[blk*(4+s.block):], 0x7f800000) // Inf scale
+					blk := i / s.Block
+					so, _ := s.int8At(blocks(n, s.Block), blk, blk*s.Block)
+					binary.LittleEndian.PutUint32(bad[so:], 0x7f800000) // Inf scale
 				}
 			}
-			name := fmt.Sprintf("%v/%d bad %v", s.k, s.block, at)
-			want := refDecode(make([]float32, n), s.k, s.block, bad)
+			name := fmt.Sprintf("%+v bad %v", s, at)
+			want := refDecode(make([]float32, n), s, bad)
 			if !errors.Is(want, ErrNonFinite) {
 				t.Fatalf("%s: reference accepted: %v", name, want)
 			}
-			if err := Decode(make([]float32, n), s.k, s.block, bad); err == nil || err.Error() != want.Error() || !errors.Is(err, ErrNonFinite) {
+			if err := s.Decode(make([]float32, n), bad); err == nil || err.Error() != want.Error() || !errors.Is(err, ErrNonFinite) {
 				t.Fatalf("%s: Decode: %v, want %v", name, err, want)
 			}
 			for _, q := range splits {
-				if err := decode(make([]float32, n), s.k, s.block, bad, q); err == nil || err.Error() != want.Error() {
+				if err := s.decode(make([]float32, n), bad, q); err == nil || err.Error() != want.Error() {
 					t.Fatalf("%s: decode with %d chunks: %v, want %v", name, q, err, want)
 				}
 			}
@@ -267,10 +259,10 @@ func TestParts(t *testing.T) {
 	for _, s := range settings {
 		for n := range 4 {
 			x := activations(n, 1, 12)
-			want, _ := refEncode(s.k, s.block, x)
+			want, _ := refEncode(s, x)
 			out := make([]byte, len(want))
-			if err := encode(out, s.k, s.block, x, 16); err != nil || !bytes.Equal(out, want) {
-				t.Fatalf("%v/%d n=%d: %v", s.k, s.block, n, err)
+			if err := s.encode(out, x, false, 16); err != nil || !bytes.Equal(out, want) {
+				t.Fatalf("%+v n=%d: %v", s, n, err)
 			}
 		}
 	}
@@ -278,24 +270,21 @@ func TestParts(t *testing.T) {
 
 // BenchmarkLarge is one activation tensor of the size the profiles show on the
 // critical path (B 8, T 1024, d 768 = 6.3M float32) encoded and decoded per
-// iteration: ref is the original one-value loop, serial the unrolled loop on one
-// goroutine, parallel what Encode and Decode do (up to GOMAXPROCS chunks). MB/s counts
+// iteration: ref is the one-value loop, serial the word-at-a-time loops on one
+// goroutine, parallel what Append and Decode do (up to GOMAXPROCS chunks). MB/s counts
 // fp32 input bytes, as the codec table does.
 func BenchmarkLarge(b *testing.B) {
 	const n = 8 * 1024 * 768
 	x := activations(n, 768, 13)
 	y := make([]float32, n)
-	for _, s := range []setting{{FP32, 0}, {BF16, 0}, {Int8, 64}, {Int8, 256}} {
-		name := s.k.String()
-		if s.k == Int8 {
-			name += fmt.Sprintf("/%d", s.block)
-		}
-		out := make([]byte, EncodedLen(s.k, n, s.block))
+	for _, st := range Table()[:4] { // without zstd
+		s, name := st.Format, st.Name()
+		out := make([]byte, s.Len(n))
 		// Fault the buffers in first so that the first variant does not pay for it.
-		if err := refEncodeInto(out, s.k, s.block, x); err != nil {
+		if err := refEncodeInto(out, s, x); err != nil {
 			b.Fatal(err)
 		}
-		if err := refDecode(y, s.k, s.block, out); err != nil {
+		if err := refDecode(y, s, out); err != nil {
 			b.Fatal(err)
 		}
 		run := func(b *testing.B, enc func() error, dec func() error) {
@@ -310,16 +299,16 @@ func BenchmarkLarge(b *testing.B) {
 			}
 		}
 		b.Run(name+"/ref", func(b *testing.B) {
-			run(b, func() error { return refEncodeInto(out, s.k, s.block, x) },
-				func() error { return refDecode(y, s.k, s.block, out) })
+			run(b, func() error { return refEncodeInto(out, s, x) },
+				func() error { return refDecode(y, s, out) })
 		})
 		b.Run(name+"/serial", func(b *testing.B) {
-			run(b, func() error { return encode(out, s.k, s.block, x, 1) },
-				func() error { return decode(y, s.k, s.block, out, 1) })
+			run(b, func() error { return s.encode(out, x, false, 1) },
+				func() error { return s.decode(y, out, 1) })
 		})
 		b.Run(name+"/parallel", func(b *testing.B) {
-			run(b, func() (err error) { out, err = Encode(out[:0], s.k, s.block, x); return err },
-				func() error { return Decode(y, s.k, s.block, out) })
+			run(b, func() (err error) { out, err = s.Append(out[:0], x); return err },
+				func() error { return s.Decode(y, out) })
 		})
 	}
 }
