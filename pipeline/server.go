@@ -566,7 +566,7 @@ func (s *Server) backwardWire(p *stages.Pass, down answer) ([]byte, time.Duratio
 	dout, dblock := down.gradw, down.gradBlock
 	if s.down != nil && dout == nil {
 		var err error
-		if dout, err = codec.Encode(nil, codec.Int8, bs, down.grad); err != nil {
+		if dout, err = (codec.Format{Kind: codec.Int8, Block: bs}).Append(nil, down.grad); err != nil {
 			return nil, 0, err
 		}
 		dblock = bs

@@ -117,8 +117,7 @@ func (f *Frame) plain() ([]byte, error) {
 	if !f.Zstd {
 		return f.payload, nil
 	}
-	want := codec.EncodedLen(f.Codec, f.N(), f.Block)
-	raw, err := codec.Unzstd(f.c.raw, f.payload, want)
+	raw, err := codec.Unzstd(f.c.raw, f.payload, f.Format().Len(f.N()))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrPayload, err)
 	}
@@ -140,7 +139,7 @@ func (f *Frame) Floats(dst []float32) ([]float32, error) {
 		dst = make([]float32, n)
 	}
 	dst = dst[:n]
-	if err := codec.Decode(dst, f.Codec, f.Block, p); err != nil {
+	if err := f.Format().Decode(dst, p); err != nil {
 		return nil, wrapCodec(err)
 	}
 	return dst, nil
@@ -157,7 +156,7 @@ func (f *Frame) Int8Wire() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if want := codec.EncodedLen(codec.Int8, f.N(), f.Block); len(p) != want {
+	if want := f.Format().Len(f.N()); len(p) != want {
 		return nil, fmt.Errorf("%w: %d int8 values in blocks of %d take %d bytes, got %d", ErrPayload, f.N(), f.Block, want, len(p))
 	}
 	return append([]byte(nil), p...), nil
@@ -234,7 +233,7 @@ func (c *Conn) WriteFloats(h Header, x []float32, enc Encoding, deadline time.Ti
 		h.Block = 0
 	}
 	var err error
-	if c.out, err = codec.Encode(c.header(), h.Codec, h.Block, x); err != nil {
+	if c.out, err = h.Format().Append(c.header(), x); err != nil {
 		return err
 	}
 	return c.send(&h, enc, deadline)
@@ -272,7 +271,7 @@ func (c *Conn) send(h *Header, enc Encoding, deadline time.Time) error {
 // int8 wire layout with blocks of block values (quantized on a GPU); enc.Link
 // may add zstd as in WriteFloats.
 func (c *Conn) WriteInt8Wire(h Header, msg []byte, block int, enc Encoding, deadline time.Time) error {
-	if want := codec.EncodedLen(codec.Int8, h.N(), block); want < 0 || len(msg) != want {
+	if want := (codec.Format{Kind: codec.Int8, Block: block}).Len(h.N()); want < 0 || len(msg) != want {
 		return fmt.Errorf("%w: %d bytes of int8 (block %d) for shape %dx%dx%d", ErrShape, len(msg), block, h.B, h.T, h.D)
 	}
 	h.DType, h.Codec, h.Block, h.Zstd = Float32, codec.Int8, block, false

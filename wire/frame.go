@@ -133,6 +133,9 @@ func (h *Header) Eval() bool { return h.Flags&FlagEval != 0 }
 // N is the number of tensor elements.
 func (h *Header) N() int { return h.B * h.T * h.D }
 
+// Format is the encoding of the frame's tensor (before zstd).
+func (h *Header) Format() codec.Format { return codec.Format{Kind: h.Codec, Block: h.Block} }
+
 // The typed frame errors; every error a reader returns for a bad frame wraps one of
 // them (test with errors.Is), and each maps to a Code for the error frame.
 var (
@@ -235,11 +238,12 @@ func UnmarshalHeader(b []byte, maxPayload int) (Header, error) {
 		if n*4 > int64(maxDecoded(maxPayload)) {
 			return h, fmt.Errorf("%w: %dx%dx%d tensor exceeds the frame cap", ErrOversize, b0, t0, d0)
 		}
-		if codec.EncodedLen(h.Codec, int(n), h.Block) < 0 {
+		size := h.Format().Len(int(n))
+		if size < 0 {
 			return h, fmt.Errorf("%w: int8 block size %d", ErrHeader, h.Block)
 		}
-		if !h.Zstd && h.PayloadLen != codec.EncodedLen(h.Codec, int(n), h.Block) {
-			return h, fmt.Errorf("%w: %dx%dx%d %v takes %d bytes, payload has %d", ErrShape, b0, t0, d0, h.Codec, codec.EncodedLen(h.Codec, int(n), h.Block), h.PayloadLen)
+		if !h.Zstd && h.PayloadLen != size {
+			return h, fmt.Errorf("%w: %dx%dx%d %v takes %d bytes, payload has %d", ErrShape, b0, t0, d0, h.Codec, size, h.PayloadLen)
 		}
 	case Result, Error:
 		if h.DType != None || h.Codec != 0 || h.Zstd || b0|t0|d0 != 0 {

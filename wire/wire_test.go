@@ -312,7 +312,7 @@ func FuzzRead(f *testing.F) {
 				if fr.Codec == codec.Int8 {
 					// What a GPU stage takes instead of Floats: exactly the
 					// int8 layout's length, whatever the header claimed.
-					if w, err := fr.Int8Wire(); err == nil && len(w) != codec.EncodedLen(codec.Int8, fr.N(), fr.Block) {
+					if w, err := fr.Int8Wire(); err == nil && len(w) != fr.Format().Len(fr.N()) {
 						t.Fatalf("Int8Wire gave %d bytes for %d values in blocks of %d", len(w), fr.N(), fr.Block)
 					}
 				}
@@ -430,7 +430,7 @@ func TestTrafficCounts(t *testing.T) {
 // with and without zstd; a message of the wrong length is refused.
 func TestInt8WireFrames(t *testing.T) {
 	x := randFloats(2*8*64, 5)
-	msg, err := codec.Encode(nil, codec.Int8, 64, x)
+	msg, err := codec.Format{Kind: codec.Int8, Block: 64}.Append(nil, x)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -457,7 +457,7 @@ func TestInt8WireFrames(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := make([]float32, len(x))
-		if err := codec.Decode(want, codec.Int8, 64, msg); err != nil {
+		if err := (codec.Format{Kind: codec.Int8, Block: 64}).Decode(want, msg); err != nil {
 			t.Fatal(err)
 		}
 		for i := range y {
