@@ -78,7 +78,7 @@ func sendRaw(t *testing.T, h host.Host, to host.Host, proto string, raw []byte, 
 	if !hang {
 		_ = s.CloseWrite()
 	}
-	_, err = wire.NewConn(s, 1<<20).Read(time.Now().Add(10 * time.Second))
+	_, err = wire.NewConn(s, 1<<20, nil).Read(time.Now().Add(10 * time.Second))
 	if err == nil {
 		t.Fatal("bad request answered without an error")
 	}

@@ -31,7 +31,7 @@ func FuzzServerRequest(f *testing.F) {
 			s := &Server{k: k, n: 2, model: model, opts: ServerOptions{MaxBatch: 4}}
 			var ms memStream
 			ms.Write(b)
-			r, err := s.readRequest(wire.NewConn(&ms, 1<<16), time.Time{})
+			r, err := s.readRequest(wire.NewConn(&ms, 1<<16, nil), time.Time{})
 			if err != nil {
 				continue
 			}

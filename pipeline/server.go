@@ -13,7 +13,6 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
-	"github.com/libp2p/go-libp2p/core/peer"
 
 	"swarmnode/codec"
 	"swarmnode/config"
@@ -45,6 +44,9 @@ type ServerOptions struct {
 	// and every request answered with an error (Failed). It must be cheap and
 	// safe for concurrent use.
 	OnMicrobatch func(Outcome)
+	// Traffic, if set, counts the frames the server writes, upstream and
+	// downstream: the node's counter, shown on its status page.
+	Traffic *wire.Counter
 }
 
 // ServerStats are a stage server's counters.
@@ -92,7 +94,7 @@ type Server struct {
 	log   *slog.Logger
 	down  *caller // nil on the last stage
 	grad  wire.Encoding
-	zstd  codec.ZstdMode
+	links links // zstd policy per upstream answered
 	// gpuWire: tensors travel between the wire and the GPU in the int8 wire
 	// layout, quantized and dequantized on the device (see NewServer).
 	gpuWire bool
@@ -111,9 +113,6 @@ type Server struct {
 
 	speedMu sync.Mutex
 	speed   float64
-
-	linkMu sync.Mutex
-	links  map[peer.ID]*codec.Link
 
 	served, evals, failed, bad, busy, cancelled atomic.Int64
 }
@@ -147,7 +146,7 @@ func NewServer(h host.Host, w *Worker, r Router, o ServerOptions) (*Server, erro
 		gpuWire: gpuWire,
 		host:    h, w: w, k: st.Index(), n: st.Count(), model: st.Model(), opts: o, log: log,
 		grad:    wire.Encoding{Codec: grad, Block: o.Compression.BlockSize},
-		zstd:    zm,
+		links:   links{mode: zm},
 		active:  make(map[network.Stream]struct{}),
 		slots:   make(chan struct{}, o.Pipeline.MaxInFlight),
 		readers: make(chan struct{}, 2*o.Pipeline.MaxInFlight),
@@ -159,7 +158,8 @@ func NewServer(h host.Host, w *Worker, r Router, o ServerOptions) (*Server, erro
 			picker: newPicker(r, bo, h.ID(), rand.Uint64(), log),
 			stages: s.n, dmodel: s.model.DModel, maxFrame: o.Pipeline.MaxFrameBytes,
 			hopTimeout: o.Pipeline.HopTimeout, retries: o.Pipeline.Retries,
-			enc: wire.Encoding{Codec: act, Block: o.Compression.BlockSize}, zstd: zm, log: log,
+			enc: wire.Encoding{Codec: act, Block: o.Compression.BlockSize}, links: links{mode: zm},
+			traffic: o.Traffic, log: log,
 			wireGrads: gpuWire,
 		}
 	}
@@ -225,23 +225,6 @@ func (s *Server) Close() error {
 	return nil
 }
 
-func (s *Server) link(p peer.ID) *codec.Link {
-	if s.zstd == codec.ZstdOff {
-		return nil
-	}
-	s.linkMu.Lock()
-	defer s.linkMu.Unlock()
-	if s.links == nil || len(s.links) > 1024 {
-		s.links = make(map[peer.ID]*codec.Link)
-	}
-	l := s.links[p]
-	if l == nil {
-		l = codec.NewLink(s.zstd)
-		s.links[p] = l
-	}
-	return l
-}
-
 // handle serves one microbatch: one stream, one request, one answer.
 func (s *Server) handle(str network.Stream) {
 	s.mu.Lock()
@@ -270,7 +253,7 @@ func (s *Server) handle(str network.Stream) {
 	}
 
 	start := time.Now()
-	conn := wire.NewConn(str, s.opts.Pipeline.MaxFrameBytes)
+	conn := wire.NewConn(str, s.opts.Pipeline.MaxFrameBytes, s.opts.Traffic)
 	req, err := s.readRequest(conn, start.Add(s.opts.Pipeline.HopTimeout))
 	if err != nil {
 		s.bad.Add(1)
@@ -336,7 +319,7 @@ func (s *Server) handle(str network.Stream) {
 	default:
 		h := wire.Header{Kind: wire.Gradient, ID: req.id, Stage: s.k, B: req.b, T: req.t, D: s.model.DModel, Loss: ans.loss}
 		enc := s.grad
-		enc.Link = s.link(str.Conn().RemotePeer())
+		enc.Link = s.links.get(str.Conn().RemotePeer())
 		if ans.gradw != nil {
 			err = conn.WriteInt8Wire(h, ans.gradw, ans.gradBlock, enc, answerBy)
 		} else {

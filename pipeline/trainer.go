@@ -12,9 +12,9 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/host"
 
-	"swarmnode/codec"
 	"swarmnode/config"
 	"swarmnode/data"
+	"swarmnode/wire"
 )
 
 // TrainerOptions configure a trainer.
@@ -43,6 +43,9 @@ type TrainerOptions struct {
 	OnMicrobatch func(Outcome)
 	// Logger gets one line per evaluation; nil discards.
 	Logger *slog.Logger
+	// Traffic, if set, counts the frames the trainer writes: the node's counter,
+	// shown on its status page.
+	Traffic *wire.Counter
 }
 
 // StepReport describes one completed step: Train.Batch sequences trained.
@@ -142,7 +145,7 @@ func NewTrainer(h host.Host, r Router, corpus *data.Corpus, o TrainerOptions) (*
 		call: &caller{
 			host: h, proto: Protocol(o.Run), router: r, bo: bo, picker: newPicker(r, bo, h.ID(), rand.Uint64(), log),
 			stages: o.Stages, maxFrame: o.Pipeline.MaxFrameBytes, hopTimeout: o.Pipeline.HopTimeout,
-			retries: o.Pipeline.Retries, zstd: codec.ZstdOff, log: log,
+			retries: o.Pipeline.Retries, traffic: o.Traffic, log: log,
 		},
 	}
 	if o.OnMicrobatch != nil {

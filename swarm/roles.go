@@ -111,7 +111,7 @@ func (n *Node) startStage(ctx context.Context, o RoleOptions, k int) (*stageServ
 	worker := pipeline.NewWorker(st, wo)
 	server, err := pipeline.NewServer(n.Host(), worker, pipeline.DHTRouter(n.DHT()), pipeline.ServerOptions{
 		Run: cfg.Run, Pipeline: cfg.Pipeline, Compression: cfg.Compression,
-		MaxBatch: cfg.Train.Microbatch, Slowdown: o.Slowdown, Logger: log,
+		MaxBatch: cfg.Train.Microbatch, Slowdown: o.Slowdown, Logger: log, Traffic: &n.traffic,
 	})
 	if err != nil {
 		return nil, err
@@ -371,7 +371,7 @@ func (n *Node) Train(ctx context.Context, o RoleOptions) (pipeline.Summary, erro
 	h.Write([]byte(n.ID()))
 	tr, err := pipeline.NewTrainer(n.Host(), pipeline.DHTRouter(n.DHT()), corpus, pipeline.TrainerOptions{
 		Run: cfg.Run, Model: cfg.Model, Stages: len(cfg.Stages), Train: cfg.Train,
-		Pipeline: cfg.Pipeline, Stream: h.Sum64(), Logger: o.logger(),
+		Pipeline: cfg.Pipeline, Stream: h.Sum64(), Logger: o.logger(), Traffic: &n.traffic,
 		OnStep: func(r pipeline.StepReport) {
 			n.status.SetTraining(int64(r.Step), r.Loss, r.TokensPerSec)
 		},

@@ -24,6 +24,7 @@ type Conn struct {
 	s          Stream
 	r          *bufio.Reader
 	maxPayload int
+	traffic    *Counter
 
 	hdr  [HeaderSize]byte
 	in   []byte // payload of the last frame read
@@ -32,9 +33,10 @@ type Conn struct {
 	zbuf []byte
 }
 
-// NewConn wraps s; frames over maxFrame bytes (header included) are refused both ways.
-func NewConn(s Stream, maxFrame int) *Conn {
-	return &Conn{s: s, r: bufio.NewReaderSize(s, 64<<10), maxPayload: max(0, maxFrame-HeaderSize)}
+// NewConn wraps s; frames over maxFrame bytes (header included) are refused both
+// ways. The frames written are counted in traffic (nil: not counted).
+func NewConn(s Stream, maxFrame int, traffic *Counter) *Conn {
+	return &Conn{s: s, r: bufio.NewReaderSize(s, 64<<10), maxPayload: max(0, maxFrame-HeaderSize), traffic: traffic}
 }
 
 // Frame is a frame read from a Conn. Its payload is valid until the next Read.
@@ -216,9 +218,7 @@ func (c *Conn) write(h *Header, deadline time.Time) error {
 	if h.DType == Float32 || h.DType == Int32 {
 		raw = HeaderSize + 4*int64(h.N())
 	}
-	traffic.frames.Add(1)
-	traffic.bytes.Add(int64(len(c.out)))
-	traffic.raw.Add(raw)
+	c.traffic.add(int64(len(c.out)), raw)
 	return nil
 }
 
