@@ -64,15 +64,8 @@ func (c *Conn) Read(deadline time.Time) (*Frame, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cap(c.in) < h.PayloadLen {
-		c.in = make([]byte, h.PayloadLen)
-	}
-	c.in = c.in[:h.PayloadLen]
-	if _, err := io.ReadFull(c.r, c.in); err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, fmt.Errorf("%w: payload: %v", ErrTruncated, err)
-		}
-		return nil, timeoutErr(err)
+	if c.in, err = ReadPayload(c.r, c.in, h.PayloadLen); err != nil {
+		return nil, bodyErr(err)
 	}
 	if got, want := Checksum(c.hdr[:], c.in), uint32(c.hdr[44])|uint32(c.hdr[45])<<8|uint32(c.hdr[46])<<16|uint32(c.hdr[47])<<24; got != want {
 		return nil, fmt.Errorf("%w: computed %08x, header says %08x", ErrChecksum, got, want)
@@ -83,6 +76,16 @@ func (c *Conn) Read(deadline time.Time) (*Frame, error) {
 	return &Frame{Header: h, payload: c.in, c: c}, nil
 }
 
+// bodyErr is the error of a frame whose payload could not be read: the stream
+// ended inside it, a deadline passed, or the stream failed.
+func bodyErr(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%w: payload: %v", ErrTruncated, err)
+	}
+	return timeoutErr(err)
+}
+
+// timeoutErr wraps a read or write error that is a passed deadline in ErrTimeout.
 func timeoutErr(err error) error {
 	var ne interface{ Timeout() bool }
 	if errors.As(err, &ne) && ne.Timeout() {
