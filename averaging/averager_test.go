@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -404,8 +405,8 @@ func TestDifferentViews(t *testing.T) {
 				continue
 			}
 			for j := range res {
-				if errs[j] == nil && contains(res[i].Members, hs[j].ID()) {
-					if !equalIDs(res[i].Members, res[j].Members) {
+				if errs[j] == nil && slices.Contains(res[i].Members, hs[j].ID()) {
+					if !slices.Equal(res[i].Members, res[j].Members) {
 						t.Fatalf("round %d: members %d and %d disagree", r, i, j)
 					}
 					pairs[[2]int{i, j}] = true
@@ -424,27 +425,6 @@ func TestDifferentViews(t *testing.T) {
 		a.mu.Unlock()
 	}
 	waitNoGoroutines(t)
-}
-
-func contains(l []peer.ID, p peer.ID) bool {
-	for _, x := range l {
-		if x == p {
-			return true
-		}
-	}
-	return false
-}
-
-func equalIDs(a, b []peer.ID) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // blockingSource stands for a member whose trainer holds its lock: every Read

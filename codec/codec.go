@@ -209,7 +209,7 @@ func (f Format) decode(dst []float32, src []byte, p int) error {
 		})
 	}
 	return forChunks(p, blocks(len(dst), f.Block), func(lo, hi int) error {
-		return f.decodeInt8(dst, src, lo, hi)
+		return f.decodeInt8(dst, src, lo, hi, false)
 	})
 }
 
@@ -221,7 +221,7 @@ func (f Format) decodeSub(d []float32, src []byte) error {
 	case BF16:
 		return decodeSubBF16(d, src)
 	}
-	return f.decodeSubInt8(d, src)
+	return f.decodeInt8(d, src, 0, blocks(len(d), f.Block), true)
 }
 
 // blocks is the number of int8 blocks of n values.

@@ -126,8 +126,9 @@ func int8Scale(b []byte, lo int) (float32, error) {
 func hugeScale(scale float32) bool { return scale > math.MaxFloat32/128 }
 
 // decodeInt8 dequantizes blocks [k0, k1) of the int8 tensor src into dst, which
-// holds the whole tensor's values.
-func (f Format) decodeInt8(dst []float32, src []byte, k0, k1 int) error {
+// holds the whole tensor's values; with sub set it stores each value minus the
+// one in dst instead (see DecodeSub).
+func (f Format) decodeInt8(dst []float32, src []byte, k0, k1 int, sub bool) error {
 	nb := blocks(len(dst), f.Block)
 	for k := k0; k < k1; k++ {
 		lo := k * f.Block
@@ -137,28 +138,7 @@ func (f Format) decodeInt8(dst []float32, src []byte, k0, k1 int) error {
 		if err != nil {
 			return err
 		}
-		dequantize(out, src[qo:qo+len(out)], scale)
-		if hugeScale(scale) {
-			if err := checkFinite(out, lo); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-// decodeSubInt8 sets d[i] to the int8 tensor's value minus d[i].
-func (f Format) decodeSubInt8(d []float32, src []byte) error {
-	nb := blocks(len(d), f.Block)
-	for k := range nb {
-		lo := k * f.Block
-		db := d[lo:min(lo+f.Block, len(d))]
-		so, qo := f.int8At(nb, k, lo)
-		scale, err := int8Scale(src[so:], lo)
-		if err != nil {
-			return err
-		}
-		q := src[qo : qo+len(db)]
+		q := src[qo : qo+len(out)]
 		if hugeScale(scale) {
 			for i, x := range q {
 				if overflows(float32(int8(x)) * scale) {
@@ -166,8 +146,12 @@ func (f Format) decodeSubInt8(d []float32, src []byte) error {
 				}
 			}
 		}
-		for i, x := range q {
-			db[i] = float32(float32(int8(x))*scale) - db[i] // rounded as decode rounds: no fusing
+		if sub {
+			for i, x := range q {
+				out[i] = float32(float32(int8(x))*scale) - out[i] // rounded as Decode rounds: no fusing
+			}
+		} else {
+			dequantize(out, q, scale)
 		}
 	}
 	return nil

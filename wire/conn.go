@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"swarmnode/codec"
@@ -132,19 +133,26 @@ func (f *Frame) plain() ([]byte, error) {
 
 // Floats decodes a float tensor into dst (reallocated if short) and returns it.
 func (f *Frame) Floats(dst []float32) ([]float32, error) {
-	if f.DType != Float32 {
-		return nil, fmt.Errorf("%w: %v frame holds no float tensor", ErrUnexpect, f.Kind)
+	return decodeTensor(f, Float32, dst, f.Format().Decode)
+}
+
+// Ints decodes an int32 tensor (token ids, targets) whose values must be in [0, limit).
+func (f *Frame) Ints(dst []int32, limit int) ([]int32, error) {
+	return decodeTensor(f, Int32, dst, func(dst []int32, p []byte) error { return codec.DecodeInts(dst, p, limit) })
+}
+
+// decodeTensor decodes f's tensor, which must be of type dt, into dst (reallocated
+// if short) and returns it.
+func decodeTensor[T float32 | int32](f *Frame, dt DType, dst []T, decode func([]T, []byte) error) ([]T, error) {
+	if f.DType != dt {
+		return nil, fmt.Errorf("%w: %v frame holds no %s tensor", ErrUnexpect, f.Kind, dtypeNames[dt])
 	}
 	p, err := f.plain()
 	if err != nil {
 		return nil, err
 	}
-	n := f.N()
-	if cap(dst) < n {
-		dst = make([]float32, n)
-	}
-	dst = dst[:n]
-	if err := f.Format().Decode(dst, p); err != nil {
+	dst = slices.Grow(dst[:0], f.N())[:f.N()]
+	if err := decode(dst, p); err != nil {
 		return nil, wrapCodec(err)
 	}
 	return dst, nil
@@ -167,26 +175,7 @@ func (f *Frame) Int8Wire() ([]byte, error) {
 	return append([]byte(nil), p...), nil
 }
 
-// Ints decodes an int32 tensor (token ids, targets) whose values must be in [0, limit).
-func (f *Frame) Ints(dst []int32, limit int) ([]int32, error) {
-	if f.DType != Int32 {
-		return nil, fmt.Errorf("%w: %v frame holds no int tensor", ErrUnexpect, f.Kind)
-	}
-	p, err := f.plain()
-	if err != nil {
-		return nil, err
-	}
-	n := f.N()
-	if cap(dst) < n {
-		dst = make([]int32, n)
-	}
-	dst = dst[:n]
-	if err := codec.DecodeInts(dst, p, limit); err != nil {
-		return nil, wrapCodec(err)
-	}
-	return dst, nil
-}
-
+// wrapCodec wraps a codec error in the frame error that reports it.
 func wrapCodec(err error) error {
 	switch {
 	case errors.Is(err, codec.ErrNonFinite):

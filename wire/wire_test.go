@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -64,7 +65,7 @@ func TestRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 		got, err := f.Ints(nil, 256)
-		if err != nil || !equal(got, toks) {
+		if err != nil || !slices.Equal(got, toks) {
 			t.Fatalf("tokens %v %v", got, err)
 		}
 		f, err = c.Read(never)
@@ -119,21 +120,9 @@ func TestZstdShrinks(t *testing.T) {
 		t.Fatalf("%v zstd=%v", err, f != nil && f.Zstd)
 	}
 	y, err := f.Floats(nil)
-	if err != nil || !equal(x, y) {
+	if err != nil || !slices.Equal(x, y) {
 		t.Fatalf("zstd round trip: %v", err)
 	}
-}
-
-func equal[T comparable](a, b []T) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // frame builds a valid activations frame of 1x2x4 fp32 values.
