@@ -272,13 +272,18 @@ func TestParts(t *testing.T) {
 // critical path (B 8, T 1024, d 768 = 6.3M float32) encoded and decoded per
 // iteration: ref is the one-value loop, serial the word-at-a-time loops on one
 // goroutine, parallel what Append and Decode do (up to GOMAXPROCS chunks). MB/s counts
-// fp32 input bytes, as the codec table does.
+// fp32 input bytes, as the codec table does. The settings are the table's without
+// zstd, and int8/64 in averaging's planar layout.
 func BenchmarkLarge(b *testing.B) {
 	const n = 8 * 1024 * 768
 	x := activations(n, 768, 13)
 	y := make([]float32, n)
-	for _, st := range Table()[:4] { // without zstd
+	planar := Setting{Format: Format{Kind: Int8, Block: 64, Layout: Planar}}
+	for _, st := range append(Table()[:4], planar) {
 		s, name := st.Format, st.Name()
+		if s.Layout == Planar {
+			name += "/planar"
+		}
 		out := make([]byte, s.Len(n))
 		// Fault the buffers in first so that the first variant does not pay for it.
 		if err := refEncodeInto(out, s, x); err != nil {
