@@ -154,25 +154,32 @@ func encodeBF16(out []byte, src []float32, base int, round bool) error {
 }
 
 // encodeBF16Words is encodeBF16 two values per 64-bit word, on a little-endian
-// machine. It stops before the first word holding a value that is not finite or
-// that rounds past bf16's range, and returns how many values it did: the scalar
-// loop saturates or reports those. Rounding a finite value never carries out of its
-// 32 bits, so the lanes stay apart.
+// machine; it returns how many values it did: all, or where a value is not finite
+// or rounds past bf16's range, none (with round set, those before its word), and
+// the scalar loop then reports or saturates it. Such a value is one whose magnitude bits, plus 0x00808000, carry into
+// the sign bit; finite values never carry out of their 32 bits when rounded, so
+// the lanes stay apart. The common case goes without a branch.
 func encodeBF16Words(out []byte, src []float32, round bool) int {
 	const lsb, half, top = 0x00000001_00000001, 0x00007fff_00007fff, 0xffff0000_ffff0000
+	const mag, big = 0x7fffffff_7fffffff, 0x00808000_00808000
 	view, _ := FP32View(src)
 	w := u64s(view)
 	u := u32s(out)[:len(w)]
+	var acc uint64
 	for i, x := range w {
-		r := x + half + (x>>16)&lsb
-		if ((x&expMask2+expStep2)|(r&expMask2+expStep2))&signBits2 != 0 {
-			return 2 * i
-		}
-		r &= top
+		flag := x&mag + big
+		r := (x + half + (x>>16)&lsb) & top
 		u[i] = uint32(r>>16) | uint32(r>>32)&0xffff0000
 		if round {
+			if flag&signBits2 != 0 {
+				return 2 * i // before the word's values are replaced
+			}
 			w[i] = r
 		}
+		acc |= flag
+	}
+	if acc&signBits2 != 0 {
+		return 0
 	}
 	return 2 * len(w)
 }

@@ -6,21 +6,22 @@ import (
 	"math"
 )
 
-// int8At returns where block k of an int8 tensor of nb blocks lies in its
-// encoding: the offsets of its scale and of its values; lo is the index of the
-// block's first value.
-func (f Format) int8At(nb, k, lo int) (scale, vals int) {
+// int8At returns where block k of an int8 tensor of n values lies in its encoding:
+// the offsets of its scale and of its values, and how much farther on the next
+// block's scale and values lie.
+func (f Format) int8At(n, k int) (so, qo, sstep, qstep int) {
 	if f.Layout == Planar {
-		return 4 * k, 4*nb + lo
+		return 4 * k, 4*blocks(n, f.Block) + k*f.Block, 4, f.Block
 	}
-	return 4*k + lo, 4*k + lo + 4
+	o := k * (4 + f.Block)
+	return o, o + 4, 4 + f.Block, 4 + f.Block
 }
 
 // encodeInt8 quantizes blocks [k0, k1) of src into out, which is the whole encoded
 // tensor. With round set it also replaces their values by the decoded ones.
 func (f Format) encodeInt8(out []byte, src []float32, k0, k1 int, round bool) error {
-	nb := blocks(len(src), f.Block)
-	for k := k0; k < k1; k++ {
+	so, qo, sstep, qstep := f.int8At(len(src), k0)
+	for k := k0; k < k1; k, so, qo = k+1, so+sstep, qo+qstep {
 		lo := k * f.Block
 		blk := src[lo:min(lo+f.Block, len(src))]
 		amax := absMax(blk)
@@ -28,14 +29,22 @@ func (f Format) encodeInt8(out []byte, src []float32, k0, k1 int, round bool) er
 			return checkFinite(blk, lo)
 		}
 		scale := math.Float32frombits(amax) / 127
-		so, qo := f.int8At(nb, k, lo)
 		binary.LittleEndian.PutUint32(out[so:], math.Float32bits(scale))
 		q := out[qo : qo+len(blk)]
-		f.quantize(q, blk, scale)
+		// A subnormal scale has no finite inverse; the largest float keeps every
+		// product small and finite.
+		switch inv := min(1/scale, math.MaxFloat32); {
+		case scale == 0:
+			clear(q)
+		case f.Layout == Planar:
+			roundEven(q, blk, inv)
+		default:
+			roundAway(q, blk, inv)
+		}
+		if round && overflows(scale*127) {
+			return fmt.Errorf("%w: int8 block at index %d decodes beyond float32", ErrNonFinite, lo)
+		}
 		if round {
-			if overflows(scale * 127) {
-				return fmt.Errorf("%w: int8 block at index %d decodes beyond float32", ErrNonFinite, lo)
-			}
 			dequantize(blk, q, scale)
 		}
 	}
@@ -58,23 +67,6 @@ func absMax(vals []float32) uint32 {
 		a0 = max(a0, math.Float32bits(vals[i])&0x7fffffff)
 	}
 	return max(a0, a1, a2, a3)
-}
-
-// quantize writes the values of blk, divided by scale and rounded as f's layout
-// rounds, to q as signed bytes.
-func (f Format) quantize(q []byte, blk []float32, scale float32) {
-	if scale == 0 {
-		clear(q)
-		return
-	}
-	// A subnormal scale has no finite inverse; the largest float keeps every
-	// product small and finite.
-	inv := min(1/scale, math.MaxFloat32)
-	if f.Layout == Planar {
-		roundEven(q, blk, inv)
-	} else {
-		roundAway(q, blk, inv)
-	}
 }
 
 // roundAway writes v·inv rounded half away from zero, clamped to ±127, without a
@@ -129,11 +121,10 @@ func hugeScale(scale float32) bool { return scale > math.MaxFloat32/128 }
 // holds the whole tensor's values; with sub set it stores each value minus the
 // one in dst instead (see DecodeSub).
 func (f Format) decodeInt8(dst []float32, src []byte, k0, k1 int, sub bool) error {
-	nb := blocks(len(dst), f.Block)
-	for k := k0; k < k1; k++ {
+	so, qo, sstep, qstep := f.int8At(len(dst), k0)
+	for k := k0; k < k1; k, so, qo = k+1, so+sstep, qo+qstep {
 		lo := k * f.Block
 		out := dst[lo:min(lo+f.Block, len(dst))]
-		so, qo := f.int8At(nb, k, lo)
 		scale, err := int8Scale(src[so:], lo)
 		if err != nil {
 			return err

@@ -227,7 +227,7 @@ func TestParallelDecodeRejects(t *testing.T) {
 					binary.LittleEndian.PutUint16(bad[2*i:], 0xff80) // -Inf
 				case Int8:
 					blk := i / s.Block
-					so, _ := s.int8At(blocks(n, s.Block), blk, blk*s.Block)
+					so, _, _, _ := s.int8At(n, blk)
 					binary.LittleEndian.PutUint32(bad[so:], 0x7f800000) // Inf scale
 				}
 			}

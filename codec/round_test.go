@@ -84,7 +84,7 @@ func TestDecodeSub(t *testing.T) {
 			case BF16:
 				binary.LittleEndian.PutUint16(bad[2*(n-1):], 0x7f80) // +Inf
 			case Int8:
-				so, _ := f.int8At(blocks(n, f.Block), 0, 0)
+				so, _, _, _ := f.int8At(n, 0)
 				binary.LittleEndian.PutUint32(bad[so:], 0x7fc00000) // NaN scale
 			}
 			if err := f.DecodeSub(got, bad); !errors.Is(err, ErrNonFinite) {
@@ -94,7 +94,7 @@ func TestDecodeSub(t *testing.T) {
 	}
 	for _, f := range formats[2:] {
 		big := make([]byte, f.Len(2))
-		so, qo := f.int8At(1, 0, 0)
+		so, qo, _, _ := f.int8At(2, 0)
 		binary.LittleEndian.PutUint32(big[so:], math.Float32bits(math.MaxFloat32/100))
 		big[qo], big[qo+1] = 127, 0x80 // 127 and −128 times a huge scale overflow
 		if err := f.DecodeSub(make([]float32, 2), big); !errors.Is(err, ErrNonFinite) {
