@@ -154,11 +154,12 @@ func encodeBF16(out []byte, src []float32, base int, round bool) error {
 }
 
 // encodeBF16Words is encodeBF16 two values per 64-bit word, on a little-endian
-// machine; it returns how many values it did: all, or where a value is not finite
-// or rounds past bf16's range, none (with round set, those before its word), and
-// the scalar loop then reports or saturates it. Such a value is one whose magnitude bits, plus 0x00808000, carry into
-// the sign bit; finite values never carry out of their 32 bits when rounded, so
-// the lanes stay apart. The common case goes without a branch.
+// machine. It returns how many values it did: all of them or, where a value is not
+// finite or rounds past bf16's range, none (with round set, those of the words
+// before), and the scalar loop goes on to report or saturate that value. Those
+// values are the ones whose magnitude bits, plus 0x00808000, carry into the sign
+// bit; finite values never carry out of their 32 bits when rounded, so the lanes
+// stay apart. Without round the loop tests the values once, after it.
 func encodeBF16Words(out []byte, src []float32, round bool) int {
 	const lsb, half, top = 0x00000001_00000001, 0x00007fff_00007fff, 0xffff0000_ffff0000
 	const mag, big = 0x7fffffff_7fffffff, 0x00808000_00808000

@@ -41,10 +41,10 @@ func (f Format) encodeInt8(out []byte, src []float32, k0, k1 int, round bool) er
 		default:
 			roundAway(q, blk, inv)
 		}
-		if round && overflows(scale*127) {
-			return fmt.Errorf("%w: int8 block at index %d decodes beyond float32", ErrNonFinite, lo)
-		}
 		if round {
+			if overflows(scale * 127) {
+				return fmt.Errorf("%w: int8 block at index %d decodes beyond float32", ErrNonFinite, lo)
+			}
 			dequantize(blk, q, scale)
 		}
 	}
