@@ -12,6 +12,9 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"swarmnode/codec"
+	"swarmnode/wire"
 )
 
 // partHeader opens a reduce stream: sender From sends its part of shard Shard to
@@ -74,7 +77,7 @@ func (a *Averager) putBuf(b []float32) { a.pool.Put(&b) }
 // bytes on the wire, so more of the smaller chunks of a compressed codec: with
 // few in flight, a round would wait on round trips rather than on the machine.
 func (a *Averager) sendDepth() int {
-	return max(slotDepth, min(4*slotDepth, sendWindow/max(1, a.o.Codec.encodedLen(a.o.ChunkFloats))))
+	return max(slotDepth, min(4*slotDepth, sendWindow/max(1, wireFormat(a.o.Codec).Len(a.o.ChunkFloats))))
 }
 
 // sendWindow is the encoded bytes a sender keeps in flight per stream.
@@ -104,18 +107,24 @@ func (b *chunkBuf) vals(m int) []float32 { return b.back[headFloats : headFloats
 
 // frame returns the complete chunk frame (shard, index) of the first m values;
 // in fp32 it aliases the values. With round set, values are replaced by what a
-// peer decodes from the frame, and ok reports whether they are all finite.
-func (b *chunkBuf) frame(c Codec, shard, index, m int, round bool) (f []byte, ok bool) {
-	vals := b.vals(m)
-	if c == FP32 && nativeLE {
-		f = f32bytes(b.back[:headFloats+m])[4*headFloats-5-chunkHead:]
-		putChunkHeads(f, c, shard, index, m)
-		return f, true
+// peer decodes from the frame. It fails where the values, or with round set the
+// decoded ones, are not all finite; fp32 values are not checked.
+func (b *chunkBuf) frame(k codec.Kind, shard, index, m int, round bool) ([]byte, error) {
+	if view, ok := codec.FP32View(b.back[:headFloats+m]); ok && k == codec.FP32 {
+		f := view[4*headFloats-chunkHeads:]
+		putChunkHeads(f, k, shard, index, m)
+		return f, nil
 	}
-	b.enc = slices.Grow(b.enc[:0], 5+chunkHead+c.encodedLen(m))[:5+chunkHead]
-	putChunkHeads(b.enc, c, shard, index, m)
-	b.enc, ok = c.encodeRound(b.enc, vals, round)
-	return b.enc, ok
+	f := wireFormat(k)
+	b.enc = slices.Grow(b.enc[:0], chunkHeads+f.Len(m))[:chunkHeads]
+	putChunkHeads(b.enc, k, shard, index, m)
+	var err error
+	if round {
+		b.enc, err = f.AppendRounded(b.enc, b.vals(m))
+	} else {
+		b.enc, err = f.Append(b.enc, b.vals(m))
+	}
+	return b.enc, err
 }
 
 // allReduce runs the butterfly all-reduce of one confirmed group and applies the
@@ -231,12 +240,12 @@ func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, weight
 	defer stop()
 	lo, hi := shardRange(rr.n, len(rr.members), j)
 	hdr := partHeader{Group: rr.id, Round: rr.round, From: rr.index, Shard: j, Weight: weight, Len: rr.n}
-	if err := writeJSON(s, frameHeader, hdr); err != nil {
+	if err := wire.WriteJSON(s, frameHeader, hdr); err != nil {
 		s.Reset()
 		return err
 	}
 	cf := a.o.ChunkFloats
-	codec := a.o.Codec
+	kind := a.o.Codec
 	// free holds the buffers ready for a chunk; sent, in order, the chunks whose
 	// part was written and whose result is awaited. Together they hold the
 	// depth buffers, so neither send blocks.
@@ -261,8 +270,11 @@ func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, weight
 			a.src.Read(clo, b.vals(m))
 			// One Write per frame: a muxed stream turns each Write into its own
 			// frame.
-			f, _ := b.frame(codec, j, c, m, false)
-			if _, err := s.Write(f); err != nil {
+			f, err := b.frame(kind, j, c, m, false)
+			if err == nil {
+				_, err = s.Write(f)
+			}
+			if err != nil {
 				free <- b
 				s.Reset()
 				return
@@ -285,7 +297,8 @@ func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, weight
 	tmp := a.getBuf()
 	defer a.putBuf(tmp)
 	var rbuf []byte
-	raw := codec == FP32 && nativeLE
+	_, native := codec.FP32View(tmp)
+	raw := native && kind == codec.FP32
 	for c, clo := 0, lo; clo < hi; c, clo = c+1, clo+cf {
 		m := min(cf, hi-clo)
 		out := tmp[:m]
@@ -297,9 +310,9 @@ func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, weight
 		// Results are checked for NaN and Inf while the delta is taken: fp32
 		// is read straight into out, other codecs decoded straight into the delta.
 		if raw {
-			rbuf, err = readChunkTo(s, rbuf, codec, j, c, out, false)
-		} else if err = readChunkHead(s, codec, j, c, m); err == nil {
-			rbuf, err = readPayload(s, rbuf, codec.encodedLen(m))
+			rbuf, err = readChunkTo(s, rbuf, kind, j, c, out, false)
+		} else if err = readChunkHead(s, kind, j, c, m); err == nil {
+			rbuf, err = wire.ReadPayload(s, rbuf, wireFormat(kind).Len(m))
 		}
 		if err != nil {
 			s.Reset()
@@ -314,10 +327,10 @@ func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, weight
 		d := b.vals(m)
 		if raw {
 			if !subFinite(d, out) {
-				err = checkFinite(out)
+				err = codec.CheckFinite(out)
 			}
 		} else {
-			err = codec.decodeSub(rbuf, d)
+			err = wireFormat(kind).DecodeSub(d, rbuf)
 		}
 		if err != nil {
 			a.chunks.Put(b)
@@ -439,16 +452,15 @@ func (a *Averager) reduceShard(ctx context.Context, rr *reduceRound, weight floa
 		o := p.vals(m)
 		err := a.o.Reducer(parts, weights, o)
 		if err == nil {
-			err = checkFinite(o)
+			err = codec.CheckFinite(o)
 		}
 		for _, b := range bufs {
 			a.putBuf(b)
 		}
 		if err == nil {
 			// Apply exactly what the senders will decode.
-			var ok bool
-			if p.f, ok = p.frame(a.o.Codec, rr.index, c, m, true); !ok {
-				err = fmt.Errorf("result not finite in %s", a.o.Codec)
+			if p.f, err = p.frame(a.o.Codec, rr.index, c, m, true); err != nil {
+				err = fmt.Errorf("result in %s: %w", a.o.Codec, err)
 			}
 		}
 		if err != nil {
@@ -510,7 +522,7 @@ func (a *Averager) handleReduce(s network.Stream) {
 	a.waitFor(wctx, func() bool { rr = a.rounds[h.Group]; return rr != nil })
 	wcancel()
 	reject := func(format string, args ...any) {
-		_ = writeFrame(s, frameError, fmt.Appendf(nil, format, args...))
+		_ = wire.WriteTyped(s, frameError, fmt.Appendf(nil, format, args...))
 		s.Close()
 	}
 	if rr == nil {

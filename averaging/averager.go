@@ -14,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"swarmnode/codec"
 	"swarmnode/config"
 )
 
@@ -70,8 +71,9 @@ type Options struct {
 	// sender's reader for the reducer to take a result) before leaving it out.
 	// Default Deadline/4.
 	StallTimeout time.Duration
-	// Codec is the wire codec of parts and results.
-	Codec Codec
+	// Codec is the wire codec of parts and results: codec.FP32 (the default),
+	// BF16 or Int8 (blocks of int8Block values).
+	Codec codec.Kind
 	// ChunkFloats is the number of values per chunk; memory in flight is a few
 	// chunks per member, whatever the vector size. Default DefaultChunkFloats.
 	ChunkFloats int
@@ -96,13 +98,13 @@ const DefaultChunkFloats = 1 << 17
 
 // OptionsFromConfig maps the averaging config section to Options.
 func OptionsFromConfig(run, key string, c config.Averaging) (Options, error) {
-	codec, err := ParseCodec(c.Codec)
+	k, err := codec.Parse(c.Codec)
 	if err != nil {
-		return Options{}, err
+		return Options{}, fmt.Errorf("averaging: %w", err)
 	}
 	return Options{
 		Run: run, Key: key, Period: c.Period, GroupSize: c.GroupSize,
-		Matchmaking: c.Matchmaking, Deadline: c.Deadline, StallTimeout: c.StallTimeout, Codec: codec,
+		Matchmaking: c.Matchmaking, Deadline: c.Deadline, StallTimeout: c.StallTimeout, Codec: k,
 	}, nil
 }
 
@@ -124,7 +126,7 @@ func (o *Options) fill() error {
 		o.StallTimeout = o.Deadline / 4
 	}
 	if o.Codec == 0 {
-		o.Codec = FP32
+		o.Codec = codec.FP32
 	}
 	if o.ChunkFloats == 0 {
 		o.ChunkFloats = DefaultChunkFloats
@@ -146,7 +148,7 @@ func (o *Options) fill() error {
 		return fmt.Errorf("averaging: group size %d not in [2, 64]", o.GroupSize)
 	case o.Matchmaking >= o.Deadline:
 		return fmt.Errorf("averaging: matchmaking %s must be shorter than the deadline %s", o.Matchmaking, o.Deadline)
-	case !o.Codec.valid():
+	case !o.Codec.Float():
 		return fmt.Errorf("averaging: codec %d", o.Codec)
 	case o.ChunkFloats < 1 || o.ChunkFloats > maxChunkFloats:
 		return fmt.Errorf("averaging: chunk of %d floats not in [1, %d]", o.ChunkFloats, maxChunkFloats)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +14,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/metrics"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"swarmnode/codec"
 )
 
 type member struct {
@@ -62,15 +65,15 @@ func roundAll(ms []*member, r uint64) ([]Result, []error) {
 func TestWeightedMeanFourHolders(t *testing.T) {
 	const n = 50_021 // odd: shards and chunks of uneven sizes
 	for _, tc := range []struct {
-		codec Codec
-		tol   func(maxAbs float64) float64
+		kind codec.Kind
+		tol  func(maxAbs float64) float64
 	}{
-		{FP32, func(m float64) float64 { return 4e-7 * math.Max(1, m) }},
-		{BF16, func(m float64) float64 { return 2 * m / 256 }},
-		{Int8, func(m float64) float64 { return 2 * m / 127 }},
+		{codec.FP32, func(m float64) float64 { return 4e-7 * math.Max(1, m) }},
+		{codec.BF16, func(m float64) float64 { return 2 * m / 256 }},
+		{codec.Int8, func(m float64) float64 { return 2 * m / 127 }},
 	} {
-		t.Run(tc.codec.String(), func(t *testing.T) {
-			rng := rand.New(rand.NewPCG(1, uint64(tc.codec)))
+		t.Run(tc.kind.String(), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(1, uint64(tc.kind)))
 			vecs := make([][]float32, 4)
 			for i := range vecs {
 				vecs[i] = randVec(rng, n, float64(i+1))
@@ -78,7 +81,7 @@ func TestWeightedMeanFourHolders(t *testing.T) {
 			weights := []float64{1, 2, 3, 10}
 			reg := prometheus.NewRegistry()
 			ms := newGroup(t, 4, vecs, weights, Options{
-				Codec: tc.codec, ChunkFloats: 4096, Deadline: 20 * time.Second, Matchmaking: 3 * time.Second,
+				Codec: tc.kind, ChunkFloats: 4096, Deadline: 20 * time.Second, Matchmaking: 3 * time.Second,
 			})
 			// Member 0 trains during the round: its steps must survive the average.
 			ms[0].src.afterRead = func(v []float32) {
@@ -88,7 +91,7 @@ func TestWeightedMeanFourHolders(t *testing.T) {
 			}
 			ms[1].avg.Close()
 			a1, err := New(ms[1].h, ids([]host.Host{ms[0].h, ms[1].h, ms[2].h, ms[3].h}), ms[1].src,
-				Options{Run: "test", Key: "stage-1", Codec: tc.codec, ChunkFloats: 4096, Deadline: 20 * time.Second, Matchmaking: 3 * time.Second, Registerer: reg})
+				Options{Run: "test", Key: "stage-1", Codec: tc.kind, ChunkFloats: 4096, Deadline: 20 * time.Second, Matchmaking: 3 * time.Second, Registerer: reg})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -402,8 +405,8 @@ func TestDifferentViews(t *testing.T) {
 				continue
 			}
 			for j := range res {
-				if errs[j] == nil && contains(res[i].Members, hs[j].ID()) {
-					if !equalIDs(res[i].Members, res[j].Members) {
+				if errs[j] == nil && slices.Contains(res[i].Members, hs[j].ID()) {
+					if !slices.Equal(res[i].Members, res[j].Members) {
 						t.Fatalf("round %d: members %d and %d disagree", r, i, j)
 					}
 					pairs[[2]int{i, j}] = true
@@ -422,27 +425,6 @@ func TestDifferentViews(t *testing.T) {
 		a.mu.Unlock()
 	}
 	waitNoGoroutines(t)
-}
-
-func contains(l []peer.ID, p peer.ID) bool {
-	for _, x := range l {
-		if x == p {
-			return true
-		}
-	}
-	return false
-}
-
-func equalIDs(a, b []peer.ID) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // blockingSource stands for a member whose trainer holds its lock: every Read

@@ -13,6 +13,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"swarmnode/codec"
 )
 
 const rawProto = "/swarmnode/bench/raw/1.0.0"
@@ -83,15 +85,15 @@ func rawExchange(tb testing.TB, hs []host.Host, vecBytes int) time.Duration {
 //   - killed_round_s: survivors' round time when one member dies mid-round.
 func BenchmarkAllReduce(b *testing.B) {
 	n, g := benchFloats(), 4
-	codec := FP32
+	kind := codec.FP32
 	if c := os.Getenv("AVG_BENCH_CODEC"); c != "" {
 		var err error
-		if codec, err = ParseCodec(c); err != nil {
+		if kind, err = codec.Parse(c); err != nil {
 			b.Fatal(err)
 		}
 	}
 	vecBytes := 4 * n
-	wireBytes := codec.encodedLen(n)
+	wireBytes := wireFormat(kind).Len(n)
 	rng := rand.New(rand.NewPCG(7, 7))
 	base := randVec(rng, n, 1)
 	vecs := make([][]float32, g)
@@ -99,7 +101,7 @@ func BenchmarkAllReduce(b *testing.B) {
 		vecs[i] = base // members copy it; the values do not matter to the speed
 	}
 	deadline := 120 * time.Second
-	o := Options{Codec: codec, Deadline: deadline, Matchmaking: 5 * time.Second, StallTimeout: 30 * time.Second}
+	o := Options{Codec: kind, Deadline: deadline, Matchmaking: 5 * time.Second, StallTimeout: 30 * time.Second}
 	if s := os.Getenv("AVG_BENCH_CHUNK"); s != "" {
 		o.ChunkFloats, _ = strconv.Atoi(s)
 	}

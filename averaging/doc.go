@@ -22,11 +22,12 @@
 // # Protocols
 //
 // Protocol ids are /swarmnode/<run>/avg/<key>/{join,reduce,state}/1.0.0. Every
-// message is a frame: uint32 little-endian length n, then n bytes: a type byte
-// and the payload. Control payloads are JSON; chunk payloads are binary: codec
-// (u8), shard (u32), chunk index (u32), count (u32), then the encoded values
-// (fp32: 4 bytes each; bf16: 2; int8: one float32 absmax/127 scale per 64 values,
-// then one signed byte per value). An error frame carries a reason and ends the
+// message is a typed frame (package wire): uint32 little-endian length n, then n
+// bytes: a type byte and the payload. Control payloads are JSON; chunk payloads are
+// binary: codec (u8), shard (u32), chunk index (u32), count (u32), then the values
+// encoded by package codec (fp32: 4 bytes each; bf16: 2; int8: one float32
+// absmax/127 scale per 64 values, all scales first, then one signed byte per value,
+// rounded half to even: codec.Planar). An error frame carries a reason and ends the
 // exchange. Decoders bound every length and reject NaN and Inf.
 //
 // join: the member sends {round, len, codec, chunk}; the leader waits until every

@@ -11,6 +11,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"swarmnode/wire"
 )
 
 // TestMismatchedMemberLeftOut: a holder whose vector has another length is
@@ -72,7 +74,7 @@ func TestForgedSender(t *testing.T) {
 		if _, err := s.Write(raw); err != nil {
 			return "write: " + err.Error()
 		}
-		typ, payload, _, err := readFrame(s, nil, maxControl)
+		typ, payload, _, err := wire.ReadTyped(s, nil, maxControl)
 		if err != nil {
 			return "read: " + err.Error()
 		}
@@ -83,7 +85,7 @@ func TestForgedSender(t *testing.T) {
 	}
 	frame := func(h partHeader) []byte {
 		var b bytes.Buffer
-		_ = writeJSON(&b, frameHeader, h)
+		_ = wire.WriteJSON(&b, frameHeader, h)
 		return b.Bytes()
 	}
 	// hs[2] is not in the group but claims member 1's place.

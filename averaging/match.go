@@ -9,6 +9,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"swarmnode/wire"
 )
 
 // joinMsg asks a round's leader for a place in its group.
@@ -145,7 +147,7 @@ func (a *Averager) handleJoin(s network.Stream) {
 	}
 	from := s.Conn().RemotePeer()
 	reject := func(format string, args ...any) {
-		_ = writeFrame(s, frameError, fmt.Appendf(nil, format, args...))
+		_ = wire.WriteTyped(s, frameError, fmt.Appendf(nil, format, args...))
 	}
 	if m.Codec != a.o.Codec.String() || m.Chunk != a.o.ChunkFloats {
 		reject("codec %s/%d, leader uses %s/%d", m.Codec, m.Chunk, a.o.Codec, a.o.ChunkFloats)
@@ -210,7 +212,7 @@ func (a *Averager) handleJoin(s network.Stream) {
 	for _, p := range l.members {
 		g.Members = append(g.Members, p.String())
 	}
-	_ = writeJSON(s, frameGroup, g)
+	_ = wire.WriteJSON(s, frameGroup, g)
 	_ = s.CloseWrite()
 	// Wait for the member's close so the reply is not cut by our Close; bounded by
 	// the stream deadline.
@@ -233,7 +235,7 @@ func (a *Averager) join(ctx context.Context, r uint64, window time.Time, leader 
 	_ = s.SetDeadline(dl)
 	stop := context.AfterFunc(jctx, func() { s.Reset() })
 	defer stop()
-	if err := writeJSON(s, frameJoin, joinMsg{Round: r, Len: n, Codec: a.o.Codec.String(), Chunk: a.o.ChunkFloats}); err != nil {
+	if err := wire.WriteJSON(s, frameJoin, joinMsg{Round: r, Len: n, Codec: a.o.Codec.String(), Chunk: a.o.ChunkFloats}); err != nil {
 		return nil, fmt.Errorf("join leader %s: %w", leader.ShortString(), err)
 	}
 	var g groupMsg

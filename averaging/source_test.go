@@ -9,6 +9,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/host"
 
+	"swarmnode/codec"
 	"swarmnode/config"
 )
 
@@ -93,7 +94,7 @@ func TestOptionsFromConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.Codec != BF16 || o.StallTimeout != time.Second || o.Deadline != 4*time.Second || o.GroupSize != 4 {
+	if o.Codec != codec.BF16 || o.StallTimeout != time.Second || o.Deadline != 4*time.Second || o.GroupSize != 4 {
 		t.Errorf("options %+v", o)
 	}
 	for _, bad := range []string{

@@ -22,6 +22,9 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"golang.org/x/time/rate"
+
+	"swarmnode/codec"
+	"swarmnode/wire"
 )
 
 // State is what a holder hands a newcomer to its stage: parameters and optimizer
@@ -221,7 +224,7 @@ func (s *StateServer) handle(st network.Stream) {
 	case s.sem <- struct{}{}:
 		defer func() { <-s.sem }()
 	default:
-		_ = writeFrame(st, frameError, []byte("busy"))
+		_ = wire.WriteTyped(st, frameError, []byte("busy"))
 		return
 	}
 	_ = st.SetDeadline(time.Now().Add(5 * time.Minute))
@@ -231,7 +234,7 @@ func (s *StateServer) handle(st network.Stream) {
 		return
 	}
 	fail := func(format string, args ...any) {
-		_ = writeFrame(st, frameError, fmt.Appendf(nil, format, args...))
+		_ = wire.WriteTyped(st, frameError, fmt.Appendf(nil, format, args...))
 	}
 	switch req.Op {
 	case "manifest":
@@ -240,7 +243,7 @@ func (s *StateServer) handle(st network.Stream) {
 			fail("snapshot: %v", err)
 			return
 		}
-		_ = writeJSON(st, frameManifest, snap.m)
+		_ = wire.WriteJSON(st, frameManifest, snap.m)
 	case "shard":
 		s.mu.Lock()
 		snap := s.snaps[req.Snap]
@@ -274,7 +277,7 @@ func (s *StateServer) handle(st network.Stream) {
 					return
 				}
 			}
-			if err := writeFrame(st, frameShard, buf); err != nil {
+			if err := wire.WriteTyped(st, frameShard, buf); err != nil {
 				st.Reset()
 				return
 			}
@@ -498,7 +501,7 @@ func request(ctx context.Context, h host.Host, p peer.ID, proto protocol.ID, tim
 	_ = s.SetDeadline(dl)
 	stop := context.AfterFunc(ctx, func() { s.Reset() })
 	defer stop()
-	if err := writeJSON(s, frameStateReq, req); err != nil {
+	if err := wire.WriteJSON(s, frameStateReq, req); err != nil {
 		s.Reset()
 		return err
 	}
@@ -515,7 +518,7 @@ func readShard(r io.Reader, dst []float32, want [32]byte) error {
 	var buf []byte
 	got := 0
 	for got < len(dst) {
-		typ, payload, b, err := readFrame(r, buf, 1+servePiece)
+		typ, payload, b, err := wire.ReadTyped(r, buf, 1+servePiece)
 		buf = b
 		if err != nil {
 			return err
@@ -530,13 +533,13 @@ func readShard(r io.Reader, dst []float32, want [32]byte) error {
 	if !bytes.Equal(sum[:], want[:]) {
 		return errors.New("checksum mismatch: shard corrupted in transfer or by its server")
 	}
-	return checkFinite(dst)
+	return codec.CheckFinite(dst)
 }
 
 // shardPiece checks one shard frame and decodes it into dst.
 func shardPiece(typ byte, payload []byte, dst []float32, h hash.Hash) error {
 	if typ == frameError {
-		return fmt.Errorf("%w: %.200q", errRemote, payload)
+		return remoteErr(payload)
 	}
 	if typ != frameShard {
 		return fmt.Errorf("frame type %d, want shard", typ)

@@ -15,7 +15,7 @@ import (
 // bs values a little-endian float32 scale (absmax/127), then the values rounded
 // half away from zero to int8. refEncodeWire and refDecodeWire are the host
 // reference; TestRefWireMatchesGolden ties them to the messages the pipeline's
-// codec makes (cuda/testdata/int8_wire.golden, checked by pipeline/codec's tests),
+// codec makes (cuda/testdata/int8_wire.golden, checked by codec's tests),
 // so this package needs no import of the pipeline to agree with it.
 
 func refEncodeWire(x []float32, bs int) []byte {
@@ -52,7 +52,7 @@ func refDecodeWire(msg []byte, n, bs int) []float32 {
 	return x
 }
 
-// goldenInput mirrors pipeline/codec's golden_test.go.
+// goldenInput mirrors codec's golden_test.go.
 func goldenInput() []float32 {
 	x := make([]float32, 300)
 	for i := range x {

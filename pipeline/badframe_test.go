@@ -11,8 +11,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"swarmnode/pipeline/codec"
-	"swarmnode/pipeline/wire"
+	"swarmnode/codec"
+	"swarmnode/wire"
 )
 
 func rawFrame(h wire.Header, payload []byte) []byte {
@@ -23,7 +23,7 @@ func rawFrame(h wire.Header, payload []byte) []byte {
 }
 
 func floatsFrame(stage, b, t, d int, x []float32) []byte {
-	p, err := codec.Encode(nil, codec.FP32, 0, x)
+	p, err := codec.Format{Kind: codec.FP32}.Append(nil, x)
 	if err != nil {
 		panic(err)
 	}
@@ -78,7 +78,7 @@ func sendRaw(t *testing.T, h host.Host, to host.Host, proto string, raw []byte, 
 	if !hang {
 		_ = s.CloseWrite()
 	}
-	_, err = wire.NewConn(s, 1<<20).Read(time.Now().Add(10 * time.Second))
+	_, err = wire.NewConn(s, 1<<20, nil).Read(time.Now().Add(10 * time.Second))
 	if err == nil {
 		t.Fatal("bad request answered without an error")
 	}
@@ -112,7 +112,7 @@ func TestBadFramesRejected(t *testing.T) {
 		binary.LittleEndian.PutUint32(b[wire.HeaderSize+40:], math.Float32bits(float32(math.NaN())))
 		resum(b)
 	})
-	int8p, _ := codec.Encode(nil, codec.Int8, 16, ramp(n))
+	int8p, _ := codec.Format{Kind: codec.Int8, Block: 16}.Append(nil, ramp(n))
 	binary.LittleEndian.PutUint32(int8p, 0x7f800000) // +Inf scale
 	infScale := rawFrame(wire.Header{Kind: wire.Activations, DType: wire.Float32, Codec: codec.Int8, Block: 16, ID: 7, Stage: 1, B: B, T: T, D: D}, int8p)
 	badZstd := rawFrame(wire.Header{Kind: wire.Activations, DType: wire.Float32, Codec: codec.FP32, Zstd: true, ID: 7, Stage: 1, B: B, T: T, D: D}, []byte("not a zstd frame at all"))

@@ -1,19 +1,14 @@
 package pipeline
 
 import (
-	"bytes"
 	"math"
+	"net"
 	"testing"
 	"time"
 
 	"swarmnode/model"
-	"swarmnode/pipeline/wire"
+	"swarmnode/wire"
 )
-
-type memStream struct{ bytes.Buffer }
-
-func (*memStream) SetReadDeadline(time.Time) error  { return nil }
-func (*memStream) SetWriteDeadline(time.Time) error { return nil }
 
 // FuzzServerRequest feeds arbitrary bytes to a stage server's request parser, for
 // a first and a middle stage: no panic, and whatever it accepts is what the stage
@@ -29,9 +24,9 @@ func FuzzServerRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for _, k := range []int{0, 1} {
 			s := &Server{k: k, n: 2, model: mc, opts: ServerOptions{MaxBatch: 4}}
-			var ms memStream
-			ms.Write(b)
-			r, err := s.readRequest(wire.NewConn(&ms, 1<<16), time.Time{})
+			recv := sent(b)
+			r, err := s.readRequest(wire.NewConn(recv, 1<<16, nil), time.Time{})
+			_ = recv.Close() // ends the sender of what was not read
 			if err != nil {
 				continue
 			}
@@ -53,4 +48,14 @@ func FuzzServerRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+// sent is the receiving end of a stream on which b was sent and closed.
+func sent(b []byte) net.Conn {
+	recv, send := net.Pipe()
+	go func() {
+		_, _ = send.Write(b)
+		_ = send.Close()
+	}()
+	return recv
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -16,8 +15,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 
-	"swarmnode/pipeline/codec"
-	"swarmnode/pipeline/wire"
+	"swarmnode/codec"
+	"swarmnode/wire"
 )
 
 // Protocol is the stage protocol id of run.
@@ -92,34 +91,14 @@ type caller struct {
 	// wireGrads keeps int8 gradient answers in the wire layout (answer.gradw):
 	// the caller is a GPU stage that dequantizes them on the device.
 	wireGrads bool
-	zstd      codec.ZstdMode
+	links     links         // zstd policy per holder called
+	traffic   *wire.Counter // the node's frame counter; nil: none
 	log       *slog.Logger
 	onRetry   func() // after each failed attempt; nil: none
-
-	linkMu sync.Mutex
-	links  map[peer.ID]*codec.Link
 
 	lat latencies // of recent training calls that succeeded
 
 	attempts, failures, hedges atomic.Int64
-}
-
-// link returns the zstd policy for peer p (one per peer: links differ).
-func (c *caller) link(p peer.ID) *codec.Link {
-	if c.zstd == codec.ZstdOff {
-		return nil
-	}
-	c.linkMu.Lock()
-	defer c.linkMu.Unlock()
-	if c.links == nil || len(c.links) > 1024 {
-		c.links = make(map[peer.ID]*codec.Link)
-	}
-	l := c.links[p]
-	if l == nil {
-		l = codec.NewLink(c.zstd)
-		c.links[p] = l
-	}
-	return l
 }
 
 // hopLimit bounds one attempt at stage k: every stage from k down may take one
@@ -270,7 +249,7 @@ func (c *caller) try(ctx context.Context, h Holder, req *request, soft <-chan st
 			_ = s.Reset()
 		}
 	}()
-	conn := wire.NewConn(s, c.maxFrame)
+	conn := wire.NewConn(s, c.maxFrame, c.traffic)
 	hdr := wire.Header{ID: req.id, Stage: req.stage, B: req.b, T: req.t, Budget: time.Until(deadline)}
 	if req.eval {
 		hdr.Flags = wire.FlagEval
@@ -281,7 +260,7 @@ func (c *caller) try(ctx context.Context, h Holder, req *request, soft <-chan st
 	} else {
 		hdr.Kind, hdr.D = wire.Activations, c.dmodel
 		enc := c.enc
-		enc.Link = c.link(h.ID)
+		enc.Link = c.links.get(h.ID)
 		if req.xw != nil {
 			err = conn.WriteInt8Wire(hdr, req.xw, req.xblock, enc, deadline)
 		} else {

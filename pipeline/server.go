@@ -13,13 +13,12 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
-	"github.com/libp2p/go-libp2p/core/peer"
 
+	"swarmnode/codec"
 	"swarmnode/config"
 	"swarmnode/model"
-	"swarmnode/pipeline/codec"
-	"swarmnode/pipeline/wire"
 	"swarmnode/stages"
+	"swarmnode/wire"
 )
 
 // ServerOptions configure a stage server.
@@ -46,6 +45,9 @@ type ServerOptions struct {
 	// and every request answered with an error (Failed). It must be cheap and
 	// safe for concurrent use.
 	OnMicrobatch func(Outcome)
+	// Traffic, if set, counts the frames the server writes, upstream and
+	// downstream: the node's counter, shown on its status page.
+	Traffic *wire.Counter
 }
 
 // ServerStats are a stage server's counters.
@@ -93,7 +95,7 @@ type Server struct {
 	log   *slog.Logger
 	down  *caller // nil on the last stage
 	grad  wire.Encoding
-	zstd  codec.ZstdMode
+	links links // zstd policy per upstream answered
 	// gpuWire: tensors travel between the wire and the GPU in the int8 wire
 	// layout, quantized and dequantized on the device (see NewServer).
 	gpuWire bool
@@ -112,9 +114,6 @@ type Server struct {
 
 	speedMu sync.Mutex
 	speed   float64
-
-	linkMu sync.Mutex
-	links  map[peer.ID]*codec.Link
 
 	served, evals, failed, bad, busy, cancelled atomic.Int64
 }
@@ -148,7 +147,7 @@ func NewServer(h host.Host, w *Worker, r Router, o ServerOptions) (*Server, erro
 		gpuWire: gpuWire,
 		host:    h, w: w, k: st.Index(), n: st.Count(), model: st.Model(), opts: o, log: log,
 		grad:    wire.Encoding{Codec: grad, Block: o.Compression.BlockSize},
-		zstd:    zm,
+		links:   links{mode: zm},
 		active:  make(map[network.Stream]struct{}),
 		slots:   make(chan struct{}, o.Pipeline.MaxInFlight),
 		readers: make(chan struct{}, 2*o.Pipeline.MaxInFlight),
@@ -160,7 +159,8 @@ func NewServer(h host.Host, w *Worker, r Router, o ServerOptions) (*Server, erro
 			picker: newPicker(r, bo, h.ID(), rand.Uint64(), log),
 			stages: s.n, dmodel: s.model.DModel, maxFrame: o.Pipeline.MaxFrameBytes,
 			hopTimeout: o.Pipeline.HopTimeout, retries: o.Pipeline.Retries,
-			enc: wire.Encoding{Codec: act, Block: o.Compression.BlockSize}, zstd: zm, log: log,
+			enc: wire.Encoding{Codec: act, Block: o.Compression.BlockSize}, links: links{mode: zm},
+			traffic: o.Traffic, log: log,
 			wireGrads: gpuWire,
 		}
 	}
@@ -226,23 +226,6 @@ func (s *Server) Close() error {
 	return nil
 }
 
-func (s *Server) link(p peer.ID) *codec.Link {
-	if s.zstd == codec.ZstdOff {
-		return nil
-	}
-	s.linkMu.Lock()
-	defer s.linkMu.Unlock()
-	if s.links == nil || len(s.links) > 1024 {
-		s.links = make(map[peer.ID]*codec.Link)
-	}
-	l := s.links[p]
-	if l == nil {
-		l = codec.NewLink(s.zstd)
-		s.links[p] = l
-	}
-	return l
-}
-
 // handle serves one microbatch: one stream, one request, one answer.
 func (s *Server) handle(str network.Stream) {
 	s.mu.Lock()
@@ -271,7 +254,7 @@ func (s *Server) handle(str network.Stream) {
 	}
 
 	start := time.Now()
-	conn := wire.NewConn(str, s.opts.Pipeline.MaxFrameBytes)
+	conn := wire.NewConn(str, s.opts.Pipeline.MaxFrameBytes, s.opts.Traffic)
 	req, err := s.readRequest(conn, start.Add(s.opts.Pipeline.HopTimeout))
 	if err != nil {
 		s.bad.Add(1)
@@ -337,7 +320,7 @@ func (s *Server) handle(str network.Stream) {
 	default:
 		h := wire.Header{Kind: wire.Gradient, ID: req.id, Stage: s.k, B: req.b, T: req.t, D: s.model.DModel, Loss: ans.loss}
 		enc := s.grad
-		enc.Link = s.link(str.Conn().RemotePeer())
+		enc.Link = s.links.get(str.Conn().RemotePeer())
 		if ans.gradw != nil {
 			err = conn.WriteInt8Wire(h, ans.gradw, ans.gradBlock, enc, answerBy)
 		} else {
@@ -567,7 +550,7 @@ func (s *Server) backwardWire(p *stages.Pass, down answer) ([]byte, time.Duratio
 	dout, dblock := down.gradw, down.gradBlock
 	if s.down != nil && dout == nil {
 		var err error
-		if dout, err = codec.Encode(nil, codec.Int8, bs, down.grad); err != nil {
+		if dout, err = (codec.Format{Kind: codec.Int8, Block: bs}).Append(nil, down.grad); err != nil {
 			return nil, 0, err
 		}
 		dblock = bs

@@ -17,7 +17,7 @@ import (
 	"swarmnode/config"
 	"swarmnode/data"
 	"swarmnode/model"
-	"swarmnode/pipeline/codec"
+	"swarmnode/wire"
 )
 
 // TrainerOptions configure a trainer.
@@ -46,6 +46,9 @@ type TrainerOptions struct {
 	OnMicrobatch func(Outcome)
 	// Logger gets one line per evaluation; nil discards.
 	Logger *slog.Logger
+	// Traffic, if set, counts the frames the trainer writes: the node's counter,
+	// shown on its status page.
+	Traffic *wire.Counter
 }
 
 // StepReport describes one completed step: Train.Batch sequences trained.
@@ -157,7 +160,7 @@ func NewTrainer(h host.Host, r Router, corpus *data.Corpus, o TrainerOptions) (*
 		call: &caller{
 			host: h, proto: Protocol(o.Run), router: r, bo: bo, picker: newPicker(r, bo, h.ID(), rand.Uint64(), log),
 			stages: o.Stages, maxFrame: o.Pipeline.MaxFrameBytes, hopTimeout: o.Pipeline.HopTimeout,
-			retries: o.Pipeline.Retries, zstd: codec.ZstdOff, log: log,
+			retries: o.Pipeline.Retries, traffic: o.Traffic, log: log,
 		},
 	}
 	if o.OnMicrobatch != nil {

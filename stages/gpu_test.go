@@ -7,7 +7,7 @@ import (
 
 	"swarmnode/cuda"
 	"swarmnode/model"
-	"swarmnode/pipeline/codec"
+	"swarmnode/codec"
 )
 
 // testGPU returns the process's GPU computing in prec, or skips the test saying
@@ -254,7 +254,7 @@ func TestGPUChainMatchesStageByStage(t *testing.T) {
 // the pipeline's codec, as a GPU stage gets and sends them in a swarm.
 func encodeWire(t *testing.T, x []float32, bs int) []byte {
 	t.Helper()
-	msg, err := codec.Encode(nil, codec.Int8, bs, x)
+	msg, err := codec.Format{Kind: codec.Int8, Block: bs}.Append(nil, x)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +264,7 @@ func encodeWire(t *testing.T, x []float32, bs int) []byte {
 func decodeWire(t *testing.T, msg []byte, n, bs int) []float32 {
 	t.Helper()
 	x := make([]float32, n)
-	if err := codec.Decode(x, codec.Int8, bs, msg); err != nil {
+	if err := (codec.Format{Kind: codec.Int8, Block: bs}).Decode(x, msg); err != nil {
 		t.Fatal(err)
 	}
 	return x

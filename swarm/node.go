@@ -39,6 +39,7 @@ import (
 
 	"swarmnode/config"
 	"swarmnode/dht"
+	"swarmnode/wire"
 )
 
 // Options configures a Node. Zero values take the defaults noted.
@@ -166,6 +167,9 @@ type Node struct {
 	srv    *statusServer
 	reach  atomic.Int32
 	lock   *os.File // held identity lock; closing it releases the lock
+
+	// traffic counts the pipeline frames this node's server and trainer write.
+	traffic wire.Counter
 
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup

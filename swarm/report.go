@@ -3,7 +3,7 @@ package swarm
 import (
 	"time"
 
-	"swarmnode/pipeline/wire"
+	"swarmnode/wire"
 )
 
 // HolderReport is one holder of a stage as /api/status shows it.
@@ -50,7 +50,7 @@ type Report struct {
 	Microbatches MicrobatchCounts  `json:"microbatches"`
 	Averaging    AveragingStats    `json:"averaging"`
 	Errors       map[string]uint64 `json:"errors"`
-	// Wire counts the pipeline frames this process sent: bytes on the wire and
+	// Wire counts the pipeline frames this node sent: bytes on the wire and
 	// what they would have taken uncompressed.
 	Wire wire.Traffic `json:"wire"`
 	// Time is when the report was made.
@@ -68,7 +68,7 @@ func (n *Node) Report() Report {
 		ConnectedPeers: len(n.host.Network().Peers()),
 		Step:           c.Training.Step, Loss: c.Training.Loss, TokensPerSec: c.Training.TokensPerSec,
 		History: c.History, Microbatches: c.Microbatches, Averaging: c.Averaging, Errors: c.Errors,
-		Wire: wire.Sent(),
+		Wire: n.traffic.Sent(),
 		Time: time.Now().UTC(),
 	}
 	if r.History == nil {

@@ -98,6 +98,7 @@ func (r *roles) serveStage(ctx context.Context, k int, st *stages.Stage) (*stage
 	worker := pipeline.NewWorker(st, pipeline.WorkerOptionsFrom(cfg))
 	so := pipeline.ServerOptionsFrom(cfg, r.log)
 	so.Slowdown = r.slowdown
+	so.Traffic = &r.n.traffic
 	server, err := pipeline.NewServer(r.n.Host(), worker, dhtRouter{r.n.DHT()}, so)
 	if err != nil {
 		return nil, err
@@ -373,6 +374,7 @@ func (r *roles) train(ctx context.Context) (pipeline.Summary, error) {
 	h := fnv.New64a()
 	h.Write([]byte(r.n.ID()))
 	opts.Stream = h.Sum64()
+	opts.Traffic = &r.n.traffic
 	opts.OnStep = func(s pipeline.StepReport) { status.SetTraining(int64(s.Step), s.Loss, s.TokensPerSec) }
 	opts.OnEval = func(e pipeline.EvalReport) {
 		status.AddHistory(HistoryPoint{Step: int64(e.Step), Loss: e.Loss, ValLoss: e.ValLoss})

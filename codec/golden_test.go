@@ -13,7 +13,7 @@ import (
 // backend's tests (cuda/wire_test.go) check that the GPU writes and reads the
 // same layout against this file, so the two packages agree on the wire without
 // importing each other.
-const goldenPath = "../../cuda/testdata/int8_wire.golden"
+const goldenPath = "../cuda/testdata/int8_wire.golden"
 
 // GoldenInput is the fixed input of the golden messages (mirrored in the cuda tests).
 func goldenInput() []float32 {
@@ -32,7 +32,7 @@ func goldenInput() []float32 {
 func TestInt8WireGolden(t *testing.T) {
 	var b strings.Builder
 	for _, bs := range []int{64, 7} {
-		msg, err := Encode(nil, Int8, bs, goldenInput())
+		msg, err := Format{Kind: Int8, Block: bs}.Append(nil, goldenInput())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -7,10 +7,11 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
-	"swarmnode/pipeline/codec"
+	"swarmnode/codec"
 )
 
 // buf is an in-memory stream: writes append, reads consume.
@@ -41,7 +42,7 @@ func TestRoundTrip(t *testing.T) {
 		{Codec: codec.BF16, Link: codec.NewLink(codec.ZstdAuto)},
 	} {
 		var s buf
-		c := NewConn(&s, 1<<20)
+		c := NewConn(&s, 1<<20, nil)
 		if err := c.WriteInts(Header{Kind: Tokens, ID: 42, Stage: 0, B: 2, T: 5, D: 1}, toks, never); err != nil {
 			t.Fatal(err)
 		}
@@ -64,7 +65,7 @@ func TestRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 		got, err := f.Ints(nil, 256)
-		if err != nil || !equal(got, toks) {
+		if err != nil || !slices.Equal(got, toks) {
 			t.Fatalf("tokens %v %v", got, err)
 		}
 		f, err = c.Read(never)
@@ -105,41 +106,29 @@ func TestZstdShrinks(t *testing.T) {
 	}
 	var s1, s2 buf
 	h := Header{Kind: Gradient, B: 1, T: 64, D: 64}
-	if err := NewConn(&s1, 1<<20).WriteFloats(h, x, Encoding{Codec: codec.FP32}, never); err != nil {
+	if err := NewConn(&s1, 1<<20, nil).WriteFloats(h, x, Encoding{Codec: codec.FP32}, never); err != nil {
 		t.Fatal(err)
 	}
-	if err := NewConn(&s2, 1<<20).WriteFloats(h, x, Encoding{Codec: codec.FP32, Link: codec.NewLink(codec.ZstdOn)}, never); err != nil {
+	if err := NewConn(&s2, 1<<20, nil).WriteFloats(h, x, Encoding{Codec: codec.FP32, Link: codec.NewLink(codec.ZstdOn)}, never); err != nil {
 		t.Fatal(err)
 	}
 	if s2.Len() >= s1.Len()/2 {
 		t.Fatalf("zstd frame %d bytes vs raw %d", s2.Len(), s1.Len())
 	}
-	f, err := NewConn(&s2, 1<<20).Read(never)
+	f, err := NewConn(&s2, 1<<20, nil).Read(never)
 	if err != nil || !f.Zstd {
 		t.Fatalf("%v zstd=%v", err, f != nil && f.Zstd)
 	}
 	y, err := f.Floats(nil)
-	if err != nil || !equal(x, y) {
+	if err != nil || !slices.Equal(x, y) {
 		t.Fatalf("zstd round trip: %v", err)
 	}
-}
-
-func equal[T comparable](a, b []T) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // frame builds a valid activations frame of 1x2x4 fp32 values.
 func frame(t *testing.T) []byte {
 	var s buf
-	if err := NewConn(&s, 1<<20).WriteFloats(Header{Kind: Activations, ID: 9, Stage: 1, B: 1, T: 2, D: 4}, randFloats(8, 2), Encoding{Codec: codec.FP32}, never); err != nil {
+	if err := NewConn(&s, 1<<20, nil).WriteFloats(Header{Kind: Activations, ID: 9, Stage: 1, B: 1, T: 2, D: 4}, randFloats(8, 2), Encoding{Codec: codec.FP32}, never); err != nil {
 		t.Fatal(err)
 	}
 	return s.Bytes()
@@ -155,7 +144,7 @@ func resum(b []byte) []byte {
 func readAll(b []byte, maxFrame int) error {
 	var s buf
 	s.Write(b)
-	f, err := NewConn(&s, maxFrame).Read(never)
+	f, err := NewConn(&s, maxFrame, nil).Read(never)
 	if err != nil {
 		return err
 	}
@@ -231,7 +220,7 @@ func TestBadFrames(t *testing.T) {
 
 func TestTokenRange(t *testing.T) {
 	var s buf
-	c := NewConn(&s, 1<<20)
+	c := NewConn(&s, 1<<20, nil)
 	if err := c.WriteInts(Header{Kind: Targets, B: 1, T: 3, D: 1}, []int32{1, 300, 2}, never); err != nil {
 		t.Fatal(err)
 	}
@@ -246,11 +235,11 @@ func TestTokenRange(t *testing.T) {
 
 func TestWriteRefusesOversize(t *testing.T) {
 	var s buf
-	err := NewConn(&s, HeaderSize+100).WriteFloats(Header{Kind: Activations, B: 1, T: 1, D: 100}, randFloats(100, 3), Encoding{Codec: codec.FP32}, never)
+	err := NewConn(&s, HeaderSize+100, nil).WriteFloats(Header{Kind: Activations, B: 1, T: 1, D: 100}, randFloats(100, 3), Encoding{Codec: codec.FP32}, never)
 	if !errors.Is(err, ErrOversize) || s.Len() != 0 {
 		t.Fatalf("err %v, %d bytes written", err, s.Len())
 	}
-	err = NewConn(&s, 1<<20).WriteFloats(Header{Kind: Activations, B: 1, T: 1, D: 2}, []float32{1, float32(math.Inf(1))}, Encoding{Codec: codec.Int8, Block: 2}, never)
+	err = NewConn(&s, 1<<20, nil).WriteFloats(Header{Kind: Activations, B: 1, T: 1, D: 2}, []float32{1, float32(math.Inf(1))}, Encoding{Codec: codec.Int8, Block: 2}, never)
 	if !errors.Is(err, codec.ErrNonFinite) || CodeOf(err) != CodeNonFinite {
 		t.Fatalf("Inf sent: %v", err)
 	}
@@ -260,13 +249,13 @@ func TestReadDeadline(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	_, err := NewConn(a, 1<<20).Read(time.Now().Add(50 * time.Millisecond))
+	_, err := NewConn(a, 1<<20, nil).Read(time.Now().Add(50 * time.Millisecond))
 	if !errors.Is(err, ErrTimeout) || CodeOf(err) != CodeTimeout {
 		t.Fatalf("hanging peer: %v", err)
 	}
 	// A peer that sends half a frame and stalls is also cut off.
 	go b.Write(frame(t)[:30])
-	_, err = NewConn(a, 1<<20).Read(time.Now().Add(50 * time.Millisecond))
+	_, err = NewConn(a, 1<<20, nil).Read(time.Now().Add(50 * time.Millisecond))
 	if !errors.Is(err, ErrTimeout) {
 		t.Fatalf("stalled peer: %v", err)
 	}
@@ -275,10 +264,10 @@ func TestReadDeadline(t *testing.T) {
 func TestErrorFrameLimits(t *testing.T) {
 	var s buf
 	long := string(bytes.Repeat([]byte("x"), 5000)) + "\xff"
-	if err := NewConn(&s, 1<<20).WriteError(1, 2, errors.New(long), never); err != nil {
+	if err := NewConn(&s, 1<<20, nil).WriteError(1, 2, errors.New(long), never); err != nil {
 		t.Fatal(err)
 	}
-	_, err := NewConn(&s, 1<<20).Read(never)
+	_, err := NewConn(&s, 1<<20, nil).Read(never)
 	var re *RemoteError
 	if !errors.As(err, &re) || len(re.Msg) != MaxErrorMsg || re.Code != CodeInternal {
 		t.Fatalf("long error: %v", err)
@@ -292,7 +281,7 @@ func FuzzRead(f *testing.F) {
 	f.Add(frameBytes(Header{Kind: Gradient, B: 2, T: 3, D: 5}, Encoding{Codec: codec.Int8, Block: 4}))
 	f.Add(frameBytes(Header{Kind: Gradient, B: 2, T: 3, D: 5}, Encoding{Codec: codec.BF16, Link: codec.NewLink(codec.ZstdOn)}))
 	var s buf
-	c := NewConn(&s, 1<<16)
+	c := NewConn(&s, 1<<16, nil)
 	_ = c.WriteInts(Header{Kind: Tokens, B: 1, T: 4, D: 1}, []int32{1, 2, 3, 4}, never)
 	_ = c.WriteResult(3, 2, FlagEval, 2.5, never)
 	_ = c.WriteError(3, 2, ErrShape, never)
@@ -301,7 +290,7 @@ func FuzzRead(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var s buf
 		s.Write(b)
-		c := NewConn(&s, 1<<16)
+		c := NewConn(&s, 1<<16, nil)
 		for range 4 {
 			fr, err := c.Read(never)
 			if err != nil {
@@ -312,7 +301,7 @@ func FuzzRead(f *testing.F) {
 				if fr.Codec == codec.Int8 {
 					// What a GPU stage takes instead of Floats: exactly the
 					// int8 layout's length, whatever the header claimed.
-					if w, err := fr.Int8Wire(); err == nil && len(w) != codec.EncodedLen(codec.Int8, fr.N(), fr.Block) {
+					if w, err := fr.Int8Wire(); err == nil && len(w) != fr.Format().Len(fr.N()) {
 						t.Fatalf("Int8Wire gave %d bytes for %d values in blocks of %d", len(w), fr.N(), fr.Block)
 					}
 				}
@@ -340,7 +329,7 @@ func FuzzRead(f *testing.F) {
 
 func frameBytes(h Header, enc Encoding) []byte {
 	var s buf
-	_ = NewConn(&s, 1<<16).WriteFloats(h, randFloats(h.N(), 4), enc, never)
+	_ = NewConn(&s, 1<<16, nil).WriteFloats(h, randFloats(h.N(), 4), enc, never)
 	return s.Bytes()
 }
 
@@ -366,13 +355,13 @@ func TestAutoZstdFollowsLink(t *testing.T) {
 	h := Header{Kind: Activations, B: 1, T: 16, D: 256}
 	count := func(s Stream, frames int) (zstd int) {
 		link := codec.NewLink(codec.ZstdAuto)
-		c := NewConn(s, 1<<22)
+		c := NewConn(s, 1<<22, nil)
 		for range frames {
 			if err := c.WriteFloats(h, x, Encoding{Codec: codec.BF16, Link: link}, never); err != nil {
 				t.Fatal(err)
 			}
 		}
-		r := NewConn(s, 1<<22)
+		r := NewConn(s, 1<<22, nil)
 		for range frames {
 			f, err := r.Read(never)
 			if err != nil {
@@ -398,13 +387,14 @@ func TestAutoZstdFollowsLink(t *testing.T) {
 	}
 }
 
-// TestTrafficCounts checks that Sent counts what went on the wire and what the
-// frames would take as plain float32: an int8 frame of 1024 values in blocks of
-// 64 carries 1024+4·16 payload bytes for 4096 raw.
+// TestTrafficCounts checks that a Counter counts what went on the wire and what
+// the frames would take as plain float32: an int8 frame of 1024 values in blocks
+// of 64 carries 1024+4·16 payload bytes for 4096 raw. Another node's counter
+// counts none of it.
 func TestTrafficCounts(t *testing.T) {
-	before := Sent()
+	var traffic, other Counter
 	var s buf
-	c := NewConn(&s, 1<<20)
+	c := NewConn(&s, 1<<20, &traffic)
 	h := Header{Kind: Activations, ID: 1, Stage: 1, B: 2, T: 8, D: 64}
 	if err := c.WriteFloats(h, randFloats(1024, 3), Encoding{Codec: codec.Int8, Block: 64}, never); err != nil {
 		t.Fatal(err)
@@ -412,8 +402,11 @@ func TestTrafficCounts(t *testing.T) {
 	if err := c.WriteResult(1, 0, 0, 1, never); err != nil {
 		t.Fatal(err)
 	}
-	after := Sent()
-	frames, bytes, raw := after.Frames-before.Frames, after.Bytes-before.Bytes, after.RawBytes-before.RawBytes
+	if err := NewConn(&buf{}, 1<<20, &other).WriteResult(2, 0, 0, 1, never); err != nil {
+		t.Fatal(err)
+	}
+	got := traffic.Sent()
+	frames, bytes, raw := got.Frames, got.Bytes, got.RawBytes
 	if frames != 2 || bytes != int64(s.Len()) {
 		t.Fatalf("counted %d frames of %d bytes, wrote 2 frames of %d bytes", frames, bytes, s.Len())
 	}
@@ -430,14 +423,14 @@ func TestTrafficCounts(t *testing.T) {
 // with and without zstd; a message of the wrong length is refused.
 func TestInt8WireFrames(t *testing.T) {
 	x := randFloats(2*8*64, 5)
-	msg, err := codec.Encode(nil, codec.Int8, 64, x)
+	msg, err := codec.Format{Kind: codec.Int8, Block: 64}.Append(nil, x)
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := Header{Kind: Gradient, ID: 3, Stage: 2, B: 2, T: 8, D: 64}
 	for _, enc := range []Encoding{{Codec: codec.Int8, Block: 64}, {Codec: codec.Int8, Block: 64, Link: codec.NewLink(codec.ZstdOn)}} {
 		var s buf
-		c := NewConn(&s, 1<<20)
+		c := NewConn(&s, 1<<20, nil)
 		if err := c.WriteInt8Wire(h, msg, 64, enc, never); err != nil {
 			t.Fatal(err)
 		}
@@ -457,7 +450,7 @@ func TestInt8WireFrames(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := make([]float32, len(x))
-		if err := codec.Decode(want, codec.Int8, 64, msg); err != nil {
+		if err := (codec.Format{Kind: codec.Int8, Block: 64}).Decode(want, msg); err != nil {
 			t.Fatal(err)
 		}
 		for i := range y {
@@ -467,13 +460,13 @@ func TestInt8WireFrames(t *testing.T) {
 		}
 	}
 	var s buf
-	if err := NewConn(&s, 1<<20).WriteInt8Wire(h, msg[1:], 64, Encoding{}, never); !errors.Is(err, ErrShape) {
+	if err := NewConn(&s, 1<<20, nil).WriteInt8Wire(h, msg[1:], 64, Encoding{}, never); !errors.Is(err, ErrShape) {
 		t.Fatalf("short message: %v", err)
 	}
-	if err := NewConn(&s, 1<<20).WriteFloats(h, x, Encoding{Codec: codec.FP32}, never); err != nil {
+	if err := NewConn(&s, 1<<20, nil).WriteFloats(h, x, Encoding{Codec: codec.FP32}, never); err != nil {
 		t.Fatal(err)
 	}
-	f, err := NewConn(&s, 1<<20).Read(never)
+	f, err := NewConn(&s, 1<<20, nil).Read(never)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,7 @@
 // RMS error, one row per codec setting. With -source model it measures the
 // activations and input gradients that actually cross a stage boundary of a GPT
 // (d 256, two stages of two blocks, B 8, T 128, on the example corpus).
-// Run: go run ./pipeline/codec/codectable [-source model]
+// Run: go run ./codec/codectable [-source model]
 package main
 
 import (
@@ -14,9 +14,9 @@ import (
 	"os"
 	"time"
 
+	"swarmnode/codec"
 	"swarmnode/data"
 	"swarmnode/model"
-	"swarmnode/pipeline/codec"
 	"swarmnode/stages"
 )
 

@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
-	"swarmnode/pipeline/codec"
+	"swarmnode/codec"
 )
 
 // Stream is the part of a libp2p network.Stream a Conn needs.
@@ -24,6 +25,7 @@ type Conn struct {
 	s          Stream
 	r          *bufio.Reader
 	maxPayload int
+	traffic    *Counter
 
 	hdr  [HeaderSize]byte
 	in   []byte // payload of the last frame read
@@ -32,9 +34,10 @@ type Conn struct {
 	zbuf []byte
 }
 
-// NewConn wraps s; frames over maxFrame bytes (header included) are refused both ways.
-func NewConn(s Stream, maxFrame int) *Conn {
-	return &Conn{s: s, r: bufio.NewReaderSize(s, 64<<10), maxPayload: max(0, maxFrame-HeaderSize)}
+// NewConn wraps s; frames over maxFrame bytes (header included) are refused both
+// ways. The frames written are counted in traffic (nil: not counted).
+func NewConn(s Stream, maxFrame int, traffic *Counter) *Conn {
+	return &Conn{s: s, r: bufio.NewReaderSize(s, 64<<10), maxPayload: max(0, maxFrame-HeaderSize), traffic: traffic}
 }
 
 // Frame is a frame read from a Conn. Its payload is valid until the next Read.
@@ -62,15 +65,8 @@ func (c *Conn) Read(deadline time.Time) (*Frame, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cap(c.in) < h.PayloadLen {
-		c.in = make([]byte, h.PayloadLen)
-	}
-	c.in = c.in[:h.PayloadLen]
-	if _, err := io.ReadFull(c.r, c.in); err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return nil, fmt.Errorf("%w: payload: %v", ErrTruncated, err)
-		}
-		return nil, timeoutErr(err)
+	if c.in, err = ReadPayload(c.r, c.in, h.PayloadLen); err != nil {
+		return nil, bodyErr(err)
 	}
 	if got, want := Checksum(c.hdr[:], c.in), uint32(c.hdr[44])|uint32(c.hdr[45])<<8|uint32(c.hdr[46])<<16|uint32(c.hdr[47])<<24; got != want {
 		return nil, fmt.Errorf("%w: computed %08x, header says %08x", ErrChecksum, got, want)
@@ -81,6 +77,16 @@ func (c *Conn) Read(deadline time.Time) (*Frame, error) {
 	return &Frame{Header: h, payload: c.in, c: c}, nil
 }
 
+// bodyErr is the error of a frame whose payload could not be read: the stream
+// ended inside it, a deadline passed, or the stream failed.
+func bodyErr(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%w: payload: %v", ErrTruncated, err)
+	}
+	return timeoutErr(err)
+}
+
+// timeoutErr wraps a read or write error that is a passed deadline in ErrTimeout.
 func timeoutErr(err error) error {
 	var ne interface{ Timeout() bool }
 	if errors.As(err, &ne) && ne.Timeout() {
@@ -117,8 +123,7 @@ func (f *Frame) plain() ([]byte, error) {
 	if !f.Zstd {
 		return f.payload, nil
 	}
-	want := codec.EncodedLen(f.Codec, f.N(), f.Block)
-	raw, err := codec.Unzstd(f.c.raw, f.payload, want)
+	raw, err := codec.Unzstd(f.c.raw, f.payload, f.Format().Len(f.N()))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrPayload, err)
 	}
@@ -128,19 +133,26 @@ func (f *Frame) plain() ([]byte, error) {
 
 // Floats decodes a float tensor into dst (reallocated if short) and returns it.
 func (f *Frame) Floats(dst []float32) ([]float32, error) {
-	if f.DType != Float32 {
-		return nil, fmt.Errorf("%w: %v frame holds no float tensor", ErrUnexpect, f.Kind)
+	return decodeTensor(f, Float32, dst, f.Format().Decode)
+}
+
+// Ints decodes an int32 tensor (token ids, targets) whose values must be in [0, limit).
+func (f *Frame) Ints(dst []int32, limit int) ([]int32, error) {
+	return decodeTensor(f, Int32, dst, func(dst []int32, p []byte) error { return codec.DecodeInts(dst, p, limit) })
+}
+
+// decodeTensor decodes f's tensor, which must be of type dt, into dst (reallocated
+// if short) and returns it.
+func decodeTensor[T float32 | int32](f *Frame, dt DType, dst []T, decode func([]T, []byte) error) ([]T, error) {
+	if f.DType != dt {
+		return nil, fmt.Errorf("%w: %v frame holds no %s tensor", ErrUnexpect, f.Kind, dtypeNames[dt])
 	}
 	p, err := f.plain()
 	if err != nil {
 		return nil, err
 	}
-	n := f.N()
-	if cap(dst) < n {
-		dst = make([]float32, n)
-	}
-	dst = dst[:n]
-	if err := codec.Decode(dst, f.Codec, f.Block, p); err != nil {
+	dst = slices.Grow(dst[:0], f.N())[:f.N()]
+	if err := decode(dst, p); err != nil {
 		return nil, wrapCodec(err)
 	}
 	return dst, nil
@@ -157,32 +169,13 @@ func (f *Frame) Int8Wire() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if want := codec.EncodedLen(codec.Int8, f.N(), f.Block); len(p) != want {
+	if want := f.Format().Len(f.N()); len(p) != want {
 		return nil, fmt.Errorf("%w: %d int8 values in blocks of %d take %d bytes, got %d", ErrPayload, f.N(), f.Block, want, len(p))
 	}
 	return append([]byte(nil), p...), nil
 }
 
-// Ints decodes an int32 tensor (token ids, targets) whose values must be in [0, limit).
-func (f *Frame) Ints(dst []int32, limit int) ([]int32, error) {
-	if f.DType != Int32 {
-		return nil, fmt.Errorf("%w: %v frame holds no int tensor", ErrUnexpect, f.Kind)
-	}
-	p, err := f.plain()
-	if err != nil {
-		return nil, err
-	}
-	n := f.N()
-	if cap(dst) < n {
-		dst = make([]int32, n)
-	}
-	dst = dst[:n]
-	if err := codec.DecodeInts(dst, p, limit); err != nil {
-		return nil, wrapCodec(err)
-	}
-	return dst, nil
-}
-
+// wrapCodec wraps a codec error in the frame error that reports it.
 func wrapCodec(err error) error {
 	switch {
 	case errors.Is(err, codec.ErrNonFinite):
@@ -217,9 +210,7 @@ func (c *Conn) write(h *Header, deadline time.Time) error {
 	if h.DType == Float32 || h.DType == Int32 {
 		raw = HeaderSize + 4*int64(h.N())
 	}
-	traffic.frames.Add(1)
-	traffic.bytes.Add(int64(len(c.out)))
-	traffic.raw.Add(raw)
+	c.traffic.add(int64(len(c.out)), raw)
 	return nil
 }
 
@@ -234,7 +225,7 @@ func (c *Conn) WriteFloats(h Header, x []float32, enc Encoding, deadline time.Ti
 		h.Block = 0
 	}
 	var err error
-	if c.out, err = codec.Encode(c.header(), h.Codec, h.Block, x); err != nil {
+	if c.out, err = h.Format().Append(c.header(), x); err != nil {
 		return err
 	}
 	return c.send(&h, enc, deadline)
@@ -272,7 +263,7 @@ func (c *Conn) send(h *Header, enc Encoding, deadline time.Time) error {
 // int8 wire layout with blocks of block values (quantized on a GPU); enc.Link
 // may add zstd as in WriteFloats.
 func (c *Conn) WriteInt8Wire(h Header, msg []byte, block int, enc Encoding, deadline time.Time) error {
-	if want := codec.EncodedLen(codec.Int8, h.N(), block); want < 0 || len(msg) != want {
+	if want := (codec.Format{Kind: codec.Int8, Block: block}).Len(h.N()); want < 0 || len(msg) != want {
 		return fmt.Errorf("%w: %d bytes of int8 (block %d) for shape %dx%dx%d", ErrShape, len(msg), block, h.B, h.T, h.D)
 	}
 	h.DType, h.Codec, h.Block, h.Zstd = Float32, codec.Int8, block, false

@@ -101,14 +101,6 @@ func (l *Link) ObserveSend(wire int, d time.Duration) {
 	l.bw.add(float64(wire) / d.Seconds())
 }
 
-// Estimates returns the current bandwidth (bytes/s), zstd speed (bytes/s) and
-// compression ratio estimates; zero where nothing was measured yet.
-func (l *Link) Estimates() (bandwidth, speed, ratio float64) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.bw.v, l.speed.v, l.ratio.v
-}
-
 // ewma is an exponential moving average that starts at its first sample.
 type ewma struct {
 	v  float64

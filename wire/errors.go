@@ -9,7 +9,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"swarmnode/pipeline/codec"
+	"swarmnode/codec"
 )
 
 // Code is the reason an error frame gives; it travels as a uint16.
@@ -30,70 +30,66 @@ const (
 	CodeWrongStage Code = 10
 )
 
-// String names the code for messages.
-func (c Code) String() string {
-	switch c {
-	case CodeInternal:
-		return "internal"
-	case CodeBadFrame:
-		return "bad frame"
-	case CodeOversize:
-		return "oversize"
-	case CodeShape:
-		return "shape"
-	case CodeNonFinite:
-		return "non-finite"
-	case CodeRange:
-		return "range"
-	case CodeBusy:
-		return "busy"
-	case CodeTimeout:
-		return "timeout"
-	case CodeDownstream:
-		return "downstream"
-	case CodeWrongStage:
-		return "wrong stage"
-	}
-	return fmt.Sprintf("code(%d)", uint16(c))
+var codeNames = [...]string{
+	CodeInternal: "internal", CodeBadFrame: "bad frame", CodeOversize: "oversize", CodeShape: "shape",
+	CodeNonFinite: "non-finite", CodeRange: "range", CodeBusy: "busy", CodeTimeout: "timeout",
+	CodeDownstream: "downstream", CodeWrongStage: "wrong stage",
 }
 
-// ErrBusy, ErrTimeout, ErrDownstream and ErrWrongStage are the sentinels of the
-// state codes, so that a RemoteError matches them with errors.Is.
+// String names the code for messages.
+func (c Code) String() string { return name(codeNames[:], int(c), "code") }
+
+// name returns names[v], or what(v) where names has none.
+func name(names []string, v int, what string) string {
+	if v >= 0 && v < len(names) && names[v] != "" {
+		return names[v]
+	}
+	return fmt.Sprintf("%s(%d)", what, v)
+}
+
+// codeError is a sentinel error, with the code of the error frame that reports it.
+type codeError struct {
+	code Code
+	msg  string
+}
+
+func (e *codeError) Error() string { return e.msg }
+
+func sentinel(code Code, msg string) error { return &codeError{code: code, msg: "wire: " + msg} }
+
+// The sentinel errors. Every error a reader returns for a bad frame wraps one of
+// them (test with errors.Is), and so does every error the stage protocol answers
+// with, so that CodeOf finds its code.
 var (
-	ErrBusy       = errors.New("wire: peer busy")
-	ErrTimeout    = errors.New("wire: timeout")
-	ErrDownstream = errors.New("wire: downstream failed")
-	ErrWrongStage = errors.New("wire: wrong stage")
-	ErrInternal   = errors.New("wire: internal error")
+	ErrTruncated = sentinel(CodeBadFrame, "truncated frame")
+	ErrMagic     = sentinel(CodeBadFrame, "not a swarmnode frame")
+	ErrVersion   = sentinel(CodeBadFrame, "unsupported frame version")
+	ErrHeader    = sentinel(CodeBadFrame, "malformed header")
+	ErrChecksum  = sentinel(CodeBadFrame, "checksum mismatch")
+	ErrPayload   = sentinel(CodeBadFrame, "bad payload")
+	ErrOversize  = sentinel(CodeOversize, "frame too large")
+	ErrShape     = sentinel(CodeShape, "wrong shape")
+	ErrUnexpect  = sentinel(CodeShape, "unexpected frame kind")
+	ErrNonFinite = sentinel(CodeNonFinite, "NaN or Inf value")
+	ErrRange     = sentinel(CodeRange, "token id out of range")
+
+	ErrBusy       = sentinel(CodeBusy, "peer busy")
+	ErrTimeout    = sentinel(CodeTimeout, "timeout")
+	ErrDownstream = sentinel(CodeDownstream, "downstream failed")
+	ErrWrongStage = sentinel(CodeWrongStage, "wrong stage")
+	ErrInternal   = sentinel(CodeInternal, "internal error")
 )
 
-var codeErr = map[Code][]error{
-	CodeInternal:   {ErrInternal},
-	CodeBadFrame:   {ErrTruncated, ErrMagic, ErrVersion, ErrHeader, ErrChecksum, ErrPayload},
-	CodeOversize:   {ErrOversize},
-	CodeShape:      {ErrShape, ErrUnexpect},
-	CodeNonFinite:  {ErrNonFinite},
-	CodeRange:      {ErrRange},
-	CodeBusy:       {ErrBusy},
-	CodeTimeout:    {ErrTimeout},
-	CodeDownstream: {ErrDownstream},
-	CodeWrongStage: {ErrWrongStage},
-}
-
-// CodeOf maps a local error to the code an error frame reports it with.
+// CodeOf maps a local error to the code an error frame reports it with: a peer's
+// error is passed on with its own code.
 func CodeOf(err error) Code {
 	var re *RemoteError
-	if errors.As(err, &re) && re.Code == CodeDownstream {
-		return CodeDownstream
-	}
-	for _, c := range []Code{CodeBadFrame, CodeOversize, CodeShape, CodeNonFinite, CodeRange, CodeBusy, CodeTimeout, CodeDownstream, CodeWrongStage} {
-		for _, s := range codeErr[c] {
-			if errors.Is(err, s) {
-				return c
-			}
-		}
-	}
+	var ce *codeError
 	switch {
+	case errors.As(err, &re) && re.Code >= CodeInternal && re.Code <= CodeWrongStage:
+		return re.Code
+	case errors.As(err, &ce):
+		return ce.code
 	case errors.Is(err, codec.ErrNonFinite):
 		return CodeNonFinite
 	case errors.Is(err, codec.ErrRange):
@@ -120,12 +116,8 @@ func (e *RemoteError) Error() string {
 
 // Is lets errors.Is(remoteErr, ErrShape) and the like match by code.
 func (e *RemoteError) Is(target error) bool {
-	for _, s := range codeErr[e.Code] {
-		if s == target {
-			return true
-		}
-	}
-	return false
+	ce, ok := target.(*codeError)
+	return ok && ce.code == e.Code
 }
 
 // MaxErrorMsg caps the message of an error frame.

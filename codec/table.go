@@ -2,11 +2,11 @@ package codec
 
 import "fmt"
 
-// Setting is one codec configuration as compared by the codec table.
+// Setting is one codec configuration of the stage protocol as compared by the codec
+// table (cmd codectable and BenchmarkCodecs).
 type Setting struct {
-	Kind  Kind
-	Block int
-	Zstd  bool
+	Format
+	Zstd bool
 }
 
 // Name is the setting as the table prints it, e.g. "int8/64+zstd".
@@ -25,11 +25,9 @@ func (s Setting) Name() string {
 func Table() []Setting {
 	var out []Setting
 	for _, z := range []bool{false, true} {
-		out = append(out,
-			Setting{Kind: FP32, Zstd: z},
-			Setting{Kind: BF16, Zstd: z},
-			Setting{Kind: Int8, Block: 64, Zstd: z},
-			Setting{Kind: Int8, Block: 256, Zstd: z})
+		for _, f := range []Format{{Kind: FP32}, {Kind: BF16}, {Kind: Int8, Block: 64}, {Kind: Int8, Block: 256}} {
+			out = append(out, Setting{Format: f, Zstd: z})
+		}
 	}
 	return out
 }
@@ -41,11 +39,11 @@ type Scratch struct{ enc, z, raw []byte }
 // returning the wire size in bytes.
 func (s Setting) RoundTrip(sc *Scratch, x, y []float32) (int, error) {
 	var err error
-	if sc.enc, err = Encode(sc.enc[:0], s.Kind, s.Block, x); err != nil {
+	if sc.enc, err = s.Append(sc.enc[:0], x); err != nil {
 		return 0, err
 	}
 	if !s.Zstd {
-		return len(sc.enc), Decode(y, s.Kind, s.Block, sc.enc)
+		return len(sc.enc), s.Decode(y, sc.enc)
 	}
 	if sc.z, err = Zstd(sc.z[:0], sc.enc); err != nil {
 		return 0, err
@@ -53,5 +51,5 @@ func (s Setting) RoundTrip(sc *Scratch, x, y []float32) (int, error) {
 	if sc.raw, err = Unzstd(sc.raw, sc.z, len(sc.enc)); err != nil {
 		return 0, err
 	}
-	return len(sc.z), Decode(y, s.Kind, s.Block, sc.raw)
+	return len(sc.z), s.Decode(y, sc.raw)
 }

@@ -1,8 +1,11 @@
-// Package wire is the frame format of the stage protocol: a small versioned,
-// checksummed header and a payload holding one tensor (token ids, targets,
-// activations or gradients, compressed by package codec) or a typed error.
+// Package wire holds the frame formats of swarmnode's streams, with their limits,
+// errors and traffic counters: the tensor frames of the stage protocol (package
+// pipeline), read and written by a Conn, and the typed frames of the averaging
+// protocol (package averaging), a length, a type byte and a payload (typed.go).
 //
-// A frame on the wire:
+// A tensor frame is a small versioned, checksummed header and a payload holding one
+// tensor (token ids, targets, activations or gradients, encoded by package codec
+// with int8 in its Interleaved layout) or a typed error. On the wire:
 //
 //	off size field
 //	  0    3 magic "SWF"
@@ -27,13 +30,12 @@ package wire
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"hash/crc32"
 	"math"
 	"time"
 
-	"swarmnode/pipeline/codec"
+	"swarmnode/codec"
 )
 
 // HeaderSize is the size of a frame header in bytes.
@@ -61,24 +63,10 @@ const (
 	Error       Kind = 6
 )
 
+var kindNames = [...]string{Tokens: "tokens", Targets: "targets", Activations: "activations", Gradient: "gradient", Result: "result", Error: "error"}
+
 // String names the kind for messages.
-func (k Kind) String() string {
-	switch k {
-	case Tokens:
-		return "tokens"
-	case Targets:
-		return "targets"
-	case Activations:
-		return "activations"
-	case Gradient:
-		return "gradient"
-	case Result:
-		return "result"
-	case Error:
-		return "error"
-	}
-	return fmt.Sprintf("kind(%d)", uint8(k))
-}
+func (k Kind) String() string { return name(kindNames[:], int(k), "kind") }
 
 // dtype is the decoded element type a kind carries.
 func (k Kind) dtype() DType {
@@ -100,6 +88,8 @@ const (
 	Float32 DType = 1
 	Int32   DType = 2
 )
+
+var dtypeNames = [...]string{None: "no", Float32: "float", Int32: "int"}
 
 // FlagEval marks a forward-only (evaluation) request: no gradient comes back.
 const FlagEval uint8 = 1
@@ -133,21 +123,8 @@ func (h *Header) Eval() bool { return h.Flags&FlagEval != 0 }
 // N is the number of tensor elements.
 func (h *Header) N() int { return h.B * h.T * h.D }
 
-// The typed frame errors; every error a reader returns for a bad frame wraps one of
-// them (test with errors.Is), and each maps to a Code for the error frame.
-var (
-	ErrTruncated = errors.New("wire: truncated frame")
-	ErrMagic     = errors.New("wire: not a swarmnode frame")
-	ErrVersion   = errors.New("wire: unsupported frame version")
-	ErrHeader    = errors.New("wire: malformed header")
-	ErrChecksum  = errors.New("wire: checksum mismatch")
-	ErrOversize  = errors.New("wire: frame too large")
-	ErrShape     = errors.New("wire: wrong shape")
-	ErrUnexpect  = errors.New("wire: unexpected frame kind")
-	ErrPayload   = errors.New("wire: bad payload")
-	ErrNonFinite = errors.New("wire: NaN or Inf value")
-	ErrRange     = errors.New("wire: token id out of range")
-)
+// Format is the encoding of the frame's tensor (before zstd).
+func (h *Header) Format() codec.Format { return codec.Format{Kind: h.Codec, Block: h.Block} }
 
 // MarshalHeader writes h (with the checksum of header and payload) into b[:HeaderSize].
 func MarshalHeader(b []byte, h *Header, payload []byte) {
@@ -235,11 +212,12 @@ func UnmarshalHeader(b []byte, maxPayload int) (Header, error) {
 		if n*4 > int64(maxDecoded(maxPayload)) {
 			return h, fmt.Errorf("%w: %dx%dx%d tensor exceeds the frame cap", ErrOversize, b0, t0, d0)
 		}
-		if codec.EncodedLen(h.Codec, int(n), h.Block) < 0 {
+		size := h.Format().Len(int(n))
+		if size < 0 {
 			return h, fmt.Errorf("%w: int8 block size %d", ErrHeader, h.Block)
 		}
-		if !h.Zstd && h.PayloadLen != codec.EncodedLen(h.Codec, int(n), h.Block) {
-			return h, fmt.Errorf("%w: %dx%dx%d %v takes %d bytes, payload has %d", ErrShape, b0, t0, d0, h.Codec, codec.EncodedLen(h.Codec, int(n), h.Block), h.PayloadLen)
+		if !h.Zstd && h.PayloadLen != size {
+			return h, fmt.Errorf("%w: %dx%dx%d %v takes %d bytes, payload has %d", ErrShape, b0, t0, d0, h.Codec, size, h.PayloadLen)
 		}
 	case Result, Error:
 		if h.DType != None || h.Codec != 0 || h.Zstd || b0|t0|d0 != 0 {

@@ -29,25 +29,29 @@ func activations(n, d int, seed uint64) []float32 {
 func TestRoundTripError(t *testing.T) {
 	x := activations(64*200+13, 64, 1)
 	for _, tc := range []struct {
-		k     Kind
-		block int
-		rel   float64 // max error relative to the block's absmax
+		k      Kind
+		block  int
+		layout Layout
+		rel    float64 // max error relative to the block's absmax
 	}{
-		{FP32, 0, 0},
-		{BF16, 0, 1.0 / 256},
-		{Int8, 64, 0.5/127 + 1e-6},
-		{Int8, 1, 1e-6},
-		{Int8, 4096, 0.5/127 + 1e-6},
+		{FP32, 0, 0, 0},
+		{BF16, 0, 0, 1.0 / 256},
+		{Int8, 64, Interleaved, 0.5/127 + 1e-6},
+		{Int8, 1, Interleaved, 1e-6},
+		{Int8, 4096, Interleaved, 0.5/127 + 1e-6},
+		{Int8, 64, Planar, 0.5/127 + 1e-6},
+		{Int8, 7, Planar, 0.5/127 + 1e-6},
 	} {
-		enc, err := Encode(nil, tc.k, tc.block, x)
+		f := Format{Kind: tc.k, Block: tc.block, Layout: tc.layout}
+		enc, err := f.Append(nil, x)
 		if err != nil {
 			t.Fatalf("%v: %v", tc.k, err)
 		}
-		if len(enc) != EncodedLen(tc.k, len(x), tc.block) {
-			t.Fatalf("%v: len %d, want %d", tc.k, len(enc), EncodedLen(tc.k, len(x), tc.block))
+		if len(enc) != f.Len(len(x)) {
+			t.Fatalf("%v: len %d, want %d", tc.k, len(enc), f.Len(len(x)))
 		}
 		y := make([]float32, len(x))
-		if err := Decode(y, tc.k, tc.block, enc); err != nil {
+		if err := f.Decode(y, enc); err != nil {
 			t.Fatalf("%v: %v", tc.k, err)
 		}
 		block := tc.block
@@ -71,12 +75,12 @@ func TestRoundTripError(t *testing.T) {
 }
 
 func TestBF16Saturates(t *testing.T) {
-	enc, err := Encode(nil, BF16, 0, []float32{math.MaxFloat32, -math.MaxFloat32})
+	enc, err := Format{Kind: BF16}.Append(nil, []float32{math.MaxFloat32, -math.MaxFloat32})
 	if err != nil {
 		t.Fatal(err)
 	}
 	y := make([]float32, 2)
-	if err := Decode(y, BF16, 0, enc); err != nil {
+	if err := (Format{Kind: BF16}).Decode(y, enc); err != nil {
 		t.Fatalf("max float must stay finite in bf16: %v", err)
 	}
 	if y[0] <= 0 || y[1] >= 0 {
@@ -87,21 +91,24 @@ func TestBF16Saturates(t *testing.T) {
 func TestInt8ZeroBlock(t *testing.T) {
 	x := make([]float32, 100)
 	x[99] = 3
-	enc, err := Encode(nil, Int8, 64, x)
-	if err != nil {
-		t.Fatal(err)
-	}
-	y := make([]float32, 100)
-	if err := Decode(y, Int8, 64, enc); err != nil {
-		t.Fatal(err)
-	}
-	for i, v := range y[:99] {
-		if v != 0 {
-			t.Fatalf("y[%d] = %g, want 0", i, v)
+	for _, l := range []Layout{Interleaved, Planar} {
+		f := Format{Kind: Int8, Block: 64, Layout: l}
+		enc, err := f.Append(nil, x)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if y[99] != 3 {
-		t.Fatalf("y[99] = %g, want 3", y[99])
+		y := make([]float32, 100)
+		if err := f.Decode(y, enc); err != nil {
+			t.Fatal(err)
+		}
+		for i, v := range y[:99] {
+			if v != 0 {
+				t.Fatalf("layout %d: y[%d] = %g, want 0", l, i, v)
+			}
+		}
+		if y[99] != 3 {
+			t.Fatalf("layout %d: y[99] = %g, want 3", l, y[99])
+		}
 	}
 }
 
@@ -109,7 +116,7 @@ func TestEncodeRejectsNonFinite(t *testing.T) {
 	for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1))} {
 		for _, k := range []Kind{FP32, BF16, Int8} {
 			x := []float32{1, 2, bad, 4}
-			if _, err := Encode(nil, k, 2, x); !errors.Is(err, ErrNonFinite) {
+			if _, err := (Format{Kind: k, Block: 2}).Append(nil, x); !errors.Is(err, ErrNonFinite) {
 				t.Errorf("%v %g: err %v, want ErrNonFinite", k, bad, err)
 			}
 		}
@@ -117,43 +124,36 @@ func TestEncodeRejectsNonFinite(t *testing.T) {
 }
 
 func TestDecodeRejects(t *testing.T) {
-	good, _ := Encode(nil, Int8, 4, []float32{1, -2, 3, 4, 5})
+	i8 := Format{Kind: Int8, Block: 4}
+	good, _ := i8.Append(nil, []float32{1, -2, 3, 4, 5})
 	y := make([]float32, 5)
-	if err := Decode(y, Int8, 4, good[:len(good)-1]); !errors.Is(err, ErrLength) {
-		t.Errorf("truncated int8: %v", err)
+	// Each decoder in both directions: Decode and DecodeSub check alike.
+	rejects := func(f Format, y []float32, src []byte, want error, what string) {
+		t.Helper()
+		if err := f.Decode(y, src); !errors.Is(err, want) {
+			t.Errorf("%s: %v", what, err)
+		}
+		if err := f.DecodeSub(y, src); !errors.Is(err, want) {
+			t.Errorf("%s (DecodeSub): %v", what, err)
+		}
 	}
-	if err := Decode(y[:4], Int8, 4, good); !errors.Is(err, ErrLength) {
-		t.Errorf("wrong count: %v", err)
-	}
-	if err := Decode(y, Int8, 0, good); !errors.Is(err, ErrBlock) {
-		t.Errorf("block 0: %v", err)
-	}
-	if err := Decode(y, Int32, 4, good); !errors.Is(err, ErrKind) {
-		t.Errorf("int32 as float: %v", err)
-	}
+	rejects(i8, y, good[:len(good)-1], ErrLength, "truncated int8")
+	rejects(i8, y[:4], good, ErrLength, "wrong count")
+	rejects(Format{Kind: Int8}, y, good, ErrBlock, "block 0")
+	rejects(Format{Kind: Int32, Block: 4}, y, good, ErrKind, "int32 as float")
 	nanScale := append([]byte(nil), good...)
 	copy(nanScale, []byte{0, 0, 0xc0, 0x7f})
-	if err := Decode(y, Int8, 4, nanScale); !errors.Is(err, ErrNonFinite) {
-		t.Errorf("NaN scale: %v", err)
-	}
+	rejects(i8, y, nanScale, ErrNonFinite, "NaN scale")
 	negScale := append([]byte(nil), good...)
 	negScale[3] |= 0x80
-	if err := Decode(y, Int8, 4, negScale); !errors.Is(err, ErrNonFinite) {
-		t.Errorf("negative scale: %v", err)
-	}
+	rejects(i8, y, negScale, ErrNonFinite, "negative scale")
 	hugeScale := append([]byte(nil), good...)
 	copy(hugeScale, []byte{0xff, 0xff, 0x7f, 0x7f}) // MaxFloat32
 	hugeScale[4] = 0x80                             // -128 * MaxFloat32 = -Inf
-	if err := Decode(y, Int8, 4, hugeScale); !errors.Is(err, ErrNonFinite) {
-		t.Errorf("overflowing scale: %v", err)
-	}
+	rejects(i8, y, hugeScale, ErrNonFinite, "overflowing scale")
 	inf := []byte{0, 0, 0x80, 0x7f}
-	if err := Decode(y[:1], FP32, 0, inf); !errors.Is(err, ErrNonFinite) {
-		t.Errorf("fp32 Inf: %v", err)
-	}
-	if err := Decode(y[:1], BF16, 0, inf[2:]); !errors.Is(err, ErrNonFinite) {
-		t.Errorf("bf16 Inf: %v", err)
-	}
+	rejects(Format{Kind: FP32}, y[:1], inf, ErrNonFinite, "fp32 Inf")
+	rejects(Format{Kind: BF16}, y[:1], inf[2:], ErrNonFinite, "bf16 Inf")
 	ints := EncodeInts(nil, []int32{1, 255, 256})
 	if err := DecodeInts(make([]int32, 3), ints, 256); !errors.Is(err, ErrRange) {
 		t.Errorf("token 256: %v", err)
@@ -168,7 +168,7 @@ func TestDecodeRejects(t *testing.T) {
 
 func TestZstd(t *testing.T) {
 	x := activations(64*256, 64, 2)
-	raw, _ := Encode(nil, BF16, 0, x)
+	raw, _ := Format{Kind: BF16}.Append(nil, x)
 	z, err := Zstd(nil, raw)
 	if err != nil {
 		t.Fatal(err)
@@ -258,13 +258,15 @@ func TestParse(t *testing.T) {
 func FuzzDecode(f *testing.F) {
 	x := activations(300, 16, 3)
 	for _, k := range []Kind{FP32, BF16, Int8} {
-		enc, _ := Encode(nil, k, 16, x)
+		enc, _ := Format{Kind: k, Block: 16}.Append(nil, x)
 		f.Add(uint8(k), uint16(16), uint16(300), enc)
 	}
+	planar, _ := Format{Kind: Int8, Block: 16, Layout: Planar}.Append(nil, x)
+	f.Add(uint8(Int8)|0x80, uint16(16), uint16(300), planar)
 	f.Add(uint8(Int8), uint16(7), uint16(10), []byte{0, 0, 0x80, 0x7f, 1, 2, 3})
 	f.Add(uint8(Int32), uint16(1), uint16(2), EncodeInts(nil, []int32{3, 9}))
 	f.Fuzz(func(t *testing.T, kind uint8, block, n uint16, src []byte) {
-		k := Kind(kind)
+		k := Kind(kind &^ 0x80)
 		if k == Int32 {
 			dst := make([]int32, n)
 			if err := DecodeInts(dst, src, 256); err == nil {
@@ -276,21 +278,26 @@ func FuzzDecode(f *testing.F) {
 			}
 			return
 		}
+		fm := Format{Kind: k, Block: int(block), Layout: Layout(kind >> 7)}
 		dst := make([]float32, n)
-		if err := Decode(dst, k, int(block), src); err != nil {
+		if err := fm.Decode(dst, src); err != nil {
+			if fm.DecodeSub(dst, src) == nil {
+				t.Fatalf("DecodeSub accepted what Decode rejects: %v", err)
+			}
 			return
 		}
-		for i, v := range dst {
-			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-				t.Fatalf("accepted non-finite %g at %d", v, i)
-			}
+		if err := CheckFinite(dst); err != nil {
+			t.Fatalf("accepted %v", err)
+		}
+		if err := fm.DecodeSub(dst, src); err != nil {
+			t.Fatalf("DecodeSub rejected what Decode accepts: %v", err)
 		}
 	})
 }
 
 // FuzzUnzstd: arbitrary bytes never panic and never decode to another size.
 func FuzzUnzstd(f *testing.F) {
-	raw, _ := Encode(nil, BF16, 0, activations(512, 16, 4))
+	raw, _ := Format{Kind: BF16}.Append(nil, activations(512, 16, 4))
 	z, _ := Zstd(nil, raw)
 	f.Add(z, uint16(len(raw)))
 	f.Add(z[:len(z)/2], uint16(len(raw)))
