@@ -5,9 +5,9 @@ import (
 	"strings"
 	"testing"
 
+	"swarmnode/codec"
 	"swarmnode/cuda"
 	"swarmnode/model"
-	"swarmnode/codec"
 )
 
 // testGPU returns the process's GPU computing in prec, or skips the test saying
