@@ -213,9 +213,9 @@ type Averager struct {
 	stats   Stats
 	pending float64 // weight of snapshots whose round applied nothing
 
-	sem      chan struct{} // bounds concurrent join and reduce handlers
-	pool     sync.Pool     // chunk buffers (*[]float32 of ChunkFloats)
-	payloads sync.Pool     // *payload
+	sem      semaphore // bounds concurrent join and reduce handlers
+	pool     sync.Pool // chunk buffers (*[]float32 of ChunkFloats)
+	payloads sync.Pool // *payload
 
 	notifee *network.NotifyBundle
 
@@ -223,6 +223,22 @@ type Averager struct {
 
 	roundMu sync.Mutex // one round at a time
 }
+
+// semaphore bounds the stream handlers running at once. A handler that finds no
+// room turns its stream away at once: a flood of streams must not queue up
+// goroutines.
+type semaphore chan struct{}
+
+func (s semaphore) tryAcquire() bool {
+	select {
+	case s <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s semaphore) release() { <-s }
 
 // New creates an Averager for src on h and registers its stream handlers. Close
 // removes them.
@@ -239,7 +255,7 @@ func New(h host.Host, peers Peers, src Source, o Options) (*Averager, error) {
 		lobbies: map[uint64]*lobby{},
 		rounds:  map[string]*reduceRound{},
 		changed: make(chan struct{}),
-		sem:     make(chan struct{}, 8*o.GroupSize),
+		sem:     make(semaphore, 8*o.GroupSize),
 	}
 	a.rk = func(r uint64) [32]byte { return roundKey(o.Run, o.Key, r) }
 	m, err := newMetrics(o.Registerer, o.Key)

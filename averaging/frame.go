@@ -50,6 +50,13 @@ var errRemote = errors.New("peer reported")
 // remoteErr is the error of an error frame's payload.
 func remoteErr(payload []byte) error { return fmt.Errorf("%w: %.200q", errRemote, payload) }
 
+// writeErrorf tells the peer why its request is refused, in an error frame. The
+// caller then ends the exchange; a failed write needs no handling, as the
+// stream ends anyway.
+func writeErrorf(w io.Writer, format string, args ...any) {
+	_ = wire.WriteTyped(w, frameError, fmt.Appendf(nil, format, args...))
+}
+
 // readJSON reads one frame that must be of type want and decodes it into v. An
 // error frame becomes an error wrapping errRemote.
 func readJSON(r io.Reader, want byte, v any) error {

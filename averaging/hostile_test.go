@@ -55,11 +55,10 @@ func TestForgedSender(t *testing.T) {
 	defer a.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	rr := &reduceRound{id: "g1", round: 1, ctx: ctx, deadline: time.Now().Add(10 * time.Second),
+	rr := &reduceRound{id: "g1", round: 1, deadline: time.Now().Add(10 * time.Second),
 		members: []peer.ID{hs[0].ID(), hs[1].ID()}, index: 0, n: 10, slots: make([]*slot, 2)}
-	sctx, scancel := context.WithCancel(ctx)
-	defer scancel()
-	rr.slots[1] = &slot{from: 1, chunks: make(chan []float32, 1), results: make(chan *payload, 1), exited: make(chan struct{}), ctx: sctx, drop: scancel}
+	rr.slots[1] = newSlot(ctx)
+	defer rr.slots[1].drop()
 	a.mu.Lock()
 	a.rounds[rr.id] = rr
 	a.mu.Unlock()

@@ -66,6 +66,16 @@ func (a *Averager) waitFor(ctx context.Context, find func() bool) bool {
 	}
 }
 
+// awaitEntry returns the entry of key in m, one of a's maps guarded by a.mu,
+// waiting for it at most one matchmaking window; nil if it does not appear.
+func awaitEntry[K comparable, V any](ctx context.Context, a *Averager, m map[K]*V, key K) *V {
+	wctx, cancel := context.WithTimeout(ctx, a.o.Matchmaking)
+	defer cancel()
+	var v *V
+	a.waitFor(wctx, func() bool { v = m[key]; return v != nil })
+	return v
+}
+
 // lead opens round r's lobby, waits until its group has joined or the window
 // closes, and confirms the group to every member that joined.
 func (a *Averager) lead(ctx context.Context, r uint64, window time.Time, holders, view []peer.ID, n int) ([]peer.ID, error) {
@@ -121,18 +131,20 @@ func (a *Averager) dropLobby(r uint64) {
 	a.mu.Unlock()
 }
 
-// handleJoin serves a member's join: it waits for the round's lobby (the member's
-// clock may run a little ahead), enters it, and answers with the confirmed group
-// or the reason it is not in it.
+// handleJoin serves a member's join at the round's leader:
+//
+//  1. it reads the join, and refuses a member whose codec or chunk size differs;
+//  2. it waits for the round's lobby one matchmaking window at most (the member's
+//     clock may run a little ahead);
+//  3. it enters the member in the lobby, or refuses it (enter says why);
+//  4. once lead has settled the group, confirm answers with it.
 func (a *Averager) handleJoin(s network.Stream) {
 	defer s.Close()
-	select {
-	case a.sem <- struct{}{}:
-		defer func() { <-a.sem }()
-	default:
+	if !a.sem.tryAcquire() {
 		s.Reset()
 		return
 	}
+	defer a.sem.release()
 	limit := time.Now().Add(2*a.o.Matchmaking + time.Second)
 	_ = s.SetDeadline(limit)
 	ctx, cancel := context.WithDeadline(a.ctx, limit)
@@ -145,70 +157,74 @@ func (a *Averager) handleJoin(s network.Stream) {
 		s.Reset()
 		return
 	}
-	from := s.Conn().RemotePeer()
-	reject := func(format string, args ...any) {
-		_ = wire.WriteTyped(s, frameError, fmt.Appendf(nil, format, args...))
-	}
 	if m.Codec != a.o.Codec.String() || m.Chunk != a.o.ChunkFloats {
-		reject("codec %s/%d, leader uses %s/%d", m.Codec, m.Chunk, a.o.Codec, a.o.ChunkFloats)
+		writeErrorf(s, "codec %s/%d, leader uses %s/%d", m.Codec, m.Chunk, a.o.Codec, a.o.ChunkFloats)
 		return
 	}
-	// The lobby may not be open yet; wait at most one matchmaking window for it.
-	wctx, wcancel := context.WithTimeout(ctx, a.o.Matchmaking)
-	var l *lobby
-	a.waitFor(wctx, func() bool { l = a.lobbies[m.Round]; return l != nil })
-	wcancel()
+	l := awaitEntry(ctx, a, a.lobbies, m.Round)
 	if l == nil {
-		reject("not leading round %d", m.Round)
+		writeErrorf(s, "not leading round %d", m.Round)
 		return
 	}
-	a.mu.Lock()
-	var why string
-	switch {
-	case l.closed:
-		why = "lobby closed"
-	case !l.holders[from]:
-		why = "not a holder in the leader's view"
-	case m.Len != l.n:
-		why = fmt.Sprintf("vector length %d, leader has %d", m.Len, l.n)
-	case slices.Contains(l.joined, from):
-		why = "joined twice"
-	case len(l.joined)+1 >= a.o.GroupSize:
-		why = "group full"
-	}
-	if why == "" {
-		l.joined = append(l.joined, from)
-		all := len(l.joined)+1 >= a.o.GroupSize
-		if !all {
-			all = true
-			for p := range l.want {
-				if !slices.Contains(l.joined, p) {
-					all = false
-					break
-				}
-			}
-		}
-		if all {
-			close(l.full)
-			l.closed = true // no one else gets in after the group completed
-		}
-	}
-	a.mu.Unlock()
-	if why != "" {
-		reject("%s", why)
+	from := s.Conn().RemotePeer()
+	if why := a.enter(l, from, m.Len); why != "" {
+		writeErrorf(s, "%s", why)
 		return
 	}
-
 	select {
 	case <-l.done:
+		a.confirm(s, l, from)
 	case <-ctx.Done():
-		return
 	}
+}
+
+// enter admits member from, with a vector of n values, to lobby l, or says why
+// not. The member that completes the group closes the lobby.
+func (a *Averager) enter(l *lobby, from peer.ID, n int) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	switch {
+	case l.closed:
+		return "lobby closed"
+	case !l.holders[from]:
+		return "not a holder in the leader's view"
+	case n != l.n:
+		return fmt.Sprintf("vector length %d, leader has %d", n, l.n)
+	case slices.Contains(l.joined, from):
+		return "joined twice"
+	case len(l.joined)+1 >= a.o.GroupSize:
+		return "group full"
+	}
+	l.joined = append(l.joined, from)
+	if l.complete(a.o.GroupSize) {
+		close(l.full)
+		l.closed = true // no one else gets in after the group completed
+	}
+	return ""
+}
+
+// complete reports whether the group is full or every member of the leader's
+// own view has joined. a.mu held.
+func (l *lobby) complete(groupSize int) bool {
+	if len(l.joined)+1 >= groupSize {
+		return true
+	}
+	for p := range l.want {
+		if !slices.Contains(l.joined, p) {
+			return false
+		}
+	}
+	return true
+}
+
+// confirm answers member from once lead has settled lobby l: the group in round
+// order, or the reason it is not in it.
+func (a *Averager) confirm(s network.Stream, l *lobby, from peer.ID) {
 	if l.members == nil || !slices.Contains(l.members, from) {
-		reject("round %d abandoned", m.Round)
+		writeErrorf(s, "round %d abandoned", l.round)
 		return
 	}
-	g := groupMsg{Round: m.Round, ID: l.id}
+	g := groupMsg{Round: l.round, ID: l.id}
 	for _, p := range l.members {
 		g.Members = append(g.Members, p.String())
 	}

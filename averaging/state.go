@@ -155,7 +155,7 @@ type StateServer struct {
 	provide func() (State, error)
 	o       ServeOptions
 	lim     *rate.Limiter
-	sem     chan struct{}
+	sem     semaphore
 
 	takeMu sync.Mutex // serializes taking snapshots
 	mu     sync.Mutex
@@ -196,7 +196,7 @@ func ServeState(h host.Host, run, key string, provide func() (State, error), o S
 	}
 	s := &StateServer{
 		h: h, proto: StateProtocol(run, key), provide: provide, o: o,
-		sem: make(chan struct{}, o.MaxStreams), snaps: map[string]*snapshot{},
+		sem: make(semaphore, o.MaxStreams), snaps: map[string]*snapshot{},
 	}
 	if o.Rate > 0 {
 		s.lim = rate.NewLimiter(rate.Limit(o.Rate), servePiece)
@@ -220,13 +220,11 @@ const servePiece = 1 << 18
 
 func (s *StateServer) handle(st network.Stream) {
 	defer st.Close()
-	select {
-	case s.sem <- struct{}{}:
-		defer func() { <-s.sem }()
-	default:
-		_ = wire.WriteTyped(st, frameError, []byte("busy"))
+	if !s.sem.tryAcquire() {
+		writeErrorf(st, "busy")
 		return
 	}
+	defer s.sem.release()
 	_ = st.SetDeadline(time.Now().Add(5 * time.Minute))
 	var req stateReq
 	if err := readJSON(st, frameStateReq, &req); err != nil {
