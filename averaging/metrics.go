@@ -9,29 +9,25 @@ type avgMetrics struct {
 	roundSeconds              prometheus.Histogram
 }
 
+// newMetrics creates the collectors of key's Averager and registers them with
+// reg, when there is one.
 func newMetrics(reg prometheus.Registerer, key string) (*avgMetrics, error) {
 	l := prometheus.Labels{"key": key}
+	opts := func(name, help string) prometheus.Opts {
+		return prometheus.Opts{Namespace: "swarmnode", Subsystem: "averaging", Name: name, Help: help, ConstLabels: l}
+	}
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts(opts(name, help)))
+	}
+	gauge := func(name, help string) prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts(opts(name, help)))
+	}
 	m := &avgMetrics{
-		rounds: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "swarmnode", Subsystem: "averaging", Name: "rounds_total", ConstLabels: l,
-			Help: "Averaging rounds that formed a group.",
-		}),
-		skipped: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "swarmnode", Subsystem: "averaging", Name: "skipped_total", ConstLabels: l,
-			Help: "Averaging rounds skipped for want of a group.",
-		}),
-		failures: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: "swarmnode", Subsystem: "averaging", Name: "failures_total", ConstLabels: l,
-			Help: "Averaging rounds in which a member or a shard failed.",
-		}),
-		groupSize: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "swarmnode", Subsystem: "averaging", Name: "last_group_size", ConstLabels: l,
-			Help: "Members of the last group formed.",
-		}),
-		averaged: prometheus.NewGauge(prometheus.GaugeOpts{
-			Namespace: "swarmnode", Subsystem: "averaging", Name: "last_averaged_fraction", ConstLabels: l,
-			Help: "Fraction of the vector that the last round averaged.",
-		}),
+		rounds:    counter("rounds_total", "Averaging rounds that formed a group."),
+		skipped:   counter("skipped_total", "Averaging rounds skipped for want of a group."),
+		failures:  counter("failures_total", "Averaging rounds in which a member or a shard failed."),
+		groupSize: gauge("last_group_size", "Members of the last group formed."),
+		averaged:  gauge("last_averaged_fraction", "Fraction of the vector that the last round averaged."),
 		roundSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "swarmnode", Subsystem: "averaging", Name: "round_seconds", ConstLabels: l,
 			Help:    "Wall time of rounds that formed a group.",

@@ -13,40 +13,6 @@ import (
 	"swarmnode/config"
 )
 
-func TestSlicesSource(t *testing.T) {
-	var mu sync.Mutex
-	p, m, v := []float32{1, 2}, []float32{3}, []float32{4, 5, 6}
-	s := &Slices{With: func(fn func([][]float32)) {
-		mu.Lock()
-		defer mu.Unlock()
-		fn([][]float32{p, m, v})
-	}}
-	if s.Len() != 6 {
-		t.Fatalf("len %d", s.Len())
-	}
-	s.AddSamples(3)
-	s.AddSamples(2)
-	if w := s.Samples(); w != 5 {
-		t.Fatalf("weight %v", w)
-	}
-	if w := s.Samples(); w != 0 {
-		t.Fatalf("samples counted twice: %v", w)
-	}
-	dst := make([]float32, 6)
-	s.Read(0, dst)
-	if !slices.Equal(dst, []float32{1, 2, 3, 4, 5, 6}) {
-		t.Fatalf("read %v", dst)
-	}
-	s.Read(1, dst[:4]) // across all three slices
-	if !slices.Equal(dst[:4], []float32{2, 3, 4, 5}) {
-		t.Fatalf("read across slices %v", dst[:4])
-	}
-	s.Add(1, []float32{10, 20, 30})
-	if p[1] != 12 || m[0] != 23 || v[0] != 34 || v[1] != 5 || p[0] != 1 {
-		t.Fatalf("add: %v %v %v", p, m, v)
-	}
-}
-
 // TestRunAveragesOnTheClock: two holders running Run meet on the clock's round
 // boundaries, with no one calling Round.
 func TestRunAveragesOnTheClock(t *testing.T) {
