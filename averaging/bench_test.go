@@ -85,39 +85,23 @@ func rawExchange(tb testing.TB, hs []host.Host, vecBytes int) time.Duration {
 //   - killed_round_s: survivors' round time when one member dies mid-round.
 func BenchmarkAllReduce(b *testing.B) {
 	n, g := benchFloats(), 4
-	kind := codec.FP32
-	if c := os.Getenv("AVG_BENCH_CODEC"); c != "" {
-		var err error
-		if kind, err = codec.Parse(c); err != nil {
-			b.Fatal(err)
-		}
-	}
-	vecBytes := 4 * n
-	wireBytes := wireFormat(kind).Len(n)
-	rng := rand.New(rand.NewPCG(7, 7))
-	base := randVec(rng, n, 1)
+	o := benchOptions(b)
+	wireBytes := wireFormat(o.Codec).Len(n)
+	base := randVec(rand.New(rand.NewPCG(7, 7)), n, 1)
 	vecs := make([][]float32, g)
 	for i := range vecs {
 		vecs[i] = base // members copy it; the values do not matter to the speed
 	}
-	deadline := 120 * time.Second
-	o := Options{Codec: kind, Deadline: deadline, Matchmaking: 5 * time.Second, StallTimeout: 30 * time.Second}
-	if s := os.Getenv("AVG_BENCH_CHUNK"); s != "" {
-		o.ChunkFloats, _ = strconv.Atoi(s)
-	}
-	ms := newGroupB(b, g, vecs, o)
-	hs := make([]host.Host, g)
-	for i, m := range ms {
-		hs[i] = m.h
-		m.h.SetStreamHandler(rawProto, sink)
+	ms := newGroup(b, vecs, equal(g), o)
+	hs := hosts(ms)
+	for _, h := range hs {
+		h.SetStreamHandler(rawProto, sink)
 	}
 
 	// Warm up: the first round allocates the snapshot buffer, which later rounds
 	// reuse, and the streams' windows grow.
 	r := uint64(100)
-	if _, errs := roundAllB(ms, r); errs[0] != nil {
-		b.Fatal(errs[0])
-	}
+	slowestRound(b, ms, r, -1)
 	rawExchange(b, hs, wireBytes)
 	b.ResetTimer()
 	var round, raw, single time.Duration
@@ -127,21 +111,12 @@ func BenchmarkAllReduce(b *testing.B) {
 		single += time.Since(t0)
 		raw += rawExchange(b, hs, wireBytes)
 		r++
-		res, errs := roundAllB(ms, r)
-		var worst time.Duration
-		for i := range ms {
-			if errs[i] != nil || res[i].Averaged != 1 {
-				b.Fatalf("member %d: %v %+v", i, errs[i], res[i])
-			}
-			worst = max(worst, res[i].Took)
-			b.Logf("member %d: took %s, phases %+v", i, res[i].Took, res[i].Phases)
-		}
-		round += worst
+		round += slowestRound(b, ms, r, -1)
 	}
 	b.StopTimer()
 	k := float64(b.N)
 	roundS, rawS, singleS := round.Seconds()/k, raw.Seconds()/k, single.Seconds()/k
-	b.ReportMetric(float64(vecBytes)/roundS/1e6, "vector_MB/s")
+	b.ReportMetric(float64(4*n)/roundS/1e6, "vector_MB/s")
 	b.ReportMetric(roundS, "round_s")
 	b.ReportMetric(float64(wireBytes)/singleS/1e6, "raw_1stream_MB/s")
 	b.ReportMetric(rawS, "raw_pattern_s")
@@ -150,58 +125,47 @@ func BenchmarkAllReduce(b *testing.B) {
 	// whole machine: round time ≥ 2(G−1)/G × V / bandwidth.
 	b.ReportMetric(2*float64(g-1)/float64(g)*float64(wireBytes)/(float64(wireBytes)/singleS)/roundS, "ideal_ratio_1stream")
 
-	// One member dies a third of the way through its shard.
 	const victim = 1
-	var reduced int
-	ms[victim].avg.o.Reducer = func(parts [][]float32, w []float64, out []float32) error {
-		if reduced++; reduced == (n/g/ms[victim].avg.o.ChunkFloats)/3 {
-			ms[victim].h.Close()
-		}
-		return Mean(parts, w, out)
-	}
-	res, _ := roundAllB(ms, r+1)
-	var worst time.Duration
-	for i := range ms {
-		if i != victim {
-			worst = max(worst, res[i].Took)
-		}
-	}
-	b.ReportMetric(worst.Seconds(), "killed_round_s")
-	b.ReportMetric(deadline.Seconds(), "deadline_s")
+	ms[victim].dieWhileReducing(n, g)
+	b.ReportMetric(slowestRound(b, ms, r+1, victim).Seconds(), "killed_round_s")
+	b.ReportMetric(o.Deadline.Seconds(), "deadline_s")
 }
 
-// newGroupB is newGroup for benchmarks.
-func newGroupB(b *testing.B, n int, vecs [][]float32, o Options) []*member {
-	var hs []host.Host
-	ms := make([]*member, n)
-	for i := range ms {
-		h := newHost(b, nil)
-		hs = append(hs, h)
-		ms[i] = &member{h: h, src: &vecSource{vec: append([]float32(nil), vecs[i]...), samples: 1}}
-	}
-	connectAll(b, hs)
-	for _, m := range ms {
-		oo := o
-		oo.Run, oo.Key = "bench", "stage-1"
-		a, err := New(m.h, ids(hs), m.src, oo)
-		if err != nil {
+// benchOptions are the all-reduce benchmark's options: fp32 in chunks of the
+// default size unless AVG_BENCH_CODEC or AVG_BENCH_CHUNK say otherwise.
+func benchOptions(b *testing.B) Options {
+	o := Options{Codec: codec.FP32, Deadline: 120 * time.Second, Matchmaking: 5 * time.Second, StallTimeout: 30 * time.Second}
+	if c := os.Getenv("AVG_BENCH_CODEC"); c != "" {
+		var err error
+		if o.Codec, err = codec.Parse(c); err != nil {
 			b.Fatal(err)
 		}
-		b.Cleanup(func() { a.Close() })
-		m.avg = a
 	}
-	return ms
+	if s := os.Getenv("AVG_BENCH_CHUNK"); s != "" {
+		o.ChunkFloats, _ = strconv.Atoi(s)
+	}
+	return o
 }
 
-func roundAllB(ms []*member, r uint64) ([]Result, []error) {
-	res := make([]Result, len(ms))
-	errs := make([]error, len(ms))
-	var wg sync.WaitGroup
-	for i, m := range ms {
-		wg.Go(func() { res[i], errs[i] = m.avg.Round(context.Background(), r) })
+// slowestRound runs round r on every member and returns the longest round time
+// among them. With victim < 0 every member must average the whole vector; else
+// that member's round is neither checked nor timed.
+func slowestRound(b *testing.B, ms []*member, r uint64, victim int) time.Duration {
+	res, errs := roundAll(ms, r)
+	var worst time.Duration
+	for i := range ms {
+		if i == victim {
+			continue
+		}
+		if victim < 0 {
+			if errs[i] != nil || res[i].Averaged != 1 {
+				b.Fatalf("member %d: %v %+v", i, errs[i], res[i])
+			}
+			b.Logf("member %d: took %s, phases %+v", i, res[i].Took, res[i].Phases)
+		}
+		worst = max(worst, res[i].Took)
 	}
-	wg.Wait()
-	return res, errs
+	return worst
 }
 
 // BenchmarkFetchState downloads a 3×4M-float state (params, m, v) from one holder

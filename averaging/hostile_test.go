@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -18,18 +17,9 @@ import (
 // TestMismatchedMemberLeftOut: a holder whose vector has another length is
 // refused by the leader and skips; the others average without it.
 func TestMismatchedMemberLeftOut(t *testing.T) {
-	rng := rand.New(rand.NewPCG(10, 10))
-	vecs := [][]float32{randVec(rng, 500, 1), randVec(rng, 500, 1), randVec(rng, 500, 1)}
 	o := Options{ChunkFloats: 100, Deadline: 6 * time.Second, Matchmaking: time.Second}
-	ms := newGroup(t, 3, vecs, []float64{1, 1, 1}, o)
-	leader := assign(roundKey("test", "stage-1", 2), ids([]host.Host{ms[0].h, ms[1].h, ms[2].h}), ms[0].h.ID(), 4)[0]
-	odd := 0
-	for i, m := range ms {
-		if m.h.ID() != leader {
-			odd = i
-			break
-		}
-	}
+	ms, _ := newRandGroup(t, 10, 500, equal(3), o)
+	odd := follower(ms, 2)
 	ms[odd].src.vec = ms[odd].src.vec[:499]
 	res, errs := roundAll(ms, 2)
 	if !errors.Is(errs[odd], ErrSkipped) || !strings.Contains(errs[odd].Error(), "length") {
@@ -121,13 +111,8 @@ func TestForgedSender(t *testing.T) {
 // shard are averaged.
 func TestReducerFails(t *testing.T) {
 	const n, cf = 8000, 500
-	rng := rand.New(rand.NewPCG(12, 12))
-	vecs := make([][]float32, 4)
-	for i := range vecs {
-		vecs[i] = randVec(rng, n, 1)
-	}
 	w := []float64{1, 1, 2, 2}
-	ms := newGroup(t, 4, vecs, w, Options{ChunkFloats: cf, Deadline: 6 * time.Second, Matchmaking: time.Second})
+	ms, vecs := newRandGroup(t, 12, n, w, Options{ChunkFloats: cf, Deadline: 6 * time.Second, Matchmaking: time.Second})
 	const bad = 1
 	calls := 0
 	ms[bad].avg.o.Reducer = func(parts [][]float32, ws []float64, out []float32) error {
@@ -142,22 +127,9 @@ func TestReducerFails(t *testing.T) {
 		if errs[i] != nil {
 			t.Fatalf("member %d: %v", i, errs[i])
 		}
-		bi := -1
-		for j, p := range res[i].Members {
-			if p == ms[bad].h.ID() {
-				bi = j
-			}
-		}
-		lo, hi := shardRange(n, 4, bi)
-		for k, x := range m.src.vec {
-			ref := want[k]
-			if k >= lo+2*cf && k < hi {
-				ref = float64(vecs[i][k])
-			}
-			if d := float64(x) - ref; d > 1e-6 || d < -1e-6 {
-				t.Fatalf("member %d value %d (bad shard [%d,%d)): %v, want %v", i, k, lo, hi, x, ref)
-			}
-		}
+		// The bad reducer averaged its first two chunks.
+		lo, hi := shardRange(n, 4, ms[bad].indexOf(res[i]))
+		checkMeanBut(t, i, m.src.vec, vecs[i], want, lo+2*cf, hi)
 		if st := m.avg.Stats(); st.Failures != 1 {
 			t.Errorf("member %d stats %+v", i, st)
 		}
