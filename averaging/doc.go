@@ -47,8 +47,8 @@
 // buffer until its result is back, so memory stays bounded for any vector size
 // (no vector-sized copy is made), and each member sends 2·(G−1)/G of the vector.
 // An fp32 chunk goes out as one write straight from the buffer the source filled,
-// and the reduction is written straight into the result's frame. A reducer checks that the sender's peer id matches its index in the
-// group.
+// and the reduction is written straight into the result's frame. A reducer checks
+// that the sender's peer id matches its index in the group.
 //
 // state: the fetcher asks each holder for a manifest of a fresh snapshot
 // {snap, step, lens (params, m, v), shard_floats, sums (sha256 per shard), root
@@ -75,4 +75,15 @@
 // average − the values it sent (param += average − snapshot, chunk by chunk), so
 // local steps taken meanwhile are kept and the trainer's lock is held for one
 // chunk at a time.
+//
+// # Reading the code
+//
+// One round, in order: Averager.Round (averager.go) finds the holders and
+// assigns the groups (group.go), then leads or joins (match.go: lead, handleJoin,
+// join), then runs allReduce (allreduce.go). There every member is the sender of
+// the other members' shards (sender.go: sendShard) and the reducer of its own
+// (reducer.go: handleReduce receives each sender's stream, reduceShard runs the
+// lockstep). frame.go holds the frames, buffers.go the recycled chunk buffers,
+// mean.go the Reducer. State transfer: state.go (the layout and manifest),
+// serve.go (a holder's side) and fetch.go (a newcomer's side).
 package averaging

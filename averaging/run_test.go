@@ -2,6 +2,7 @@ package averaging
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"swarmnode/codec"
 	"swarmnode/config"
+	"swarmnode/internal/wait"
 )
 
 // TestRunAveragesOnTheClock: two holders running Run meet on the clock's round
@@ -32,13 +34,12 @@ func TestRunAveragesOnTheClock(t *testing.T) {
 		avs = append(avs, a)
 		wg.Go(func() { _ = a.Run(ctx) })
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for avs[0].Stats().Rounds == 0 || avs[1].Stats().Rounds == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no round on the clock: %+v %+v", avs[0].Stats(), avs[1].Stats())
+	wait.For(t, 10*time.Second, func() error {
+		if avs[0].Stats().Rounds == 0 || avs[1].Stats().Rounds == 0 {
+			return fmt.Errorf("no round on the clock: %+v %+v", avs[0].Stats(), avs[1].Stats())
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	cancel()
 	wg.Wait()
 	for i, s := range srcs {
