@@ -8,9 +8,9 @@ import (
 	"swarmnode/codec"
 )
 
-// The buffers of a round are recycled through the Averager's pools, so that a
-// round allocates nothing per chunk: a sender's chunks (chunkBuf), a reducer's
-// results (payload) and the decoded parts in between (plain []float32).
+// A round's chunk buffers go back to the Averager's pools, so that rounds reuse
+// them rather than allocate per chunk: a sender's chunks (chunkBuf), a reducer's
+// results (payload), and the parts it decoded and our own values ([]float32).
 
 func (a *Averager) getBuf() []float32 {
 	if p, ok := a.pool.Get().(*[]float32); ok {
