@@ -322,10 +322,9 @@ func (s *Server) serve(str network.Stream) {
 
 // refuse answers req with the error that computing it ended in.
 func (s *Server) refuse(conn *wire.Conn, str network.Stream, req *serverRequest, err error, deadline time.Time) {
-	switch {
-	case errors.Is(err, errCancelled):
+	if errors.Is(err, errCancelled) {
 		s.cancelled.Add(1)
-	default:
+	} else {
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("%w: %v", wire.ErrTimeout, err)
 		}

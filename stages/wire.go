@@ -13,10 +13,12 @@ import (
 // scale absmax/127, then the values as int8: cuda.WireLen bytes); the zero Wire
 // asks for float32 values.
 //
-// A stage on a GPU grants the request and quantizes on the device, so the tensor
-// crosses the bus compressed. Any other stage answers in float32 and leaves the
-// encoding to its caller, whose codec writes the bytes the GPU would (the golden
-// messages of package cuda's tests tie the two together).
+// A stage on a GPU grants the request, quantizing on the device so that the
+// tensor crosses the bus compressed (for the input gradient only when the output
+// gradient came in the same layout: see BackwardTensor). Otherwise the stage
+// answers in float32 and leaves the encoding to its caller, whose codec writes
+// the bytes the GPU would (the golden messages of package cuda's tests tie the
+// two together).
 type Wire struct{ Int8Block int }
 
 // Tensor is an activation tensor, or its gradient, on its way between stages:
