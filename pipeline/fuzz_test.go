@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"swarmnode/model"
+	"swarmnode/stages"
 	"swarmnode/wire"
 )
 
@@ -21,9 +22,17 @@ func FuzzServerRequest(f *testing.F) {
 	f.Add(cat(floatsFrame(1, 9, T, D, ramp(9*T*D)), intsFrame(wire.Targets, 1, 9, T, tokens(9*T, 5))))
 	f.Add(floatsFrame(1, B, T, D, ramp(B*T*D))[:60])
 	mc := model.Config{Vocab: 64, DModel: D, NHead: 2, NLayer: 2, SeqLen: 16}
+	var workers [2]*Worker // a stage decides in what form it takes its input
+	for k := range workers {
+		st, err := stages.New(mc, []int{1, 1}, k, 1)
+		if err != nil {
+			f.Fatal(err)
+		}
+		workers[k] = NewWorker(st, WorkerOptions{})
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		for _, k := range []int{0, 1} {
-			s := &Server{k: k, n: 2, model: mc, opts: ServerOptions{MaxBatch: 4}}
+			s := &Server{k: k, n: 2, model: mc, w: workers[k], opts: ServerOptions{MaxBatch: 4}}
 			recv := sent(b)
 			r, err := s.readRequest(wire.NewConn(recv, 1<<16, nil), time.Time{})
 			_ = recv.Close() // ends the sender of what was not read
@@ -38,10 +47,10 @@ func FuzzServerRequest(f *testing.F) {
 					t.Fatalf("accepted id %d", v)
 				}
 			}
-			if k == 0 && len(r.tokens) != r.b*r.t || k == 1 && len(r.x) != r.b*r.t*D {
-				t.Fatalf("stage %d accepted %d tokens, %d activations for %dx%d", k, len(r.tokens), len(r.x), r.b, r.t)
+			if k == 0 && len(r.tokens) != r.b*r.t || k == 1 && len(r.x.F) != r.b*r.t*D {
+				t.Fatalf("stage %d accepted %d tokens, %d activations for %dx%d", k, len(r.tokens), len(r.x.F), r.b, r.t)
 			}
-			for _, v := range r.x {
+			for _, v := range r.x.F {
 				if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
 					t.Fatalf("accepted %g", v)
 				}

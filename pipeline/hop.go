@@ -16,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 
 	"swarmnode/codec"
+	"swarmnode/stages"
 	"swarmnode/wire"
 )
 
@@ -50,16 +51,12 @@ func (o Outcome) String() string {
 
 // request is one microbatch as sent to a holder of stage `stage`.
 type request struct {
-	id     uint64
-	stage  int
-	eval   bool
-	b, t   int
-	tokens []int32   // stage 0
-	x      []float32 // other stages
-	// xw, instead of x, is the input already in the int8 wire layout with blocks
-	// of xblock values (quantized on a GPU).
-	xw      []byte
-	xblock  int
+	id      uint64
+	stage   int
+	eval    bool
+	b, t    int
+	tokens  []int32       // stage 0
+	x       stages.Tensor // other stages: as the sending stage made it
 	targets []int32
 }
 
@@ -67,11 +64,7 @@ type request struct {
 // stage 0, the gradient of the input activations.
 type answer struct {
 	loss float32
-	grad []float32
-	// gradw, instead of grad, is the gradient in the int8 wire layout with
-	// blocks of gradBlock values (for a GPU stage to dequantize itself).
-	gradw     []byte
-	gradBlock int
+	grad stages.Tensor // as the calling stage's Receive took it
 }
 
 // caller sends requests to holders of one stage and retries on other holders.
@@ -88,13 +81,14 @@ type caller struct {
 	hopTimeout time.Duration
 	retries    int
 	enc        wire.Encoding // codec and block of the tensors this caller sends
-	// wireGrads keeps int8 gradient answers in the wire layout (answer.gradw):
-	// the caller is a GPU stage that dequantizes them on the device.
-	wireGrads bool
-	links     links         // zstd policy per holder called
-	traffic   *wire.Counter // the node's frame counter; nil: none
-	log       *slog.Logger
-	onRetry   func() // after each failed attempt; nil: none
+	// receive takes a gradient answer in the form the calling stage reads
+	// (its stages.Stage.Receive). Nil for a trainer: it calls stage 0, which
+	// answers with the loss alone.
+	receive func(stages.Arrived) (stages.Tensor, error)
+	links   links         // zstd policy per holder called
+	traffic *wire.Counter // the node's frame counter; nil: none
+	log     *slog.Logger
+	onRetry func() // after each failed attempt; nil: none
 
 	lat latencies // of recent training calls that succeeded
 
@@ -226,16 +220,9 @@ func (c *caller) try(ctx context.Context, h Holder, req *request, soft <-chan st
 	c.picker.begin(h.ID)
 	defer c.picker.end(h.ID)
 
-	if len(h.Addrs) > 0 && len(c.host.Peerstore().Addrs(h.ID)) == 0 {
-		c.host.Peerstore().AddAddrs(h.ID, h.Addrs, peerstore.TempAddrTTL)
-	}
-	s, err := c.host.NewStream(ctx, h.ID, c.proto)
+	s, err := c.open(ctx, h)
 	if err != nil {
-		if errors.Is(err, swarm.ErrSwarmClosed) {
-			// This peer's own host is shutting down: no other holder can help.
-			return ans, asked, fmt.Errorf("%w: %w", errLocal, err)
-		}
-		return ans, asked, fmt.Errorf("open stream: %w", err)
+		return ans, false, err
 	}
 	ok := false
 	// Reads and writes wait on deadlines, not on ctx: a cancelled call (the peer
@@ -250,32 +237,8 @@ func (c *caller) try(ctx context.Context, h Holder, req *request, soft <-chan st
 		}
 	}()
 	conn := wire.NewConn(s, c.maxFrame, c.traffic)
-	hdr := wire.Header{ID: req.id, Stage: req.stage, B: req.b, T: req.t, Budget: time.Until(deadline)}
-	if req.eval {
-		hdr.Flags = wire.FlagEval
-	}
-	if req.stage == 0 {
-		hdr.Kind, hdr.D = wire.Tokens, 1
-		err = conn.WriteInts(hdr, req.tokens, deadline)
-	} else {
-		hdr.Kind, hdr.D = wire.Activations, c.dmodel
-		enc := c.enc
-		enc.Link = c.links.get(h.ID)
-		if req.xw != nil {
-			err = conn.WriteInt8Wire(hdr, req.xw, req.xblock, enc, deadline)
-		} else {
-			err = conn.WriteFloats(hdr, req.x, enc, deadline)
-		}
-	}
-	if err != nil {
-		if errors.Is(err, codec.ErrNonFinite) || errors.Is(err, wire.ErrOversize) || errors.Is(err, wire.ErrShape) {
-			return ans, asked, fmt.Errorf("%w: %w", errLocal, err)
-		}
-		return ans, asked, fmt.Errorf("send input: %w", err)
-	}
-	hdr.Kind, hdr.D = wire.Targets, 1
-	if err := conn.WriteInts(hdr, req.targets, deadline); err != nil {
-		return ans, asked, fmt.Errorf("send targets: %w", err)
+	if err := c.sendRequest(conn, h.ID, req, deadline); err != nil {
+		return ans, false, err
 	}
 	var askedFlag atomic.Bool
 	watchDone, watchStop := make(chan struct{}), make(chan struct{})
@@ -290,30 +253,76 @@ func (c *caller) try(ctx context.Context, h Holder, req *request, soft <-chan st
 	if err != nil {
 		return ans, asked, fmt.Errorf("read answer: %w", err)
 	}
-	if f.ID != req.id || f.Stage != req.stage {
-		return ans, asked, fmt.Errorf("%w: answer for microbatch %x from stage %d, sent %x to stage %d", wire.ErrUnexpect, f.ID, f.Stage, req.id, req.stage)
+	ans, err = c.readAnswer(f, req)
+	ok = err == nil
+	return ans, asked, err
+}
+
+// open opens a stream to holder h on the stage protocol.
+func (c *caller) open(ctx context.Context, h Holder) (network.Stream, error) {
+	if len(h.Addrs) > 0 && len(c.host.Peerstore().Addrs(h.ID)) == 0 {
+		c.host.Peerstore().AddAddrs(h.ID, h.Addrs, peerstore.TempAddrTTL)
 	}
-	ans.loss = f.Loss
+	s, err := c.host.NewStream(ctx, h.ID, c.proto)
+	switch {
+	case errors.Is(err, swarm.ErrSwarmClosed):
+		// This peer's own host is shutting down: no other holder can help.
+		return nil, fmt.Errorf("%w: %w", errLocal, err)
+	case err != nil:
+		return nil, fmt.Errorf("open stream: %w", err)
+	}
+	return s, nil
+}
+
+// sendRequest writes req to holder to: its input (tokens, or activations) and
+// its targets, with the time left until deadline as its budget.
+func (c *caller) sendRequest(conn *wire.Conn, to peer.ID, req *request, deadline time.Time) error {
+	hdr := wire.Header{ID: req.id, Stage: req.stage, B: req.b, T: req.t, Budget: time.Until(deadline)}
+	if req.eval {
+		hdr.Flags = wire.FlagEval
+	}
+	var err error
+	if req.stage == 0 {
+		hdr.Kind, hdr.D = wire.Tokens, 1
+		err = conn.WriteInts(hdr, req.tokens, deadline)
+	} else {
+		hdr.Kind, hdr.D = wire.Activations, c.dmodel
+		enc := c.enc
+		enc.Link = c.links.get(to)
+		err = writeTensor(conn, hdr, req.x, enc, deadline)
+	}
+	if err != nil {
+		if errors.Is(err, codec.ErrNonFinite) || errors.Is(err, wire.ErrOversize) || errors.Is(err, wire.ErrShape) {
+			return fmt.Errorf("%w: %w", errLocal, err)
+		}
+		return fmt.Errorf("send input: %w", err)
+	}
+	hdr.Kind, hdr.D = wire.Targets, 1
+	if err := conn.WriteInts(hdr, req.targets, deadline); err != nil {
+		return fmt.Errorf("send targets: %w", err)
+	}
+	return nil
+}
+
+// readAnswer checks that f answers req and takes its loss and, in training
+// past stage 0, its gradient.
+func (c *caller) readAnswer(f *wire.Frame, req *request) (answer, error) {
+	if f.ID != req.id || f.Stage != req.stage {
+		return answer{}, fmt.Errorf("%w: answer for microbatch %x from stage %d, sent %x to stage %d", wire.ErrUnexpect, f.ID, f.Stage, req.id, req.stage)
+	}
+	ans := answer{loss: f.Loss}
 	if req.eval || req.stage == 0 {
 		if f.Kind != wire.Result {
-			return ans, asked, fmt.Errorf("%w: got %v, want result", wire.ErrUnexpect, f.Kind)
+			return ans, fmt.Errorf("%w: got %v, want result", wire.ErrUnexpect, f.Kind)
 		}
-		ok = true
-		return ans, asked, nil
+		return ans, nil
 	}
 	if err := f.Expect(wire.Gradient, req.b, req.t, c.dmodel, 0); err != nil {
-		return ans, asked, err
+		return ans, err
 	}
-	if c.wireGrads && f.Codec == codec.Int8 {
-		ans.gradBlock = f.Block
-		if ans.gradw, err = f.Int8Wire(); err != nil {
-			return ans, asked, err
-		}
-	} else if ans.grad, err = f.Floats(nil); err != nil {
-		return ans, asked, err
-	}
-	ok = true
-	return ans, asked, nil
+	var err error
+	ans.grad, err = c.receive(arrived{f})
+	return ans, err
 }
 
 // askToGiveUp half-closes s when soft closes, or after hedgeAfter if canHedge

@@ -96,9 +96,10 @@ type Server struct {
 	down  *caller // nil on the last stage
 	grad  wire.Encoding
 	links links // zstd policy per upstream answered
-	// gpuWire: tensors travel between the wire and the GPU in the int8 wire
-	// layout, quantized and dequantized on the device (see NewServer).
-	gpuWire bool
+	// tensors is the format the stage is asked for its output and its input
+	// gradient in (see stages.Wire): the int8 wire layout when both codecs are
+	// int8, so that a stage on a GPU quantizes and dequantizes on the device.
+	tensors stages.Wire
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -140,17 +141,16 @@ func NewServer(h host.Host, w *Worker, r Router, o ServerOptions) (*Server, erro
 		log = slog.New(slog.DiscardHandler)
 	}
 	st := w.Stage()
-	// A GPU stage with int8 both ways never sees float tensors on the host: it
-	// dequantizes what arrives and quantizes what leaves on the device.
-	gpuWire := st.OnGPU() && act == codec.Int8 && grad == codec.Int8
 	s := &Server{
-		gpuWire: gpuWire,
-		host:    h, w: w, k: st.Index(), n: st.Count(), model: st.Model(), opts: o, log: log,
+		host: h, w: w, k: st.Index(), n: st.Count(), model: st.Model(), opts: o, log: log,
 		grad:    wire.Encoding{Codec: grad, Block: o.Compression.BlockSize},
 		links:   links{mode: zm},
 		active:  make(map[network.Stream]struct{}),
 		slots:   make(chan struct{}, o.Pipeline.MaxInFlight),
 		readers: make(chan struct{}, 2*o.Pipeline.MaxInFlight),
+	}
+	if act == codec.Int8 && grad == codec.Int8 {
+		s.tensors.Int8Block = o.Compression.BlockSize
 	}
 	if !st.IsLast() {
 		bo := newBackoff(100*time.Millisecond, 30*time.Second)
@@ -161,7 +161,7 @@ func NewServer(h host.Host, w *Worker, r Router, o ServerOptions) (*Server, erro
 			hopTimeout: o.Pipeline.HopTimeout, retries: o.Pipeline.Retries,
 			enc: wire.Encoding{Codec: act, Block: o.Compression.BlockSize}, links: links{mode: zm},
 			traffic: o.Traffic, log: log,
-			wireGrads: gpuWire,
+			receive: func(a stages.Arrived) (stages.Tensor, error) { return st.Receive(a, s.tensors) },
 		}
 	}
 	if s.down != nil && o.OnMicrobatch != nil {
@@ -228,21 +228,11 @@ func (s *Server) Close() error {
 
 // handle serves one microbatch: one stream, one request, one answer.
 func (s *Server) handle(str network.Stream) {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
+	if !s.track(str) {
 		_ = str.Reset()
 		return
 	}
-	s.wg.Add(1)
-	s.active[str] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.active, str)
-		s.mu.Unlock()
-		s.wg.Done()
-	}()
+	defer s.untrack(str)
 	select {
 	case s.readers <- struct{}{}:
 		defer func() { <-s.readers }()
@@ -252,7 +242,31 @@ func (s *Server) handle(str network.Stream) {
 		_ = str.Reset()
 		return
 	}
+	s.serve(str)
+}
 
+// track counts str among the streams Close resets and waits for, unless the
+// server is closed.
+func (s *Server) track(str network.Stream) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	s.active[str] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(str network.Stream) {
+	s.mu.Lock()
+	delete(s.active, str)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// serve reads the request on str, computes it within its budget and answers.
+func (s *Server) serve(str network.Stream) {
 	start := time.Now()
 	conn := wire.NewConn(str, s.opts.Pipeline.MaxFrameBytes, s.opts.Traffic)
 	req, err := s.readRequest(conn, start.Add(s.opts.Pipeline.HopTimeout))
@@ -272,6 +286,7 @@ func (s *Server) handle(str network.Stream) {
 	}
 	// Answer a little before the upstream gives up, so that it hears why.
 	deadline := start.Add(budget - budget/20 - 20*time.Millisecond)
+	answerBy := deadline.Add(budget / 20)
 	ctx, cancel := context.WithDeadline(s.ctx, deadline)
 	defer cancel()
 	// The upstream closing its side asks this hop to give up (it is hedging);
@@ -281,7 +296,7 @@ func (s *Server) handle(str network.Stream) {
 	watched := make(chan struct{})
 	go func() {
 		defer close(watched)
-		watchUpstream(str, deadline.Add(budget/20), giveUp, cancel)
+		watchUpstream(str, answerBy, giveUp, cancel)
 	}()
 	defer func() {
 		_ = str.SetReadDeadline(time.Now())
@@ -298,34 +313,39 @@ func (s *Server) handle(str network.Stream) {
 	}
 	ans, err := s.compute(ctx, soft, req)
 	<-s.slots
-	if errors.Is(err, errCancelled) {
-		s.cancelled.Add(1)
-		s.answerError(conn, str, req.id, err, deadline.Add(budget/20))
+	if err != nil {
+		s.refuse(conn, str, req, err, answerBy)
 		return
 	}
-	if err != nil {
+	s.answer(conn, str, req, ans, answerBy)
+}
+
+// refuse answers req with the error that computing it ended in.
+func (s *Server) refuse(conn *wire.Conn, str network.Stream, req *serverRequest, err error, deadline time.Time) {
+	if errors.Is(err, errCancelled) {
+		s.cancelled.Add(1)
+	} else {
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("%w: %v", wire.ErrTimeout, err)
 		}
 		s.failed.Add(1)
 		s.report(Failed)
 		s.log.Debug("microbatch failed", "stage", s.k, "id", req.id, "err", err)
-		s.answerError(conn, str, req.id, err, deadline.Add(budget/20))
-		return
 	}
-	answerBy := deadline.Add(budget / 20)
-	switch {
-	case req.eval || s.k == 0:
-		err = conn.WriteResult(req.id, s.k, flags(req.eval), ans.loss, answerBy)
-	default:
+	s.answerError(conn, str, req.id, err, deadline)
+}
+
+// answer sends req's answer upstream: the loss alone in evaluation and from
+// stage 0, else the gradient of the stage's input.
+func (s *Server) answer(conn *wire.Conn, str network.Stream, req *serverRequest, ans answer, deadline time.Time) {
+	var err error
+	if req.eval || s.k == 0 {
+		err = conn.WriteResult(req.id, s.k, flags(req.eval), ans.loss, deadline)
+	} else {
 		h := wire.Header{Kind: wire.Gradient, ID: req.id, Stage: s.k, B: req.b, T: req.t, D: s.model.DModel, Loss: ans.loss}
 		enc := s.grad
 		enc.Link = s.links.get(str.Conn().RemotePeer())
-		if ans.gradw != nil {
-			err = conn.WriteInt8Wire(h, ans.gradw, ans.gradBlock, enc, answerBy)
-		} else {
-			err = conn.WriteFloats(h, ans.grad, enc, answerBy)
-		}
+		err = writeTensor(conn, h, ans.grad, enc, deadline)
 	}
 	if err != nil {
 		s.failed.Add(1)
@@ -397,12 +417,7 @@ func (s *Server) readRequest(conn *wire.Conn, deadline time.Time) (*serverReques
 		if err := f.Expect(wire.Activations, 0, 0, s.model.DModel, s.model.SeqLen); err != nil {
 			return nil, err
 		}
-		if s.gpuWire && f.Codec == codec.Int8 {
-			r.xblock = f.Block
-			if r.xw, err = f.Int8Wire(); err != nil {
-				return nil, err
-			}
-		} else if r.x, err = f.Floats(nil); err != nil {
+		if r.x, err = s.w.Stage().Receive(arrived{f}, s.tensors); err != nil {
 			return nil, err
 		}
 	}
@@ -446,116 +461,115 @@ func watchUpstream(str network.Stream, deadline time.Time, giveUp, cancel contex
 // pass has run here or below. Once the downstream has answered (or, on the last
 // stage, the backward pass is about to run) it carries on.
 func (s *Server) compute(ctx, soft context.Context, req *serverRequest) (answer, error) {
-	cancelled := func() bool { return ctx.Err() == nil && soft.Err() != nil }
-	in := model.Input{B: req.b, T: req.t, Tokens: req.tokens, X: req.x, XWire: req.xw, Block: req.xblock}
-	if s.k == s.n-1 {
-		in.Targets = req.targets
-	}
-	if s.gpuWire && s.down != nil {
-		in.OutBlock = s.opts.Compression.BlockSize
-	}
-	s.queue.Add(1)
-	if !req.eval {
-		if err := s.w.admit(soft, req.b); err != nil {
-			s.queue.Add(-1)
-			if cancelled() {
-				return answer{}, errCancelled
-			}
-			return answer{}, err
-		}
-	}
-	p, fd, err := s.w.forward(in)
-	s.queue.Add(-1)
+	p, fd, err := s.forward(ctx, soft, req)
 	if err != nil {
-		if !req.eval {
-			s.w.unadmit(req.b)
-		}
-		return answer{}, fmt.Errorf("%w: %v", wire.ErrShape, err)
+		return answer{}, err
 	}
-	// A training pass that ends without its backward gives its quota back.
-	release := func() {
+	ans, err := s.complete(ctx, soft, req, p, fd)
+	if err != nil || req.eval {
+		// A training pass that ends without its backward gives its quota back.
+		// (After a backward that consumed the pass, Release does nothing.)
 		p.Release()
 		if !req.eval {
 			s.w.unadmit(req.b)
 		}
 	}
-	fd += s.slow(soft, fd)
-	if cancelled() {
-		release()
+	return ans, err
+}
+
+// cancelled reports whether the upstream asked this hop to give up (soft ended
+// while ctx goes on).
+func cancelled(ctx, soft context.Context) bool { return ctx.Err() == nil && soft.Err() != nil }
+
+// forward admits a training request against the worker's quota and runs the
+// stage forward; fd is how long that took (Slowdown included).
+func (s *Server) forward(ctx, soft context.Context, req *serverRequest) (p *stages.Pass, fd time.Duration, err error) {
+	in := model.Input{B: req.b, T: req.t, Tokens: req.tokens}
+	if s.k == s.n-1 {
+		in.Targets = req.targets
+	}
+	s.queue.Add(1)
+	if !req.eval {
+		if err := s.w.admit(soft, req.b); err != nil {
+			s.queue.Add(-1)
+			if cancelled(ctx, soft) {
+				return nil, 0, errCancelled
+			}
+			return nil, 0, err
+		}
+	}
+	p, fd, err = s.w.forward(in, req.x, s.tensors)
+	s.queue.Add(-1)
+	if err != nil {
+		if !req.eval {
+			s.w.unadmit(req.b)
+		}
+		return nil, 0, fmt.Errorf("%w: %v", wire.ErrShape, err)
+	}
+	return p, fd + s.slow(soft, fd), nil
+}
+
+// complete takes the forward pass p of req through the rest of the pipeline
+// and, in training, back through the stage. The caller releases p on an error.
+func (s *Server) complete(ctx, soft context.Context, req *serverRequest, p *stages.Pass, fd time.Duration) (answer, error) {
+	if cancelled(ctx, soft) {
 		return answer{}, errCancelled
 	}
 	size := p.Bytes()
 	if s.cacheUsed.Add(size) > s.opts.Pipeline.CacheBytes {
 		s.cacheUsed.Add(-size)
-		release()
 		s.busy.Add(1)
 		return answer{}, fmt.Errorf("%w: forward cache over %d bytes", wire.ErrBusy, s.opts.Pipeline.CacheBytes)
 	}
 	defer s.cacheUsed.Add(-size)
 
 	ans := answer{loss: p.Loss}
-	var down answer // the downstream's answer (none on the last stage)
+	var dout stages.Tensor // the gradient of p's output (none on the last stage)
 	if s.down != nil {
-		// Keep time to run the backward pass and answer after the downstream does.
-		dctx := ctx
-		if d, ok := ctx.Deadline(); ok {
-			var cancel context.CancelFunc
-			dctx, cancel = context.WithDeadline(ctx, d.Add(-2*fd-10*time.Millisecond))
-			defer cancel()
-		}
-		var err error
-		down, err = s.down.send(dctx, &request{id: req.id, stage: s.k + 1, eval: req.eval, b: req.b, t: req.t,
-			x: p.Out, xw: p.OutWire, xblock: in.OutBlock, targets: req.targets}, soft.Done())
+		down, err := s.callDown(ctx, soft, req, p, fd)
 		if err != nil {
-			release()
 			return answer{}, err
 		}
-		ans.loss = down.loss
+		ans.loss, dout = down.loss, down.grad
 	}
 	if req.eval {
-		release()
 		return ans, nil
 	}
 	if err := ctx.Err(); err != nil {
-		release()
 		return answer{}, err
 	}
-	if s.down == nil && cancelled() {
-		release()
+	if s.down == nil && cancelled(ctx, soft) {
 		return answer{}, errCancelled
 	}
-	s.queue.Add(1)
-	var bd time.Duration
-	if s.gpuWire {
-		ans.gradBlock = s.opts.Compression.BlockSize
-		ans.gradw, bd, err = s.backwardWire(p, down)
-	} else {
-		ans.grad, bd, err = s.w.backward(p, down.grad)
+	var err error
+	ans.grad, err = s.backward(ctx, req, p, fd, dout)
+	return ans, err
+}
+
+// callDown sends p's output on to the next stage, keeping time to run the
+// backward pass and answer after it answers.
+func (s *Server) callDown(ctx, soft context.Context, req *serverRequest, p *stages.Pass, fd time.Duration) (answer, error) {
+	if d, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, d.Add(-2*fd-10*time.Millisecond))
+		defer cancel()
 	}
+	next := &request{id: req.id, stage: s.k + 1, eval: req.eval, b: req.b, t: req.t, x: p.Output(), targets: req.targets}
+	return s.down.send(ctx, next, soft.Done())
+}
+
+// backward runs the stage backward with the gradient of its output and folds
+// the forward and backward time into the measured speed.
+func (s *Server) backward(ctx context.Context, req *serverRequest, p *stages.Pass, fd time.Duration, dout stages.Tensor) (stages.Tensor, error) {
+	s.queue.Add(1)
+	dx, bd, err := s.w.backward(p, dout, s.tensors)
 	s.queue.Add(-1)
 	if err != nil {
-		release() // Backward rejected its input before consuming the pass
-		return answer{}, fmt.Errorf("%w: %v", wire.ErrShape, err)
+		return stages.Tensor{}, fmt.Errorf("%w: %v", wire.ErrShape, err)
 	}
 	bd += s.slow(ctx, bd)
 	s.observe(req.b*req.t, fd+bd)
-	return ans, nil
-}
-
-// backwardWire runs a GPU stage's backward pass with int8 wire gradients both
-// ways. A downstream that answered in another codec (a peer configured
-// differently) has its gradient quantized here on the host.
-func (s *Server) backwardWire(p *stages.Pass, down answer) ([]byte, time.Duration, error) {
-	bs := s.opts.Compression.BlockSize
-	dout, dblock := down.gradw, down.gradBlock
-	if s.down != nil && dout == nil {
-		var err error
-		if dout, err = (codec.Format{Kind: codec.Int8, Block: bs}).Append(nil, down.grad); err != nil {
-			return nil, 0, err
-		}
-		dblock = bs
-	}
-	return s.w.backwardWire(p, dout, dblock, bs)
+	return dx, nil
 }
 
 // slow sleeps (Slowdown-1)·d and returns how long it slept.

@@ -71,6 +71,12 @@ type EvalReport struct {
 	TokensPerSec float64
 }
 
+// Log writes the evaluation's line, the one `swarmnode run` and `swarmnode
+// local` both print: losses to four decimals, whole tokens per second.
+func (r EvalReport) Log(log *slog.Logger) {
+	log.Info("eval", "step", r.Step, "loss", round4(r.Loss), "val_loss", round4(r.ValLoss), "tokens_per_sec", int(r.TokensPerSec))
+}
+
 // Summary is what a training run reports at exit, through the swarm or in one
 // process (`swarmnode local`): the file `--summary FILE` writes.
 type Summary struct {
@@ -204,150 +210,215 @@ type result struct {
 // Run trains Train.Steps steps and evaluates every EvalEvery steps and at the end.
 // When ctx ends it stops early and returns the summary so far with a nil error.
 func (t *Trainer) Run(ctx context.Context) (Summary, error) {
-	o := t.opts
-	accum := o.Train.Accumulation()
-	B := o.Train.Microbatch
-	T := min(o.Model.SeqLen, t.corpus.MaxSeqLen(data.Train))
-	total := o.Train.Steps * accum
-	rng := data.NewRNG(o.Train.Seed, o.Stream)
-
-	wctx, cancel := context.WithCancel(ctx)
+	r := t.newRun()
 	jobs := make(chan *job)
-	results := make(chan result, o.Pipeline.InFlight)
-	var wg sync.WaitGroup
-	for range o.Pipeline.InFlight {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			t.worker(wctx, jobs, results)
-		}()
-	}
-	defer func() {
-		cancel()
-		wg.Wait()
-	}()
-
-	var (
-		sum                     Summary
-		next                    *job
-		evalQueue               []*job
-		issued, done, step, nid int
-		evalLeft                int
-		evalSum, stepLoss       float64
-		winLoss                 float64
-		winSteps, winTokens     int
-		winStart                = time.Now()
-		recent                  []time.Time // completion times of the last steps
-		evalStep                int
-		inflight                int
-	)
-	newJob := func(split data.Split, rng *rand.Rand, T int, eval bool) *job {
-		tok, tgt := t.corpus.Batch(split, B, T, rng)
-		nid++
-		return &job{eval: eval, req: request{id: t.idBase + uint64(nid), stage: 0, eval: eval, b: B, t: T, tokens: tok, targets: tgt}}
-	}
-	startEval := func() {
-		vrng := data.NewRNG(o.Train.Seed, data.ValStream)
-		vT := min(o.Model.SeqLen, t.corpus.MaxSeqLen(data.Val))
-		for range o.Train.EvalBatches {
-			evalQueue = append(evalQueue, newJob(data.Val, vrng, vT, true))
-		}
-		evalLeft, evalSum, evalStep = o.Train.EvalBatches, 0, step
-	}
-	for done < total || evalLeft > 0 {
-		if next == nil {
-			if len(evalQueue) > 0 {
-				next, evalQueue = evalQueue[0], evalQueue[1:]
-			} else if evalLeft == 0 && issued < total {
-				next = newJob(data.Train, rng, T, false)
-				issued++
-			}
-		}
-		var send chan<- *job
+	results := make(chan result, t.opts.Pipeline.InFlight)
+	defer t.startWorkers(ctx, jobs, results)()
+	for r.running() {
+		next := r.pending()
+		var send chan<- *job // nil, and so never ready, when no job waits
 		if next != nil {
 			send = jobs
 		}
 		select {
 		case send <- next:
-			next = nil
-			inflight++
-		case r := <-results:
-			inflight--
-			if r.err != nil {
+			r.next = nil
+			r.inflight++
+		case res := <-results:
+			r.inflight--
+			if res.err != nil {
 				t.lost.Add(1)
 				t.report(Failed, 1)
-				return sum, r.err
+				return r.sum, res.err
 			}
-			if r.job.eval {
-				evalSum += float64(r.loss)
-				if evalLeft--; evalLeft == 0 {
-					sum.ValLoss = evalSum / float64(o.Train.EvalBatches)
-					el := time.Since(winStart).Seconds()
-					rep := EvalReport{Step: evalStep, ValLoss: sum.ValLoss, TokensPerSec: float64(winTokens) / el}
-					if winSteps > 0 {
-						rep.Loss = winLoss / float64(winSteps)
-					}
-					sum.TokensPerSec = rep.TokensPerSec
-					t.mu.Lock()
-					t.stats.ValLoss = sum.ValLoss
-					if n := len(t.stats.History); n > 0 && t.stats.History[n-1].Step == evalStep {
-						t.stats.History[n-1].ValLoss = sum.ValLoss
-					}
-					t.mu.Unlock()
-					t.log.Info("eval", "step", evalStep, "loss", round4(rep.Loss), "val_loss", round4(rep.ValLoss),
-						"tokens_per_sec", int(rep.TokensPerSec))
-					if o.OnEval != nil {
-						o.OnEval(rep)
-					}
-					winStart, winTokens, winLoss, winSteps = time.Now(), 0, 0, 0
-				}
-				continue
-			}
-			t.completed.Add(1)
-			t.report(Completed, 1)
-			done++
-			stepLoss += float64(r.loss)
-			winTokens += B * T
-			if done%accum != 0 {
-				continue
-			}
-			step++
-			now := time.Now()
-			recent = append(recent, now)
-			if len(recent) > 11 {
-				recent = recent[1:]
-			}
-			rep := StepReport{Step: step, Loss: stepLoss / float64(accum), Time: now}
-			if n := len(recent); n > 1 {
-				rep.TokensPerSec = float64((n-1)*o.Train.Batch*T) / recent[n-1].Sub(recent[0]).Seconds()
-			} else {
-				rep.TokensPerSec = float64(winTokens) / now.Sub(winStart).Seconds()
-			}
-			stepLoss = 0
-			winLoss += rep.Loss
-			winSteps++
-			sum.Step, sum.Loss = step, rep.Loss
-			t.mu.Lock()
-			t.stats.Step, t.stats.Loss, t.stats.TokensPerSec = step, rep.Loss, rep.TokensPerSec
-			if len(t.stats.History) >= maxHistory {
-				t.stats.History = append(t.stats.History[:0], t.stats.History[1:]...)
-			}
-			t.stats.History = append(t.stats.History, Point{Step: step, Loss: rep.Loss, TokensPerSec: rep.TokensPerSec, Time: now})
-			t.mu.Unlock()
-			if o.OnStep != nil {
-				o.OnStep(rep)
-			}
-			if step%o.Train.EvalEvery == 0 || step == o.Train.Steps {
-				startEval()
-			}
+			r.collect(res)
 		case <-ctx.Done():
-			t.lost.Add(int64(inflight))
-			t.report(Failed, inflight)
-			t.log.Info("stopping early", "step", step)
-			return sum, nil
+			t.lost.Add(int64(r.inflight))
+			t.report(Failed, r.inflight)
+			t.log.Info("stopping early", "step", r.step)
+			return r.sum, nil
 		}
 	}
-	return sum, nil
+	return r.sum, nil
+}
+
+// startWorkers starts Pipeline.InFlight workers that take jobs and put their
+// results; the function it returns stops them and waits for them.
+func (t *Trainer) startWorkers(ctx context.Context, jobs <-chan *job, results chan<- result) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for range t.opts.Pipeline.InFlight {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t.worker(ctx, jobs, results)
+		}()
+	}
+	return func() {
+		cancel()
+		wg.Wait()
+	}
+}
+
+// runState is the state of one Trainer.Run: the training microbatches issued and
+// done, the step they accumulate into, the evaluation in progress and the
+// window of steps since the previous evaluation.
+type runState struct {
+	tr    *Trainer
+	o     TrainerOptions
+	accum int // microbatches per step
+	B, T  int // microbatch shape
+	total int // training microbatches of the run
+	rng   *rand.Rand
+	sum   Summary
+
+	next         *job   // waiting for a worker
+	evalQueue    []*job // evaluation microbatches not yet handed out
+	nid          int    // microbatch ids handed out
+	issued, done int    // training microbatches
+	inflight     int    // microbatches handed to workers and not back
+	step         int
+	stepLoss     float64     // sum of the step's microbatch losses so far
+	recent       []time.Time // completion times of the last steps, for the speed
+
+	evalLeft int // evaluation microbatches not back
+	evalSum  float64
+	evalStep int
+
+	winStart            time.Time
+	winLoss             float64 // sum of the window's step losses
+	winSteps, winTokens int
+}
+
+func (t *Trainer) newRun() *runState {
+	o := t.opts
+	return &runState{
+		tr: t, o: o, accum: o.Train.Accumulation(),
+		B: o.Train.Microbatch, T: min(o.Model.SeqLen, t.corpus.MaxSeqLen(data.Train)),
+		total: o.Train.Steps * o.Train.Accumulation(), rng: data.NewRNG(o.Train.Seed, o.Stream),
+		winStart: time.Now(),
+	}
+}
+
+// running reports whether training microbatches or an evaluation are left.
+func (r *runState) running() bool { return r.done < r.total || r.evalLeft > 0 }
+
+// pending returns the job waiting for a worker, taking the next one when none
+// waits: evaluation microbatches first, and no new training microbatch while an
+// evaluation is in progress. Nil when there is nothing to hand out now.
+func (r *runState) pending() *job {
+	if r.next == nil {
+		if len(r.evalQueue) > 0 {
+			r.next, r.evalQueue = r.evalQueue[0], r.evalQueue[1:]
+		} else if r.evalLeft == 0 && r.issued < r.total {
+			r.next = r.newJob(data.Train, r.rng, r.T, false)
+			r.issued++
+		}
+	}
+	return r.next
+}
+
+func (r *runState) newJob(split data.Split, rng *rand.Rand, T int, eval bool) *job {
+	tok, tgt := r.tr.corpus.Batch(split, r.B, T, rng)
+	r.nid++
+	id := r.tr.idBase + uint64(r.nid)
+	return &job{eval: eval, req: request{id: id, stage: 0, eval: eval, b: r.B, t: T, tokens: tok, targets: tgt}}
+}
+
+// collect takes one microbatch's loss.
+func (r *runState) collect(res result) {
+	if res.job.eval {
+		r.evalSum += float64(res.loss)
+		if r.evalLeft--; r.evalLeft == 0 {
+			r.evaluated()
+		}
+		return
+	}
+	r.tr.completed.Add(1)
+	r.tr.report(Completed, 1)
+	r.done++
+	r.stepLoss += float64(res.loss)
+	r.winTokens += r.B * r.T
+	if r.done%r.accum == 0 {
+		r.stepDone()
+	}
+}
+
+// stepDone reports the step whose microbatches are all back, and starts an
+// evaluation every EvalEvery steps and after the last.
+func (r *runState) stepDone() {
+	r.step++
+	now := time.Now()
+	r.recent = append(r.recent, now)
+	if len(r.recent) > 11 {
+		r.recent = r.recent[1:]
+	}
+	rep := StepReport{Step: r.step, Loss: r.stepLoss / float64(r.accum), Time: now}
+	if n := len(r.recent); n > 1 {
+		rep.TokensPerSec = float64((n-1)*r.o.Train.Batch*r.T) / r.recent[n-1].Sub(r.recent[0]).Seconds()
+	} else {
+		rep.TokensPerSec = float64(r.winTokens) / now.Sub(r.winStart).Seconds()
+	}
+	r.stepLoss = 0
+	r.winLoss += rep.Loss
+	r.winSteps++
+	r.sum.Step, r.sum.Loss = r.step, rep.Loss
+	r.tr.recordStep(rep)
+	if r.o.OnStep != nil {
+		r.o.OnStep(rep)
+	}
+	if r.step%r.o.Train.EvalEvery == 0 || r.step == r.o.Train.Steps {
+		r.startEval()
+	}
+}
+
+// startEval queues the evaluation microbatches: the same validation batches at
+// every evaluation.
+func (r *runState) startEval() {
+	vrng := data.NewRNG(r.o.Train.Seed, data.ValStream)
+	vT := min(r.o.Model.SeqLen, r.tr.corpus.MaxSeqLen(data.Val))
+	for range r.o.Train.EvalBatches {
+		r.evalQueue = append(r.evalQueue, r.newJob(data.Val, vrng, vT, true))
+	}
+	r.evalLeft, r.evalSum, r.evalStep = r.o.Train.EvalBatches, 0, r.step
+}
+
+// evaluated reports the evaluation whose microbatches are all back and starts
+// a new window.
+func (r *runState) evaluated() {
+	r.sum.ValLoss = r.evalSum / float64(r.o.Train.EvalBatches)
+	rep := EvalReport{Step: r.evalStep, ValLoss: r.sum.ValLoss, TokensPerSec: float64(r.winTokens) / time.Since(r.winStart).Seconds()}
+	if r.winSteps > 0 {
+		rep.Loss = r.winLoss / float64(r.winSteps)
+	}
+	r.sum.TokensPerSec = rep.TokensPerSec
+	r.tr.recordEval(rep)
+	rep.Log(r.tr.log)
+	if r.o.OnEval != nil {
+		r.o.OnEval(rep)
+	}
+	r.winStart, r.winTokens, r.winLoss, r.winSteps = time.Now(), 0, 0, 0
+}
+
+// recordStep adds a step to the stats and the history.
+func (t *Trainer) recordStep(rep StepReport) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.stats.Step, t.stats.Loss, t.stats.TokensPerSec = rep.Step, rep.Loss, rep.TokensPerSec
+	if len(t.stats.History) >= maxHistory {
+		t.stats.History = append(t.stats.History[:0], t.stats.History[1:]...)
+	}
+	t.stats.History = append(t.stats.History, Point{Step: rep.Step, Loss: rep.Loss, TokensPerSec: rep.TokensPerSec, Time: rep.Time})
+}
+
+// recordEval adds an evaluation to the stats and to its step in the history.
+func (t *Trainer) recordEval(rep EvalReport) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.stats.ValLoss = rep.ValLoss
+	if n := len(t.stats.History); n > 0 && t.stats.History[n-1].Step == rep.Step {
+		t.stats.History[n-1].ValLoss = rep.ValLoss
+	}
 }
 
 // worker runs microbatches until ctx ends; it restarts every failed microbatch,
@@ -392,4 +463,5 @@ func (t *Trainer) runMicro(ctx context.Context, j *job) (float32, error) {
 	}
 }
 
+// round4 rounds x to four decimals, for log lines.
 func round4(x float64) float64 { return float64(int64(x*1e4+0.5)) / 1e4 }

@@ -127,42 +127,25 @@ func (w *Worker) OnStep(fn func(StepInfo)) {
 // Pending returns the number of sequences accumulated since the last step.
 func (w *Worker) Pending() int { return int(w.samples.Load()) }
 
-func (w *Worker) forward(in model.Input) (*stages.Pass, time.Duration, error) {
+// forward runs the stage forward on in with the input activations x, asking for
+// the output in out (see stages.Stage.ForwardTensor), and times it.
+func (w *Worker) forward(in model.Input, x stages.Tensor, out stages.Wire) (*stages.Pass, time.Duration, error) {
 	w.compute.Lock()
 	defer w.compute.Unlock()
 	start := time.Now()
-	p, err := w.st.Forward(in)
+	p, err := w.st.ForwardTensor(in, x, out)
 	return p, time.Since(start), err
 }
 
-// backward runs the backward pass of p and counts its sequences; the step it may
-// complete runs before backward returns.
-func (w *Worker) backward(p *stages.Pass, dout []float32) ([]float32, time.Duration, error) {
-	var dx []float32
-	d, err := w.backwardWith(p, func() (err error) {
-		dx, err = w.st.Backward(p, dout)
-		return err
-	})
-	return dx, d, err
-}
-
-// backwardWire is backward with gradients in the int8 wire layout (a GPU stage;
-// see stages.Stage.BackwardWire).
-func (w *Worker) backwardWire(p *stages.Pass, dout []byte, doutBlock, dxBlock int) ([]byte, time.Duration, error) {
-	var dx []byte
-	d, err := w.backwardWith(p, func() (err error) {
-		dx, err = w.st.BackwardWire(p, dout, doutBlock, dxBlock)
-		return err
-	})
-	return dx, d, err
-}
-
-func (w *Worker) backwardWith(p *stages.Pass, run func() error) (time.Duration, error) {
+// backward runs the backward pass of p with the gradient of its output, asking
+// for the input gradient in dx (see stages.Stage.BackwardTensor), times it and
+// counts its sequences; the step it may complete runs before backward returns.
+func (w *Worker) backward(p *stages.Pass, dout stages.Tensor, dx stages.Wire) (stages.Tensor, time.Duration, error) {
 	b := p.B
 	w.gate.RLock()
 	w.compute.Lock()
 	start := time.Now()
-	err := run()
+	grad, err := w.st.BackwardTensor(p, dout, dx)
 	d := time.Since(start)
 	w.compute.Unlock()
 	n := int64(0)
@@ -173,7 +156,7 @@ func (w *Worker) backwardWith(p *stages.Pass, run func() error) (time.Duration, 
 	if n >= int64(w.stepSamples()) {
 		w.step()
 	}
-	return d, err
+	return grad, d, err
 }
 
 func (w *Worker) step() {

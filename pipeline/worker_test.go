@@ -28,11 +28,11 @@ func microbatch(t *testing.T, w *Worker, b int) {
 		t.Fatal(err)
 	}
 	T := 8
-	p, _, err := w.forward(model.Input{B: b, T: T, Tokens: tokens(b*T, 3), Targets: tokens(b*T, 4)})
+	p, _, err := w.forward(model.Input{B: b, T: T, Tokens: tokens(b*T, 3), Targets: tokens(b*T, 4)}, stages.Tensor{}, stages.Wire{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := w.backward(p, nil); err != nil {
+	if _, _, err := w.backward(p, stages.Tensor{}, stages.Wire{}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -18,9 +18,16 @@
 // keeps activations in device memory from stage to stage.
 //
 // On a GPU stage Params, Grads, View and GradView return host copies, and a call
-// without an error return reports a device error through DeviceErr. Activations
-// may cross to and from a GPU stage in the pipeline's int8 wire layout
-// (Input.XWire, Input.OutBlock, BackwardWire), quantized on the device.
+// without an error return reports a device error through DeviceErr.
+//
+// # Tensors between stages
+//
+// The pipeline hands a stage each tensor as it arrived (Receive) and asks for
+// the stage's own in a Wire format (ForwardTensor, BackwardTensor). A stage on a
+// GPU keeps the pipeline's int8 wire layout all the way to the device and
+// quantizes and dequantizes there, so activations and gradients cross the bus
+// compressed; a CPU stage has them decoded and encoded on the host by the
+// pipeline's codec. The pipeline itself never asks where a stage computes.
 //
 // # Concurrency
 //

@@ -2,10 +2,8 @@ package stages
 
 import (
 	"math"
-	"strings"
 	"testing"
 
-	"swarmnode/codec"
 	"swarmnode/cuda"
 	"swarmnode/model"
 )
@@ -247,131 +245,6 @@ func TestGPUChainMatchesStageByStage(t *testing.T) {
 		if e := relErr(chain.Stages()[k].Grads(), split.Stages()[k].Grads()); e > 1e-6 {
 			t.Fatalf("stage %d: gradient rel err %g", k, e)
 		}
-	}
-}
-
-// encodeWire and decodeWire make and read messages in the int8 wire layout with
-// the pipeline's codec, as a GPU stage gets and sends them in a swarm.
-func encodeWire(t *testing.T, x []float32, bs int) []byte {
-	t.Helper()
-	msg, err := codec.Format{Kind: codec.Int8, Block: bs}.Append(nil, x)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return msg
-}
-
-func decodeWire(t *testing.T, msg []byte, n, bs int) []float32 {
-	t.Helper()
-	x := make([]float32, n)
-	if err := (codec.Format{Kind: codec.Int8, Block: bs}).Decode(x, msg); err != nil {
-		t.Fatal(err)
-	}
-	return x
-}
-
-// TestGPUWireMatchesFloat runs a middle stage's forward and backward once with
-// float32 tensors and once with int8 wire messages quantized and dequantized on
-// the device: given the same (dequantized) inputs, the outputs agree to one
-// quantization step and the parameter gradients agree.
-func TestGPUWireMatchesFloat(t *testing.T) {
-	dev := testGPU(t, cuda.FP32)
-	layers := []int{1, 1, 1}
-	const bs = 32
-	var stages [2]*Stage
-	for i := range stages {
-		s, err := NewOnGPU(gpuCfg, layers, 1, 9, dev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		stages[i] = s
-	}
-	B, T, C := 2, gpuCfg.SeqLen, gpuCfg.DModel
-	N := B * T * C
-	x, dout := make([]float32, N), make([]float32, N)
-	for i := range x {
-		x[i] = float32(math.Sin(float64(i)*0.37)) * 2
-		dout[i] = float32(math.Cos(float64(i)*0.11)) * 1e-3
-	}
-	xw, dw := encodeWire(t, x, bs), encodeWire(t, dout, bs)
-	xq, dq := decodeWire(t, xw, N, bs), decodeWire(t, dw, N, bs)
-
-	pf, err := stages[0].Forward(model.Input{B: B, T: T, X: xq})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dxf, err := stages[0].Backward(pf, dq)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pw, err := stages[1].Forward(model.Input{B: B, T: T, XWire: xw, Block: bs, OutBlock: bs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if pw.Out != nil || len(pw.OutWire) != cuda.WireLen(N, bs) {
-		t.Fatalf("wire forward: Out %d values, OutWire %d bytes", len(pw.Out), len(pw.OutWire))
-	}
-	out := decodeWire(t, pw.OutWire, N, bs)
-	closeQ := func(what string, got, want []float32) {
-		t.Helper()
-		for b := 0; b < N; b += bs {
-			am := 0.0
-			for _, v := range want[b:min(N, b+bs)] {
-				am = math.Max(am, math.Abs(float64(v)))
-			}
-			for i := b; i < min(N, b+bs); i++ {
-				if d := math.Abs(float64(got[i] - want[i])); d > am/127*0.51+1e-6 {
-					t.Fatalf("%s[%d] = %v, float path %v (step %v)", what, i, got[i], want[i], am/127)
-				}
-			}
-		}
-	}
-	closeQ("out", out, pf.Out)
-	dxw, err := stages[1].BackwardWire(pw, dw, bs, bs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(dxw) != cuda.WireLen(N, bs) {
-		t.Fatalf("wire backward: %d bytes of input gradient", len(dxw))
-	}
-	dx := decodeWire(t, dxw, N, bs)
-	closeQ("dx", dx, dxf)
-	if e := relErr(stages[1].Grads(), stages[0].Grads()); e > 1e-6 {
-		t.Fatalf("gradients: rel err %g", e)
-	}
-	// A forged message (NaN scale) is refused before it reaches the device.
-	bad := append([]byte(nil), xw...)
-	bad[0], bad[1], bad[2], bad[3] = 0, 0, 0xc0, 0x7f
-	if _, err := stages[1].Forward(model.Input{B: B, T: T, XWire: bad, Block: bs}); err == nil {
-		t.Fatal("NaN scale accepted")
-	}
-	if err := stages[1].DeviceErr(); err != nil {
-		t.Fatalf("a bad message counted as a device error: %v", err)
-	}
-}
-
-// TestWireNeedsGPU: a CPU stage refuses int8 wire tensors with a clear error
-// (the pipeline decodes them on the host for CPU stages).
-func TestWireNeedsGPU(t *testing.T) {
-	s, err := New(gpuCfg, []int{1, 1, 1}, 1, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	B, T := 1, 4
-	msg := encodeWire(t, make([]float32, B*T*gpuCfg.DModel), 16)
-	if _, err := s.Forward(model.Input{B: B, T: T, XWire: msg, Block: 16}); err == nil || !strings.Contains(err.Error(), "GPU") {
-		t.Fatalf("wire input on a CPU stage: %v", err)
-	}
-	if _, err := s.Forward(model.Input{B: B, T: T, X: make([]float32, B*T*gpuCfg.DModel), OutBlock: 16}); err == nil {
-		t.Fatal("wire output on a CPU stage accepted")
-	}
-	p, err := s.Forward(model.Input{B: B, T: T, X: make([]float32, B*T*gpuCfg.DModel)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.BackwardWire(p, msg, 16, 16); err == nil {
-		t.Fatal("wire backward on a CPU stage accepted")
 	}
 }
 

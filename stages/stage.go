@@ -216,7 +216,7 @@ type Pass struct {
 	// caller owns it: it stays valid after Backward and Release.
 	Out []float32
 	// OutWire is the output in the int8 wire layout when Input.OutBlock asked
-	// for it (GPU stages); Out is nil then.
+	// for it of a GPU stage; Out is nil then. (A CPU stage answers in Out.)
 	OutWire []byte
 	// Loss is the mean cross-entropy over the B·T targets (last stage only).
 	Loss float32
@@ -225,10 +225,11 @@ type Pass struct {
 	// B and T are the microbatch shape.
 	B, T int
 
-	stage *Stage
-	used  atomic.Bool
-	cpu   *cpuActs   // a CPU stage's activations
-	gpu   *cuda.Pass // a GPU stage's device activations
+	stage    *Stage
+	outBlock int // Input.OutBlock: the block size of OutWire
+	used     atomic.Bool
+	cpu      *cpuActs   // a CPU stage's activations
+	gpu      *cuda.Pass // a GPU stage's device activations
 }
 
 // Bytes reports the memory held by the pass's outputs and cached activations.
@@ -250,8 +251,9 @@ func (p *Pass) Release() {
 	p.stage.eng.release(p)
 }
 
-// validate checks in as model.Input.Check does, and the token limit and what
-// only a GPU stage takes.
+// validate checks in as model.Input.Check does, and the token limit and the
+// int8 wire input only a GPU stage takes. Input.OutBlock is a request that only
+// a GPU stage grants: a CPU stage answers in float32 (see Wire).
 func (s *Stage) validate(in model.Input) error {
 	if err := in.Check(s.cfg, s.part); err != nil {
 		return err
@@ -259,16 +261,14 @@ func (s *Stage) validate(in model.Input) error {
 	if limit := s.maxTokens.Load(); int64(in.B) > limit || int64(in.B)*int64(in.T) > limit {
 		return fmt.Errorf("microbatch of %d×%d tokens exceeds the limit of %d", in.B, in.T, limit)
 	}
-	if in.XWire == nil && in.OutBlock == 0 {
+	if in.XWire == nil {
 		return nil
 	}
 	if s.gpu() == nil {
-		return errors.New("int8 wire input or output needs a stage on a GPU")
+		return errors.New("int8 wire input needs a stage on a GPU")
 	}
-	if in.XWire != nil {
-		if err := cuda.CheckInt8Wire(in.XWire, in.B*in.T*s.cfg.DModel, in.Block); err != nil {
-			return fmt.Errorf("input activation: %w", err)
-		}
+	if err := cuda.CheckInt8Wire(in.XWire, in.B*in.T*s.cfg.DModel, in.Block); err != nil {
+		return fmt.Errorf("input activation: %w", err)
 	}
 	return nil
 }
@@ -281,7 +281,7 @@ func (s *Stage) Forward(in model.Input) (*Pass, error) {
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	p := &Pass{stage: s, B: in.B, T: in.T, Version: s.Version()}
+	p := &Pass{stage: s, B: in.B, T: in.T, Version: s.Version(), outBlock: in.OutBlock}
 	if err := s.eng.forward(in, p); err != nil {
 		return nil, fmt.Errorf("stage %d forward: %w", s.part.Index, s.fail(err))
 	}
@@ -309,30 +309,6 @@ func (s *Stage) Backward(p *Pass, dout []float32) ([]float32, error) {
 		}
 	}
 	return backwardLocked(s, p, func() ([]float32, error) { return s.eng.backward(p, dout) })
-}
-
-// BackwardWire is Backward with both gradients in the pipeline's int8 wire
-// layout, for a stage on a GPU: dout (nil on the last stage) has blocks of
-// doutBlock values and is dequantized on the device; the input gradient (nil
-// on the first stage) is quantized there into blocks of dxBlock values. It
-// consumes the pass.
-func (s *Stage) BackwardWire(p *Pass, dout []byte, doutBlock, dxBlock int) ([]byte, error) {
-	if err := s.checkPass(p); err != nil {
-		return nil, err
-	}
-	g := s.gpu()
-	if g == nil {
-		return nil, fmt.Errorf("stage %d backward: int8 wire gradients need a stage on a GPU", s.part.Index)
-	}
-	if s.IsLast() && len(dout) != 0 {
-		return nil, fmt.Errorf("stage %d backward: last stage takes no output gradient, got %d bytes", s.part.Index, len(dout))
-	}
-	if !s.IsLast() {
-		if err := cuda.CheckInt8Wire(dout, p.B*p.T*s.cfg.DModel, doutBlock); err != nil {
-			return nil, fmt.Errorf("stage %d backward: output gradient: %w", s.part.Index, err)
-		}
-	}
-	return backwardLocked(s, p, func() ([]byte, error) { return g.backwardWire(p, dout, doutBlock, dxBlock) })
 }
 
 func (s *Stage) checkPass(p *Pass) error {

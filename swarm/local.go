@@ -165,12 +165,10 @@ func RunLocal(ctx context.Context, cfg config.Config, log *slog.Logger) (pipelin
 			if err != nil {
 				return sum, fmt.Errorf("eval at step %d: %w", step, err)
 			}
-			log.Info("eval", "step", step, "loss", round4(windowLoss/float64(windowSteps)),
-				"val_loss", round4(sum.ValLoss), "tokens_per_sec", int(sum.TokensPerSec))
+			pipeline.EvalReport{Step: step, Loss: windowLoss / float64(windowSteps), ValLoss: sum.ValLoss,
+				TokensPerSec: sum.TokensPerSec}.Log(log)
 			windowStart, windowTokens, windowLoss, windowSteps = time.Now(), 0, 0, 0
 		}
 	}
 	return sum, nil
 }
-
-func round4(x float64) float64 { return float64(int64(x*1e4+0.5)) / 1e4 }
