@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"swarmnode/averaging"
 	"swarmnode/config"
 	"swarmnode/data"
@@ -216,28 +218,106 @@ func (s *stageSource) warn(err error) {
 	}
 }
 
-// loadStageState replaces st's initial weights with the state of the live
-// holders of stage k, fetched in shards from all of them at once. With no
-// holder to ask, the stage starts from its seeded initial weights.
+// loadStageState loads stage k's current parameters and optimizer state from
+// its other holders into st. It first looks the holders up in the DHT, so that
+// a restarted peer does not mistake an empty table for an empty stage. With no
+// other holder st keeps its initial weights: the stage starts here. When the
+// holders exist but every download fails, it refuses (an error) rather than
+// serve initial weights beside a trained stage.
 func (r *roles) loadStageState(ctx context.Context, st *stages.Stage, k int) error {
-	from := r.n.otherHolders(k)
-	if len(from) == 0 {
-		return nil
-	}
-	fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	state, err := averaging.FetchState(fctx, r.n.Host(), r.cfg.Run, stageKey(k), from, averaging.FetchOptions{MaxFloats: st.StateLen()})
-	if err != nil {
-		// The swarm must not stall on a broken holder: start fresh, averaging
-		// pulls the copy towards its peers.
-		r.log.Warn("state transfer failed; starting from initial weights", "stage", k, "err", err)
+	var lastErr error
+	for attempt := 1; attempt <= stateAttempts; attempt++ {
+		from := r.knownHolders(ctx, k)
+		if len(from) == 0 {
+			r.log.Info("no other holder of the stage: starting from initial weights", "stage", k)
+			return nil
+		}
+		fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		state, err := averaging.FetchState(fctx, r.n.Host(), r.cfg.Run, stageKey(k), from, averaging.FetchOptions{MaxFloats: st.StateLen()})
+		cancel()
+		if err == nil {
+			return r.applyState(st, k, state)
+		}
+		lastErr = err
 		r.n.status.IncError("state_transfer")
-		return nil
+		r.log.Warn("state transfer failed", "stage", k, "attempt", attempt, "holders", len(from), "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt) * time.Second):
+		}
 	}
+	return fmt.Errorf("stage %d: no state from its holders after %d attempts; refusing to serve initial weights: %w", k, stateAttempts, lastErr)
+}
+
+// stateAttempts is how many times a joiner looks up its stage's holders and
+// tries to download their state before it refuses to serve.
+const stateAttempts = 3
+
+// knownHolders returns the other holders of stage k as the swarm knows them:
+// a peer that has just (re)started knows none until its DHT has peers, so it
+// waits for its routing table to fill (when it has peers to join through),
+// looks the stage up, and when that finds nobody, listens to the load gossip
+// for two periods before it concludes that the stage has no holder. What it
+// decides on partial knowledge it says in the log. All is bounded by
+// holderLookupWait.
+func (r *roles) knownHolders(ctx context.Context, k int) []peer.ID {
+	lctx, cancel := context.WithTimeout(ctx, holderLookupWait)
+	defer cancel()
+	if !r.awaitPeers(lctx) {
+		from := r.n.otherHolders(k)
+		if len(r.n.opts.Bootstrap) > 0 {
+			r.log.Warn("no DHT peers yet: deciding on the holders known so far", "stage", k, "known", len(from))
+		}
+		return from
+	}
+	if _, err := r.n.DHT().Lookup(lctx, k); err != nil {
+		r.log.Warn("holder lookup failed: deciding on the holders known so far", "stage", k, "err", err)
+	}
+	heard := time.NewTimer(2 * r.cfg.Node.GossipEvery)
+	defer heard.Stop()
+	for {
+		if from := r.n.otherHolders(k); len(from) > 0 {
+			return from
+		}
+		select {
+		case <-lctx.Done():
+			return nil
+		case <-heard.C:
+			return nil
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// awaitPeers waits until the DHT's routing table has a peer, and reports
+// whether it has one. A node without bootstrap peers does not wait: it is
+// the first of its swarm, or others join through it.
+func (r *roles) awaitPeers(ctx context.Context) bool {
+	rt := r.n.DHT().Kad().RoutingTable()
+	for rt.Size() == 0 {
+		if len(r.n.opts.Bootstrap) == 0 {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return true
+}
+
+// holderLookupWait bounds how long a joiner waits to learn its stage's holders
+// before it decides on what it knows.
+const holderLookupWait = 10 * time.Second
+
+// applyState copies a downloaded state into st.
+func (r *roles) applyState(st *stages.Stage, k int, state averaging.State) error {
 	var loadErr error
 	st.WithState(func(s *model.State) {
 		if len(state.Params) != len(s.Params) || (len(state.M) != 0 && len(state.M) != len(s.M)) || (len(state.V) != 0 && len(state.V) != len(s.V)) {
-			loadErr = fmt.Errorf("stage %d state from %v has %d params, want %d", k, from, len(state.Params), len(s.Params))
+			loadErr = fmt.Errorf("stage %d state from %v has %d params, want %d", k, state.From, len(state.Params), len(s.Params))
 			return
 		}
 		copy(s.Params, state.Params)
