@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -21,6 +22,10 @@ import (
 // choice from the same gossip), and after a move, or at start, a peer waits
 // Cooldown before it moves again.
 //
+// A stage with no live holder stalls the whole pipeline, whatever the
+// throughputs say, so it comes first: Decide fills it at once (see rescue),
+// before any throughput is measured and without waiting for Cooldown.
+//
 // Moving itself (fetching the target stage's state, announcing it) is the
 // caller's business: see Run.
 type Rebalancer struct {
@@ -40,6 +45,11 @@ type Rebalancer struct {
 	// decision taken on that half-updated picture sends a second peer after it.
 	// 0 decides on every picture.
 	Settle time.Duration
+	// Rescue is how long the holders of every stage must stay the same before a
+	// peer moves to a stage with no live holder, and the least time between two
+	// such moves of this peer; Run also checks this often. 0 leaves empty stages
+	// to the throughput rule.
+	Rescue time.Duration
 
 	lastMove    time.Time
 	view        string
@@ -96,20 +106,25 @@ func (rb *Rebalancer) Decide(now time.Time, current int) int {
 	if current < 0 || current >= rb.Stages || rb.Stages < 2 {
 		return -1
 	}
+	tot, hs := stageTotals(rb.Router, rb.Stages)
+	if v := viewOf(hs); v != rb.view || rb.stableSince.IsZero() {
+		rb.view, rb.stableSince = v, now
+	}
+	if rb.Rescue > 0 && slices.ContainsFunc(hs, func(h []Holder) bool { return len(h) == 0 }) {
+		if now.Sub(rb.stableSince) < rb.Rescue || !rb.lastMove.IsZero() && now.Sub(rb.lastMove) < rb.Rescue {
+			return -1
+		}
+		k := rescue(hs, rb.Self)
+		if k >= 0 {
+			rb.lastMove = now
+		}
+		return k
+	}
 	if rb.lastMove.IsZero() {
 		rb.lastMove = now // measure before the first move
 	}
-	if now.Sub(rb.lastMove) < rb.Cooldown {
+	if now.Sub(rb.lastMove) < rb.Cooldown || now.Sub(rb.stableSince) < rb.Settle {
 		return -1
-	}
-	tot, hs := stageTotals(rb.Router, rb.Stages)
-	if rb.Settle > 0 {
-		if v := viewOf(hs); v != rb.view {
-			rb.view, rb.stableSince = v, now
-		}
-		if now.Sub(rb.stableSince) < rb.Settle {
-			return -1
-		}
 	}
 	if len(hs[current]) < 2 {
 		return -1 // never leave a stage without holders
@@ -146,11 +161,51 @@ func (rb *Rebalancer) Decide(now time.Time, current int) int {
 	return weak
 }
 
-// Run checks every period until ctx ends. current reports the stage served now;
+// rescue returns the stage with no holder that self should move to, or -1.
+// Every peer computes the same assignment from the same picture, so each
+// empty stage gets one peer: the empty stages in order take, one each, a
+// holder of the stage with the most holders left (the lowest-numbered among
+// equals), its fastest first, ties by peer id. A stage keeps its last holder.
+func rescue(hs [][]Holder, self peer.ID) int {
+	left := make([][]Holder, len(hs))
+	for k, stage := range hs {
+		left[k] = slices.Clone(stage)
+		slices.SortFunc(left[k], func(a, b Holder) int {
+			if a.Throughput != b.Throughput {
+				return cmp.Compare(b.Throughput, a.Throughput)
+			}
+			return strings.Compare(string(a.ID), string(b.ID))
+		})
+	}
+	for to, stage := range hs {
+		if len(stage) > 0 {
+			continue
+		}
+		from := 0
+		for k := range left {
+			if len(left[k]) > len(left[from]) {
+				from = k
+			}
+		}
+		if len(left[from]) < 2 {
+			return -1
+		}
+		if left[from][0].ID == self {
+			return to
+		}
+		left[from] = left[from][1:]
+	}
+	return -1
+}
+
+// Run checks every period (at least every Rescue) until ctx ends. current reports the stage served now;
 // move performs a move the Rebalancer decided on (state transfer, announcing,
 // switching the server) and returns once done. A failed move is retried after
 // the cooldown.
 func (rb *Rebalancer) Run(ctx context.Context, every time.Duration, current func() int, move func(ctx context.Context, stage int) error) error {
+	if rb.Rescue > 0 {
+		every = min(every, rb.Rescue)
+	}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {

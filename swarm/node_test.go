@@ -147,7 +147,8 @@ func checkMetrics(t *testing.T, n *Node) {
 func checkStatusPage(t *testing.T, a, b *Node) {
 	t.Helper()
 	body := string(get(t, b.StatusURL()))
-	for _, want := range []string{b.ID().String(), a.ID().String(), `id="holders"`, "<polyline", `http-equiv="refresh"`} {
+	for _, want := range []string{b.ID().String(), a.ID().String(), `id="holders"`, "<polyline", `http-equiv="refresh"`,
+		"stage 1: no holder — the pipeline is stalled until a peer serves it"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("page lacks %q", want)
 		}
