@@ -47,7 +47,7 @@ type Rebalancer struct {
 	Settle time.Duration
 	// Rescue is how long the holders of every stage must stay the same before a
 	// peer moves to a stage with no live holder, and the least time between two
-	// such moves of this peer; Run also checks this often. 0 leaves empty stages
+	// such moves of this peer; Run checks four times as often. 0 leaves empty stages
 	// to the throughput rule.
 	Rescue time.Duration
 
@@ -198,13 +198,13 @@ func rescue(hs [][]Holder, self peer.ID) int {
 	return -1
 }
 
-// Run checks every period (at least every Rescue) until ctx ends. current reports the stage served now;
-// move performs a move the Rebalancer decided on (state transfer, announcing,
+// Run checks every period (and four times per Rescue) until ctx ends. current
+// reports the stage served now; move performs a move the Rebalancer decided on (state transfer, announcing,
 // switching the server) and returns once done. A failed move is retried after
 // the cooldown.
 func (rb *Rebalancer) Run(ctx context.Context, every time.Duration, current func() int, move func(ctx context.Context, stage int) error) error {
 	if rb.Rescue > 0 {
-		every = min(every, rb.Rescue)
+		every = min(every, rb.Rescue/4) // a stalled pipeline waits Rescue and little more
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()

@@ -108,3 +108,22 @@ func waitAllStagesHeld(t *testing.T, p *runProc, stages int, deadline time.Time)
 		time.Sleep(100 * time.Millisecond) // the poll's period
 	}
 }
+
+// TestRebalancerFillsEmptyStages starts three holders of stage 0 and none of
+// the others: the rebalancer must move two of them to the empty stages within
+// seconds (tiny.yaml gossips every 2 s; 10 s is the bound), before any
+// throughput has been measured.
+func TestRebalancerFillsEmptyStages(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 3 processes")
+	}
+	bin := swarmnodeBinary(t)
+	cfg := shortTinyConfig(t)
+	local := []string{"--listen", "/ip4/127.0.0.1/tcp/0", "--status", "127.0.0.1:0", "--stage", "0"}
+	boot := startRun(t, bin, cfg, local...)
+	start := time.Now()
+	startRun(t, bin, cfg, append(local, "--bootstrap", boot.addrs[0])...)
+	startRun(t, bin, cfg, append(local, "--bootstrap", boot.addrs[0])...)
+	held := waitAllStagesHeld(t, boot, 3, start.Add(10*time.Second))
+	t.Logf("every stage held %s after the second holder started: %v", held.Sub(start).Round(10*time.Millisecond), stageCounts(t, boot))
+}
