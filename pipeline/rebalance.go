@@ -103,21 +103,8 @@ func stageTotals(r Router, stages int) (tot []float64, hs [][]Holder) {
 // Decide returns the stage this peer, now serving current, should move to, or -1
 // to stay. A decision to move starts the cooldown.
 func (rb *Rebalancer) Decide(now time.Time, current int) int {
-	if current < 0 || current >= rb.Stages || rb.Stages < 2 {
-		return -1
-	}
-	tot, hs := stageTotals(rb.Router, rb.Stages)
-	if v := viewOf(hs); v != rb.view || rb.stableSince.IsZero() {
-		rb.view, rb.stableSince = v, now
-	}
-	if rb.Rescue > 0 && slices.ContainsFunc(hs, func(h []Holder) bool { return len(h) == 0 }) {
-		if now.Sub(rb.stableSince) < rb.Rescue || !rb.lastMove.IsZero() && now.Sub(rb.lastMove) < rb.Rescue {
-			return -1
-		}
-		k := rescue(hs, rb.Self)
-		if k >= 0 {
-			rb.lastMove = now
-		}
+	k, empty, tot, hs := rb.decideRescue(now, current)
+	if empty || current < 0 || current >= rb.Stages || rb.Stages < 2 {
 		return k
 	}
 	if rb.lastMove.IsZero() {
@@ -161,6 +148,31 @@ func (rb *Rebalancer) Decide(now time.Time, current int) int {
 	return weak
 }
 
+// decideRescue notes the picture of holders (for Settle and Rescue) and
+// decides the rescue of a stage with no holder: empty reports whether there is
+// one (and Rescue is on), k where this peer moves, or -1. tot and hs are
+// stageTotals' picture.
+func (rb *Rebalancer) decideRescue(now time.Time, current int) (k int, empty bool, tot []float64, hs [][]Holder) {
+	if current < 0 || current >= rb.Stages || rb.Stages < 2 {
+		return -1, false, nil, nil
+	}
+	tot, hs = stageTotals(rb.Router, rb.Stages)
+	if v := viewOf(hs); v != rb.view || rb.stableSince.IsZero() {
+		rb.view, rb.stableSince = v, now
+	}
+	if rb.Rescue <= 0 || !slices.ContainsFunc(hs, func(h []Holder) bool { return len(h) == 0 }) {
+		return -1, false, tot, hs
+	}
+	if now.Sub(rb.stableSince) < rb.Rescue || !rb.lastMove.IsZero() && now.Sub(rb.lastMove) < rb.Rescue {
+		return -1, true, tot, hs
+	}
+	k = rescue(hs, rb.Self)
+	if k >= 0 {
+		rb.lastMove = now
+	}
+	return k, true, tot, hs
+}
+
 // rescue returns the stage with no holder that self should move to, or -1.
 // Every peer computes the same assignment from the same picture, so each
 // empty stage gets one peer: the empty stages in order take, one each, a
@@ -198,25 +210,33 @@ func rescue(hs [][]Holder, self peer.ID) int {
 	return -1
 }
 
-// Run checks every period (and four times per Rescue) until ctx ends. current
-// reports the stage served now; move performs a move the Rebalancer decided on (state transfer, announcing,
-// switching the server) and returns once done. A failed move is retried after
-// the cooldown.
+// Run checks every period until ctx ends, and four times per Rescue for a
+// stage with no holder (the throughput rule keeps its own pace). current
+// reports the stage served now; move performs a move the Rebalancer decided
+// on (state transfer, announcing, switching the server) and returns once
+// done. A failed move is retried after the cooldown.
 func (rb *Rebalancer) Run(ctx context.Context, every time.Duration, current func() int, move func(ctx context.Context, stage int) error) error {
-	if rb.Rescue > 0 {
-		every = min(every, rb.Rescue/4) // a stalled pipeline waits Rescue and little more
-	}
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var rescueTick <-chan time.Time
+	if rb.Rescue > 0 {
+		rt := time.NewTicker(rb.Rescue / 4)
+		defer rt.Stop()
+		rescueTick = rt.C
+	}
 	for {
+		k := -1
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case now := <-t.C:
-			if k := rb.Decide(now, current()); k >= 0 {
-				if err := move(ctx, k); err != nil && ctx.Err() != nil {
-					return ctx.Err()
-				}
+			k = rb.Decide(now, current())
+		case now := <-rescueTick:
+			k, _, _, _ = rb.decideRescue(now, current())
+		}
+		if k >= 0 {
+			if err := move(ctx, k); err != nil && ctx.Err() != nil {
+				return ctx.Err()
 			}
 		}
 	}
