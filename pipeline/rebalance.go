@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -21,6 +22,10 @@ import (
 // choice from the same gossip), and after a move, or at start, a peer waits
 // Cooldown before it moves again.
 //
+// A stage with no live holder stalls the whole pipeline, whatever the
+// throughputs say, so it comes first: Decide fills it at once (see rescue),
+// before any throughput is measured and without waiting for Cooldown.
+//
 // Moving itself (fetching the target stage's state, announcing it) is the
 // caller's business: see Run.
 type Rebalancer struct {
@@ -40,6 +45,11 @@ type Rebalancer struct {
 	// decision taken on that half-updated picture sends a second peer after it.
 	// 0 decides on every picture.
 	Settle time.Duration
+	// Rescue is how long the holders of every stage must stay the same before a
+	// peer moves to a stage with no live holder, and the least time between two
+	// such moves of this peer; Run checks four times as often. 0 leaves empty stages
+	// to the throughput rule.
+	Rescue time.Duration
 
 	lastMove    time.Time
 	view        string
@@ -93,23 +103,15 @@ func stageTotals(r Router, stages int) (tot []float64, hs [][]Holder) {
 // Decide returns the stage this peer, now serving current, should move to, or -1
 // to stay. A decision to move starts the cooldown.
 func (rb *Rebalancer) Decide(now time.Time, current int) int {
-	if current < 0 || current >= rb.Stages || rb.Stages < 2 {
-		return -1
+	k, empty, tot, hs := rb.decideRescue(now, current)
+	if empty || current < 0 || current >= rb.Stages || rb.Stages < 2 {
+		return k
 	}
 	if rb.lastMove.IsZero() {
 		rb.lastMove = now // measure before the first move
 	}
-	if now.Sub(rb.lastMove) < rb.Cooldown {
+	if now.Sub(rb.lastMove) < rb.Cooldown || now.Sub(rb.stableSince) < rb.Settle {
 		return -1
-	}
-	tot, hs := stageTotals(rb.Router, rb.Stages)
-	if rb.Settle > 0 {
-		if v := viewOf(hs); v != rb.view {
-			rb.view, rb.stableSince = v, now
-		}
-		if now.Sub(rb.stableSince) < rb.Settle {
-			return -1
-		}
 	}
 	if len(hs[current]) < 2 {
 		return -1 // never leave a stage without holders
@@ -146,22 +148,95 @@ func (rb *Rebalancer) Decide(now time.Time, current int) int {
 	return weak
 }
 
-// Run checks every period until ctx ends. current reports the stage served now;
-// move performs a move the Rebalancer decided on (state transfer, announcing,
-// switching the server) and returns once done. A failed move is retried after
-// the cooldown.
+// decideRescue notes the picture of holders (for Settle and Rescue) and
+// decides the rescue of a stage with no holder: empty reports whether there is
+// one (and Rescue is on), k where this peer moves, or -1. tot and hs are
+// stageTotals' picture.
+func (rb *Rebalancer) decideRescue(now time.Time, current int) (k int, empty bool, tot []float64, hs [][]Holder) {
+	if current < 0 || current >= rb.Stages || rb.Stages < 2 {
+		return -1, false, nil, nil
+	}
+	tot, hs = stageTotals(rb.Router, rb.Stages)
+	if v := viewOf(hs); v != rb.view || rb.stableSince.IsZero() {
+		rb.view, rb.stableSince = v, now
+	}
+	if rb.Rescue <= 0 || !slices.ContainsFunc(hs, func(h []Holder) bool { return len(h) == 0 }) {
+		return -1, false, tot, hs
+	}
+	if now.Sub(rb.stableSince) < rb.Rescue || !rb.lastMove.IsZero() && now.Sub(rb.lastMove) < rb.Rescue {
+		return -1, true, tot, hs
+	}
+	k = rescue(hs, rb.Self)
+	if k >= 0 {
+		rb.lastMove = now
+	}
+	return k, true, tot, hs
+}
+
+// rescue returns the stage with no holder that self should move to, or -1.
+// Every peer computes the same assignment from the same picture, so each
+// empty stage gets one peer: the empty stages in order take, one each, a
+// holder of the stage with the most holders left (the lowest-numbered among
+// equals), its fastest first, ties by peer id. A stage keeps its last holder.
+func rescue(hs [][]Holder, self peer.ID) int {
+	left := make([][]Holder, len(hs))
+	for k, stage := range hs {
+		left[k] = slices.Clone(stage)
+		slices.SortFunc(left[k], func(a, b Holder) int {
+			if a.Throughput != b.Throughput {
+				return cmp.Compare(b.Throughput, a.Throughput)
+			}
+			return strings.Compare(string(a.ID), string(b.ID))
+		})
+	}
+	for to, stage := range hs {
+		if len(stage) > 0 {
+			continue
+		}
+		from := 0
+		for k := range left {
+			if len(left[k]) > len(left[from]) {
+				from = k
+			}
+		}
+		if len(left[from]) < 2 {
+			return -1
+		}
+		if left[from][0].ID == self {
+			return to
+		}
+		left[from] = left[from][1:]
+	}
+	return -1
+}
+
+// Run checks every period until ctx ends, and four times per Rescue for a
+// stage with no holder (the throughput rule keeps its own pace). current
+// reports the stage served now; move performs a move the Rebalancer decided
+// on (state transfer, announcing, switching the server) and returns once
+// done. A failed move is retried after the cooldown.
 func (rb *Rebalancer) Run(ctx context.Context, every time.Duration, current func() int, move func(ctx context.Context, stage int) error) error {
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var rescueTick <-chan time.Time
+	if rb.Rescue > 0 {
+		rt := time.NewTicker(rb.Rescue / 4)
+		defer rt.Stop()
+		rescueTick = rt.C
+	}
 	for {
+		k := -1
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case now := <-t.C:
-			if k := rb.Decide(now, current()); k >= 0 {
-				if err := move(ctx, k); err != nil && ctx.Err() != nil {
-					return ctx.Err()
-				}
+			k = rb.Decide(now, current())
+		case now := <-rescueTick:
+			k, _, _, _ = rb.decideRescue(now, current())
+		}
+		if k >= 0 {
+			if err := move(ctx, k); err != nil && ctx.Err() != nil {
+				return ctx.Err()
 			}
 		}
 	}

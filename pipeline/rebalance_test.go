@@ -53,3 +53,27 @@ func TestRebalancerCooldown(t *testing.T) {
 		t.Fatalf("moved again within the cooldown: %d", k)
 	}
 }
+
+// TestRebalancerFillsEmptyStages: stages without a holder pull peers over
+// before any throughput is known and without waiting for the cooldown, one
+// peer per empty stage, and never a stage's last holder.
+func TestRebalancerFillsEmptyStages(t *testing.T) {
+	r := mapRouter{0: {{ID: "a"}, {ID: "b"}, {ID: "c"}, {ID: "d"}}, 1: {}, 2: {}}
+	want := map[string]int{"a": 1, "b": 2, "c": -1, "d": -1}
+	now := time.Now()
+	for self, k := range want {
+		rb := &Rebalancer{Router: r, Stages: 3, Self: peer.ID(self), Ratio: 0.5, Cooldown: time.Hour, Settle: time.Hour, Rescue: 2 * time.Second}
+		if got := rb.Decide(now, 0); got != -1 {
+			t.Fatalf("%s moved before the picture settled: %d", self, got)
+		}
+		if got := rb.Decide(now.Add(2*time.Second), 0); got != k {
+			t.Errorf("%s: Decide = %d, want %d", self, got, k)
+		}
+	}
+	lone := mapRouter{0: {{ID: "a"}}, 1: {{ID: "b"}}, 2: {}}
+	rb := &Rebalancer{Router: lone, Stages: 3, Self: "a", Ratio: 0.5, Rescue: time.Second}
+	rb.Decide(now, 0)
+	if got := rb.Decide(now.Add(time.Minute), 0); got != -1 {
+		t.Errorf("a stage's last holder left it: %d", got)
+	}
+}

@@ -338,37 +338,6 @@ func (n *Node) SetStage(stage int) error {
 	return n.dht.SetSelf(self)
 }
 
-// ChooseStage picks the stage that needs a holder most: the one with the
-// fewest holders, then the least total throughput, then the lowest number.
-// self is left out of the count, so a peer can re-run it to reconsider.
-func ChooseStage(numStages int, holders map[int][]dht.Holder, self peer.ID) int {
-	best, bestN, bestTP := -1, 0, 0.0
-	for k := 0; k < numStages; k++ {
-		cnt, tp := 0, 0.0
-		for _, h := range holders[k] {
-			if h.Peer != self {
-				cnt++
-				tp += h.Throughput
-			}
-		}
-		if best < 0 || cnt < bestN || cnt == bestN && tp < bestTP {
-			best, bestN, bestTP = k, cnt, tp
-		}
-	}
-	return best
-}
-
-// AutoStage looks up every stage's holders in the DHT now (bounded by ctx),
-// then returns ChooseStage's pick.
-func (n *Node) AutoStage(ctx context.Context) int {
-	for k := 0; k < n.opts.NumStages; k++ {
-		if _, err := n.dht.Lookup(ctx, k); err != nil {
-			n.log.Debug("auto stage lookup", "stage", k, "err", err)
-		}
-	}
-	return ChooseStage(n.opts.NumStages, n.dht.AllHolders(), n.ID())
-}
-
 // Close stops the status server, leaves the run (a leave message, so peers
 // drop us at once), and closes the DHT, GossipSub and the host.
 func (n *Node) Close() error {

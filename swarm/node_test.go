@@ -147,7 +147,8 @@ func checkMetrics(t *testing.T, n *Node) {
 func checkStatusPage(t *testing.T, a, b *Node) {
 	t.Helper()
 	body := string(get(t, b.StatusURL()))
-	for _, want := range []string{b.ID().String(), a.ID().String(), `id="holders"`, "<polyline", `http-equiv="refresh"`} {
+	for _, want := range []string{b.ID().String(), a.ID().String(), `id="holders"`, "<polyline", `http-equiv="refresh"`,
+		"stage 1: no holder — the pipeline is stalled until a peer serves it"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("page lacks %q", want)
 		}
@@ -206,48 +207,6 @@ func TestStatusPageInBrowser(t *testing.T) {
 func nanLoss() float64 {
 	z := 0.0
 	return z / z
-}
-
-func TestChooseStage(t *testing.T) {
-	h := func(id string, tp float64) dht.Holder { return dht.Holder{Peer: peerID(id), Throughput: tp} }
-	cases := []struct {
-		holders map[int][]dht.Holder
-		want    int
-	}{
-		{map[int][]dht.Holder{}, 0},
-		{map[int][]dht.Holder{0: {h("a", 1)}}, 1},
-		{map[int][]dht.Holder{0: {h("a", 1)}, 1: {h("b", 5)}, 2: {h("c", 3)}}, 0},
-		{map[int][]dht.Holder{0: {h("a", 1), h("d", 1)}, 1: {h("b", 5)}, 2: {h("c", 3)}}, 2},
-		// Our own entry does not count: we are choosing where to be.
-		{map[int][]dht.Holder{0: {h("self", 1)}, 1: {h("b", 5)}, 2: {h("c", 3)}}, 0},
-	}
-	for i, c := range cases {
-		if got := ChooseStage(3, c.holders, peerID("self")); got != c.want {
-			t.Errorf("case %d: ChooseStage = %d, want %d", i, got, c.want)
-		}
-	}
-}
-
-func TestAutoStageFillsEmptyStage(t *testing.T) {
-	a := startTestNode(t, testOptions(t, 0))
-	ob := testOptions(t, 1)
-	ob.Bootstrap = []string{a.Addrs()[0].String()}
-	startTestNode(t, ob)
-	oc := testOptions(t, -1)
-	oc.Bootstrap = ob.Bootstrap
-	c := startTestNode(t, oc)
-	wait.For(t, 3*time.Second, func() error {
-		if k := c.AutoStage(t.Context()); k != 2 {
-			return fmt.Errorf("AutoStage = %d, want 2 (the empty stage)", k)
-		}
-		return nil
-	})
-	if err := c.SetStage(2); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.SetStage(3); err == nil {
-		t.Fatal("SetStage accepted a stage beyond the run")
-	}
 }
 
 func TestNewRejectsBadOptions(t *testing.T) {

@@ -367,10 +367,13 @@ func (r *roles) serve(ctx context.Context, k int) error {
 		<-ctx.Done()
 		return nil
 	}
+	// A stage with no holder is filled after one gossip round, and 1 s at
+	// least (Rescue): long enough for a move to reach every peer, short enough
+	// to unstall the pipeline within seconds.
 	rb := &pipeline.Rebalancer{
 		Router: dhtRouter{r.n.DHT()}, Stages: len(cfg.Stages), Self: r.n.ID(),
 		Ratio: cfg.Pipeline.RebalanceRatio, Cooldown: 3 * cfg.Pipeline.RebalanceEvery,
-		Settle: rebalanceSettle(cfg),
+		Settle: rebalanceSettle(cfg), Rescue: max(cfg.Node.GossipEvery, time.Second),
 	}
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()

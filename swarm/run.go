@@ -16,7 +16,8 @@ import (
 // the run within it (README promises 5 s).
 const shutdownGrace = 5 * time.Second
 
-// autoStageTimeout bounds the DHT lookups of node.stage auto.
+// autoStageTimeout bounds the choice of node.stage auto: the lookups of every
+// stage's holders and the re-checks after announcing (see AutoStage).
 const autoStageTimeout = 10 * time.Second
 
 // RunOptions are the settings of one `swarmnode run` beyond the run config.
@@ -43,7 +44,7 @@ func (o RunOptions) logger() *slog.Logger {
 
 // Run plays one peer of the swarm of cfg, a validated config, as `swarmnode
 // run` does. It starts the node, picks the stage to serve (node.stage; for
-// auto, the stage that needs a holder most), and plays node.role: a stage
+// auto, the stage that needs a holder most: AutoStage), and plays node.role: a stage
 // server until ctx ends, and/or a trainer whose last step ends the run. Then it
 // stops the roles and leaves the run within 5 s.
 //
@@ -82,7 +83,7 @@ func Run(ctx context.Context, cfg config.Config, o RunOptions) error {
 
 // runStage is the stage this node serves under cfg: -1 for a trainer (it
 // serves none), node.stage, or for auto the stage that needs a holder most
-// as the DHT shows it now.
+// (AutoStage, which announces it at once).
 func (n *Node) runStage(ctx context.Context, cfg config.Config) (int, error) {
 	if cfg.Node.Role == dht.RoleTrainer {
 		return -1, n.SetStage(-1)

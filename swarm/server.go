@@ -177,10 +177,11 @@ code{font-size:90%}.self{font-weight:bold}
 <p>step <span id="step">{{.Step}}</span> · loss <span id="loss">{{f4 .Loss}}</span> · <span id="tps">{{f1 .TokensPerSec}}</span> tokens/s</p>
 {{.LossSVG}}
 <h2>Stage holders</h2>
-<table id="holders">
+{{range .Stages}}{{if not .Holders}}<p class="stalled" data-stage="{{.Stage}}"><b>stage {{.Stage}}: no holder — the pipeline is stalled until a peer serves it</b></p>
+{{end}}{{end}}<table id="holders">
 <tr><th>stage</th><th>peer</th><th>role</th><th>throughput (tok/s)</th><th>queue</th><th>last seen</th></tr>
 {{range .Stages}}{{$k := .Stage}}{{if .Holders}}{{range .Holders}}<tr class="holder{{if .Self}} self{{end}}" data-stage="{{$k}}" data-peer="{{.PeerID}}"><td>{{$k}}</td><td><code>{{.PeerID}}</code></td><td>{{.Role}}</td><td>{{f1 .Throughput}}</td><td>{{.Queue}}</td><td>{{ago .LastSeen}} ago</td></tr>
-{{end}}{{else}}<tr class="empty" data-stage="{{$k}}"><td>{{$k}}</td><td colspan="5">no holders</td></tr>
+{{end}}{{else}}<tr class="empty" data-stage="{{$k}}"><td>{{$k}}</td><td colspan="5">no holder — the pipeline is stalled until a peer serves it</td></tr>
 {{end}}{{end}}</table>
 <h2>Pipeline and averaging</h2>
 <table id="counters">

@@ -78,12 +78,24 @@ type runProc struct {
 	addrs  []string
 	status string
 	stderr *bytes.Buffer
+	// lines carries its stdout, line by line, until it exits.
+	lines chan string
 	// exited is closed once the process has exited; err is its Wait error.
 	exited chan struct{}
 	err    error
 }
 
+// startRun starts `swarmnode run` with args and waits for its start-up lines.
 func startRun(t *testing.T, bin, cfg string, args ...string) *runProc {
+	t.Helper()
+	p := launchRun(t, bin, cfg, args...)
+	p.waitStarted(t)
+	return p
+}
+
+// launchRun starts `swarmnode run` with args without waiting for it; see
+// waitStarted.
+func launchRun(t *testing.T, bin, cfg string, args ...string) *runProc {
 	t.Helper()
 	cmd := exec.Command(bin, append([]string{"run", "--config", cfg, "--data-dir", t.TempDir()}, args...)...)
 	cmd.Dir = repoRoot(t)
@@ -91,7 +103,7 @@ func startRun(t *testing.T, bin, cfg string, args ...string) *runProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &runProc{cmd: cmd, stderr: &bytes.Buffer{}, exited: make(chan struct{})}
+	p := &runProc{cmd: cmd, stderr: &bytes.Buffer{}, exited: make(chan struct{}), lines: make(chan string, 64)}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -106,24 +118,29 @@ func startRun(t *testing.T, bin, cfg string, args ...string) *runProc {
 	})
 	// Buffered and never blocking: the reader must reach Wait even when the
 	// test has stopped reading (a failed start), or cleanup would hang.
-	lines := make(chan string, 64)
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			select {
-			case lines <- sc.Text():
+			case p.lines <- sc.Text():
 			default:
 			}
 		}
-		close(lines)
+		close(p.lines)
 		io.Copy(io.Discard, stdout)
 		p.err = cmd.Wait()
 		close(p.exited)
 	}()
+	return p
+}
+
+// waitStarted reads p's start-up lines up to its status URL (20 s at most).
+func (p *runProc) waitStarted(t *testing.T) {
+	t.Helper()
 	timeout := time.After(20 * time.Second)
 	for p.status == "" {
 		select {
-		case l, ok := <-lines:
+		case l, ok := <-p.lines:
 			if !ok {
 				t.Fatalf("swarmnode run exited before printing its status URL:\n%s", p.stderr)
 			}
@@ -144,7 +161,6 @@ func startRun(t *testing.T, bin, cfg string, args ...string) *runProc {
 			t.Fatalf("printed address %q lacks /p2p/%s", a, p.peerID)
 		}
 	}
-	return p
 }
 
 // readStatus reads p's /api/status into v.
@@ -311,7 +327,8 @@ func TestSwarmSurvivesKilledAndStoppedHolders(t *testing.T) {
 }
 
 // faults injects the test's faults as training goes and records how the
-// trainer's progress went: kill is killed at step 60, stop frozen at step 120.
+// trainer's progress went: kill is killed at step 60, stop frozen at step 120
+// (a nil one is left alone: faults{} only records).
 type faults struct {
 	kill, stop      *runProc
 	killed, stopped bool
@@ -358,14 +375,14 @@ func (f *faults) observe(t *testing.T, s apiStatus, now time.Time) {
 	for _, h := range s.History {
 		f.history = append(f.history, h.ValLoss)
 	}
-	if !f.killed && s.Step >= 60 {
+	if f.kill != nil && !f.killed && s.Step >= 60 {
 		if err := f.kill.cmd.Process.Kill(); err != nil {
 			t.Fatal(err)
 		}
 		f.killed, f.lastProgress = true, now
 		t.Logf("step %d: killed a holder of stage 1", s.Step)
 	}
-	if f.killed && !f.stopped && s.Step >= 120 {
+	if f.stop != nil && f.killed && !f.stopped && s.Step >= 120 {
 		if err := f.stop.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 			t.Fatal(err)
 		}
