@@ -19,6 +19,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	msmux "github.com/multiformats/go-multistream"
 
 	"swarmnode/codec"
 	"swarmnode/wire"
@@ -47,6 +48,18 @@ func (o *FetchOptions) fill() {
 	}
 }
 
+// ErrNotServing is FetchState's error when no holder asked serves the stage's
+// state protocol: they have announced the stage but not started serving it
+// (they are fetching its state themselves), so none holds a trained state.
+var ErrNotServing = errors.New("no holder serves the stage's state yet")
+
+// servesState reports whether a holder's error came from a holder that speaks
+// the state protocol (it is not a refusal of the protocol itself).
+func servesState(err error) bool {
+	var ns msmux.ErrNotSupported[protocol.ID]
+	return !errors.As(err, &ns)
+}
+
 // FetchState downloads the state of key from the holders in from at once: it
 // asks each for a manifest, then spreads the shards over every holder whose
 // layout matches the first manifest, each holder serving PerHolder shards at a
@@ -64,6 +77,9 @@ func FetchState(ctx context.Context, h host.Host, run, key string, from []peer.I
 	f := &fetch{h: h, proto: StateProtocol(run, key), o: o}
 	servers := f.manifests(ctx, slices.Compact(slices.Clone(from)))
 	if len(servers) == 0 {
+		if len(f.errs) > 0 && !slices.ContainsFunc(f.errs, servesState) {
+			return State{}, fmt.Errorf("fetch state: %w: %w", ErrNotServing, errors.Join(f.errs...))
+		}
 		return State{}, fmt.Errorf("fetch state: no manifest: %w", errors.Join(f.errs...))
 	}
 	f.layout(servers[0])

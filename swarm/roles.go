@@ -222,8 +222,8 @@ func (s *stageSource) warn(err error) {
 // its other holders into st. It first looks the holders up in the DHT, so that
 // a restarted peer does not mistake an empty table for an empty stage. With no
 // other holder st keeps its initial weights: the stage starts here. When the
-// holders exist but every download fails, it refuses (an error) rather than
-// serve initial weights beside a trained stage.
+// holders serve their state but every download fails, it refuses (an error)
+// rather than serve initial weights beside a trained stage.
 func (r *roles) loadStageState(ctx context.Context, st *stages.Stage, k int) error {
 	var lastErr error
 	for attempt := 1; attempt <= stateAttempts; attempt++ {
@@ -246,6 +246,12 @@ func (r *roles) loadStageState(ctx context.Context, st *stages.Stage, k int) err
 			return ctx.Err()
 		case <-time.After(time.Duration(attempt) * time.Second):
 		}
+	}
+	if errors.Is(lastErr, averaging.ErrNotServing) {
+		// They announced the stage but serve nothing yet: joiners of a new
+		// stage, with no trained state to give either.
+		r.log.Info("the stage's other holders serve no state yet: starting from initial weights", "stage", k)
+		return nil
 	}
 	return fmt.Errorf("stage %d: no state from its holders after %d attempts; refusing to serve initial weights: %w", k, stateAttempts, lastErr)
 }

@@ -33,6 +33,13 @@ func TestReadmeRecipeSpreadsVolunteers(t *testing.T) {
 		}
 		volunteers[i] = launchRun(t, bin, cfg, append(local, "--bootstrap", bootAddr)...)
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i, v := range append(volunteers, boot) {
+				t.Logf("peer %d log:\n%s", i, v.stderr)
+			}
+		}
+	})
 	held := waitAllStagesHeld(t, boot, 3, start.Add(10*time.Second))
 	t.Logf("every stage held %s after the first volunteer started: %v", held.Sub(start).Round(10*time.Millisecond), stageCounts(t, boot))
 	for _, v := range volunteers {
