@@ -262,8 +262,8 @@ func (s *Stage) SetState(st model.State) error {
 	return err
 }
 
-// ReadState downloads the values at [off, off+len(dst)) of Params|M|V laid end
-// to end: an averaging round reads the state chunk by chunk, so a chunk costs
+// ReadState downloads the values at [off, off+len(dst)) of Params|M|V|Grads
+// laid end to end: an averaging round reads the state chunk by chunk, so a chunk costs
 // its own size on the bus, not the whole state's.
 func (s *Stage) ReadState(off int, dst []float32) error {
 	return s.d.Do(func(c *Ctx) error {
@@ -273,8 +273,9 @@ func (s *Stage) ReadState(off int, dst []float32) error {
 	})
 }
 
-// AddState adds delta to the values at [off, off+len(delta)) of Params|M|V laid
-// end to end (an averaging round's correction), on the device; the bfloat16 copy
+// AddState adds delta to the values at [off, off+len(delta)) of
+// Params|M|V|Grads laid end to end (an averaging round's correction, or an
+// all-reduced gradient), on the device; the bfloat16 copy
 // of the parameters follows.
 func (s *Stage) AddState(off int, delta []float32) error {
 	return s.d.Do(func(c *Ctx) error {
@@ -309,15 +310,15 @@ func (s *Stage) AddState(off int, delta []float32) error {
 }
 
 // stateSpans calls fn with the device slices that make up [off, off+n) of
-// Params|M|V laid end to end, each with its offset into the range and whether it
+// Params|M|V|Grads laid end to end, each with its offset into the range and whether it
 // is part of the parameters.
 func (s *Stage) stateSpans(off, n int, fn func(b Buf, at int, params bool) error) error {
 	size := s.lay.Size
-	if off < 0 || n < 0 || off+n > 3*size {
-		return fmt.Errorf("cuda: state range [%d, %d) outside the %d values of Params|M|V", off, off+n, 3*size)
+	if off < 0 || n < 0 || off+n > 4*size {
+		return fmt.Errorf("cuda: state range [%d, %d) outside the %d values of Params|M|V|Grads", off, off+n, 4*size)
 	}
 	at := 0
-	for i, b := range []Buf{s.params, s.m, s.v} {
+	for i, b := range []Buf{s.params, s.m, s.v, s.grads} {
 		lo, hi := max(off, i*size), min(off+n, (i+1)*size)
 		if lo >= hi {
 			continue

@@ -225,11 +225,11 @@ func (e *cpuEngine) addState(off int, delta []float32) error {
 }
 
 // stateSpan calls fn for each part of [off, off+n) that falls in one of Params,
-// M and V laid end to end: the part's slice of it and where it starts in the
-// range.
+// M, V and the gradients laid end to end: the part's slice of it and where it
+// starts in the range.
 func (e *cpuEngine) stateSpan(off, n int, fn func(p []float32, at int)) {
 	base := 0
-	for _, p := range [3][]float32{e.params, e.m, e.v} {
+	for _, p := range [4][]float32{e.params, e.m, e.v, e.grads} {
 		lo, hi := max(off, base), min(off+n, base+len(p))
 		if lo < hi {
 			fn(p[lo-base:hi-base], lo-off)

@@ -161,6 +161,25 @@ func TestGPUState(t *testing.T) {
 	if err := g.ReadState(3*n-1, make([]float32, 2)); err == nil {
 		t.Fatal("GPU ReadState accepted an out-of-range request")
 	}
+	// The gradients: a ranged add then a ranged read, against the CPU twin.
+	for _, s := range []*Stage{c, g} {
+		if err := s.AddGrads(n/3, delta[:n/2]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b := make([]float32, n-2), make([]float32, n-2)
+	if err := c.ReadGrads(1, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.ReadGrads(1, b); err != nil {
+		t.Fatal(err)
+	}
+	if d := maxAbsDiff(a, b); d != 0 {
+		t.Fatalf("ReadGrads: GPU and CPU differ by %g", d)
+	}
+	if err := g.ReadGrads(n-1, make([]float32, 2)); err == nil {
+		t.Fatal("GPU ReadGrads accepted an out-of-range request")
+	}
 }
 
 // TestGPUTrains checks that bf16 training on the GPU lowers the loss on a fixed

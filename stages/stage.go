@@ -53,7 +53,8 @@ type engine interface {
 	zeroGrad() error
 	// withState fills st's vectors, calls fn and keeps what fn wrote.
 	withState(st *model.State, fn func(*model.State)) error
-	// readState and addState address Params, M and V laid end to end.
+	// readState and addState address Params, M, V and the gradients laid end
+	// to end.
 	readState(off int, dst []float32) error
 	addState(off int, delta []float32) error
 	// vector returns the parameters, or the gradients: live on the CPU, a copy

@@ -93,3 +93,32 @@ func (s *Stage) stateRange(off, n int, write bool, what string, op func() error)
 	}
 	return nil
 }
+
+// ReadGrads copies the accumulated gradients at [off, off+len(dst)) into dst,
+// under the gradients' lock: holders of a stage read their gradients chunk by
+// chunk to all-reduce them before they step together. A GPU stage downloads
+// only that range.
+func (s *Stage) ReadGrads(off int, dst []float32) error {
+	return s.gradRange(off, len(dst), "reading", func() error { return s.eng.readState(s.StateLen()+off, dst) })
+}
+
+// AddGrads adds delta to the accumulated gradients at [off, off+len(delta)),
+// under the gradients' lock (an all-reduce's result, or taking a microbatch's
+// gradient back out).
+func (s *Stage) AddGrads(off int, delta []float32) error {
+	return s.gradRange(off, len(delta), "updating", func() error { return s.eng.addState(s.StateLen()+off, delta) })
+}
+
+// gradRange checks [off, off+n) against the gradients and runs op under the
+// gradients' lock. The engines address the gradients after Params|M|V.
+func (s *Stage) gradRange(off, n int, what string, op func() error) error {
+	if off < 0 || n < 0 || off > s.lay.Size-n {
+		return fmt.Errorf("stage %d: gradient range [%d, %d) outside [0, %d)", s.part.Index, off, off+n, s.lay.Size)
+	}
+	s.gradMu.Lock()
+	defer s.gradMu.Unlock()
+	if err := op(); err != nil {
+		return fmt.Errorf("stage %d: %s the gradients: %w", s.part.Index, what, s.fail(err))
+	}
+	return nil
+}

@@ -78,3 +78,48 @@ func TestReadAddState(t *testing.T) {
 		t.Errorf("CPU stage: OnGPU %v, Device %q, DeviceErr %v", s.OnGPU(), s.Device(), s.DeviceErr())
 	}
 }
+
+// TestReadAddGrads checks the gradient accessors against Grads, and that they
+// leave the parameters and moments alone and refuse ranges outside the gradients.
+func TestReadAddGrads(t *testing.T) {
+	s, err := New(tinyCfg, []int{1, 1}, 1, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := s.NumParams()
+	for i := range s.Grads() {
+		s.Grads()[i] = float32(i%13) - 6
+	}
+	before := append([]float32(nil), s.Params()...)
+	delta := make([]float32, n-7)
+	for i := range delta {
+		delta[i] = float32(i%3) * 0.5
+	}
+	if err := s.AddGrads(5, delta); err != nil {
+		t.Fatal(err)
+	}
+	dst := make([]float32, n)
+	if err := s.ReadGrads(0, dst); err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range dst {
+		want := float32(i%13) - 6
+		if i >= 5 && i < 5+len(delta) {
+			want += delta[i-5]
+		}
+		if v != want {
+			t.Fatalf("gradient %d = %v, want %v", i, v, want)
+		}
+	}
+	for i, p := range s.Params() {
+		if p != before[i] {
+			t.Fatalf("AddGrads changed parameter %d", i)
+		}
+	}
+	if err := s.ReadGrads(n-1, make([]float32, 2)); err == nil {
+		t.Error("ReadGrads accepted a range past the gradients")
+	}
+	if err := s.AddGrads(-1, make([]float32, 1)); err == nil {
+		t.Error("AddGrads accepted a negative offset")
+	}
+}
