@@ -350,12 +350,24 @@ type Phases struct {
 // by Deadline whatever its peers do. Every holder must call it with the same r at
 // about the same time (Run does so from the clock); tests call it directly.
 func (a *Averager) Round(ctx context.Context, r uint64) (Result, error) {
+	return a.roundAmong(ctx, r, a.peers)
+}
+
+// RoundAmong runs round r now among holders (which may include the local peer)
+// instead of those Peers returns: the holders of a stage that step together
+// use the list that whoever asked them to step gave every one of them, so that
+// their views agree and the leader waits for no one else.
+func (a *Averager) RoundAmong(ctx context.Context, r uint64, holders []peer.ID) (Result, error) {
+	return a.roundAmong(ctx, r, PeerList(holders))
+}
+
+func (a *Averager) roundAmong(ctx context.Context, r uint64, peers Peers) (Result, error) {
 	a.roundMu.Lock()
 	defer a.roundMu.Unlock()
 	start := time.Now()
 	ctx, cancel := context.WithDeadline(ctx, start.Add(a.o.Deadline))
 	defer cancel()
-	res, err := a.round(ctx, r, start)
+	res, err := a.round(ctx, r, start, peers)
 	res.Took = time.Since(start)
 	a.record(r, res, err)
 	return res, err
@@ -384,13 +396,13 @@ func (a *Averager) record(r uint64, res Result, err error) {
 	}
 }
 
-func (a *Averager) round(ctx context.Context, r uint64, start time.Time) (Result, error) {
+func (a *Averager) round(ctx context.Context, r uint64, start time.Time, peers Peers) (Result, error) {
 	n := a.src.Len()
 	if n < 1 {
 		return Result{}, fmt.Errorf("%w: empty vector", ErrSkipped)
 	}
 	mctx, mcancel := context.WithDeadline(ctx, start.Add(a.o.Matchmaking))
-	holders, err := a.peers.Holders(mctx)
+	holders, err := peers.Holders(mctx)
 	mcancel()
 	if err != nil {
 		return Result{}, fmt.Errorf("%w: holders: %v", ErrSkipped, err)

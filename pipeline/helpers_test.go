@@ -2,7 +2,9 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -134,11 +136,12 @@ func (r *testRouter) MarkDown(p peer.ID) {
 // testSwarm is a whole pipeline in one process: holders[k] servers for stage k,
 // each on its own host, and a trainer host.
 type testSwarm struct {
-	cfg     config.Config
-	router  *testRouter
-	workers []*Worker
-	servers [][]*Server
-	trainer host.Host
+	cfg      config.Config
+	router   *testRouter
+	workers  []*Worker   // the first holder's of each stage
+	replicas [][]*Worker // every holder's, per stage
+	servers  [][]*Server
+	trainer  host.Host
 }
 
 // newSwarm starts the servers. Holders of one stage share one Worker: they stand
@@ -152,15 +155,22 @@ func newSwarm(tb testing.TB, cfg config.Config, holders []int, slow map[[2]int]f
 func newSwarmLog(tb testing.TB, cfg config.Config, holders []int, slow map[[2]int]float64, log *slog.Logger) *testSwarm {
 	tb.Helper()
 	sw := &testSwarm{cfg: cfg, router: newTestRouter()}
+	mem := &memReduce{rounds: map[uint64]*memRound{}}
 	for k := range cfg.Stages {
-		st, err := stages.New(cfg.Model, cfg.Stages, k, cfg.Train.Seed)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		w := NewWorker(st, WorkerOptionsFrom(cfg))
-		sw.workers = append(sw.workers, w)
 		var row []*Server
-		for i := range holders[k] {
+		var ws []*Worker
+		for i := range max(1, holders[k]) {
+			st, err := stages.New(cfg.Model, cfg.Stages, k, cfg.Train.Seed)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			wo := WorkerOptionsFrom(cfg)
+			w := NewWorker(st, wo)
+			w.opts.Reduce = mem.reducer(w)
+			ws = append(ws, w)
+			if i >= holders[k] {
+				break // a stage with no holder still has a worker for tests to look at
+			}
 			so := ServerOptionsFrom(cfg, log)
 			so.Slowdown = slow[[2]int{k, i}]
 			s, err := NewServer(newHost(tb), w, sw.router, so)
@@ -172,6 +182,8 @@ func newSwarmLog(tb testing.TB, cfg config.Config, holders []int, slow map[[2]in
 			row = append(row, s)
 		}
 		sw.servers = append(sw.servers, row)
+		sw.workers = append(sw.workers, ws[0])
+		sw.replicas = append(sw.replicas, ws)
 	}
 	sw.trainer = newHost(tb)
 	return sw
@@ -180,6 +192,9 @@ func newSwarmLog(tb testing.TB, cfg config.Config, holders []int, slow map[[2]in
 func (sw *testSwarm) newTrainer(tb testing.TB, corpus *data.Corpus, o TrainerOptions) *Trainer {
 	tb.Helper()
 	o.Run, o.Model, o.Stages, o.Train, o.Pipeline = sw.cfg.Run, sw.cfg.Model, len(sw.cfg.Stages), sw.cfg.Train, sw.cfg.Pipeline
+	if o.Logger == nil && testing.Verbose() {
+		o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	tr, err := NewTrainer(sw.trainer, sw.router, corpus, o)
 	if err != nil {
 		tb.Fatal(err)
@@ -199,4 +214,58 @@ func runTrainer(tb testing.TB, tr *Trainer, timeout time.Duration) Summary {
 		tb.Fatalf("training did not finish in %s: %+v", timeout, tr.Stats())
 	}
 	return sum
+}
+
+// memReduce all-reduces the gradients of the workers of one process, so that
+// the replicas of a stage in a test swarm step together as the swarm's do
+// through package averaging (whose own tests cover the network).
+type memReduce struct {
+	mu     sync.Mutex
+	rounds map[uint64]*memRound
+}
+
+type memRound struct {
+	want, arrived int
+	sum           []float64
+	micro         int
+	ready         chan struct{}
+}
+
+// reducer returns w's Reduce: it waits up to two seconds for every member,
+// then leaves the members' summed gradients over their summed microbatches in
+// w's gradients.
+func (m *memReduce) reducer(w *Worker) func(context.Context, Round) (bool, error) {
+	return func(ctx context.Context, r Round) (bool, error) {
+		st := w.Stage()
+		g := make([]float32, st.NumParams())
+		if err := st.ReadGrads(0, g); err != nil {
+			return false, err
+		}
+		m.mu.Lock()
+		rd := m.rounds[r.ID]
+		if rd == nil {
+			rd = &memRound{want: len(r.Members), sum: make([]float64, len(g)), ready: make(chan struct{})}
+			m.rounds[r.ID] = rd
+		}
+		for i, v := range g {
+			rd.sum[i] += float64(v)
+		}
+		rd.micro += r.Micro
+		if rd.arrived++; rd.arrived == rd.want {
+			close(rd.ready)
+		}
+		m.mu.Unlock()
+		select {
+		case <-rd.ready:
+		case <-time.After(2 * time.Second):
+			return false, errors.New("a member did not arrive")
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+		inv := 1 / float64(max(1, rd.micro))
+		for i := range g {
+			g[i] = float32(rd.sum[i]*inv) - g[i]
+		}
+		return true, st.AddGrads(0, g)
+	}
 }

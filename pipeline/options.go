@@ -8,10 +8,7 @@ import (
 
 // WorkerOptionsFrom takes a worker's settings from a run config.
 func WorkerOptionsFrom(cfg config.Config) WorkerOptions {
-	return WorkerOptions{
-		Optim: cfg.Train.Optim, StepSamples: cfg.Train.Batch, Microbatch: cfg.Train.Microbatch,
-		Staleness: cfg.Pipeline.Staleness,
-	}
+	return WorkerOptions{Optim: cfg.Train.Optim}
 }
 
 // ServerOptionsFrom takes a stage server's settings from a run config.

@@ -169,6 +169,7 @@ func NewServer(h host.Host, w *Worker, r Router, o ServerOptions) (*Server, erro
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	h.SetStreamHandler(Protocol(o.Run), s.handle)
+	h.SetStreamHandler(CommitProtocol(o.Run), s.handleCommit)
 	return s, nil
 }
 
@@ -217,6 +218,7 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	s.host.RemoveStreamHandler(Protocol(s.opts.Run))
+	s.host.RemoveStreamHandler(CommitProtocol(s.opts.Run))
 	s.cancel()
 	// Upstreams see a reset at once and retry elsewhere; handlers stop waiting.
 	for _, str := range active {
@@ -467,12 +469,9 @@ func (s *Server) compute(ctx, soft context.Context, req *serverRequest) (answer,
 	}
 	ans, err := s.complete(ctx, soft, req, p, fd)
 	if err != nil || req.eval {
-		// A training pass that ends without its backward gives its quota back.
-		// (After a backward that consumed the pass, Release does nothing.)
+		// A pass that ends without its backward gives its buffers back. (After
+		// a backward that consumed the pass, Release does nothing.)
 		p.Release()
-		if !req.eval {
-			s.w.unadmit(req.b)
-		}
 	}
 	return ans, err
 }
@@ -481,29 +480,19 @@ func (s *Server) compute(ctx, soft context.Context, req *serverRequest) (answer,
 // while ctx goes on).
 func cancelled(ctx, soft context.Context) bool { return ctx.Err() == nil && soft.Err() != nil }
 
-// forward admits a training request against the worker's quota and runs the
-// stage forward; fd is how long that took (Slowdown included).
+// forward runs the stage forward; fd is how long that took (Slowdown included).
 func (s *Server) forward(ctx, soft context.Context, req *serverRequest) (p *stages.Pass, fd time.Duration, err error) {
 	in := model.Input{B: req.b, T: req.t, Tokens: req.tokens}
 	if s.k == s.n-1 {
 		in.Targets = req.targets
 	}
-	s.queue.Add(1)
-	if !req.eval {
-		if err := s.w.admit(soft, req.b); err != nil {
-			s.queue.Add(-1)
-			if cancelled(ctx, soft) {
-				return nil, 0, errCancelled
-			}
-			return nil, 0, err
-		}
+	if cancelled(ctx, soft) {
+		return nil, 0, errCancelled
 	}
+	s.queue.Add(1)
 	p, fd, err = s.w.forward(in, req.x, s.tensors)
 	s.queue.Add(-1)
 	if err != nil {
-		if !req.eval {
-			s.w.unadmit(req.b)
-		}
 		return nil, 0, fmt.Errorf("%w: %v", wire.ErrShape, err)
 	}
 	return p, fd + s.slow(soft, fd), nil
@@ -562,7 +551,14 @@ func (s *Server) callDown(ctx, soft context.Context, req *serverRequest, p *stag
 // the forward and backward time into the measured speed.
 func (s *Server) backward(ctx context.Context, req *serverRequest, p *stages.Pass, fd time.Duration, dout stages.Tensor) (stages.Tensor, error) {
 	s.queue.Add(1)
-	dx, bd, err := s.w.backward(p, dout, s.tensors)
+	e := entry{id: req.id, in: model.Input{B: req.b, T: req.t}, x: req.x}
+	if s.k == 0 {
+		e.in.Tokens = req.tokens
+	}
+	if s.k == s.n-1 {
+		e.in.Targets = req.targets
+	}
+	dx, bd, err := s.w.backward(p, dout, s.tensors, e)
 	s.queue.Add(-1)
 	if err != nil {
 		return stages.Tensor{}, fmt.Errorf("%w: %v", wire.ErrShape, err)

@@ -124,6 +124,15 @@ type TrainerStats struct {
 	Failed int64 `json:"failed"`
 	// Lost counts microbatches given up on: zero unless the run was stopped.
 	Lost int64 `json:"lost"`
+	// Stepped counts, per stage, the sequences the stage's holders stepped on
+	// at this trainer's commits: Train.Batch per step when every microbatch
+	// counted exactly once.
+	Stepped []int64 `json:"stepped"`
+	// Replayed counts microbatches sent again because a stage had lost their
+	// gradients (a holder gone with them); TakenBack counts extra copies that
+	// holders took back (a microbatch counted twice at a stage).
+	Replayed  int64 `json:"replayed"`
+	TakenBack int64 `json:"taken_back"`
 	// History holds the most recent steps, oldest first.
 	History []Point `json:"history"`
 }
@@ -139,7 +148,8 @@ type Trainer struct {
 	log    *slog.Logger
 	idBase uint64
 
-	completed, lost atomic.Int64
+	completed, lost     atomic.Int64
+	replayed, takenBack atomic.Int64
 
 	mu    sync.Mutex
 	stats TrainerStats
@@ -188,13 +198,18 @@ func (t *Trainer) Stats() TrainerStats {
 	t.mu.Lock()
 	s := t.stats
 	s.History = append([]Point(nil), t.stats.History...)
+	s.Stepped = append([]int64(nil), t.stats.Stepped...)
 	t.mu.Unlock()
 	// Every failed attempt is followed by another, at another holder or after a pause.
 	s.Completed, s.Failed, s.Lost = t.completed.Load(), t.call.failures.Load(), t.lost.Load()
 	s.Hedged = t.call.hedges.Load()
 	s.Retried = s.Failed + s.Hedged
+	s.Replayed, s.TakenBack = t.replayed.Load(), t.takenBack.Load()
 	return s
 }
+
+// tag is the trainer's part of its microbatch ids (their high 32 bits).
+func (t *Trainer) tag() uint32 { return uint32(t.idBase >> 32) }
 
 type job struct {
 	req  request
@@ -210,7 +225,7 @@ type result struct {
 // Run trains Train.Steps steps and evaluates every EvalEvery steps and at the end.
 // When ctx ends it stops early and returns the summary so far with a nil error.
 func (t *Trainer) Run(ctx context.Context) (Summary, error) {
-	r := t.newRun()
+	r := t.newRun(ctx)
 	jobs := make(chan *job)
 	results := make(chan result, t.opts.Pipeline.InFlight)
 	defer t.startWorkers(ctx, jobs, results)()
@@ -231,7 +246,13 @@ func (t *Trainer) Run(ctx context.Context) (Summary, error) {
 				t.report(Failed, 1)
 				return r.sum, res.err
 			}
-			r.collect(res)
+			if err := r.collect(res); err != nil {
+				if ctx.Err() != nil {
+					t.log.Info("stopping early", "step", r.step)
+					return r.sum, nil
+				}
+				return r.sum, err
+			}
 		case <-ctx.Done():
 			t.lost.Add(int64(r.inflight))
 			t.report(Failed, r.inflight)
@@ -264,6 +285,7 @@ func (t *Trainer) startWorkers(ctx context.Context, jobs <-chan *job, results ch
 // done, the step they accumulate into, the evaluation in progress and the
 // window of steps since the previous evaluation.
 type runState struct {
+	ctx   context.Context
 	tr    *Trainer
 	o     TrainerOptions
 	accum int // microbatches per step
@@ -273,6 +295,7 @@ type runState struct {
 	sum   Summary
 
 	next         *job   // waiting for a worker
+	stepJobs     []*job // the training microbatches of the step in progress
 	evalQueue    []*job // evaluation microbatches not yet handed out
 	nid          int    // microbatch ids handed out
 	issued, done int    // training microbatches
@@ -290,10 +313,10 @@ type runState struct {
 	winSteps, winTokens int
 }
 
-func (t *Trainer) newRun() *runState {
+func (t *Trainer) newRun(ctx context.Context) *runState {
 	o := t.opts
 	return &runState{
-		tr: t, o: o, accum: o.Train.Accumulation(),
+		ctx: ctx, tr: t, o: o, accum: o.Train.Accumulation(),
 		B: o.Train.Microbatch, T: min(o.Model.SeqLen, t.corpus.MaxSeqLen(data.Train)),
 		total: o.Train.Steps * o.Train.Accumulation(), rng: data.NewRNG(o.Train.Seed, o.Stream),
 		winStart: time.Now(),
@@ -304,14 +327,19 @@ func (t *Trainer) newRun() *runState {
 func (r *runState) running() bool { return r.done < r.total || r.evalLeft > 0 }
 
 // pending returns the job waiting for a worker, taking the next one when none
-// waits: evaluation microbatches first, and no new training microbatch while an
-// evaluation is in progress. Nil when there is nothing to hand out now.
+// waits: evaluation microbatches first, no new training microbatch while an
+// evaluation is in progress, and none of a step more than pipeline.staleness
+// steps after the one in progress (the holders step together once a step's
+// microbatches are all back: a microbatch of a later step that a holder has
+// accumulated by then goes into that step, a step early).
+// Nil when there is nothing to hand out now.
 func (r *runState) pending() *job {
 	if r.next == nil {
 		if len(r.evalQueue) > 0 {
 			r.next, r.evalQueue = r.evalQueue[0], r.evalQueue[1:]
-		} else if r.evalLeft == 0 && r.issued < r.total {
+		} else if r.evalLeft == 0 && r.issued < r.total && r.issued < (r.step+1+r.o.Pipeline.Staleness)*r.accum {
 			r.next = r.newJob(data.Train, r.rng, r.T, false)
+			r.stepJobs = append(r.stepJobs, r.next)
 			r.issued++
 		}
 	}
@@ -325,27 +353,33 @@ func (r *runState) newJob(split data.Split, rng *rand.Rand, T int, eval bool) *j
 	return &job{eval: eval, req: request{id: id, stage: 0, eval: eval, b: r.B, t: T, tokens: tok, targets: tgt}}
 }
 
-// collect takes one microbatch's loss.
-func (r *runState) collect(res result) {
+// collect takes one microbatch's loss; the last of a step commits the step.
+func (r *runState) collect(res result) error {
 	if res.job.eval {
 		r.evalSum += float64(res.loss)
 		if r.evalLeft--; r.evalLeft == 0 {
 			r.evaluated()
 		}
-		return
+		return nil
 	}
 	r.tr.completed.Add(1)
 	r.tr.report(Completed, 1)
 	r.done++
 	r.stepLoss += float64(res.loss)
 	r.winTokens += r.B * r.T
-	if r.done%r.accum == 0 {
-		r.stepDone()
+	if r.done%r.accum != 0 {
+		return nil
 	}
+	if err := r.tr.commitStep(r.ctx, r.step+1, r.stepJobs[:r.accum], r.stepJobs[r.accum:]); err != nil {
+		return err
+	}
+	r.stepJobs = append(r.stepJobs[:0], r.stepJobs[r.accum:]...)
+	r.stepDone()
+	return nil
 }
 
-// stepDone reports the step whose microbatches are all back, and starts an
-// evaluation every EvalEvery steps and after the last.
+// stepDone reports the step whose microbatches are all back and committed, and
+// starts an evaluation every EvalEvery steps and after the last.
 func (r *runState) stepDone() {
 	r.step++
 	now := time.Now()

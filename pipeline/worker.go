@@ -2,9 +2,11 @@ package pipeline
 
 import (
 	"context"
+	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"swarmnode/model"
 	"swarmnode/stages"
@@ -14,103 +16,96 @@ import (
 type StepInfo struct {
 	// Version is the stage's parameter version after the step.
 	Version uint64
-	// Samples is the number of sequences whose gradients the step applied.
-	Samples int
+	// Samples is the number of sequences whose gradients this holder
+	// contributed to the step; Micro the number of microbatches.
+	Samples, Micro int
+	// Averaged reports whether the step applied the mean gradient of the
+	// stage's holders (an all-reduce that succeeded) rather than this holder's
+	// own.
+	Averaged bool
 	// GradNorm is the gradient norm before clipping.
 	GradNorm float32
+}
+
+// Round is one synchronized step of a stage's holders, as Reduce sees it.
+type Round struct {
+	// ID names the all-reduce round; every member is given the same.
+	ID uint64
+	// Members are the holders of the stage that step together, this one among
+	// them.
+	Members []peer.ID
+	// Micro is the number of microbatches this holder accumulated: its weight.
+	Micro int
 }
 
 // WorkerOptions set a Worker's optimizer schedule.
 type WorkerOptions struct {
 	// Optim is the optimizer and learning-rate schedule.
 	Optim model.Optim
-	// StepSamples is the number of sequences per optimizer step (train.batch).
-	StepSamples int
-	// Microbatch is the number of sequences per microbatch (train.microbatch); a
-	// step averages the gradients over StepSamples/Microbatch microbatches.
-	Microbatch int
-	// Staleness is pipeline.staleness: how many steps ahead forward passes may run.
-	Staleness int
-	// Replicas, if set, returns how many peers hold this stage (this one
-	// included). Each then steps after its share, StepSamples/Replicas sequences
-	// (at least one microbatch), so that with averaging keeping the replicas
-	// together the stage as a whole steps once per StepSamples sequences, as in
-	// `swarmnode local`, instead of once per StepSamples sequences per replica.
-	// Nil: every replica steps after StepSamples of its own sequences.
-	Replicas func() int
+	// Reduce, if set, all-reduces the accumulated gradients with the other
+	// members of a round before the worker steps: afterwards the gradients
+	// hold the members' mean gradient per microbatch, weighted by Round.Micro,
+	// and Reduce returns true. It returns false (and the worker steps on its
+	// own gradients) when no other member took part. It runs with backward
+	// passes held off.
+	Reduce func(ctx context.Context, r Round) (averaged bool, err error)
+	// Logger receives failures of Reduce; nil discards them.
+	Logger *slog.Logger
 }
 
 // Worker computes one stage for the servers that front it: forward and backward
 // passes, one at a time (the math is parallel inside), and an optimizer step each
-// time the gradients of StepSamples sequences have accumulated. Several servers
-// may share a Worker; normally each has its own.
+// time a trainer commits a step (Commit). Several servers may share a Worker;
+// normally each has its own.
 //
-// Training forward passes are admitted against a quota of (Staleness+1) steps'
-// worth of sequences not yet stepped; a forward beyond it waits for the next step.
-// With Staleness 0 every step's gradients come from forward and backward passes on
-// the same parameter version.
+// The worker keeps a ledger of the microbatches whose gradients it accumulated
+// since its last step, with what it needs to compute each again, so that a
+// commit can take back a copy that was counted twice (an answer lost after
+// the backward pass, and the microbatch retried elsewhere): every microbatch
+// counts exactly once in the step.
+//
+// Which parameters a forward pass runs on is the trainers' business: a trainer
+// sends a step's microbatches only once the step pipeline.staleness before it
+// is committed.
 type Worker struct {
 	st   *stages.Stage
 	opts WorkerOptions
+	log  *slog.Logger
 
 	compute sync.Mutex
-	// gate keeps a step from landing between a backward pass and the count of its
-	// samples: backward passes hold it shared, a step exclusively.
-	gate    sync.RWMutex
-	samples atomic.Int64
-
-	qmu      sync.Mutex
-	admitted int           // training sequences forwarded and not yet stepped
-	stepped  chan struct{} // closed and replaced when admitted shrinks
+	// gate keeps a step from landing between a backward pass and its ledger
+	// entry: backward passes hold it shared, a commit exclusively.
+	gate   sync.RWMutex
+	ledger []entry           // accumulated since the last step (under gate)
+	lmu    sync.Mutex        // guards ledger against concurrent backward passes
+	done   map[uint64]uint64 // ids stepped recently -> the version they went into
+	doneQ  []uint64          // the same ids, oldest first, to bound done
 
 	mu     sync.Mutex
 	onStep func(StepInfo)
 }
 
+// entry is one microbatch whose gradient the worker accumulated: enough to
+// compute that gradient again at the same parameters and take it back out.
+type entry struct {
+	id      uint64
+	in      model.Input // shape, tokens (first stage) and targets (last stage)
+	x, dout stages.Tensor
+	wire    stages.Wire // the format the passes asked for
+}
+
+// keepDone is how many stepped microbatch ids a worker remembers, so that a
+// trainer asking after a microbatch another trainer's commit already stepped
+// hears that it counted.
+const keepDone = 1 << 14
+
 // NewWorker wraps stage st.
 func NewWorker(st *stages.Stage, o WorkerOptions) *Worker {
-	o.StepSamples, o.Microbatch, o.Staleness = max(1, o.StepSamples), max(1, o.Microbatch), max(0, o.Staleness)
-	return &Worker{st: st, opts: o, stepped: make(chan struct{})}
-}
-
-// stepSamples is the number of sequences after which this replica steps.
-func (w *Worker) stepSamples() int {
-	n := w.opts.StepSamples
-	if w.opts.Replicas != nil {
-		if r := w.opts.Replicas(); r > 1 {
-			n = max(w.opts.Microbatch, n/r)
-		}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	return n
-}
-
-// admit waits until a training forward of b sequences fits the quota.
-func (w *Worker) admit(ctx context.Context, b int) error {
-	quota := (w.opts.Staleness + 1) * w.stepSamples()
-	for {
-		w.qmu.Lock()
-		if w.admitted == 0 || w.admitted+b <= quota {
-			w.admitted += b
-			w.qmu.Unlock()
-			return nil
-		}
-		ch := w.stepped
-		w.qmu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
-// unadmit returns b sequences to the quota (a pass dropped, or stepped).
-func (w *Worker) unadmit(b int) {
-	w.qmu.Lock()
-	w.admitted = max(0, w.admitted-b)
-	close(w.stepped)
-	w.stepped = make(chan struct{})
-	w.qmu.Unlock()
+	return &Worker{st: st, opts: o, log: log, done: make(map[uint64]uint64)}
 }
 
 // Stage returns the stage the worker computes.
@@ -125,7 +120,15 @@ func (w *Worker) OnStep(fn func(StepInfo)) {
 }
 
 // Pending returns the number of sequences accumulated since the last step.
-func (w *Worker) Pending() int { return int(w.samples.Load()) }
+func (w *Worker) Pending() int {
+	w.lmu.Lock()
+	defer w.lmu.Unlock()
+	n := 0
+	for _, e := range w.ledger {
+		n += e.in.B
+	}
+	return n
+}
 
 // forward runs the stage forward on in with the input activations x, asking for
 // the output in out (see stages.Stage.ForwardTensor), and times it.
@@ -139,42 +142,20 @@ func (w *Worker) forward(in model.Input, x stages.Tensor, out stages.Wire) (*sta
 
 // backward runs the backward pass of p with the gradient of its output, asking
 // for the input gradient in dx (see stages.Stage.BackwardTensor), times it and
-// counts its sequences; the step it may complete runs before backward returns.
-func (w *Worker) backward(p *stages.Pass, dout stages.Tensor, dx stages.Wire) (stages.Tensor, time.Duration, error) {
-	b := p.B
+// enters e, the microbatch it belongs to, in the ledger.
+func (w *Worker) backward(p *stages.Pass, dout stages.Tensor, dx stages.Wire, e entry) (stages.Tensor, time.Duration, error) {
 	w.gate.RLock()
+	defer w.gate.RUnlock()
 	w.compute.Lock()
 	start := time.Now()
 	grad, err := w.st.BackwardTensor(p, dout, dx)
 	d := time.Since(start)
 	w.compute.Unlock()
-	n := int64(0)
 	if err == nil {
-		n = w.samples.Add(int64(b))
-	}
-	w.gate.RUnlock()
-	if n >= int64(w.stepSamples()) {
-		w.step()
+		e.dout, e.wire = dout, dx
+		w.lmu.Lock()
+		w.ledger = append(w.ledger, e)
+		w.lmu.Unlock()
 	}
 	return grad, d, err
-}
-
-func (w *Worker) step() {
-	w.gate.Lock()
-	n := int(w.samples.Load())
-	if n < w.stepSamples() {
-		w.gate.Unlock()
-		return // another backward got here first
-	}
-	micro := max(1, (n+w.opts.Microbatch/2)/w.opts.Microbatch)
-	norm := w.st.Step(w.opts.Optim, micro)
-	w.samples.Store(0)
-	w.gate.Unlock()
-	w.unadmit(n)
-	w.mu.Lock()
-	fn := w.onStep
-	w.mu.Unlock()
-	if fn != nil {
-		fn(StepInfo{Version: w.st.Version(), Samples: n, GradNorm: norm})
-	}
 }

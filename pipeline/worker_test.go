@@ -2,9 +2,8 @@ package pipeline
 
 import (
 	"context"
-	"errors"
+	"math"
 	"testing"
-	"time"
 
 	"swarmnode/model"
 	"swarmnode/stages"
@@ -21,67 +20,56 @@ func testWorker(t *testing.T, o WorkerOptions) *Worker {
 	return NewWorker(st, o)
 }
 
-// microbatch runs one training microbatch of b sequences through the worker.
-func microbatch(t *testing.T, w *Worker, b int) {
+// microbatch runs training microbatch id of b sequences (its tokens drawn
+// from seed) through the worker.
+func microbatch(t *testing.T, w *Worker, id uint64, b int, seed int32) {
 	t.Helper()
-	if err := w.admit(context.Background(), b); err != nil {
-		t.Fatal(err)
-	}
 	T := 8
-	p, _, err := w.forward(model.Input{B: b, T: T, Tokens: tokens(b*T, 3), Targets: tokens(b*T, 4)}, stages.Tensor{}, stages.Wire{})
+	in := model.Input{B: b, T: T, Tokens: tokens(b*T, seed), Targets: tokens(b*T, seed+1)}
+	p, _, err := w.forward(in, stages.Tensor{}, stages.Wire{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := w.backward(p, stages.Tensor{}, stages.Wire{}); err != nil {
+	if _, _, err := w.backward(p, stages.Tensor{}, stages.Wire{}, entry{id: id, in: in}); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func TestWorkerStepsPerBatch(t *testing.T) {
-	w := testWorker(t, WorkerOptions{StepSamples: 8, Microbatch: 4})
-	var infos []StepInfo
-	w.OnStep(func(s StepInfo) { infos = append(infos, s) })
-	for range 5 {
-		microbatch(t, w, 4)
+// TestWorkerCommitCountsEachMicrobatchOnce: a worker that accumulated one
+// microbatch twice and takes the extra copy back at the commit steps to the
+// parameters of a worker that saw each microbatch once.
+func TestWorkerCommitCountsEachMicrobatchOnce(t *testing.T) {
+	once := testWorker(t, WorkerOptions{})
+	twice := testWorker(t, WorkerOptions{})
+	microbatch(t, once, 1, 4, 3)
+	microbatch(t, once, 2, 4, 5)
+	microbatch(t, twice, 1, 4, 3)
+	microbatch(t, twice, 2, 4, 5)
+	microbatch(t, twice, 2, 4, 5)
+	if a := twice.account(0, []uint64{1, 2}); len(a.Pending) != 3 || len(a.Done) != 0 {
+		t.Fatalf("account before the step: %+v", a)
 	}
-	if v := w.Stage().Version(); v != 2 || len(infos) != 2 || infos[1].Samples != 8 || infos[1].Version != 2 || w.Pending() != 4 {
-		t.Fatalf("after 5 microbatches of 4 with batch 8: version %d, steps %+v, pending %d", v, infos, w.Pending())
+	want, err := once.Commit(context.Background(), Round{}, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-}
-
-func TestWorkerReplicasShareTheBatch(t *testing.T) {
-	replicas := 2
-	w := testWorker(t, WorkerOptions{StepSamples: 8, Microbatch: 4, Replicas: func() int { return replicas }})
-	for range 3 {
-		microbatch(t, w, 4)
+	got, err := twice.Commit(context.Background(), Round{}, []uint64{2})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if v := w.Stage().Version(); v != 3 {
-		t.Fatalf("one of 2 replicas with batch 8 stepped %d times in 3 microbatches of 4, want 3", v)
+	if got.Micro != 2 || got.Samples != 8 || got.Version != 1 || want.Version != 1 {
+		t.Fatalf("steps: %+v with the copy taken back, %+v without", got, want)
 	}
-	replicas = 8 // never below one microbatch
-	microbatch(t, w, 4)
-	if v := w.Stage().Version(); v != 4 {
-		t.Fatalf("version %d, want 4", v)
-	}
-}
-
-func TestWorkerAdmissionQuota(t *testing.T) {
-	w := testWorker(t, WorkerOptions{StepSamples: 8, Microbatch: 4})
-	ctx := context.Background()
-	for range 2 {
-		if err := w.admit(ctx, 4); err != nil {
-			t.Fatal(err)
+	a, b := once.Stage().Params(), twice.Stage().Params()
+	for i := range a {
+		if d := math.Abs(float64(a[i] - b[i])); d > 1e-6 {
+			t.Fatalf("parameter %d differs by %g", i, d)
 		}
 	}
-	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-	defer cancel()
-	if err := w.admit(short, 4); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("a third microbatch of step 0 was admitted (err %v)", err)
+	if a := twice.account(0, []uint64{1, 2, 3}); len(a.Pending) != 0 || len(a.Done) != 2 {
+		t.Fatalf("account after the step: %+v", a)
 	}
-	admitted := make(chan error, 1)
-	go func() { admitted <- w.admit(ctx, 4) }()
-	w.unadmit(4) // one pass dropped without its backward frees its place
-	if err := <-admitted; err != nil {
-		t.Fatal(err)
+	if info, err := twice.Commit(context.Background(), Round{}, []uint64{7}); err == nil || info.Version != 2 {
+		t.Fatalf("a commit asked to take back a microbatch the worker never saw: %+v, %v", info, err)
 	}
 }

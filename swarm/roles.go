@@ -53,6 +53,7 @@ type stageService struct {
 	worker *pipeline.Worker
 	server *pipeline.Server
 	avg    *averaging.Averager // nil when averaging is off
+	grads  *gradSync
 	state  *averaging.StateServer
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -97,15 +98,22 @@ func (r *roles) buildStage(ctx context.Context, k int) (*stages.Stage, error) {
 // server and averager, until svc.close.
 func (r *roles) serveStage(ctx context.Context, k int, st *stages.Stage) (*stageService, error) {
 	cfg := r.cfg
-	worker := pipeline.NewWorker(st, pipeline.WorkerOptionsFrom(cfg))
+	grads, err := newGradSync(r.n, cfg, k, st, r.log)
+	if err != nil {
+		return nil, err
+	}
+	wo := pipeline.WorkerOptionsFrom(cfg)
+	wo.Reduce, wo.Logger = grads.reduce, r.log
+	worker := pipeline.NewWorker(st, wo)
 	so := pipeline.ServerOptionsFrom(cfg, r.log)
 	so.Slowdown = r.slowdown
 	so.Traffic = &r.n.traffic
 	server, err := pipeline.NewServer(r.n.Host(), worker, dhtRouter{r.n.DHT()}, so)
 	if err != nil {
+		grads.close()
 		return nil, err
 	}
-	svc := &stageService{k: k, st: st, worker: worker, server: server}
+	svc := &stageService{k: k, st: st, worker: worker, server: server, grads: grads}
 	svc.state, err = averaging.ServeState(r.n.Host(), cfg.Run, stageKey(k), func() (averaging.State, error) {
 		var out averaging.State
 		st.WithState(func(s *model.State) {
@@ -115,6 +123,7 @@ func (r *roles) serveStage(ctx context.Context, k int, st *stages.Stage) (*stage
 	}, averaging.ServeOptions{})
 	if err != nil {
 		server.Close()
+		grads.close()
 		return nil, err
 	}
 	sctx, cancel := context.WithCancel(ctx)
@@ -124,6 +133,7 @@ func (r *roles) serveStage(ctx context.Context, k int, st *stages.Stage) (*stage
 			cancel()
 			svc.state.Close()
 			server.Close()
+			grads.close()
 			return nil, err
 		}
 	}
@@ -342,6 +352,7 @@ func (r *roles) applyState(st *stages.Stage, k int, state averaging.State) error
 func (s *stageService) close() {
 	s.cancel()
 	s.server.Close()
+	s.grads.close()
 	s.state.Close()
 	if s.avg != nil {
 		s.avg.Close()

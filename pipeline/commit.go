@@ -1,0 +1,395 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"swarmnode/wire"
+)
+
+// The commit protocol makes a swarm step like one model on one GPU. When all
+// the microbatches of a trainer's step are back, every holder of every stage
+// has accumulated its share of the step's gradients. The trainer then asks
+// each holder what it accumulated (prepare), works out which microbatch was
+// counted twice at a stage (an answer lost after a backward pass, and the
+// microbatch retried elsewhere) and which not at all (a holder killed with
+// its gradients), sends the missing ones through the pipeline again, and
+// finally asks every holder to step (commit): each takes back its extra
+// copies, all-reduces its gradients with the other holders of its stage
+// (weighted by microbatches) and applies the optimizer step, so the holders of
+// a stage stay one model and every microbatch counts exactly once.
+//
+// Messages are typed frames (package wire) with JSON payloads, one request and
+// one answer per stream.
+const (
+	msgPrepare byte = 1 // {"trainer": tag, "ids": [...]} -> accounting
+	msgCommit  byte = 2 // commitMsg -> stepReply
+	msgError   byte = 3 // {"error": "..."}
+)
+
+// maxCommitFrame bounds a commit protocol frame: ids and peer lists only.
+const maxCommitFrame = 1 << 20
+
+// CommitProtocol is the commit protocol id of run.
+func CommitProtocol(run string) protocol.ID {
+	return protocol.ID("/swarmnode/" + run + "/commit/1.0.0")
+}
+
+type prepareMsg struct {
+	Trainer uint32   `json:"trainer"`
+	IDs     []uint64 `json:"ids"`
+}
+
+type stepReply struct {
+	Version  uint64  `json:"version"`
+	Micro    int     `json:"micro"`
+	Samples  int     `json:"samples"`
+	Averaged bool    `json:"averaged"`
+	GradNorm float32 `json:"grad_norm"`
+}
+
+type errorMsg struct {
+	Error string `json:"error"`
+}
+
+// handleCommit serves one prepare or commit request.
+func (s *Server) handleCommit(str network.Stream) {
+	if !s.track(str) {
+		_ = str.Reset()
+		return
+	}
+	defer s.untrack(str)
+	_ = str.SetDeadline(time.Now().Add(s.opts.Pipeline.HopTimeout))
+	typ, payload, _, err := wire.ReadTyped(str, nil, maxCommitFrame)
+	if err != nil {
+		_ = str.Reset()
+		return
+	}
+	reply, rtyp, err := s.commitRequest(typ, payload)
+	if err != nil {
+		s.log.Info("commit request refused", "stage", s.k, "from", shortID(str.Conn().RemotePeer()), "err", err)
+		_ = wire.WriteJSON(str, msgError, errorMsg{Error: err.Error()})
+		_ = str.Close()
+		return
+	}
+	if err := wire.WriteJSON(str, rtyp, reply); err != nil {
+		_ = str.Reset()
+		return
+	}
+	_ = str.Close()
+}
+
+func (s *Server) commitRequest(typ byte, payload []byte) (any, byte, error) {
+	switch typ {
+	case msgPrepare:
+		var m prepareMsg
+		if err := json.Unmarshal(payload, &m); err != nil {
+			return nil, 0, fmt.Errorf("prepare: %w", err)
+		}
+		return s.w.account(m.Trainer, m.IDs), msgPrepare, nil
+	case msgCommit:
+		var m commitMsg
+		if err := json.Unmarshal(payload, &m); err != nil {
+			return nil, 0, fmt.Errorf("commit: %w", err)
+		}
+		r := Round{ID: m.Round}
+		for _, id := range m.Members {
+			p, err := peer.Decode(id)
+			if err != nil {
+				return nil, 0, fmt.Errorf("commit: member %q: %w", id, err)
+			}
+			r.Members = append(r.Members, p)
+		}
+		if !slices.Contains(r.Members, s.host.ID()) {
+			return nil, 0, errors.New("commit: this holder is not among the members")
+		}
+		ctx, cancel := context.WithTimeout(s.ctx, s.opts.Pipeline.HopTimeout)
+		defer cancel()
+		info, err := s.w.Commit(ctx, r, m.Undo)
+		if err != nil {
+			s.log.Warn("step taken with a copy not taken back", "stage", s.k, "err", err)
+		}
+		return stepReply{Version: info.Version, Micro: info.Micro, Samples: info.Samples, Averaged: info.Averaged, GradNorm: info.GradNorm}, msgCommit, nil
+	}
+	return nil, 0, fmt.Errorf("%w: commit protocol message type %d", wire.ErrUnexpect, typ)
+}
+
+// ask sends one commit protocol request to p and decodes its answer into out.
+func ask(ctx context.Context, c *caller, run string, p Holder, typ byte, msg, out any) error {
+	if len(p.Addrs) > 0 && len(c.host.Peerstore().Addrs(p.ID)) == 0 {
+		c.host.Peerstore().AddAddrs(p.ID, p.Addrs, peerstore.TempAddrTTL)
+	}
+	str, err := c.host.NewStream(ctx, p.ID, CommitProtocol(run))
+	if err != nil {
+		return err
+	}
+	defer str.Close()
+	if d, ok := ctx.Deadline(); ok {
+		_ = str.SetDeadline(d)
+	}
+	if err := wire.WriteJSON(str, typ, msg); err != nil {
+		_ = str.Reset()
+		return err
+	}
+	if err := str.CloseWrite(); err != nil {
+		_ = str.Reset()
+		return err
+	}
+	rtyp, payload, _, err := wire.ReadTyped(str, nil, maxCommitFrame)
+	if err != nil {
+		_ = str.Reset()
+		return err
+	}
+	switch rtyp {
+	case typ:
+		return json.Unmarshal(payload, out)
+	case msgError:
+		var e errorMsg
+		_ = json.Unmarshal(payload, &e)
+		return fmt.Errorf("%s: %s", shortID(p.ID), e.Error)
+	}
+	return fmt.Errorf("%w: answer of type %d to %d", wire.ErrUnexpect, rtyp, typ)
+}
+
+// stageView is what the holders of one stage that answered a prepare hold.
+type stageView struct {
+	holders []Holder
+	acc     []accounting
+}
+
+// commitState is the trainer's side of committing one step.
+type commitState struct {
+	t     *Trainer
+	step  int
+	ids   []uint64       // the step's microbatches
+	later []uint64       // later steps' microbatches in flight
+	views []stageView    // per stage
+	undo  [][][]uint64   // per stage, per holder answering
+	miss  map[uint64]int // microbatch -> stages that lack it
+}
+
+// prepare asks every holder of every stage what it accumulated, in parallel.
+func (cs *commitState) prepare(ctx context.Context) {
+	t := cs.t
+	cs.views = make([]stageView, t.opts.Stages)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for k := range t.opts.Stages {
+		for _, h := range t.call.router.Holders(k) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var a accounting
+				if err := ask(ctx, t.call, t.opts.Run, h, msgPrepare, prepareMsg{Trainer: t.tag(), IDs: append(cs.ids[:len(cs.ids):len(cs.ids)], cs.later...)}, &a); err != nil {
+					t.log.Debug("prepare failed", "stage", k, "holder", shortID(h.ID), "err", err)
+					return
+				}
+				mu.Lock()
+				cs.views[k].holders = append(cs.views[k].holders, h)
+				cs.views[k].acc = append(cs.views[k].acc, a)
+				mu.Unlock()
+			}()
+		}
+	}
+	wg.Wait()
+}
+
+// resolve works out, from the holders' answers, the copies to take back at
+// each holder and the microbatches some stage lacks.
+func (cs *commitState) resolve() {
+	want := make(map[uint64]bool, len(cs.ids)+len(cs.later))
+	for _, id := range cs.ids {
+		want[id] = true
+	}
+	for _, id := range cs.later {
+		want[id] = true
+	}
+	cs.undo = make([][][]uint64, len(cs.views))
+	cs.miss = make(map[uint64]int)
+	for k, v := range cs.views {
+		cs.undo[k] = make([][]uint64, len(v.holders))
+		counted := make(map[uint64]int)
+		for _, a := range v.acc {
+			for _, id := range a.Done {
+				counted[id] = 1
+			}
+		}
+		for i, a := range v.acc {
+			for _, id := range a.Pending {
+				// One copy of each of the step's (or a later step's)
+				// microbatches counts; any other copy, or a microbatch of no
+				// step in progress (an attempt this trainer gave up on that
+				// finished late), goes.
+				if want[id] && counted[id] == 0 {
+					counted[id] = 1
+					continue
+				}
+				cs.undo[k][i] = append(cs.undo[k][i], id)
+			}
+		}
+		for _, id := range cs.ids {
+			if counted[id] == 0 {
+				cs.miss[id]++
+			}
+		}
+	}
+}
+
+// commit asks every holder that answered the prepare to step; it returns the
+// samples each stage stepped on.
+func (cs *commitState) commit(ctx context.Context) []int {
+	t := cs.t
+	samples := make([]int, len(cs.views))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for k, v := range cs.views {
+		members := make([]string, len(v.holders))
+		for i, h := range v.holders {
+			members[i] = h.ID.String()
+		}
+		slices.Sort(members)
+		round := cs.round(k)
+		for i, h := range v.holders {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var r stepReply
+				msg := commitMsg{Round: round, Members: members, Undo: cs.undo[k][i]}
+				if err := ask(ctx, t.call, t.opts.Run, h, msgCommit, msg, &r); err != nil {
+					t.log.Info("commit failed", "stage", k, "holder", shortID(h.ID), "step", cs.step, "err", err)
+					return
+				}
+				mu.Lock()
+				samples[k] += r.Samples
+				mu.Unlock()
+			}()
+		}
+	}
+	wg.Wait()
+	return samples
+}
+
+// round names stage k's all-reduce of this step: distinct per trainer, stage
+// and step.
+func (cs *commitState) round(k int) uint64 {
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%d/%d/%d", cs.t.tag(), k, cs.step)
+	return h.Sum64()
+}
+
+// maxReplays bounds the rounds of sending lost microbatches again before a
+// step commits without them.
+const maxReplays = 5
+
+// commitStep commits step (numbered from 1) of the trainer once the answers
+// of its microbatches, jobs, are all back: prepare, replay what a stage lost,
+// then commit. later are the microbatches of later steps already sent (with
+// pipeline.staleness above 0): what a holder accumulated of them counts now. It returns when every holder that answered has stepped or
+// failed to, or with ctx's error.
+func (t *Trainer) commitStep(ctx context.Context, step int, jobs, later []*job) error {
+	cs := &commitState{t: t, step: step}
+	byID := make(map[uint64]*job, len(jobs))
+	for _, j := range jobs {
+		cs.ids = append(cs.ids, j.req.id)
+		byID[j.req.id] = j
+	}
+	for _, j := range later {
+		cs.later = append(cs.later, j.req.id)
+	}
+	for round := 0; ; round++ {
+		pctx, cancel := context.WithTimeout(ctx, t.opts.Pipeline.HopTimeout)
+		cs.prepare(pctx)
+		cancel()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if k := cs.emptyStage(); k >= 0 {
+			t.log.Info("no holder of a stage answered; waiting to commit", "stage", k, "step", step)
+			if err := sleep(ctx, 500*time.Millisecond); err != nil {
+				return err
+			}
+			continue
+		}
+		cs.resolve()
+		if len(cs.miss) > 0 && round < maxReplays {
+			t.log.Info("a stage lost microbatches of the step; sending them again", "step", step, "microbatches", len(cs.miss))
+			if err := t.replay(ctx, cs.miss, byID); err != nil {
+				return err
+			}
+			continue
+		}
+		if len(cs.miss) > 0 {
+			t.log.Warn("committing a step without microbatches a stage lost", "step", step, "microbatches", len(cs.miss))
+		}
+		for _, per := range cs.undo {
+			for _, u := range per {
+				t.takenBack.Add(int64(len(u)))
+			}
+		}
+		cctx, cancel := context.WithTimeout(ctx, 2*t.opts.Pipeline.HopTimeout)
+		samples := cs.commit(cctx)
+		cancel()
+		t.mu.Lock()
+		if len(t.stats.Stepped) < len(samples) {
+			t.stats.Stepped = append(t.stats.Stepped, make([]int64, len(samples)-len(t.stats.Stepped))...)
+		}
+		for k, n := range samples {
+			t.stats.Stepped[k] += int64(n)
+		}
+		t.mu.Unlock()
+		return ctx.Err()
+	}
+}
+
+// emptyStage returns a stage no holder of which answered the prepare, or -1.
+func (cs *commitState) emptyStage() int {
+	for k, v := range cs.views {
+		if len(v.holders) == 0 {
+			return k
+		}
+	}
+	return -1
+}
+
+// replay sends the microbatches in miss through the pipeline again, at once.
+func (t *Trainer) replay(ctx context.Context, miss map[uint64]int, byID map[uint64]*job) error {
+	errs := make(chan error, len(miss))
+	for id := range miss {
+		j := byID[id]
+		t.replayed.Add(1)
+		go func() {
+			_, err := t.runMicro(ctx, j)
+			errs <- err
+		}()
+	}
+	var first error
+	for range miss {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

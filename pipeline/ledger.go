@@ -1,0 +1,173 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+)
+
+// accounting is what a holder tells a trainer about the microbatches of that
+// trainer it has seen since its last step.
+type accounting struct {
+	// Pending lists the microbatch ids whose gradients are accumulated and not
+	// stepped yet, once per copy.
+	Pending []uint64 `json:"pending"`
+	// Done lists ids already stepped (by an earlier commit, possibly another
+	// trainer's): they counted and must not be sent again.
+	Done []uint64 `json:"done"`
+	// Version is the stage's parameter version.
+	Version uint64 `json:"version"`
+}
+
+// commitMsg asks a holder to step: take back the listed copies, all-reduce with
+// the other members and apply the optimizer step.
+type commitMsg struct {
+	// Round names the all-reduce round (the same for every member).
+	Round uint64 `json:"round"`
+	// Members are the peer ids of the stage's holders stepping together.
+	Members []string `json:"members"`
+	// Undo lists microbatch ids to take one accumulated copy of back out
+	// (repeated for more copies).
+	Undo []uint64 `json:"undo"`
+}
+
+// account lists the worker's ledger entries of the microbatches whose ids carry
+// tag (a trainer's: id>>32), and which of ids it stepped recently.
+func (w *Worker) account(tag uint32, ids []uint64) accounting {
+	w.lmu.Lock()
+	defer w.lmu.Unlock()
+	a := accounting{Version: w.st.Version(), Pending: []uint64{}, Done: []uint64{}}
+	for _, e := range w.ledger {
+		if uint32(e.id>>32) == tag {
+			a.Pending = append(a.Pending, e.id)
+		}
+	}
+	for _, id := range ids {
+		if _, ok := w.done[id]; ok {
+			a.Done = append(a.Done, id)
+		}
+	}
+	return a
+}
+
+// Commit takes back the copies undo names, all-reduces the gradients with the
+// round's members (through WorkerOptions.Reduce) and steps. It holds backward
+// passes off meanwhile, so the step applies exactly the ledger. It steps even
+// when a copy could not be taken back, and returns that error with the step.
+func (w *Worker) Commit(ctx context.Context, c Round, undo []uint64) (StepInfo, error) {
+	w.gate.Lock()
+	defer w.gate.Unlock()
+	var undoErr error
+	for _, id := range undo {
+		// A copy that is not there (or cannot be recomputed) is reported,
+		// and the step goes on: holding every other gradient back helps no one.
+		if err := w.takeBack(id); err != nil && undoErr == nil {
+			undoErr = err
+		}
+	}
+	w.lmu.Lock()
+	entries := w.ledger
+	w.ledger = nil
+	w.lmu.Unlock()
+	info := StepInfo{Micro: len(entries)}
+	for _, e := range entries {
+		info.Samples += e.in.B
+	}
+	c.Micro = info.Micro
+	if w.opts.Reduce != nil && len(c.Members) > 1 {
+		ok, err := w.opts.Reduce(ctx, c)
+		if err != nil {
+			w.log.Info("gradient all-reduce failed, stepping on this holder's gradients", "stage", w.st.Index(), "round", c.ID, "err", err)
+		}
+		info.Averaged = ok
+	}
+	div := info.Micro
+	if info.Averaged {
+		div = 1
+	}
+	info.GradNorm = w.st.Step(w.opts.Optim, max(div, 1))
+	info.Version = w.st.Version()
+	w.remember(entries, info.Version)
+	w.mu.Lock()
+	fn := w.onStep
+	w.mu.Unlock()
+	if fn != nil {
+		fn(info)
+	}
+	return info, undoErr
+}
+
+// remember records the ids a step applied, forgetting the oldest beyond keepDone.
+func (w *Worker) remember(entries []entry, version uint64) {
+	w.lmu.Lock()
+	defer w.lmu.Unlock()
+	for _, e := range entries {
+		if _, ok := w.done[e.id]; !ok {
+			w.doneQ = append(w.doneQ, e.id)
+		}
+		w.done[e.id] = version
+	}
+	if over := len(w.doneQ) - keepDone; over > 0 {
+		for _, id := range w.doneQ[:over] {
+			delete(w.done, id)
+		}
+		w.doneQ = append(w.doneQ[:0], w.doneQ[over:]...)
+	}
+}
+
+// takeBack removes one ledger entry of microbatch id and its gradient: it runs
+// the microbatch again on the same parameters, alone, and subtracts what that
+// adds. The caller holds the gate exclusively.
+func (w *Worker) takeBack(id uint64) error {
+	w.lmu.Lock()
+	i := -1
+	for j, e := range w.ledger {
+		if e.id == id {
+			i = j
+			break
+		}
+	}
+	if i < 0 {
+		w.lmu.Unlock()
+		return fmt.Errorf("stage %d: no accumulated copy of microbatch %x to take back", w.st.Index(), id)
+	}
+	e := w.ledger[i]
+	w.ledger = append(w.ledger[:i:i], w.ledger[i+1:]...)
+	w.lmu.Unlock()
+
+	n := w.st.NumParams()
+	before := make([]float32, n)
+	if err := w.st.ReadGrads(0, before); err != nil {
+		return err
+	}
+	w.compute.Lock()
+	defer w.compute.Unlock()
+	w.st.ZeroGrad()
+	p, err := w.st.ForwardTensor(e.in, e.x, e.wire)
+	if err == nil {
+		_, err = w.st.BackwardTensor(p, e.dout, e.wire)
+	}
+	// The gradients now hold the microbatch's alone, g (or nothing, on an
+	// error): make them before − g, chunk by chunk.
+	const chunk = 1 << 16
+	buf := make([]float32, min(n, chunk))
+	for off := 0; off < n; off += chunk {
+		g := buf[:min(chunk, n-off)]
+		if rerr := w.st.ReadGrads(off, g); rerr != nil {
+			return rerr
+		}
+		for j := range g {
+			if err != nil {
+				g[j] = before[off+j] - g[j]
+			} else {
+				g[j] = before[off+j] - 2*g[j]
+			}
+		}
+		if aerr := w.st.AddGrads(off, g); aerr != nil {
+			return aerr
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("stage %d: take back microbatch %x: %w", w.st.Index(), id, err)
+	}
+	return nil
+}

@@ -1,0 +1,199 @@
+package swarm
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+
+	"swarmnode/averaging"
+	"swarmnode/config"
+	"swarmnode/pipeline"
+	"swarmnode/stages"
+)
+
+// gradKey is the averaging key of stage k's gradient all-reduce: its own
+// protocols, beside the parameter averaging of stageKey(k).
+func gradKey(k int) string { return stageKey(k) + "-grads" }
+
+// gradSync all-reduces a stage's accumulated gradients with the other holders
+// stepping at the same commit (pipeline.WorkerOptions.Reduce), through an
+// averaging.Averager over the gradients.
+type gradSync struct {
+	avg *averaging.Averager
+	src *gradSource
+}
+
+// newGradSync registers stage k's gradient all-reduce on the node. Its group is
+// as large as the averaging protocol allows, so that every holder of a stage
+// meets in one group; a straggler is waited for at most the averaging
+// section's matchmaking window.
+func newGradSync(n *Node, cfg config.Config, k int, st *stages.Stage, log *slog.Logger) (*gradSync, error) {
+	opts, err := averaging.OptionsFromConfig(cfg.Run, gradKey(k), cfg.Averaging)
+	if err != nil {
+		return nil, err
+	}
+	opts.GroupSize = maxGradGroup
+	opts.Logger = log
+	opts.Registerer = n.Registry()
+	src := &gradSource{st: st, n: st.NumParams(), log: log}
+	avg, err := averaging.New(n.Host(), averaging.PeerList(nil), src, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &gradSync{avg: avg, src: src}, nil
+}
+
+// maxGradGroup is the largest group the averaging protocol forms.
+const maxGradGroup = 64
+
+// reduce is the worker's Reduce: it presents the gradients as their mean per
+// microbatch, weighted by r.Micro, and leaves the group's mean in them. Parts
+// of the vector whose average did not come back are brought to this holder's
+// own mean, so that the step may divide by nothing more.
+func (g *gradSync) reduce(ctx context.Context, r pipeline.Round) (bool, error) {
+	g.src.start(r.Micro)
+	res, err := g.avg.RoundAmong(ctx, r.ID, r.Members)
+	if errors.Is(err, averaging.ErrSkipped) {
+		return false, err
+	}
+	if g.src.coveredNone() {
+		return false, err
+	}
+	if ferr := g.src.finish(); ferr != nil {
+		return true, ferr
+	}
+	if err == nil && res.Averaged < 1 {
+		err = errors.New("part of the gradient kept this holder's own mean")
+	}
+	return true, err
+}
+
+func (g *gradSync) close() { g.avg.Close() }
+
+// gradSource is the averaging.Source of a stage's gradients during one round:
+// the accumulated sum over micro microbatches, read as its mean.
+type gradSource struct {
+	st  *stages.Stage
+	n   int
+	log *slog.Logger
+
+	mu      sync.Mutex
+	micro   int
+	covered []span // ranges that received the group's mean
+	failed  error
+}
+
+type span struct{ off, n int }
+
+func (s *gradSource) start(micro int) {
+	s.mu.Lock()
+	s.micro, s.covered, s.failed = micro, s.covered[:0], nil
+	s.mu.Unlock()
+}
+
+// scale is what turns the accumulated sum into the mean.
+func (s *gradSource) scale() float32 {
+	if s.micro < 1 {
+		return 1 // nothing accumulated: the gradients are zero
+	}
+	return 1 / float32(s.micro)
+}
+
+// Len is the number of gradients.
+func (s *gradSource) Len() int { return s.n }
+
+// Samples is the round's weight: the microbatches accumulated.
+func (s *gradSource) Samples() float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return float64(s.micro)
+}
+
+// Read copies the mean gradient at [off, off+len(dst)).
+func (s *gradSource) Read(off int, dst []float32) {
+	if err := s.st.ReadGrads(off, dst); err != nil {
+		clear(dst)
+		s.fail(err)
+		return
+	}
+	c := s.scale()
+	for i := range dst {
+		dst[i] *= c
+	}
+}
+
+// Add turns [off, off+len(delta)) into the group's mean: mean sent + delta,
+// where the gradients hold the sum.
+func (s *gradSource) Add(off int, delta []float32) {
+	sum := make([]float32, len(delta))
+	if err := s.st.ReadGrads(off, sum); err != nil {
+		s.fail(err)
+		return
+	}
+	c := s.scale()
+	for i, g := range sum {
+		sum[i] = g*(c-1) + delta[i]
+	}
+	if err := s.st.AddGrads(off, sum); err != nil {
+		s.fail(err)
+		return
+	}
+	s.mu.Lock()
+	s.covered = append(s.covered, span{off, len(delta)})
+	s.mu.Unlock()
+}
+
+func (s *gradSource) fail(err error) {
+	s.mu.Lock()
+	if s.failed == nil {
+		s.failed = err
+		s.log.Warn("gradient all-reduce: stage gradient access failed", "err", err.Error())
+	}
+	s.mu.Unlock()
+}
+
+func (s *gradSource) coveredNone() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.covered) == 0
+}
+
+// finish scales every range that did not receive the group's mean to this
+// holder's own mean.
+func (s *gradSource) finish() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.scale()
+	if c == 1 {
+		return s.failed
+	}
+	done := make([]bool, s.n)
+	for _, sp := range s.covered {
+		for i := sp.off; i < sp.off+sp.n; i++ {
+			done[i] = true
+		}
+	}
+	for lo := 0; lo < s.n; {
+		if done[lo] {
+			lo++
+			continue
+		}
+		hi := lo
+		for hi < s.n && !done[hi] {
+			hi++
+		}
+		g := make([]float32, hi-lo)
+		if err := s.st.ReadGrads(lo, g); err != nil {
+			return err
+		}
+		for i := range g {
+			g[i] *= c - 1
+		}
+		if err := s.st.AddGrads(lo, g); err != nil {
+			return err
+		}
+		lo = hi
+	}
+	return s.failed
+}
