@@ -193,7 +193,7 @@ func (sw *testSwarm) newTrainer(tb testing.TB, corpus *data.Corpus, o TrainerOpt
 	tb.Helper()
 	o.Run, o.Model, o.Stages, o.Train, o.Pipeline = sw.cfg.Run, sw.cfg.Model, len(sw.cfg.Stages), sw.cfg.Train, sw.cfg.Pipeline
 	if o.Logger == nil && testing.Verbose() {
-		o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
 	tr, err := NewTrainer(sw.trainer, sw.router, corpus, o)
 	if err != nil {

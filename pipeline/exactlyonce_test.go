@@ -1,0 +1,150 @@
+package pipeline
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"math"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+
+	"swarmnode/config"
+)
+
+// exactConfig is a short run whose activations and gradients travel in fp32,
+// so that two runs over the same microbatches differ only by the order of
+// float sums.
+func exactConfig() config.Config {
+	cfg := testConfig()
+	cfg.Train.Steps, cfg.Train.EvalEvery = 12, 12
+	cfg.Compression.Activations, cfg.Compression.Gradients = "fp32", "fp32"
+	return cfg
+}
+
+// checkStepped fails unless every stage stepped on exactly a batch per step.
+func checkStepped(t *testing.T, cfg config.Config, st TrainerStats) {
+	t.Helper()
+	want := int64(cfg.Train.Steps * cfg.Train.Batch)
+	if len(st.Stepped) != len(cfg.Stages) {
+		t.Fatalf("stepped %v for %d stages", st.Stepped, len(cfg.Stages))
+	}
+	for k, n := range st.Stepped {
+		if n != want {
+			t.Errorf("stage %d stepped on %d sequences, the trainer sent %d", k, n, want)
+		}
+	}
+}
+
+// sameParams fails unless every replica of every stage of sw holds the
+// parameters of ref's first replica of that stage, within float reordering.
+func sameParams(t *testing.T, sw, ref *testSwarm, skip map[[2]int]bool) {
+	t.Helper()
+	for k, ws := range sw.replicas {
+		want := ref.replicas[k][0].Stage().Params()
+		for i, w := range ws {
+			if skip[[2]int{k, i}] {
+				continue
+			}
+			got := w.Stage().Params()
+			var diff, norm float64
+			for j := range want {
+				d := float64(got[j] - want[j])
+				diff += d * d
+				norm += float64(want[j]) * float64(want[j])
+			}
+			rel := math.Sqrt(diff / norm)
+			t.Logf("stage %d holder %d: relative L2 distance to the fault-free run %.2e", k, i, rel)
+			if rel > 1e-5 {
+				t.Errorf("stage %d holder %d: parameters %.2e away from the fault-free run's", k, i, rel)
+			}
+		}
+	}
+}
+
+// faultFree trains cfg on a swarm with holders, without faults.
+func faultFree(t *testing.T, cfg config.Config, holders []int) *testSwarm {
+	t.Helper()
+	ref := newSwarm(t, cfg, holders, nil)
+	tr := ref.newTrainer(t, loadCorpus(t, cfg), TrainerOptions{})
+	runTrainer(t, tr, 60*time.Second)
+	checkStepped(t, cfg, tr.Stats())
+	return ref
+}
+
+// TestAnswerLostAfterBackward: a relay in front of a stage-1 holder drops the
+// holder's answers after it ran its backward pass, so stage 0 resends those
+// microbatches and stages 1 and 2 compute them twice. Every stage still steps
+// on exactly the samples the trainer sent, and the parameters end where a
+// fault-free run's do.
+func TestAnswerLostAfterBackward(t *testing.T) {
+	cfg := exactConfig()
+	sw := newSwarm(t, cfg, []int{1, 2, 1}, nil)
+	relay := newHost(t)
+	behind := sw.servers[1][0]
+	var dropped atomic.Int32
+	relay.SetStreamHandler(Protocol(cfg.Run), func(up network.Stream) {
+		defer up.Reset()
+		down, err := relay.NewStream(context.Background(), behind.host.ID(), Protocol(cfg.Run))
+		if err != nil {
+			return
+		}
+		defer down.Close()
+		go func() { _, _ = io.Copy(down, up) }()
+		var answer bytes.Buffer
+		if _, err := io.Copy(&answer, down); err != nil {
+			return
+		}
+		if dropped.Load() < 6 {
+			dropped.Add(1) // lost on the way back: the holder counted it
+			return
+		}
+		_, _ = up.Write(answer.Bytes())
+		_ = up.Close()
+	})
+	relay.Peerstore().AddAddrs(behind.host.ID(), behind.host.Addrs(), time.Hour)
+	sw.router.mu.Lock()
+	sw.router.extra[1] = []Holder{{ID: relay.ID(), Addrs: relay.Addrs()}}
+	sw.router.mu.Unlock()
+
+	tr := sw.newTrainer(t, loadCorpus(t, cfg), TrainerOptions{})
+	runTrainer(t, tr, 60*time.Second)
+	st := tr.Stats()
+	t.Logf("answers dropped %d, copies taken back %d, microbatches replayed %d", dropped.Load(), st.TakenBack, st.Replayed)
+	if dropped.Load() == 0 || st.TakenBack == 0 {
+		t.Fatalf("no answer was lost after a backward pass (dropped %d, taken back %d)", dropped.Load(), st.TakenBack)
+	}
+	checkStepped(t, cfg, st)
+	sameParams(t, sw, faultFree(t, cfg, []int{1, 2, 1}), nil)
+}
+
+// TestHolderKilledMidStep: one of two stage-1 holders dies (its host closes,
+// as under kill -9) after it accumulated gradients of a step and before the
+// step is committed. The trainer sends what it lost through the pipeline
+// again: every stage steps on exactly the samples sent, and the survivors end
+// where a fault-free run's parameters do.
+func TestHolderKilledMidStep(t *testing.T) {
+	cfg := exactConfig()
+	sw := newSwarm(t, cfg, []int{1, 2, 1}, nil)
+	victim, w := sw.servers[1][1], sw.replicas[1][1]
+	killed := make(chan struct{})
+	go func() {
+		defer close(killed)
+		for w.Stage().Version() < 4 || w.Pending() == 0 {
+			time.Sleep(100 * time.Microsecond)
+		}
+		_ = victim.host.Close()
+	}()
+	tr := sw.newTrainer(t, loadCorpus(t, cfg), TrainerOptions{})
+	runTrainer(t, tr, 60*time.Second)
+	<-killed
+	st := tr.Stats()
+	t.Logf("killed at version %d; microbatches replayed %d, copies taken back %d", w.Stage().Version(), st.Replayed, st.TakenBack)
+	if st.Replayed == 0 {
+		t.Fatal("the killed holder's gradients were not sent again")
+	}
+	checkStepped(t, cfg, st)
+	sameParams(t, sw, faultFree(t, cfg, []int{1, 2, 1}), map[[2]int]bool{{1, 1}: true})
+}
