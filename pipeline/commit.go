@@ -185,14 +185,21 @@ func (cs *commitState) prepare(ctx context.Context) {
 	cs.views = make([]stageView, t.opts.Stages)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
+	now := time.Now()
+	msg := prepareMsg{Trainer: t.tag(), IDs: append(slices.Clip(cs.ids), cs.later...)}
 	for k := range t.opts.Stages {
 		for _, h := range t.call.router.Holders(k) {
+			if t.call.bo.isDown(h.ID, now) {
+				continue // failed lately: its share is sent again if need be
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				var a accounting
-				if err := ask(ctx, t.call, t.opts.Run, h, msgPrepare, prepareMsg{Trainer: t.tag(), IDs: append(cs.ids[:len(cs.ids):len(cs.ids)], cs.later...)}, &a); err != nil {
+				if err := ask(ctx, t.call, t.opts.Run, h, msgPrepare, msg, &a); err != nil {
 					t.log.Debug("prepare failed", "stage", k, "holder", shortID(h.ID), "err", err)
+					t.call.bo.down(h.ID, time.Now())
+					t.call.router.MarkDown(h.ID)
 					return
 				}
 				mu.Lock()
@@ -288,6 +295,10 @@ func (cs *commitState) round(k int) uint64 {
 	return h.Sum64()
 }
 
+// prepareTimeout bounds a prepare: a live holder answers it from memory at
+// once, so waiting a whole hop timeout for a frozen one would stall the step.
+func prepareTimeout(hop time.Duration) time.Duration { return max(500*time.Millisecond, hop/4) }
+
 // maxReplays bounds the rounds of sending lost microbatches again before a
 // step commits without them.
 const maxReplays = 5
@@ -308,7 +319,7 @@ func (t *Trainer) commitStep(ctx context.Context, step int, jobs, later []*job) 
 		cs.later = append(cs.later, j.req.id)
 	}
 	for round := 0; ; round++ {
-		pctx, cancel := context.WithTimeout(ctx, t.opts.Pipeline.HopTimeout)
+		pctx, cancel := context.WithTimeout(ctx, prepareTimeout(t.opts.Pipeline.HopTimeout))
 		cs.prepare(pctx)
 		cancel()
 		if err := ctx.Err(); err != nil {
@@ -337,7 +348,7 @@ func (t *Trainer) commitStep(ctx context.Context, step int, jobs, later []*job) 
 				t.takenBack.Add(int64(len(u)))
 			}
 		}
-		cctx, cancel := context.WithTimeout(ctx, 2*t.opts.Pipeline.HopTimeout)
+		cctx, cancel := context.WithTimeout(ctx, t.opts.Pipeline.HopTimeout)
 		samples := cs.commit(cctx)
 		cancel()
 		t.mu.Lock()
