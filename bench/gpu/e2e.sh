@@ -10,11 +10,13 @@
 #
 #   bench/gpu/e2e.sh                        # GPT-2-small-shaped, 300 steps, 1 GPU
 #   GPUS=2 STEPS=300 bench/gpu/e2e.sh       # two stage servers on two GPUs
+#   HOLDERS=2 STEPS=600 bench/gpu/e2e.sh    # two holders of each stage, stepping together
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CONFIG=${CONFIG:-examples/gpt/gpt2-small-gpu.yaml}
 STEPS=${STEPS:-300}
 GPUS=${GPUS:-1}
+HOLDERS=${HOLDERS:-1}
 OUT=${OUT:-out/gpu-e2e}
 BIN=${BIN:-bin/swarmnode}
 PROFILE=${PROFILE:-0}
@@ -32,8 +34,8 @@ CUDA_VISIBLE_DEVICES=0 "$BIN" local --config "$CONFIG" --steps "$STEPS" --summar
   { tail -20 "$OUT/local.log"; exit 1; }
 grep 'msg=eval' "$OUT/local.log"
 
-echo "== local swarm on $GPUS GPU(s), $STEPS steps"
-PORT=7100 GPUS=$GPUS HOLDERS=1 STEPS=$STEPS CONFIG=$CONFIG BIN=$BIN OUT="$OUT/swarm" examples/gpt/local-swarm.sh &
+echo "== local swarm on $GPUS GPU(s), $HOLDERS holder(s) per stage, $STEPS steps"
+PORT=7100 GPUS=$GPUS HOLDERS=$HOLDERS STEPS=$STEPS CONFIG=$CONFIG BIN=$BIN OUT="$OUT/swarm" examples/gpt/local-swarm.sh &
 swarm=$!
 if [ "$PROFILE" = 1 ]; then
   # Profile mid-run: once the trainer has logged two evals.
@@ -56,5 +58,5 @@ l=$(median_tps "$OUT/local.log")
 s=$(median_tps "$OUT/swarm/trainer.log")
 echo "== $CONFIG, $STEPS steps"
 printf 'local (1 GPU):        %10.0f tokens/s   val loss %s -> %s\n' "$l" "$(first_val "$OUT/local.log")" "$(last_val "$OUT/local.log")"
-printf 'swarm (%d GPU(s)):     %10.0f tokens/s   val loss %s -> %s\n' "$GPUS" "$s" "$(first_val "$OUT/swarm/trainer.log")" "$(last_val "$OUT/swarm/trainer.log")"
+printf 'swarm (%d GPU(s), %d holders/stage): %10.0f tokens/s   val loss %s -> %s\n' "$GPUS" "$HOLDERS" "$s" "$(first_val "$OUT/swarm/trainer.log")" "$(last_val "$OUT/swarm/trainer.log")"
 awk -v l="$l" -v s="$s" 'BEGIN { if (l > 0) printf "swarm / local:        %10.2f\n", s / l }'
