@@ -84,6 +84,10 @@ type Summary struct {
 	Loss         float64 `json:"loss"`
 	ValLoss      float64 `json:"val_loss"`
 	TokensPerSec float64 `json:"tokens_per_sec"`
+	// Stepped counts, per stage, the sequences the stage stepped on (through
+	// the swarm; absent from `swarmnode local`): Step × train.batch when every
+	// microbatch counted exactly once.
+	Stepped []int64 `json:"stepped,omitempty"`
 }
 
 // WriteFile writes the summary to path as indented JSON.
@@ -374,6 +378,9 @@ func (r *runState) collect(res result) error {
 		return err
 	}
 	r.stepJobs = append(r.stepJobs[:0], r.stepJobs[r.accum:]...)
+	r.tr.mu.Lock()
+	r.sum.Stepped = append(r.sum.Stepped[:0], r.tr.stats.Stepped...)
+	r.tr.mu.Unlock()
 	r.stepDone()
 	return nil
 }

@@ -58,6 +58,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ctr(descMB, float64(r.Microbatches.Completed), "completed")
 	ctr(descMB, float64(r.Microbatches.Retried), "retried")
 	ctr(descMB, float64(r.Microbatches.Failed), "failed")
+	ctr(descMB, float64(r.Microbatches.Replayed), "replayed")
+	ctr(descMB, float64(r.Microbatches.TakenBack), "taken_back")
 	for kind, v := range r.Errors {
 		ctr(descErrors, float64(v), kind)
 	}

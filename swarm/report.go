@@ -47,9 +47,13 @@ type Report struct {
 	// History is the loss curve.
 	History []HistoryPoint `json:"history"`
 	// Microbatches, Averaging and Errors are the counters of Status.
-	Microbatches MicrobatchCounts  `json:"microbatches"`
-	Averaging    AveragingStats    `json:"averaging"`
-	Errors       map[string]uint64 `json:"errors"`
+	Microbatches MicrobatchCounts `json:"microbatches"`
+	// Stepped counts, per stage, the sequences the stage's holders stepped on
+	// at this trainer's commits (trainers only): train.batch per step when
+	// every microbatch counted exactly once.
+	Stepped   []int64           `json:"stepped"`
+	Averaging AveragingStats    `json:"averaging"`
+	Errors    map[string]uint64 `json:"errors"`
 	// Wire counts the pipeline frames this node sent: bytes on the wire and
 	// what they would have taken uncompressed.
 	Wire wire.Traffic `json:"wire"`
@@ -67,9 +71,12 @@ func (n *Node) Report() Report {
 		Holders:        make(map[int][]HolderReport, n.opts.NumStages),
 		ConnectedPeers: len(n.host.Network().Peers()),
 		Step:           c.Training.Step, Loss: c.Training.Loss, TokensPerSec: c.Training.TokensPerSec,
-		History: c.History, Microbatches: c.Microbatches, Averaging: c.Averaging, Errors: c.Errors,
+		History: c.History, Microbatches: c.Microbatches, Stepped: c.Stepped, Averaging: c.Averaging, Errors: c.Errors,
 		Wire: n.traffic.Sent(),
 		Time: time.Now().UTC(),
+	}
+	if r.Stepped == nil {
+		r.Stepped = []int64{}
 	}
 	if r.History == nil {
 		r.History = []HistoryPoint{}

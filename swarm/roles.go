@@ -536,7 +536,11 @@ func (s *Status) setTrainer(st pipeline.TrainerStats) {
 	defer s.mu.Unlock()
 	// The trainer retries every failed attempt; a microbatch is failed only
 	// when it was given up on (Lost: the run was stopped mid-way).
-	s.trainer = MicrobatchCounts{Completed: uint64(st.Completed), Retried: uint64(st.Retried), Failed: uint64(st.Lost)}
+	s.trainer = MicrobatchCounts{
+		Completed: uint64(st.Completed), Retried: uint64(st.Retried), Failed: uint64(st.Lost),
+		Replayed: uint64(st.Replayed), TakenBack: uint64(st.TakenBack),
+	}
+	s.stepped = st.Stepped
 }
 
 // setAveragingStats mirrors the averager's counters.

@@ -188,6 +188,8 @@ code{font-size:90%}.self{font-weight:bold}
 <tr><th>microbatches completed</th><td>{{.Microbatches.Completed}}</td></tr>
 <tr><th>microbatches retried</th><td>{{.Microbatches.Retried}}</td></tr>
 <tr><th>microbatches failed</th><td>{{.Microbatches.Failed}}</td></tr>
+<tr><th>microbatches replayed</th><td>{{.Microbatches.Replayed}}</td></tr>
+<tr><th>copies taken back</th><td>{{.Microbatches.TakenBack}}</td></tr>
 <tr><th>averaging rounds</th><td>{{.Averaging.Rounds}}</td></tr>
 <tr><th>last group size</th><td>{{.Averaging.LastGroupSize}}</td></tr>
 <tr><th>last round</th><td>{{f1 .Averaging.LastRoundMS}} ms</td></tr>

@@ -32,10 +32,18 @@ type MicrobatchCounts struct {
 	Retried uint64 `json:"retried"`
 	// Failed counts microbatches given up on.
 	Failed uint64 `json:"failed"`
+	// Replayed counts microbatches a trainer sent again because a stage had
+	// lost their gradients with a holder; TakenBack counts extra copies the
+	// holders took back at a commit (a microbatch computed twice at a stage).
+	Replayed  uint64 `json:"replayed"`
+	TakenBack uint64 `json:"taken_back"`
 }
 
 func (m MicrobatchCounts) add(o MicrobatchCounts) MicrobatchCounts {
-	return MicrobatchCounts{Completed: m.Completed + o.Completed, Retried: m.Retried + o.Retried, Failed: m.Failed + o.Failed}
+	return MicrobatchCounts{
+		Completed: m.Completed + o.Completed, Retried: m.Retried + o.Retried, Failed: m.Failed + o.Failed,
+		Replayed: m.Replayed + o.Replayed, TakenBack: m.TakenBack + o.TakenBack,
+	}
 }
 
 // AveragingStats are the averaging counters.
@@ -72,6 +80,7 @@ type Status struct {
 	// server and trainer mirror the totals kept by the stage server and the
 	// trainer (roles.go); the page shows their sum.
 	server, trainer MicrobatchCounts
+	stepped         []int64 // per stage, sequences stepped at this trainer's commits
 	avg             AveragingStats
 	errors          map[string]uint64
 }
@@ -131,6 +140,7 @@ type Counters struct {
 	Training     Training
 	History      []HistoryPoint
 	Microbatches MicrobatchCounts
+	Stepped      []int64
 	Averaging    AveragingStats
 	Errors       map[string]uint64
 }
@@ -143,6 +153,7 @@ func (s *Status) Snapshot() Counters {
 		Training:     s.training,
 		History:      slices.Clone(s.history),
 		Microbatches: s.server.add(s.trainer),
+		Stepped:      slices.Clone(s.stepped),
 		Averaging:    s.avg,
 		Errors:       maps.Clone(s.errors),
 	}

@@ -312,6 +312,7 @@ func TestSwarmSurvivesKilledAndStoppedHolders(t *testing.T) {
 		t.Fatalf("the run ended before the faults were injected (killed %v, stopped %v)", f.killed, f.stopped)
 	}
 	checkSummarySteps(t, summary, 240, trainer)
+	checkStepped(t, summary, 240*8, 8)
 	t.Logf("longest pause in completed microbatches after the kill: %s; val losses %v", f.maxPause.Round(time.Millisecond), f.history)
 	// The frozen holder's calls time out after pipeline.hop_timeout (3 s); the
 	// issue allows 5 s without progress.
@@ -394,6 +395,35 @@ func (f *faults) observe(t *testing.T, s apiStatus, now time.Time) {
 
 // checkSummarySteps checks that the trainer's summary file reports every step:
 // no microbatch was lost to the faults.
+// checkStepped reads the summary at path and checks that every stage stepped
+// on want sequences: each microbatch counted once, although a holder was killed
+// with its gradients (the trainer sends those again). A holder frozen in the
+// moment between a step's prepare and its commit takes its share of that step
+// with it, unknown to the trainer (never counted twice): up to slack sequences
+// (a batch) may be missing at its stage.
+func checkStepped(t *testing.T, path string, want, slack int64) {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum struct {
+		Stepped []int64 `json:"stepped"`
+	}
+	if err := json.Unmarshal(raw, &sum); err != nil {
+		t.Fatal(err)
+	}
+	if len(sum.Stepped) == 0 {
+		t.Fatalf("summary without stepped counts: %s", raw)
+	}
+	for k, n := range sum.Stepped {
+		if n > want || n < want-slack {
+			t.Errorf("stage %d stepped on %d sequences, the trainer sent %d", k, n, want)
+		}
+	}
+	t.Logf("sequences stepped per stage: %v (sent %d)", sum.Stepped, want)
+}
+
 func checkSummarySteps(t *testing.T, path string, steps int, trainer *runProc) {
 	t.Helper()
 	raw, err := os.ReadFile(path)
