@@ -18,25 +18,28 @@
 // request carries a time budget, so that a hop gives up on its downstream in time
 // to answer its upstream.
 //
-// A hop also hedges against a holder that is merely slow. With pipeline.staleness
-// 0 a stage admits the next step's forward passes only once every microbatch of
-// the current step is back, so the few microbatches that routing still sends to a
-// much slower holder would stall the whole step. A microbatch must train exactly
-// once at every stage, so the call is not duplicated; instead, once a training
-// call has taken half the stage's recent median latency (at least 0.5 ms) while
-// another live holder of that stage is measured at least twice as fast, the hop
-// closes its side of the stream: a request to give up. A holder honours it only
-// while nothing of the microbatch is committed: while it waits for admission,
-// runs its forward pass, or waits for a downstream that itself gives up when
-// asked in turn (the request travels down the chain); it then drops its cached
-// pass, returns its admission and answers "busy: cancelled", and the hop sends
-// its cached output to another holder, which counts as a hedge, not a failure
+// A hop also hedges against a holder that is merely slow. A step commits only
+// once every microbatch of it is back, so the few microbatches that routing still
+// sends to a much slower holder would stall the whole step. The call is not
+// duplicated; instead, once a training call has taken half the stage's recent
+// median latency (at least 0.5 ms) while another live holder of that stage is
+// measured at least twice as fast, the hop closes its side of the stream: a
+// request to give up. A holder honours it only while nothing of the microbatch is
+// done: while it runs its forward pass, or waits for a downstream that itself
+// gives up when asked in turn (the request travels down the chain); it then drops
+// its cached pass and answers "busy: cancelled", and the hop sends its cached
+// output to another holder, which counts as a hedge, not a failure
 // (ServerStats.Hedged, TrainerStats.Hedged, and TrainerStats.Retried). Once the
 // downstream has answered (or, on the last stage, the backward pass is due) the
-// holder carries on and answers as usual. The ask comes early because a holder
-// ten times slower than the others commits early in its share of the time; a
-// holder that does not answer at all (stopped) is left to the hop timeout as
-// before. Resetting the stream instead cancels the holder outright.
+// holder carries on and answers as usual. A holder that does not answer at all
+// (stopped) is left to the hop timeout.
+//
+// Steps are committed by the trainer (commit.go): the holders of a stage keep a
+// ledger of the microbatches they accumulated (ledger.go); at each step the
+// trainer asks them what they hold, has duplicates taken back and lost
+// microbatches sent again, and asks them to step together, their gradients
+// all-reduced through WorkerOptions.Reduce. Every microbatch counts exactly once
+// at every stage (docs/sync.md).
 //
 // The package knows nothing of the DHT: a Router supplies the live holders of
 // each stage and learns about failed calls. Package swarm adapts the run's DHT to

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -218,6 +219,7 @@ func (t *Trainer) tag() uint32 { return uint32(t.idBase >> 32) }
 type job struct {
 	req  request
 	eval bool
+	done bool // its answer is back
 }
 
 type result struct {
@@ -327,8 +329,9 @@ func (t *Trainer) newRun(ctx context.Context) *runState {
 	}
 }
 
-// running reports whether training microbatches or an evaluation are left.
-func (r *runState) running() bool { return r.done < r.total || r.evalLeft > 0 }
+// running reports whether training microbatches, a step to commit or an
+// evaluation are left.
+func (r *runState) running() bool { return r.step < r.o.Train.Steps || r.evalLeft > 0 }
 
 // pending returns the job waiting for a worker, taking the next one when none
 // waits: evaluation microbatches first, no new training microbatch while an
@@ -364,24 +367,31 @@ func (r *runState) collect(res result) error {
 		if r.evalLeft--; r.evalLeft == 0 {
 			r.evaluated()
 		}
-		return nil
+		return r.commitReady()
 	}
 	r.tr.completed.Add(1)
 	r.tr.report(Completed, 1)
 	r.done++
+	res.job.done = true
 	r.stepLoss += float64(res.loss)
 	r.winTokens += r.B * r.T
-	if r.done%r.accum != 0 {
-		return nil
+	return r.commitReady()
+}
+
+// commitReady commits every step whose answers are all back, oldest first
+// (with pipeline.staleness above 0 a later step may finish first), pausing
+// while an evaluation runs.
+func (r *runState) commitReady() error {
+	for r.evalLeft == 0 && len(r.stepJobs) >= r.accum && !slices.ContainsFunc(r.stepJobs[:r.accum], func(j *job) bool { return !j.done }) {
+		if err := r.tr.commitStep(r.ctx, r.step+1, r.stepJobs[:r.accum], r.stepJobs[r.accum:]); err != nil {
+			return err
+		}
+		r.stepJobs = append(r.stepJobs[:0], r.stepJobs[r.accum:]...)
+		r.tr.mu.Lock()
+		r.sum.Stepped = append(r.sum.Stepped[:0], r.tr.stats.Stepped...)
+		r.tr.mu.Unlock()
+		r.stepDone()
 	}
-	if err := r.tr.commitStep(r.ctx, r.step+1, r.stepJobs[:r.accum], r.stepJobs[r.accum:]); err != nil {
-		return err
-	}
-	r.stepJobs = append(r.stepJobs[:0], r.stepJobs[r.accum:]...)
-	r.tr.mu.Lock()
-	r.sum.Stepped = append(r.sum.Stepped[:0], r.tr.stats.Stepped...)
-	r.tr.mu.Unlock()
-	r.stepDone()
 	return nil
 }
 

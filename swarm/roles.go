@@ -23,11 +23,11 @@ import (
 
 // This file composes the pipeline and averaging packages on a Node: the server
 // and trainer roles of `swarmnode run`. pipeline/ and averaging/ know nothing of
-// each other; here a stage's optimizer steps feed its averager, and a
-// rebalancing move fetches the target stage's state through averaging's state
-// transfer before pipeline serves it. Each holder of a stage steps after
-// train.batch sequences of its own and averaging mixes the holders' copies
-// (docs/holders.md says why the holders do not share the batch instead).
+// each other; here a stage's commits all-reduce its gradients through an
+// averager of their own (gradsync.go) and feed the background parameter
+// averager, and a rebalancing move fetches the target stage's state through
+// averaging's state transfer before pipeline serves it. The holders of a stage
+// step together at every trainer's commit (docs/sync.md).
 
 // roles plays the server and trainer roles on a node under one run config.
 type roles struct {
