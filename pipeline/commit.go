@@ -103,7 +103,7 @@ func (s *Server) commitRequest(typ byte, payload []byte) (any, byte, error) {
 		if err := json.Unmarshal(payload, &m); err != nil {
 			return nil, 0, fmt.Errorf("commit: %w", err)
 		}
-		r := Round{ID: m.Round}
+		r := Round{ID: m.Round, Next: m.Next}
 		for _, id := range m.Members {
 			p, err := peer.Decode(id)
 			if err != nil {
@@ -166,6 +166,20 @@ func ask(ctx context.Context, c *caller, run string, p Holder, typ byte, msg, ou
 type stageView struct {
 	holders []Holder
 	acc     []accounting
+}
+
+// next is the version the stage steps to: the most common version among the
+// holders that answered (the highest of equally common ones), plus one.
+func (v stageView) next() uint64 {
+	count := make(map[uint64]int)
+	var best uint64
+	for _, a := range v.acc {
+		count[a.Version]++
+		if n, m := count[a.Version], count[best]; n > m || (n == m && a.Version > best) {
+			best = a.Version
+		}
+	}
+	return best + 1
 }
 
 // commitState is the trainer's side of committing one step.
@@ -266,13 +280,13 @@ func (cs *commitState) commit(ctx context.Context) []int {
 			members[i] = h.ID.String()
 		}
 		slices.Sort(members)
-		round := cs.round(k)
+		round, next := cs.round(k), v.next()
 		for i, h := range v.holders {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				var r stepReply
-				msg := commitMsg{Round: round, Members: members, Undo: cs.undo[k][i]}
+				msg := commitMsg{Round: round, Members: members, Undo: cs.undo[k][i], Next: next}
 				if err := ask(ctx, t.call, t.opts.Run, h, msgCommit, msg, &r); err != nil {
 					t.log.Info("commit failed", "stage", k, "holder", shortID(h.ID), "step", cs.step, "err", err)
 					return

@@ -127,17 +127,23 @@ func TestAnswerLostAfterBackward(t *testing.T) {
 // where a fault-free run's parameters do.
 func TestHolderKilledMidStep(t *testing.T) {
 	cfg := exactConfig()
-	sw := newSwarm(t, cfg, []int{1, 2, 1}, nil)
+	// A slow stage 0 keeps the step's answers on their way for a while after
+	// stage 1's backward passes: the kill lands before the trainer's prepare.
+	sw := newSwarm(t, cfg, []int{1, 2, 1}, map[[2]int]float64{{0, 0}: 4})
 	victim, w := sw.servers[1][1], sw.replicas[1][1]
+	tr := sw.newTrainer(t, loadCorpus(t, cfg), TrainerOptions{})
 	killed := make(chan struct{})
 	go func() {
 		defer close(killed)
-		for w.Stage().Version() < 4 || w.Pending() == 0 {
-			time.Sleep(100 * time.Microsecond)
+		for {
+			v := w.Stage().Version()
+			if v >= 4 && w.Pending() > 0 && tr.Stats().Completed == int64(v)*int64(cfg.Train.Accumulation()) {
+				break // gradients of step v+1 here, none of its answers back yet
+			}
+			time.Sleep(50 * time.Microsecond)
 		}
 		_ = victim.host.Close()
 	}()
-	tr := sw.newTrainer(t, loadCorpus(t, cfg), TrainerOptions{})
 	runTrainer(t, tr, 60*time.Second)
 	<-killed
 	st := tr.Stats()

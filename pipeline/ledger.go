@@ -28,6 +28,9 @@ type commitMsg struct {
 	// Undo lists microbatch ids to take one accumulated copy of back out
 	// (repeated for more copies).
 	Undo []uint64 `json:"undo"`
+	// Next is the version the stage steps to: the version most members were
+	// at, plus one.
+	Next uint64 `json:"next"`
 }
 
 // account lists the worker's ledger entries of the microbatches whose ids carry
@@ -68,7 +71,7 @@ func (w *Worker) Commit(ctx context.Context, c Round, undo []uint64) (StepInfo, 
 	entries := w.ledger
 	w.ledger = nil
 	w.lmu.Unlock()
-	info := StepInfo{Micro: len(entries)}
+	info := StepInfo{Micro: len(entries), OutOfStep: c.Next != 0 && w.st.Version()+1 != c.Next}
 	for _, e := range entries {
 		info.Samples += e.in.B
 	}

@@ -25,6 +25,10 @@ type StepInfo struct {
 	Averaged bool
 	// GradNorm is the gradient norm before clipping.
 	GradNorm float32
+	// OutOfStep reports that the stage was not at the version the round's
+	// other members were at before the step (it missed a commit): its
+	// parameters should be brought back from theirs.
+	OutOfStep bool
 }
 
 // Round is one synchronized step of a stage's holders, as Reduce sees it.
@@ -36,6 +40,9 @@ type Round struct {
 	Members []peer.ID
 	// Micro is the number of microbatches this holder accumulated: its weight.
 	Micro int
+	// Next is the version the members step to (the version most of them were
+	// at, plus one); 0 when unknown.
+	Next uint64
 }
 
 // WorkerOptions set a Worker's optimizer schedule.

@@ -72,4 +72,10 @@ func TestWorkerCommitCountsEachMicrobatchOnce(t *testing.T) {
 	if info, err := twice.Commit(context.Background(), Round{}, []uint64{7}); err == nil || info.Version != 2 {
 		t.Fatalf("a commit asked to take back a microbatch the worker never saw: %+v, %v", info, err)
 	}
+	if info, _ := twice.Commit(context.Background(), Round{Next: 3}, nil); info.OutOfStep != false || info.Version != 3 {
+		t.Fatalf("a worker at version 2 stepping to 3 with the others: %+v", info)
+	}
+	if info, _ := twice.Commit(context.Background(), Round{Next: 9}, nil); !info.OutOfStep {
+		t.Fatalf("a worker at version 3 stepping with others at 8 is not out of step: %+v", info)
+	}
 }

@@ -53,10 +53,16 @@ type stageService struct {
 	worker *pipeline.Worker
 	server *pipeline.Server
 	avg    *averaging.Averager // nil when averaging is off
+	src    *stageSource        // the averager's source; nil when averaging is off
 	grads  *gradSync
-	state  *averaging.StateServer
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+
+	// resyncing is set while the stage reloads its holders' state after it
+	// missed a commit; lastResync is when it last did.
+	resyncing  atomic.Bool
+	lastResync atomic.Int64
+	state      *averaging.StateServer
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
 }
 
 // startStage builds stage k with the live holders' state and serves it. The
@@ -128,6 +134,14 @@ func (r *roles) serveStage(ctx context.Context, k int, st *stages.Stage) (*stage
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	svc.cancel = cancel
+	worker.OnStep(func(si pipeline.StepInfo) {
+		if svc.src != nil {
+			svc.src.samples.Add(int64(si.Samples))
+		}
+		if si.OutOfStep {
+			r.resync(sctx, svc)
+		}
+	})
 	if cfg.Averaging.Enabled {
 		if err := r.startAveraging(sctx, svc); err != nil {
 			cancel()
@@ -170,12 +184,11 @@ func (r *roles) startAveraging(ctx context.Context, svc *stageService) error {
 		n0 = svc.st.StateLen()
 	}
 	src := &stageSource{st: svc.st, n: n0, log: r.log}
-	svc.worker.OnStep(func(si pipeline.StepInfo) { src.samples.Add(int64(si.Samples)) })
 	avg, err := averaging.New(r.n.Host(), dhtPeers{r.n, svc.k}, src, opts)
 	if err != nil {
 		return err
 	}
-	svc.avg = avg
+	svc.avg, svc.src = avg, src
 	svc.wg.Add(1)
 	go func() {
 		defer svc.wg.Done()
@@ -346,6 +359,37 @@ func (r *roles) applyState(st *stages.Stage, k int, state averaging.State) error
 	}
 	r.log.Info("loaded stage state", "stage", k, "step", state.Step, "holders", len(state.From))
 	return nil
+}
+
+// resyncEvery bounds how often a holder reloads its stage's state after missing
+// commits: a download takes a while, and the stage goes on stepping meanwhile.
+const resyncEvery = 10 * time.Second
+
+// resync reloads svc's stage state from its other holders in the background,
+// after a commit found it at another version than theirs (it missed a step:
+// frozen, or left out of a prepare). Background averaging would only pull it
+// back slowly.
+func (r *roles) resync(ctx context.Context, svc *stageService) {
+	if time.Since(time.Unix(0, svc.lastResync.Load())) < resyncEvery || !svc.resyncing.CompareAndSwap(false, true) {
+		return
+	}
+	svc.wg.Add(1)
+	go func() {
+		defer svc.wg.Done()
+		defer svc.resyncing.Store(false)
+		defer svc.lastResync.Store(time.Now().UnixNano())
+		from := r.n.otherHolders(svc.k)
+		r.log.Info("out of step with the stage's other holders: loading their state", "stage", svc.k, "version", svc.st.Version(), "holders", len(from))
+		fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		state, err := averaging.FetchState(fctx, r.n.Host(), r.cfg.Run, stageKey(svc.k), from, averaging.FetchOptions{MaxFloats: svc.st.StateLen()})
+		if err == nil {
+			err = r.applyState(svc.st, svc.k, state)
+		}
+		if err != nil && ctx.Err() == nil {
+			r.log.Warn("reloading the stage's state failed; averaging will pull it back", "stage", svc.k, "err", err)
+		}
+	}()
 }
 
 // close stops serving the stage and waits for its goroutines.
