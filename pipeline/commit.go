@@ -99,30 +99,50 @@ func (s *Server) commitRequest(typ byte, payload []byte) (any, byte, error) {
 		}
 		return s.w.account(m.Trainer, m.IDs), msgPrepare, nil
 	case msgCommit:
-		var m commitMsg
-		if err := json.Unmarshal(payload, &m); err != nil {
-			return nil, 0, fmt.Errorf("commit: %w", err)
-		}
-		r := Round{ID: m.Round, Next: m.Next}
-		for _, id := range m.Members {
-			p, err := peer.Decode(id)
-			if err != nil {
-				return nil, 0, fmt.Errorf("commit: member %q: %w", id, err)
-			}
-			r.Members = append(r.Members, p)
-		}
-		if !slices.Contains(r.Members, s.host.ID()) {
-			return nil, 0, errors.New("commit: this holder is not among the members")
+		r, undo, err := parseCommit(payload, s.host.ID())
+		if err != nil {
+			return nil, 0, err
 		}
 		ctx, cancel := context.WithTimeout(s.ctx, s.opts.Pipeline.HopTimeout)
 		defer cancel()
-		info, err := s.w.Commit(ctx, r, m.Undo)
+		info, err := s.w.Commit(ctx, r, undo)
 		if err != nil {
 			s.log.Warn("step taken with a copy not taken back", "stage", s.k, "err", err)
 		}
 		return stepReply{Version: info.Version, Micro: info.Micro, Samples: info.Samples, Averaged: info.Averaged, GradNorm: info.GradNorm}, msgCommit, nil
 	}
 	return nil, 0, fmt.Errorf("%w: commit protocol message type %d", wire.ErrUnexpect, typ)
+}
+
+// maxCommitMembers bounds a commit's member list (the averaging protocol's
+// largest group) and maxUndo the copies one commit takes back.
+const (
+	maxCommitMembers = 64
+	maxUndo          = 4096
+)
+
+// parseCommit decodes a commit request to self: the round and the copies to
+// take back. It refuses a request that does not name self among the members.
+func parseCommit(payload []byte, self peer.ID) (Round, []uint64, error) {
+	var m commitMsg
+	if err := json.Unmarshal(payload, &m); err != nil {
+		return Round{}, nil, fmt.Errorf("commit: %w", err)
+	}
+	if len(m.Members) > maxCommitMembers || len(m.Undo) > maxUndo {
+		return Round{}, nil, fmt.Errorf("commit: %d members and %d copies to take back, over the limits of %d and %d", len(m.Members), len(m.Undo), maxCommitMembers, maxUndo)
+	}
+	r := Round{ID: m.Round, Next: m.Next}
+	for _, id := range m.Members {
+		p, err := peer.Decode(id)
+		if err != nil {
+			return Round{}, nil, fmt.Errorf("commit: member %q: %w", id, err)
+		}
+		r.Members = append(r.Members, p)
+	}
+	if !slices.Contains(r.Members, self) {
+		return Round{}, nil, errors.New("commit: this holder is not among the members")
+	}
+	return r, m.Undo, nil
 }
 
 // ask sends one commit protocol request to p and decodes its answer into out.

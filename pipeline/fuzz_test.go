@@ -3,8 +3,11 @@ package pipeline
 import (
 	"math"
 	"net"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"swarmnode/model"
 	"swarmnode/stages"
@@ -67,4 +70,27 @@ func sent(b []byte) net.Conn {
 		_ = send.Close()
 	}()
 	return recv
+}
+
+// FuzzCommitRequest feeds arbitrary bytes to the commit protocol's parser: no
+// panic, and what it accepts names this holder among at most maxCommitMembers
+// members and asks to take back at most maxUndo copies.
+func FuzzCommitRequest(f *testing.F) {
+	self, err := peer.Decode("12D3KooWBUttzGRLQCoNPUWYYKKsXhyjzYr8Yadoq5JLAT2GBKG5")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add([]byte(`{"round":7,"members":["12D3KooWBUttzGRLQCoNPUWYYKKsXhyjzYr8Yadoq5JLAT2GBKG5"],"undo":[1,2],"next":3}`))
+	f.Add([]byte(`{"round":7,"members":["x"],"undo":null}`))
+	f.Add([]byte(`{"members":[]}`))
+	f.Add([]byte(`[`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, undo, err := parseCommit(b, self)
+		if err != nil {
+			return
+		}
+		if !slices.Contains(r.Members, self) || len(r.Members) > maxCommitMembers || len(undo) > maxUndo {
+			t.Fatalf("accepted %q as %+v, undo %d", b, r, len(undo))
+		}
+	})
 }
