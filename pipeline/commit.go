@@ -57,6 +57,10 @@ type stepReply struct {
 	Samples  int     `json:"samples"`
 	Averaged bool    `json:"averaged"`
 	GradNorm float32 `json:"grad_norm"`
+	// Group lists the members whose gradients went into the step's mean;
+	// Complete says every part of theirs arrived.
+	Group    []string `json:"group"`
+	Complete bool     `json:"complete"`
 }
 
 type errorMsg struct {
@@ -109,7 +113,11 @@ func (s *Server) commitRequest(typ byte, payload []byte) (any, byte, error) {
 		if err != nil {
 			s.log.Warn("step taken with a copy not taken back", "stage", s.k, "err", err)
 		}
-		return stepReply{Version: info.Version, Micro: info.Micro, Samples: info.Samples, Averaged: info.Averaged, GradNorm: info.GradNorm}, msgCommit, nil
+		reply := stepReply{Version: info.Version, Micro: info.Micro, Samples: info.Samples, Averaged: info.Averaged, GradNorm: info.GradNorm, Complete: info.Complete}
+		for _, p := range info.Group {
+			reply.Group = append(reply.Group, p.String())
+		}
+		return reply, msgCommit, nil
 	}
 	return nil, 0, fmt.Errorf("%w: commit protocol message type %d", wire.ErrUnexpect, typ)
 }
@@ -209,7 +217,8 @@ type commitState struct {
 	ids   []uint64       // the step's microbatches
 	later []uint64       // later steps' microbatches in flight
 	views []stageView    // per stage
-	undo  [][][]uint64   // per stage, per holder answering
+	undo  [][][]uint64   // per stage, per holder answering: copies to take back
+	kept  [][][]uint64   // per stage, per holder answering: the copies that count
 	miss  map[uint64]int // microbatch -> stages that lack it
 }
 
@@ -257,9 +266,11 @@ func (cs *commitState) resolve() {
 		want[id] = true
 	}
 	cs.undo = make([][][]uint64, len(cs.views))
+	cs.kept = make([][][]uint64, len(cs.views))
 	cs.miss = make(map[uint64]int)
 	for k, v := range cs.views {
 		cs.undo[k] = make([][]uint64, len(v.holders))
+		cs.kept[k] = make([][]uint64, len(v.holders))
 		counted := make(map[uint64]int)
 		for _, a := range v.acc {
 			for _, id := range a.Done {
@@ -274,6 +285,7 @@ func (cs *commitState) resolve() {
 				// finished late), goes.
 				if want[id] && counted[id] == 0 {
 					counted[id] = 1
+					cs.kept[k][i] = append(cs.kept[k][i], id)
 					continue
 				}
 				cs.undo[k][i] = append(cs.undo[k][i], id)
@@ -287,13 +299,16 @@ func (cs *commitState) resolve() {
 	}
 }
 
-// commit asks every holder that answered the prepare to step; it returns the
-// samples each stage stepped on.
-func (cs *commitState) commit(ctx context.Context) []int {
+// commit asks every holder that answered the prepare to step. It returns the
+// sequences each stage stepped on, and the microbatches of the step that a
+// stage lost in the commit: those counted at a holder that did not answer its
+// commit (killed or frozen since its prepare) and whose gradients went into no
+// other holder's all-reduce. The caller sends them again with the next step.
+func (cs *commitState) commit(ctx context.Context) (samples []int, lost []uint64) {
 	t := cs.t
-	samples := make([]int, len(cs.views))
+	samples = make([]int, len(cs.views))
+	replies := make([][]*stepReply, len(cs.views))
 	var wg sync.WaitGroup
-	var mu sync.Mutex
 	for k, v := range cs.views {
 		members := make([]string, len(v.holders))
 		for i, h := range v.holders {
@@ -301,6 +316,7 @@ func (cs *commitState) commit(ctx context.Context) []int {
 		}
 		slices.Sort(members)
 		round, next := cs.round(k), v.next()
+		replies[k] = make([]*stepReply, len(v.holders))
 		for i, h := range v.holders {
 			wg.Add(1)
 			go func() {
@@ -311,14 +327,44 @@ func (cs *commitState) commit(ctx context.Context) []int {
 					t.log.Info("commit failed", "stage", k, "holder", shortID(h.ID), "step", cs.step, "err", err)
 					return
 				}
-				mu.Lock()
-				samples[k] += r.Samples
-				mu.Unlock()
+				replies[k][i] = &r
 			}()
 		}
 	}
 	wg.Wait()
-	return samples
+	inStep := make(map[uint64]bool, len(cs.ids))
+	for _, id := range cs.ids {
+		inStep[id] = true
+	}
+	for k, v := range cs.views {
+		for i, h := range v.holders {
+			if r := replies[k][i]; r != nil {
+				samples[k] += r.Samples
+				continue
+			}
+			if included(replies[k], h.ID.String()) {
+				samples[k] += len(cs.kept[k][i]) * t.opts.Train.Microbatch
+				continue
+			}
+			for _, id := range cs.kept[k][i] {
+				if inStep[id] { // a later step's microbatch is checked at its own commit
+					lost = append(lost, id)
+				}
+			}
+		}
+	}
+	return samples, lost
+}
+
+// included reports whether the all-reduce of some holder that answered its
+// commit took in every part of member's gradients.
+func included(replies []*stepReply, member string) bool {
+	for _, r := range replies {
+		if r != nil && r.Complete && slices.Contains(r.Group, member) {
+			return true
+		}
+	}
+	return false
 }
 
 // round names stage k's all-reduce of this step: distinct per trainer, stage
@@ -340,9 +386,11 @@ const maxReplays = 5
 // commitStep commits step (numbered from 1) of the trainer once the answers
 // of its microbatches, jobs, are all back: prepare, replay what a stage lost,
 // then commit. later are the microbatches of later steps already sent (with
-// pipeline.staleness above 0): what a holder accumulated of them counts now. It returns when every holder that answered has stepped or
-// failed to, or with ctx's error.
-func (t *Trainer) commitStep(ctx context.Context, step int, jobs, later []*job) error {
+// pipeline.staleness above 0): what a holder accumulated of them counts now.
+// It returns when every holder that answered has stepped or failed to, or with
+// ctx's error, and with the microbatches a stage lost in the commit itself, to
+// go with the next step.
+func (t *Trainer) commitStep(ctx context.Context, step int, jobs, later []*job) (owed []*job, err error) {
 	cs := &commitState{t: t, step: step}
 	byID := make(map[uint64]*job, len(jobs))
 	for _, j := range jobs {
@@ -357,12 +405,12 @@ func (t *Trainer) commitStep(ctx context.Context, step int, jobs, later []*job) 
 		cs.prepare(pctx)
 		cancel()
 		if err := ctx.Err(); err != nil {
-			return err
+			return nil, err
 		}
 		if k := cs.emptyStage(); k >= 0 {
 			t.log.Info("no holder of a stage answered; waiting to commit", "stage", k, "step", step)
 			if err := sleep(ctx, 500*time.Millisecond); err != nil {
-				return err
+				return nil, err
 			}
 			continue
 		}
@@ -370,7 +418,7 @@ func (t *Trainer) commitStep(ctx context.Context, step int, jobs, later []*job) 
 		if len(cs.miss) > 0 && round < maxReplays {
 			t.log.Info("a stage lost microbatches of the step; sending them again", "step", step, "microbatches", len(cs.miss))
 			if err := t.replay(ctx, cs.miss, byID); err != nil {
-				return err
+				return nil, err
 			}
 			continue
 		}
@@ -383,8 +431,15 @@ func (t *Trainer) commitStep(ctx context.Context, step int, jobs, later []*job) 
 			}
 		}
 		cctx, cancel := context.WithTimeout(ctx, t.opts.Pipeline.HopTimeout)
-		samples := cs.commit(cctx)
+		samples, lost := cs.commit(cctx)
 		cancel()
+		owed = owed[:0]
+		for _, id := range lost {
+			owed = append(owed, byID[id])
+		}
+		if len(owed) > 0 {
+			t.log.Info("a holder went down with its share of the step; sending it with the next step", "step", step, "microbatches", len(owed))
+		}
 		t.mu.Lock()
 		if len(t.stats.Stepped) < len(samples) {
 			t.stats.Stepped = append(t.stats.Stepped, make([]int64, len(samples)-len(t.stats.Stepped))...)
@@ -393,7 +448,7 @@ func (t *Trainer) commitStep(ctx context.Context, step int, jobs, later []*job) 
 			t.stats.Stepped[k] += int64(n)
 		}
 		t.mu.Unlock()
-		return ctx.Err()
+		return owed, ctx.Err()
 	}
 }
 

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"math"
 	"sync/atomic"
@@ -177,4 +178,33 @@ func TestStalenessCountsOnce(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestHolderKilledDuringCommit: a stage-1 holder answers the trainer's prepare
+// with gradients of the step and dies at the commit, before its gradients
+// reach the all-reduce. The other holder's all-reduce goes on without it; the
+// trainer sees that the lost gradients went into no step and sends those
+// microbatches again with the next step: every stage still steps on exactly the
+// sequences sent.
+func TestHolderKilledDuringCommit(t *testing.T) {
+	cfg := exactConfig()
+	sw := newSwarm(t, cfg, []int{1, 2, 1}, nil)
+	victim, w := sw.servers[1][1], sw.replicas[1][1]
+	reduce := w.opts.Reduce
+	var killed atomic.Bool
+	w.opts.Reduce = func(ctx context.Context, r Round) (Reduced, error) {
+		if r.Micro > 0 && w.Stage().Version() >= 3 && killed.CompareAndSwap(false, true) {
+			_ = victim.host.Close()
+			return Reduced{}, errors.New("killed")
+		}
+		return reduce(ctx, r)
+	}
+	tr := sw.newTrainer(t, loadCorpus(t, cfg), TrainerOptions{})
+	runTrainer(t, tr, 60*time.Second)
+	st := tr.Stats()
+	t.Logf("microbatches replayed %d, copies taken back %d", st.Replayed, st.TakenBack)
+	if !killed.Load() || st.Replayed == 0 {
+		t.Fatalf("killed %v, replayed %d: the lost share was not sent again", killed.Load(), st.Replayed)
+	}
+	checkStepped(t, cfg, st)
 }

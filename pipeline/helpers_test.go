@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"slices"
 	"log/slog"
 	"os"
 	"sync"
@@ -164,16 +165,16 @@ func newSwarmLog(tb testing.TB, cfg config.Config, holders []int, slow map[[2]in
 			if err != nil {
 				tb.Fatal(err)
 			}
-			wo := WorkerOptionsFrom(cfg)
-			w := NewWorker(st, wo)
-			w.opts.Reduce = mem.reducer(w)
+			w := NewWorker(st, WorkerOptionsFrom(cfg))
 			ws = append(ws, w)
 			if i >= holders[k] {
 				break // a stage with no holder still has a worker for tests to look at
 			}
+			h := newHost(tb)
+			w.opts.Reduce = mem.reducer(w, h.ID())
 			so := ServerOptionsFrom(cfg, log)
 			so.Slowdown = slow[[2]int{k, i}]
-			s, err := NewServer(newHost(tb), w, sw.router, so)
+			s, err := NewServer(h, w, sw.router, so)
 			if err != nil {
 				tb.Fatal(err)
 			}
@@ -225,21 +226,24 @@ type memReduce struct {
 }
 
 type memRound struct {
-	want, arrived int
-	sum           []float64
-	micro         int
-	ready         chan struct{}
+	want    int
+	arrived []peer.ID
+	closed  bool // a member gave up waiting: the group is who arrived by then
+	sum     []float64
+	micro   int
+	ready   chan struct{}
 }
 
-// reducer returns w's Reduce: it waits up to two seconds for every member,
-// then leaves the members' summed gradients over their summed microbatches in
-// w's gradients.
-func (m *memReduce) reducer(w *Worker) func(context.Context, Round) (bool, error) {
-	return func(ctx context.Context, r Round) (bool, error) {
+// reducer returns the Reduce of w, served by peer self: it waits up to two
+// seconds for every member, then leaves the summed gradients of the members
+// that arrived over their summed microbatches in w's gradients, as the
+// averaging protocol's leader goes on with the members that joined.
+func (m *memReduce) reducer(w *Worker, self peer.ID) func(context.Context, Round) (Reduced, error) {
+	return func(ctx context.Context, r Round) (Reduced, error) {
 		st := w.Stage()
 		g := make([]float32, st.NumParams())
 		if err := st.ReadGrads(0, g); err != nil {
-			return false, err
+			return Reduced{}, err
 		}
 		m.mu.Lock()
 		rd := m.rounds[r.ID]
@@ -247,25 +251,38 @@ func (m *memReduce) reducer(w *Worker) func(context.Context, Round) (bool, error
 			rd = &memRound{want: len(r.Members), sum: make([]float64, len(g)), ready: make(chan struct{})}
 			m.rounds[r.ID] = rd
 		}
+		if rd.closed {
+			m.mu.Unlock()
+			return Reduced{}, errors.New("the group went on without this member")
+		}
 		for i, v := range g {
 			rd.sum[i] += float64(v)
 		}
 		rd.micro += r.Micro
-		if rd.arrived++; rd.arrived == rd.want {
+		if rd.arrived = append(rd.arrived, self); len(rd.arrived) == rd.want {
+			rd.closed = true
 			close(rd.ready)
 		}
 		m.mu.Unlock()
 		select {
 		case <-rd.ready:
-		case <-time.After(2 * time.Second):
-			return false, errors.New("a member did not arrive")
+		case <-time.After(time.Second):
+			m.mu.Lock()
+			if !rd.closed {
+				rd.closed = true
+				close(rd.ready)
+			}
+			m.mu.Unlock()
 		case <-ctx.Done():
-			return false, ctx.Err()
+			return Reduced{}, ctx.Err()
 		}
+		m.mu.Lock()
+		group := slices.Clone(rd.arrived)
+		m.mu.Unlock()
 		inv := 1 / float64(max(1, rd.micro))
 		for i := range g {
 			g[i] = float32(rd.sum[i]*inv) - g[i]
 		}
-		return true, st.AddGrads(0, g)
+		return Reduced{Averaged: true, Group: group, Complete: true}, st.AddGrads(0, g)
 	}
 }

@@ -77,11 +77,11 @@ func (w *Worker) Commit(ctx context.Context, c Round, undo []uint64) (StepInfo, 
 	}
 	c.Micro = info.Micro
 	if w.opts.Reduce != nil && len(c.Members) > 1 {
-		ok, err := w.opts.Reduce(ctx, c)
+		red, err := w.opts.Reduce(ctx, c)
 		if err != nil {
 			w.log.Info("gradient all-reduce failed, stepping on this holder's gradients", "stage", w.st.Index(), "round", c.ID, "err", err)
 		}
-		info.Averaged = ok
+		info.Averaged, info.Group, info.Complete = red.Averaged, red.Group, red.Complete
 	}
 	div := info.Micro
 	if info.Averaged {

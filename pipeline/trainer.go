@@ -302,6 +302,7 @@ type runState struct {
 
 	next         *job   // waiting for a worker
 	stepJobs     []*job // the training microbatches of the step in progress
+	owed         []*job // microbatches a stage lost in the last commit: they go with the next
 	evalQueue    []*job // evaluation microbatches not yet handed out
 	nid          int    // microbatch ids handed out
 	issued, done int    // training microbatches
@@ -383,8 +384,14 @@ func (r *runState) collect(res result) error {
 // while an evaluation runs.
 func (r *runState) commitReady() error {
 	for r.evalLeft == 0 && len(r.stepJobs) >= r.accum && !slices.ContainsFunc(r.stepJobs[:r.accum], func(j *job) bool { return !j.done }) {
-		if err := r.tr.commitStep(r.ctx, r.step+1, r.stepJobs[:r.accum], r.stepJobs[r.accum:]); err != nil {
+		jobs := append(slices.Clip(r.stepJobs[:r.accum]), r.owed...)
+		owed, err := r.tr.commitStep(r.ctx, r.step+1, jobs, r.stepJobs[r.accum:])
+		if err != nil {
 			return err
+		}
+		r.owed = owed
+		if len(owed) > 0 && r.step+1 == r.o.Train.Steps {
+			r.tr.log.Warn("the last step lost microbatches with a holder that went down during its commit", "microbatches", len(owed))
 		}
 		r.stepJobs = append(r.stepJobs[:0], r.stepJobs[r.accum:]...)
 		r.tr.mu.Lock()

@@ -25,6 +25,10 @@ type StepInfo struct {
 	Averaged bool
 	// GradNorm is the gradient norm before clipping.
 	GradNorm float32
+	// Group lists the members whose gradients went into the step's mean (this
+	// one included), Complete that every part of theirs arrived.
+	Group    []peer.ID
+	Complete bool
 	// OutOfStep reports that the stage was not at the version the round's
 	// other members were at before the step (it missed a commit): its
 	// parameters should be brought back from theirs.
@@ -45,6 +49,16 @@ type Round struct {
 	Next uint64
 }
 
+// Reduced is what the all-reduce of a commit did.
+type Reduced struct {
+	// Averaged reports that the gradients hold the group's mean.
+	Averaged bool
+	// Group lists the members whose gradients went into the mean, this one
+	// included; Complete reports that every part of every one of them arrived.
+	Group    []peer.ID
+	Complete bool
+}
+
 // WorkerOptions set a Worker's optimizer schedule.
 type WorkerOptions struct {
 	// Optim is the optimizer and learning-rate schedule.
@@ -52,10 +66,9 @@ type WorkerOptions struct {
 	// Reduce, if set, all-reduces the accumulated gradients with the other
 	// members of a round before the worker steps: afterwards the gradients
 	// hold the members' mean gradient per microbatch, weighted by Round.Micro,
-	// and Reduce returns true. It returns false (and the worker steps on its
-	// own gradients) when no other member took part. It runs with backward
-	// passes held off.
-	Reduce func(ctx context.Context, r Round) (averaged bool, err error)
+	// and Reduce reports Averaged. When no other member took part the worker
+	// steps on its own gradients. It runs with backward passes held off.
+	Reduce func(ctx context.Context, r Round) (Reduced, error)
 	// Logger receives failures of Reduce; nil discards them.
 	Logger *slog.Logger
 }

@@ -51,22 +51,20 @@ const maxGradGroup = 64
 // microbatch, weighted by r.Micro, and leaves the group's mean in them. Parts
 // of the vector whose average did not come back are brought to this holder's
 // own mean, so that the step may divide by nothing more.
-func (g *gradSync) reduce(ctx context.Context, r pipeline.Round) (bool, error) {
+func (g *gradSync) reduce(ctx context.Context, r pipeline.Round) (pipeline.Reduced, error) {
 	g.src.start(r.Micro)
 	res, err := g.avg.RoundAmong(ctx, r.ID, r.Members)
-	if errors.Is(err, averaging.ErrSkipped) {
-		return false, err
+	if errors.Is(err, averaging.ErrSkipped) || g.src.coveredNone() {
+		return pipeline.Reduced{}, err
 	}
-	if g.src.coveredNone() {
-		return false, err
-	}
+	red := pipeline.Reduced{Averaged: true, Group: res.Members, Complete: err == nil && res.Dropped == 0 && res.Averaged >= 1}
 	if ferr := g.src.finish(); ferr != nil {
-		return true, ferr
+		return red, ferr
 	}
 	if err == nil && res.Averaged < 1 {
 		err = errors.New("part of the gradient kept this holder's own mean")
 	}
-	return true, err
+	return red, err
 }
 
 func (g *gradSync) close() { g.avg.Close() }
