@@ -3,9 +3,9 @@ package pipeline
 import (
 	"context"
 	"errors"
-	"slices"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
