@@ -117,6 +117,7 @@ func TestValidationNamesField(t *testing.T) {
 		{"node:\n  bootstrap: [/ip4/127.0.0.1/tcp/1]\n", "node.bootstrap[0]: \"/ip4/127.0.0.1/tcp/1\": no /p2p/<peer-id> part"},
 		{"node:\n  status: \"7070\"\n", "node.status: \"7070\": want HOST:PORT or off"},
 		{"pipeline:\n  staleness: 65\n", "pipeline.staleness: must be in [0, 64], got 65"},
+		{"train:\n  stream: 1\n", "train.stream: 1 is the val stream; pick another"},
 		{"data:\n  path: \"\"\n", "data.path: must not be empty"},
 	}
 	for _, c := range cases {
@@ -170,4 +171,17 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("Parse accepted an invalid config: %v", verr)
 		}
 	})
+}
+
+// TestTrainStream: unset, a trainer derives its stream from its peer id (nil);
+// set, the value is kept, 0 included.
+func TestTrainStream(t *testing.T) {
+	c, err := Parse([]byte("train:\n  steps: 5\n"))
+	if err != nil || c.Train.Stream != nil {
+		t.Fatalf("unset stream: %v, %v", c.Train.Stream, err)
+	}
+	c, err = Parse([]byte("train:\n  stream: 0\n"))
+	if err != nil || c.Train.Stream == nil || *c.Train.Stream != 0 {
+		t.Fatalf("stream 0: %v, %v", c.Train.Stream, err)
+	}
 }

@@ -32,6 +32,11 @@ type Train struct {
 	EvalEvery int `yaml:"eval_every" check:"positive"`
 	// EvalBatches is the number of val microbatches one evaluation averages over.
 	EvalBatches int `yaml:"eval_batches" check:"positive"`
+	// Stream picks a trainer's batch stream. Unset, each trainer draws its own
+	// (from its peer id), so that several trainers do not feed the same
+	// sequences; 0 draws the batches `swarmnode local` draws (to compare a
+	// swarm with it on the same data). Stream 1 is the val stream.
+	Stream *uint64 `yaml:"stream"`
 }
 
 // DefaultTrain is tuned for the tiny example model.
@@ -46,6 +51,10 @@ func DefaultTrain() Train {
 	}
 }
 
+// valStream is data.ValStream (config may not import data): the stream the
+// val batches are drawn from.
+const valStream = 1
+
 // Accumulation is the number of microbatches per optimizer step.
 func (t Train) Accumulation() int { return t.Batch / t.Microbatch }
 
@@ -55,6 +64,9 @@ func (t Train) validate() error {
 	}
 	if t.Batch < t.Microbatch || t.Batch%t.Microbatch != 0 {
 		return fieldErr("train.batch", "%d must be a positive multiple of train.microbatch %d", t.Batch, t.Microbatch)
+	}
+	if t.Stream != nil && *t.Stream == valStream {
+		return fieldErr("train.stream", "%d is the val stream; pick another", *t.Stream)
 	}
 	return sectionErr("train", t.Optim.Validate())
 }

@@ -518,6 +518,9 @@ func (r *roles) train(ctx context.Context) (pipeline.Summary, error) {
 	h := fnv.New64a()
 	h.Write([]byte(r.n.ID()))
 	opts.Stream = h.Sum64()
+	if cfg.Train.Stream != nil {
+		opts.Stream = *cfg.Train.Stream
+	}
 	opts.Traffic = &r.n.traffic
 	opts.OnStep = func(s pipeline.StepReport) { status.SetTraining(int64(s.Step), s.Loss, s.TokensPerSec) }
 	opts.OnEval = func(e pipeline.EvalReport) {
