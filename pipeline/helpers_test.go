@@ -104,6 +104,9 @@ type testRouter struct {
 	servers map[int][]*Server
 	extra   map[int][]Holder // holders that are not Servers (misbehaving peers)
 	downs   map[peer.ID]int
+	// unmeasured lists holders whose throughput the router does not know yet
+	// (as of a peer that just joined): routing gives them an average share.
+	unmeasured map[peer.ID]bool
 }
 
 func newTestRouter() *testRouter {
@@ -123,6 +126,11 @@ func (r *testRouter) Holders(k int) []Holder {
 	r.mu.Unlock()
 	for _, s := range ss {
 		tp, q := s.Load()
+		r.mu.Lock()
+		if r.unmeasured[s.host.ID()] {
+			tp = 0
+		}
+		r.mu.Unlock()
 		out = append(out, Holder{ID: s.host.ID(), Throughput: tp, Queue: q, Addrs: s.host.Addrs()})
 	}
 	return out
