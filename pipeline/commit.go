@@ -12,7 +12,6 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"swarmnode/wire"
@@ -155,10 +154,7 @@ func parseCommit(payload []byte, self peer.ID) (Round, []uint64, error) {
 
 // ask sends one commit protocol request to p and decodes its answer into out.
 func ask(ctx context.Context, c *caller, run string, p Holder, typ byte, msg, out any) error {
-	if len(p.Addrs) > 0 && len(c.host.Peerstore().Addrs(p.ID)) == 0 {
-		c.host.Peerstore().AddAddrs(p.ID, p.Addrs, peerstore.TempAddrTTL)
-	}
-	str, err := c.host.NewStream(ctx, p.ID, CommitProtocol(run))
+	str, err := c.openOn(ctx, p, CommitProtocol(run))
 	if err != nil {
 		return err
 	}

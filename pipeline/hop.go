@@ -260,10 +260,16 @@ func (c *caller) try(ctx context.Context, h Holder, req *request, soft <-chan st
 
 // open opens a stream to holder h on the stage protocol.
 func (c *caller) open(ctx context.Context, h Holder) (network.Stream, error) {
+	return c.openOn(ctx, h, c.proto)
+}
+
+// openOn opens a stream to holder h on protocol proto, dialing the addresses
+// the router gave for it when the peerstore has none.
+func (c *caller) openOn(ctx context.Context, h Holder, proto protocol.ID) (network.Stream, error) {
 	if len(h.Addrs) > 0 && len(c.host.Peerstore().Addrs(h.ID)) == 0 {
 		c.host.Peerstore().AddAddrs(h.ID, h.Addrs, peerstore.TempAddrTTL)
 	}
-	s, err := c.host.NewStream(ctx, h.ID, c.proto)
+	s, err := c.host.NewStream(ctx, h.ID, proto)
 	switch {
 	case errors.Is(err, swarm.ErrSwarmClosed):
 		// This peer's own host is shutting down: no other holder can help.

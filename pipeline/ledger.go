@@ -89,7 +89,7 @@ func (w *Worker) Commit(ctx context.Context, c Round, undo []uint64) (StepInfo, 
 	}
 	info.GradNorm = w.st.Step(w.opts.Optim, max(div, 1))
 	info.Version = w.st.Version()
-	w.remember(entries, info.Version)
+	w.remember(entries)
 	w.mu.Lock()
 	fn := w.onStep
 	w.mu.Unlock()
@@ -100,14 +100,14 @@ func (w *Worker) Commit(ctx context.Context, c Round, undo []uint64) (StepInfo, 
 }
 
 // remember records the ids a step applied, forgetting the oldest beyond keepDone.
-func (w *Worker) remember(entries []entry, version uint64) {
+func (w *Worker) remember(entries []entry) {
 	w.lmu.Lock()
 	defer w.lmu.Unlock()
 	for _, e := range entries {
 		if _, ok := w.done[e.id]; !ok {
 			w.doneQ = append(w.doneQ, e.id)
 		}
-		w.done[e.id] = version
+		w.done[e.id] = struct{}{}
 	}
 	if over := len(w.doneQ) - keepDone; over > 0 {
 		for _, id := range w.doneQ[:over] {

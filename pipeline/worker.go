@@ -96,10 +96,10 @@ type Worker struct {
 	// gate keeps a step from landing between a backward pass and its ledger
 	// entry: backward passes hold it shared, a commit exclusively.
 	gate   sync.RWMutex
-	ledger []entry           // accumulated since the last step (under gate)
-	lmu    sync.Mutex        // guards ledger against concurrent backward passes
-	done   map[uint64]uint64 // ids stepped recently -> the version they went into
-	doneQ  []uint64          // the same ids, oldest first, to bound done
+	ledger []entry             // accumulated since the last step (under gate)
+	lmu    sync.Mutex          // guards ledger against concurrent backward passes
+	done   map[uint64]struct{} // ids stepped recently
+	doneQ  []uint64            // the same ids, oldest first, to bound done
 
 	mu     sync.Mutex
 	onStep func(StepInfo)
@@ -125,7 +125,7 @@ func NewWorker(st *stages.Stage, o WorkerOptions) *Worker {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Worker{st: st, opts: o, log: log, done: make(map[uint64]uint64)}
+	return &Worker{st: st, opts: o, log: log, done: make(map[uint64]struct{})}
 }
 
 // Stage returns the stage the worker computes.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync"
 
 	"swarmnode/averaging"
@@ -157,6 +158,18 @@ func (s *gradSource) coveredNone() bool {
 	return len(s.covered) == 0
 }
 
+// scaleRange adds f times the gradients at [off, off+n) to them.
+func (s *gradSource) scaleRange(off, n int, f float32) error {
+	g := make([]float32, n)
+	if err := s.st.ReadGrads(off, g); err != nil {
+		return err
+	}
+	for i := range g {
+		g[i] *= f
+	}
+	return s.st.AddGrads(off, g)
+}
+
 // finish scales every range that did not receive the group's mean to this
 // holder's own mean.
 func (s *gradSource) finish() error {
@@ -166,32 +179,15 @@ func (s *gradSource) finish() error {
 	if c == 1 {
 		return s.failed
 	}
-	done := make([]bool, s.n)
-	for _, sp := range s.covered {
-		for i := sp.off; i < sp.off+sp.n; i++ {
-			done[i] = true
+	slices.SortFunc(s.covered, func(a, b span) int { return a.off - b.off })
+	lo := 0 // the first value not known to be covered
+	for _, sp := range append(s.covered, span{off: s.n}) {
+		if sp.off > lo {
+			if err := s.scaleRange(lo, sp.off-lo, c-1); err != nil {
+				return err
+			}
 		}
-	}
-	for lo := 0; lo < s.n; {
-		if done[lo] {
-			lo++
-			continue
-		}
-		hi := lo
-		for hi < s.n && !done[hi] {
-			hi++
-		}
-		g := make([]float32, hi-lo)
-		if err := s.st.ReadGrads(lo, g); err != nil {
-			return err
-		}
-		for i := range g {
-			g[i] *= c - 1
-		}
-		if err := s.st.AddGrads(lo, g); err != nil {
-			return err
-		}
-		lo = hi
+		lo = max(lo, sp.off+sp.n)
 	}
 	return s.failed
 }
