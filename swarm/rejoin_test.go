@@ -41,14 +41,7 @@ func TestRejoiningHolderLoadsPeersState(t *testing.T) {
 	serveRole(ctx, t, &wg, newRoles(last, cfg, RunOptions{}), 1)
 	lctx, leave := context.WithCancel(ctx)
 	serveRole(lctx, t, &wg, newRoles(leaver, cfg, RunOptions{}), 0)
-	if err := trainer.SetStage(-1); err != nil {
-		t.Fatal(err)
-	}
-	wg.Go(func() {
-		if _, err := newRoles(trainer, cfg, RunOptions{}).train(ctx); err != nil && ctx.Err() == nil {
-			t.Errorf("train: %v", err)
-		}
-	})
+	trainRole(ctx, t, &wg, trainer, cfg)
 	trained := func(steps int64) func() error {
 		return func() error {
 			if s := trainer.Status().Snapshot().Training.Step; s < steps {
@@ -115,14 +108,7 @@ func TestHolderOutOfStepReloads(t *testing.T) {
 	if err := twin.SetStage(0); err != nil {
 		t.Fatal(err)
 	}
-	if err := trainer.SetStage(-1); err != nil {
-		t.Fatal(err)
-	}
-	wg.Go(func() {
-		if _, err := newRoles(trainer, cfg, RunOptions{}).train(ctx); err != nil && ctx.Err() == nil {
-			t.Errorf("train: %v", err)
-		}
-	})
+	trainRole(ctx, t, &wg, trainer, cfg)
 	wait.For(t, 60*time.Second, func() error {
 		if v := svc.st.Version(); v < 5 {
 			return errors.New("the twin is at version " + strconv.FormatUint(v, 10))

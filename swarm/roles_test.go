@@ -103,14 +103,7 @@ func TestRebalanceMovesAServerToTheWeakStage(t *testing.T) {
 	for _, n := range servers {
 		serveRole(ctx, t, &wg, newRoles(n, cfg, RunOptions{Logger: log}), 0)
 	}
-	if err := trainer.SetStage(-1); err != nil {
-		t.Fatal(err)
-	}
-	wg.Go(func() {
-		if _, err := newRoles(trainer, cfg, RunOptions{}).train(ctx); err != nil && ctx.Err() == nil {
-			t.Errorf("train: %v", err)
-		}
-	})
+	trainRole(ctx, t, &wg, trainer, cfg)
 
 	var mover *Node
 	wait.For(t, 45*time.Second, func() error {
@@ -136,6 +129,19 @@ func serveRole(ctx context.Context, t *testing.T, wg *sync.WaitGroup, r *roles, 
 	wg.Go(func() {
 		if err := r.serve(ctx, k); err != nil {
 			t.Errorf("serve: %v", err)
+		}
+	})
+}
+
+// trainRole makes n a trainer and trains cfg from it until ctx ends.
+func trainRole(ctx context.Context, t *testing.T, wg *sync.WaitGroup, n *Node, cfg config.Config) {
+	t.Helper()
+	if err := n.SetStage(-1); err != nil {
+		t.Fatal(err)
+	}
+	wg.Go(func() {
+		if _, err := newRoles(n, cfg, RunOptions{}).train(ctx); err != nil && ctx.Err() == nil {
+			t.Errorf("train: %v", err)
 		}
 	})
 }
