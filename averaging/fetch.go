@@ -34,6 +34,9 @@ type FetchOptions struct {
 	// PerHolder is how many shards each holder serves at once; two keep a holder
 	// busy across the round trip between shards. Default 2.
 	PerHolder int
+	// MinStep: holders whose state is older are not used, and each holder asked
+	// takes a fresh snapshot rather than serve an older one.
+	MinStep int64
 }
 
 func (o *FetchOptions) fill() {
@@ -66,9 +69,9 @@ func servesState(err error) bool {
 // time, so that k holders serve the state about k times as fast as one. Every
 // shard is checked against the sha256 in its server's manifest; a shard that
 // fails the check or the transfer goes to another holder, and a holder that
-// failed serves no more. Holders of one stage are kept close by averaging, so a
-// state assembled from several of them is as good as any one's; State.Sum names
-// exactly which bytes were assembled.
+// failed serves no more. Only holders serving the state of one step are used
+// (the step most of them serve, the newest among ties), so the state assembled
+// is exactly the one each of them holds; State.Sum names the bytes assembled.
 func FetchState(ctx context.Context, h host.Host, run, key string, from []peer.ID, o FetchOptions) (State, error) {
 	o.fill()
 	if len(from) == 0 {
@@ -128,7 +131,7 @@ func (f *fetch) manifests(ctx context.Context, from []peer.ID) []*server {
 		sv := &server{id: p}
 		all[i] = sv
 		wg.Go(func() {
-			sv.err = f.request(ctx, p, stateReq{Op: "manifest"}, func(s network.Stream) error {
+			sv.err = f.request(ctx, p, stateReq{Op: "manifest", MinStep: f.o.MinStep}, func(s network.Stream) error {
 				if err := readJSON(s, frameManifest, &sv.m); err != nil {
 					return err
 				}
@@ -138,8 +141,12 @@ func (f *fetch) manifests(ctx context.Context, from []peer.ID) []*server {
 		})
 	}
 	wg.Wait()
+	step := f.commonStep(all)
 	var live []*server
 	for _, sv := range all {
+		if sv.err == nil && sv.m.Step != step {
+			sv.err = fmt.Errorf("state at step %d, not %d (at least %d wanted)", sv.m.Step, step, f.o.MinStep)
+		}
 		if sv.err != nil {
 			f.errs = append(f.errs, fmt.Errorf("%s: %w", sv.id.ShortString(), sv.err))
 			continue
@@ -151,6 +158,25 @@ func (f *fetch) manifests(ctx context.Context, from []peer.ID) []*server {
 		live = append(live, sv)
 	}
 	return live
+}
+
+// commonStep picks the step of the state to assemble among the valid
+// manifests at MinStep or later: the one most holders serve, the newest among
+// ties. Shards of one step only make a state that exists on some holder, which
+// a holder catching up needs to replay its records onto.
+func (f *fetch) commonStep(all []*server) int64 {
+	count := map[int64]int{}
+	best := int64(-1)
+	for _, sv := range all {
+		if sv.err != nil || sv.m.Step < f.o.MinStep {
+			continue
+		}
+		count[sv.m.Step]++
+		if n, m := count[sv.m.Step], count[best]; n > m || (n == m && sv.m.Step > best) {
+			best = sv.m.Step
+		}
+	}
+	return best
 }
 
 // layout sizes the state and the shard queue after the first server's manifest.

@@ -129,7 +129,7 @@ func (s *StateServer) handle(st network.Stream) {
 	}
 	switch req.Op {
 	case "manifest":
-		snap, err := s.snapshot()
+		snap, err := s.snapshot(req.MinStep)
 		if err != nil {
 			writeErrorf(st, "snapshot: %v", err)
 			return
@@ -183,7 +183,7 @@ func (s *StateServer) throttle(n int) error {
 
 // snapshot returns the snapshot to serve a manifest from: the newest one while
 // it is younger than Reuse, else a fresh one.
-func (s *StateServer) snapshot() (*snapshot, error) {
+func (s *StateServer) snapshot(minStep int64) (*snapshot, error) {
 	s.takeMu.Lock() // concurrent requests wait for one snapshot rather than take several
 	defer s.takeMu.Unlock()
 	if s.o.Reuse > 0 {
@@ -195,7 +195,7 @@ func (s *StateServer) snapshot() (*snapshot, error) {
 			}
 		}
 		s.mu.Unlock()
-		if newest != nil && time.Until(newest.expires) > s.o.TTL-s.o.Reuse {
+		if newest != nil && time.Until(newest.expires) > s.o.TTL-s.o.Reuse && newest.m.Step >= minStep {
 			return newest, nil
 		}
 	}

@@ -44,6 +44,9 @@ type stateReq struct {
 	Op    string `json:"op"` // "manifest" or "shard"
 	Snap  string `json:"snap,omitempty"`
 	Index int    `json:"index,omitempty"`
+	// MinStep asks for a snapshot at least this new (a manifest request): a
+	// holder catching up can only replay steps from where its records start.
+	MinStep int64 `json:"min_step,omitempty"`
 }
 
 // manifest describes one snapshot: the segment lengths (params, m, v), the shard

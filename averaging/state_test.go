@@ -54,7 +54,7 @@ func TestFetchStateFromOneAndTwo(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameState(t, one, st)
-	snap, err := s1.snapshot() // within Reuse: the snapshot the fetch used
+	snap, err := s1.snapshot(0) // within Reuse: the snapshot the fetch used
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,19 +132,58 @@ func TestSnapshotReuse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	a, _ := s.snapshot()
-	b, _ := s.snapshot()
+	a, _ := s.snapshot(0)
+	b, _ := s.snapshot(0)
 	if a != b || calls != 1 {
 		t.Fatalf("two manifests within Reuse took %d snapshots", calls)
+	}
+	if e, _ := s.snapshot(a.m.Step + 1); e == a || e.m.Step <= a.m.Step {
+		t.Fatalf("a manifest asking for step %d got the snapshot of step %d", a.m.Step+1, e.m.Step)
 	}
 	s2, err := ServeState(newHost(t, nil), "test", "k", provide, ServeOptions{Reuse: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s2.Close()
-	c, _ := s2.snapshot()
-	d, _ := s2.snapshot()
+	c, _ := s2.snapshot(0)
+	d, _ := s2.snapshot(0)
 	if c == d || d.m.Step != c.m.Step+1 {
 		t.Fatalf("Reuse < 0 served a stale snapshot: steps %d, %d", c.m.Step, d.m.Step)
 	}
+}
+
+// TestFetchStateOfOneStep: shards come only from holders serving the state of
+// one step (the most common, the newest among ties), and MinStep refuses older
+// holders.
+func TestFetchStateOfOneStep(t *testing.T) {
+	old, st := testState(50_000), testState(50_000)
+	st.Step++
+	for i := range st.Params {
+		st.Params[i] += 1
+	}
+	hs := []host.Host{newHost(t, nil), newHost(t, nil), newHost(t, nil), newHost(t, nil)}
+	connectAll(t, hs)
+	o := ServeOptions{ShardFloats: 1 << 12}
+	serve(t, hs[1], old, o)
+	serve(t, hs[2], st, o)
+	serve(t, hs[3], st, o)
+	ctx := context.Background()
+	all := []peer.ID{hs[1].ID(), hs[2].ID(), hs[3].ID()}
+	got, err := FetchState(ctx, hs[0], "test", "stage-0", all, FetchOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameState(t, got, st)
+	if got.From[hs[1].ID()] != 0 {
+		t.Errorf("a holder of another step served shards: %v", got.From)
+	}
+	if _, err := FetchState(ctx, hs[0], "test", "stage-0", all[:1], FetchOptions{MinStep: st.Step}); err == nil {
+		t.Fatal("a holder older than MinStep served its state")
+	}
+	got, err = FetchState(ctx, hs[0], "test", "stage-0", all[:2], FetchOptions{MinStep: st.Step})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameState(t, got, st)
+	waitNoGoroutines(t)
 }

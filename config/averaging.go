@@ -2,9 +2,13 @@ package config
 
 import "time"
 
-// Averaging sets the background averaging of parameters among holders of a stage.
+// Averaging sets the background averaging of parameters among holders of a
+// stage, and the group settings the commit's gradient all-reduce shares.
 type Averaging struct {
-	// Enabled turns averaging on.
+	// Enabled turns background parameter averaging on. It is off by default:
+	// holders that commit every step together are one model already, and a
+	// round, which reads the parameters chunk by chunk while the stage steps,
+	// mixes versions and pulls lockstep replicas apart.
 	Enabled bool `yaml:"enabled"`
 	// Period is the time between rounds.
 	Period time.Duration `yaml:"period" check:"positive"`
@@ -25,10 +29,11 @@ type Averaging struct {
 	StallTimeout time.Duration `yaml:"stall_timeout"`
 }
 
-// DefaultAveraging averages every 10 s in groups of up to 4.
+// DefaultAveraging leaves background averaging off; switched on, it averages
+// every 10 s in groups of up to 4.
 func DefaultAveraging() Averaging {
 	return Averaging{
-		Enabled: true, Period: 10 * time.Second, GroupSize: 4,
+		Enabled: false, Period: 10 * time.Second, GroupSize: 4,
 		Matchmaking: 2 * time.Second, Deadline: 10 * time.Second,
 		Codec: "fp32", Optimizer: false,
 	}

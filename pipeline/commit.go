@@ -126,6 +126,7 @@ func (s *Server) commitRequest(typ byte, payload []byte) (any, byte, error) {
 const (
 	maxCommitMembers = 64
 	maxUndo          = 4096
+	maxSteps         = 1 << 40
 )
 
 // parseCommit decodes a commit request to self: the round and the copies to
@@ -138,7 +139,10 @@ func parseCommit(payload []byte, self peer.ID) (Round, []uint64, error) {
 	if len(m.Members) > maxCommitMembers || len(m.Undo) > maxUndo {
 		return Round{}, nil, fmt.Errorf("commit: %d members and %d copies to take back, over the limits of %d and %d", len(m.Members), len(m.Undo), maxCommitMembers, maxUndo)
 	}
-	r := Round{ID: m.Round, Next: m.Next}
+	if m.Steps < 0 || m.Steps > maxSteps {
+		return Round{}, nil, fmt.Errorf("commit: schedule horizon %d steps out of [0, %d]", m.Steps, maxSteps)
+	}
+	r := Round{ID: m.Round, Next: m.Next, Steps: m.Steps}
 	for _, id := range m.Members {
 		p, err := peer.Decode(id)
 		if err != nil {
@@ -228,7 +232,7 @@ func (cs *commitState) prepare(ctx context.Context) {
 	msg := prepareMsg{Trainer: t.tag(), IDs: append(slices.Clip(cs.ids), cs.later...)}
 	for k := range t.opts.Stages {
 		for _, h := range t.call.router.Holders(k) {
-			if t.call.bo.isDown(h.ID, now) {
+			if t.call.bo.hasFailed(h.ID, now) {
 				continue // failed lately: its share is sent again if need be
 			}
 			wg.Add(1)
@@ -318,7 +322,7 @@ func (cs *commitState) commit(ctx context.Context) (samples []int, lost []uint64
 			go func() {
 				defer wg.Done()
 				var r stepReply
-				msg := commitMsg{Round: round, Members: members, Undo: cs.undo[k][i], Next: next}
+				msg := commitMsg{Round: round, Members: members, Undo: cs.undo[k][i], Next: next, Steps: t.opts.Train.Steps}
 				if err := ask(ctx, t.call, t.opts.Run, h, msgCommit, msg, &r); err != nil {
 					t.log.Info("commit failed", "stage", k, "holder", shortID(h.ID), "step", cs.step, "err", err)
 					return

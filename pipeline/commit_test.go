@@ -29,6 +29,7 @@ func TestCommitProtocolRefusesBadRequests(t *testing.T) {
 		{msgCommit, commitMsg{Round: 1, Members: []string{sw.trainer.ID().String()}}},
 		{msgCommit, commitMsg{Round: 1, Members: []string{"garbage"}}},
 		{msgCommit, commitMsg{Round: 1, Members: []string{srv.host.ID().String()}, Undo: make([]uint64, maxUndo+1)}},
+		{msgCommit, commitMsg{Round: 1, Members: []string{srv.host.ID().String()}, Steps: -1}},
 	} {
 		if err := ask(ctx, c, cfg.Run, to, bad.typ, bad.msg, &r); err == nil {
 			t.Errorf("request %T of type %d was answered %+v", bad.msg, bad.typ, r)

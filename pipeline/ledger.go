@@ -31,6 +31,11 @@ type commitMsg struct {
 	// Next is the version the stage steps to: the version most members were
 	// at, plus one.
 	Next uint64 `json:"next"`
+	// Steps is the length of the trainer's run, the horizon of the learning-rate
+	// schedule; 0 leaves the holder's own train.steps. The trainer owns it
+	// because `--steps` is a trainer's flag: servers started from the config
+	// alone would otherwise decay their rate to another horizon.
+	Steps int `json:"steps"`
 }
 
 // account lists the worker's ledger entries of the microbatches whose ids carry
@@ -71,7 +76,7 @@ func (w *Worker) Commit(ctx context.Context, c Round, undo []uint64) (StepInfo, 
 	entries := w.ledger
 	w.ledger = nil
 	w.lmu.Unlock()
-	info := StepInfo{Micro: len(entries), OutOfStep: c.Next != 0 && w.st.Version()+1 != c.Next}
+	info := StepInfo{Micro: len(entries), OutOfStep: c.Next != 0 && w.st.Version()+1 != c.Next, Behind: w.st.Version()+1 < c.Next}
 	for _, e := range entries {
 		info.Samples += e.in.B
 	}
@@ -87,7 +92,12 @@ func (w *Worker) Commit(ctx context.Context, c Round, undo []uint64) (StepInfo, 
 	if info.Averaged {
 		div = 1
 	}
-	info.GradNorm = w.st.Step(w.opts.Optim, max(div, 1))
+	opt := w.opts.Optim
+	if c.Steps > 0 {
+		opt.Steps = c.Steps
+	}
+	w.record(c, opt, max(div, 1), info.Behind)
+	info.GradNorm = w.st.Step(opt, max(div, 1))
 	info.Version = w.st.Version()
 	w.remember(entries)
 	w.mu.Lock()

@@ -100,6 +100,15 @@ func (b *backoff) up(p peer.ID) {
 	b.mu.Unlock()
 }
 
+// hasFailed reports whether p is in backoff for a failed call (not for a busy
+// answer: a busy holder is alive, and takes part in commits).
+func (b *backoff) hasFailed(p peer.ID, now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	d := b.m[p]
+	return d != nil && d.n > 0 && now.Before(d.until)
+}
+
 func (b *backoff) isDown(p peer.ID, now time.Time) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -305,6 +305,13 @@ func (s *Server) serve(str network.Stream) {
 		<-watched
 	}()
 
+	if s.w.CatchingUp() {
+		// Its parameters are not the stage's yet: a pass here would be
+		// computed on another model. Busy sends the microbatch elsewhere.
+		s.busy.Add(1)
+		s.answerError(conn, str, req.id, fmt.Errorf("%w: catching up with the stage's other holders", wire.ErrBusy), deadline)
+		return
+	}
 	select {
 	case s.slots <- struct{}{}:
 	default:

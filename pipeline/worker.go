@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -30,9 +31,11 @@ type StepInfo struct {
 	Group    []peer.ID
 	Complete bool
 	// OutOfStep reports that the stage was not at the version the round's
-	// other members were at before the step (it missed a commit): its
-	// parameters should be brought back from theirs.
-	OutOfStep bool
+	// other members were at before the step (it missed a commit, or another
+	// trainer's commit came in between): its parameters should be brought
+	// back from theirs. Behind reports the first case for certain: the stage
+	// was at an older version than theirs.
+	OutOfStep, Behind bool
 }
 
 // Round is one synchronized step of a stage's holders, as Reduce sees it.
@@ -47,6 +50,9 @@ type Round struct {
 	// Next is the version the members step to (the version most of them were
 	// at, plus one); 0 when unknown.
 	Next uint64
+	// Steps is the learning-rate schedule's horizon the trainer runs to (its
+	// train.steps); 0 keeps WorkerOptions.Optim.Steps.
+	Steps int
 }
 
 // Reduced is what the all-reduce of a commit did.
@@ -71,6 +77,11 @@ type WorkerOptions struct {
 	Reduce func(ctx context.Context, r Round) (Reduced, error)
 	// Logger receives failures of Reduce; nil discards them.
 	Logger *slog.Logger
+	// CatchUp makes a worker that finds itself behind at a commit record the
+	// steps it takes from then on, and its servers refuse passes as busy,
+	// until Worker.CatchUp brings a reloaded state up to date (or
+	// AbandonCatchUp gives up). Set it only where something calls them.
+	CatchUp bool
 }
 
 // Worker computes one stage for the servers that front it: forward and backward
@@ -100,6 +111,10 @@ type Worker struct {
 	lmu    sync.Mutex          // guards ledger against concurrent backward passes
 	done   map[uint64]struct{} // ids stepped recently
 	doneQ  []uint64            // the same ids, oldest first, to bound done
+	// recorded holds the steps taken while the worker catches up (under
+	// gate; nil: not catching up). See catchup.go.
+	recorded []recordedStep
+	catching atomic.Bool // recorded != nil, readable without the gate
 
 	mu     sync.Mutex
 	onStep func(StepInfo)

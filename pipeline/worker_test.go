@@ -79,3 +79,27 @@ func TestWorkerCommitCountsEachMicrobatchOnce(t *testing.T) {
 		t.Fatalf("a worker at version 3 stepping with others at 8 is not out of step: %+v", info)
 	}
 }
+
+// TestWorkerFollowsTheTrainersSchedule: a holder started with another
+// train.steps than the trainer (the trainer's `--steps`) steps at the learning
+// rate of the trainer's horizon, which the commit carries.
+func TestWorkerFollowsTheTrainersSchedule(t *testing.T) {
+	run := func(ownSteps, roundSteps int) []float32 {
+		w := testWorker(t, WorkerOptions{})
+		w.opts.Optim.Warmup, w.opts.Optim.Steps = 0, ownSteps
+		for step := range 3 {
+			microbatch(t, w, uint64(step), 4, int32(step))
+			if _, err := w.Commit(context.Background(), Round{Steps: roundSteps}, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return w.Stage().Params()
+	}
+	want, short, got := run(200, 0), run(2, 0), run(2, 200)
+	if d := maxAbsDiff(want, got); d > 1e-6 {
+		t.Fatalf("a holder told the trainer's horizon differs from one configured with it by %g", d)
+	}
+	if d := maxAbsDiff(want, short); d < 1e-5 {
+		t.Fatalf("the horizon changes nothing (differs by %g): the test cannot tell", d)
+	}
+}

@@ -129,4 +129,10 @@ func TestHolderOutOfStepReloads(t *testing.T) {
 	if !regexp.MustCompile(`msg="out of step with the stage's other holders`).MatchString(behindLog.String()) {
 		t.Fatalf("the holder did not say why it reloaded:\n%s", behindLog.String())
 	}
+	wait.For(t, 40*time.Second, func() error {
+		if !regexp.MustCompile(`msg="caught up with the stage's other holders" stage=0 loaded=\d+ replayed=\d+`).MatchString(behindLog.String()) {
+			return errors.New("the holder set back has not caught up:\n" + behindLog.String())
+		}
+		return nil
+	})
 }

@@ -109,7 +109,7 @@ func (r *roles) serveStage(ctx context.Context, k int, st *stages.Stage) (*stage
 		return nil, err
 	}
 	wo := pipeline.WorkerOptionsFrom(cfg)
-	wo.Reduce, wo.Logger = grads.reduce, r.log
+	wo.Reduce, wo.Logger, wo.CatchUp = grads.reduce, r.log, true
 	worker := pipeline.NewWorker(st, wo)
 	so := pipeline.ServerOptionsFrom(cfg, r.log)
 	so.Slowdown = r.slowdown
@@ -365,10 +365,14 @@ func (r *roles) applyState(st *stages.Stage, k int, state averaging.State) error
 // commits: a download takes a while, and the stage goes on stepping meanwhile.
 const resyncEvery = 10 * time.Second
 
-// resync reloads svc's stage state from its other holders in the background,
-// after a commit found it at another version than theirs (it missed a step:
-// frozen, or left out of a prepare). Background averaging would only pull it
-// back slowly.
+// resync brings svc's stage up to the version of its other holders in the
+// background, after a commit found it at another version than theirs (it
+// joined while they stepped, missed a step frozen, or was left out of a
+// prepare). The worker records the steps the stage takes from then on; resync
+// downloads a state at least as new as the first of them and has the worker
+// replay the rest onto it, so the holder lands exactly where the others stand
+// however long the download took. Background averaging would only pull it back
+// slowly.
 func (r *roles) resync(ctx context.Context, svc *stageService) {
 	if time.Since(time.Unix(0, svc.lastResync.Load())) < resyncEvery || !svc.resyncing.CompareAndSwap(false, true) {
 		return
@@ -378,18 +382,36 @@ func (r *roles) resync(ctx context.Context, svc *stageService) {
 		defer svc.wg.Done()
 		defer svc.resyncing.Store(false)
 		defer svc.lastResync.Store(time.Now().UnixNano())
-		from := r.n.otherHolders(svc.k)
-		r.log.Info("out of step with the stage's other holders: loading their state", "stage", svc.k, "version", svc.st.Version(), "holders", len(from))
-		fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-		defer cancel()
-		state, err := averaging.FetchState(fctx, r.n.Host(), r.cfg.Run, stageKey(svc.k), from, averaging.FetchOptions{MaxFloats: svc.st.StateLen()})
-		if err == nil {
-			err = r.applyState(svc.st, svc.k, state)
-		}
-		if err != nil && ctx.Err() == nil {
-			r.log.Warn("reloading the stage's state failed; averaging will pull it back", "stage", svc.k, "err", err)
+		if err := r.catchUp(ctx, svc); err != nil && ctx.Err() == nil {
+			r.log.Warn("catching up with the stage's other holders failed; trying again at a later commit", "stage", svc.k, "err", err)
 		}
 	}()
+}
+
+// catchUp downloads the stage's state from its other holders and has the
+// worker replay the steps taken since onto it.
+func (r *roles) catchUp(ctx context.Context, svc *stageService) error {
+	from := r.n.otherHolders(svc.k)
+	since, recording := svc.worker.CatchUpFrom()
+	r.log.Info("out of step with the stage's other holders: loading their state", "stage", svc.k, "version", svc.st.Version(), "holders", len(from), "from_version", since)
+	fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	state, err := averaging.FetchState(fctx, r.n.Host(), r.cfg.Run, stageKey(svc.k), from, averaging.FetchOptions{MaxFloats: svc.st.StateLen(), MinStep: int64(since)})
+	if err != nil {
+		svc.worker.AbandonCatchUp()
+		return err
+	}
+	if !recording {
+		return r.applyState(svc.st, svc.k, state)
+	}
+	replayed, err := svc.worker.CatchUp(func() (uint64, error) {
+		return uint64(state.Step), r.applyState(svc.st, svc.k, state)
+	})
+	if err != nil {
+		return err
+	}
+	r.log.Info("caught up with the stage's other holders", "stage", svc.k, "loaded", state.Step, "replayed", replayed, "version", svc.st.Version())
+	return nil
 }
 
 // close stops serving the stage and waits for its goroutines.
