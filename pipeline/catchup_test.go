@@ -16,45 +16,12 @@ import (
 // takes while it reloads the state; loaded with a state from before them, it
 // replays them and stands on the other holder's parameters, its pending
 // gradients kept. A state older than the records is refused (and the holder
-// starts over at its next commit); a worker without WorkerOptions.CatchUp
-// never records, nor refuses passes.
+// starts over at its next commit).
 func TestWorkerCatchesUpAfterReload(t *testing.T) {
 	ctx := context.Background()
-	mem := &memReduce{rounds: map[uint64]*memRound{}}
-	ida, idb := peer.ID("holder-a"), peer.ID("holder-b")
-	a, b := testWorker(t, WorkerOptions{CatchUp: true}), testWorker(t, WorkerOptions{CatchUp: true})
-	a.opts.Reduce, b.opts.Reduce = mem.reducer(a, ida), mem.reducer(b, idb)
-	snapshot := func() model.State {
-		var s model.State
-		a.Stage().WithState(func(st *model.State) {
-			s = model.State{Step: st.Step, Params: slices.Clone(st.Params), M: slices.Clone(st.M), V: slices.Clone(st.V)}
-		})
-		return s
-	}
-	load := func(s model.State) func() (uint64, error) {
-		return func() (uint64, error) {
-			b.Stage().WithState(func(st *model.State) {
-				copy(st.Params, s.Params)
-				copy(st.M, s.M)
-				copy(st.V, s.V)
-				st.Step = s.Step
-			})
-			return uint64(s.Step), nil
-		}
-	}
-	together := func(v uint64) {
-		var wg sync.WaitGroup
-		for i, w := range []*Worker{a, b} {
-			microbatch(t, w, v<<8|uint64(i), 4, int32(10*v)+int32(i))
-			wg.Go(func() {
-				members := []peer.ID{ida, idb}
-				if _, err := w.Commit(ctx, Round{ID: v, Members: members, Next: v}, nil); err != nil {
-					t.Error(err)
-				}
-			})
-		}
-		wg.Wait()
-	}
+	p := newCatchUpPair(t)
+	a, b, ida := p.a, p.b, p.ida
+	snapshot, load, together := p.snapshot, p.load, p.together
 	// a steps alone to version 3 (b is somewhere else, at version 0).
 	var old model.State
 	for v := uint64(1); v <= 3; v++ {
@@ -118,6 +85,12 @@ func TestWorkerCatchesUpAfterReload(t *testing.T) {
 		t.Fatalf("a step after catching up: parameters %g apart", d)
 	}
 
+}
+
+// TestWorkerWithoutCatchUpServes: a worker without WorkerOptions.CatchUp
+// reports a commit it is behind at, and neither records nor refuses passes.
+func TestWorkerWithoutCatchUpServes(t *testing.T) {
+	ctx := context.Background()
 	plain := testWorker(t, WorkerOptions{})
 	microbatch(t, plain, 1, 4, 3)
 	info, err := plain.Commit(ctx, Round{ID: 1, Members: []peer.ID{"plain"}, Next: 5}, nil)
@@ -127,6 +100,58 @@ func TestWorkerCatchesUpAfterReload(t *testing.T) {
 	if plain.CatchingUp() {
 		t.Fatal("a worker without WorkerOptions.CatchUp refuses passes")
 	}
+}
+
+// catchUpPair is two holders of one stage that all-reduce in memory.
+type catchUpPair struct {
+	t        *testing.T
+	a, b     *Worker
+	ida, idb peer.ID
+}
+
+func newCatchUpPair(t *testing.T) *catchUpPair {
+	mem := &memReduce{rounds: map[uint64]*memRound{}}
+	p := &catchUpPair{t: t, ida: "holder-a", idb: "holder-b"}
+	p.a, p.b = testWorker(t, WorkerOptions{CatchUp: true}), testWorker(t, WorkerOptions{CatchUp: true})
+	p.a.opts.Reduce, p.b.opts.Reduce = mem.reducer(p.a, p.ida), mem.reducer(p.b, p.idb)
+	return p
+}
+
+// snapshot copies a's state.
+func (p *catchUpPair) snapshot() model.State {
+	var s model.State
+	p.a.Stage().WithState(func(st *model.State) {
+		s = model.State{Step: st.Step, Params: slices.Clone(st.Params), M: slices.Clone(st.M), V: slices.Clone(st.V)}
+	})
+	return s
+}
+
+// load returns a loader of s into b, for Worker.CatchUp.
+func (p *catchUpPair) load(s model.State) func() (uint64, error) {
+	return func() (uint64, error) {
+		p.b.Stage().WithState(func(st *model.State) {
+			copy(st.Params, s.Params)
+			copy(st.M, s.M)
+			copy(st.V, s.V)
+			st.Step = s.Step
+		})
+		return uint64(s.Step), nil
+	}
+}
+
+// together has both holders accumulate a microbatch and commit round v.
+func (p *catchUpPair) together(v uint64) {
+	var wg sync.WaitGroup
+	for i, w := range []*Worker{p.a, p.b} {
+		microbatch(p.t, w, v<<8|uint64(i), 4, int32(10*v)+int32(i))
+		wg.Go(func() {
+			members := []peer.ID{p.ida, p.idb}
+			if _, err := w.Commit(context.Background(), Round{ID: v, Members: members, Next: v}, nil); err != nil {
+				p.t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 func maxAbsDiff(a, b []float32) (d float64) {
