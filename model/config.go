@@ -15,6 +15,21 @@ type Config struct {
 	NLayer int `yaml:"n_layer"`
 	// SeqLen is the context length T (also the size of the position embedding).
 	SeqLen int `yaml:"seq_len"`
+	// Subspace, when positive, constrains the residual stream at stage
+	// boundaries to a fixed embedding of the tokens plus a subspace of this
+	// rank, so that activations and their gradients cross a boundary as
+	// Subspace values per token instead of DModel (see subspace.go). 0, the
+	// default, leaves the model unconstrained.
+	Subspace int `yaml:"subspace"`
+}
+
+// Width is the number of values per token that cross a stage boundary: the
+// subspace rank, or DModel.
+func (c Config) Width() int {
+	if c.Subspace > 0 {
+		return c.Subspace
+	}
+	return c.DModel
 }
 
 // FieldError is a validation error naming the offending field by its YAML name
@@ -46,6 +61,8 @@ func (c Config) Validate() error {
 		return fieldErr("n_layer", "must be positive, got %d", c.NLayer)
 	case c.SeqLen < 1:
 		return fieldErr("seq_len", "must be positive, got %d", c.SeqLen)
+	case c.Subspace < 0 || c.Subspace > c.DModel:
+		return fieldErr("subspace", "must be in [0, d_model %d], got %d", c.DModel, c.Subspace)
 	}
 	return nil
 }

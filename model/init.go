@@ -12,25 +12,28 @@ import (
 // generator seeded by (seed, name), which is what makes every split of a model,
 // on any mix of devices, start from the same weights.
 func (l *Layout) Init(params []float32, seed uint64) {
-	residScale := 1 / math.Sqrt(2*float64(l.cfg.NLayer))
 	for _, v := range l.Views {
-		dst := v.Of(params)
-		switch {
-		case strings.HasSuffix(v.Name, "ln_1.weight"), strings.HasSuffix(v.Name, "ln_2.weight"), v.Name == "ln_f.weight":
-			for i := range dst {
-				dst[i] = 1
-			}
-		case !v.Decay:
-			clear(dst)
-		default:
-			std := 0.02
-			if strings.HasSuffix(v.Name, "attn.c_proj.weight") || strings.HasSuffix(v.Name, "mlp.c_proj.weight") {
-				std *= residScale
-			}
-			r := newRNG(seed, v.Name)
-			for i := range dst {
-				dst[i] = float32(std * r.normal())
-			}
+		initTensor(l.cfg, v, v.Of(params), seed)
+	}
+}
+
+// initTensor fills dst with tensor v's initial values (see Layout.Init).
+func initTensor(cfg Config, v View, dst []float32, seed uint64) {
+	switch {
+	case strings.HasSuffix(v.Name, "ln_1.weight"), strings.HasSuffix(v.Name, "ln_2.weight"), v.Name == "ln_f.weight":
+		for i := range dst {
+			dst[i] = 1
+		}
+	case !v.Decay:
+		clear(dst)
+	default:
+		std := 0.02
+		if strings.HasSuffix(v.Name, "attn.c_proj.weight") || strings.HasSuffix(v.Name, "mlp.c_proj.weight") {
+			std *= 1 / math.Sqrt(2*float64(cfg.NLayer))
+		}
+		r := newRNG(seed, v.Name)
+		for i := range dst {
+			dst[i] = float32(std * r.normal())
 		}
 	}
 }

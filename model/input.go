@@ -9,9 +9,10 @@ import (
 // Input is one microbatch of B sequences of T tokens (T <= SeqLen) for one stage.
 type Input struct {
 	B, T int
-	// Tokens are the B·T token ids in [0, Vocab); first stage only.
+	// Tokens are the B·T token ids in [0, Vocab): on the first stage, and on
+	// every stage of a subspace model (which rebuilds the fixed embedding).
 	Tokens []int32
-	// X are the B·T·DModel input activations; every stage but the first.
+	// X are the B·T·Width input activations; every stage but the first.
 	X []float32
 	// Targets are the B·T next-token ids; last stage only.
 	Targets []int32
@@ -49,11 +50,19 @@ func (in Input) Check(cfg Config, p Part) error {
 		if len(in.X) != 0 {
 			return errors.New("input has both X and XWire")
 		}
+		if cfg.Subspace > 0 {
+			return errors.New("a subspace model takes its input as float32 coordinates, got the int8 wire layout")
+		}
 	default:
-		if len(in.X) != n*cfg.DModel {
-			return fmt.Errorf("got %d activations, want B·T·d_model = %d", len(in.X), n*cfg.DModel)
+		if len(in.X) != n*cfg.Width() {
+			return fmt.Errorf("got %d activations, want B·T·%d = %d", len(in.X), cfg.Width(), n*cfg.Width())
 		}
 		if err := CheckFinite(in.X, "input activation"); err != nil {
+			return err
+		}
+	}
+	if cfg.Subspace > 0 && !p.IsFirst() {
+		if err := checkIDs(in.Tokens, n, cfg.Vocab, "token"); err != nil {
 			return err
 		}
 	}

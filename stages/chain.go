@@ -96,9 +96,10 @@ func (c *Chain) forward(tokens, targets []int32, B, T int) ([]*Pass, error) {
 	var x []float32
 	for k, s := range c.stages {
 		in := model.Input{B: B, T: T}
-		if k == 0 {
-			in.Tokens = tokens
-		} else {
+		if k == 0 || s.cfg.Subspace > 0 {
+			in.Tokens = tokens // a subspace stage rebuilds the fixed embedding
+		}
+		if k > 0 {
 			in.X = x
 		}
 		if s.IsLast() {

@@ -21,6 +21,7 @@ type Stage struct {
 	part    model.Part
 	lay     *model.Layout
 	eng     engine
+	sub     *subspace // nil unless the model is subspace-constrained
 	version uint64
 
 	// mu guards the engine's parameters and moments, and version: forwards and
@@ -92,6 +93,12 @@ func newStage(cfg model.Config, layers []int, k int, seed uint64) (*Stage, []flo
 	s.maxTokens.Store(defaultMaxTokens)
 	params := make([]float32, s.lay.Size)
 	s.lay.Init(params, seed)
+	if cfg.Subspace > 0 {
+		s.sub = newSubspace(cfg, s.lay, seed)
+		for _, c := range s.sub.cons {
+			s.sub.project(c.View.Of(params), c.Anchor)
+		}
+	}
 	return s, params, nil
 }
 
@@ -280,11 +287,22 @@ func (s *Stage) Forward(in model.Input) (*Pass, error) {
 	if err := s.validate(in); err != nil {
 		return nil, fmt.Errorf("stage %d forward: %w", s.part.Index, err)
 	}
+	N := in.B * in.T
+	if s.sub != nil && !s.IsFirst() {
+		x := make([]float32, N*s.cfg.DModel)
+		s.sub.decode(x, in.X, in.Tokens, in.B, in.T)
+		in.X = x
+	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	p := &Pass{stage: s, B: in.B, T: in.T, Version: s.Version(), outBlock: in.OutBlock}
 	if err := s.eng.forward(in, p); err != nil {
 		return nil, fmt.Errorf("stage %d forward: %w", s.part.Index, s.fail(err))
+	}
+	if s.sub != nil && !s.IsLast() {
+		c := make([]float32, N*s.sub.m.K)
+		s.sub.encode(c, p.Out, in.Tokens, in.B, in.T)
+		p.Out = c
 	}
 	return p, nil
 }
@@ -302,14 +320,25 @@ func (s *Stage) Backward(p *Pass, dout []float32) ([]float32, error) {
 			return nil, fmt.Errorf("stage %d backward: last stage takes no output gradient, got %d values", s.part.Index, len(dout))
 		}
 	} else {
-		if n := p.B * p.T * s.cfg.DModel; len(dout) != n {
-			return nil, fmt.Errorf("stage %d backward: got %d output gradients, want B·T·d_model = %d", s.part.Index, len(dout), n)
+		if n := p.B * p.T * s.cfg.Width(); len(dout) != n {
+			return nil, fmt.Errorf("stage %d backward: got %d output gradients, want B·T·%d = %d", s.part.Index, len(dout), s.cfg.Width(), n)
 		}
 		if err := model.CheckFinite(dout, "output gradient"); err != nil {
 			return nil, fmt.Errorf("stage %d backward: %w", s.part.Index, err)
 		}
+		if s.sub != nil {
+			g := make([]float32, p.B*p.T*s.cfg.DModel)
+			s.sub.fromCoords(g, dout, p.B*p.T)
+			dout = g
+		}
 	}
-	return backwardLocked(s, p, func() ([]float32, error) { return s.eng.backward(p, dout) })
+	dx, err := backwardLocked(s, p, func() ([]float32, error) { return s.eng.backward(p, dout) })
+	if s.sub == nil || dx == nil {
+		return dx, err
+	}
+	gc := make([]float32, p.B*p.T*s.sub.m.K)
+	s.sub.toCoords(gc, dx, p.B*p.T)
+	return gc, err
 }
 
 func (s *Stage) checkPass(p *Pass) error {
