@@ -55,7 +55,7 @@ type request struct {
 	stage   int
 	eval    bool
 	b, t    int
-	tokens  []int32       // stage 0
+	tokens  []int32       // stage 0, and every stage of a subspace model
 	x       stages.Tensor // other stages: as the sending stage made it
 	targets []int32
 }
@@ -75,8 +75,12 @@ type caller struct {
 	picker *picker
 	bo     *backoff
 
-	stages     int // number of stages in the pipeline
-	dmodel     int
+	stages int // number of stages in the pipeline
+	// width is the number of values per token of the activations and
+	// gradients that cross a boundary (model.Config.Width); allTokens sends the
+	// token ids to every stage (a subspace model's stages need them).
+	width      int
+	allTokens  bool
 	maxFrame   int
 	hopTimeout time.Duration
 	retries    int
@@ -292,10 +296,14 @@ func (c *caller) sendRequest(conn *wire.Conn, to peer.ID, req *request, deadline
 		hdr.Kind, hdr.D = wire.Tokens, 1
 		err = conn.WriteInts(hdr, req.tokens, deadline)
 	} else {
-		hdr.Kind, hdr.D = wire.Activations, c.dmodel
+		hdr.Kind, hdr.D = wire.Activations, c.width
 		enc := c.enc
 		enc.Link = c.links.get(to)
 		err = writeTensor(conn, hdr, req.x, enc, deadline)
+		if err == nil && c.allTokens {
+			hdr.Kind, hdr.D = wire.Tokens, 1
+			err = conn.WriteInts(hdr, req.tokens, deadline)
+		}
 	}
 	if err != nil {
 		if errors.Is(err, codec.ErrNonFinite) || errors.Is(err, wire.ErrOversize) || errors.Is(err, wire.ErrShape) {
@@ -323,7 +331,7 @@ func (c *caller) readAnswer(f *wire.Frame, req *request) (answer, error) {
 		}
 		return ans, nil
 	}
-	if err := f.Expect(wire.Gradient, req.b, req.t, c.dmodel, 0); err != nil {
+	if err := f.Expect(wire.Gradient, req.b, req.t, c.width, 0); err != nil {
 		return ans, err
 	}
 	var err error

@@ -157,7 +157,7 @@ func NewServer(h host.Host, w *Worker, r Router, o ServerOptions) (*Server, erro
 		s.down = &caller{
 			host: h, proto: Protocol(o.Run), router: r, bo: bo,
 			picker: newPicker(r, bo, h.ID(), rand.Uint64(), log),
-			stages: s.n, dmodel: s.model.DModel, maxFrame: o.Pipeline.MaxFrameBytes,
+			stages: s.n, width: s.model.Width(), allTokens: s.model.Subspace > 0, maxFrame: o.Pipeline.MaxFrameBytes,
 			hopTimeout: o.Pipeline.HopTimeout, retries: o.Pipeline.Retries,
 			enc: wire.Encoding{Codec: act, Block: o.Compression.BlockSize}, links: links{mode: zm},
 			traffic: o.Traffic, log: log,
@@ -351,7 +351,7 @@ func (s *Server) answer(conn *wire.Conn, str network.Stream, req *serverRequest,
 	if req.eval || s.k == 0 {
 		err = conn.WriteResult(req.id, s.k, flags(req.eval), ans.loss, deadline)
 	} else {
-		h := wire.Header{Kind: wire.Gradient, ID: req.id, Stage: s.k, B: req.b, T: req.t, D: s.model.DModel, Loss: ans.loss}
+		h := wire.Header{Kind: wire.Gradient, ID: req.id, Stage: s.k, B: req.b, T: req.t, D: s.model.Width(), Loss: ans.loss}
 		enc := s.grad
 		enc.Link = s.links.get(str.Conn().RemotePeer())
 		err = writeTensor(conn, h, ans.grad, enc, deadline)
@@ -423,11 +423,16 @@ func (s *Server) readRequest(conn *wire.Conn, deadline time.Time) (*serverReques
 			return nil, err
 		}
 	} else {
-		if err := f.Expect(wire.Activations, 0, 0, s.model.DModel, s.model.SeqLen); err != nil {
+		if err := f.Expect(wire.Activations, 0, 0, s.model.Width(), s.model.SeqLen); err != nil {
 			return nil, err
 		}
 		if r.x, err = s.w.Stage().Receive(arrived{f}, s.tensors); err != nil {
 			return nil, err
+		}
+		if s.model.Subspace > 0 {
+			if r.tokens, err = s.readTokens(conn, r, deadline); err != nil {
+				return nil, err
+			}
 		}
 	}
 	g, err := conn.Read(deadline)
@@ -444,6 +449,22 @@ func (s *Server) readRequest(conn *wire.Conn, deadline time.Time) (*serverReques
 		return nil, err
 	}
 	return r, nil
+}
+
+// readTokens reads the token ids that follow a subspace model's activations
+// (its stages rebuild the fixed embedding from them).
+func (s *Server) readTokens(conn *wire.Conn, r *serverRequest, deadline time.Time) ([]int32, error) {
+	f, err := conn.Read(deadline)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.Expect(wire.Tokens, r.b, r.t, 1, 0); err != nil {
+		return nil, err
+	}
+	if f.ID != r.id || f.Eval() != r.eval || f.Stage != s.k {
+		return nil, fmt.Errorf("%w: tokens of microbatch %x (eval %v) after input of %x (eval %v)", wire.ErrUnexpect, f.ID, f.Eval(), r.id, r.eval)
+	}
+	return f.Ints(nil, s.model.Vocab)
 }
 
 // watchUpstream waits for the upstream to close its side of str (giveUp: a
@@ -550,7 +571,7 @@ func (s *Server) callDown(ctx, soft context.Context, req *serverRequest, p *stag
 		ctx, cancel = context.WithDeadline(ctx, d.Add(-2*fd-10*time.Millisecond))
 		defer cancel()
 	}
-	next := &request{id: req.id, stage: s.k + 1, eval: req.eval, b: req.b, t: req.t, x: p.Output(), targets: req.targets}
+	next := &request{id: req.id, stage: s.k + 1, eval: req.eval, b: req.b, t: req.t, x: p.Output(), tokens: req.tokens, targets: req.targets}
 	return s.down.send(ctx, next, soft.Done())
 }
 
@@ -558,10 +579,7 @@ func (s *Server) callDown(ctx, soft context.Context, req *serverRequest, p *stag
 // the forward and backward time into the measured speed.
 func (s *Server) backward(ctx context.Context, req *serverRequest, p *stages.Pass, fd time.Duration, dout stages.Tensor) (stages.Tensor, error) {
 	s.queue.Add(1)
-	e := entry{id: req.id, in: model.Input{B: req.b, T: req.t}, x: req.x}
-	if s.k == 0 {
-		e.in.Tokens = req.tokens
-	}
+	e := entry{id: req.id, in: model.Input{B: req.b, T: req.t, Tokens: req.tokens}, x: req.x}
 	if s.k == s.n-1 {
 		e.in.Targets = req.targets
 	}
