@@ -15,11 +15,11 @@ type Config struct {
 	NLayer int `yaml:"n_layer"`
 	// SeqLen is the context length T (also the size of the position embedding).
 	SeqLen int `yaml:"seq_len"`
-	// Subspace, when positive, constrains the residual stream at stage
-	// boundaries to a fixed embedding of the tokens plus a subspace of this
-	// rank, so that activations and their gradients cross a boundary as
+	// Subspace, when positive, projects the residual stream at every stage
+	// boundary onto a fixed embedding of the tokens plus a fixed subspace of
+	// this rank, so that activations and their gradients cross a boundary as
 	// Subspace values per token instead of DModel (see subspace.go). 0, the
-	// default, leaves the model unconstrained.
+	// default, sends the full width.
 	Subspace int `yaml:"subspace"`
 }
 

@@ -2,24 +2,25 @@ package model
 
 import "math"
 
-// A model with Config.Subspace = k > 0 keeps its residual stream, at every
-// stage boundary, inside e(tokens) + span(U): e is a fixed embedding any stage
-// recomputes from the token ids, U a fixed d_model×k orthonormal basis. Then a
-// boundary needs only the k coordinates c = Uᵀ(x − e) per token forward, and
-// the k coordinates Uᵀg of the gradient backward: the rest of the gradient only
-// reaches the fixed embedding, which does not train.
+// A model with Config.Subspace = k > 0 sends, at every stage boundary, only
+// the part of the residual stream x that lies in e(tokens) + span(U): e is a
+// fixed embedding any stage recomputes from the token ids, U a fixed
+// d_model×k orthonormal basis. The stage's output becomes e + U·Uᵀ(x − e), a
+// projection that is part of the model (the stages and `swarmnode local`
+// apply it at the same places), and the boundary carries its k coordinates
+// c = Uᵀ(x − e) per token forward and the k coordinates Uᵀg of the gradient
+// backward (the gradient of a projection is projected). Inside a stage the
+// residual stream keeps its full width; only what crosses a boundary is
+// squeezed through the subspace.
 //
-// What writes into the residual stream is constrained so: the rows of the
-// attention and MLP output projections (and their biases) lie in span(U), and
-// the token and position embeddings are a fixed part plus rows in span(U). The
-// fixed parts are the initial embeddings' components outside span(U), so the
-// constrained model starts from GPT-2's initial embeddings and an output
-// projection of GPT-2's projected onto the subspace. U is drawn from the seed
-// and never changes: every peer, on any device, derives the same one, and
-// nothing about it travels or needs keeping orthonormal.
+// e is made of GPT-2's initial token and position embeddings with their
+// components in span(U) removed (any e differing only inside span(U) gives the
+// same projection). U is drawn from the seed and never changes: every peer,
+// on any device, derives the same one, and nothing about it travels or needs
+// keeping orthonormal.
 
-// Subspace is the fixed part of a subspace-constrained model: the basis and
-// the fixed embeddings.
+// Subspace is what defines a subspace model's boundaries: the basis and the
+// fixed embeddings.
 type Subspace struct {
 	// D is d_model, K the rank.
 	D, K int
@@ -28,13 +29,6 @@ type Subspace struct {
 	// WTE and WPE are the fixed embeddings (Vocab×D and SeqLen×D): the initial
 	// token and position embeddings with their components in span(U) removed.
 	WTE, WPE []float32
-}
-
-// Constraint is one tensor whose rows (each D long) must lie in Anchor's row +
-// span(U); Anchor is nil for the output projections (rows in span(U) itself).
-type Constraint struct {
-	View   View
-	Anchor []float32
 }
 
 // NewSubspace derives the subspace of cfg (cfg.Subspace > 0) from seed.
@@ -69,19 +63,6 @@ func (s *Subspace) fixedPart(cfg Config, v View, seed uint64) []float32 {
 		}
 	}
 	return w
-}
-
-// Constraints lists the tensors of layout l that the subspace constrains.
-func (s *Subspace) Constraints(l *Layout) []Constraint {
-	var out []Constraint
-	if l.WTE.Len > 0 {
-		out = append(out, Constraint{l.WTE, s.WTE}, Constraint{l.WPE, s.WPE})
-	}
-	for _, b := range l.Blocks {
-		out = append(out, Constraint{View: b.AttnProjW}, Constraint{View: b.AttnProjB},
-			Constraint{View: b.FCProjW}, Constraint{View: b.FCProjB})
-	}
-	return out
 }
 
 // orthonormalBasis draws a D×K Gaussian matrix from seed and orthonormalises

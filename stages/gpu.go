@@ -153,9 +153,13 @@ func (e *gpuEngine) device() string {
 }
 
 // onOneGPU reports whether every stage of the chain computes on the same GPU, so
-// activations can stay in device memory between stages.
+// activations can stay in device memory between stages (not for a subspace
+// model: its boundaries project, which the stage API does).
 func (c *Chain) onOneGPU() bool {
 	for _, s := range c.stages {
+		if s.sub != nil {
+			return false // the device chain would skip the boundaries' projections
+		}
 		if g := s.gpu(); g == nil || g.gpu.dev != c.stages[0].gpu().gpu.dev {
 			return false
 		}

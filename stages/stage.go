@@ -94,10 +94,7 @@ func newStage(cfg model.Config, layers []int, k int, seed uint64) (*Stage, []flo
 	params := make([]float32, s.lay.Size)
 	s.lay.Init(params, seed)
 	if cfg.Subspace > 0 {
-		s.sub = newSubspace(cfg, s.lay, seed)
-		for _, c := range s.sub.cons {
-			s.sub.project(c.View.Of(params), c.Anchor)
-		}
+		s.sub = newSubspace(cfg, seed)
 	}
 	return s, params, nil
 }

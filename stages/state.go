@@ -45,18 +45,7 @@ func (s *Stage) Step(opt model.Optim, micro int) float32 {
 	defer s.mu.Unlock()
 	s.gradMu.Lock()
 	defer s.gradMu.Unlock()
-	if s.sub != nil {
-		// The gradient of the constrained model is the projected one; the
-		// step's update is projected again, as AdamW scales each coordinate.
-		if err := s.sub.projectState(s.eng, s.StateLen(), false); err != nil {
-			s.fail(err)
-			return float32(math.NaN())
-		}
-	}
 	norm, err := s.eng.step(opt, max(micro, 1), int(s.version))
-	if err == nil && s.sub != nil {
-		err = s.sub.projectState(s.eng, 0, true)
-	}
 	if err != nil {
 		s.fail(err)
 		return float32(math.NaN())

@@ -5,20 +5,16 @@ import (
 	"swarmnode/stages/blas"
 )
 
-// subspace is a stage's side of a subspace-constrained model (model.Subspace):
-// it turns the residual stream into its coordinates at the stage's output and
-// back at its input, and keeps the constrained tensors in the subspace across
-// optimizer steps. It works through the stage API and the engines' state
-// ranges, so the same code serves CPU and GPU stages; the conversions run on
-// the host.
+// subspace is a stage's side of a subspace model (model.Subspace): it turns
+// the residual stream into its coordinates at the stage's output and back at
+// its input, and the gradients likewise. It works on the stage API's host
+// tensors, so the same code serves CPU and GPU stages.
 type subspace struct {
-	m    *model.Subspace
-	cons []model.Constraint
+	m *model.Subspace
 }
 
-func newSubspace(cfg model.Config, lay *model.Layout, seed uint64) *subspace {
-	m := model.NewSubspace(cfg, seed)
-	return &subspace{m: m, cons: m.Constraints(lay)}
+func newSubspace(cfg model.Config, seed uint64) *subspace {
+	return &subspace{m: model.NewSubspace(cfg, seed)}
 }
 
 // embed writes the fixed embedding of tokens into e (B·T rows of D).
@@ -54,45 +50,4 @@ func (s *subspace) toCoords(gc, g []float32, N int) {
 // one with respect to the residual stream.
 func (s *subspace) fromCoords(g, gc []float32, N int) {
 	blas.Sgemm(false, true, N, s.m.D, s.m.K, 1, gc, s.m.K, s.m.U, s.m.K, 0, g, s.m.D)
-}
-
-// project replaces rows (R×D) by anchor + rows·U·Uᵀ (anchor nil: zero), the
-// closest rows of the constrained form: the anchors lie outside span(U).
-func (s *subspace) project(rows, anchor []float32) {
-	D, K := s.m.D, s.m.K
-	R := len(rows) / D
-	c := make([]float32, R*K)
-	blas.Sgemm(false, false, R, K, D, 1, rows, D, s.m.U, K, 0, c, K)
-	beta := float32(0)
-	if anchor != nil {
-		copy(rows, anchor)
-		beta = 1
-	}
-	blas.Sgemm(false, true, R, D, K, 1, c, K, s.m.U, K, beta, rows, D)
-}
-
-// projectState projects the constrained tensors of the vector at offset base
-// of the engine's state (0: the parameters, with their anchors; after
-// Params|M|V: the gradients, without), through the engine's state ranges.
-func (s *subspace) projectState(eng engine, base int, anchors bool) error {
-	for _, c := range s.cons {
-		v := c.View
-		rows := make([]float32, v.Len)
-		if err := eng.readState(base+v.Offset, rows); err != nil {
-			return err
-		}
-		old := append([]float32(nil), rows...)
-		a := c.Anchor
-		if !anchors {
-			a = nil
-		}
-		s.project(rows, a)
-		for i := range rows {
-			rows[i] -= old[i]
-		}
-		if err := eng.addState(base+v.Offset, rows); err != nil {
-			return err
-		}
-	}
-	return nil
 }
