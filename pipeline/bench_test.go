@@ -3,6 +3,7 @@ package pipeline
 import (
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"swarmnode/data"
 	"swarmnode/model"
 	"swarmnode/stages"
+	"swarmnode/wire"
 )
 
 // benchConfig is big enough that compute dominates: d 256, 6 layers, T 128.
@@ -112,6 +114,56 @@ func BenchmarkSlowHolder(b *testing.B) {
 			b.ReportMetric(without, "without-tokens/s")
 			b.ReportMetric(with, "with-slow-tokens/s")
 			b.ReportMetric(with/without, "with/without")
+		})
+	}
+}
+
+// BenchmarkBoundaryBytes reports the wire bytes per token that cross a stage
+// boundary, both directions together (activations, token ids and targets
+// forward, the gradient back), at GPT-2-small's width (d_model 768), for each
+// codec and for subspace models, and their ratio to bf16 measured in the same
+// run: a real swarm of 3 stages on loopback trains a few steps and its servers'
+// frames are counted (the trainer's own frames are left out).
+func BenchmarkBoundaryBytes(b *testing.B) {
+	cases := []struct {
+		name      string
+		act, grad string
+		subspace  int
+	}{
+		{"fp32", "fp32", "fp32", 0},
+		{"bf16", "bf16", "bf16", 0},
+		{"int8", "int8", "int8", 0},
+		{"subspace64-int8", "int8", "int8", 64},
+		{"subspace32-int8", "int8", "int8", 32},
+		{"subspace16-int8", "int8", "int8", 16},
+	}
+	perToken := map[string]float64{}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			cfg := testConfig()
+			cfg.Model = model.Config{Vocab: 256, DModel: 768, NHead: 12, NLayer: 3, SeqLen: 64, Subspace: c.subspace}
+			cfg.Train.Steps, cfg.Train.EvalEvery, cfg.Train.EvalBatches = 2*b.N, 2*b.N, 1
+			cfg.Compression.Activations, cfg.Compression.Gradients, cfg.Compression.Zstd = c.act, c.grad, "off"
+			corpus := loadCorpus(b, cfg)
+			sw := newSwarm(b, cfg, []int{1, 1, 1}, nil)
+			// Count up to the last trained microbatch: the final evaluation
+			// sends activations forward only.
+			total := int64(cfg.Train.Steps * cfg.Train.Accumulation())
+			var done atomic.Int64
+			var sent wire.Traffic
+			tr := sw.newTrainer(b, corpus, TrainerOptions{OnMicrobatch: func(o Outcome) {
+				if o == Completed && done.Add(1) == total {
+					sent = sw.traffic.Sent()
+				}
+			}})
+			runTrainer(b, tr, 5*time.Minute)
+			tokens := total * int64(cfg.Train.Microbatch*cfg.Model.SeqLen)
+			boundaries := int64(len(cfg.Stages) - 1)
+			perToken[c.name] = float64(sent.Bytes) / float64(tokens*boundaries)
+			b.ReportMetric(perToken[c.name], "bytes/token")
+			if ref := perToken["bf16"]; ref > 0 {
+				b.ReportMetric(ref/perToken[c.name], "x-fewer-than-bf16")
+			}
 		})
 	}
 }

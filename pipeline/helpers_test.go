@@ -19,6 +19,7 @@ import (
 	"swarmnode/data"
 	"swarmnode/model"
 	"swarmnode/stages"
+	"swarmnode/wire"
 )
 
 // newHost starts a libp2p host on 127.0.0.1 over TCP, closed at cleanup.
@@ -151,6 +152,7 @@ type testSwarm struct {
 	replicas [][]*Worker // every holder's, per stage
 	servers  [][]*Server
 	trainer  host.Host
+	traffic  wire.Counter // frames the servers sent
 }
 
 // newSwarm starts the servers. Holders of one stage share one Worker: they stand
@@ -182,6 +184,7 @@ func newSwarmLog(tb testing.TB, cfg config.Config, holders []int, slow map[[2]in
 			w.opts.Reduce = mem.reducer(w, h.ID())
 			so := ServerOptionsFrom(cfg, log)
 			so.Slowdown = slow[[2]int{k, i}]
+			so.Traffic = &sw.traffic
 			s, err := NewServer(h, w, sw.router, so)
 			if err != nil {
 				tb.Fatal(err)
