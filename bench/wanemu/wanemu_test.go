@@ -78,6 +78,12 @@ func requireRoot(t *testing.T) {
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("needs the ip command")
 	}
+	// A container may be root without the right to make namespaces.
+	probe := fmt.Sprintf("wanemuprobe%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", probe).CombinedOutput(); err != nil {
+		t.Skipf("cannot create network namespaces: %v: %s", err, out)
+	}
+	_ = exec.Command("ip", "netns", "del", probe).Run()
 }
 
 // startEmulator runs cfg until the test ends, then checks that its namespaces
