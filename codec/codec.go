@@ -17,12 +17,16 @@ import (
 // Kind names a quantizer. The numeric values travel on the wire.
 type Kind uint8
 
-// The quantizers. Int32 is the lossless integer codec used for token ids and targets.
+// The quantizers. Int32, Uint16 and Uint8 are the lossless integer codecs of
+// token ids and targets: a writer takes the smallest that holds every value
+// (IntKind), so a byte-level vocabulary sends a byte per id.
 const (
-	FP32  Kind = 1
-	BF16  Kind = 2
-	Int8  Kind = 3
-	Int32 Kind = 4
+	FP32   Kind = 1
+	BF16   Kind = 2
+	Int8   Kind = 3
+	Int32  Kind = 4
+	Uint16 Kind = 5
+	Uint8  Kind = 6
 )
 
 // MaxBlock is the largest int8 block size (it mirrors config.Compression's bound).
@@ -56,14 +60,17 @@ func Parse(s string) (Kind, error) {
 
 // String is the codec name as config spells it.
 func (k Kind) String() string {
-	if k >= FP32 && k <= Int32 {
-		return [...]string{"fp32", "bf16", "int8", "int32"}[k-FP32]
+	if k >= FP32 && k <= Uint8 {
+		return [...]string{"fp32", "bf16", "int8", "int32", "uint16", "uint8"}[k-FP32]
 	}
 	return fmt.Sprintf("codec(%d)", uint8(k))
 }
 
 // Float reports whether k encodes float32 tensors.
 func (k Kind) Float() bool { return k == FP32 || k == BF16 || k == Int8 }
+
+// Integer reports whether k encodes int32 tensors (token ids, targets).
+func (k Kind) Integer() bool { return k == Int32 || k == Uint16 || k == Uint8 }
 
 // Layout says where an int8 tensor's block scales lie. The two protocols settled on
 // different layouts before they shared this package; both stay as they are on the wire.
@@ -94,8 +101,10 @@ func (f Format) Len(n int) int {
 	switch f.Kind {
 	case FP32, Int32:
 		return 4 * n
-	case BF16:
+	case BF16, Uint16:
 		return 2 * n
+	case Uint8:
+		return n
 	case Int8:
 		if f.Block < 1 || f.Block > MaxBlock {
 			return -1

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 )
@@ -265,11 +266,13 @@ func FuzzDecode(f *testing.F) {
 	f.Add(uint8(Int8)|0x80, uint16(16), uint16(300), planar)
 	f.Add(uint8(Int8), uint16(7), uint16(10), []byte{0, 0, 0x80, 0x7f, 1, 2, 3})
 	f.Add(uint8(Int32), uint16(1), uint16(2), EncodeInts(nil, []int32{3, 9}))
+	f.Add(uint8(Uint8), uint16(1), uint16(2), []byte{3, 9})
+	f.Add(uint8(Uint16), uint16(1), uint16(2), []byte{3, 0, 9, 1})
 	f.Fuzz(func(t *testing.T, kind uint8, block, n uint16, src []byte) {
 		k := Kind(kind &^ 0x80)
-		if k == Int32 {
+		if k.Integer() {
 			dst := make([]int32, n)
-			if err := DecodeInts(dst, src, 256); err == nil {
+			if err := DecodeIntsAs(dst, src, k, 256); err == nil {
 				for _, v := range dst {
 					if v < 0 || v >= 256 {
 						t.Fatalf("accepted %d", v)
@@ -308,4 +311,46 @@ func FuzzUnzstd(f *testing.F) {
 			t.Fatalf("decoded %d bytes, want %d", len(out), want)
 		}
 	})
+}
+
+// TestCompactInts: ids travel in the smallest integer codec that holds them,
+// back exactly, and a reader still refuses values out of range or a payload of
+// the wrong length.
+func TestCompactInts(t *testing.T) {
+	for _, c := range []struct {
+		ids  []int32
+		kind Kind
+		size int
+	}{
+		{[]int32{0, 7, 255}, Uint8, 3},
+		{[]int32{0, 256, 50256}, Uint16, 6},
+		{[]int32{1, 70000}, Int32, 8},
+		{[]int32{3, -1}, Int32, 8},
+	} {
+		k := IntKind(c.ids)
+		enc := EncodeIntsAs(nil, c.ids, k)
+		if k != c.kind || len(enc) != c.size {
+			t.Fatalf("%v: codec %v, %d bytes; want %v, %d", c.ids, k, len(enc), c.kind, c.size)
+		}
+		got := make([]int32, len(c.ids))
+		err := DecodeIntsAs(got, enc, k, 1<<20)
+		if c.ids[len(c.ids)-1] < 0 {
+			if !errors.Is(err, ErrRange) {
+				t.Fatalf("%v: a negative id decoded: %v", c.ids, err)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, c.ids) {
+			t.Fatalf("%v: decoded %v, %v", c.ids, got, err)
+		}
+		if err := DecodeIntsAs(got, enc, k, int(c.ids[len(c.ids)-1])); !errors.Is(err, ErrRange) {
+			t.Fatalf("%v: the largest id decoded under a limit it reaches: %v", c.ids, err)
+		}
+		if err := DecodeIntsAs(got[:1], enc, k, 1<<20); !errors.Is(err, ErrLength) {
+			t.Fatalf("%v: a payload of the wrong length decoded: %v", c.ids, err)
+		}
+	}
+	if err := DecodeIntsAs(make([]int32, 1), []byte{1, 0, 0, 0}, FP32, 10); !errors.Is(err, ErrKind) {
+		t.Fatalf("ints decoded as fp32: %v", err)
+	}
 }

@@ -138,7 +138,7 @@ func (f *Frame) Floats(dst []float32) ([]float32, error) {
 
 // Ints decodes an int32 tensor (token ids, targets) whose values must be in [0, limit).
 func (f *Frame) Ints(dst []int32, limit int) ([]int32, error) {
-	return decodeTensor(f, Int32, dst, func(dst []int32, p []byte) error { return codec.DecodeInts(dst, p, limit) })
+	return decodeTensor(f, Int32, dst, func(dst []int32, p []byte) error { return codec.DecodeIntsAs(dst, p, f.Codec, limit) })
 }
 
 // decodeTensor decodes f's tensor, which must be of type dt, into dst (reallocated
@@ -284,8 +284,8 @@ func (c *Conn) WriteInts(h Header, x []int32, deadline time.Time) error {
 	if len(x) != h.N() {
 		return fmt.Errorf("%w: %d values for shape %dx%dx%d", ErrShape, len(x), h.B, h.T, h.D)
 	}
-	h.DType, h.Codec, h.Block, h.Zstd = Int32, codec.Int32, 0, false
-	c.out = codec.EncodeInts(c.header(), x)
+	h.DType, h.Codec, h.Block, h.Zstd = Int32, codec.IntKind(x), 0, false
+	c.out = codec.EncodeIntsAs(c.header(), x, h.Codec)
 	return c.write(&h, deadline)
 }
 

@@ -12,7 +12,9 @@
 //	  3    1 version (1)
 //	  4    1 kind (tokens, targets, activations, gradient, result, error)
 //	  5    1 flags (eval: forward only)
-//	  6    1 codec (codec.Kind in the low 7 bits; 0x80: payload is zstd-compressed)
+//	  6    1 codec (codec.Kind in the low 7 bits: fp32, bf16, int8 for floats; int32,
+//	         uint16, uint8 for ids, the smallest that holds them; 0x80: payload is
+//	         zstd-compressed)
 //	  7    1 dtype (1 float32, 2 int32)
 //	  8    2 stage: the stage that receives a forward frame or sends a backward one
 //	 10    2 budget: how long the sender waits for the answer, in 10 ms units (0: unsaid)
@@ -205,7 +207,7 @@ func UnmarshalHeader(b []byte, maxPayload int) (Header, error) {
 		if h.DType != h.Kind.dtype() {
 			return h, fmt.Errorf("%w: %v frame with dtype %d", ErrHeader, h.Kind, h.DType)
 		}
-		if (h.DType == Int32) != (h.Codec == codec.Int32) || !(h.Codec.Float() || h.Codec == codec.Int32) {
+		if (h.DType == Int32) != h.Codec.Integer() || !(h.Codec.Float() || h.Codec.Integer()) {
 			return h, fmt.Errorf("%w: %v frame with codec %v", ErrHeader, h.Kind, h.Codec)
 		}
 		n := int64(b0) * int64(t0) * int64(d0)
