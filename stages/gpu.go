@@ -58,7 +58,11 @@ func NewOnGPU(cfg model.Config, layers []int, k int, seed uint64, g *GPU) (*Stag
 	if err != nil {
 		return nil, err
 	}
-	cs, err := cuda.NewStage(g.dev, cuda.StageConfig{Model: cfg, Part: s.part, Precision: g.prec})
+	// The engine computes the plain model: a subspace model's boundaries are
+	// the Stage's (subspace.go), on the host.
+	plain := cfg
+	plain.Subspace = 0
+	cs, err := cuda.NewStage(g.dev, cuda.StageConfig{Model: plain, Part: s.part, Precision: g.prec})
 	if err != nil {
 		return nil, fmt.Errorf("stages: stage %d on the GPU: %w", k, err)
 	}

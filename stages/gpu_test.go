@@ -318,3 +318,35 @@ func TestGPUAddStateUpdatesBF16(t *testing.T) {
 		t.Fatalf("outputs differ by %g: the bf16 copy missed the correction", d)
 	}
 }
+
+// TestGPUSubspaceMatchesCPU: a subspace model split over two GPU stages (the
+// boundary converted on the host) gives the CPU's loss and input-gradient
+// coordinates.
+func TestGPUSubspaceMatchesCPU(t *testing.T) {
+	dev := testGPU(t, cuda.FP32)
+	cfg := model.Config{Vocab: 64, DModel: 64, NHead: 2, NLayer: 2, SeqLen: 16, Subspace: 8}
+	gpu, err := NewChainOnGPU(cfg, []int{1, 1}, 3, dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gpu.Close()
+	cpu, err := NewChain(cfg, []int{1, 1}, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, tgt := tinyBatch(cfg, 2, cfg.SeqLen, 4)
+	var losses [2]float32
+	for i, ch := range []*Chain{cpu, gpu} {
+		if losses[i], err = ch.ForwardBackward(tok, tgt, 2, cfg.SeqLen); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if math.Abs(float64(losses[0]-losses[1])) > 1e-3 {
+		t.Fatalf("loss: CPU %v, GPU %v", losses[0], losses[1])
+	}
+	for k := range 2 {
+		if e := relErr(gpu.Stages()[k].Grads(), cpu.Stages()[k].Grads()); e > 1e-3 {
+			t.Errorf("stage %d gradients differ by %.3g", k, e)
+		}
+	}
+}
