@@ -430,39 +430,30 @@ func (s *Server) readRequest(conn *wire.Conn, deadline time.Time) (*serverReques
 			return nil, err
 		}
 		if s.model.Subspace > 0 {
-			if r.tokens, err = s.readTokens(conn, r, deadline); err != nil {
+			if r.tokens, err = s.readIDs(conn, r, wire.Tokens, deadline); err != nil {
 				return nil, err
 			}
 		}
 	}
-	g, err := conn.Read(deadline)
-	if err != nil {
-		return nil, err
-	}
-	if err := g.Expect(wire.Targets, r.b, r.t, 1, 0); err != nil {
-		return nil, err
-	}
-	if g.ID != r.id || g.Eval() != r.eval || g.Stage != s.k {
-		return nil, fmt.Errorf("%w: targets of microbatch %x (eval %v) after input of %x (eval %v)", wire.ErrUnexpect, g.ID, g.Eval(), r.id, r.eval)
-	}
-	if r.targets, err = g.Ints(nil, s.model.Vocab); err != nil {
+	if r.targets, err = s.readIDs(conn, r, wire.Targets, deadline); err != nil {
 		return nil, err
 	}
 	return r, nil
 }
 
-// readTokens reads the token ids that follow a subspace model's activations
-// (its stages rebuild the fixed embedding from them).
-func (s *Server) readTokens(conn *wire.Conn, r *serverRequest, deadline time.Time) ([]int32, error) {
+// readIDs reads the frame of ids of kind (wire.Targets; wire.Tokens after a
+// subspace model's activations, whose stages rebuild the fixed embedding from
+// them) that belongs to request r.
+func (s *Server) readIDs(conn *wire.Conn, r *serverRequest, kind wire.Kind, deadline time.Time) ([]int32, error) {
 	f, err := conn.Read(deadline)
 	if err != nil {
 		return nil, err
 	}
-	if err := f.Expect(wire.Tokens, r.b, r.t, 1, 0); err != nil {
+	if err := f.Expect(kind, r.b, r.t, 1, 0); err != nil {
 		return nil, err
 	}
 	if f.ID != r.id || f.Eval() != r.eval || f.Stage != s.k {
-		return nil, fmt.Errorf("%w: tokens of microbatch %x (eval %v) after input of %x (eval %v)", wire.ErrUnexpect, f.ID, f.Eval(), r.id, r.eval)
+		return nil, fmt.Errorf("%w: %v of microbatch %x (eval %v) after input of %x (eval %v)", wire.ErrUnexpect, kind, f.ID, f.Eval(), r.id, r.eval)
 	}
 	return f.Ints(nil, s.model.Vocab)
 }

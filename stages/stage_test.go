@@ -21,21 +21,32 @@ func tinyBatch(cfg model.Config, B, T int, salt int32) (tokens, targets []int32)
 }
 
 // TestChainGradFiniteDifference checks every tensor's gradient against central
-// differences of the loss on a tiny model.
+// differences of the loss on a tiny model split in two, and on the same model
+// with a subspace boundary (its projection's backward included).
 func TestChainGradFiniteDifference(t *testing.T) {
-	cfg := tinyCfg
-	c, err := NewChain(cfg, []int{1, 1}, 7)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Randomise the zero-initialised tensors so their gradients are exercised.
-	for _, s := range c.Stages() {
-		for i, d := range randVec("perturb", s.NumParams(), 0.1) {
-			s.Params()[i] += d
+	sub := tinyCfg
+	sub.Subspace = 3
+	for _, cfg := range []model.Config{tinyCfg, sub} {
+		c, err := NewChain(cfg, []int{1, 1}, 7)
+		if err != nil {
+			t.Fatal(err)
 		}
+		// Randomise the zero-initialised tensors so their gradients are exercised.
+		for _, s := range c.Stages() {
+			for i, d := range randVec("perturb", s.NumParams(), 0.1) {
+				s.Params()[i] += d
+			}
+		}
+		B, T := 2, 5
+		tok, tgt := tinyBatch(cfg, B, T, 0)
+		checkChainGradients(t, c, tok, tgt, B, T)
 	}
-	B, T := 2, 5
-	tok, tgt := tinyBatch(cfg, B, T, 0)
+}
+
+// checkChainGradients runs one microbatch through c and checks three entries
+// of every tensor's gradient against central differences of the loss.
+func checkChainGradients(t *testing.T, c *Chain, tok, tgt []int32, B, T int) {
+	t.Helper()
 	if _, err := c.ForwardBackward(tok, tgt, B, T); err != nil {
 		t.Fatal(err)
 	}

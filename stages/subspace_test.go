@@ -83,45 +83,6 @@ func TestSubspaceBoundaryIsAProjection(t *testing.T) {
 	}
 }
 
-// TestSubspaceGradFiniteDifference checks every tensor's gradient in a split
-// subspace model, through its boundary's projection, against central
-// differences of the loss.
-func TestSubspaceGradFiniteDifference(t *testing.T) {
-	cfg := model.Config{Vocab: 11, DModel: 8, NHead: 2, NLayer: 2, SeqLen: 6, Subspace: 3}
-	c, err := NewChain(cfg, []int{1, 1}, 7)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range c.Stages() {
-		for i, d := range randVec("perturb", s.NumParams(), 0.1) {
-			s.Params()[i] += d
-		}
-	}
-	B, T := 2, 5
-	tok, tgt := tinyBatch(cfg, B, T, 0)
-	if _, err := c.ForwardBackward(tok, tgt, B, T); err != nil {
-		t.Fatal(err)
-	}
-	const h = 1e-2
-	for _, s := range c.Stages() {
-		for _, v := range s.Views() {
-			p, g := v.Of(s.Params()), v.Of(s.Grads())
-			for _, i := range []int{0, v.Len / 2, v.Len - 1} {
-				old := p[i]
-				p[i] = old + h
-				lp, _ := c.Loss(tok, tgt, B, T)
-				p[i] = old - h
-				lm, _ := c.Loss(tok, tgt, B, T)
-				p[i] = old
-				fd := (float64(lp) - float64(lm)) / (2 * h)
-				if d := math.Abs(fd - float64(g[i])); d > 2e-3+2e-2*math.Abs(fd) {
-					t.Errorf("%s[%d]: gradient %g, finite difference %g", v.Name, i, g[i], fd)
-				}
-			}
-		}
-	}
-}
-
 // TestSubspaceBoundaryShapes: a subspace stage answers B·T·k coordinates and
 // takes them back, with the tokens, and refuses the full width or no tokens.
 func TestSubspaceBoundaryShapes(t *testing.T) {

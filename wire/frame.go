@@ -54,8 +54,8 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 type Kind uint8
 
 // The frame kinds. A forward request is a Tokens (stage 0) or Activations frame
-// followed by a Targets frame; the answer is a Gradient frame (training), a Result
-// frame (eval) or an Error frame.
+// (then, for a subspace model, a Tokens frame) followed by a Targets frame; the
+// answer is a Gradient frame (training), a Result frame (eval) or an Error frame.
 const (
 	Tokens      Kind = 1
 	Targets     Kind = 2
