@@ -15,33 +15,41 @@ import (
 )
 
 // FuzzServerRequest feeds arbitrary bytes to a stage server's request parser, for
-// a first and a middle stage: no panic, and whatever it accepts is what the stage
-// can compute on: shapes within the run's limits, ids in the vocabulary, finite
-// activations.
+// a first and a middle stage, and a middle stage of a subspace model (which
+// takes 3 coordinates per token and the token ids): no panic, and whatever it
+// accepts is what the stage can compute on: shapes within the run's limits, ids
+// in the vocabulary, finite activations.
 func FuzzServerRequest(f *testing.F) {
-	B, T, D := 2, 4, 8
+	B, T, D, K := 2, 4, 8, 3
 	f.Add(cat(floatsFrame(1, B, T, D, ramp(B*T*D)), intsFrame(wire.Targets, 1, B, T, tokens(B*T, 5))))
 	f.Add(cat(intsFrame(wire.Tokens, 0, B, T, tokens(B*T, 7)), intsFrame(wire.Targets, 0, B, T, tokens(B*T, 5))))
 	f.Add(cat(floatsFrame(1, 9, T, D, ramp(9*T*D)), intsFrame(wire.Targets, 1, 9, T, tokens(9*T, 5))))
+	f.Add(cat(floatsFrame(1, B, T, K, ramp(B*T*K)), intsFrame(wire.Tokens, 1, B, T, tokens(B*T, 7)), intsFrame(wire.Targets, 1, B, T, tokens(B*T, 5))))
 	f.Add(floatsFrame(1, B, T, D, ramp(B*T*D))[:60])
 	mc := model.Config{Vocab: 64, DModel: D, NHead: 2, NLayer: 2, SeqLen: 16}
-	var workers [2]*Worker // a stage decides in what form it takes its input
-	for k := range workers {
-		st, err := stages.New(mc, []int{1, 1}, k, 1)
+	sub := mc
+	sub.Subspace = K
+	var servers []*Server // a stage decides in what form it takes its input
+	for _, c := range []struct {
+		cfg model.Config
+		k   int
+	}{{mc, 0}, {mc, 1}, {sub, 1}} {
+		st, err := stages.New(c.cfg, []int{1, 1}, c.k, 1)
 		if err != nil {
 			f.Fatal(err)
 		}
-		workers[k] = NewWorker(st, WorkerOptions{})
+		w := NewWorker(st, WorkerOptions{})
+		servers = append(servers, &Server{k: c.k, n: 2, model: c.cfg, w: w, opts: ServerOptions{MaxBatch: 4}})
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		for _, k := range []int{0, 1} {
-			s := &Server{k: k, n: 2, model: mc, w: workers[k], opts: ServerOptions{MaxBatch: 4}}
+		for _, s := range servers {
 			recv := sent(b)
 			r, err := s.readRequest(wire.NewConn(recv, 1<<16, nil), time.Time{})
 			_ = recv.Close() // ends the sender of what was not read
 			if err != nil {
 				continue
 			}
+			k, mc := s.k, s.model
 			if r.b < 1 || r.b > 4 || r.t < 1 || r.t > mc.SeqLen || len(r.targets) != r.b*r.t {
 				t.Fatalf("stage %d accepted shape %dx%d with %d targets", k, r.b, r.t, len(r.targets))
 			}
@@ -50,8 +58,9 @@ func FuzzServerRequest(f *testing.F) {
 					t.Fatalf("accepted id %d", v)
 				}
 			}
-			if k == 0 && len(r.tokens) != r.b*r.t || k == 1 && len(r.x.F) != r.b*r.t*D {
-				t.Fatalf("stage %d accepted %d tokens, %d activations for %dx%d", k, len(r.tokens), len(r.x.F), r.b, r.t)
+			wantTokens := k == 0 || mc.Subspace > 0
+			if wantTokens && len(r.tokens) != r.b*r.t || k == 1 && len(r.x.F) != r.b*r.t*mc.Width() {
+				t.Fatalf("stage %d (subspace %d) accepted %d tokens, %d activations for %dx%d", k, mc.Subspace, len(r.tokens), len(r.x.F), r.b, r.t)
 			}
 			for _, v := range r.x.F {
 				if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
