@@ -102,6 +102,7 @@ func TestValidationNamesField(t *testing.T) {
 		{"pipeline:\n  max_frame_bytes: 10\n", "pipeline.max_frame_bytes: must be at least 1024, got 10"},
 		{"train:\n  eval_every: 0\n", "train.eval_every: must be positive, got 0"},
 		{"model:\n  seq_len: 0\n", "model.seq_len: must be positive, got 0"},
+		{"model:\n  subspace: 65\n", "model.subspace: must be in [0, d_model 64], got 65"},
 		{"compression:\n  block_size: 0\n", "compression.block_size: must be in [1, 65536], got 0"},
 		{"pipeline:\n  hop_timeout: -1s\n", "pipeline.hop_timeout: must be positive, got -1s"},
 		{"train:\n  beta2: 1\n", "train.beta2: must be in [0, 1), got 1"},
