@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Plots tokens/s against link rate for each codec from bench/wan.sh outputs
+"""Plots tokens/s against link rate for each codec (both axes log scale) from bench/wan.sh outputs
 into one SVG (standard library only).
 
     bench/plot-wan.py OUT.svg "1=wan-1mbit.txt" "4=wan-4mbit.txt" ...
@@ -41,24 +41,28 @@ def main():
     W, H, L, R, T, B = 640, 400, 70, 20, 20, 50
     rates = [r for r, _ in runs]
     x0, x1 = math.log10(min(rates)) - 0.1, math.log10(max(rates)) + 0.1
-    ymax = max(max(u, s) for _, rows in runs for u, s in rows.values()) * 1.1
+    vals = [v for _, rows in runs for pair in rows.values() for v in pair if v > 0]
+    y0, y1 = math.log10(min(vals)) - 0.1, math.log10(max(vals)) + 0.1
 
     def px(rate):
         return L + (math.log10(rate) - x0) / (x1 - x0) * (W - L - R)
 
     def py(v):
-        return H - B - v / ymax * (H - T - B)
+        return H - B - (math.log10(max(v, 1)) - y0) / (y1 - y0) * (H - T - B)
 
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
            f'<rect width="{W}" height="{H}" fill="white"/>']
-    for i in range(6):
-        v = ymax * i / 5
-        svg.append(f'<line x1="{L}" x2="{W - R}" y1="{py(v):.1f}" y2="{py(v):.1f}" stroke="#ddd"/>')
-        svg.append(f'<text x="{L - 6}" y="{py(v) + 4:.1f}" text-anchor="end">{v / 1000:.1f}k</text>')
+    for e in range(math.floor(y0), math.ceil(y1) + 1):
+        for m in (1, 2, 5):
+            v = m * 10 ** e
+            if not y0 <= math.log10(v) <= y1:
+                continue
+            svg.append(f'<line x1="{L}" x2="{W - R}" y1="{py(v):.1f}" y2="{py(v):.1f}" stroke="#ddd"/>')
+            svg.append(f'<text x="{L - 6}" y="{py(v) + 4:.1f}" text-anchor="end">{v:g}</text>')
     for r in rates:
         svg.append(f'<text x="{px(r):.1f}" y="{H - B + 18}" text-anchor="middle">{r:g}</text>')
     svg.append(f'<text x="{(L + W - R) / 2}" y="{H - 10}" text-anchor="middle">link rate, Mbit/s (log scale)</text>')
-    svg.append(f'<text x="14" y="{H / 2}" text-anchor="middle" transform="rotate(-90 14 {H / 2})">tokens/s</text>')
+    svg.append(f'<text x="14" y="{H / 2}" text-anchor="middle" transform="rotate(-90 14 {H / 2})">tokens/s (log scale)</text>')
     for i, c in enumerate(codecs):
         color = COLORS[i % len(COLORS)]
         pts = [(r, rows[c][1]) for r, rows in runs if c in rows]
