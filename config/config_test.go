@@ -109,7 +109,7 @@ func TestValidationNamesField(t *testing.T) {
 		{"node:\n  record_ttl: 10ms\n", "node.record_ttl: must be at least 1s, got 10ms"},
 		{"averaging:\n  deadline: 0s\n", "averaging.deadline: must be positive, got 0s"},
 		{"train:\n  clip: -1\n", "train.clip: must not be negative, got -1"},
-		{"pipeline:\n  in_flight: 0\n", "pipeline.in_flight: must be positive, got 0"},
+		{"pipeline:\n  in_flight: -1\n", "pipeline.in_flight: must not be negative, got -1"},
 		{"compression:\n  gradients: float16\n", "compression.gradients: \"float16\": want fp32, bf16 or int8"},
 		{"node:\n  stage: \"2\"\n", "node.stage: \"2\": want auto or a stage number in [0, 2)"},
 		{"node:\n  stage: first\n", "node.stage: \"first\": want auto or a stage number in [0, 2)"},

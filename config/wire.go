@@ -34,8 +34,10 @@ type Pipeline struct {
 	MaxInFlight int `yaml:"max_in_flight" check:"positive"`
 	// CacheBytes caps the memory of cached forward state on a stage server.
 	CacheBytes int64 `yaml:"cache_bytes" check:"positive"`
-	// InFlight is how many microbatches a trainer keeps in the pipeline.
-	InFlight int `yaml:"in_flight" check:"positive"`
+	// InFlight is how many microbatches a trainer keeps in the pipeline; 0
+	// (auto) chooses it from the measured round trip and the slowest stage's
+	// throughput, within max_in_flight.
+	InFlight int `yaml:"in_flight" check:"nonneg"`
 	// RebalanceEvery is how often a server checks whether to move stage; 0 disables.
 	RebalanceEvery time.Duration `yaml:"rebalance_every" check:"nonneg"`
 	// RebalanceRatio: a stage below this share of the mean throughput pulls a peer over.

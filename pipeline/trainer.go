@@ -138,6 +138,9 @@ type TrainerStats struct {
 	// holders took back (a microbatch counted twice at a stage).
 	Replayed  int64 `json:"replayed"`
 	TakenBack int64 `json:"taken_back"`
+	// InFlight is how many microbatches the trainer keeps in the pipeline:
+	// pipeline.in_flight, or the limit it chose last when that is 0 (auto).
+	InFlight int `json:"in_flight"`
 	// History holds the most recent steps, oldest first.
 	History []Point `json:"history"`
 }
@@ -158,6 +161,8 @@ type Trainer struct {
 
 	mu    sync.Mutex
 	stats TrainerStats
+	// autoLimit is the in-flight limit last chosen in auto mode (inflight.go).
+	autoLimit atomic.Int64
 }
 
 // NewTrainer returns a trainer that sends microbatches of corpus from h to the
@@ -168,7 +173,7 @@ func NewTrainer(h host.Host, r Router, corpus *data.Corpus, o TrainerOptions) (*
 		return nil, fmt.Errorf("pipeline: trainer needs the number of stages, got %d", o.Stages)
 	case o.Train.Microbatch < 1 || o.Train.Batch < o.Train.Microbatch || o.Train.EvalEvery < 1 || o.Train.EvalBatches < 1:
 		return nil, fmt.Errorf("pipeline: invalid train settings %+v", o.Train)
-	case o.Pipeline.InFlight < 1 || o.Pipeline.HopTimeout <= 0:
+	case o.Pipeline.InFlight < 0 || o.Pipeline.HopTimeout <= 0:
 		return nil, fmt.Errorf("pipeline: invalid pipeline limits %+v", o.Pipeline)
 	}
 	log := o.Logger
@@ -210,6 +215,10 @@ func (t *Trainer) Stats() TrainerStats {
 	s.Hedged = t.call.hedges.Load()
 	s.Retried = s.Failed + s.Hedged
 	s.Replayed, s.TakenBack = t.replayed.Load(), t.takenBack.Load()
+	s.InFlight = t.opts.Pipeline.InFlight
+	if s.InFlight == 0 {
+		s.InFlight = int(t.autoLimit.Load())
+	}
 	return s
 }
 
@@ -233,10 +242,13 @@ type result struct {
 func (t *Trainer) Run(ctx context.Context) (Summary, error) {
 	r := t.newRun(ctx)
 	jobs := make(chan *job)
-	results := make(chan result, t.opts.Pipeline.InFlight)
+	results := make(chan result, t.inFlightWorkers())
 	defer t.startWorkers(ctx, jobs, results)()
 	for r.running() {
-		next := r.pending()
+		var next *job
+		if r.inflight < t.inFlightLimit(r.B*r.T) {
+			next = r.pending()
+		}
 		var send chan<- *job // nil, and so never ready, when no job waits
 		if next != nil {
 			send = jobs
@@ -269,12 +281,13 @@ func (t *Trainer) Run(ctx context.Context) (Summary, error) {
 	return r.sum, nil
 }
 
-// startWorkers starts Pipeline.InFlight workers that take jobs and put their
-// results; the function it returns stops them and waits for them.
+// startWorkers starts the trainer's workers (Pipeline.InFlight, or as many as
+// auto mode may use) that take jobs and put their results; the function it
+// returns stops them and waits for them.
 func (t *Trainer) startWorkers(ctx context.Context, jobs <-chan *job, results chan<- result) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	for range t.opts.Pipeline.InFlight {
+	for range t.inFlightWorkers() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -51,7 +51,10 @@ type Report struct {
 	// Stepped counts, per stage, the sequences the stage's holders stepped on
 	// at this trainer's commits (trainers only): train.batch per step when
 	// every microbatch counted exactly once.
-	Stepped   []int64           `json:"stepped"`
+	Stepped []int64 `json:"stepped"`
+	// InFlight is how many microbatches this trainer keeps in the pipeline
+	// (pipeline.in_flight, or its choice in auto mode; trainers only).
+	InFlight  int               `json:"in_flight,omitempty"`
 	Averaging AveragingStats    `json:"averaging"`
 	Errors    map[string]uint64 `json:"errors"`
 	// Wire counts the pipeline frames this node sent: bytes on the wire and
@@ -71,7 +74,7 @@ func (n *Node) Report() Report {
 		Holders:        make(map[int][]HolderReport, n.opts.NumStages),
 		ConnectedPeers: len(n.host.Network().Peers()),
 		Step:           c.Training.Step, Loss: c.Training.Loss, TokensPerSec: c.Training.TokensPerSec,
-		History: c.History, Microbatches: c.Microbatches, Stepped: c.Stepped, Averaging: c.Averaging, Errors: c.Errors,
+		History: c.History, Microbatches: c.Microbatches, Stepped: c.Stepped, InFlight: c.InFlight, Averaging: c.Averaging, Errors: c.Errors,
 		Wire: n.traffic.Sent(),
 		Time: time.Now().UTC(),
 	}

@@ -610,6 +610,7 @@ func (s *Status) setTrainer(st pipeline.TrainerStats) {
 		Replayed: uint64(st.Replayed), TakenBack: uint64(st.TakenBack),
 	}
 	s.stepped = st.Stepped
+	s.inFlight = st.InFlight
 }
 
 // setAveragingStats mirrors the averager's counters.

@@ -81,6 +81,7 @@ type Status struct {
 	// trainer (roles.go); the page shows their sum.
 	server, trainer MicrobatchCounts
 	stepped         []int64 // per stage, sequences stepped at this trainer's commits
+	inFlight        int     // microbatches the trainer keeps in flight
 	avg             AveragingStats
 	errors          map[string]uint64
 }
@@ -141,6 +142,7 @@ type Counters struct {
 	History      []HistoryPoint
 	Microbatches MicrobatchCounts
 	Stepped      []int64
+	InFlight     int
 	Averaging    AveragingStats
 	Errors       map[string]uint64
 }
@@ -154,6 +156,7 @@ func (s *Status) Snapshot() Counters {
 		History:      slices.Clone(s.history),
 		Microbatches: s.server.add(s.trainer),
 		Stepped:      slices.Clone(s.stepped),
+		InFlight:     s.inFlight,
 		Averaging:    s.avg,
 		Errors:       maps.Clone(s.errors),
 	}
