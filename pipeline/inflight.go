@@ -16,6 +16,11 @@ import (
 // (pipeline.staleness) and the servers' own cap (pipeline.max_in_flight) bound
 // it.
 
+// autoInFlightEvery is how often auto mode recomputes its limit: the inputs
+// (recent round trips, gossiped throughputs) move on that scale, while the
+// trainer's loop asks at every microbatch sent or answered.
+const autoInFlightEvery = 500 * time.Millisecond
+
 // autoInFlightCap bounds the trainer's workers in auto mode: far beyond any
 // bandwidth-delay product a stage server will take.
 const autoInFlightCap = 64
@@ -29,11 +34,16 @@ func (t *Trainer) inFlightWorkers() int {
 	return min(autoInFlightCap, max(1, t.opts.Pipeline.MaxInFlight))
 }
 
-// inFlightLimit is how many microbatches the trainer keeps in flight now.
+// inFlightLimit is how many microbatches the trainer keeps in flight now. Only
+// Run's loop calls it.
 func (t *Trainer) inFlightLimit(tokensPerMicro int) int {
 	if n := t.opts.Pipeline.InFlight; n > 0 {
 		return n
 	}
+	if n := t.autoLimit.Load(); n > 0 && time.Since(t.autoAt) < autoInFlightEvery {
+		return int(n)
+	}
+	t.autoAt = time.Now()
 	n := autoInFlight(t.call.lat.fastest(), t.bottleneck(), tokensPerMicro, t.opts.Stages)
 	n = min(n, t.inFlightWorkers())
 	t.autoLimit.Store(int64(n))

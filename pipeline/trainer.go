@@ -161,8 +161,10 @@ type Trainer struct {
 
 	mu    sync.Mutex
 	stats TrainerStats
-	// autoLimit is the in-flight limit last chosen in auto mode (inflight.go).
+	// autoLimit is the in-flight limit last chosen in auto mode, at autoAt
+	// (inflight.go; autoAt is Run's loop's alone).
 	autoLimit atomic.Int64
+	autoAt    time.Time
 }
 
 // NewTrainer returns a trainer that sends microbatches of corpus from h to the
