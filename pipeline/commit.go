@@ -216,6 +216,10 @@ type commitState struct {
 	step  int
 	ids   []uint64       // the step's microbatches
 	later []uint64       // later steps' microbatches in flight
+	// newest is the newest id among ids and later. The trainer's loop goes on
+	// while the commit runs, so a holder may report microbatches issued since:
+	// their ids are newer (ids only grow), and they belong to later steps.
+	newest uint64
 	views []stageView    // per stage
 	undo  [][][]uint64   // per stage, per holder answering: copies to take back
 	kept  [][][]uint64   // per stage, per holder answering: the copies that count
@@ -283,7 +287,7 @@ func (cs *commitState) resolve() {
 				// microbatches counts; any other copy, or a microbatch of no
 				// step in progress (an attempt this trainer gave up on that
 				// finished late), goes.
-				if want[id] && counted[id] == 0 {
+				if (want[id] || id > cs.newest) && counted[id] == 0 {
 					counted[id] = 1
 					cs.kept[k][i] = append(cs.kept[k][i], id)
 					continue
@@ -399,6 +403,12 @@ func (t *Trainer) commitStep(ctx context.Context, step int, jobs, later []*job) 
 	}
 	for _, j := range later {
 		cs.later = append(cs.later, j.req.id)
+	}
+	for _, id := range cs.ids {
+		cs.newest = max(cs.newest, id)
+	}
+	for _, id := range cs.later {
+		cs.newest = max(cs.newest, id)
 	}
 	for round := 0; ; round++ {
 		pctx, cancel := context.WithTimeout(ctx, prepareTimeout(t.opts.Pipeline.HopTimeout))

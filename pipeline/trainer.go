@@ -241,8 +241,15 @@ type result struct {
 
 // Run trains Train.Steps steps and evaluates every EvalEvery steps and at the end.
 // When ctx ends it stops early and returns the summary so far with a nil error.
+//
+// A step's commit runs beside the loop: while its round trips to the holders
+// are on the wire, the workers go on with the microbatches that
+// pipeline.staleness lets go ahead, so that over slow links the commit does
+// not stall the pipeline.
 func (t *Trainer) Run(ctx context.Context) (Summary, error) {
+	ctx, cancel := context.WithCancel(ctx)
 	r := t.newRun(ctx)
+	defer r.waitCommit(cancel)
 	jobs := make(chan *job)
 	results := make(chan result, t.inFlightWorkers())
 	defer t.startWorkers(ctx, jobs, results)()
@@ -255,6 +262,7 @@ func (t *Trainer) Run(ctx context.Context) (Summary, error) {
 		if next != nil {
 			send = jobs
 		}
+		var err error
 		select {
 		case send <- next:
 			r.next = nil
@@ -266,18 +274,21 @@ func (t *Trainer) Run(ctx context.Context) (Summary, error) {
 				t.report(Failed, 1)
 				return r.sum, res.err
 			}
-			if err := r.collect(res); err != nil {
-				if ctx.Err() != nil {
-					t.log.Info("stopping early", "step", r.step)
-					return r.sum, nil
-				}
-				return r.sum, err
-			}
+			r.collect(res)
+		case c := <-r.commits:
+			err = r.committed(c)
 		case <-ctx.Done():
 			t.lost.Add(int64(r.inflight))
 			t.report(Failed, r.inflight)
 			t.log.Info("stopping early", "step", r.step)
 			return r.sum, nil
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				t.log.Info("stopping early", "step", r.step)
+				return r.sum, nil
+			}
+			return r.sum, err
 		}
 	}
 	return r.sum, nil
@@ -333,6 +344,15 @@ type runState struct {
 	winStart            time.Time
 	winLoss             float64 // sum of the window's step losses
 	winSteps, winTokens int
+
+	committing bool               // a step's commit is under way
+	commits    chan commitOutcome // where it lands
+}
+
+// commitOutcome is what a step's commit, run beside the trainer's loop, gives back.
+type commitOutcome struct {
+	owed []*job
+	err  error
 }
 
 func (t *Trainer) newRun(ctx context.Context) *runState {
@@ -341,7 +361,7 @@ func (t *Trainer) newRun(ctx context.Context) *runState {
 		ctx: ctx, tr: t, o: o, accum: o.Train.Accumulation(),
 		B: o.Train.Microbatch, T: min(o.Model.SeqLen, t.corpus.MaxSeqLen(data.Train)),
 		total: o.Train.Steps * o.Train.Accumulation(), rng: data.NewRNG(o.Train.Seed, o.Stream),
-		winStart: time.Now(),
+		winStart: time.Now(), commits: make(chan commitOutcome, 1),
 	}
 }
 
@@ -350,17 +370,18 @@ func (t *Trainer) newRun(ctx context.Context) *runState {
 func (r *runState) running() bool { return r.step < r.o.Train.Steps || r.evalLeft > 0 }
 
 // pending returns the job waiting for a worker, taking the next one when none
-// waits: evaluation microbatches first, no new training microbatch while an
-// evaluation is in progress, and none of a step more than pipeline.staleness
-// steps after the one in progress (the holders step together once a step's
-// microbatches are all back: a microbatch of a later step that a holder has
-// accumulated by then goes into that step, a step early).
+// waits: evaluation microbatches first, then training microbatches of steps no
+// more than pipeline.staleness after the one in progress (the holders step
+// together once a step's microbatches are all back: a microbatch of a later
+// step that a holder has accumulated by then goes into that step, a step
+// early). Training goes on during an evaluation: the evaluation runs on the
+// parameters of the step just committed, and the next commit waits for it.
 // Nil when there is nothing to hand out now.
 func (r *runState) pending() *job {
 	if r.next == nil {
 		if len(r.evalQueue) > 0 {
 			r.next, r.evalQueue = r.evalQueue[0], r.evalQueue[1:]
-		} else if r.evalLeft == 0 && r.issued < r.total && r.issued < (r.step+1+r.o.Pipeline.Staleness)*r.accum {
+		} else if r.issued < r.total && r.issued < (r.step+1+r.o.Pipeline.Staleness)*r.accum {
 			r.next = r.newJob(data.Train, r.rng, r.T, false)
 			r.stepJobs = append(r.stepJobs, r.next)
 			r.issued++
@@ -376,14 +397,15 @@ func (r *runState) newJob(split data.Split, rng *rand.Rand, T int, eval bool) *j
 	return &job{eval: eval, req: request{id: id, stage: 0, eval: eval, b: r.B, t: T, tokens: tok, targets: tgt}}
 }
 
-// collect takes one microbatch's loss; the last of a step commits the step.
-func (r *runState) collect(res result) error {
+// collect takes one microbatch's loss; the last of a step starts its commit.
+func (r *runState) collect(res result) {
 	if res.job.eval {
 		r.evalSum += float64(res.loss)
 		if r.evalLeft--; r.evalLeft == 0 {
 			r.evaluated()
 		}
-		return r.commitReady()
+		r.commitReady()
+		return
 	}
 	r.tr.completed.Add(1)
 	r.tr.report(Completed, 1)
@@ -391,30 +413,54 @@ func (r *runState) collect(res result) error {
 	res.job.done = true
 	r.stepLoss += float64(res.loss)
 	r.winTokens += r.B * r.T
-	return r.commitReady()
+	r.commitReady()
 }
 
-// commitReady commits every step whose answers are all back, oldest first
-// (with pipeline.staleness above 0 a later step may finish first), pausing
-// while an evaluation runs.
-func (r *runState) commitReady() error {
-	for r.evalLeft == 0 && len(r.stepJobs) >= r.accum && !slices.ContainsFunc(r.stepJobs[:r.accum], func(j *job) bool { return !j.done }) {
-		jobs := append(slices.Clip(r.stepJobs[:r.accum]), r.owed...)
-		owed, err := r.tr.commitStep(r.ctx, r.step+1, jobs, r.stepJobs[r.accum:])
-		if err != nil {
-			return err
-		}
-		r.owed = owed
-		if len(owed) > 0 && r.step+1 == r.o.Train.Steps {
-			r.tr.log.Warn("the last step lost microbatches with a holder that went down during its commit", "microbatches", len(owed))
-		}
-		r.stepJobs = append(r.stepJobs[:0], r.stepJobs[r.accum:]...)
-		r.tr.mu.Lock()
-		r.sum.Stepped = append(r.sum.Stepped[:0], r.tr.stats.Stepped...)
-		r.tr.mu.Unlock()
-		r.stepDone()
+// commitReady starts the commit of the oldest step once its answers are all
+// back (with pipeline.staleness above 0 a later step may finish first), one
+// commit at a time and none while an evaluation runs. The commit runs in its
+// own goroutine and lands on r.commits.
+func (r *runState) commitReady() {
+	if r.committing || r.evalLeft > 0 || len(r.stepJobs) < r.accum || slices.ContainsFunc(r.stepJobs[:r.accum], func(j *job) bool { return !j.done }) {
+		return
 	}
+	jobs := append(slices.Clone(r.stepJobs[:r.accum]), r.owed...)
+	later := slices.Clone(r.stepJobs[r.accum:])
+	step := r.step + 1
+	r.committing = true
+	go func() {
+		owed, err := r.tr.commitStep(r.ctx, step, jobs, later)
+		r.commits <- commitOutcome{owed: owed, err: err}
+	}()
+}
+
+// committed takes a landed commit: the step is done, and the next one may be
+// ready to commit already.
+func (r *runState) committed(c commitOutcome) error {
+	r.committing = false
+	if c.err != nil {
+		return c.err
+	}
+	r.owed = c.owed
+	if len(r.owed) > 0 && r.step+1 == r.o.Train.Steps {
+		r.tr.log.Warn("the last step lost microbatches with a holder that went down during its commit", "microbatches", len(r.owed))
+	}
+	r.stepJobs = append(r.stepJobs[:0], r.stepJobs[r.accum:]...)
+	r.tr.mu.Lock()
+	r.sum.Stepped = append(r.sum.Stepped[:0], r.tr.stats.Stepped...)
+	r.tr.mu.Unlock()
+	r.stepDone()
+	r.commitReady()
 	return nil
+}
+
+// waitCommit ends the run's context and waits for a commit still under way,
+// so that none outlives Run.
+func (r *runState) waitCommit(cancel context.CancelFunc) {
+	cancel()
+	if r.committing {
+		<-r.commits
+	}
 }
 
 // stepDone reports the step whose microbatches are all back and committed, and
