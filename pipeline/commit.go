@@ -214,16 +214,16 @@ func (v stageView) next() uint64 {
 type commitState struct {
 	t     *Trainer
 	step  int
-	ids   []uint64       // the step's microbatches
-	later []uint64       // later steps' microbatches in flight
+	ids   []uint64 // the step's microbatches
+	later []uint64 // later steps' microbatches in flight
 	// newest is the newest id among ids and later. The trainer's loop goes on
 	// while the commit runs, so a holder may report microbatches issued since:
 	// their ids are newer (ids only grow), and they belong to later steps.
 	newest uint64
-	views []stageView    // per stage
-	undo  [][][]uint64   // per stage, per holder answering: copies to take back
-	kept  [][][]uint64   // per stage, per holder answering: the copies that count
-	miss  map[uint64]int // microbatch -> stages that lack it
+	views  []stageView    // per stage
+	undo   [][][]uint64   // per stage, per holder answering: copies to take back
+	kept   [][][]uint64   // per stage, per holder answering: the copies that count
+	miss   map[uint64]int // microbatch -> stages that lack it
 }
 
 // prepare asks every holder of every stage what it accumulated, in parallel.
