@@ -75,6 +75,9 @@ type ServerStats struct {
 	// Cancelled counts requests this server gave up at its upstream's request
 	// (the upstream hedged them) before committing anything.
 	Cancelled int64 `json:"cancelled"`
+	// Refreshed counts forward passes run again before their backward pass
+	// because a step landed in between (pipeline.staleness above 0).
+	Refreshed int64 `json:"refreshed"`
 	// InFlight is the number of microbatches being handled now.
 	InFlight int `json:"in_flight"`
 	// Queue is the number waiting for or in computation now.
@@ -193,7 +196,7 @@ func (s *Server) Stats() ServerStats {
 	st := ServerStats{
 		Stage: s.k, Version: s.w.Stage().Version(),
 		Served: s.served.Load(), Evals: s.evals.Load(), Failed: s.failed.Load(),
-		BadFrames: s.bad.Load(), Busy: s.busy.Load(), Cancelled: s.cancelled.Load(),
+		BadFrames: s.bad.Load(), Busy: s.busy.Load(), Cancelled: s.cancelled.Load(), Refreshed: s.w.refreshed.Load(),
 		InFlight: len(s.slots), Queue: q, CacheBytes: s.cacheUsed.Load(), Throughput: tp,
 	}
 	if s.down != nil {

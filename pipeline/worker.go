@@ -115,6 +115,9 @@ type Worker struct {
 	// gate; nil: not catching up). See catchup.go.
 	recorded []recordedStep
 	catching atomic.Bool // recorded != nil, readable without the gate
+	// refreshed counts the forward passes run again because a step landed
+	// between a microbatch's forward and backward pass.
+	refreshed atomic.Int64
 
 	mu     sync.Mutex
 	onStep func(StepInfo)
@@ -175,6 +178,21 @@ func (w *Worker) forward(in model.Input, x stages.Tensor, out stages.Wire) (*sta
 	return p, time.Since(start), err
 }
 
+// current returns p, or, when a step landed since p's forward pass (with
+// pipeline.staleness above 0 a microbatch's forward and backward may straddle a
+// commit), a fresh forward pass of e at the parameters the backward will use:
+// differentiating the old activations with the new weights mixes two models
+// and, over slow links where most passes straddle a commit, made the loss jump.
+// The caller holds the gate shared and the compute lock.
+func (w *Worker) current(p *stages.Pass, e entry, out stages.Wire) (*stages.Pass, error) {
+	if p.Version == w.st.Version() {
+		return p, nil
+	}
+	p.Release()
+	w.refreshed.Add(1)
+	return w.st.ForwardTensor(e.in, e.x, out)
+}
+
 // backward runs the backward pass of p with the gradient of its output, asking
 // for the input gradient in dx (see stages.Stage.BackwardTensor), times it and
 // enters e, the microbatch it belongs to, in the ledger.
@@ -183,7 +201,11 @@ func (w *Worker) backward(p *stages.Pass, dout stages.Tensor, dx stages.Wire, e 
 	defer w.gate.RUnlock()
 	w.compute.Lock()
 	start := time.Now()
-	grad, err := w.st.BackwardTensor(p, dout, dx)
+	var grad stages.Tensor
+	p, err := w.current(p, e, dx)
+	if err == nil {
+		grad, err = w.st.BackwardTensor(p, dout, dx)
+	}
 	d := time.Since(start)
 	w.compute.Unlock()
 	if err == nil {

@@ -103,3 +103,49 @@ func TestWorkerFollowsTheTrainersSchedule(t *testing.T) {
 		t.Fatalf("the horizon changes nothing (differs by %g): the test cannot tell", d)
 	}
 }
+
+// TestWorkerRefreshesAPassAStepOutdated: a microbatch whose forward pass ran
+// before a step and whose backward pass runs after it (pipeline.staleness
+// above 0) is differentiated at the new parameters, as if its forward pass had
+// run after the step: the two workers end with the same parameters.
+func TestWorkerRefreshesAPassAStepOutdated(t *testing.T) {
+	inOrder := testWorker(t, WorkerOptions{})
+	straddled := testWorker(t, WorkerOptions{})
+	in := model.Input{B: 2, T: 8, Tokens: tokens(16, 7), Targets: tokens(16, 8)}
+	ctx := context.Background()
+
+	microbatch(t, inOrder, 1, 4, 3)
+	if _, err := inOrder.Commit(ctx, Round{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	microbatch(t, inOrder, 2, 2, 7)
+
+	microbatch(t, straddled, 1, 4, 3)
+	p, _, err := straddled.forward(in, stages.Tensor{}, stages.Wire{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := straddled.Commit(ctx, Round{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := straddled.backward(p, stages.Tensor{}, stages.Wire{}, entry{id: 2, in: in}); err != nil {
+		t.Fatal(err)
+	}
+	if n := straddled.refreshed.Load(); n != 1 {
+		t.Fatalf("refreshed %d passes, want 1", n)
+	}
+	for _, w := range []*Worker{inOrder, straddled} {
+		if _, err := w.Commit(ctx, Round{}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b := inOrder.Stage().Params(), straddled.Stage().Params()
+	for i := range a {
+		if d := math.Abs(float64(a[i] - b[i])); d > 1e-6 {
+			t.Fatalf("parameter %d differs by %g", i, d)
+		}
+	}
+	if inOrder.refreshed.Load() != 0 {
+		t.Fatal("a pass within one step was refreshed")
+	}
+}
