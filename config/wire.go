@@ -49,6 +49,10 @@ type Pipeline struct {
 	// step; 1 or more keeps the pipeline full but computes some gradients with
 	// parameters up to that many steps newer than their forward pass.
 	Staleness int `yaml:"staleness" check:"in=[0, 64]"`
+	// SharedMemory lets a stage server exchange large frames with peers of its own
+	// host (a loopback connection) through files in /dev/shm instead of the
+	// encrypted stream; a peer that cannot read them is sent to on the stream.
+	SharedMemory bool `yaml:"shared_memory"`
 }
 
 // DefaultPipeline suits the tiny example on loopback.
@@ -57,6 +61,7 @@ func DefaultPipeline() Pipeline {
 		MaxFrameBytes: 64 << 20, HopTimeout: 30 * time.Second, Retries: 3,
 		MaxInFlight: 8, CacheBytes: 1 << 30, InFlight: 4,
 		RebalanceEvery: 30 * time.Second, RebalanceRatio: 0.5, Staleness: 0,
+		SharedMemory: true,
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -96,6 +97,11 @@ type caller struct {
 
 	lat latencies // of recent training calls that succeeded
 
+	// shm carries large frames to holders on this host (nil: none); noShm
+	// holds the holders that could not read them.
+	shm   *wire.Shm
+	noShm sync.Map
+
 	attempts, failures, hedges atomic.Int64
 }
 
@@ -158,6 +164,14 @@ func (c *caller) send(ctx context.Context, req *request, soft <-chan struct{}) (
 			hedged++
 			attempt-- // slowness is not a failure: keep the retries for those
 			continue
+		}
+		if errors.As(err, &re) && re.Code == wire.CodeShared {
+			if _, refused := c.noShm.LoadOrStore(h.ID, true); !refused {
+				// It cannot read this host's shared memory: the stream, at once.
+				c.log.Info("a holder on this host cannot read shared memory; sending on the stream", "holder", shortID(h.ID))
+				attempt--
+				continue
+			}
 		}
 		c.failures.Add(1)
 		if c.onRetry != nil {
@@ -241,7 +255,17 @@ func (c *caller) try(ctx context.Context, h Holder, req *request, soft <-chan st
 		}
 	}()
 	conn := wire.NewConn(s, c.maxFrame, c.traffic)
+	if _, refused := c.noShm.Load(h.ID); c.shm != nil && !refused && sameHost(s.Conn()) {
+		conn.ShareVia(c.shm)
+		conn.AcceptShared()
+	}
 	if err := c.sendRequest(conn, h.ID, req, deadline); err != nil {
+		// The holder may have refused the request before reading all of it
+		// (and closed the stream): its error frame says why.
+		var re *wire.RemoteError
+		if _, rerr := conn.Read(time.Now().Add(200 * time.Millisecond)); errors.As(rerr, &re) {
+			return ans, false, rerr
+		}
 		return ans, false, err
 	}
 	var askedFlag atomic.Bool

@@ -14,9 +14,12 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
 	"swarmnode/codec"
 	"swarmnode/config"
 	"swarmnode/model"
+
 	"swarmnode/stages"
 	"swarmnode/wire"
 )
@@ -75,6 +78,9 @@ type ServerStats struct {
 	// Cancelled counts requests this server gave up at its upstream's request
 	// (the upstream hedged them) before committing anything.
 	Cancelled int64 `json:"cancelled"`
+	// SharedFrames counts the frames this server and its calls downstream sent
+	// through shared memory to peers of its host (pipeline.shared_memory).
+	SharedFrames int64 `json:"shared_frames"`
 	// Refreshed counts forward passes run again before their backward pass
 	// because a step landed in between (pipeline.staleness above 0).
 	Refreshed int64 `json:"refreshed"`
@@ -106,6 +112,7 @@ type Server struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
+	shm    *wire.Shm // nil: every frame goes on the stream
 	mu     sync.Mutex
 	closed bool
 	active map[network.Stream]struct{} // reset on Close, so that no handler waits on a peer
@@ -155,6 +162,12 @@ func NewServer(h host.Host, w *Worker, r Router, o ServerOptions) (*Server, erro
 	if act == codec.Int8 && grad == codec.Int8 {
 		s.tensors.Int8Block = o.Compression.BlockSize
 	}
+	if o.Pipeline.SharedMemory {
+		var err error
+		if s.shm, err = wire.NewShm(); err != nil {
+			log.Info("frames to peers of this host go on the stream", "err", err)
+		}
+	}
 	if !st.IsLast() {
 		bo := newBackoff(100*time.Millisecond, 30*time.Second)
 		s.down = &caller{
@@ -163,7 +176,7 @@ func NewServer(h host.Host, w *Worker, r Router, o ServerOptions) (*Server, erro
 			stages: s.n, width: s.model.Width(), allTokens: s.model.Subspace > 0, maxFrame: o.Pipeline.MaxFrameBytes,
 			hopTimeout: o.Pipeline.HopTimeout, retries: o.Pipeline.Retries,
 			enc: wire.Encoding{Codec: act, Block: o.Compression.BlockSize}, links: links{mode: zm},
-			traffic: o.Traffic, log: log,
+			traffic: o.Traffic, log: log, shm: s.shm,
 			receive: func(a stages.Arrived) (stages.Tensor, error) { return st.Receive(a, s.tensors) },
 		}
 	}
@@ -197,7 +210,8 @@ func (s *Server) Stats() ServerStats {
 		Stage: s.k, Version: s.w.Stage().Version(),
 		Served: s.served.Load(), Evals: s.evals.Load(), Failed: s.failed.Load(),
 		BadFrames: s.bad.Load(), Busy: s.busy.Load(), Cancelled: s.cancelled.Load(), Refreshed: s.w.refreshed.Load(),
-		InFlight: len(s.slots), Queue: q, CacheBytes: s.cacheUsed.Load(), Throughput: tp,
+		SharedFrames: s.shm.Frames(),
+		InFlight:     len(s.slots), Queue: q, CacheBytes: s.cacheUsed.Load(), Throughput: tp,
 	}
 	if s.down != nil {
 		st.DownstreamCalls, st.DownstreamFailures = s.down.attempts.Load(), s.down.failures.Load()
@@ -228,7 +242,7 @@ func (s *Server) Close() error {
 		_ = str.Reset()
 	}
 	s.wg.Wait()
-	return nil
+	return s.shm.Close()
 }
 
 // handle serves one microbatch: one stream, one request, one answer.
@@ -274,6 +288,9 @@ func (s *Server) untrack(str network.Stream) {
 func (s *Server) serve(str network.Stream) {
 	start := time.Now()
 	conn := wire.NewConn(str, s.opts.Pipeline.MaxFrameBytes, s.opts.Traffic)
+	if s.shm != nil && sameHost(str.Conn()) {
+		conn.AcceptShared()
+	}
 	req, err := s.readRequest(conn, start.Add(s.opts.Pipeline.HopTimeout))
 	if err != nil {
 		s.bad.Add(1)
@@ -357,6 +374,9 @@ func (s *Server) answer(conn *wire.Conn, str network.Stream, req *serverRequest,
 		h := wire.Header{Kind: wire.Gradient, ID: req.id, Stage: s.k, B: req.b, T: req.t, D: s.model.Width(), Loss: ans.loss}
 		enc := s.grad
 		enc.Link = s.links.get(str.Conn().RemotePeer())
+		if req.shared {
+			conn.ShareVia(s.shm)
+		}
 		err = writeTensor(conn, h, ans.grad, enc, deadline)
 	}
 	if err != nil {
@@ -396,10 +416,24 @@ func (s *Server) answerError(conn *wire.Conn, str network.Stream, id uint64, err
 	_ = str.Close()
 }
 
+// sameHost reports whether c joins two peers of one host: a TCP connection
+// between loopback addresses. Only such peers may share /dev/shm.
+func sameHost(c network.Conn) bool {
+	return manet.IsIPLoopback(c.LocalMultiaddr()) && manet.IsIPLoopback(c.RemoteMultiaddr()) && isTCP(c.RemoteMultiaddr())
+}
+
+// isTCP reports whether a is a TCP address.
+func isTCP(a ma.Multiaddr) bool {
+	_, err := a.ValueForProtocol(ma.P_TCP)
+	return err == nil
+}
+
 // serverRequest is a request as a server received it.
 type serverRequest struct {
 	request
 	budget time.Duration
+	// shared: its input came through shared memory, so the answer may too.
+	shared bool
 }
 
 func (s *Server) readRequest(conn *wire.Conn, deadline time.Time) (*serverRequest, error) {
@@ -417,7 +451,7 @@ func (s *Server) readRequest(conn *wire.Conn, deadline time.Time) (*serverReques
 	if s.opts.MaxBatch > 0 && f.B > s.opts.MaxBatch {
 		return nil, fmt.Errorf("%w: microbatch of %d sequences, this run's cap is %d", wire.ErrShape, f.B, s.opts.MaxBatch)
 	}
-	r := &serverRequest{request: request{id: f.ID, stage: s.k, eval: f.Eval(), b: f.B, t: f.T}, budget: f.Budget}
+	r := &serverRequest{request: request{id: f.ID, stage: s.k, eval: f.Eval(), b: f.B, t: f.T}, budget: f.Budget, shared: f.Shared()}
 	if s.k == 0 {
 		if err := f.Expect(wire.Tokens, 0, 0, 1, s.model.SeqLen); err != nil {
 			return nil, err

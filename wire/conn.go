@@ -27,6 +27,9 @@ type Conn struct {
 	maxPayload int
 	traffic    *Counter
 
+	shm          *Shm // large payloads go through it; nil: on the stream
+	acceptShared bool // frames may name a shared-memory payload
+
 	hdr  [HeaderSize]byte
 	in   []byte // payload of the last frame read
 	raw  []byte // decompressed payload
@@ -39,6 +42,15 @@ type Conn struct {
 func NewConn(s Stream, maxFrame int, traffic *Counter) *Conn {
 	return &Conn{s: s, r: bufio.NewReaderSize(s, 64<<10), maxPayload: max(0, maxFrame-HeaderSize), traffic: traffic}
 }
+
+// ShareVia sends the payloads of MinShared bytes or more through m (see Shm)
+// instead of the stream; nil sends every payload on the stream. Use it only
+// towards a peer on this host that takes shared payloads.
+func (c *Conn) ShareVia(m *Shm) { c.shm = m }
+
+// AcceptShared lets the peer send payloads through shared memory; a frame that
+// names one is otherwise refused as malformed.
+func (c *Conn) AcceptShared() { c.acceptShared = true }
 
 // Frame is a frame read from a Conn. Its payload is valid until the next Read.
 type Frame struct {
@@ -65,8 +77,17 @@ func (c *Conn) Read(deadline time.Time) (*Frame, error) {
 	if err != nil {
 		return nil, err
 	}
-	if c.in, err = ReadPayload(c.r, c.in, h.PayloadLen); err != nil {
-		return nil, bodyErr(err)
+	switch {
+	case h.Shared() && !c.acceptShared:
+		return nil, fmt.Errorf("%w: this peer takes no shared-memory payloads", ErrShared)
+	case h.Shared():
+		if c.in, err = readShared(c.r, c.in, h.PayloadLen); err != nil {
+			return nil, err
+		}
+	default:
+		if c.in, err = ReadPayload(c.r, c.in, h.PayloadLen); err != nil {
+			return nil, bodyErr(err)
+		}
 	}
 	if got, want := Checksum(c.hdr[:], c.in), uint32(c.hdr[44])|uint32(c.hdr[45])<<8|uint32(c.hdr[46])<<16|uint32(c.hdr[47])<<24; got != want {
 		return nil, fmt.Errorf("%w: computed %08x, header says %08x", ErrChecksum, got, want)
@@ -199,11 +220,20 @@ func (c *Conn) write(h *Header, deadline time.Time) error {
 	if len(p) > c.maxPayload {
 		return fmt.Errorf("%w: %v payload of %d bytes exceeds the cap of %d", ErrOversize, h.Kind, len(p), c.maxPayload)
 	}
-	MarshalHeader(c.out[:HeaderSize], h, p)
+	msg := c.out
+	if c.shm != nil && len(p) >= MinShared {
+		// A full /dev/shm (Docker's is 64 MiB) or any other failure to write
+		// the file sends the payload on the stream instead.
+		if name, err := c.shm.put(p); err == nil {
+			h.Flags |= FlagShared
+			msg = append(make([]byte, HeaderSize, HeaderSize+len(name)), name...)
+		}
+	}
+	MarshalHeader(msg[:HeaderSize], h, p)
 	if err := c.s.SetWriteDeadline(deadline); err != nil {
 		return fmt.Errorf("wire: set write deadline: %w", err)
 	}
-	if _, err := c.s.Write(c.out); err != nil {
+	if _, err := c.s.Write(msg); err != nil {
 		return timeoutErr(err)
 	}
 	raw := int64(len(c.out))

@@ -28,12 +28,13 @@ const (
 	CodeTimeout    Code = 8 // a deadline passed
 	CodeDownstream Code = 9 // every holder of the next stage failed
 	CodeWrongStage Code = 10
+	CodeShared     Code = 11 // a shared-memory payload could not be opened: send on the stream
 )
 
 var codeNames = [...]string{
 	CodeInternal: "internal", CodeBadFrame: "bad frame", CodeOversize: "oversize", CodeShape: "shape",
 	CodeNonFinite: "non-finite", CodeRange: "range", CodeBusy: "busy", CodeTimeout: "timeout",
-	CodeDownstream: "downstream", CodeWrongStage: "wrong stage",
+	CodeDownstream: "downstream", CodeWrongStage: "wrong stage", CodeShared: "shared memory",
 }
 
 // String names the code for messages.
@@ -77,7 +78,10 @@ var (
 	ErrTimeout    = sentinel(CodeTimeout, "timeout")
 	ErrDownstream = sentinel(CodeDownstream, "downstream failed")
 	ErrWrongStage = sentinel(CodeWrongStage, "wrong stage")
-	ErrInternal   = sentinel(CodeInternal, "internal error")
+	// ErrShared means a frame's shared-memory payload could not be opened: the
+	// peers do not share /dev/shm, and the sender should use the stream.
+	ErrShared   = sentinel(CodeShared, "shared-memory payload unreadable")
+	ErrInternal = sentinel(CodeInternal, "internal error")
 )
 
 // CodeOf maps a local error to the code an error frame reports it with: a peer's
@@ -86,7 +90,7 @@ func CodeOf(err error) Code {
 	var re *RemoteError
 	var ce *codeError
 	switch {
-	case errors.As(err, &re) && re.Code >= CodeInternal && re.Code <= CodeWrongStage:
+	case errors.As(err, &re) && re.Code >= CodeInternal && re.Code <= CodeShared:
 		return re.Code
 	case errors.As(err, &ce):
 		return ce.code

@@ -122,6 +122,9 @@ type Header struct {
 // Eval reports whether the frame belongs to a forward-only request.
 func (h *Header) Eval() bool { return h.Flags&FlagEval != 0 }
 
+// Shared reports whether the frame's payload came through shared memory.
+func (h *Header) Shared() bool { return h.Flags&FlagShared != 0 }
+
 // N is the number of tensor elements.
 func (h *Header) N() int { return h.B * h.T * h.D }
 
@@ -192,7 +195,7 @@ func UnmarshalHeader(b []byte, maxPayload int) (Header, error) {
 		return h, fmt.Errorf("%w: payload of %d bytes exceeds the cap of %d", ErrOversize, pl, maxPayload)
 	}
 	h.PayloadLen = int(pl)
-	if h.Flags&^FlagEval != 0 {
+	if h.Flags&^(FlagEval|FlagShared) != 0 {
 		return h, fmt.Errorf("%w: unknown flags %#x", ErrHeader, h.Flags)
 	}
 	if b0 > maxDim || t0 > maxDim || d0 > maxDim {

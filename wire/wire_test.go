@@ -291,6 +291,7 @@ func FuzzRead(f *testing.F) {
 		var s buf
 		s.Write(b)
 		c := NewConn(&s, 1<<16, nil)
+		c.AcceptShared() // names that are not a Shm's, or of no file, are refused
 		for range 4 {
 			fr, err := c.Read(never)
 			if err != nil {
