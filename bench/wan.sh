@@ -20,15 +20,15 @@
 # each way: 128 B/token in bf16 (64 in int8, about 66 with its scales) for
 # wan.yaml's d_model 64. At the unshaped speed U tokens/s, bf16 needs
 # U × 128 × 8 bit/s; RATE = U × 128 bit/s makes it need 8× the link's rate.
-# The default 2mbit is about that for U ≈ 16000; measure U with an unshaped
+# The default 3mbit is about that for U ≈ 23000; measure U with an unshaped
 # run first (RATE=off) and pick RATE for how tight the link should be.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . examples/gpt/swarm-lib.sh
 
-RATE=${RATE:-2mbit}      # each directed link's rate (wanemu -rate)
+RATE=${RATE:-3mbit}      # each directed link's rate (wanemu -rate)
 DELAY=${DELAY:-40ms}     # each link's one-way delay
-STEPS=${STEPS:-60}       # optimizer steps per run
+STEPS=${STEPS:-40}       # optimizer steps per run
 CODECS=${CODECS:-"bf16 int8 subspace8"} # subspaceK: model.subspace K, int8 on the wire
 ZSTD=${ZSTD:-off}        # compression.zstd for every run: off, on or auto
 CONFIG=${CONFIG:-examples/gpt/wan.yaml}
