@@ -11,7 +11,8 @@
 //	  0    3 magic "SWF"
 //	  3    1 version (1)
 //	  4    1 kind (tokens, targets, activations, gradient, result, error)
-//	  5    1 flags (eval: forward only)
+//	  5    1 flags (1 eval: forward only; 2 shared: the payload is in a shared-memory
+//	         file, and the stream carries its 96-byte name instead, see shm.go)
 //	  6    1 codec (codec.Kind in the low 7 bits: fp32, bf16, int8 for floats; int32,
 //	         uint16, uint8 for ids, the smallest that holds them; 0x80: payload is
 //	         zstd-compressed)
