@@ -281,6 +281,9 @@ func (c *caller) try(ctx context.Context, h Holder, req *request, soft <-chan st
 	if err != nil {
 		return ans, asked, fmt.Errorf("read answer: %w", err)
 	}
+	if f.Kind == wire.Gradient {
+		c.picker.observeLink(h.ID, f.PayloadLen, f.B*f.T, f.Transfer)
+	}
 	ans, err = c.readAnswer(f, req)
 	ok = err == nil
 	return ans, asked, err

@@ -117,7 +117,9 @@ func (b *backoff) isDown(p peer.ID, now time.Time) bool {
 }
 
 // picker chooses next hops: at random, with probability proportional to
-// throughput/(1+queue), among holders not in backoff. The queue counts both what
+// throughput/(1+queue), among holders not in backoff, the throughput being the
+// holder's compute speed slowed by the rate this peer measured of the link to it
+// (overLink). The queue counts both what
 // the holder last reported and the calls this peer has outstanding to it, so that
 // load shifts within one microbatch even when gossip lags.
 type picker struct {
@@ -129,6 +131,51 @@ type picker struct {
 	mu       sync.Mutex
 	rng      *rand.Rand
 	inflight map[peer.ID]int
+	links    map[peer.ID]*linkRate // measured by this peer's calls
+}
+
+// linkRate is what this peer measured of the link to one holder: the rate its
+// answers arrived at and their bytes per token, averaged over recent calls.
+type linkRate struct {
+	rate float64 // bytes per second
+	bpt  float64 // bytes per token of an answer
+}
+
+// minLinkSample is the smallest answer whose transfer time says something of
+// the link's rate: below it the payload is a few packets and the time noise.
+const minLinkSample = 64 << 10
+
+// observeLink takes one answer of holder id: n bytes for tokens tokens, whose
+// payload arrived in d.
+func (p *picker) observeLink(id peer.ID, n, tokens int, d time.Duration) {
+	if n < minLinkSample || tokens <= 0 || d <= 0 {
+		return
+	}
+	rate, bpt := float64(n)/d.Seconds(), float64(n)/float64(tokens)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.links == nil || len(p.links) > 4096 {
+		p.links = make(map[peer.ID]*linkRate)
+	}
+	l := p.links[id]
+	if l == nil {
+		p.links[id] = &linkRate{rate: rate, bpt: bpt}
+		return
+	}
+	const alpha = 0.3
+	l.rate += alpha * (rate - l.rate)
+	l.bpt += alpha * (bpt - l.bpt)
+}
+
+// overLink is the rate in tokens per second at which a holder of compute
+// throughput tp serves this peer across a link l: each token's activations go
+// out and its gradient comes back (as many bytes as the answers measured) at the
+// link's rate, one after the other with its computation.
+func overLink(tp float64, l *linkRate) float64 {
+	if l == nil || l.rate <= 0 || tp <= 0 {
+		return tp
+	}
+	return 1 / (1/tp + 2*l.bpt/l.rate)
 }
 
 func newPicker(r Router, bo *backoff, self peer.ID, seed uint64, log *slog.Logger) *picker {
@@ -186,7 +233,11 @@ func (p *picker) choose(k int, avoid map[peer.ID]bool) (Holder, bool) {
 	ws := make([]float64, len(cands))
 	total := 0.0
 	for i, h := range cands {
-		ws[i] = weight(h.Throughput, mean, h.Queue+p.inflight[h.ID])
+		tp := h.Throughput
+		if tp <= 0 {
+			tp = mean
+		}
+		ws[i] = weight(overLink(tp, p.links[h.ID]), mean, h.Queue+p.inflight[h.ID])
 		total += ws[i]
 	}
 	x := p.rng.Float64() * total

@@ -119,3 +119,32 @@ func TestBusyDoesNotEscalate(t *testing.T) {
 		t.Fatal("busy shortened a failure backoff")
 	}
 }
+
+// TestPickerWeighsLinkRate: of two holders of equal compute speed, the one
+// whose answers arrive over a slow link draws traffic in proportion to the rate
+// it serves at across that link; answers too small to time say nothing.
+func TestPickerWeighsLinkRate(t *testing.T) {
+	r := staticRouter{{ID: "near", Throughput: 10000}, {ID: "far", Throughput: 10000}}
+	p := newPicker(r, newBackoff(time.Second, time.Minute), "", 3, nil)
+	// 1 MB answers for 1000 tokens in 1 s: 1 MB/s, 1000 B/token, so a token's
+	// activations and gradient take 2 ms there: 500 tokens/s across the link.
+	p.observeLink("far", 1_000_000, 1000, time.Second)
+	p.observeLink("near", 1<<10, 1000, time.Second) // too small to time
+	far := overLink(10000, p.links["far"])
+	if math.Abs(far-1/(1/10000.0+1/500.0)) > 1 {
+		t.Fatalf("far serves at %.1f tokens/s", far)
+	}
+	if p.links["near"] != nil {
+		t.Fatal("a 1 kB answer was taken as a measure of the link")
+	}
+	const n = 40000
+	got := 0
+	for range n {
+		if h, _ := p.choose(1, nil); h.ID == "far" {
+			got++
+		}
+	}
+	if share, want := float64(got)/n, far/(far+10000); math.Abs(share-want) > 0.01 {
+		t.Errorf("far's share %.3f, want %.3f", share, want)
+	}
+}

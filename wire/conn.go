@@ -55,8 +55,11 @@ func (c *Conn) AcceptShared() { c.acceptShared = true }
 // Frame is a frame read from a Conn. Its payload is valid until the next Read.
 type Frame struct {
 	Header
-	payload []byte
-	c       *Conn
+	// Transfer is how long the payload took to arrive after the header: for a
+	// payload of many packets sent at once, its size over the link's rate.
+	Transfer time.Duration
+	payload  []byte
+	c        *Conn
 }
 
 // Read reads the next frame, which must arrive before deadline. An error frame is
@@ -77,6 +80,7 @@ func (c *Conn) Read(deadline time.Time) (*Frame, error) {
 	if err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	switch {
 	case h.Shared() && !c.acceptShared:
 		return nil, fmt.Errorf("%w: this peer takes no shared-memory payloads", ErrShared)
@@ -95,7 +99,7 @@ func (c *Conn) Read(deadline time.Time) (*Frame, error) {
 	if h.Kind == Error {
 		return nil, parseError(&h, c.in)
 	}
-	return &Frame{Header: h, payload: c.in, c: c}, nil
+	return &Frame{Header: h, Transfer: time.Since(start), payload: c.in, c: c}, nil
 }
 
 // bodyErr is the error of a frame whose payload could not be read: the stream
