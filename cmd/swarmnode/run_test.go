@@ -111,7 +111,14 @@ func launchRun(t *testing.T, bin, cfg string, args ...string) *runProc {
 	t.Cleanup(func() {
 		select {
 		case <-p.exited:
+			return
 		default:
+		}
+		// SIGTERM first, so that the peer removes its files in /dev/shm.
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(3 * time.Second):
 			cmd.Process.Kill()
 			<-p.exited
 		}
