@@ -9,9 +9,9 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -102,7 +102,7 @@ func removeStale(now time.Time) {
 		if err != nil || now.Sub(fi.ModTime()) < sharedTTL {
 			continue
 		}
-		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+		if processGone(pid) {
 			_ = os.RemoveAll(d)
 		}
 	}
@@ -183,13 +183,12 @@ func readShared(r io.Reader, buf []byte, n int) ([]byte, error) {
 	if !sharedName.MatchString(name) {
 		return nil, fmt.Errorf("%w: shared payload name %q", ErrHeader, name)
 	}
-	path := filepath.Join(shmRoot, name)
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	dir, file, _ := strings.Cut(name, "/")
+	f, err := openShared(dir, file)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrShared, err)
 	}
 	defer f.Close()
-	_ = os.Remove(path) // read once: the writer's sweep need not find it
 	fi, err := f.Stat()
 	if err != nil || !fi.Mode().IsRegular() || fi.Size() != int64(n) {
 		return nil, fmt.Errorf("%w: shared payload is not a file of the %d bytes the header announces", ErrTruncated, n)

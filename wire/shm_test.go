@@ -224,3 +224,30 @@ func TestRemoveStale(t *testing.T) {
 		t.Errorf("a live process's directory went: %v", err)
 	}
 }
+
+// TestSharedRefusesLinkedDirectory: a directory of a Shm's form that is a link
+// elsewhere is not followed, and the file it points at is neither read nor
+// removed.
+func TestSharedRefusesLinkedDirectory(t *testing.T) {
+	m := newShm(t)
+	n := MinShared / 4
+	b, path := sharedFrame(t, m, n)
+	target := t.TempDir()
+	victim := filepath.Join(target, filepath.Base(path))
+	if err := os.WriteFile(victim, make([]byte, 4*n), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(shmRoot, fmt.Sprintf("swarmnode-1-%016x", 0xbad))
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.Remove(link) })
+	bad := slices.Clone(b)
+	copy(bad[HeaderSize:], filepath.Base(link)+"/"+filepath.Base(path))
+	if err := readFrame(bad, true); !errors.Is(err, ErrShared) {
+		t.Fatalf("a linked directory: %v", err)
+	}
+	if _, err := os.Stat(victim); err != nil {
+		t.Fatalf("the file behind the link: %v", err)
+	}
+}
