@@ -243,6 +243,7 @@ func TestSharedRefusesLinkedDirectory(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = os.Remove(link) })
 	bad := slices.Clone(b)
+	clear(bad[HeaderSize:])
 	copy(bad[HeaderSize:], filepath.Base(link)+"/"+filepath.Base(path))
 	if err := readFrame(bad, true); !errors.Is(err, ErrShared) {
 		t.Fatalf("a linked directory: %v", err)
