@@ -121,6 +121,11 @@ func (r *roles) serveStage(ctx context.Context, k int, st *stages.Stage) (*stage
 	}
 	svc := &stageService{k: k, st: st, worker: worker, server: server, grads: grads}
 	svc.state, err = averaging.ServeState(r.n.Host(), cfg.Run, stageKey(k), func() (averaging.State, error) {
+		if worker.CatchingUp() {
+			// Its state is steps behind the stage's: a joiner must not
+			// start from it. It serves again once it has caught up.
+			return averaging.State{}, errors.New("catching up with the stage's other holders")
+		}
 		var out averaging.State
 		st.WithState(func(s *model.State) {
 			out = averaging.State{Step: int64(s.Step), Params: clone(s.Params), M: clone(s.M), V: clone(s.V)}
