@@ -2,6 +2,8 @@
 // errors and traffic counters: the tensor frames of the stage protocol (package
 // pipeline), read and written by a Conn, and the typed frames of the averaging
 // protocol (package averaging), a length, a type byte and a payload (typed.go).
+// Between peers of one host a large payload may lie in a file in /dev/shm
+// instead, the stream carrying its name (shm.go).
 //
 // A tensor frame is a small versioned, checksummed header and a payload holding one
 // tensor (token ids, targets, activations or gradients, encoded by package codec
