@@ -298,7 +298,7 @@ func (s *Stage) Forward(in model.Input) (*Pass, error) {
 	}
 	if s.sub != nil && !s.IsLast() {
 		c := make([]float32, N*s.sub.m.K)
-		s.sub.encode(c, p.Out, in.Tokens, in.B, in.T)
+		s.sub.encode(c, p.Out, in.B, in.T)
 		p.Out = c
 	}
 	return p, nil

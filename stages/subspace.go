@@ -22,15 +22,11 @@ func (s *subspace) embed(e []float32, tokens []int32, B, T int) {
 	encoderForward(e, tokens, s.m.WTE, s.m.WPE, B, T, s.m.D)
 }
 
-// encode writes the coordinates c = (x − e)·U of the residual stream x.
-func (s *subspace) encode(c, x []float32, tokens []int32, B, T int) {
-	N, D, K := B*T, s.m.D, s.m.K
-	d := make([]float32, N*D)
-	s.embed(d, tokens, B, T)
-	for i := range d {
-		d[i] = x[i] - d[i]
-	}
-	blas.Sgemm(false, false, N, K, D, 1, d, D, s.m.U, K, 0, c, K)
+// encode writes the coordinates c = (x − e)·U of the residual stream x. e
+// has no component in span(U) (model.NewSubspace removed it), so this is x·U:
+// the fixed embedding need not be rebuilt on the way out.
+func (s *subspace) encode(c, x []float32, B, T int) {
+	s.toCoords(c, x, B*T)
 }
 
 // decode writes the residual stream x = e + c·Uᵀ of the coordinates c.

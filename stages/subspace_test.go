@@ -43,14 +43,14 @@ func TestSubspaceBoundaryIsAProjection(t *testing.T) {
 	// The projection of the plain output, e + U·Uᵀ(x − e), and its coordinates.
 	N, D, K := B*T, subCfg.DModel, subCfg.Subspace
 	want := make([]float32, N*K)
-	sub.encode(want, ref.Out, tok, B, T)
+	sub.encode(want, ref.Out, B, T)
 	if e := relErr(a.Out, want); e > 1e-6 {
 		t.Fatalf("stage 0's coordinates differ by %.3g", e)
 	}
 	proj := make([]float32, N*D)
 	sub.decode(proj, a.Out, tok, B, T)
 	again := make([]float32, N*K)
-	sub.encode(again, proj, tok, B, T)
+	sub.encode(again, proj, B, T)
 	if e := relErr(again, a.Out); e > 1e-5 {
 		t.Fatalf("coordinates of the projected stream differ by %.3g: not a projection", e)
 	}
