@@ -62,7 +62,7 @@ type Shm struct {
 	sent atomic.Int64
 
 	mu    sync.Mutex
-	files map[string]time.Time // written and maybe not read yet, by name
+	files []written // written and maybe not read yet, oldest first
 }
 
 // ErrNoShm means this host has no shared memory to put payloads in.
@@ -83,7 +83,7 @@ func NewShm() (*Shm, error) {
 	if err := os.Mkdir(dir, 0o711); err != nil {
 		return nil, fmt.Errorf("wire: shared memory: %w", err)
 	}
-	return &Shm{dir: dir, base: base, files: make(map[string]time.Time)}, nil
+	return &Shm{dir: dir, base: base}, nil
 }
 
 // removeStale removes the directories of processes killed before they could
@@ -155,17 +155,26 @@ func (m *Shm) put(payload []byte) ([]byte, error) {
 	return out, nil
 }
 
+// written is a payload file and when it was written.
+type written struct {
+	name string
+	at   time.Time
+}
+
 // sweep records name as written at now and removes the payloads written
-// sharedTTL ago or earlier (those read since are gone already).
+// sharedTTL ago or earlier (those read since are gone already). Files are
+// recorded in the order written, so only the expired front is looked at.
 func (m *Shm) sweep(name string, now time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.files[name] = now
-	for n, at := range m.files {
-		if now.Sub(at) > sharedTTL {
-			_ = os.Remove(filepath.Join(shmRoot, n))
-			delete(m.files, n)
-		}
+	m.files = append(m.files, written{name, now})
+	n := 0
+	for n < len(m.files) && now.Sub(m.files[n].at) > sharedTTL {
+		_ = os.Remove(filepath.Join(shmRoot, m.files[n].name))
+		n++
+	}
+	if n > 0 {
+		m.files = append(m.files[:0], m.files[n:]...)
 	}
 }
 
