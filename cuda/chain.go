@@ -28,6 +28,9 @@ func RunChain(ss []*Stage, tokens, targets []int32, B, T int, train bool) (float
 		if err := s.checkShape(B, T); err != nil {
 			return 0, err
 		}
+		if s.subspace() {
+			return 0, fmt.Errorf("cuda: RunChain of a subspace model (its boundaries project; run the stages one by one)")
+		}
 	}
 	// The chain is one whole model: its input is the first stage's tokens and the
 	// last stage's targets.

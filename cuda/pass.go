@@ -132,6 +132,8 @@ func (s *Stage) Forward(in model.Input) (*Pass, error) {
 		switch {
 		case s.cfg.IsFirst():
 			err = c.UploadI32(a.tok, in.Tokens)
+		case s.subspace():
+			err = s.subspaceInput(c, a, in.X, in.Tokens)
 		case in.XWire != nil:
 			err = s.uploadWire(c, a.in.Slice(0, N*C), in.XWire, in.Block)
 		default:
@@ -144,9 +146,12 @@ func (s *Stage) Forward(in model.Input) (*Pass, error) {
 			err = s.ForwardOn(c, p)
 		}
 		if err == nil && !s.cfg.IsLast() {
-			if in.OutBlock > 0 {
+			switch {
+			case s.subspace():
+				p.Out, err = s.downloadCoords(c, a.out, N)
+			case in.OutBlock > 0:
 				p.OutWire, err = s.downloadWire(c, a.out.Slice(0, N*C), in.OutBlock)
-			} else {
+			default:
 				p.Out = make([]float32, N*C)
 				err = c.Download(p.Out, a.out)
 			}
@@ -173,20 +178,29 @@ func (s *Stage) Backward(p *Pass, dout []float32) ([]float32, error) {
 	if err := s.checkPass(p); err != nil {
 		return nil, err
 	}
-	N, C := p.a.B*p.a.T, s.cfg.Model.DModel
+	N, W := p.a.B*p.a.T, s.cfg.Model.Width()
 	if !s.cfg.IsLast() {
-		if len(dout) != N*C {
-			return nil, fmt.Errorf("cuda: %d output gradients, want %d", len(dout), N*C)
+		if len(dout) != N*W {
+			return nil, fmt.Errorf("cuda: %d output gradients, want %d", len(dout), N*W)
 		}
 		if err := model.CheckFinite(dout, "output gradient"); err != nil {
 			return nil, fmt.Errorf("cuda: %w", err)
 		}
 	}
 	var dx []float32
-	err := s.backward(p, func(c *Ctx, d Buf) error { return c.Upload(d, dout) }, func(c *Ctx, dres Buf) error {
-		dx = make([]float32, N*C)
+	upload := func(c *Ctx, d Buf) error { return c.Upload(d, dout) }
+	download := func(c *Ctx, dres Buf) error {
+		dx = make([]float32, N*W)
 		return c.Download(dx, dres)
-	})
+	}
+	if s.subspace() {
+		upload = func(c *Ctx, d Buf) error { return s.uploadCoords(c, d, dout, N, false) }
+		download = func(c *Ctx, dres Buf) (err error) {
+			dx, err = s.downloadCoords(c, dres, N)
+			return err
+		}
+	}
+	err := s.backward(p, upload, download)
 	return dx, err
 }
 
@@ -203,6 +217,9 @@ func (s *Stage) BackwardWire(p *Pass, dout []byte, doutBlock, dxBlock int) ([]by
 		if err := CheckInt8Wire(dout, N*C, doutBlock); err != nil {
 			return nil, err
 		}
+	}
+	if s.subspace() {
+		return nil, fmt.Errorf("cuda: a subspace model's gradients travel as float32 coordinates, not in the int8 wire layout")
 	}
 	if !s.cfg.IsFirst() && dxBlock < 1 {
 		return nil, fmt.Errorf("cuda: input gradient block size %d", dxBlock)
@@ -468,13 +485,17 @@ func (s *Stage) blockBackward(c *Ctx, a *acts, idx int, sc *scratch) error {
 	})
 }
 
-// encoderBackward adds the embedding gradients (first stage only).
+// encoderBackward adds the embedding gradients: the first stage's, or a later
+// stage's input embeddings in a subspace model.
 func (s *Stage) encoderBackward(c *Ctx, a *acts, dres Buf) error {
-	if !s.cfg.IsFirst() {
-		return nil
-	}
 	C := s.cfg.Model.DModel
-	return c.EncoderBackward(s.grad(s.lay.WTE), s.grad(s.lay.WPE).Slice(0, a.T*C), dres, a.tok, a.B, a.T, C)
+	switch {
+	case s.cfg.IsFirst():
+		return c.EncoderBackward(s.grad(s.lay.WTE), s.grad(s.lay.WPE).Slice(0, a.T*C), dres, a.tok, a.B, a.T, C)
+	case s.subspace():
+		return c.EncoderBackward(s.grad(s.lay.InWTE), s.grad(s.lay.InWPE).Slice(0, a.T*C), dres, a.tok, a.B, a.T, C)
+	}
+	return nil
 }
 
 // GradInput is the device buffer holding the input gradient after BackwardOn

@@ -29,6 +29,9 @@ type StageConfig struct {
 	model.Part
 	// Precision is how the stage computes.
 	Precision Precision
+	// Basis is a subspace model's basis U (model.Subspace), d_model×k
+	// row-major; required when Model.Subspace > 0, ignored otherwise.
+	Basis []float32
 }
 
 // Stage is a GPT pipeline stage on the GPU: forward, backward (accumulating
@@ -51,6 +54,8 @@ type Stage struct {
 	sc                  *scratch
 	wire                Buf // int8 wire messages in and out (see wireBuf)
 	tmp                 Buf // float32 staging for AddState
+	basis               Buf // a subspace model's U, d_model×k float32
+	coords              Buf // subspace coordinates in and out (see coordBuf)
 	pool                map[[2]int][]*acts
 	prof                map[string]float64 // per-step milliseconds when profiling
 }
@@ -63,6 +68,9 @@ func NewStage(d *Device, cfg StageConfig) (*Stage, error) {
 	}
 	if cfg.Blocks < 0 || cfg.First < 0 {
 		return nil, fmt.Errorf("cuda: bad stage part %+v", cfg.Part)
+	}
+	if m.Subspace > 0 && len(cfg.Basis) != m.DModel*m.Subspace {
+		return nil, fmt.Errorf("cuda: a subspace model of rank %d needs a %d×%d basis, got %d values", m.Subspace, m.DModel, m.Subspace, len(cfg.Basis))
 	}
 	if !attnHeadDims[m.DModel/m.NHead] {
 		return nil, fmt.Errorf("cuda: head size %d/%d is not supported (16, 32 or 64)", m.DModel, m.NHead)
@@ -98,6 +106,9 @@ func NewStage(d *Device, cfg StageConfig) (*Stage, error) {
 		if s.op == BF16 {
 			s.pbf = al.alloc(BF16, n)
 		}
+		if m.Subspace > 0 {
+			s.basis = al.alloc(F32, len(cfg.Basis))
+		}
 		if al.err != nil {
 			return al.err // Close frees what was allocated
 		}
@@ -108,6 +119,11 @@ func NewStage(d *Device, cfg StageConfig) (*Stage, error) {
 		}
 		if s.op == BF16 {
 			if err := c.Cast(s.pbf, s.params); err != nil {
+				return err
+			}
+		}
+		if m.Subspace > 0 {
+			if err := c.Upload(s.basis, cfg.Basis); err != nil {
 				return err
 			}
 		}
@@ -166,7 +182,7 @@ func (s *Stage) Close() error {
 				}
 			}
 		}
-		for _, b := range []Buf{s.params, s.grads, s.m, s.v, s.pbf, s.decay, s.sumsq, s.partial, s.wire, s.tmp} {
+		for _, b := range []Buf{s.params, s.grads, s.m, s.v, s.pbf, s.decay, s.sumsq, s.partial, s.wire, s.tmp, s.basis, s.coords} {
 			free(b)
 		}
 		if s.sc != nil {
@@ -415,7 +431,7 @@ func (s *Stage) newActs(c *Ctx, B, T int) (*acts, error) {
 	a := &acts{B: B, T: T}
 	al := allocator{c: c}
 	alloc := al.alloc
-	if s.cfg.IsFirst() {
+	if s.cfg.IsFirst() || s.subspace() {
 		a.tok = alloc(I32, N)
 	}
 	a.in = alloc(F32, N*C) // the input, or the embedding's output on the first stage

@@ -85,6 +85,10 @@ type Layout struct {
 	Size int
 	// WTE and WPE are the token and position embeddings (first stage).
 	WTE, WPE View
+	// InWTE and InWPE are the input embeddings of a subspace model's stage past
+	// the first: added to the residual stream it rebuilds from the coordinates
+	// it receives (see Subspace). Zero on the first stage and in a plain model.
+	InWTE, InWPE View
 	// Blocks are the stage's transformer blocks, in order.
 	Blocks []Block
 	// LNFW and LNFB are the final LayerNorm; Head is the LM head (last stage).
@@ -95,13 +99,19 @@ type Layout struct {
 }
 
 // NewLayout lays out the tensors of part p of the model cfg: wte and wpe on the
-// first stage, the blocks in HF GPT-2 order, then ln_f and lm_head on the last.
+// first stage (a subspace model's later stages have input embeddings of their
+// own in their place), the blocks in HF GPT-2 order, then ln_f and lm_head on the last.
 func NewLayout(cfg Config, p Part) *Layout {
 	l := &Layout{cfg: cfg, byName: map[string]int{}}
 	d, v := cfg.DModel, cfg.Vocab
 	if p.IsFirst() {
 		l.WTE = l.add("wte", v, d)
 		l.WPE = l.add("wpe", cfg.SeqLen, d)
+	} else if cfg.Subspace > 0 {
+		// Named after the block they feed, so that the names of every stage
+		// of a split stay distinct.
+		l.InWTE = l.add(fmt.Sprintf("subspace.%d.wte", p.First), v, d)
+		l.InWPE = l.add(fmt.Sprintf("subspace.%d.wpe", p.First), cfg.SeqLen, d)
 	}
 	for i := p.First; i < p.First+p.Blocks; i++ {
 		name := func(s string) string { return fmt.Sprintf("h.%d.%s", i, s) }

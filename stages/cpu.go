@@ -12,12 +12,13 @@ type cpuEngine struct {
 	part                model.Part
 	lay                 *model.Layout
 	params, grads, m, v []float32
+	sub                 *subspace // nil in a plain model
 	acts, scratch       slabPool
 }
 
-func newCPUEngine(cfg model.Config, part model.Part, lay *model.Layout, params []float32) *cpuEngine {
+func newCPUEngine(cfg model.Config, part model.Part, lay *model.Layout, params []float32, sub *subspace) *cpuEngine {
 	n := lay.Size
-	return &cpuEngine{cfg: cfg, part: part, lay: lay, params: params,
+	return &cpuEngine{cfg: cfg, part: part, lay: lay, params: params, sub: sub,
 		grads: make([]float32, n), m: make([]float32, n), v: make([]float32, n)}
 }
 
@@ -56,6 +57,12 @@ func (e *cpuEngine) forward(in model.Input, p *Pass) error {
 	if e.part.IsFirst() {
 		a.tokens = append([]int32(nil), in.Tokens...)
 		encoderForward(a.x0, a.tokens, e.lay.WTE.Of(e.params), e.lay.WPE.Of(e.params), B, T, C)
+	} else if e.sub != nil {
+		// x = U·c + ê(tokens): the coordinates in the full width, plus the
+		// stage's own input embeddings.
+		a.tokens = append([]int32(nil), in.Tokens...)
+		e.sub.fromCoords(a.x0, in.X, N)
+		encoderAdd(a.x0, a.tokens, e.lay.InWTE.Of(e.params), e.lay.InWPE.Of(e.params), B, T, C)
 	} else {
 		copy(a.x0, in.X)
 	}
@@ -73,7 +80,7 @@ func (e *cpuEngine) forward(in model.Input, p *Pass) error {
 		e.scratch.put(tmp)
 	}
 	if !e.part.IsLast() {
-		p.Out = append([]float32(nil), x...)
+		p.Out = e.leaving(x, N)
 		return nil
 	}
 	V := e.cfg.Vocab
@@ -107,6 +114,8 @@ func (e *cpuEngine) backward(p *Pass, dout []float32) ([]float32, error) {
 	sc := blockScratch{big: cv.take(N * 4 * C), hid: cv.take(N * 4 * C), small: cv.take(N * C), attn: cv.take(attnScratchLen(B, T, NH))}
 	if e.part.IsLast() {
 		e.headBackward(a, dres, sc.small[:N*C], cv.take(N*e.cfg.Vocab), N)
+	} else if e.sub != nil {
+		e.sub.fromCoords(dres, dout, N)
 	} else {
 		copy(dres, dout)
 	}
@@ -117,7 +126,22 @@ func (e *cpuEngine) backward(p *Pass, dout []float32) ([]float32, error) {
 		encoderBackward(e.lay.WTE.Of(e.grads), e.lay.WPE.Of(e.grads), dres, a.tokens, B, T, C)
 		return nil, nil
 	}
-	return append([]float32(nil), dres...), nil
+	if e.sub != nil {
+		encoderBackward(e.lay.InWTE.Of(e.grads), e.lay.InWPE.Of(e.grads), dres, a.tokens, B, T, C)
+	}
+	return e.leaving(dres, N), nil
+}
+
+// leaving returns a copy of x, N rows of the residual stream or of its
+// gradient, as it leaves the stage: its subspace coordinates in a subspace
+// model.
+func (e *cpuEngine) leaving(x []float32, N int) []float32 {
+	if e.sub == nil {
+		return append([]float32(nil), x...)
+	}
+	c := make([]float32, N*e.sub.m.K)
+	e.sub.toCoords(c, x, N)
+	return c
 }
 
 // headBackward writes into dres the gradient of the mean loss with respect to the

@@ -58,11 +58,11 @@ func NewOnGPU(cfg model.Config, layers []int, k int, seed uint64, g *GPU) (*Stag
 	if err != nil {
 		return nil, err
 	}
-	// The engine computes the plain model: a subspace model's boundaries are
-	// the Stage's (subspace.go), on the host.
-	plain := cfg
-	plain.Subspace = 0
-	cs, err := cuda.NewStage(g.dev, cuda.StageConfig{Model: plain, Part: s.part, Precision: g.prec})
+	scfg := cuda.StageConfig{Model: cfg, Part: s.part, Precision: g.prec}
+	if sub := newSubspace(cfg, seed); sub != nil {
+		scfg.Basis = sub.m.U
+	}
+	cs, err := cuda.NewStage(g.dev, scfg)
 	if err != nil {
 		return nil, fmt.Errorf("stages: stage %d on the GPU: %w", k, err)
 	}
@@ -161,7 +161,7 @@ func (e *gpuEngine) device() string {
 // model: its boundaries project, which the stage API does).
 func (c *Chain) onOneGPU() bool {
 	for _, s := range c.stages {
-		if s.sub != nil {
+		if s.subspace() {
 			return false // the device chain would skip the boundaries' projections
 		}
 		if g := s.gpu(); g == nil || g.gpu.dev != c.stages[0].gpu().gpu.dev {

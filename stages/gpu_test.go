@@ -320,8 +320,8 @@ func TestGPUAddStateUpdatesBF16(t *testing.T) {
 }
 
 // TestGPUSubspaceMatchesCPU: a subspace model split over two GPU stages (the
-// boundary converted on the host) gives the CPU's loss and input-gradient
-// coordinates.
+// boundary converted on the device) gives the CPU's loss and gradients, the
+// second stage's input embeddings included.
 func TestGPUSubspaceMatchesCPU(t *testing.T) {
 	dev := testGPU(t, cuda.FP32)
 	cfg := model.Config{Vocab: 64, DModel: 64, NHead: 2, NLayer: 2, SeqLen: 16, Subspace: 8}

@@ -21,7 +21,6 @@ type Stage struct {
 	part    model.Part
 	lay     *model.Layout
 	eng     engine
-	sub     *subspace // nil unless the model is subspace-constrained
 	version uint64
 
 	// mu guards the engine's parameters and moments, and version: forwards and
@@ -75,7 +74,7 @@ func New(cfg model.Config, layers []int, k int, seed uint64) (*Stage, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.eng = newCPUEngine(cfg, s.part, s.lay, params)
+	s.eng = newCPUEngine(cfg, s.part, s.lay, params, newSubspace(cfg, seed))
 	return s, nil
 }
 
@@ -93,9 +92,6 @@ func newStage(cfg model.Config, layers []int, k int, seed uint64) (*Stage, []flo
 	s.maxTokens.Store(defaultMaxTokens)
 	params := make([]float32, s.lay.Size)
 	s.lay.Init(params, seed)
-	if cfg.Subspace > 0 {
-		s.sub = newSubspace(cfg, seed)
-	}
 	return s, params, nil
 }
 
@@ -284,22 +280,11 @@ func (s *Stage) Forward(in model.Input) (*Pass, error) {
 	if err := s.validate(in); err != nil {
 		return nil, fmt.Errorf("stage %d forward: %w", s.part.Index, err)
 	}
-	N := in.B * in.T
-	if s.sub != nil && !s.IsFirst() {
-		x := make([]float32, N*s.cfg.DModel)
-		s.sub.decode(x, in.X, in.Tokens, in.B, in.T)
-		in.X = x
-	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	p := &Pass{stage: s, B: in.B, T: in.T, Version: s.Version(), outBlock: in.OutBlock}
 	if err := s.eng.forward(in, p); err != nil {
 		return nil, fmt.Errorf("stage %d forward: %w", s.part.Index, s.fail(err))
-	}
-	if s.sub != nil && !s.IsLast() {
-		c := make([]float32, N*s.sub.m.K)
-		s.sub.encode(c, p.Out, in.B, in.T)
-		p.Out = c
 	}
 	return p, nil
 }
@@ -323,20 +308,13 @@ func (s *Stage) Backward(p *Pass, dout []float32) ([]float32, error) {
 		if err := model.CheckFinite(dout, "output gradient"); err != nil {
 			return nil, fmt.Errorf("stage %d backward: %w", s.part.Index, err)
 		}
-		if s.sub != nil {
-			g := make([]float32, p.B*p.T*s.cfg.DModel)
-			s.sub.fromCoords(g, dout, p.B*p.T)
-			dout = g
-		}
 	}
-	dx, err := backwardLocked(s, p, func() ([]float32, error) { return s.eng.backward(p, dout) })
-	if s.sub == nil || dx == nil {
-		return dx, err
-	}
-	gc := make([]float32, p.B*p.T*s.sub.m.K)
-	s.sub.toCoords(gc, dx, p.B*p.T)
-	return gc, err
+	return backwardLocked(s, p, func() ([]float32, error) { return s.eng.backward(p, dout) })
 }
+
+// subspace reports whether the stage's boundaries carry subspace coordinates
+// (model.Subspace), which travel as float32 values only.
+func (s *Stage) subspace() bool { return s.cfg.Subspace > 0 }
 
 func (s *Stage) checkPass(p *Pass) error {
 	if p == nil || p.stage != s {

@@ -11,10 +11,13 @@ import (
 var subCfg = model.Config{Vocab: 13, DModel: 16, NHead: 4, NLayer: 4, SeqLen: 8, Subspace: 4}
 
 // TestSubspaceBoundaryIsAProjection: a subspace model's stages are the plain
-// model's (same initial weights), with the residual stream projected onto
-// e + span(U) where it leaves a stage: stage 0 answers the coordinates of the
-// projection of the plain stage 0's output, and stage 1 fed with them computes
-// what the plain stage 1 computes on the projected stream, loss and gradients.
+// model's blocks (same initial weights) with the residual stream projected
+// onto span(U) where it leaves a stage and the receiving stage's input
+// embeddings added where it enters the next: stage 0 answers the coordinates
+// of the plain stage 0's output, and stage 1 fed with them computes what the
+// plain stage 1 computes on U·c + ê(tokens): loss, block gradients, the
+// input embeddings' gradients (the encoder's backward of its input gradient)
+// and the coordinates of that input gradient.
 func TestSubspaceBoundaryIsAProjection(t *testing.T) {
 	B, T := 2, 8
 	tok, tgt := tinyBatch(subCfg, B, T, 1)
@@ -28,10 +31,14 @@ func TestSubspaceBoundaryIsAProjection(t *testing.T) {
 		return s
 	}
 	s0, s1, p0, p1 := build(subCfg, 0), build(subCfg, 1), build(plainCfg, 0), build(plainCfg, 1)
-	if e := relErr(s1.Params(), p1.Params()); e != 0 {
-		t.Fatalf("the subspace model starts from other weights (%.3g)", e)
+	sub := newSubspace(subCfg, 5)
+	lay1 := s1.lay
+	for _, v := range p1.lay.Views {
+		w, ok := lay1.Find(v.Name)
+		if !ok || relErr(w.Of(s1.Params()), v.Of(p1.Params())) != 0 {
+			t.Fatalf("the subspace model's %s starts from other weights", v.Name)
+		}
 	}
-	sub := s0.sub
 	a, err := s0.Forward(model.Input{B: B, T: T, Tokens: tok})
 	if err != nil {
 		t.Fatal(err)
@@ -40,30 +47,31 @@ func TestSubspaceBoundaryIsAProjection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The projection of the plain output, e + U·Uᵀ(x − e), and its coordinates.
 	N, D, K := B*T, subCfg.DModel, subCfg.Subspace
 	want := make([]float32, N*K)
-	sub.encode(want, ref.Out, B, T)
+	sub.toCoords(want, ref.Out, N)
 	if e := relErr(a.Out, want); e > 1e-6 {
 		t.Fatalf("stage 0's coordinates differ by %.3g", e)
 	}
-	proj := make([]float32, N*D)
-	sub.decode(proj, a.Out, tok, B, T)
+	in := make([]float32, N*D)
+	sub.fromCoords(in, a.Out, N)
 	again := make([]float32, N*K)
-	sub.encode(again, proj, B, T)
+	sub.toCoords(again, in, N)
 	if e := relErr(again, a.Out); e > 1e-5 {
-		t.Fatalf("coordinates of the projected stream differ by %.3g: not a projection", e)
+		t.Fatalf("coordinates of the rebuilt stream differ by %.3g: not a projection", e)
 	}
+	params := s1.Params()
+	encoderAdd(in, tok, lay1.InWTE.Of(params), lay1.InWPE.Of(params), B, T, D)
 	b, err := s1.Forward(model.Input{B: B, T: T, X: a.Out, Tokens: tok, Targets: tgt})
 	if err != nil {
 		t.Fatal(err)
 	}
-	bref, err := p1.Forward(model.Input{B: B, T: T, X: proj, Targets: tgt})
+	bref, err := p1.Forward(model.Input{B: B, T: T, X: in, Targets: tgt})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if math.Abs(float64(b.Loss-bref.Loss)) > 1e-5 {
-		t.Fatalf("stage 1 loss %v, plain stage 1 on the projected stream %v", b.Loss, bref.Loss)
+		t.Fatalf("stage 1 loss %v, plain stage 1 on the rebuilt stream %v", b.Loss, bref.Loss)
 	}
 	gc, err := s1.Backward(b, nil)
 	if err != nil {
@@ -78,8 +86,20 @@ func TestSubspaceBoundaryIsAProjection(t *testing.T) {
 	if e := relErr(gc, wantGC); e > 1e-5 {
 		t.Fatalf("stage 1's input gradient coordinates differ by %.3g", e)
 	}
-	if e := relErr(s1.Grads(), p1.Grads()); e > 1e-5 {
-		t.Fatalf("stage 1's parameter gradients differ by %.3g", e)
+	grads, plainGrads := s1.Grads(), p1.Grads()
+	for _, v := range p1.lay.Views {
+		w, _ := lay1.Find(v.Name)
+		if e := relErr(w.Of(grads), v.Of(plainGrads)); e > 1e-5 {
+			t.Fatalf("stage 1's %s gradient differs by %.3g", v.Name, e)
+		}
+	}
+	wantWTE, wantWPE := make([]float32, lay1.InWTE.Len), make([]float32, lay1.InWPE.Len)
+	encoderBackward(wantWTE, wantWPE, g, tok, B, T, D)
+	if e := relErr(lay1.InWTE.Of(grads), wantWTE); e > 1e-5 {
+		t.Fatalf("stage 1's input token embedding gradient differs by %.3g", e)
+	}
+	if e := relErr(lay1.InWPE.Of(grads), wantWPE); e > 1e-5 {
+		t.Fatalf("stage 1's input position embedding gradient differs by %.3g", e)
 	}
 }
 

@@ -51,7 +51,7 @@ type Arrived interface {
 // on the device (which checks its scales first); everything else is decoded on
 // the host, so that a malformed tensor is refused here.
 func (s *Stage) Receive(a Arrived, w Wire) (Tensor, error) {
-	if s.OnGPU() && s.sub == nil && w.Int8Block > 0 && a.Int8Block() > 0 {
+	if s.OnGPU() && !s.subspace() && w.Int8Block > 0 && a.Int8Block() > 0 {
 		msg, err := a.Int8()
 		return Tensor{Int8: msg, Block: a.Int8Block()}, err
 	}
@@ -64,8 +64,8 @@ func (s *Stage) Receive(a Arrived, w Wire) (Tensor, error) {
 // Wire; Pass.Output returns it).
 func (s *Stage) ForwardTensor(in model.Input, x Tensor, out Wire) (*Pass, error) {
 	in.X, in.XWire, in.Block, in.OutBlock = x.F, x.Int8, x.Block, out.Int8Block
-	if s.sub != nil {
-		in.OutBlock = 0 // the coordinates leave as float32, converted on the host
+	if s.subspace() {
+		in.OutBlock = 0
 	}
 	return s.Forward(in)
 }
@@ -89,7 +89,7 @@ func (p *Pass) Output() Tensor {
 // gradient returned. It consumes the pass.
 func (s *Stage) BackwardTensor(p *Pass, dout Tensor, dx Wire) (Tensor, error) {
 	g := s.gpu()
-	if g == nil || s.sub != nil || dx.Int8Block <= 0 || (!s.IsLast() && dout.Int8 == nil) {
+	if g == nil || s.subspace() || dx.Int8Block <= 0 || (!s.IsLast() && dout.Int8 == nil) {
 		if dout.Int8 != nil {
 			return Tensor{}, fmt.Errorf("stage %d backward: an int8 wire output gradient needs a stage on a GPU asked for an int8 wire input gradient", s.part.Index)
 		}
