@@ -28,9 +28,6 @@ func RunChain(ss []*Stage, tokens, targets []int32, B, T int, train bool) (float
 		if err := s.checkShape(B, T); err != nil {
 			return 0, err
 		}
-		if s.subspace() {
-			return 0, fmt.Errorf("cuda: RunChain of a subspace model (its boundaries project; run the stages one by one)")
-		}
 	}
 	// The chain is one whole model: its input is the first stage's tokens and the
 	// last stage's targets.
@@ -62,7 +59,7 @@ func RunChain(ss []*Stage, tokens, targets []int32, B, T int, train bool) (float
 		}
 		for k, p := range passes {
 			if k > 0 {
-				if err := c.Copy(p.a.in.Slice(0, N*C), passes[k-1].a.out.Slice(0, N*C)); err != nil {
+				if err := p.s.chainInput(c, p.a, passes[k-1].a.out.Slice(0, N*C), passes[0].a.tok); err != nil {
 					return err
 				}
 			}
@@ -72,12 +69,15 @@ func RunChain(ss []*Stage, tokens, targets []int32, B, T int, train bool) (float
 		}
 		if train {
 			var dout Buf
+			var err error
 			for k := len(passes) - 1; k >= 0; k-- {
 				p := passes[k]
 				if err := p.s.BackwardOn(c, p, dout); err != nil {
 					return fmt.Errorf("stage %d backward: %w", k, err)
 				}
-				dout = p.s.GradInput(B, T)
+				if dout, err = p.s.chainGradInput(c, B, T); err != nil {
+					return err
+				}
 			}
 		}
 		// Reading the loss is the microbatch's only synchronisation.
@@ -86,4 +86,49 @@ func RunChain(ss []*Stage, tokens, targets []int32, B, T int, train bool) (float
 		return err
 	})
 	return loss, err
+}
+
+// chainInput puts the previous stage's output, out, into a's input: a copy, or
+// in a subspace model its projection U·Uᵀout plus the stage's input embeddings
+// of the chain's tokens.
+func (s *Stage) chainInput(c *Ctx, a *acts, out, tok Buf) error {
+	N, D, K := a.B*a.T, s.cfg.Model.DModel, s.cfg.Model.Subspace
+	x := a.in.Slice(0, N*D)
+	if !s.subspace() {
+		return c.Copy(x, out)
+	}
+	if err := c.Copy(a.tok, tok); err != nil {
+		return err
+	}
+	if err := c.EncoderForward(x, a.tok, s.param(s.lay.InWTE), s.param(s.lay.InWPE).Slice(0, a.T*D), a.B, a.T, D); err != nil {
+		return err
+	}
+	cb, err := s.coordBuf(c, N*K)
+	if err != nil {
+		return err
+	}
+	if err := c.Gemm(false, false, N, K, D, 1, out, D, s.basis, K, 0, cb, K, ComputeFP32); err != nil {
+		return err
+	}
+	return c.Gemm(false, true, N, D, K, 1, cb, K, s.basis, K, 1, x, D, ComputeFP32)
+}
+
+// chainGradInput returns the gradient that the stage before this one gets
+// after a BackwardOn: the input gradient, or in a subspace model its
+// projection U·Uᵀg (in the stage's scratch, free once its backward is done).
+func (s *Stage) chainGradInput(c *Ctx, B, T int) (Buf, error) {
+	g := s.GradInput(B, T)
+	if !s.subspace() || s.cfg.IsFirst() {
+		return g, nil
+	}
+	N, D, K := B*T, s.cfg.Model.DModel, s.cfg.Model.Subspace
+	cb, err := s.coordBuf(c, N*K)
+	if err != nil {
+		return Buf{}, err
+	}
+	if err := c.Gemm(false, false, N, K, D, 1, g, D, s.basis, K, 0, cb, K, ComputeFP32); err != nil {
+		return Buf{}, err
+	}
+	d := s.sc.dln.Slice(0, N*D)
+	return d, c.Gemm(false, true, N, D, K, 1, cb, K, s.basis, K, 0, d, D, ComputeFP32)
 }

@@ -157,13 +157,9 @@ func (e *gpuEngine) device() string {
 }
 
 // onOneGPU reports whether every stage of the chain computes on the same GPU, so
-// activations can stay in device memory between stages (not for a subspace
-// model: its boundaries project, which the stage API does).
+// activations can stay in device memory between stages.
 func (c *Chain) onOneGPU() bool {
 	for _, s := range c.stages {
-		if s.subspace() {
-			return false // the device chain would skip the boundaries' projections
-		}
 		if g := s.gpu(); g == nil || g.gpu.dev != c.stages[0].gpu().gpu.dev {
 			return false
 		}

@@ -319,34 +319,68 @@ func TestGPUAddStateUpdatesBF16(t *testing.T) {
 	}
 }
 
-// TestGPUSubspaceMatchesCPU: a subspace model split over two GPU stages (the
-// boundary converted on the device) gives the CPU's loss and gradients, the
-// second stage's input embeddings included.
+// TestGPUSubspaceMatchesCPU: a subspace model split over two GPU stages gives
+// the CPU's loss and gradients, the second stage's input embeddings included,
+// both when its boundary is converted through the stage API (coordinates to
+// and from the host, as in a swarm) and inside the device chain (as
+// `swarmnode local` runs it).
 func TestGPUSubspaceMatchesCPU(t *testing.T) {
 	dev := testGPU(t, cuda.FP32)
 	cfg := model.Config{Vocab: 64, DModel: 64, NHead: 2, NLayer: 2, SeqLen: 16, Subspace: 8}
-	gpu, err := NewChainOnGPU(cfg, []int{1, 1}, 3, dev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gpu.Close()
+	B, T := 2, cfg.SeqLen
+	tok, tgt := tinyBatch(cfg, B, T, 4)
 	cpu, err := NewChain(cfg, []int{1, 1}, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, tgt := tinyBatch(cfg, 2, cfg.SeqLen, 4)
-	var losses [2]float32
-	for i, ch := range []*Chain{cpu, gpu} {
-		if losses[i], err = ch.ForwardBackward(tok, tgt, 2, cfg.SeqLen); err != nil {
+	want, err := cpu.ForwardBackward(tok, tgt, B, T)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, way := range []string{"device chain", "stage by stage"} {
+		gpu, err := NewChainOnGPU(cfg, []int{1, 1}, 3, dev)
+		if err != nil {
 			t.Fatal(err)
 		}
-	}
-	if math.Abs(float64(losses[0]-losses[1])) > 1e-3 {
-		t.Fatalf("loss: CPU %v, GPU %v", losses[0], losses[1])
-	}
-	for k := range 2 {
-		if e := relErr(gpu.Stages()[k].Grads(), cpu.Stages()[k].Grads()); e > 1e-3 {
-			t.Errorf("stage %d gradients differ by %.3g", k, e)
+		defer gpu.Close()
+		var loss float32
+		if way == "device chain" {
+			if !gpu.onOneGPU() {
+				t.Fatal("a subspace chain on one GPU does not run as a device chain")
+			}
+			loss, err = gpu.ForwardBackward(tok, tgt, B, T)
+		} else {
+			loss, err = stageByStage(gpu.Stages(), tok, tgt, B, T)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if math.Abs(float64(loss-want)) > 1e-3 {
+			t.Fatalf("%s: loss: CPU %v, GPU %v", way, want, loss)
+		}
+		for k := range 2 {
+			if e := relErr(gpu.Stages()[k].Grads(), cpu.Stages()[k].Grads()); e > 1e-3 {
+				t.Errorf("%s: stage %d gradients differ by %.3g", way, k, e)
+			}
 		}
 	}
+}
+
+// stageByStage runs one microbatch forward and backward through two stages by
+// their Forward and Backward, as a swarm would, and returns the loss.
+func stageByStage(ss []*Stage, tok, tgt []int32, B, T int) (float32, error) {
+	p0, err := ss[0].Forward(model.Input{B: B, T: T, Tokens: tok})
+	if err != nil {
+		return 0, err
+	}
+	p1, err := ss[1].Forward(model.Input{B: B, T: T, X: p0.Out, Tokens: tok, Targets: tgt})
+	if err != nil {
+		return 0, err
+	}
+	dx, err := ss[1].Backward(p1, nil)
+	if err != nil {
+		return 0, err
+	}
+	_, err = ss[0].Backward(p0, dx)
+	return p1.Loss, err
 }
