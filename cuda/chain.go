@@ -89,7 +89,7 @@ func RunChain(ss []*Stage, tokens, targets []int32, B, T int, train bool) (float
 }
 
 // chainInput puts the previous stage's output, out, into a's input: a copy, or
-// in a subspace model its projection U·Uᵀout plus the stage's input embeddings
+// in a subspace model its projection g·U·Uᵀout plus the stage's input embeddings
 // of the chain's tokens.
 func (s *Stage) chainInput(c *Ctx, a *acts, out, tok Buf) error {
 	N, D, K := a.B*a.T, s.cfg.Model.DModel, s.cfg.Model.Subspace
@@ -110,12 +110,12 @@ func (s *Stage) chainInput(c *Ctx, a *acts, out, tok Buf) error {
 	if err := c.Gemm(false, false, N, K, D, 1, out, D, s.basis, K, 0, cb, K, ComputeFP32); err != nil {
 		return err
 	}
-	return c.Gemm(false, true, N, D, K, 1, cb, K, s.basis, K, 1, x, D, ComputeFP32)
+	return c.Gemm(false, true, N, D, K, s.cfg.Gain, cb, K, s.basis, K, 1, x, D, ComputeFP32)
 }
 
 // chainGradInput returns the gradient that the stage before this one gets
 // after a BackwardOn: the input gradient, or in a subspace model its
-// projection U·Uᵀg (in the stage's scratch, free once its backward is done).
+// projection g·U·Uᵀg (in the stage's scratch, free once its backward is done).
 func (s *Stage) chainGradInput(c *Ctx, B, T int) (Buf, error) {
 	g := s.GradInput(B, T)
 	if !s.subspace() || s.cfg.IsFirst() {
@@ -126,7 +126,7 @@ func (s *Stage) chainGradInput(c *Ctx, B, T int) (Buf, error) {
 	if err != nil {
 		return Buf{}, err
 	}
-	if err := c.Gemm(false, false, N, K, D, 1, g, D, s.basis, K, 0, cb, K, ComputeFP32); err != nil {
+	if err := c.Gemm(false, false, N, K, D, s.cfg.Gain, g, D, s.basis, K, 0, cb, K, ComputeFP32); err != nil {
 		return Buf{}, err
 	}
 	d := s.sc.dln.Slice(0, N*D)

@@ -32,6 +32,8 @@ type StageConfig struct {
 	// Basis is a subspace model's basis U (model.Subspace), d_model×k
 	// row-major; required when Model.Subspace > 0, ignored otherwise.
 	Basis []float32
+	// Gain is a subspace model's boundary gain (model.Subspace.Gain).
+	Gain float32
 }
 
 // Stage is a GPT pipeline stage on the GPU: forward, backward (accumulating

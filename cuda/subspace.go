@@ -5,9 +5,10 @@ import "fmt"
 // A subspace model (model.Subspace) carries k coordinates per token across a
 // stage boundary instead of d_model values. A stage on the GPU converts on the
 // device, so only the coordinates cross the bus: its input is rebuilt as
-// x = U·c + ê(tokens), with ê the stage's own input embeddings (the layout's
-// InWTE and InWPE), and what leaves it, its output or its input gradient, as
-// the coordinates x·U. Like the CPU stage, the GEMMs run in float32.
+// x = g·U·c + ê(tokens), with g the boundary's gain and ê the stage's own
+// input embeddings (the layout's InWTE and InWPE), and what leaves it as
+// coordinates: its output as x·U, its input gradient as g·dx·U. Like the CPU
+// stage, the GEMMs run in float32.
 
 // subspace reports whether the stage's boundaries carry subspace coordinates.
 func (s *Stage) subspace() bool { return s.cfg.Model.Subspace > 0 }
@@ -33,8 +34,8 @@ func (s *Stage) coordBuf(c *Ctx, n int) (Buf, error) {
 }
 
 // uploadCoords copies N rows of coordinates to the device and writes
-// dst = U·c (+ dst when add is set).
-func (s *Stage) uploadCoords(c *Ctx, dst Buf, coords []float32, N int, add bool) error {
+// dst = gain·U·c (+ dst when add is set).
+func (s *Stage) uploadCoords(c *Ctx, dst Buf, coords []float32, N int, add bool, gain float32) error {
 	D, K := s.cfg.Model.DModel, s.cfg.Model.Subspace
 	if len(coords) != N*K {
 		return fmt.Errorf("cuda: %d coordinates, want %d×%d", len(coords), N, K)
@@ -50,24 +51,24 @@ func (s *Stage) uploadCoords(c *Ctx, dst Buf, coords []float32, N int, add bool)
 	if add {
 		beta = 1
 	}
-	return c.Gemm(false, true, N, D, K, 1, cb, K, s.basis, K, beta, dst, D, ComputeFP32)
+	return c.Gemm(false, true, N, D, K, gain, cb, K, s.basis, K, beta, dst, D, ComputeFP32)
 }
 
-// downloadCoords copies the coordinates x·U of N rows of src to the host.
-func (s *Stage) downloadCoords(c *Ctx, src Buf, N int) ([]float32, error) {
+// downloadCoords copies the coordinates gain·x·U of N rows of src to the host.
+func (s *Stage) downloadCoords(c *Ctx, src Buf, N int, gain float32) ([]float32, error) {
 	D, K := s.cfg.Model.DModel, s.cfg.Model.Subspace
 	cb, err := s.coordBuf(c, N*K)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.Gemm(false, false, N, K, D, 1, src, D, s.basis, K, 0, cb, K, ComputeFP32); err != nil {
+	if err := c.Gemm(false, false, N, K, D, gain, src, D, s.basis, K, 0, cb, K, ComputeFP32); err != nil {
 		return nil, err
 	}
 	out := make([]float32, N*K)
 	return out, c.Download(out, cb)
 }
 
-// subspaceInput writes a pass's input stream x = U·c + ê(tokens) into a.in
+// subspaceInput writes a pass's input stream x = g·U·c + ê(tokens) into a.in
 // from the coordinates and token ids of a later stage's input.
 func (s *Stage) subspaceInput(c *Ctx, a *acts, coords []float32, tokens []int32) error {
 	B, T, C := a.B, a.T, s.cfg.Model.DModel
@@ -78,5 +79,5 @@ func (s *Stage) subspaceInput(c *Ctx, a *acts, coords []float32, tokens []int32)
 	if err := c.EncoderForward(x, a.tok, s.param(s.lay.InWTE), s.param(s.lay.InWPE).Slice(0, T*C), B, T, C); err != nil {
 		return err
 	}
-	return s.uploadCoords(c, x, coords, B*T, true)
+	return s.uploadCoords(c, x, coords, B*T, true, s.cfg.Gain)
 }

@@ -8,13 +8,19 @@ import "math"
 // forward and the k coordinates Uᵀg of the gradient backward (the gradient of
 // a projection is projected). The next stage rebuilds its input as
 //
-//	x' = U·c + ê(tokens)
+//	x' = g·U·c + ê(tokens)
 //
-// where ê is the stage's own trained token and position embedding (Layout's
+// where g = sqrt(d_model/k) is the boundary's gain and ê is the stage's own
+// trained token and position embedding (Layout's
 // InWTE and InWPE): what of the residual stream is a function of the token and
 // its position needs no traffic, since every stage receives the token ids.
 // Inside a stage the residual stream keeps its full width; only what crosses a
-// boundary is squeezed through the subspace.
+// boundary is squeezed through the subspace. The gain keeps the projection of a
+// stream that is not aligned with U as strong, on average, as the stream
+// itself: a random direction keeps k/d_model of its energy in span(U), so
+// without it the earlier stage's writes reach the next one √(d_model/k) times
+// weaker than in the full-width model (and its gradient likewise), which
+// delayed training on the GPT-2-small config.
 //
 // U is drawn from the seed and never changes: every peer, on any device,
 // derives the same one, and nothing about it travels or needs keeping
@@ -26,12 +32,15 @@ type Subspace struct {
 	D, K int
 	// U is the D×K basis, row-major, with orthonormal columns.
 	U []float32
+	// Gain is sqrt(D/K), the factor of the coordinates where a stage rebuilds
+	// its input from them (and of the gradient's coordinates it sends back).
+	Gain float32
 }
 
 // NewSubspace derives the subspace of cfg (cfg.Subspace > 0) from seed.
 func NewSubspace(cfg Config, seed uint64) *Subspace {
 	D, K := cfg.DModel, cfg.Subspace
-	return &Subspace{D: D, K: K, U: orthonormalBasis(D, K, seed)}
+	return &Subspace{D: D, K: K, U: orthonormalBasis(D, K, seed), Gain: float32(math.Sqrt(float64(D) / float64(K)))}
 }
 
 // orthonormalBasis draws a D×K Gaussian matrix from seed and orthonormalises

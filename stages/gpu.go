@@ -60,7 +60,7 @@ func NewOnGPU(cfg model.Config, layers []int, k int, seed uint64, g *GPU) (*Stag
 	}
 	scfg := cuda.StageConfig{Model: cfg, Part: s.part, Precision: g.prec}
 	if sub := newSubspace(cfg, seed); sub != nil {
-		scfg.Basis = sub.m.U
+		scfg.Basis, scfg.Gain = sub.m.U, sub.m.Gain
 	}
 	cs, err := cuda.NewStage(g.dev, scfg)
 	if err != nil {

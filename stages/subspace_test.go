@@ -15,9 +15,9 @@ var subCfg = model.Config{Vocab: 13, DModel: 16, NHead: 4, NLayer: 4, SeqLen: 8,
 // onto span(U) where it leaves a stage and the receiving stage's input
 // embeddings added where it enters the next: stage 0 answers the coordinates
 // of the plain stage 0's output, and stage 1 fed with them computes what the
-// plain stage 1 computes on U·c + ê(tokens): loss, block gradients, the
+// plain stage 1 computes on g·U·c + ê(tokens): loss, block gradients, the
 // input embeddings' gradients (the encoder's backward of its input gradient)
-// and the coordinates of that input gradient.
+// and the coordinates of that input gradient times the gain g.
 func TestSubspaceBoundaryIsAProjection(t *testing.T) {
 	B, T := 2, 8
 	tok, tgt := tinyBatch(subCfg, B, T, 1)
@@ -49,16 +49,19 @@ func TestSubspaceBoundaryIsAProjection(t *testing.T) {
 	}
 	N, D, K := B*T, subCfg.DModel, subCfg.Subspace
 	want := make([]float32, N*K)
-	sub.toCoords(want, ref.Out, N)
+	sub.toCoords(want, ref.Out, N, 1)
 	if e := relErr(a.Out, want); e > 1e-6 {
 		t.Fatalf("stage 0's coordinates differ by %.3g", e)
 	}
 	in := make([]float32, N*D)
-	sub.fromCoords(in, a.Out, N)
+	sub.fromCoords(in, a.Out, N, 1)
 	again := make([]float32, N*K)
-	sub.toCoords(again, in, N)
+	sub.toCoords(again, in, N, 1)
 	if e := relErr(again, a.Out); e > 1e-5 {
 		t.Fatalf("coordinates of the rebuilt stream differ by %.3g: not a projection", e)
+	}
+	for i := range in {
+		in[i] *= sub.m.Gain
 	}
 	params := s1.Params()
 	encoderAdd(in, tok, lay1.InWTE.Of(params), lay1.InWPE.Of(params), B, T, D)
@@ -82,7 +85,7 @@ func TestSubspaceBoundaryIsAProjection(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantGC := make([]float32, N*K)
-	sub.toCoords(wantGC, g, N)
+	sub.toCoords(wantGC, g, N, sub.m.Gain)
 	if e := relErr(gc, wantGC); e > 1e-5 {
 		t.Fatalf("stage 1's input gradient coordinates differ by %.3g", e)
 	}
