@@ -107,10 +107,10 @@ func (s *Stage) chainInput(c *Ctx, a *acts, out, tok Buf) error {
 	if err != nil {
 		return err
 	}
-	if err := c.Gemm(false, false, N, K, D, 1, out, D, s.basis, K, 0, cb, K, ComputeFP32); err != nil {
+	if err := c.Gemm(false, false, N, K, D, 1, out, D, s.basisIn, K, 0, cb, K, ComputeFP32); err != nil {
 		return err
 	}
-	return c.Gemm(false, true, N, D, K, s.cfg.Gain, cb, K, s.basis, K, 1, x, D, ComputeFP32)
+	return c.Gemm(false, true, N, D, K, s.cfg.Gain, cb, K, s.basisIn, K, 1, x, D, ComputeFP32)
 }
 
 // chainGradInput returns the gradient that the stage before this one gets
@@ -126,9 +126,9 @@ func (s *Stage) chainGradInput(c *Ctx, B, T int) (Buf, error) {
 	if err != nil {
 		return Buf{}, err
 	}
-	if err := c.Gemm(false, false, N, K, D, s.cfg.Gain, g, D, s.basis, K, 0, cb, K, ComputeFP32); err != nil {
+	if err := c.Gemm(false, false, N, K, D, s.cfg.Gain, g, D, s.basisIn, K, 0, cb, K, ComputeFP32); err != nil {
 		return Buf{}, err
 	}
 	d := s.sc.dln.Slice(0, N*D)
-	return d, c.Gemm(false, true, N, D, K, 1, cb, K, s.basis, K, 0, d, D, ComputeFP32)
+	return d, c.Gemm(false, true, N, D, K, 1, cb, K, s.basisIn, K, 0, d, D, ComputeFP32)
 }

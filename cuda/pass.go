@@ -148,7 +148,7 @@ func (s *Stage) Forward(in model.Input) (*Pass, error) {
 		if err == nil && !s.cfg.IsLast() {
 			switch {
 			case s.subspace():
-				p.Out, err = s.downloadCoords(c, a.out, N, 1)
+				p.Out, err = s.downloadCoords(c, a.out, N, 1, s.basisOut)
 			case in.OutBlock > 0:
 				p.OutWire, err = s.downloadWire(c, a.out.Slice(0, N*C), in.OutBlock)
 			default:
@@ -194,9 +194,9 @@ func (s *Stage) Backward(p *Pass, dout []float32) ([]float32, error) {
 		return c.Download(dx, dres)
 	}
 	if s.subspace() {
-		upload = func(c *Ctx, d Buf) error { return s.uploadCoords(c, d, dout, N, false, 1) }
+		upload = func(c *Ctx, d Buf) error { return s.uploadCoords(c, d, dout, N, false, 1, s.basisOut) }
 		download = func(c *Ctx, dres Buf) (err error) {
-			dx, err = s.downloadCoords(c, dres, N, s.cfg.Gain)
+			dx, err = s.downloadCoords(c, dres, N, s.cfg.Gain, s.basisIn)
 			return err
 		}
 	}

@@ -29,10 +29,13 @@ type StageConfig struct {
 	model.Part
 	// Precision is how the stage computes.
 	Precision Precision
-	// Basis is a subspace model's basis U (model.Subspace), d_model×k
-	// row-major; required when Model.Subspace > 0, ignored otherwise.
-	Basis []float32
-	// Gain is a subspace model's boundary gain (model.Subspace.Gain).
+	// BasisIn and BasisOut are a subspace model's bases U (model.Subspace),
+	// d_model×k row-major, of the boundary the stage receives through (not on
+	// the first stage) and of the one it sends through (not on the last);
+	// required when Model.Subspace > 0, ignored otherwise.
+	BasisIn, BasisOut []float32
+	// Gain is the gain of the boundary the stage receives through
+	// (model.Subspace.Gain).
 	Gain float32
 }
 
@@ -56,7 +59,7 @@ type Stage struct {
 	sc                  *scratch
 	wire                Buf // int8 wire messages in and out (see wireBuf)
 	tmp                 Buf // float32 staging for AddState
-	basis               Buf // a subspace model's U, d_model×k float32
+	basisIn, basisOut   Buf // a subspace model's bases U, d_model×k float32
 	coords              Buf // subspace coordinates in and out (see coordBuf)
 	pool                map[[2]int][]*acts
 	prof                map[string]float64 // per-step milliseconds when profiling
@@ -71,8 +74,8 @@ func NewStage(d *Device, cfg StageConfig) (*Stage, error) {
 	if cfg.Blocks < 0 || cfg.First < 0 {
 		return nil, fmt.Errorf("cuda: bad stage part %+v", cfg.Part)
 	}
-	if m.Subspace > 0 && len(cfg.Basis) != m.DModel*m.Subspace {
-		return nil, fmt.Errorf("cuda: a subspace model of rank %d needs a %d×%d basis, got %d values", m.Subspace, m.DModel, m.Subspace, len(cfg.Basis))
+	if err := cfg.checkBases(); err != nil {
+		return nil, err
 	}
 	if !attnHeadDims[m.DModel/m.NHead] {
 		return nil, fmt.Errorf("cuda: head size %d/%d is not supported (16, 32 or 64)", m.DModel, m.NHead)
@@ -108,8 +111,11 @@ func NewStage(d *Device, cfg StageConfig) (*Stage, error) {
 		if s.op == BF16 {
 			s.pbf = al.alloc(BF16, n)
 		}
-		if m.Subspace > 0 {
-			s.basis = al.alloc(F32, len(cfg.Basis))
+		if len(cfg.BasisIn) > 0 {
+			s.basisIn = al.alloc(F32, len(cfg.BasisIn))
+		}
+		if len(cfg.BasisOut) > 0 {
+			s.basisOut = al.alloc(F32, len(cfg.BasisOut))
 		}
 		if al.err != nil {
 			return al.err // Close frees what was allocated
@@ -124,9 +130,14 @@ func NewStage(d *Device, cfg StageConfig) (*Stage, error) {
 				return err
 			}
 		}
-		if m.Subspace > 0 {
-			if err := c.Upload(s.basis, cfg.Basis); err != nil {
-				return err
+		for _, b := range []struct {
+			dst Buf
+			src []float32
+		}{{s.basisIn, cfg.BasisIn}, {s.basisOut, cfg.BasisOut}} {
+			if len(b.src) > 0 {
+				if err := c.Upload(b.dst, b.src); err != nil {
+					return err
+				}
 			}
 		}
 		return c.UploadBytes(s.decay, decay)
@@ -136,6 +147,25 @@ func NewStage(d *Device, cfg StageConfig) (*Stage, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// checkBases checks that a subspace model's stage has the bases of its
+// boundaries and a plain model's none.
+func (cfg StageConfig) checkBases() error {
+	m := cfg.Model
+	want := func(has bool) int {
+		if m.Subspace > 0 && has {
+			return m.DModel * m.Subspace
+		}
+		return 0
+	}
+	if n := want(!cfg.IsFirst()); len(cfg.BasisIn) != n {
+		return fmt.Errorf("cuda: stage %d of a model of subspace rank %d takes %d values of input basis, got %d", cfg.Index, m.Subspace, n, len(cfg.BasisIn))
+	}
+	if n := want(!cfg.IsLast()); len(cfg.BasisOut) != n {
+		return fmt.Errorf("cuda: stage %d of a model of subspace rank %d takes %d values of output basis, got %d", cfg.Index, m.Subspace, n, len(cfg.BasisOut))
+	}
+	return nil
 }
 
 // allocator allocates device buffers until the first error, which it keeps;
@@ -184,7 +214,7 @@ func (s *Stage) Close() error {
 				}
 			}
 		}
-		for _, b := range []Buf{s.params, s.grads, s.m, s.v, s.pbf, s.decay, s.sumsq, s.partial, s.wire, s.tmp, s.basis, s.coords} {
+		for _, b := range []Buf{s.params, s.grads, s.m, s.v, s.pbf, s.decay, s.sumsq, s.partial, s.wire, s.tmp, s.basisIn, s.basisOut, s.coords} {
 			free(b)
 		}
 		if s.sc != nil {

@@ -34,8 +34,8 @@ func (s *Stage) coordBuf(c *Ctx, n int) (Buf, error) {
 }
 
 // uploadCoords copies N rows of coordinates to the device and writes
-// dst = gain·U·c (+ dst when add is set).
-func (s *Stage) uploadCoords(c *Ctx, dst Buf, coords []float32, N int, add bool, gain float32) error {
+// dst = gain·U·c (+ dst when add is set) for the basis U.
+func (s *Stage) uploadCoords(c *Ctx, dst Buf, coords []float32, N int, add bool, gain float32, U Buf) error {
 	D, K := s.cfg.Model.DModel, s.cfg.Model.Subspace
 	if len(coords) != N*K {
 		return fmt.Errorf("cuda: %d coordinates, want %d×%d", len(coords), N, K)
@@ -51,17 +51,18 @@ func (s *Stage) uploadCoords(c *Ctx, dst Buf, coords []float32, N int, add bool,
 	if add {
 		beta = 1
 	}
-	return c.Gemm(false, true, N, D, K, gain, cb, K, s.basis, K, beta, dst, D, ComputeFP32)
+	return c.Gemm(false, true, N, D, K, gain, cb, K, U, K, beta, dst, D, ComputeFP32)
 }
 
-// downloadCoords copies the coordinates gain·x·U of N rows of src to the host.
-func (s *Stage) downloadCoords(c *Ctx, src Buf, N int, gain float32) ([]float32, error) {
+// downloadCoords copies the coordinates gain·x·U of N rows of src in the basis
+// U to the host.
+func (s *Stage) downloadCoords(c *Ctx, src Buf, N int, gain float32, U Buf) ([]float32, error) {
 	D, K := s.cfg.Model.DModel, s.cfg.Model.Subspace
 	cb, err := s.coordBuf(c, N*K)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.Gemm(false, false, N, K, D, gain, src, D, s.basis, K, 0, cb, K, ComputeFP32); err != nil {
+	if err := c.Gemm(false, false, N, K, D, gain, src, D, U, K, 0, cb, K, ComputeFP32); err != nil {
 		return nil, err
 	}
 	out := make([]float32, N*K)
@@ -79,5 +80,5 @@ func (s *Stage) subspaceInput(c *Ctx, a *acts, coords []float32, tokens []int32)
 	if err := c.EncoderForward(x, a.tok, s.param(s.lay.InWTE), s.param(s.lay.InWPE).Slice(0, T*C), B, T, C); err != nil {
 		return err
 	}
-	return s.uploadCoords(c, x, coords, B*T, true, s.cfg.Gain)
+	return s.uploadCoords(c, x, coords, B*T, true, s.cfg.Gain, s.basisIn)
 }

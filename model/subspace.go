@@ -1,6 +1,9 @@
 package model
 
-import "math"
+import (
+	"fmt"
+	"math"
+)
 
 // A model with Config.Subspace = k > 0 sends, at every stage boundary, only
 // the projection of the residual stream x onto span(U), U a fixed d_model×k
@@ -22,9 +25,13 @@ import "math"
 // weaker than in the full-width model (and its gradient likewise), which
 // delayed training on the GPT-2-small config.
 //
-// U is drawn from the seed and never changes: every peer, on any device,
-// derives the same one, and nothing about it travels or needs keeping
-// orthonormal.
+// Each boundary has its own U, drawn from the seed and the boundary's place,
+// and it never changes: every peer, on any device, derives the same one, and
+// nothing about it travels or needs keeping orthonormal. Distinct bases keep
+// the gain from compounding: what one boundary let through lies in its span
+// and would, under a shared U, be multiplied by the gain again at every later
+// boundary; under an independent U it is a random direction again, which the
+// gain restores on average.
 
 // Subspace is what defines a subspace model's boundaries: the basis.
 type Subspace struct {
@@ -37,16 +44,18 @@ type Subspace struct {
 	Gain float32
 }
 
-// NewSubspace derives the subspace of cfg (cfg.Subspace > 0) from seed.
-func NewSubspace(cfg Config, seed uint64) *Subspace {
+// NewSubspace derives from seed the subspace of cfg (cfg.Subspace > 0) at the
+// boundary before block `boundary` (the first block of the stage that
+// receives through it).
+func NewSubspace(cfg Config, seed uint64, boundary int) *Subspace {
 	D, K := cfg.DModel, cfg.Subspace
-	return &Subspace{D: D, K: K, U: orthonormalBasis(D, K, seed), Gain: float32(math.Sqrt(float64(D) / float64(K)))}
+	U := orthonormalBasis(D, K, newRNG(seed, fmt.Sprintf("subspace.basis.%d", boundary)))
+	return &Subspace{D: D, K: K, U: U, Gain: float32(math.Sqrt(float64(D) / float64(K)))}
 }
 
-// orthonormalBasis draws a D×K Gaussian matrix from seed and orthonormalises
-// its columns (modified Gram-Schmidt in float64).
-func orthonormalBasis(D, K int, seed uint64) []float32 {
-	r := newRNG(seed, "subspace.basis")
+// orthonormalBasis draws a D×K Gaussian matrix from r and orthonormalises its
+// columns (modified Gram-Schmidt in float64).
+func orthonormalBasis(D, K int, r *rng) []float32 {
 	cols := make([][]float64, K)
 	for j := range cols {
 		cols[j] = make([]float64, D)

@@ -61,7 +61,7 @@ func (e *cpuEngine) forward(in model.Input, p *Pass) error {
 		// x = g·U·c + ê(tokens): the coordinates in the full width, plus the
 		// stage's own input embeddings.
 		a.tokens = append([]int32(nil), in.Tokens...)
-		e.sub.fromCoords(a.x0, in.X, N, e.sub.m.Gain)
+		fromCoords(e.sub.in, a.x0, in.X, N, e.sub.in.Gain)
 		encoderAdd(a.x0, a.tokens, e.lay.InWTE.Of(e.params), e.lay.InWPE.Of(e.params), B, T, C)
 	} else {
 		copy(a.x0, in.X)
@@ -80,7 +80,7 @@ func (e *cpuEngine) forward(in model.Input, p *Pass) error {
 		e.scratch.put(tmp)
 	}
 	if !e.part.IsLast() {
-		p.Out = e.leaving(x, N, 1)
+		p.Out = e.leaving(x, N, false)
 		return nil
 	}
 	V := e.cfg.Vocab
@@ -115,7 +115,7 @@ func (e *cpuEngine) backward(p *Pass, dout []float32) ([]float32, error) {
 	if e.part.IsLast() {
 		e.headBackward(a, dres, sc.small[:N*C], cv.take(N*e.cfg.Vocab), N)
 	} else if e.sub != nil {
-		e.sub.fromCoords(dres, dout, N, 1)
+		fromCoords(e.sub.out, dres, dout, N, 1)
 	} else {
 		copy(dres, dout)
 	}
@@ -129,18 +129,22 @@ func (e *cpuEngine) backward(p *Pass, dout []float32) ([]float32, error) {
 	if e.sub != nil {
 		encoderBackward(e.lay.InWTE.Of(e.grads), e.lay.InWPE.Of(e.grads), dres, a.tokens, B, T, C)
 	}
-	return e.leaving(dres, N, e.sub.gain()), nil
+	return e.leaving(dres, N, true), nil
 }
 
-// leaving returns a copy of x, N rows of the residual stream or of its
-// gradient, as it leaves the stage: its subspace coordinates in a subspace
-// model, times gain.
-func (e *cpuEngine) leaving(x []float32, N int, gain float32) []float32 {
+// leaving returns a copy of x, N rows of the stage's output or of its input
+// gradient (back), as it leaves the stage: in a subspace model its coordinates
+// at the boundary it crosses, the gradient's times the boundary's gain.
+func (e *cpuEngine) leaving(x []float32, N int, back bool) []float32 {
 	if e.sub == nil {
 		return append([]float32(nil), x...)
 	}
-	c := make([]float32, N*e.sub.m.K)
-	e.sub.toCoords(c, x, N, gain)
+	b, gain := e.sub.out, float32(1)
+	if back {
+		b, gain = e.sub.in, e.sub.in.Gain
+	}
+	c := make([]float32, N*b.K)
+	toCoords(b, c, x, N, gain)
 	return c
 }
 

@@ -59,8 +59,13 @@ func NewOnGPU(cfg model.Config, layers []int, k int, seed uint64, g *GPU) (*Stag
 		return nil, err
 	}
 	scfg := cuda.StageConfig{Model: cfg, Part: s.part, Precision: g.prec}
-	if sub := newSubspace(cfg, seed); sub != nil {
-		scfg.Basis, scfg.Gain = sub.m.U, sub.m.Gain
+	if sub := newSubspace(cfg, s.part, seed); sub != nil {
+		if sub.in != nil {
+			scfg.BasisIn, scfg.Gain = sub.in.U, sub.in.Gain
+		}
+		if sub.out != nil {
+			scfg.BasisOut = sub.out.U
+		}
 	}
 	cs, err := cuda.NewStage(g.dev, scfg)
 	if err != nil {

@@ -74,7 +74,7 @@ func New(cfg model.Config, layers []int, k int, seed uint64) (*Stage, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.eng = newCPUEngine(cfg, s.part, s.lay, params, newSubspace(cfg, seed))
+	s.eng = newCPUEngine(cfg, s.part, s.lay, params, newSubspace(cfg, s.part, seed))
 	return s, nil
 }
 

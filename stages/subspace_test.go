@@ -31,7 +31,7 @@ func TestSubspaceBoundaryIsAProjection(t *testing.T) {
 		return s
 	}
 	s0, s1, p0, p1 := build(subCfg, 0), build(subCfg, 1), build(plainCfg, 0), build(plainCfg, 1)
-	sub := newSubspace(subCfg, 5)
+	sub := newSubspace(subCfg, s1.part, 5).in
 	lay1 := s1.lay
 	for _, v := range p1.lay.Views {
 		w, ok := lay1.Find(v.Name)
@@ -49,19 +49,19 @@ func TestSubspaceBoundaryIsAProjection(t *testing.T) {
 	}
 	N, D, K := B*T, subCfg.DModel, subCfg.Subspace
 	want := make([]float32, N*K)
-	sub.toCoords(want, ref.Out, N, 1)
+	toCoords(sub, want, ref.Out, N, 1)
 	if e := relErr(a.Out, want); e > 1e-6 {
 		t.Fatalf("stage 0's coordinates differ by %.3g", e)
 	}
 	in := make([]float32, N*D)
-	sub.fromCoords(in, a.Out, N, 1)
+	fromCoords(sub, in, a.Out, N, 1)
 	again := make([]float32, N*K)
-	sub.toCoords(again, in, N, 1)
+	toCoords(sub, again, in, N, 1)
 	if e := relErr(again, a.Out); e > 1e-5 {
 		t.Fatalf("coordinates of the rebuilt stream differ by %.3g: not a projection", e)
 	}
 	for i := range in {
-		in[i] *= sub.m.Gain
+		in[i] *= sub.Gain
 	}
 	params := s1.Params()
 	encoderAdd(in, tok, lay1.InWTE.Of(params), lay1.InWPE.Of(params), B, T, D)
@@ -85,7 +85,7 @@ func TestSubspaceBoundaryIsAProjection(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantGC := make([]float32, N*K)
-	sub.toCoords(wantGC, g, N, sub.m.Gain)
+	toCoords(sub, wantGC, g, N, sub.Gain)
 	if e := relErr(gc, wantGC); e > 1e-5 {
 		t.Fatalf("stage 1's input gradient coordinates differ by %.3g", e)
 	}
