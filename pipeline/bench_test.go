@@ -136,6 +136,7 @@ func BenchmarkBoundaryBytes(b *testing.B) {
 		{"subspace64-int8", "int8", "int8", 64},
 		{"subspace32-int8", "int8", "int8", 32},
 		{"subspace16-int8", "int8", "int8", 16},
+		{"subspace8-int8", "int8", "int8", 8},
 	}
 	perToken := map[string]float64{}
 	for _, c := range cases {
