@@ -51,21 +51,25 @@ func (s *Stage) checkShape(B, T int) error {
 
 // wireBuf returns n bytes of device memory for int8 wire messages (one buffer
 // per stage, grown on demand: passes run one at a time on the device thread).
-func (s *Stage) wireBuf(c *Ctx, n int) (Buf, error) {
-	if s.wire.N < n {
-		if s.wire.Ptr != 0 {
-			if err := c.Free(s.wire); err != nil {
+func (s *Stage) wireBuf(c *Ctx, n int) (Buf, error) { return grow(c, &s.wire, U8, n) }
+
+// grow returns n elements of *b, first replacing it with a buffer of n
+// elements of type t when it holds fewer.
+func grow(c *Ctx, b *Buf, t DType, n int) (Buf, error) {
+	if b.N < n {
+		if b.Ptr != 0 {
+			if err := c.Free(*b); err != nil {
 				return Buf{}, err
 			}
-			s.wire = Buf{}
+			*b = Buf{}
 		}
-		b, err := c.Alloc(U8, n)
+		nb, err := c.Alloc(t, n)
 		if err != nil {
 			return Buf{}, err
 		}
-		s.wire = b
+		*b = nb
 	}
-	return s.wire.Slice(0, n), nil
+	return b.Slice(0, n), nil
 }
 
 // uploadWire copies a message in the int8 wire layout to the device and

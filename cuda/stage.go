@@ -95,14 +95,7 @@ func NewStage(d *Device, cfg StageConfig) (*Stage, error) {
 	if s.lay.Size == 0 {
 		return nil, errors.New("cuda: stage has no parameters")
 	}
-	decay := make([]byte, s.lay.Size)
-	for _, v := range s.lay.Views {
-		if v.Decay {
-			for i := v.Offset; i < v.Offset+v.Len; i++ {
-				decay[i] = 1
-			}
-		}
-	}
+	decay := decayMask(s.lay)
 	err := d.Do(func(c *Ctx) error {
 		n := s.lay.Size
 		al := allocator{c: c}
@@ -147,6 +140,19 @@ func NewStage(d *Device, cfg StageConfig) (*Stage, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// decayMask is one byte per parameter of lay: 1 where AdamW decays.
+func decayMask(lay *model.Layout) []byte {
+	decay := make([]byte, lay.Size)
+	for _, v := range lay.Views {
+		if v.Decay {
+			for i := v.Offset; i < v.Offset+v.Len; i++ {
+				decay[i] = 1
+			}
+		}
+	}
+	return decay
 }
 
 // checkBases checks that a subspace model's stage has the bases of its
@@ -328,20 +334,10 @@ func (s *Stage) ReadState(off int, dst []float32) error {
 func (s *Stage) AddState(off int, delta []float32) error {
 	return s.d.Do(func(c *Ctx) error {
 		return s.stateSpans(off, len(delta), func(b Buf, at int, params bool) error {
-			if s.tmp.N < b.N {
-				if s.tmp.Ptr != 0 {
-					if err := c.Free(s.tmp); err != nil {
-						return err
-					}
-					s.tmp = Buf{}
-				}
-				t, err := c.Alloc(F32, b.N)
-				if err != nil {
-					return err
-				}
-				s.tmp = t
+			t, err := grow(c, &s.tmp, F32, b.N)
+			if err != nil {
+				return err
 			}
-			t := s.tmp.Slice(0, b.N)
 			if err := c.Upload(t, delta[at:at+b.N]); err != nil {
 				return err
 			}

@@ -16,22 +16,7 @@ func (s *Stage) subspace() bool { return s.cfg.Model.Subspace > 0 }
 // coordBuf returns n float32 values of device memory for coordinates in or
 // out (one buffer per stage, grown on demand: passes run one at a time on the
 // device thread).
-func (s *Stage) coordBuf(c *Ctx, n int) (Buf, error) {
-	if s.coords.N < n {
-		if s.coords.Ptr != 0 {
-			if err := c.Free(s.coords); err != nil {
-				return Buf{}, err
-			}
-			s.coords = Buf{}
-		}
-		b, err := c.Alloc(F32, n)
-		if err != nil {
-			return Buf{}, err
-		}
-		s.coords = b
-	}
-	return s.coords.Slice(0, n), nil
-}
+func (s *Stage) coordBuf(c *Ctx, n int) (Buf, error) { return grow(c, &s.coords, F32, n) }
 
 // uploadCoords copies N rows of coordinates to the device and writes
 // dst = gain·U·c (+ dst when add is set) for the basis U.

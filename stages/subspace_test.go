@@ -89,8 +89,17 @@ func TestSubspaceBoundaryIsAProjection(t *testing.T) {
 	if e := relErr(gc, wantGC); e > 1e-5 {
 		t.Fatalf("stage 1's input gradient coordinates differ by %.3g", e)
 	}
-	grads, plainGrads := s1.Grads(), p1.Grads()
-	for _, v := range p1.lay.Views {
+	checkSubspaceGrads(t, s1, p1, g, tok, B, T)
+}
+
+// checkSubspaceGrads compares the gradients of a subspace stage s with those
+// of the plain stage p run on its rebuilt input: the blocks' equal, the input
+// embeddings' the encoder's backward of p's input gradient g.
+func checkSubspaceGrads(t *testing.T, s, p *Stage, g []float32, tok []int32, B, T int) {
+	t.Helper()
+	lay1, D := s.lay, s.cfg.DModel
+	grads, plainGrads := s.Grads(), p.Grads()
+	for _, v := range p.lay.Views {
 		w, _ := lay1.Find(v.Name)
 		if e := relErr(w.Of(grads), v.Of(plainGrads)); e > 1e-5 {
 			t.Fatalf("stage 1's %s gradient differs by %.3g", v.Name, e)
