@@ -45,6 +45,8 @@ type Config struct {
 	Pipeline Pipeline `yaml:"pipeline"`
 	// Averaging sets the background parameter averaging among holders of a stage.
 	Averaging Averaging `yaml:"averaging"`
+	// Checkpoint sets when stages are written to disk and how many are kept.
+	Checkpoint Checkpoint `yaml:"checkpoint"`
 	// Device picks where stages compute: cpu, cuda or auto.
 	Device string `yaml:"device" check:"oneof=cpu|cuda|auto"`
 }
@@ -61,6 +63,7 @@ func Default() Config {
 		Compression: DefaultCompression(),
 		Pipeline:    DefaultPipeline(),
 		Averaging:   DefaultAveraging(),
+		Checkpoint:  DefaultCheckpoint(),
 		Device:      "cpu",
 	}
 }
@@ -108,7 +111,7 @@ func (c *Config) Validate() error {
 	for _, check := range []func() error{
 		c.validateRun, c.validateModel, c.validateStages, c.Data.validate, c.Train.validate,
 		func() error { return c.Node.validate(len(c.Stages)) },
-		c.Compression.validate, c.Pipeline.validate, c.Averaging.validate,
+		c.Compression.validate, c.Pipeline.validate, c.Averaging.validate, c.Checkpoint.validate,
 		func() error { return checkFields("", *c) }, // device
 	} {
 		if err := check(); err != nil {

@@ -122,3 +122,35 @@ func (s *Stage) gradRange(off, n int, what string, op func() error) error {
 	}
 	return nil
 }
+
+// Snapshot returns a copy of the stage's state, parameters, moments and
+// version, taken at one instant (under the read lock): what a checkpoint
+// writes while training goes on.
+func (s *Stage) Snapshot() (model.State, error) {
+	n := s.lay.Size
+	buf := make([]float32, 3*n)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	st := model.State{Step: int(s.Version()), Params: buf[:n:n], M: buf[n : 2*n : 2*n], V: buf[2*n:]}
+	if err := s.eng.readState(0, buf); err != nil {
+		return model.State{}, fmt.Errorf("stage %d: reading the state: %w", s.part.Index, s.fail(err))
+	}
+	return st, nil
+}
+
+// Restore replaces the stage's parameters, moments and version with st's
+// (laid out like Params; a checkpoint's), and zeroes the gradients.
+func (s *Stage) Restore(st model.State) error {
+	n := s.lay.Size
+	if len(st.Params) != n || len(st.M) != n || len(st.V) != n || st.Step < 0 {
+		return fmt.Errorf("stage %d: a state of %d/%d/%d values at step %d, want %d each", s.part.Index, len(st.Params), len(st.M), len(st.V), st.Step, n)
+	}
+	s.WithState(func(cur *model.State) {
+		copy(cur.Params, st.Params)
+		copy(cur.M, st.M)
+		copy(cur.V, st.V)
+		cur.Step = st.Step
+	})
+	s.ZeroGrad()
+	return s.DeviceErr()
+}

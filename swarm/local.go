@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"path/filepath"
 	"time"
 
 	"swarmnode/config"
@@ -91,10 +93,18 @@ func Evaluate(cfg config.Config, corpus *data.Corpus, lossFn func(tokens, target
 	return sum / float64(cfg.Train.EvalBatches), nil
 }
 
+// LocalOptions are RunLocal's choices beyond the config.
+type LocalOptions struct {
+	// Resume continues from the newest step that every stage has a valid
+	// checkpoint of (checkpoint.dir), instead of from the seed's weights.
+	Resume bool
+}
+
 // RunLocal trains the whole model in this process by chaining the stages in memory:
-// the centralized baseline a swarm is measured against. It logs one line per eval
-// and stops early, with a valid summary, when ctx is cancelled.
-func RunLocal(ctx context.Context, cfg config.Config, log *slog.Logger) (pipeline.Summary, error) {
+// the centralized baseline a swarm is measured against. It logs one line per eval,
+// writes checkpoints on the config's schedule and at the end, and stops early,
+// with a valid summary and a checkpoint, when ctx is cancelled.
+func RunLocal(ctx context.Context, cfg config.Config, opts LocalOptions, log *slog.Logger) (pipeline.Summary, error) {
 	corpus, err := data.Load(cfg.Data.Path, cfg.Data.ValFraction)
 	if err != nil {
 		return pipeline.Summary{}, err
@@ -131,9 +141,22 @@ func RunLocal(ctx context.Context, cfg config.Config, log *slog.Logger) (pipelin
 		"steps", cfg.Train.Steps, "batch_tokens", cfg.Train.Batch*T, "device", chain.Stages()[0].Device(), "blas", blas.Name())
 
 	var sum pipeline.Summary
+	ck := newCheckpointer(cfg, log)
+	first, drawn, err := resumeLocal(ck, chain, opts, corpus, rng, B, T, log)
+	if err != nil {
+		return sum, err
+	}
+	sum.Step, sum.Loss = first-1, ck.resumedLoss
+	defer func() {
+		if saved := ck.saved; ck.enabled() && sum.Step > saved && sum.Step > 0 {
+			if err := ck.save(chain.Stages(), drawn, sum.Loss); err != nil {
+				log.Error("final checkpoint", "err", err.Error())
+			}
+		}
+	}()
 	windowStart, windowTokens := time.Now(), 0
 	windowLoss, windowSteps := 0.0, 0
-	for step := 1; step <= cfg.Train.Steps; step++ {
+	for step := first; step <= cfg.Train.Steps; step++ {
 		if ctx.Err() != nil {
 			log.Info("stopping early", "step", sum.Step)
 			break
@@ -141,6 +164,7 @@ func RunLocal(ctx context.Context, cfg config.Config, log *slog.Logger) (pipelin
 		stepLoss := 0.0
 		for m := 0; m < accum; m++ {
 			tok, tgt := corpus.Batch(data.Train, B, T, rng)
+			drawn++
 			l, err := chain.ForwardBackward(tok, tgt, B, T)
 			if err != nil {
 				return sum, fmt.Errorf("step %d: %w", step, err)
@@ -158,6 +182,11 @@ func RunLocal(ctx context.Context, cfg config.Config, log *slog.Logger) (pipelin
 		windowSteps++
 		windowTokens += accum * B * T
 		sum.Step, sum.Loss = step, stepLoss
+		if ck.due(step) {
+			if err := ck.save(chain.Stages(), drawn, stepLoss); err != nil {
+				return sum, fmt.Errorf("checkpoint at step %d: %w", step, err)
+			}
+		}
 		if step%cfg.Train.EvalEvery == 0 || step == cfg.Train.Steps {
 			elapsed := time.Since(windowStart).Seconds()
 			sum.TokensPerSec = float64(windowTokens) / elapsed
@@ -171,4 +200,26 @@ func RunLocal(ctx context.Context, cfg config.Config, log *slog.Logger) (pipelin
 		}
 	}
 	return sum, nil
+}
+
+// resumeLocal restores the chain from its newest complete checkpoint when
+// opts.Resume is set, and draws from rng the microbatches the run had drawn
+// by then. It returns the first step to train and the microbatches drawn.
+func resumeLocal(ck *checkpointer, chain *stages.Chain, opts LocalOptions, corpus *data.Corpus, rng *rand.Rand, B, T int, log *slog.Logger) (int, int64, error) {
+	if !opts.Resume {
+		return 1, 0, nil
+	}
+	meta, err := ck.resume(chain.Stages())
+	if isNone(err) {
+		log.Warn("no checkpoint to resume from: starting from the seed's weights", "dir", filepath.Dir(ck.cfg.StageDir(0)))
+		return 1, 0, nil
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	for range meta.DataPosition {
+		corpus.Batch(data.Train, B, T, rng)
+	}
+	log.Info("resumed", "step", meta.Step, "loss", meta.Loss, "data_position", meta.DataPosition, "dir", filepath.Dir(ck.cfg.StageDir(0)))
+	return meta.Step + 1, meta.DataPosition, nil
 }

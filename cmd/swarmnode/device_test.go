@@ -21,6 +21,7 @@ model: {vocab: 256, d_model: 32, n_head: 2, n_layer: 2, seq_len: 16}
 stages: [1, 1]
 data: {path: examples/gpt/data/tinyshakespeare.txt}
 train: {microbatch: 2, batch: 2, steps: 2, warmup: 1, eval_every: 2, eval_batches: 1}
+checkpoint: {dir: ` + filepath.Join(dir, "ck") + `}
 `
 	cpuCfg := filepath.Join(dir, "cpu.yaml")
 	writeFile(t, cpuCfg, body)

@@ -2,19 +2,25 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"syscall"
 
+	"swarmnode/config"
 	"swarmnode/swarm"
 )
 
 // localCommand runs `swarmnode local`: the in-process reference trainer.
 func localCommand(args []string, stdout, stderr io.Writer) int {
 	var summary string
-	cfg, code := parseFlags("local", args, stderr, &summary, nil)
+	var opts swarm.LocalOptions
+	cfg, code := parseFlags("local", args, stderr, &summary, func(fs *flag.FlagSet, cfg *config.Config) {
+		fs.BoolVar(&opts.Resume, "resume", false, "continue from the newest complete checkpoint in checkpoint.dir (default: start from the seed's weights)")
+		fs.StringVar(&cfg.Checkpoint.Dir, "checkpoint-dir", cfg.Checkpoint.Dir, "where checkpoints are written and resumed from (overrides checkpoint.dir)")
+	})
 	if code != exitOK {
 		return code
 	}
@@ -24,7 +30,7 @@ func localCommand(args []string, stdout, stderr io.Writer) int {
 	log := setupLogger(stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	sum, err := swarm.RunLocal(ctx, cfg, log)
+	sum, err := swarm.RunLocal(ctx, cfg, opts, log)
 	if summary != "" {
 		if werr := sum.WriteFile(summary); werr != nil {
 			fmt.Fprintf(stderr, "swarmnode local: %v\n", werr)

@@ -8,7 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 )
 
 var (
@@ -65,6 +67,7 @@ model: {vocab: 256, d_model: 32, n_head: 2, n_layer: 2, seq_len: 32}
 stages: [1, 1]
 data: {path: examples/gpt/data/tinyshakespeare.txt}
 train: {microbatch: 4, batch: 8, steps: 1000, warmup: 5, eval_every: 20, eval_batches: 2}
+checkpoint: {dir: `+filepath.Join(dir, "ck")+`}
 `)
 	summary := filepath.Join(dir, "summary.json")
 	cmd := exec.Command(bin, "local", "--config", cfg, "--steps", "40", "--summary", summary)
@@ -136,5 +139,72 @@ func TestLocalMissingDataIsRuntimeError(t *testing.T) {
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "nothing.txt") {
 		t.Fatalf("want exit 1 naming the data file, got %v\n%s", err, out)
+	}
+}
+
+// TestLocalResumes: `swarmnode local` stopped by SIGTERM part-way writes a
+// checkpoint, and `--resume` continues from it to the same end as a run
+// never stopped: the same step count, and the same final loss (the state,
+// the step and the data position all come back exactly).
+func TestLocalResumes(t *testing.T) {
+	bin := swarmnodeBinary(t)
+	dir := t.TempDir()
+	body := `run: resume
+model: {vocab: 256, d_model: 32, n_head: 2, n_layer: 2, seq_len: 32}
+stages: [1, 1]
+data: {path: examples/gpt/data/tinyshakespeare.txt}
+train: {microbatch: 4, batch: 8, steps: 400, warmup: 5, eval_every: 100, eval_batches: 2}
+checkpoint: {dir: DIR, every: 7, keep: 2}
+`
+	run := func(name string, args ...string) map[string]float64 {
+		cfg := filepath.Join(dir, name+".yaml")
+		writeFile(t, cfg, strings.Replace(body, "DIR", filepath.Join(dir, name), 1))
+		summary := filepath.Join(dir, name+".json")
+		cmd := exec.Command(bin, append([]string{"local", "--config", cfg, "--summary", summary}, args...)...)
+		cmd.Dir = repoRoot(t)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", name, err, out)
+		}
+		raw, err := os.ReadFile(summary)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s map[string]float64
+		if err := json.Unmarshal(raw, &s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	whole := run("whole")
+	// The stopped run: SIGTERM once its first checkpoint is on disk.
+	cfg := filepath.Join(dir, "parts.yaml")
+	writeFile(t, cfg, strings.Replace(body, "DIR", filepath.Join(dir, "parts"), 1))
+	cmd := exec.Command(bin, "local", "--config", cfg)
+	cmd.Dir = repoRoot(t)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		if _, err := os.Stat(filepath.Join(dir, "parts", "stage1", "step-00000007", "meta.json")); err == nil {
+			break
+		}
+		if i > 6000 {
+			t.Fatalf("no checkpoint after 60 s:\n%s", out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("stopped run: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "msg=checkpoint") || !strings.Contains(out.String(), "stopping early") {
+		t.Fatalf("the stopped run did not stop early with a checkpoint:\n%s", out.String())
+	}
+	resumed := run("parts", "--resume")
+	if resumed["step"] != 400 || resumed["loss"] != whole["loss"] {
+		t.Fatalf("resumed run ended at step %v with loss %v; the whole run at %v with %v", resumed["step"], resumed["loss"], whole["step"], whole["loss"])
 	}
 }

@@ -1,0 +1,111 @@
+package swarm
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"swarmnode/checkpoint"
+	"swarmnode/config"
+	"swarmnode/stages"
+)
+
+// checkpointer writes a stage's checkpoints on the config's schedule
+// (checkpoint.every steps, checkpoint.interval) into its directory.
+type checkpointer struct {
+	cfg   config.Config
+	fp    string
+	last  time.Time
+	saved int // the step of the last checkpoint written or resumed from
+	// resumedLoss is the training loss of the checkpoint resumed from.
+	resumedLoss float64
+	log   *slog.Logger
+}
+
+// enabled reports whether the config asks for checkpoints at all.
+func (c *checkpointer) enabled() bool {
+	return c.cfg.Checkpoint.Every > 0 || c.cfg.Checkpoint.Interval > 0
+}
+
+func newCheckpointer(cfg config.Config, log *slog.Logger) *checkpointer {
+	return &checkpointer{cfg: cfg, fp: checkpoint.Fingerprint(cfg.Model, cfg.Stages), last: time.Now(), log: log}
+}
+
+// due reports whether step is one to checkpoint at.
+func (c *checkpointer) due(step int) bool {
+	ck := c.cfg.Checkpoint
+	return (ck.Every > 0 && step%ck.Every == 0) || (ck.Interval > 0 && time.Since(c.last) >= ck.Interval)
+}
+
+// save writes a checkpoint of each stage, with the trainer's data position
+// and last loss.
+func (c *checkpointer) save(ss []*stages.Stage, dataPos int64, loss float64) error {
+	start := time.Now()
+	var step int
+	for _, s := range ss {
+		st, err := s.Snapshot()
+		if err != nil {
+			return err
+		}
+		step = st.Step
+		meta := checkpoint.Meta{Step: st.Step, Stage: s.Index(), Stages: s.Count(), Fingerprint: c.fp, DataPosition: dataPos, Loss: loss}
+		if _, err := checkpoint.Save(c.cfg.StageDir(s.Index()), s.Views(), st, meta, c.cfg.Checkpoint.Keep); err != nil {
+			return err
+		}
+	}
+	c.last, c.saved = time.Now(), step
+	c.log.Info("checkpoint", "step", step, "stages", len(ss), "dir", filepath.Dir(c.cfg.StageDir(0)), "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// resume restores every stage of ss from the newest step that each of them
+// has a valid checkpoint of, and returns that checkpoint's meta (of stage 0).
+// Checkpoints passed over are logged with the reason. It returns
+// checkpoint.ErrNone when no step is complete across the stages.
+func (c *checkpointer) resume(ss []*stages.Stage) (checkpoint.Meta, error) {
+	paths, err := checkpoint.List(c.cfg.StageDir(0))
+	if err != nil {
+		return checkpoint.Meta{}, err
+	}
+	for _, p := range paths {
+		meta, err := c.restoreStep(ss, filepath.Base(p))
+		if err == nil {
+			return meta, nil
+		}
+		c.log.Warn("checkpoint refused", "checkpoint", p, "err", err.Error())
+	}
+	return checkpoint.Meta{}, checkpoint.ErrNone
+}
+
+// restoreStep loads the checkpoint named name (step-N) of every stage, and
+// restores the stages only when all of them load.
+func (c *checkpointer) restoreStep(ss []*stages.Stage, name string) (checkpoint.Meta, error) {
+	var metas []checkpoint.Meta
+	var states []func() error
+	for _, s := range ss {
+		want := checkpoint.Want{Fingerprint: c.fp, Stage: s.Index(), Views: s.Views()}
+		st, meta, err := checkpoint.Load(filepath.Join(c.cfg.StageDir(s.Index()), name), want)
+		if err != nil {
+			return checkpoint.Meta{}, err
+		}
+		metas = append(metas, meta)
+		states = append(states, func() error { return s.Restore(st) })
+	}
+	for _, m := range metas[1:] {
+		if m.Step != metas[0].Step || m.DataPosition != metas[0].DataPosition {
+			return checkpoint.Meta{}, fmt.Errorf("stages' checkpoints %s disagree: step %d at data position %d against %d at %d", name, m.Step, m.DataPosition, metas[0].Step, metas[0].DataPosition)
+		}
+	}
+	for _, restore := range states {
+		if err := restore(); err != nil {
+			return checkpoint.Meta{}, err
+		}
+	}
+	c.saved, c.resumedLoss = metas[0].Step, metas[0].Loss
+	return metas[0], nil
+}
+
+// isNone reports whether err says there was no checkpoint to resume from.
+func isNone(err error) bool { return errors.Is(err, checkpoint.ErrNone) }
