@@ -58,9 +58,10 @@ func Fingerprint(cfg model.Config, stages []int) string {
 }
 
 // Save writes st, a stage's state laid out by views, as the checkpoint of
-// meta.Step in dir (created if missing), crash-safe, and then removes all but
-// the newest keep checkpoints (keep ≤ 0 keeps all) and temporary directories
-// left by interrupted saves. It returns the checkpoint's path.
+// meta.Step in dir (created if missing), crash-safe, and then removes
+// temporary directories left by interrupted saves, checkpoints of later steps
+// (of a run that started over) and all but the newest keep checkpoints (keep
+// ≤ 0 keeps all). It returns the checkpoint's path.
 func Save(dir string, views []model.View, st model.State, meta Meta, keep int) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("checkpoint: %w", err)
@@ -113,7 +114,7 @@ func Save(dir string, views []model.View, st model.State, meta Meta, keep int) (
 	if err := syncDir(dir); err != nil {
 		return "", err
 	}
-	return final, prune(dir, keep)
+	return final, prune(dir, meta.Step, keep)
 }
 
 // writeSynced writes b to a new file at path and syncs it to disk.
@@ -180,9 +181,17 @@ func List(dir string) ([]string, error) {
 	return out, nil
 }
 
-// prune removes all but the newest keep checkpoints of dir and the temporary
-// directories of interrupted saves.
-func prune(dir string, keep int) error {
+// stepOf is the step of a checkpoint directory's name (step-N).
+func stepOf(path string) int {
+	n, _ := strconv.Atoi(strings.TrimPrefix(filepath.Base(path), "step-"))
+	return n
+}
+
+// prune removes the temporary directories of interrupted saves, the
+// checkpoints of steps after step (left by a run that started over, with
+// --fresh say: the one just written supersedes them), and all but the newest
+// keep of the rest.
+func prune(dir string, step, keep int) error {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("checkpoint: %w", err)
@@ -194,14 +203,18 @@ func prune(dir string, keep int) error {
 			}
 		}
 	}
-	if keep <= 0 {
-		return nil
-	}
 	all, err := List(dir)
 	if err != nil {
 		return err
 	}
-	for _, p := range all[min(keep, len(all)):] {
+	var stale []string
+	for len(all) > 0 && stepOf(all[0]) > step {
+		stale, all = append(stale, all[0]), all[1:]
+	}
+	if keep > 0 {
+		stale = append(stale, all[min(keep, len(all)):]...)
+	}
+	for _, p := range stale {
 		if err := os.RemoveAll(p); err != nil {
 			return fmt.Errorf("checkpoint: %w", err)
 		}

@@ -74,7 +74,8 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 }
 
 // TestKeepsTheNewest: Save keeps the newest `keep` checkpoints and Latest
-// loads the newest.
+// loads the newest; a checkpoint of an earlier step than those on disk (a run
+// that started over) replaces them.
 func TestKeepsTheNewest(t *testing.T) {
 	dir := t.TempDir()
 	views, st := testState(0, 0)
@@ -95,6 +96,13 @@ func TestKeepsTheNewest(t *testing.T) {
 	got, meta, _, err := Latest(dir, want(views, 0), nil)
 	if err != nil || meta.Step != 5 || got.Params[0] != 5 {
 		t.Fatalf("latest: step %d, param %v, %v", meta.Step, got.Params[0], err)
+	}
+	// A run started over writes step 2: it supersedes steps 4 and 5.
+	if _, err := Save(dir, views, st, Meta{Step: 2, Stages: 2, Fingerprint: fp}, 2); err != nil {
+		t.Fatal(err)
+	}
+	if paths, _ := List(dir); len(paths) != 1 || filepath.Base(paths[0]) != "step-00000002" {
+		t.Fatalf("after a run started over: %v", paths)
 	}
 }
 

@@ -1,6 +1,7 @@
 package swarm
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,7 +22,7 @@ type checkpointer struct {
 	saved int // the step of the last checkpoint written or resumed from
 	// resumedLoss is the training loss of the checkpoint resumed from.
 	resumedLoss float64
-	log   *slog.Logger
+	log         *slog.Logger
 }
 
 // enabled reports whether the config asks for checkpoints at all.
@@ -109,3 +110,64 @@ func (c *checkpointer) restoreStep(ss []*stages.Stage, name string) (checkpoint.
 
 // isNone reports whether err says there was no checkpoint to resume from.
 func isNone(err error) bool { return errors.Is(err, checkpoint.ErrNone) }
+
+// restoreOwn restores st from the newest valid checkpoint of stage k in this
+// peer's checkpoint directory, unless the peer runs fresh, and returns its
+// step; -1 when it restored none.
+func (r *roles) restoreOwn(st *stages.Stage, k int) int {
+	if r.fresh {
+		return -1
+	}
+	ck := newCheckpointer(r.cfg, r.log)
+	want := checkpoint.Want{Fingerprint: ck.fp, Stage: k, Views: st.Views()}
+	state, meta, path, err := checkpoint.Latest(r.cfg.StageDir(k), want, func(p string, err error) {
+		r.log.Warn("checkpoint refused", "checkpoint", p, "err", err.Error())
+	})
+	if err != nil {
+		if !isNone(err) {
+			r.log.Warn("reading checkpoints", "stage", k, "err", err.Error())
+		}
+		return -1
+	}
+	if err := st.Restore(state); err != nil {
+		r.log.Warn("checkpoint not restored", "checkpoint", path, "err", err.Error())
+		return -1
+	}
+	r.log.Info("restored checkpoint", "stage", k, "step", meta.Step, "checkpoint", path)
+	return meta.Step
+}
+
+// checkpointLoop writes svc's stage's checkpoints on the config's schedule
+// while it serves, and a last one when it stops (ctx ends: a shutdown, or a
+// move to another stage), each only when the stage stepped since the last.
+func (r *roles) checkpointLoop(ctx context.Context, svc *stageService) {
+	defer svc.wg.Done()
+	ck := newCheckpointer(r.cfg, r.log)
+	if !ck.enabled() {
+		return
+	}
+	ck.saved = int(svc.st.Version())
+	save := func() {
+		v := int(svc.st.Version())
+		if v == ck.saved || svc.worker.CatchingUp() {
+			return // nothing new, or a state behind the stage's
+		}
+		if err := ck.save([]*stages.Stage{svc.st}, 0, 0); err != nil {
+			r.n.status.IncError("checkpoint")
+			r.log.Warn("checkpoint", "stage", svc.k, "err", err.Error())
+		}
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			save()
+			return
+		case <-tick.C:
+			if v := int(svc.st.Version()); ck.due(v) || (ck.cfg.Checkpoint.Every > 0 && v >= ck.saved+ck.cfg.Checkpoint.Every) {
+				save()
+			}
+		}
+	}
+}

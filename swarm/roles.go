@@ -35,11 +35,16 @@ type roles struct {
 	cfg config.Config
 	// slowdown stretches every pass of the stage server (RunOptions.Slowdown).
 	slowdown float64
-	log      *slog.Logger
+	// fresh ignores the peer's own checkpoints (RunOptions.Fresh).
+	fresh bool
+	log   *slog.Logger
 }
 
 func newRoles(n *Node, cfg config.Config, o RunOptions) *roles {
-	return &roles{n: n, cfg: cfg, slowdown: o.Slowdown, log: o.logger()}
+	if n.opts.DataDir != "" {
+		cfg.Node.DataDir = n.opts.DataDir // checkpoints go beside the node's identity
+	}
+	return &roles{n: n, cfg: cfg, slowdown: o.Slowdown, fresh: o.Fresh, log: o.logger()}
 }
 
 // stageKey names the averaging and state-transfer protocols of stage k.
@@ -156,8 +161,9 @@ func (r *roles) serveStage(ctx context.Context, k int, st *stages.Stage) (*stage
 			return nil, err
 		}
 	}
-	svc.wg.Add(1)
+	svc.wg.Add(2)
 	go r.publish(sctx, svc)
+	go r.checkpointLoop(sctx, svc)
 	r.log.Info("serving stage", "stage", k, "params", st.NumParams(), "version", st.Version(), "device", st.Device())
 	return svc, nil
 }
@@ -254,14 +260,21 @@ func (s *stageSource) warn(err error) {
 // rather than serve initial weights beside a trained stage.
 func (r *roles) loadStageState(ctx context.Context, st *stages.Stage, k int) error {
 	var lastErr error
+	own := r.restoreOwn(st, k)
 	for attempt := 1; attempt <= stateAttempts; attempt++ {
 		from := r.knownHolders(ctx, k)
 		if len(from) == 0 {
-			r.log.Info("no other holder of the stage: starting from initial weights", "stage", k)
+			if own < 0 {
+				r.log.Info("no other holder of the stage: starting from initial weights", "stage", k)
+			}
 			return nil
 		}
+		fo := averaging.FetchOptions{MaxFloats: st.StateLen()}
+		if own >= 0 {
+			fo.MinStep = int64(own) + 1 // only a newer state than the checkpoint's
+		}
 		fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-		state, err := averaging.FetchState(fctx, r.n.Host(), r.cfg.Run, stageKey(k), from, averaging.FetchOptions{MaxFloats: st.StateLen()})
+		state, err := averaging.FetchState(fctx, r.n.Host(), r.cfg.Run, stageKey(k), from, fo)
 		cancel()
 		if err == nil {
 			return r.applyState(st, k, state)
@@ -274,6 +287,10 @@ func (r *roles) loadStageState(ctx context.Context, st *stages.Stage, k int) err
 			return ctx.Err()
 		case <-time.After(time.Duration(attempt) * time.Second):
 		}
+	}
+	if own >= 0 {
+		r.log.Info("no newer state from the stage's holders: going on from this peer's checkpoint", "stage", k, "step", own, "err", lastErr)
+		return nil
 	}
 	if errors.Is(lastErr, averaging.ErrNotServing) {
 		// They announced the stage but serve nothing yet: joiners of a new

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const checkpointTestConfig = `run: e2e-checkpoint
+model: {vocab: 256, d_model: 32, n_head: 2, n_layer: 2, seq_len: 32}
+stages: [1, 1]
+data: {path: examples/gpt/data/tinyshakespeare.txt}
+train: {microbatch: 4, batch: 8, steps: 80, warmup: 10, eval_every: 10, eval_batches: 4}
+node:
+  listen: [/ip4/127.0.0.1/tcp/0]
+  status: 127.0.0.1:0
+  record_ttl: 10s
+  gossip_every: 200ms
+pipeline: {hop_timeout: 3s, retries: 3}
+checkpoint: {every: 10, keep: 2}
+`
+
+var valLossRE = regexp.MustCompile(`msg=eval step=(\d+) .*?val_loss=([0-9.]+)`)
+
+// valLosses returns the val losses of a trainer's eval lines, in order.
+func valLosses(log string) []float64 {
+	var out []float64
+	for _, m := range valLossRE.FindAllStringSubmatch(log, -1) {
+		v, _ := strconv.ParseFloat(m[2], 64)
+		out = append(out, v)
+	}
+	return out
+}
+
+// TestSwarmResumesFromHoldersCheckpoints: a whole swarm (two stage servers
+// and a trainer) is stopped after training and started again with the same
+// checkpoint directories. The servers restore their stages' newest
+// checkpoints (and say so), and the new trainer's first evaluation is where
+// the first run ended, not back at the start; `--fresh` starts over.
+func TestSwarmResumesFromHoldersCheckpoints(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 6 processes")
+	}
+	bin := swarmnodeBinary(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "run.yaml")
+	writeFile(t, cfg, checkpointTestConfig)
+	ckDir := func(name string) []string { return []string{"--checkpoint-dir", filepath.Join(dir, name)} }
+	round := func(steps int, extra ...string) (first []float64, s0, s1 string) {
+		a := startRun(t, bin, cfg, append(append(ckDir("a"), extra...), "--stage", "0", "--role", "server")...)
+		b := startRun(t, bin, cfg, append(append(ckDir("b"), extra...), "--bootstrap", a.addrs[0], "--stage", "1", "--role", "server")...)
+		tr := startRun(t, bin, cfg, "--bootstrap", a.addrs[0], "--role", "trainer", "--steps", strconv.Itoa(steps))
+		select {
+		case <-tr.exited:
+		case <-time.After(90 * time.Second):
+			t.Fatalf("trainer did not finish:\n%s", tr.stderr)
+		}
+		if tr.err != nil {
+			t.Fatalf("trainer: %v\n%s", tr.err, tr.stderr)
+		}
+		for _, p := range []*runProc{a, b} {
+			p.cmd.Process.Signal(syscall.SIGTERM)
+			<-p.exited
+		}
+		return valLosses(tr.stderr.String()), a.stderr.String(), b.stderr.String()
+	}
+	first, _, _ := round(80)
+	if len(first) == 0 {
+		t.Fatal("the first run evaluated nothing")
+	}
+	again, s0, s1 := round(20)
+	for i, log := range []string{s0, s1} {
+		if !strings.Contains(log, "restored checkpoint") || !strings.Contains(log, "step=80") {
+			t.Fatalf("stage %d server did not restore its step-80 checkpoint:\n%s", i, log)
+		}
+	}
+	fresh, s0, _ := round(20, "--fresh")
+	if strings.Contains(s0, "restored checkpoint") {
+		t.Fatalf("a --fresh server restored a checkpoint:\n%s", s0)
+	}
+	end := first[len(first)-1]
+	t.Logf("val loss: first run %v; resumed %v; fresh %v", first, again, fresh)
+	if len(again) == 0 || len(fresh) == 0 {
+		t.Fatal("a later run evaluated nothing")
+	}
+	// 20 more steps from where the first run ended, against 20 from the start.
+	if again[0] > end+0.1 || fresh[0] < end+0.3 {
+		t.Fatalf("first eval after a restart %.3f (resumed) and %.3f (fresh), first run ended at %.3f", again[0], fresh[0], end)
+	}
+}
