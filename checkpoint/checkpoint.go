@@ -221,3 +221,23 @@ func prune(dir string, step, keep int) error {
 	}
 	return nil
 }
+
+// WriteFile writes b to path crash-safe: to a temporary file beside it,
+// synced, then renamed over path, so path holds the old bytes or the new, never
+// a part.
+func WriteFile(path string, b []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	tmp := fmt.Sprintf("%s.tmp-%d", path, os.Getpid())
+	os.Remove(tmp)
+	if err := writeSynced(tmp, b); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	return syncDir(dir)
+}

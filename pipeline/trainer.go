@@ -36,6 +36,11 @@ type TrainerOptions struct {
 	// Stream picks this trainer's batch stream (data.NewRNG): trainers of one run
 	// use different streams; stream 0 draws the batches `swarmnode local` draws.
 	Stream uint64
+	// StartStep and DataPosition resume a stopped run: the steps it had
+	// committed (the run trains Train.Steps − StartStep more) and the training
+	// microbatches it had drawn from Stream (skipped).
+	StartStep    int
+	DataPosition int64
 	// OnStep, if set, is called after every step; OnEval after every evaluation.
 	// They run on the trainer's goroutine and must not block for long.
 	OnStep func(StepReport)
@@ -177,6 +182,8 @@ func NewTrainer(h host.Host, r Router, corpus *data.Corpus, o TrainerOptions) (*
 		return nil, fmt.Errorf("pipeline: invalid train settings %+v", o.Train)
 	case o.Pipeline.InFlight < 0 || o.Pipeline.HopTimeout <= 0:
 		return nil, fmt.Errorf("pipeline: invalid pipeline limits %+v", o.Pipeline)
+	case o.StartStep < 0 || o.StartStep > o.Train.Steps || o.DataPosition < 0:
+		return nil, fmt.Errorf("pipeline: resuming at step %d of %d, data position %d", o.StartStep, o.Train.Steps, o.DataPosition)
 	}
 	log := o.Logger
 	if log == nil {
@@ -357,12 +364,18 @@ type commitOutcome struct {
 
 func (t *Trainer) newRun(ctx context.Context) *runState {
 	o := t.opts
-	return &runState{
+	r := &runState{
 		ctx: ctx, tr: t, o: o, accum: o.Train.Accumulation(),
 		B: o.Train.Microbatch, T: min(o.Model.SeqLen, t.corpus.MaxSeqLen(data.Train)),
 		total: o.Train.Steps * o.Train.Accumulation(), rng: data.NewRNG(o.Train.Seed, o.Stream),
 		winStart: time.Now(), commits: make(chan commitOutcome, 1),
 	}
+	r.step, r.sum.Step = o.StartStep, o.StartStep
+	r.issued, r.done = o.StartStep*r.accum, o.StartStep*r.accum
+	for range o.DataPosition {
+		t.corpus.Batch(data.Train, r.B, r.T, r.rng)
+	}
+	return r
 }
 
 // running reports whether training microbatches, a step to commit or an

@@ -2,9 +2,11 @@ package swarm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -170,4 +172,57 @@ func (r *roles) checkpointLoop(ctx context.Context, svc *stageService) {
 			}
 		}
 	}
+}
+
+// trainerState is what a trainer keeps on disk to resume a run: the steps it
+// committed and the training microbatches it drew from its stream.
+type trainerState struct {
+	Step         int     `json:"step"`
+	DataPosition int64   `json:"data_position"`
+	Loss         float64 `json:"loss"`
+	Stream       uint64  `json:"stream"`
+	Fingerprint  string  `json:"fingerprint"`
+}
+
+// trainerStatePath is where a trainer's state goes under the run's config.
+func trainerStatePath(cfg config.Config) string {
+	return filepath.Join(filepath.Dir(cfg.StageDir(0)), "trainer.json")
+}
+
+// loadTrainerState reads the trainer's state, nil when there is none or it is
+// of another model, stream or schedule (the reason is logged).
+func loadTrainerState(cfg config.Config, stream uint64, log *slog.Logger) *trainerState {
+	path := trainerStatePath(cfg)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	var ts trainerState
+	if err == nil {
+		err = json.Unmarshal(b, &ts)
+	}
+	switch {
+	case err != nil:
+	case ts.Fingerprint != checkpoint.Fingerprint(cfg.Model, cfg.Stages):
+		err = errors.New("of another model or split")
+	case ts.Stream != stream:
+		err = fmt.Errorf("of data stream %d, this trainer's is %d", ts.Stream, stream)
+	case ts.Step < 0 || ts.Step > cfg.Train.Steps || ts.DataPosition < 0:
+		err = fmt.Errorf("at step %d of train.steps %d, data position %d", ts.Step, cfg.Train.Steps, ts.DataPosition)
+	}
+	if err != nil {
+		log.Warn("trainer state refused: starting the run's steps over", "file", path, "err", err.Error())
+		return nil
+	}
+	return &ts
+}
+
+// saveTrainerState writes the trainer's state crash-safe.
+func saveTrainerState(cfg config.Config, ts trainerState) error {
+	ts.Fingerprint = checkpoint.Fingerprint(cfg.Model, cfg.Stages)
+	b, err := json.MarshalIndent(ts, "", "  ")
+	if err != nil {
+		return err
+	}
+	return checkpoint.WriteFile(trainerStatePath(cfg), b)
 }

@@ -109,21 +109,7 @@ func RunLocal(ctx context.Context, cfg config.Config, opts LocalOptions, log *sl
 	if err != nil {
 		return pipeline.Summary{}, err
 	}
-	dev, err := resolveDevice(cfg.Device, log)
-	if err != nil {
-		return pipeline.Summary{}, err
-	}
-	var chain *stages.Chain
-	if dev != nil {
-		chain, err = stages.NewChainOnGPU(cfg.Model, cfg.Stages, cfg.Train.Seed, dev)
-		if err != nil && cfg.Device == "auto" {
-			log.Warn("device auto: model does not run on the GPU, computing on the CPU", "err", err.Error())
-			dev = nil
-		}
-	}
-	if dev == nil {
-		chain, err = stages.NewChain(cfg.Model, cfg.Stages, cfg.Train.Seed)
-	}
+	chain, err := newLocalChain(cfg, log)
 	if err != nil {
 		return pipeline.Summary{}, err
 	}
@@ -133,12 +119,7 @@ func RunLocal(ctx context.Context, cfg config.Config, opts LocalOptions, log *sl
 	B := cfg.Train.Microbatch
 	T := min(cfg.Model.SeqLen, corpus.MaxSeqLen(data.Train))
 	rng := data.NewRNG(cfg.Train.Seed, 0)
-	params := 0
-	for _, s := range chain.Stages() {
-		params += s.NumParams()
-	}
-	log.Info("local training", "run", cfg.Run, "params", params, "stages", len(cfg.Stages),
-		"steps", cfg.Train.Steps, "batch_tokens", cfg.Train.Batch*T, "device", chain.Stages()[0].Device(), "blas", blas.Name())
+	logLocalStart(cfg, chain, T, log)
 
 	var sum pipeline.Summary
 	ck := newCheckpointer(cfg, log)
@@ -148,7 +129,7 @@ func RunLocal(ctx context.Context, cfg config.Config, opts LocalOptions, log *sl
 	}
 	sum.Step, sum.Loss = first-1, ck.resumedLoss
 	defer func() {
-		if saved := ck.saved; ck.enabled() && sum.Step > saved && sum.Step > 0 {
+		if ck.enabled() && sum.Step > ck.saved {
 			if err := ck.save(chain.Stages(), drawn, sum.Loss); err != nil {
 				log.Error("final checkpoint", "err", err.Error())
 			}
@@ -222,4 +203,31 @@ func resumeLocal(ck *checkpointer, chain *stages.Chain, opts LocalOptions, corpu
 	}
 	log.Info("resumed", "step", meta.Step, "loss", meta.Loss, "data_position", meta.DataPosition, "dir", filepath.Dir(ck.cfg.StageDir(0)))
 	return meta.Step + 1, meta.DataPosition, nil
+}
+
+// newLocalChain builds every stage of cfg in this process, on the device the
+// config asks for (auto falls back to the CPU).
+func newLocalChain(cfg config.Config, log *slog.Logger) (*stages.Chain, error) {
+	dev, err := resolveDevice(cfg.Device, log)
+	if err != nil {
+		return nil, err
+	}
+	if dev != nil {
+		chain, err := stages.NewChainOnGPU(cfg.Model, cfg.Stages, cfg.Train.Seed, dev)
+		if err == nil || cfg.Device != "auto" {
+			return chain, err
+		}
+		log.Warn("device auto: model does not run on the GPU, computing on the CPU", "err", err.Error())
+	}
+	return stages.NewChain(cfg.Model, cfg.Stages, cfg.Train.Seed)
+}
+
+// logLocalStart logs what a local run trains, where.
+func logLocalStart(cfg config.Config, chain *stages.Chain, T int, log *slog.Logger) {
+	params := 0
+	for _, s := range chain.Stages() {
+		params += s.NumParams()
+	}
+	log.Info("local training", "run", cfg.Run, "params", params, "stages", len(cfg.Stages),
+		"steps", cfg.Train.Steps, "batch_tokens", cfg.Train.Batch*T, "device", chain.Stages()[0].Device(), "blas", blas.Name())
 }

@@ -566,7 +566,27 @@ func (r *roles) train(ctx context.Context) (pipeline.Summary, error) {
 		opts.Stream = *cfg.Train.Stream
 	}
 	opts.Traffic = &r.n.traffic
-	opts.OnStep = func(s pipeline.StepReport) { status.SetTraining(int64(s.Step), s.Loss, s.TokensPerSec) }
+	ck := newCheckpointer(cfg, r.log)
+	if !r.fresh {
+		if ts := loadTrainerState(cfg, opts.Stream, r.log); ts != nil {
+			opts.StartStep, opts.DataPosition = ts.Step, ts.DataPosition
+			r.log.Info("resumed the run's steps", "step", ts.Step, "loss", ts.Loss, "data_position", ts.DataPosition)
+		}
+	}
+	saveState := func(step int, loss float64) {
+		ts := trainerState{Step: step, DataPosition: int64(step * cfg.Train.Accumulation()), Loss: loss, Stream: opts.Stream}
+		if err := saveTrainerState(cfg, ts); err != nil {
+			status.IncError("checkpoint")
+			r.log.Warn("trainer state", "err", err.Error())
+		}
+		ck.last, ck.saved = time.Now(), step
+	}
+	opts.OnStep = func(s pipeline.StepReport) {
+		status.SetTraining(int64(s.Step), s.Loss, s.TokensPerSec)
+		if ck.enabled() && ck.due(s.Step) {
+			saveState(s.Step, s.Loss)
+		}
+	}
 	opts.OnEval = func(e pipeline.EvalReport) {
 		status.AddHistory(HistoryPoint{Step: int64(e.Step), Loss: e.Loss, ValLoss: e.ValLoss})
 	}
@@ -590,6 +610,9 @@ func (r *roles) train(ctx context.Context) (pipeline.Summary, error) {
 	sum, err := tr.Run(ctx)
 	close(done)
 	status.setTrainer(tr.Stats())
+	if ck.enabled() && sum.Step > ck.saved {
+		saveState(sum.Step, sum.Loss)
+	}
 	return sum, err
 }
 

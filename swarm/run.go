@@ -27,8 +27,9 @@ type RunOptions struct {
 	Slowdown float64
 	// Summary, if set, is the file a trainer writes its summary to when it stops.
 	Summary string
-	// Fresh makes a stage server ignore its own checkpoints: it starts from
-	// its stage's other holders' state, or from the seed's weights.
+	// Fresh ignores the peer's checkpoints: a stage server starts from its
+	// stage's other holders' state, or from the seed's weights, and a trainer
+	// from step 0.
 	Fresh bool
 	// Out receives the lines scripts read once the node is up: "peer id:",
 	// "address:" (one per address), "run:", "role:", "stage:" and "status:".

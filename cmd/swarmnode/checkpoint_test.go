@@ -37,10 +37,11 @@ func valLosses(log string) []float64 {
 }
 
 // TestSwarmResumesFromHoldersCheckpoints: a whole swarm (two stage servers
-// and a trainer) is stopped after training and started again with the same
-// checkpoint directories. The servers restore their stages' newest
-// checkpoints (and say so), and the new trainer's first evaluation is where
-// the first run ended, not back at the start; `--fresh` starts over.
+// and a trainer) is stopped after 40 steps and started again with the same
+// checkpoint directories and identities to train to step 60. The servers
+// restore their stages' newest checkpoints (and say so), the trainer goes on
+// from step 40 with the data it had not drawn, and its first evaluation is
+// where the first run ended, not back at the start; `--fresh` starts over.
 func TestSwarmResumesFromHoldersCheckpoints(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts 6 processes")
@@ -53,7 +54,9 @@ func TestSwarmResumesFromHoldersCheckpoints(t *testing.T) {
 	round := func(steps int, extra ...string) (first []float64, s0, s1 string) {
 		a := startRun(t, bin, cfg, append(append(ckDir("a"), extra...), "--stage", "0", "--role", "server")...)
 		b := startRun(t, bin, cfg, append(append(ckDir("b"), extra...), "--bootstrap", a.addrs[0], "--stage", "1", "--role", "server")...)
-		tr := startRun(t, bin, cfg, "--bootstrap", a.addrs[0], "--role", "trainer", "--steps", strconv.Itoa(steps))
+		summary := filepath.Join(dir, "summary.json")
+		trainerArgs := append(ckDir("t"), "--identity", filepath.Join(dir, "trainer.key"), "--summary", summary)
+		tr := startRun(t, bin, cfg, append(append(trainerArgs, extra...), "--bootstrap", a.addrs[0], "--role", "trainer", "--steps", strconv.Itoa(steps))...)
 		select {
 		case <-tr.exited:
 		case <-time.After(90 * time.Second):
@@ -66,17 +69,22 @@ func TestSwarmResumesFromHoldersCheckpoints(t *testing.T) {
 			p.cmd.Process.Signal(syscall.SIGTERM)
 			<-p.exited
 		}
+		checkSummarySteps(t, summary, steps, tr)
 		return valLosses(tr.stderr.String()), a.stderr.String(), b.stderr.String()
 	}
-	first, _, _ := round(80)
+	first, _, _ := round(40)
 	if len(first) == 0 {
 		t.Fatal("the first run evaluated nothing")
 	}
-	again, s0, s1 := round(20)
+	// The run goes on to step 60: the trainer resumes at 40.
+	again, s0, s1 := round(60)
 	for i, log := range []string{s0, s1} {
-		if !strings.Contains(log, "restored checkpoint") || !strings.Contains(log, "step=80") {
-			t.Fatalf("stage %d server did not restore its step-80 checkpoint:\n%s", i, log)
+		if !strings.Contains(log, "restored checkpoint") || !strings.Contains(log, "step=40") {
+			t.Fatalf("stage %d server did not restore its step-40 checkpoint:\n%s", i, log)
 		}
+	}
+	if len(again) != 2 {
+		t.Fatalf("the resumed trainer evaluated %d times for steps 41–60, want 2 (at 50 and 60)", len(again))
 	}
 	fresh, s0, _ := round(20, "--fresh")
 	if strings.Contains(s0, "restored checkpoint") {
@@ -87,7 +95,7 @@ func TestSwarmResumesFromHoldersCheckpoints(t *testing.T) {
 	if len(again) == 0 || len(fresh) == 0 {
 		t.Fatal("a later run evaluated nothing")
 	}
-	// 20 more steps from where the first run ended, against 20 from the start.
+	// 10 more steps from where the first run ended, against 10 from the start.
 	if again[0] > end+0.1 || fresh[0] < end+0.3 {
 		t.Fatalf("first eval after a restart %.3f (resumed) and %.3f (fresh), first run ended at %.3f", again[0], fresh[0], end)
 	}
