@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"swarmnode/config"
 	"swarmnode/swarm"
@@ -61,8 +62,16 @@ func runFlags(o *swarm.RunOptions) func(*flag.FlagSet, *config.Config) {
 	}
 }
 
+// signalEcho is how soon after the first signal another one is taken as the
+// same request to stop.
+const signalEcho = time.Second
+
 // onSignals makes the first SIGINT or SIGTERM cancel the run, a graceful
-// shutdown, and a second one exit at once. The returned func stops watching.
+// shutdown, and a second one exit at once. Signals within signalEcho of the
+// first count as the first: Ctrl-C in a terminal reaches every process of the
+// group, and a script that catches it then sends its peers a SIGTERM of its
+// own, which must not cut their shutdown (and last checkpoint) short. The
+// returned func stops watching.
 func onSignals(cancel context.CancelFunc, log *slog.Logger, stderr io.Writer) (stop func()) {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
@@ -75,11 +84,19 @@ func onSignals(cancel context.CancelFunc, log *slog.Logger, stderr io.Writer) (s
 		case <-done:
 			return
 		}
-		select {
-		case <-sigs:
-			fmt.Fprintln(stderr, "swarmnode run: second signal, exiting at once")
-			os.Exit(exitRuntime)
-		case <-done:
+		echo := time.After(signalEcho)
+		for {
+			select {
+			case <-sigs:
+				if echo == nil {
+					fmt.Fprintln(stderr, "swarmnode run: second signal, exiting at once")
+					os.Exit(exitRuntime)
+				}
+			case <-echo:
+				echo = nil
+			case <-done:
+				return
+			}
 		}
 	}()
 	return func() {

@@ -2,7 +2,8 @@
 # Starts a local swarm on loopback from one config: a bootstrap peer, HOLDERS
 # stage servers per stage (the bootstrap is the first holder of stage 0) and a
 # trainer. Prints every status URL, trains STEPS steps through the swarm, checks
-# that the loss fell, and stops every process it started.
+# that the loss fell, and stops every process it started. Run again after being
+# stopped part-way, it resumes from the peers' checkpoints.
 #
 #   examples/gpt/local-swarm.sh                # make demo runs this
 #   STEPS=500 HOLDERS=3 examples/gpt/local-swarm.sh
@@ -22,7 +23,31 @@ GPUS=${GPUS:-}     # set: give server i the GPU i % GPUS
 
 nstages=$(sed -n 's/^stages:[[:space:]]*\[\(.*\)\].*/\1/p' "$CONFIG" | tr ',' '\n' | grep -c '[0-9]')
 [ "$nstages" -ge 1 ] || { echo "cannot read 'stages: [...]' from $CONFIG" >&2; exit 2; }
-rm -rf "$OUT"
+# A run stopped before its last step (killed, Ctrl-C) is resumed: the peers keep
+# their data dirs (identities, checkpoints) and the trainer its step (README,
+# Checkpoints). A finished run, or FRESH=1, starts over.
+steps=${STEPS:-$(sed -n 's/^[[:space:]]*steps:[[:space:]]*\([0-9]*\).*/\1/p' "$CONFIG" | head -1)}
+saved=$(sed -n 's/.*"step":[[:space:]]*\([0-9]*\).*/\1/p' "$OUT/trainer/checkpoints/trainer.json" 2>/dev/null || true)
+resume=
+if [ -z "${FRESH:-}" ] && [ -n "$saved" ] && [ -n "$steps" ] && [ "$saved" -lt "$steps" ]; then
+  echo "resuming the run stopped at step $saved of $steps (FRESH=1 starts over)"
+  resume=1
+  rm -f "$OUT"/*.log "$OUT"/*.out "$OUT/summary.json"
+else
+  rm -rf "$OUT"
+fi
+
+# stage_of NAME K: the stage NAME served last (the rebalancer may have moved it:
+# its newest checkpoint says which) when resuming, else K.
+stage_of() {
+  local last
+  last=$(ls -td "$OUT/$1"/checkpoints/stage*/step-* 2>/dev/null | head -1)
+  if [ -n "$resume" ] && [ -n "$last" ]; then
+    basename "$(dirname "$last")" | sed 's/^stage//'
+  else
+    echo "$2"
+  fi
+}
 mkdir -p "$OUT"
 
 pids=()
@@ -46,14 +71,14 @@ start() { # start NAME ARGS...: one peer, its output under $OUT
   urls+=("$name http://127.0.0.1:$port/")
 }
 
-start s0-0 --role server --stage 0
+start s0-0 --role server --stage "$(stage_of s0-0 0)"
 boot=$(bootstrap_address "$OUT/s0-0.out" "$OUT/s0-0.log" "${pids[0]}" 100) || exit 1
 echo "bootstrap: $boot"
 
 for k in $(seq 0 $((nstages - 1))); do
   for i in $(seq 0 $((HOLDERS - 1))); do
     [ "$k-$i" = "0-0" ] && continue
-    start "s$k-$i" --role server --stage "$k" --bootstrap "$boot"
+    start "s$k-$i" --role server --stage "$(stage_of "s$k-$i" "$k")" --bootstrap "$boot"
   done
 done
 start trainer --role trainer --bootstrap "$boot" ${STEPS:+--steps "$STEPS"} --summary "$OUT/summary.json"
