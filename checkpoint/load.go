@@ -62,7 +62,8 @@ func Load(path string, want Want) (model.State, Meta, error) {
 			}
 			read[f.name] = tensors
 		}
-		if err := fill(f.fill, tensors, f.prefix, want.Views); err != nil {
+		prefix := f.prefix
+		if err := fill(f.fill, tensors, func(n string) string { return prefix + n }, want.Views); err != nil {
 			return model.State{}, meta, fmt.Errorf("checkpoint %s: %s: %w", path, f.name, err)
 		}
 	}
@@ -87,16 +88,17 @@ func readFile(dir, name, wantSum string) (map[string]Tensor, error) {
 	return tensors, nil
 }
 
-// fill copies the tensors named prefix+view name into dst, laid out by views;
+// fill copies the tensors named name(view name) into dst, laid out by views;
 // each must be there with the view's shape.
-func fill(dst []float32, tensors map[string]Tensor, prefix string, views []model.View) error {
+func fill(dst []float32, tensors map[string]Tensor, name func(string) string, views []model.View) error {
 	for _, v := range views {
-		t, ok := tensors[prefix+v.Name]
+		n := name(v.Name)
+		t, ok := tensors[n]
 		if !ok {
-			return fmt.Errorf("no tensor %s%s", prefix, v.Name)
+			return fmt.Errorf("no tensor %s", n)
 		}
 		if !slices.Equal(t.Shape, v.Shape) {
-			return fmt.Errorf("tensor %s%s has shape %v, the model's is %v", prefix, v.Name, t.Shape, v.Shape)
+			return fmt.Errorf("tensor %s has shape %v, the model's is %v", n, t.Shape, v.Shape)
 		}
 		copy(v.Of(dst), t.Data)
 	}

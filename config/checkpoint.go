@@ -30,11 +30,16 @@ func DefaultCheckpoint() Checkpoint {
 
 func (c Checkpoint) validate() error { return checkFields("checkpoint", c) }
 
+// CheckpointDir is where the run's checkpoints go: checkpoint.dir, or
+// <node.data_dir>/checkpoints.
+func (c *Config) CheckpointDir() string {
+	if c.Checkpoint.Dir != "" {
+		return c.Checkpoint.Dir
+	}
+	return filepath.Join(c.Node.DataDir, "checkpoints")
+}
+
 // StageDir is the directory of stage k's checkpoints under the run's config.
 func (c *Config) StageDir(k int) string {
-	dir := c.Checkpoint.Dir
-	if dir == "" {
-		dir = filepath.Join(c.Node.DataDir, "checkpoints")
-	}
-	return filepath.Join(dir, fmt.Sprintf("stage%d", k))
+	return filepath.Join(c.CheckpointDir(), fmt.Sprintf("stage%d", k))
 }

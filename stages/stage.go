@@ -344,3 +344,12 @@ func backwardLocked[T []float32 | []byte](s *Stage, p *Pass, run func() (T, erro
 	}
 	return dx, nil
 }
+
+// Logits returns a copy of the logits of a last-stage pass on the CPU, B·T
+// rows of Vocab; nil for other stages and on a GPU.
+func (p *Pass) Logits() []float32 {
+	if p.cpu == nil || p.cpu.logits == nil {
+		return nil
+	}
+	return append([]float32(nil), p.cpu.logits...)
+}

@@ -59,7 +59,7 @@ func (c *checkpointer) save(ss []*stages.Stage, dataPos int64, loss float64) err
 		}
 	}
 	c.last, c.saved = time.Now(), step
-	c.log.Info("checkpoint", "step", step, "stages", len(ss), "dir", filepath.Dir(c.cfg.StageDir(0)), "took", time.Since(start).Round(time.Millisecond))
+	c.log.Info("checkpoint", "step", step, "stages", len(ss), "dir", c.cfg.CheckpointDir(), "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
@@ -186,7 +186,7 @@ type trainerState struct {
 
 // trainerStatePath is where a trainer's state goes under the run's config.
 func trainerStatePath(cfg config.Config) string {
-	return filepath.Join(filepath.Dir(cfg.StageDir(0)), "trainer.json")
+	return filepath.Join(cfg.CheckpointDir(), "trainer.json")
 }
 
 // loadTrainerState reads the trainer's state, nil when there is none or it is

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"path/filepath"
 	"time"
 
 	"swarmnode/config"
@@ -192,7 +191,7 @@ func resumeLocal(ck *checkpointer, chain *stages.Chain, opts LocalOptions, corpu
 	}
 	meta, err := ck.resume(chain.Stages())
 	if isNone(err) {
-		log.Warn("no checkpoint to resume from: starting from the seed's weights", "dir", filepath.Dir(ck.cfg.StageDir(0)))
+		log.Warn("no checkpoint to resume from: starting from the seed's weights", "dir", ck.cfg.CheckpointDir())
 		return 1, 0, nil
 	}
 	if err != nil {
@@ -201,7 +200,7 @@ func resumeLocal(ck *checkpointer, chain *stages.Chain, opts LocalOptions, corpu
 	for range meta.DataPosition {
 		corpus.Batch(data.Train, B, T, rng)
 	}
-	log.Info("resumed", "step", meta.Step, "loss", meta.Loss, "data_position", meta.DataPosition, "dir", filepath.Dir(ck.cfg.StageDir(0)))
+	log.Info("resumed", "step", meta.Step, "loss", meta.Loss, "data_position", meta.DataPosition, "dir", ck.cfg.CheckpointDir())
 	return meta.Step + 1, meta.DataPosition, nil
 }
 

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -98,5 +100,43 @@ func TestSwarmResumesFromHoldersCheckpoints(t *testing.T) {
 	// 10 more steps from where the first run ended, against 10 from the start.
 	if again[0] > end+0.1 || fresh[0] < end+0.3 {
 		t.Fatalf("first eval after a restart %.3f (resumed) and %.3f (fresh), first run ended at %.3f", again[0], fresh[0], end)
+	}
+}
+
+// TestExportAfterLocal: `swarmnode export` writes the model a local run
+// checkpointed as a Hugging Face GPT-2, and says which step; with no
+// checkpoint it exits 1 naming the directory.
+func TestExportAfterLocal(t *testing.T) {
+	bin := swarmnodeBinary(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "run.yaml")
+	writeFile(t, cfg, `run: export
+model: {vocab: 256, d_model: 32, n_head: 2, n_layer: 2, seq_len: 32}
+stages: [1, 1]
+data: {path: examples/gpt/data/tinyshakespeare.txt}
+train: {microbatch: 4, batch: 8, steps: 20, warmup: 5, eval_every: 20, eval_batches: 2}
+checkpoint: {dir: `+filepath.Join(dir, "ck")+`}
+`)
+	run := func(args ...string) (string, error) {
+		cmd := exec.Command(bin, args...)
+		cmd.Dir = repoRoot(t)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out := filepath.Join(dir, "hf")
+	if msg, err := run("export", "--config", cfg, "--out", out); err == nil || !strings.Contains(msg, filepath.Join(dir, "ck")) {
+		t.Fatalf("export with no checkpoint: %v\n%s", err, msg)
+	}
+	if msg, err := run("local", "--config", cfg); err != nil {
+		t.Fatalf("local: %v\n%s", err, msg)
+	}
+	msg, err := run("export", "--config", cfg, "--out", out)
+	if err != nil || !strings.Contains(msg, "exported step 20") {
+		t.Fatalf("export: %v\n%s", err, msg)
+	}
+	for _, f := range []string{"model.safetensors", "config.json"} {
+		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
