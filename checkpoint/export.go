@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"swarmnode/model"
 )
@@ -127,4 +128,36 @@ func ReadHF(dir string) (HFConfig, map[string]Tensor, error) {
 // GPT-2's tensors into params; each must be there with the view's shape.
 func FillHF(params []float32, views []model.View, tensors map[string]Tensor) error {
 	return fill(params, tensors, hfName, views)
+}
+
+// InitFromHF fills params, a stage of cfg laid out by views, from the model
+// directory dir in Hugging Face's GPT-2 format: Export's, or a GPT-2
+// checkpoint of transformers (its names may carry a "transformer." prefix, a
+// tied model has no lm_head.weight and wte.weight serves, and a model of more
+// positions than cfg.SeqLen gives its first rows of wpe). The shapes must
+// otherwise be cfg's.
+func InitFromHF(dir string, cfg model.Config, views []model.View, params []float32) error {
+	hc, tensors, err := ReadHF(dir)
+	if err != nil {
+		return err
+	}
+	if hc.NEmbd != cfg.DModel || hc.NLayer != cfg.NLayer || hc.NHead != cfg.NHead || hc.VocabSize != cfg.Vocab || hc.NPositions < cfg.SeqLen {
+		return fmt.Errorf("init from %s: a model of n_embd %d, n_layer %d, n_head %d, vocab %d, %d positions; the config's is d_model %d, n_layer %d, n_head %d, vocab %d, seq_len %d",
+			dir, hc.NEmbd, hc.NLayer, hc.NHead, hc.VocabSize, hc.NPositions, cfg.DModel, cfg.NLayer, cfg.NHead, cfg.Vocab, cfg.SeqLen)
+	}
+	for name, t := range tensors {
+		if rest, ok := strings.CutPrefix(name, "transformer."); ok {
+			tensors[rest] = t
+		}
+	}
+	if _, ok := tensors["lm_head.weight"]; !ok {
+		tensors["lm_head.weight"] = tensors["wte.weight"]
+	}
+	if wpe, ok := tensors["wpe.weight"]; ok && len(wpe.Shape) == 2 && wpe.Shape[0] > cfg.SeqLen {
+		tensors["wpe.weight"] = Tensor{Name: wpe.Name, Shape: []int{cfg.SeqLen, wpe.Shape[1]}, Data: wpe.Data[:cfg.SeqLen*wpe.Shape[1]]}
+	}
+	if err := FillHF(params, views, tensors); err != nil {
+		return fmt.Errorf("init from %s: %w", dir, err)
+	}
+	return nil
 }

@@ -155,3 +155,66 @@ func TestExportRefuses(t *testing.T) {
 		t.Error("exported a subspace model as a GPT-2")
 	}
 }
+
+// TestInitFromTransformersLayout: a GPT-2 saved by transformers (names under
+// "transformer.", no lm_head.weight since it is tied, 16 positions for a
+// config of 8) fills a stage: the head is wte, wpe its first 8 rows.
+func TestInitFromTransformersLayout(t *testing.T) {
+	ch := trainedChain(t)
+	var tensors []checkpoint.Tensor
+	for _, p := range parts(ch) {
+		for _, v := range p.Views {
+			x := checkpoint.Tensor{Name: v.Name, Shape: v.Shape, Data: v.Of(p.Params)}
+			switch v.Name {
+			case "lm_head.weight":
+				continue
+			case "wte", "wpe":
+				x.Name += ".weight"
+			}
+			if v.Name == "wpe" {
+				x.Shape = []int{16, exportCfg.DModel}
+				x.Data = append(slices.Clone(x.Data), make([]float32, 8*exportCfg.DModel)...)
+			}
+			x.Name = "transformer." + x.Name
+			tensors = append(tensors, x)
+		}
+	}
+	dir := t.TempDir()
+	f, err := os.Create(filepath.Join(dir, "model.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkpoint.WriteSafetensors(f, tensors, nil); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	hc := checkpoint.HFConfig{VocabSize: exportCfg.Vocab, NPositions: 16, NEmbd: exportCfg.DModel, NLayer: exportCfg.NLayer, NHead: exportCfg.NHead}
+	cj, _ := json.Marshal(hc)
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), cj, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for k, s := range ch.Stages() {
+		views := s.Views()
+		params := make([]float32, s.NumParams())
+		if err := checkpoint.InitFromHF(dir, exportCfg, views, params); err != nil {
+			t.Fatalf("stage %d: %v", k, err)
+		}
+		want := s.Params()
+		if s.IsLast() {
+			want = slices.Clone(want) // lm_head becomes wte
+			for _, v := range views {
+				if v.Name == "lm_head.weight" {
+					copy(v.Of(want), ch.Stages()[0].View("wte"))
+				}
+			}
+		}
+		if !slices.Equal(params, want) {
+			t.Fatalf("stage %d filled with other values", k)
+		}
+	}
+	other := exportCfg
+	other.NHead = 4
+	if err := checkpoint.InitFromHF(dir, other, ch.Stages()[0].Views(), make([]float32, ch.Stages()[0].NumParams())); err == nil {
+		t.Fatal("a model of another shape was taken")
+	}
+}

@@ -12,6 +12,7 @@ import (
 
 	"swarmnode/checkpoint"
 	"swarmnode/config"
+	"swarmnode/model"
 	"swarmnode/stages"
 )
 
@@ -112,6 +113,18 @@ func (c *checkpointer) restoreStep(ss []*stages.Stage, name string) (checkpoint.
 
 // isNone reports whether err says there was no checkpoint to resume from.
 func isNone(err error) bool { return errors.Is(err, checkpoint.ErrNone) }
+
+// initFrom sets stage s's parameters to those of the model directory dir in
+// Hugging Face's GPT-2 format (checkpoint.InitFromHF).
+func initFrom(s *stages.Stage, cfg config.Config, dir string, log *slog.Logger) error {
+	var err error
+	s.WithState(func(st *model.State) { err = checkpoint.InitFromHF(dir, cfg.Model, s.Views(), st.Params) })
+	if err != nil {
+		return fmt.Errorf("stage %d: %w", s.Index(), err)
+	}
+	log.Info("initialised from a model", "stage", s.Index(), "dir", dir)
+	return s.DeviceErr()
+}
 
 // restoreOwn restores st from the newest valid checkpoint of stage k in this
 // peer's checkpoint directory, unless the peer runs fresh, and returns its

@@ -97,6 +97,10 @@ type LocalOptions struct {
 	// Resume continues from the newest step that every stage has a valid
 	// checkpoint of (checkpoint.dir), instead of from the seed's weights.
 	Resume bool
+	// InitFrom, if set, is a model directory in Hugging Face's GPT-2 format
+	// (swarmnode export's) whose weights a run that does not resume starts
+	// from: fine-tuning.
+	InitFrom string
 }
 
 // RunLocal trains the whole model in this process by chaining the stages in memory:
@@ -127,6 +131,13 @@ func RunLocal(ctx context.Context, cfg config.Config, opts LocalOptions, log *sl
 		return sum, err
 	}
 	sum.Step, sum.Loss = first-1, ck.resumedLoss
+	if first == 1 && opts.InitFrom != "" {
+		for _, s := range chain.Stages() {
+			if err := initFrom(s, cfg, opts.InitFrom, log); err != nil {
+				return sum, err
+			}
+		}
+	}
 	defer func() {
 		if ck.enabled() && sum.Step > ck.saved {
 			if err := ck.save(chain.Stages(), drawn, sum.Loss); err != nil {

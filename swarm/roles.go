@@ -35,16 +35,18 @@ type roles struct {
 	cfg config.Config
 	// slowdown stretches every pass of the stage server (RunOptions.Slowdown).
 	slowdown float64
-	// fresh ignores the peer's own checkpoints (RunOptions.Fresh).
-	fresh bool
-	log   *slog.Logger
+	// fresh ignores the peer's own checkpoints (RunOptions.Fresh); initFrom
+	// is RunOptions.InitFrom.
+	fresh    bool
+	initFrom string
+	log      *slog.Logger
 }
 
 func newRoles(n *Node, cfg config.Config, o RunOptions) *roles {
 	if n.opts.DataDir != "" {
 		cfg.Node.DataDir = n.opts.DataDir // checkpoints go beside the node's identity
 	}
-	return &roles{n: n, cfg: cfg, slowdown: o.Slowdown, fresh: o.Fresh, log: o.logger()}
+	return &roles{n: n, cfg: cfg, slowdown: o.Slowdown, fresh: o.Fresh, initFrom: o.InitFrom, log: o.logger()}
 }
 
 // stageKey names the averaging and state-transfer protocols of stage k.
@@ -265,7 +267,7 @@ func (r *roles) loadStageState(ctx context.Context, st *stages.Stage, k int) err
 		from := r.knownHolders(ctx, k)
 		if len(from) == 0 {
 			if own < 0 {
-				r.log.Info("no other holder of the stage: starting from initial weights", "stage", k)
+				return r.startFromScratch(st, k, "no other holder of the stage")
 			}
 			return nil
 		}
@@ -295,10 +297,19 @@ func (r *roles) loadStageState(ctx context.Context, st *stages.Stage, k int) err
 	if errors.Is(lastErr, averaging.ErrNotServing) {
 		// They announced the stage but serve nothing yet: joiners of a new
 		// stage, with no trained state to give either.
-		r.log.Info("the stage's other holders serve no state yet: starting from initial weights", "stage", k)
-		return nil
+		return r.startFromScratch(st, k, "the stage's other holders serve no state yet")
 	}
 	return fmt.Errorf("stage %d: no state from its holders after %d attempts; refusing to serve initial weights: %w", k, stateAttempts, lastErr)
+}
+
+// startFromScratch starts stage k with no state from anyone: from the model
+// of --init-from, or the seed's weights.
+func (r *roles) startFromScratch(st *stages.Stage, k int, why string) error {
+	if r.initFrom != "" {
+		return initFrom(st, r.cfg, r.initFrom, r.log)
+	}
+	r.log.Info(why+": starting from initial weights", "stage", k)
+	return nil
 }
 
 // stateAttempts is how many times a joiner looks up its stage's holders and

@@ -27,6 +27,10 @@ type RunOptions struct {
 	Slowdown float64
 	// Summary, if set, is the file a trainer writes its summary to when it stops.
 	Summary string
+	// InitFrom, if set, is a model directory in Hugging Face's GPT-2 format
+	// that a stage server starts its stage from when neither its checkpoints
+	// nor the stage's other holders give it a state.
+	InitFrom string
 	// Fresh ignores the peer's checkpoints: a stage server starts from its
 	// stage's other holders' state, or from the seed's weights, and a trainer
 	// from step 0.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -104,8 +105,9 @@ func TestSwarmResumesFromHoldersCheckpoints(t *testing.T) {
 }
 
 // TestExportAfterLocal: `swarmnode export` writes the model a local run
-// checkpointed as a Hugging Face GPT-2, and says which step; with no
-// checkpoint it exits 1 naming the directory.
+// checkpointed as a Hugging Face GPT-2, and says which step (with no
+// checkpoint it exits 1 naming the directory); `local --init-from` that
+// export starts from the trained weights.
 func TestExportAfterLocal(t *testing.T) {
 	bin := swarmnodeBinary(t)
 	dir := t.TempDir()
@@ -138,5 +140,26 @@ checkpoint: {dir: `+filepath.Join(dir, "ck")+`}
 		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// Fine-tuning from the export starts where the run ended, not at ln 256.
+	firstLoss := func(args ...string) float64 {
+		summary := filepath.Join(dir, "s.json")
+		msg, err := run(append([]string{"local", "--config", cfg, "--steps", "1", "--summary", summary, "--checkpoint-dir", t.TempDir()}, args...)...)
+		if err != nil {
+			t.Fatalf("local %v: %v\n%s", args, err, msg)
+		}
+		raw, err := os.ReadFile(summary)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s struct{ Loss float64 }
+		if err := json.Unmarshal(raw, &s); err != nil {
+			t.Fatal(err)
+		}
+		return s.Loss
+	}
+	fresh, tuned := firstLoss(), firstLoss("--init-from", out)
+	if fresh < 5 || tuned > 4.5 {
+		t.Fatalf("first step's loss: %.3f from the seed, %.3f from the export (want above 5 and below 4.5)", fresh, tuned)
 	}
 }

@@ -18,6 +18,7 @@ func localCommand(args []string, stdout, stderr io.Writer) int {
 	var summary string
 	var opts swarm.LocalOptions
 	cfg, code := parseFlags("local", args, stderr, &summary, func(fs *flag.FlagSet, cfg *config.Config) {
+		fs.StringVar(&opts.InitFrom, "init-from", "", "start from this model directory (Hugging Face GPT-2 format, swarmnode export's) instead of the seed's weights, unless resuming")
 		fs.BoolVar(&opts.Resume, "resume", false, "continue from the newest complete checkpoint in checkpoint.dir (default: start from the seed's weights)")
 		fs.StringVar(&cfg.Checkpoint.Dir, "checkpoint-dir", cfg.Checkpoint.Dir, "where checkpoints are written and resumed from (overrides checkpoint.dir)")
 	})

@@ -57,6 +57,7 @@ func runFlags(o *swarm.RunOptions) func(*flag.FlagSet, *config.Config) {
 		fs.BoolVar(&n.DHTClient, "dht-client", n.DHTClient, "run the DHT in client mode (for peers that cannot accept connections)")
 		fs.BoolVar(&n.Relay, "relay", n.Relay, "serve as a circuit relay v2 for peers behind NAT")
 		fs.Float64Var(&o.Slowdown, "slowdown", 0, "server: stretch every forward and backward pass by this factor (a deliberately slow peer, for tests and demos)")
+		fs.StringVar(&o.InitFrom, "init-from", "", "server: start a stage nobody holds from this model directory (Hugging Face GPT-2 format, swarmnode export's) instead of the seed's weights")
 		fs.BoolVar(&o.Fresh, "fresh", false, "ignore this peer's checkpoints (a server starts from its stage's other holders, or the seed's weights; a trainer from step 0)")
 		fs.StringVar(&cfg.Checkpoint.Dir, "checkpoint-dir", cfg.Checkpoint.Dir, "where this peer's checkpoints and trainer state go (overrides checkpoint.dir)")
 	}
