@@ -131,13 +131,6 @@ func RunLocal(ctx context.Context, cfg config.Config, opts LocalOptions, log *sl
 		return sum, err
 	}
 	sum.Step, sum.Loss = first-1, ck.resumedLoss
-	if first == 1 && opts.InitFrom != "" {
-		for _, s := range chain.Stages() {
-			if err := initFrom(s, cfg, opts.InitFrom, log); err != nil {
-				return sum, err
-			}
-		}
-	}
 	defer func() {
 		if ck.enabled() && sum.Step > ck.saved {
 			if err := ck.save(chain.Stages(), drawn, sum.Loss); err != nil {
@@ -195,15 +188,27 @@ func RunLocal(ctx context.Context, cfg config.Config, opts LocalOptions, log *sl
 
 // resumeLocal restores the chain from its newest complete checkpoint when
 // opts.Resume is set, and draws from rng the microbatches the run had drawn
-// by then. It returns the first step to train and the microbatches drawn.
+// by then; a run that does not resume starts from opts.InitFrom's model, if
+// set. It returns the first step to train and the microbatches drawn.
 func resumeLocal(ck *checkpointer, chain *stages.Chain, opts LocalOptions, corpus *data.Corpus, rng *rand.Rand, B, T int, log *slog.Logger) (int, int64, error) {
-	if !opts.Resume {
+	start := func() (int, int64, error) { // from --init-from, or the seed's weights
+		for _, s := range chain.Stages() {
+			if opts.InitFrom == "" {
+				break
+			}
+			if err := initFrom(s, ck.cfg, opts.InitFrom, log); err != nil {
+				return 0, 0, err
+			}
+		}
 		return 1, 0, nil
+	}
+	if !opts.Resume {
+		return start()
 	}
 	meta, err := ck.resume(chain.Stages())
 	if isNone(err) {
-		log.Warn("no checkpoint to resume from: starting from the seed's weights", "dir", ck.cfg.CheckpointDir())
-		return 1, 0, nil
+		log.Warn("no checkpoint to resume from: starting over", "dir", ck.cfg.CheckpointDir())
+		return start()
 	}
 	if err != nil {
 		return 0, 0, err
