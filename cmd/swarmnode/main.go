@@ -3,6 +3,7 @@
 //	swarmnode local --config FILE   train the whole model in this process (baseline)
 //	swarmnode run   --config FILE   join a swarm as a stage server and/or trainer
 //	swarmnode export --config FILE --out DIR   the checkpointed model as a HF GPT-2
+//	swarmnode sample --model DIR --prompt TEXT  text from an exported model
 //
 // Exit codes: 0 clean, 1 runtime failure, 2 bad flags or config.
 package main
@@ -37,6 +38,8 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return runCommand(args[1:], stdout, stderr)
 	case "export":
 		return exportCommand(args[1:], stdout, stderr)
+	case "sample":
+		return sampleCommand(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return exitOK
@@ -54,6 +57,7 @@ commands:
   local   train the whole model in one process (the centralized baseline)
   run     join a swarm: serve a pipeline stage and/or feed it training data
   export  write the checkpointed model as a Hugging Face GPT-2 (safetensors)
+  sample  generate text from an exported model
 
 Run "swarmnode <command> -h" for a command's flags.
 `)

@@ -105,3 +105,14 @@ first=$(grep -m1 -o 'val_loss=[0-9.]*' "$OUT/trainer.log" | cut -d= -f2)
 last=$(grep -o 'val_loss=[0-9.]*' "$OUT/trainer.log" | tail -1 | cut -d= -f2)
 echo "val loss: first eval $first, last eval $last (uniform guess: 5.55)"
 awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < 5.0 && (b < a || a == b)) }' || { echo "loss did not fall" >&2; exit 1; }
+
+# Keep the model: stop the peers (each writes its last checkpoint), export the
+# newest step all stages have as a Hugging Face GPT-2, and sample from it.
+cleanup
+pids=()
+dirs=()
+for d in "$OUT"/s*-*/checkpoints; do dirs+=(--checkpoints "$d"); done
+"$BIN" export --config "$CONFIG" "${dirs[@]}" --out "$OUT/model" 2>"$OUT/export.log" ||
+  { echo "export failed:" >&2; tail -5 "$OUT/export.log" >&2; exit 1; }
+echo "model: $OUT/model (model.safetensors, config.json); a sample:"
+"$BIN" sample --model "$OUT/model" --prompt "${PROMPT:-ROMEO:}" --tokens "${SAMPLE_TOKENS:-300}" --seed 1

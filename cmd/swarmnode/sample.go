@@ -1,0 +1,68 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+
+	"swarmnode/sample"
+)
+
+// sampleCommand runs `swarmnode sample`: text generated from an exported
+// model (Hugging Face GPT-2 format) with a KV cache, on the CPU.
+func sampleCommand(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("sample", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("model", "", "model directory: model.safetensors and config.json (swarmnode export's)")
+	prompt := fs.String("prompt", "\n", "text to continue")
+	var o sample.Options
+	fs.IntVar(&o.Tokens, "tokens", 200, "tokens to generate")
+	fs.Float64Var(&o.Temperature, "temperature", 0.8, "divides the logits; 0 picks the most likely token")
+	fs.IntVar(&o.TopK, "top-k", 40, "draw among the K most likely tokens; 0: all")
+	fs.Uint64Var(&o.Seed, "seed", 1, "seed of the draws")
+	device := fs.String("device", "cpu", "where to compute: cpu (the only one sampling runs on yet)")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	switch {
+	case fs.NArg() > 0:
+		fmt.Fprintf(stderr, "swarmnode sample: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	case *dir == "":
+		fmt.Fprintln(stderr, "swarmnode sample: --model DIR is required")
+		return exitUsage
+	case *device != "cpu":
+		fmt.Fprintf(stderr, "swarmnode sample: --device %q: sampling runs on the cpu only\n", *device)
+		return exitUsage
+	case o.Tokens < 0 || o.Temperature < 0 || o.TopK < 0:
+		fmt.Fprintln(stderr, "swarmnode sample: --tokens, --temperature and --top-k must not be negative")
+		return exitUsage
+	case *prompt == "":
+		fmt.Fprintln(stderr, "swarmnode sample: --prompt must not be empty")
+		return exitUsage
+	}
+	m, err := sample.Load(*dir)
+	if err != nil {
+		fmt.Fprintf(stderr, "swarmnode sample: %v\n", err)
+		return exitRuntime
+	}
+	if m.Vocab != 256 {
+		fmt.Fprintf(stderr, "swarmnode sample: a vocabulary of %d: only byte-level models (256) have a tokenizer here\n", m.Vocab)
+		return exitRuntime
+	}
+	tokens := make([]int32, len(*prompt))
+	for i := range len(*prompt) {
+		tokens[i] = int32((*prompt)[i])
+	}
+	out, err := m.Generate(tokens, o)
+	text := make([]byte, len(out))
+	for i, t := range out {
+		text[i] = byte(t)
+	}
+	fmt.Fprintf(stdout, "%s%s\n", *prompt, text)
+	if err != nil {
+		fmt.Fprintf(stderr, "swarmnode sample: %v\n", err)
+		return exitRuntime
+	}
+	return exitOK
+}
