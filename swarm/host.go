@@ -91,6 +91,7 @@ func newHost(o *Options, key crypto.PrivKey, reg prometheus.Registerer) (host.Ho
 		libp2p.EnableHolePunching(),
 		libp2p.DialRanker(preferTCPRanker),
 		libp2p.Muxer(yamux.ID, streamMuxer()),
+		libp2p.UserAgent(agentVersion()),
 	}
 	if o.Relay {
 		opts = append(opts, libp2p.EnableRelayService())

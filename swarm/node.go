@@ -212,6 +212,9 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 	if err := n.watchReachability(lctx); err != nil {
 		return fail(err)
 	}
+	if err := n.watchWireVersions(lctx); err != nil {
+		return fail(err)
+	}
 	n.ps, err = dht.NewPubSub(lctx, h)
 	if err != nil {
 		return fail(err)

@@ -163,3 +163,15 @@ checkpoint: {dir: `+filepath.Join(dir, "ck")+`}
 		t.Fatalf("first step's loss: %.3f from the seed, %.3f from the export (want above 5 and below 4.5)", fresh, tuned)
 	}
 }
+
+// TestVersion: `swarmnode version` and `--version` print the release and the
+// wire protocol version.
+func TestVersion(t *testing.T) {
+	bin := swarmnodeBinary(t)
+	for _, arg := range []string{"version", "--version"} {
+		out, err := exec.Command(bin, arg).CombinedOutput()
+		if err != nil || !strings.HasPrefix(string(out), "swarmnode 0.") || !strings.Contains(string(out), "(wire protocol 1)") {
+			t.Errorf("swarmnode %s: %v: %q", arg, err, out)
+		}
+	}
+}

@@ -13,6 +13,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+
+	"swarmnode/swarm"
 )
 
 // Exit codes shared by every subcommand.
@@ -40,6 +42,9 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return exportCommand(args[1:], stdout, stderr)
 	case "sample":
 		return sampleCommand(args[1:], stdout, stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintf(stdout, "swarmnode %s (wire protocol %d)\n", swarm.Release(), swarm.WireVersion)
+		return exitOK
 	case "help", "-h", "--help":
 		usage(stdout)
 		return exitOK
@@ -58,6 +63,7 @@ commands:
   run     join a swarm: serve a pipeline stage and/or feed it training data
   export  write the checkpointed model as a Hugging Face GPT-2 (safetensors)
   sample  generate text from an exported model
+  version print the release and the wire protocol version
 
 Run "swarmnode <command> -h" for a command's flags.
 `)
