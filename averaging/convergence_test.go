@@ -72,7 +72,7 @@ func loadTiny(t *testing.T, steps int) *tinyRun {
 	if err != nil {
 		t.Fatal(err)
 	}
-	corpus, err := data.Load("../"+cfg.Data.Path, cfg.Data.ValFraction)
+	corpus, err := data.Load("../"+cfg.Data.Path, cfg.Data.ValFraction, cfg.Model.Vocab)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -133,17 +133,7 @@ func (c *Config) validateRun() error {
 	return nil
 }
 
-// validateModel checks the model section, and its vocabulary against the
-// data's tokens: bytes, 256 values.
-func (c *Config) validateModel() error {
-	if err := sectionErr("model", c.Model.Validate()); err != nil {
-		return err
-	}
-	if c.Model.Vocab < 256 {
-		return fieldErr("model.vocab", "%d is below the 256 byte values of the data (data.path is read as bytes)", c.Model.Vocab)
-	}
-	return nil
-}
+func (c *Config) validateModel() error { return sectionErr("model", c.Model.Validate()) }
 
 // validateStages checks that the stages split the model's layers.
 func (c *Config) validateStages() error {

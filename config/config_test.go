@@ -98,7 +98,6 @@ func TestValidationNamesField(t *testing.T) {
 		{"node:\n  gossip_every: 0s\n", "node.gossip_every: must be positive, got 0s"},
 		{"train:\n  min_lr: 1\n", "train.min_lr: must be in [0, lr], got 1"},
 		{"model:\n  vocab: 1\n", "model.vocab: must be at least 2, got 1"},
-		{"model:\n  vocab: 200\n", "model.vocab: 200 is below the 256 byte values"},
 		{"averaging:\n  codec: zip\n", "averaging.codec: \"zip\": want fp32, bf16 or int8"},
 		{"pipeline:\n  max_frame_bytes: 10\n", "pipeline.max_frame_bytes: must be at least 1024, got 10"},
 		{"train:\n  eval_every: 0\n", "train.eval_every: must be positive, got 0"},

@@ -2,11 +2,15 @@ package config
 
 import "swarmnode/model"
 
-// Data is the training corpus, read as bytes (vocab 256).
+// Data is the training corpus: a text file read as bytes (vocab 256), or
+// token shards in llm.c's format.
 type Data struct {
-	// Path is the text file to train on, relative to the working directory.
+	// Path is the text file to train on, relative to the working directory; or,
+	// ending in .bin or holding a glob (*, ?, [), the token shards: those with
+	// "val" in their name are the val split, the others train (package data).
 	Path string `yaml:"path" check:"nonempty"`
-	// ValFraction is the share of the file, taken from its end, held out for eval.
+	// ValFraction is the share of a text file, taken from its end, held out for
+	// eval (shards are split by name instead).
 	ValFraction float64 `yaml:"val_fraction" check:"in=(0, 1)"`
 }
 

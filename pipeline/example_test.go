@@ -30,7 +30,7 @@ func serveAndTrain(ctx context.Context, cfg config.Config, h host.Host, router p
 	}
 	defer srv.Close()
 
-	corpus, err := data.Load(cfg.Data.Path, cfg.Data.ValFraction)
+	corpus, err := data.Load(cfg.Data.Path, cfg.Data.ValFraction, cfg.Model.Vocab)
 	if err != nil {
 		return pipeline.Summary{}, err
 	}

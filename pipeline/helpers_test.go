@@ -55,7 +55,7 @@ func testConfig() config.Config {
 
 func loadCorpus(tb testing.TB, cfg config.Config) *data.Corpus {
 	tb.Helper()
-	c, err := data.Load(cfg.Data.Path, cfg.Data.ValFraction)
+	c, err := data.Load(cfg.Data.Path, cfg.Data.ValFraction, cfg.Model.Vocab)
 	if err != nil {
 		tb.Fatal(err)
 	}

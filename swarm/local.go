@@ -108,10 +108,11 @@ type LocalOptions struct {
 // writes checkpoints on the config's schedule and at the end, and stops early,
 // with a valid summary and a checkpoint, when ctx is cancelled.
 func RunLocal(ctx context.Context, cfg config.Config, opts LocalOptions, log *slog.Logger) (pipeline.Summary, error) {
-	corpus, err := data.Load(cfg.Data.Path, cfg.Data.ValFraction)
+	corpus, err := data.Load(cfg.Data.Path, cfg.Data.ValFraction, cfg.Model.Vocab)
 	if err != nil {
 		return pipeline.Summary{}, err
 	}
+	defer corpus.Close()
 	chain, err := newLocalChain(cfg, log)
 	if err != nil {
 		return pipeline.Summary{}, err

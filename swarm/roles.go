@@ -562,10 +562,11 @@ func rebalanceSettle(cfg config.Config) time.Duration {
 // ctx ends) and returns the summary. Progress goes to the status page.
 func (r *roles) train(ctx context.Context) (pipeline.Summary, error) {
 	cfg := r.cfg
-	corpus, err := data.Load(cfg.Data.Path, cfg.Data.ValFraction)
+	corpus, err := data.Load(cfg.Data.Path, cfg.Data.ValFraction, cfg.Model.Vocab)
 	if err != nil {
 		return pipeline.Summary{}, err
 	}
+	defer corpus.Close()
 	status := r.n.status
 	opts := pipeline.TrainerOptionsFrom(cfg, r.log)
 	// Each trainer draws its own batch stream, so that several trainers of one

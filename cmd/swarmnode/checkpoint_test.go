@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -173,5 +174,44 @@ func TestVersion(t *testing.T) {
 		if err != nil || !strings.HasPrefix(string(out), "swarmnode 0.") || !strings.Contains(string(out), "(wire protocol 1)") {
 			t.Errorf("swarmnode %s: %v: %q", arg, err, out)
 		}
+	}
+}
+
+// TestPrepareShardsAndTrain: `swarmnode prepare` writes the corpus as train
+// and val token shards, and a run whose data.path is their glob trains on
+// them; an unknown tokenizer is a usage error.
+func TestPrepareShardsAndTrain(t *testing.T) {
+	bin := swarmnodeBinary(t)
+	dir := t.TempDir()
+	shards := filepath.Join(dir, "shards")
+	cmd := exec.Command(bin, "prepare", "--out", shards, "--shard-tokens", "500000", "examples/gpt/data/tinyshakespeare.txt")
+	cmd.Dir = repoRoot(t)
+	out, err := cmd.CombinedOutput()
+	if err != nil || strings.Count(string(out), ".bin") != 4 {
+		t.Fatalf("prepare: %v\n%s", err, out)
+	}
+	cfg := filepath.Join(dir, "run.yaml")
+	writeFile(t, cfg, `run: shards
+model: {vocab: 256, d_model: 32, n_head: 2, n_layer: 2, seq_len: 32}
+stages: [1, 1]
+data: {path: `+filepath.Join(shards, "*.bin")+`}
+train: {microbatch: 4, batch: 8, steps: 30, warmup: 5, eval_every: 30, eval_batches: 2}
+checkpoint: {dir: `+filepath.Join(dir, "ck")+`}
+`)
+	summary := filepath.Join(dir, "s.json")
+	if out, err := exec.Command(bin, "local", "--config", cfg, "--summary", summary).CombinedOutput(); err != nil {
+		t.Fatalf("local on shards: %v\n%s", err, out)
+	}
+	raw, _ := os.ReadFile(summary)
+	var s struct {
+		Step    int
+		ValLoss float64 `json:"val_loss"`
+	}
+	if err := json.Unmarshal(raw, &s); err != nil || s.Step != 30 || s.ValLoss <= 0 || s.ValLoss > 5 {
+		t.Fatalf("summary %s: %v", raw, err)
+	}
+	var ee *exec.ExitError
+	if out, err := exec.Command(bin, "prepare", "--tokenizer", "gpt2", "--out", dir, "x.txt").CombinedOutput(); !errors.As(err, &ee) || ee.ExitCode() != 2 {
+		t.Fatalf("prepare --tokenizer gpt2: %v\n%s", err, out)
 	}
 }

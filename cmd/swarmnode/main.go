@@ -42,6 +42,8 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return exportCommand(args[1:], stdout, stderr)
 	case "sample":
 		return sampleCommand(args[1:], stdout, stderr)
+	case "prepare":
+		return prepareCommand(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "swarmnode %s (wire protocol %d)\n", swarm.Release(), swarm.WireVersion)
 		return exitOK
@@ -63,6 +65,7 @@ commands:
   run     join a swarm: serve a pipeline stage and/or feed it training data
   export  write the checkpointed model as a Hugging Face GPT-2 (safetensors)
   sample  generate text from an exported model
+  prepare tokenize text files into token shards (llm.c's format) for data.path
   version print the release and the wire protocol version
 
 Run "swarmnode <command> -h" for a command's flags.

@@ -51,7 +51,7 @@ func main() {
 // fromModel runs one microbatch through a two-stage GPT and returns the
 // activations stage 0 sends and the gradient stage 1 sends back.
 func fromModel(path string) (act, grad []float32, err error) {
-	c, err := data.Load(path, 0.1)
+	c, err := data.Load(path, 0.1, data.Vocab)
 	if err != nil {
 		return nil, nil, err
 	}

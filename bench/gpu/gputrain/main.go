@@ -56,7 +56,7 @@ func run(cfgPath string, steps int, codec, precName string, summaryPath string) 
 	if codec != "int8" && codec != "fp32" {
 		return fmt.Errorf("unknown codec %q", codec)
 	}
-	corpus, err := data.Load(cfg.Data.Path, cfg.Data.ValFraction)
+	corpus, err := data.Load(cfg.Data.Path, cfg.Data.ValFraction, cfg.Model.Vocab)
 	if err != nil {
 		return err
 	}
