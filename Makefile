@@ -13,9 +13,13 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needs to run on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-# Everything CI runs: lint, then every package's tests (fuzz seeds included).
+# Everything CI runs: lint, then every package's tests (fuzz seeds included),
+# then a loud line for each test that could not run here (no chromium, no
+# OpenBLAS): go test shows skips only with -v.
 test: lint build
 	$(GO) test -p 2 -timeout 20m ./...
+	@$(GO) test -count=1 -v -run 'TestStatusPageInBrowser|TestBackendsAgree|TestSplitProducts' ./swarm ./stages/blas 2>&1 | \
+	  grep -E -e 'SKIP|not available|not installed' | sed 's/^ */WARNING: not tested here: /' || true
 
 bench: build
 	bash bench/cpu.sh
