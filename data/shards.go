@@ -148,28 +148,40 @@ func WriteShard(path string, tokens []uint16) error {
 	return nil
 }
 
-// PrepareBytes writes the bytes of files, read in order, as token shards in
-// out: the last valFraction of them as bytes_val_NNNNNN.bin, the rest as
-// bytes_train_NNNNNN.bin, at most shardTokens tokens a shard. It returns the
-// shards' paths.
+// PrepareBytes writes the bytes of files as token shards (Prepare with one
+// token per byte, named bytes_*).
 func PrepareBytes(files []string, out string, valFraction float64, shardTokens int) ([]string, error) {
+	return Prepare(files, out, "bytes", valFraction, shardTokens, func(b []byte) []uint16 {
+		tok := make([]uint16, len(b))
+		for i, c := range b {
+			tok[i] = uint16(c)
+		}
+		return tok
+	})
+}
+
+// Prepare tokenizes files, read in order, with encode and writes the tokens
+// as shards in out: the last valFraction of them as <name>_val_NNNNNN.bin,
+// the rest as <name>_train_NNNNNN.bin, at most shardTokens tokens a shard. It
+// returns the shards' paths.
+func Prepare(files []string, out, name string, valFraction float64, shardTokens int, encode func([]byte) []uint16) ([]string, error) {
 	if len(files) == 0 {
 		return nil, fmt.Errorf("data: no input files")
 	}
 	if valFraction <= 0 || valFraction >= 1 || shardTokens < 2 {
 		return nil, fmt.Errorf("data: val fraction %g (want (0, 1)), shard tokens %d (want ≥ 2)", valFraction, shardTokens)
 	}
-	var raw []byte
+	var raw []uint16
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			return nil, fmt.Errorf("data: %w", err)
 		}
-		raw = append(raw, b...)
+		raw = append(raw, encode(b)...)
 	}
 	cut := int(float64(len(raw)) * (1 - valFraction))
 	if cut < 2 || len(raw)-cut < 2 {
-		return nil, fmt.Errorf("data: %d bytes are too few to split", len(raw))
+		return nil, fmt.Errorf("data: %d tokens are too few to split", len(raw))
 	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return nil, fmt.Errorf("data: %w", err)
@@ -177,19 +189,15 @@ func PrepareBytes(files []string, out string, valFraction float64, shardTokens i
 	var paths []string
 	for _, part := range []struct {
 		name string
-		b    []byte
+		tok  []uint16
 	}{{"train", raw[:cut]}, {"val", raw[cut:]}} {
-		for i, off := 0, 0; off < len(part.b); i, off = i+1, off+shardTokens {
-			chunk := part.b[off:min(off+shardTokens, len(part.b))]
+		for i, off := 0, 0; off < len(part.tok); i, off = i+1, off+shardTokens {
+			chunk := part.tok[off:min(off+shardTokens, len(part.tok))]
 			if len(chunk) < 2 && i > 0 {
 				break // a last token alone makes no window
 			}
-			tok := make([]uint16, len(chunk))
-			for j, c := range chunk {
-				tok[j] = uint16(c)
-			}
-			p := filepath.Join(out, fmt.Sprintf("bytes_%s_%06d.bin", part.name, i))
-			if err := WriteShard(p, tok); err != nil {
+			p := filepath.Join(out, fmt.Sprintf("%s_%s_%06d.bin", name, part.name, i))
+			if err := WriteShard(p, chunk); err != nil {
 				return nil, err
 			}
 			paths = append(paths, p)

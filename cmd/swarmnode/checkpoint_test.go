@@ -179,7 +179,8 @@ func TestVersion(t *testing.T) {
 
 // TestPrepareShardsAndTrain: `swarmnode prepare` writes the corpus as train
 // and val token shards, and a run whose data.path is their glob trains on
-// them; an unknown tokenizer is a usage error.
+// them; an unknown tokenizer is a usage error; GPT-2's BPE starts the file
+// with <|endoftext|>.
 func TestPrepareShardsAndTrain(t *testing.T) {
 	bin := swarmnodeBinary(t)
 	dir := t.TempDir()
@@ -211,7 +212,21 @@ checkpoint: {dir: `+filepath.Join(dir, "ck")+`}
 		t.Fatalf("summary %s: %v", raw, err)
 	}
 	var ee *exec.ExitError
-	if out, err := exec.Command(bin, "prepare", "--tokenizer", "gpt2", "--out", dir, "x.txt").CombinedOutput(); !errors.As(err, &ee) || ee.ExitCode() != 2 {
+	if out, err := exec.Command(bin, "prepare", "--tokenizer", "gpt3", "--out", dir, "x.txt").CombinedOutput(); !errors.As(err, &ee) || ee.ExitCode() != 2 {
+		t.Fatalf("prepare --tokenizer gpt3: %v\n%s", err, out)
+	}
+	// GPT-2's BPE: 338k tokens of the corpus, the first <|endoftext|> (50256).
+	bpe := filepath.Join(dir, "bpe")
+	cmd = exec.Command(bin, "prepare", "--tokenizer", "gpt2", "--out", bpe, "examples/gpt/data/tinyshakespeare.txt")
+	cmd.Dir = repoRoot(t)
+	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("prepare --tokenizer gpt2: %v\n%s", err, out)
+	}
+	b, err := os.ReadFile(filepath.Join(bpe, "gpt2_train_000000.bin"))
+	if err != nil || len(b) < 1026 {
+		t.Fatal(err)
+	}
+	if first := int(b[1024]) | int(b[1025])<<8; first != 50256 {
+		t.Fatalf("the first token is %d, want <|endoftext|>", first)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 
 	"swarmnode/data"
+	"swarmnode/tokenizer"
 )
 
 // prepareCommand runs `swarmnode prepare`: text files tokenized into token
@@ -13,7 +14,7 @@ import (
 func prepareCommand(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("prepare", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	tokenizer := fs.String("tokenizer", "bytes", "bytes (one token per byte, vocab 256); gpt2 is not built yet")
+	tokName := fs.String("tokenizer", "bytes", "bytes (one token per byte, vocab 256) or gpt2 (GPT-2's BPE, vocab 50257; <|endoftext|> before each file)")
 	out := fs.String("out", "", "directory to write the shards into (required)")
 	var in []string
 	fs.Var(&listFlag{list: &in}, "in", "text file to tokenize (repeatable; also the arguments after the flags)")
@@ -23,15 +24,31 @@ func prepareCommand(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	in = append(in, fs.Args()...)
-	switch {
-	case *tokenizer != "bytes":
-		fmt.Fprintf(stderr, "swarmnode prepare: --tokenizer %q: only bytes is built yet (llm.c's own scripts write GPT-2 shards that data.path reads)\n", *tokenizer)
-		return exitUsage
-	case *out == "" || len(in) == 0:
+	if *out == "" || len(in) == 0 {
 		fmt.Fprintln(stderr, "swarmnode prepare: --out DIR and at least one --in FILE are required")
 		return exitUsage
 	}
-	paths, err := data.PrepareBytes(in, *out, *val, *per)
+	var paths []string
+	var err error
+	switch *tokName {
+	case "bytes":
+		paths, err = data.PrepareBytes(in, *out, *val, *per)
+	case "gpt2":
+		var tok *tokenizer.BPE
+		if tok, err = tokenizer.GPT2(); err == nil {
+			paths, err = data.Prepare(in, *out, "gpt2", *val, *per, func(b []byte) []uint16 {
+				ids := append([]int32{tokenizer.EndOfText}, tok.Encode(string(b))...)
+				out := make([]uint16, len(ids))
+				for i, id := range ids {
+					out[i] = uint16(id)
+				}
+				return out
+			})
+		}
+	default:
+		fmt.Fprintf(stderr, "swarmnode prepare: --tokenizer %q: want bytes or gpt2\n", *tokName)
+		return exitUsage
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "swarmnode prepare: %v\n", err)
 		return exitRuntime

@@ -6,6 +6,7 @@ import (
 	"io"
 
 	"swarmnode/sample"
+	"swarmnode/tokenizer"
 )
 
 // sampleCommand runs `swarmnode sample`: text generated from an exported
@@ -46,23 +47,50 @@ func sampleCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "swarmnode sample: %v\n", err)
 		return exitRuntime
 	}
-	if m.Vocab != 256 {
-		fmt.Fprintf(stderr, "swarmnode sample: a vocabulary of %d: only byte-level models (256) have a tokenizer here\n", m.Vocab)
+	encode, decode, err := tokenizerFor(m.Vocab)
+	if err != nil {
+		fmt.Fprintf(stderr, "swarmnode sample: %v\n", err)
 		return exitRuntime
 	}
-	tokens := make([]int32, len(*prompt))
-	for i := range len(*prompt) {
-		tokens[i] = int32((*prompt)[i])
-	}
-	out, err := m.Generate(tokens, o)
-	text := make([]byte, len(out))
-	for i, t := range out {
-		text[i] = byte(t)
-	}
-	fmt.Fprintf(stdout, "%s%s\n", *prompt, text)
+	out, err := m.Generate(encode(*prompt), o)
+	fmt.Fprintf(stdout, "%s%s\n", *prompt, decode(out))
 	if err != nil {
 		fmt.Fprintf(stderr, "swarmnode sample: %v\n", err)
 		return exitRuntime
 	}
 	return exitOK
+}
+
+// tokenizerFor picks the tokenizer of a model's vocabulary: bytes for 256,
+// GPT-2's BPE for 50257.
+func tokenizerFor(vocab int) (func(string) []int32, func([]int32) []byte, error) {
+	switch vocab {
+	case 256:
+		enc := func(s string) []int32 {
+			ids := make([]int32, len(s))
+			for i := range len(s) {
+				ids[i] = int32(s[i])
+			}
+			return ids
+		}
+		dec := func(ids []int32) []byte {
+			b := make([]byte, len(ids))
+			for i, id := range ids {
+				b[i] = byte(id)
+			}
+			return b
+		}
+		return enc, dec, nil
+	case tokenizer.GPT2Vocab:
+		tok, err := tokenizer.GPT2()
+		if err != nil {
+			return nil, nil, err
+		}
+		dec := func(ids []int32) []byte {
+			b, _ := tok.Decode(ids) // the model's ids are all in the vocabulary
+			return b
+		}
+		return tok.Encode, dec, nil
+	}
+	return nil, nil, fmt.Errorf("a vocabulary of %d: no tokenizer here (bytes: 256, GPT-2's BPE: %d)", vocab, tokenizer.GPT2Vocab)
 }
