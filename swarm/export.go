@@ -1,15 +1,19 @@
 package swarm
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
+	"time"
 
+	"swarmnode/averaging"
 	"swarmnode/checkpoint"
 	"swarmnode/config"
+	"swarmnode/dht"
 	"swarmnode/stages"
 )
 
@@ -99,4 +103,53 @@ func loadStep(ss []*stages.Stage, dirs []string, step int, fp string, log *slog.
 		}
 	}
 	return nil
+}
+
+// ExportLive joins the swarm of cfg through bootstrap as a trainer-role peer
+// that trains nothing, downloads each stage's current state from its holders
+// (state transfer, as a joining holder does) and writes the model to out as
+// Export does. Stages step independently of the download, so their steps may
+// differ by the commits in flight; it returns each stage's step.
+func ExportLive(ctx context.Context, cfg config.Config, bootstrap []string, out string, log *slog.Logger) ([]int, error) {
+	dir, err := os.MkdirTemp("", "swarmnode-export-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	opts := OptionsFromConfig(cfg)
+	opts.Bootstrap, opts.DataDir, opts.Identity, opts.StatusAddr, opts.Role = bootstrap, dir, "", "off", dht.RoleTrainer
+	opts.Listen, opts.Logger = []string{"/ip4/0.0.0.0/tcp/0"}, log
+	n, err := New(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer n.Close()
+	r := newRoles(n, cfg, RunOptions{Logger: log})
+	chain, err := stages.NewChain(cfg.Model, cfg.Stages, cfg.Train.Seed)
+	if err != nil {
+		return nil, err
+	}
+	defer chain.Close()
+	steps := make([]int, len(cfg.Stages))
+	parts := make([]checkpoint.Part, len(cfg.Stages))
+	for k, s := range chain.Stages() {
+		from := r.knownHolders(ctx, k)
+		if len(from) == 0 {
+			return nil, fmt.Errorf("export: stage %d has no holder in the swarm", k)
+		}
+		fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		state, err := averaging.FetchState(fctx, n.Host(), cfg.Run, stageKey(k), from, averaging.FetchOptions{MaxFloats: s.StateLen()})
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("export: stage %d: %w", k, err)
+		}
+		if len(state.Params) != s.NumParams() {
+			return nil, fmt.Errorf("export: stage %d: %d parameters from its holders, want %d", k, len(state.Params), s.NumParams())
+		}
+		steps[k] = int(state.Step)
+		parts[k] = checkpoint.Part{Views: s.Views(), Params: state.Params}
+		log.Info("stage state downloaded", "stage", k, "step", state.Step, "holders", len(state.From))
+	}
+	meta := map[string]string{"format": "pt", "run": cfg.Run, "steps": fmt.Sprint(steps)}
+	return steps, checkpoint.Export(out, cfg.Model, parts, meta)
 }

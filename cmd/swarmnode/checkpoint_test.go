@@ -230,3 +230,29 @@ checkpoint: {dir: `+filepath.Join(dir, "ck")+`}
 		t.Fatalf("the first token is %d, want <|endoftext|>", first)
 	}
 }
+
+// TestExportLiveSwarm: `swarmnode export --bootstrap` downloads every stage's
+// state from a running swarm's holders and writes the model.
+func TestExportLiveSwarm(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 3 processes")
+	}
+	bin := swarmnodeBinary(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "run.yaml")
+	writeFile(t, cfg, checkpointTestConfig)
+	a := startRun(t, bin, cfg, "--stage", "0", "--role", "server")
+	startRun(t, bin, cfg, "--bootstrap", a.addrs[0], "--stage", "1", "--role", "server")
+	tr := startRun(t, bin, cfg, "--bootstrap", a.addrs[0], "--role", "trainer", "--steps", "20")
+	<-tr.exited
+	out := filepath.Join(dir, "hf")
+	cmd := exec.Command(bin, "export", "--config", cfg, "--bootstrap", a.addrs[0], "--out", out)
+	cmd.Dir = repoRoot(t)
+	msg, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(msg), "at steps [20 20]") {
+		t.Fatalf("export --bootstrap: %v\n%s", err, msg)
+	}
+	if _, err := os.Stat(filepath.Join(out, "model.safetensors")); err != nil {
+		t.Fatal(err)
+	}
+}
