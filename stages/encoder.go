@@ -2,17 +2,8 @@ package stages
 
 // encoderForward writes out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:].
 func encoderForward(out []float32, tokens []int32, wte, wpe []float32, B, T, C int) {
-	parallelFor(B*T, 64, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			t := i % T
-			o := out[i*C : i*C+C]
-			e := wte[int(tokens[i])*C : int(tokens[i])*C+C]
-			p := wpe[t*C : t*C+C]
-			for c := range o {
-				o[c] = e[c] + p[c]
-			}
-		}
-	})
+	clear(out[:B*T*C])
+	encoderAdd(out, tokens, wte, wpe, B, T, C)
 }
 
 // encoderAdd adds wte[tokens[b,t],:] + wpe[t,:] to out[b,t,:].

@@ -262,9 +262,17 @@ func parseBootstrap(addrs []string) ([]peer.AddrInfo, error) {
 
 // watchReachability follows AutoNAT's verdict for the status page.
 func (n *Node) watchReachability(ctx context.Context) error {
-	sub, err := n.host.EventBus().Subscribe(new(event.EvtLocalReachabilityChanged))
+	return n.onEvents(ctx, new(event.EvtLocalReachabilityChanged), func(e any) {
+		n.reach.Store(int32(e.(event.EvtLocalReachabilityChanged).Reachability))
+	})
+}
+
+// onEvents calls fn, on a goroutine of the node's, with every event of evt's
+// type (a pointer to one) that the host's event bus emits, until ctx ends.
+func (n *Node) onEvents(ctx context.Context, evt any, fn func(any)) error {
+	sub, err := n.host.EventBus().Subscribe(evt)
 	if err != nil {
-		return fmt.Errorf("reachability events: %w", err)
+		return fmt.Errorf("host events %T: %w", evt, err)
 	}
 	n.wg.Add(1)
 	go func() {
@@ -278,9 +286,7 @@ func (n *Node) watchReachability(ctx context.Context) error {
 				if !ok {
 					return
 				}
-				if ev, ok := e.(event.EvtLocalReachabilityChanged); ok {
-					n.reach.Store(int32(ev.Reachability))
-				}
+				fn(e)
 			}
 		}
 	}()

@@ -77,33 +77,13 @@ func wireOf(agent string) (int, bool) {
 // watchWireVersions drops every swarmnode peer that identifies with another
 // wire version, logging once per peer what both speak.
 func (n *Node) watchWireVersions(ctx context.Context) error {
-	sub, err := n.host.EventBus().Subscribe(new(event.EvtPeerIdentificationCompleted))
-	if err != nil {
-		return fmt.Errorf("identify events: %w", err)
-	}
 	var warned sync.Map
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		defer sub.Close()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case e, ok := <-sub.Out():
-				if !ok {
-					return
-				}
-				ev := e.(event.EvtPeerIdentificationCompleted)
-				wire, ours := wireOf(ev.AgentVersion)
-				if !ours || wire == WireVersion {
-					continue
-				}
-				n.refuse(ev.Peer, ev.AgentVersion, wire, &warned)
-			}
+	return n.onEvents(ctx, new(event.EvtPeerIdentificationCompleted), func(e any) {
+		ev := e.(event.EvtPeerIdentificationCompleted)
+		if wire, ours := wireOf(ev.AgentVersion); ours && wire != WireVersion {
+			n.refuse(ev.Peer, ev.AgentVersion, wire, &warned)
 		}
-	}()
-	return nil
+	})
 }
 
 // refuse closes the connections to p, a swarmnode of another wire version.
