@@ -54,40 +54,13 @@ func hfName(name string) string {
 // config.json. A subspace model is refused: its stage boundaries project the
 // residual stream, which a GPT-2 does not.
 func Export(dir string, cfg model.Config, parts []Part, meta map[string]string) error {
-	if cfg.Subspace > 0 {
-		return fmt.Errorf("export: a subspace model (model.subspace %d) is not a GPT-2: its stage boundaries project the residual stream", cfg.Subspace)
-	}
-	if len(parts) == 0 {
-		return errors.New("export: no stages")
-	}
-	var tensors []Tensor
-	seen := map[string]bool{}
-	for k, p := range parts {
-		for _, v := range p.Views {
-			if v.Offset+v.Len > len(p.Params) {
-				return fmt.Errorf("export: stage %d's %s lies outside its %d parameters", k, v.Name, len(p.Params))
-			}
-			name := hfName(v.Name)
-			if seen[name] {
-				return fmt.Errorf("export: tensor %s in two stages", name)
-			}
-			seen[name] = true
-			tensors = append(tensors, Tensor{Name: name, Shape: v.Shape, Data: v.Of(p.Params)})
-		}
-	}
-	for _, need := range []string{"wte.weight", "wpe.weight", "ln_f.weight", "lm_head.weight", fmt.Sprintf("h.%d.mlp.c_proj.bias", cfg.NLayer-1)} {
-		if !seen[need] {
-			return fmt.Errorf("export: the stages given lack %s: not the whole model", need)
-		}
+	hc, tensors, err := HFTensors(cfg, parts)
+	if err != nil {
+		return err
 	}
 	var buf bytes.Buffer
 	if err := WriteSafetensors(&buf, tensors, meta); err != nil {
 		return fmt.Errorf("export: %w", err)
-	}
-	hc := HFConfig{
-		Architectures: []string{"GPT2LMHeadModel"}, ModelType: "gpt2",
-		VocabSize: cfg.Vocab, NPositions: cfg.SeqLen, NCtx: cfg.SeqLen, NEmbd: cfg.DModel,
-		NLayer: cfg.NLayer, NHead: cfg.NHead, ActivationFunction: "gelu_new", LayerNormEpsilon: 1e-5,
 	}
 	cj, err := json.MarshalIndent(hc, "", "  ")
 	if err != nil {
@@ -100,6 +73,44 @@ func Export(dir string, cfg model.Config, parts []Part, meta map[string]string) 
 		return err
 	}
 	return WriteFile(filepath.Join(dir, "config.json"), append(cj, '\n'))
+}
+
+// HFTensors is the whole model cfg, given as the parameters of every stage in
+// order, as a Hugging Face GPT-2: its config.json and its tensors under HF
+// names (the data shares the parts' memory). See Export.
+func HFTensors(cfg model.Config, parts []Part) (HFConfig, []Tensor, error) {
+	if cfg.Subspace > 0 {
+		return HFConfig{}, nil, fmt.Errorf("export: a subspace model (model.subspace %d) is not a GPT-2: its stage boundaries project the residual stream", cfg.Subspace)
+	}
+	if len(parts) == 0 {
+		return HFConfig{}, nil, errors.New("export: no stages")
+	}
+	var tensors []Tensor
+	seen := map[string]bool{}
+	for k, p := range parts {
+		for _, v := range p.Views {
+			if v.Offset+v.Len > len(p.Params) {
+				return HFConfig{}, nil, fmt.Errorf("export: stage %d's %s lies outside its %d parameters", k, v.Name, len(p.Params))
+			}
+			name := hfName(v.Name)
+			if seen[name] {
+				return HFConfig{}, nil, fmt.Errorf("export: tensor %s in two stages", name)
+			}
+			seen[name] = true
+			tensors = append(tensors, Tensor{Name: name, Shape: v.Shape, Data: v.Of(p.Params)})
+		}
+	}
+	for _, need := range []string{"wte.weight", "wpe.weight", "ln_f.weight", "lm_head.weight", fmt.Sprintf("h.%d.mlp.c_proj.bias", cfg.NLayer-1)} {
+		if !seen[need] {
+			return HFConfig{}, nil, fmt.Errorf("export: the stages given lack %s: not the whole model", need)
+		}
+	}
+	hc := HFConfig{
+		Architectures: []string{"GPT2LMHeadModel"}, ModelType: "gpt2",
+		VocabSize: cfg.Vocab, NPositions: cfg.SeqLen, NCtx: cfg.SeqLen, NEmbd: cfg.DModel,
+		NLayer: cfg.NLayer, NHead: cfg.NHead, ActivationFunction: "gelu_new", LayerNormEpsilon: 1e-5,
+	}
+	return hc, tensors, nil
 }
 
 // ReadHF reads a model directory in Hugging Face's GPT-2 format, as Export

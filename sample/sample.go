@@ -13,6 +13,7 @@ import (
 	"slices"
 
 	"swarmnode/checkpoint"
+	"swarmnode/tokenizer"
 )
 
 // Model is a GPT-2 loaded for generation.
@@ -34,6 +35,13 @@ func Load(dir string) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
+	return New(hc, t, dir)
+}
+
+// New builds a model from a Hugging Face GPT-2's config and tensors by name
+// (checkpoint.ReadHF's, or checkpoint.HFTensors'); where names them in errors.
+func New(hc checkpoint.HFConfig, t map[string]checkpoint.Tensor, where string) (*Model, error) {
+	dir := where
 	if hc.NHead < 1 || hc.NEmbd%hc.NHead != 0 || hc.NLayer < 1 || hc.VocabSize < 1 || hc.NPositions < 1 {
 		return nil, fmt.Errorf("sample: %s: config.json describes no GPT-2: %+v", dir, hc)
 	}
@@ -298,4 +306,38 @@ func pick(logits []float32, o Options, rng *rand.Rand) int32 {
 		}
 	}
 	return int32(order[len(order)-1])
+}
+
+// TokenizerFor picks the tokenizer of a model's vocabulary: bytes for 256,
+// GPT-2's BPE for 50257.
+func TokenizerFor(vocab int) (func(string) []int32, func([]int32) []byte, error) {
+	switch vocab {
+	case 256:
+		enc := func(s string) []int32 {
+			ids := make([]int32, len(s))
+			for i := range len(s) {
+				ids[i] = int32(s[i])
+			}
+			return ids
+		}
+		dec := func(ids []int32) []byte {
+			b := make([]byte, len(ids))
+			for i, id := range ids {
+				b[i] = byte(id)
+			}
+			return b
+		}
+		return enc, dec, nil
+	case tokenizer.GPT2Vocab:
+		tok, err := tokenizer.GPT2()
+		if err != nil {
+			return nil, nil, err
+		}
+		dec := func(ids []int32) []byte {
+			b, _ := tok.Decode(ids) // the model's ids are all in the vocabulary
+			return b
+		}
+		return tok.Encode, dec, nil
+	}
+	return nil, nil, fmt.Errorf("a vocabulary of %d: no tokenizer here (bytes: 256, GPT-2's BPE: %d)", vocab, tokenizer.GPT2Vocab)
 }

@@ -10,10 +10,13 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"swarmnode/averaging"
 	"swarmnode/checkpoint"
 	"swarmnode/config"
 	"swarmnode/dht"
+	"swarmnode/model"
 	"swarmnode/stages"
 )
 
@@ -125,31 +128,42 @@ func ExportLive(ctx context.Context, cfg config.Config, bootstrap []string, out 
 	}
 	defer n.Close()
 	r := newRoles(n, cfg, RunOptions{Logger: log})
-	chain, err := stages.NewChain(cfg.Model, cfg.Stages, cfg.Train.Seed)
+	parts, steps, err := r.fetchModel(ctx, r.knownHolders)
 	if err != nil {
 		return nil, err
 	}
-	defer chain.Close()
-	steps := make([]int, len(cfg.Stages))
-	parts := make([]checkpoint.Part, len(cfg.Stages))
-	for k, s := range chain.Stages() {
-		from := r.knownHolders(ctx, k)
-		if len(from) == 0 {
-			return nil, fmt.Errorf("export: stage %d has no holder in the swarm", k)
-		}
-		fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-		state, err := averaging.FetchState(fctx, n.Host(), cfg.Run, stageKey(k), from, averaging.FetchOptions{MaxFloats: s.StateLen()})
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("export: stage %d: %w", k, err)
-		}
-		if len(state.Params) != s.NumParams() {
-			return nil, fmt.Errorf("export: stage %d: %d parameters from its holders, want %d", k, len(state.Params), s.NumParams())
-		}
-		steps[k] = int(state.Step)
-		parts[k] = checkpoint.Part{Views: s.Views(), Params: state.Params}
-		log.Info("stage state downloaded", "stage", k, "step", state.Step, "holders", len(state.From))
-	}
 	meta := map[string]string{"format": "pt", "run": cfg.Run, "steps": fmt.Sprint(steps)}
 	return steps, checkpoint.Export(out, cfg.Model, parts, meta)
+}
+
+// fetchModel downloads every stage's current parameters from the holders
+// holders gives (state transfer) and returns them with each stage's step.
+func (r *roles) fetchModel(ctx context.Context, holders func(context.Context, int) []peer.ID) ([]checkpoint.Part, []int, error) {
+	cfg := r.cfg
+	steps := make([]int, len(cfg.Stages))
+	parts := make([]checkpoint.Part, len(cfg.Stages))
+	for k := range cfg.Stages {
+		p, err := model.Split(cfg.Model, cfg.Stages, k)
+		if err != nil {
+			return nil, nil, err
+		}
+		lay := model.NewLayout(cfg.Model, p)
+		from := holders(ctx, k)
+		if len(from) == 0 {
+			return nil, nil, fmt.Errorf("stage %d has no holder in the swarm", k)
+		}
+		fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		state, err := averaging.FetchState(fctx, r.n.Host(), cfg.Run, stageKey(k), from, averaging.FetchOptions{MaxFloats: 3 * lay.Size})
+		cancel()
+		if err != nil {
+			return nil, nil, fmt.Errorf("stage %d: %w", k, err)
+		}
+		if len(state.Params) != lay.Size {
+			return nil, nil, fmt.Errorf("stage %d: %d parameters from its holders, want %d", k, len(state.Params), lay.Size)
+		}
+		steps[k] = int(state.Step)
+		parts[k] = checkpoint.Part{Views: lay.Views, Params: state.Params}
+		r.log.Debug("stage state downloaded", "stage", k, "step", state.Step, "holders", len(state.From))
+	}
+	return parts, steps, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -231,8 +232,8 @@ checkpoint: {dir: `+filepath.Join(dir, "ck")+`}
 	}
 }
 
-// TestExportLiveSwarm: `swarmnode export --bootstrap` downloads every stage's
-// state from a running swarm's holders and writes the model.
+// TestExportLiveSwarm: `swarmnode export --bootstrap` downloads every
+// stage's state from a running swarm's holders and writes the model.
 func TestExportLiveSwarm(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts 3 processes")
@@ -249,8 +250,12 @@ func TestExportLiveSwarm(t *testing.T) {
 	cmd := exec.Command(bin, "export", "--config", cfg, "--bootstrap", a.addrs[0], "--out", out)
 	cmd.Dir = repoRoot(t)
 	msg, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(msg), "at steps [20 20]") {
-		t.Fatalf("export --bootstrap: %v\n%s", err, msg)
+	var s0, s1 int
+	_, after, _ := strings.Cut(string(msg), "exported the live swarm's stages ")
+	if _, serr := fmt.Sscanf(after, "at steps [%d %d]", &s0, &s1); err != nil || serr != nil || s0 < 10 || s1 < 10 {
+		// A holder may serve a snapshot of up to 5 s before: at least the
+		// first eval's state.
+		t.Fatalf("export --bootstrap: %v, steps %d %d\n%s", err, s0, s1, msg)
 	}
 	if _, err := os.Stat(filepath.Join(out, "model.safetensors")); err != nil {
 		t.Fatal(err)

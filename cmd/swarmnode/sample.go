@@ -6,7 +6,6 @@ import (
 	"io"
 
 	"swarmnode/sample"
-	"swarmnode/tokenizer"
 )
 
 // sampleCommand runs `swarmnode sample`: text generated from an exported
@@ -47,7 +46,7 @@ func sampleCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "swarmnode sample: %v\n", err)
 		return exitRuntime
 	}
-	encode, decode, err := tokenizerFor(m.Vocab)
+	encode, decode, err := sample.TokenizerFor(m.Vocab)
 	if err != nil {
 		fmt.Fprintf(stderr, "swarmnode sample: %v\n", err)
 		return exitRuntime
@@ -59,38 +58,4 @@ func sampleCommand(args []string, stdout, stderr io.Writer) int {
 		return exitRuntime
 	}
 	return exitOK
-}
-
-// tokenizerFor picks the tokenizer of a model's vocabulary: bytes for 256,
-// GPT-2's BPE for 50257.
-func tokenizerFor(vocab int) (func(string) []int32, func([]int32) []byte, error) {
-	switch vocab {
-	case 256:
-		enc := func(s string) []int32 {
-			ids := make([]int32, len(s))
-			for i := range len(s) {
-				ids[i] = int32(s[i])
-			}
-			return ids
-		}
-		dec := func(ids []int32) []byte {
-			b := make([]byte, len(ids))
-			for i, id := range ids {
-				b[i] = byte(id)
-			}
-			return b
-		}
-		return enc, dec, nil
-	case tokenizer.GPT2Vocab:
-		tok, err := tokenizer.GPT2()
-		if err != nil {
-			return nil, nil, err
-		}
-		dec := func(ids []int32) []byte {
-			b, _ := tok.Decode(ids) // the model's ids are all in the vocabulary
-			return b
-		}
-		return tok.Encode, dec, nil
-	}
-	return nil, nil, fmt.Errorf("a vocabulary of %d: no tokenizer here (bytes: 256, GPT-2's BPE: %d)", vocab, tokenizer.GPT2Vocab)
 }
