@@ -181,6 +181,7 @@ func RunLocal(ctx context.Context, cfg config.Config, opts LocalOptions, log *sl
 			}
 			pipeline.EvalReport{Step: step, Loss: windowLoss / float64(windowSteps), ValLoss: sum.ValLoss,
 				TokensPerSec: sum.TokensPerSec}.Log(log)
+			logSample(cfg, chain, step, log)
 			windowStart, windowTokens, windowLoss, windowSteps = time.Now(), 0, 0, 0
 		}
 	}

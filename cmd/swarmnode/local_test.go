@@ -79,6 +79,9 @@ checkpoint: {dir: `+filepath.Join(dir, "ck")+`}
 	if n := strings.Count(string(out), "msg=eval"); n != 2 {
 		t.Errorf("want 2 eval log lines for 40 steps every 20, got %d:\n%s", n, out)
 	}
+	if n := strings.Count(string(out), "msg=sample step="); n != 2 {
+		t.Errorf("want a sample at each of the 2 evaluations, got %d:\n%s", n, out)
+	}
 	raw, err := os.ReadFile(summary)
 	if err != nil {
 		t.Fatal(err)
