@@ -38,10 +38,10 @@ type Corpus struct {
 }
 
 // Load reads the corpus at path: token shards when path is a .bin file or a
-// glob (IsShards; every token must be below vocab), else a text file read as
+// glob (isShards; every token must be below vocab), else a text file read as
 // bytes whose last valFraction is held out for validation.
 func Load(path string, valFraction float64, vocab int) (*Corpus, error) {
-	if IsShards(path) {
+	if isShards(path) {
 		return loadShards(path, vocab)
 	}
 	if vocab < Vocab {

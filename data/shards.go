@@ -31,9 +31,9 @@ type shard struct {
 	tok  []uint16 // its tokens
 }
 
-// IsShards reports whether data.path names token shards (a .bin file or a
+// isShards reports whether data.path names token shards (a .bin file or a
 // glob) rather than a text file read as bytes.
-func IsShards(path string) bool {
+func isShards(path string) bool {
 	return strings.HasSuffix(path, ".bin") || strings.ContainsAny(path, "*?[")
 }
 

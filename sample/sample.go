@@ -274,6 +274,9 @@ func (m *Model) Generate(prompt []int32, o Options) ([]int32, error) {
 
 // pick draws a token from logits as o says.
 func pick(logits []float32, o Options, rng *rand.Rand) int32 {
+	if o.Temperature == 0 { // greedy: the first most likely token, no sort per token
+		return int32(slices.Index(logits, slices.Max(logits)))
+	}
 	order := make([]int, len(logits))
 	for i := range order {
 		order[i] = i
@@ -287,9 +290,6 @@ func pick(logits []float32, o Options, rng *rand.Rand) int32 {
 		}
 		return 0
 	})
-	if o.Temperature == 0 {
-		return int32(order[0])
-	}
 	if o.TopK > 0 && o.TopK < len(order) {
 		order = order[:o.TopK]
 	}

@@ -37,10 +37,12 @@ func newCheckpointer(cfg config.Config, log *slog.Logger) *checkpointer {
 	return &checkpointer{cfg: cfg, fp: checkpoint.Fingerprint(cfg.Model, cfg.Stages), last: time.Now(), log: log}
 }
 
-// due reports whether step is one to checkpoint at.
+// due reports whether step is one to checkpoint at: checkpoint.every steps
+// after the last one written (a stage server sees its version only now and
+// then), or checkpoint.interval after it.
 func (c *checkpointer) due(step int) bool {
 	ck := c.cfg.Checkpoint
-	return (ck.Every > 0 && step%ck.Every == 0) || (ck.Interval > 0 && time.Since(c.last) >= ck.Interval)
+	return (ck.Every > 0 && step >= c.saved+ck.Every) || (ck.Interval > 0 && time.Since(c.last) >= ck.Interval)
 }
 
 // save writes a checkpoint of each stage, with the trainer's data position
@@ -87,23 +89,20 @@ func (c *checkpointer) resume(ss []*stages.Stage) (checkpoint.Meta, error) {
 // restores the stages only when all of them load.
 func (c *checkpointer) restoreStep(ss []*stages.Stage, name string) (checkpoint.Meta, error) {
 	var metas []checkpoint.Meta
-	var states []func() error
+	var states []model.State
 	for _, s := range ss {
 		want := checkpoint.Want{Fingerprint: c.fp, Stage: s.Index(), Views: s.Views()}
 		st, meta, err := checkpoint.Load(filepath.Join(c.cfg.StageDir(s.Index()), name), want)
 		if err != nil {
 			return checkpoint.Meta{}, err
 		}
-		metas = append(metas, meta)
-		states = append(states, func() error { return s.Restore(st) })
-	}
-	for _, m := range metas[1:] {
-		if m.Step != metas[0].Step || m.DataPosition != metas[0].DataPosition {
-			return checkpoint.Meta{}, fmt.Errorf("stages' checkpoints %s disagree: step %d at data position %d against %d at %d", name, m.Step, m.DataPosition, metas[0].Step, metas[0].DataPosition)
+		if m := metas; len(m) > 0 && (meta.Step != m[0].Step || meta.DataPosition != m[0].DataPosition) {
+			return checkpoint.Meta{}, fmt.Errorf("stages' checkpoints %s disagree: step %d at data position %d against %d at %d", name, meta.Step, meta.DataPosition, m[0].Step, m[0].DataPosition)
 		}
+		metas, states = append(metas, meta), append(states, st)
 	}
-	for _, restore := range states {
-		if err := restore(); err != nil {
+	for i, s := range ss {
+		if err := s.Restore(states[i]); err != nil {
 			return checkpoint.Meta{}, err
 		}
 	}
@@ -180,7 +179,7 @@ func (r *roles) checkpointLoop(ctx context.Context, svc *stageService) {
 			save()
 			return
 		case <-tick.C:
-			if v := int(svc.st.Version()); ck.due(v) || (ck.cfg.Checkpoint.Every > 0 && v >= ck.saved+ck.cfg.Checkpoint.Every) {
+			if ck.due(int(svc.st.Version())) {
 				save()
 			}
 		}

@@ -31,13 +31,13 @@ func samplable(cfg config.Config) bool {
 	if _, _, err := sample.TokenizerFor(cfg.Model.Vocab); err != nil {
 		return false
 	}
+	lays, err := stageLayouts(cfg)
+	if err != nil {
+		return false
+	}
 	n := 0
-	for k := range cfg.Stages {
-		p, err := model.Split(cfg.Model, cfg.Stages, k)
-		if err != nil {
-			return false
-		}
-		n += model.NewLayout(cfg.Model, p).Size
+	for _, lay := range lays {
+		n += lay.Size
 	}
 	return n <= sampleMaxParams
 }

@@ -17,7 +17,6 @@ import (
 	"swarmnode/config"
 	"swarmnode/dht"
 	"swarmnode/model"
-	"swarmnode/stages"
 )
 
 // Export writes the model of cfg to out in Hugging Face's GPT-2 format
@@ -26,26 +25,34 @@ import (
 // subdirectories: `swarmnode local`'s, or the holders' of a swarm). It
 // returns the step exported.
 func Export(cfg config.Config, dirs []string, out string, log *slog.Logger) (int, error) {
-	chain, err := stages.NewChain(cfg.Model, cfg.Stages, cfg.Train.Seed)
+	lays, err := stageLayouts(cfg)
 	if err != nil {
 		return 0, err
 	}
-	defer chain.Close()
-	ss := chain.Stages()
 	fp := checkpoint.Fingerprint(cfg.Model, cfg.Stages)
-	for _, step := range candidateSteps(dirs, len(ss)) {
-		if err := loadStep(ss, dirs, step, fp, log); err != nil {
+	for _, step := range candidateSteps(dirs, len(lays)) {
+		parts, err := loadStep(lays, dirs, step, fp, log)
+		if err != nil {
 			log.Warn("step not exported", "step", step, "err", err.Error())
 			continue
-		}
-		parts := make([]checkpoint.Part, len(ss))
-		for k, s := range ss {
-			parts[k] = checkpoint.Part{Views: s.Views(), Params: s.Params()}
 		}
 		meta := map[string]string{"format": "pt", "run": cfg.Run, "step": strconv.Itoa(step), "fingerprint": fp}
 		return step, checkpoint.Export(out, cfg.Model, parts, meta)
 	}
-	return 0, fmt.Errorf("export: no step with a valid checkpoint of all %d stages in %v", len(ss), dirs)
+	return 0, fmt.Errorf("export: no step with a valid checkpoint of all %d stages in %v", len(lays), dirs)
+}
+
+// stageLayouts lays out every stage of cfg's split.
+func stageLayouts(cfg config.Config) ([]*model.Layout, error) {
+	lays := make([]*model.Layout, len(cfg.Stages))
+	for k := range cfg.Stages {
+		p, err := model.Split(cfg.Model, cfg.Stages, k)
+		if err != nil {
+			return nil, err
+		}
+		lays[k] = model.NewLayout(cfg.Model, p)
+	}
+	return lays, nil
 }
 
 // candidateSteps returns the steps that every stage has a checkpoint
@@ -77,35 +84,32 @@ func candidateSteps(dirs []string, stages int) []int {
 	return steps
 }
 
-// loadStep restores every stage of ss from a valid checkpoint of step found
-// in one of dirs.
-func loadStep(ss []*stages.Stage, dirs []string, step int, fp string, log *slog.Logger) error {
-	for _, s := range ss {
-		want := checkpoint.Want{Fingerprint: fp, Stage: s.Index(), Views: s.Views()}
+// loadStep reads every stage's parameters, laid out by lays, from a valid
+// checkpoint of step found in one of dirs.
+func loadStep(lays []*model.Layout, dirs []string, step int, fp string, log *slog.Logger) ([]checkpoint.Part, error) {
+	parts := make([]checkpoint.Part, len(lays))
+	for k, lay := range lays {
+		want := checkpoint.Want{Fingerprint: fp, Stage: k, Views: lay.Views}
 		var lastErr error
-		loaded := false
 		for _, d := range dirs {
-			p := filepath.Join(d, fmt.Sprintf("stage%d", s.Index()), fmt.Sprintf("step-%08d", step))
+			p := filepath.Join(d, fmt.Sprintf("stage%d", k), fmt.Sprintf("step-%08d", step))
 			if _, err := os.Stat(p); err != nil {
 				continue
 			}
 			st, _, err := checkpoint.Load(p, want)
-			if err == nil {
-				err = s.Restore(st)
-			}
 			if err != nil {
 				lastErr = err
 				log.Warn("checkpoint refused", "checkpoint", p, "err", err.Error())
 				continue
 			}
-			loaded = true
+			parts[k] = checkpoint.Part{Views: lay.Views, Params: st.Params}
 			break
 		}
-		if !loaded {
-			return fmt.Errorf("stage %d: %v", s.Index(), lastErr)
+		if parts[k].Params == nil {
+			return nil, fmt.Errorf("stage %d: %v", k, lastErr)
 		}
 	}
-	return nil
+	return parts, nil
 }
 
 // ExportLive joins the swarm of cfg through bootstrap as a trainer-role peer
@@ -140,14 +144,13 @@ func ExportLive(ctx context.Context, cfg config.Config, bootstrap []string, out 
 // holders gives (state transfer) and returns them with each stage's step.
 func (r *roles) fetchModel(ctx context.Context, holders func(context.Context, int) []peer.ID) ([]checkpoint.Part, []int, error) {
 	cfg := r.cfg
-	steps := make([]int, len(cfg.Stages))
-	parts := make([]checkpoint.Part, len(cfg.Stages))
-	for k := range cfg.Stages {
-		p, err := model.Split(cfg.Model, cfg.Stages, k)
-		if err != nil {
-			return nil, nil, err
-		}
-		lay := model.NewLayout(cfg.Model, p)
+	lays, err := stageLayouts(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	steps := make([]int, len(lays))
+	parts := make([]checkpoint.Part, len(lays))
+	for k, lay := range lays {
 		from := holders(ctx, k)
 		if len(from) == 0 {
 			return nil, nil, fmt.Errorf("stage %d has no holder in the swarm", k)

@@ -581,7 +581,7 @@ func (r *roles) train(ctx context.Context) (pipeline.Summary, error) {
 	ck := newCheckpointer(cfg, r.log)
 	if !r.fresh {
 		if ts := loadTrainerState(cfg, opts.Stream, r.log); ts != nil {
-			opts.StartStep, opts.DataPosition = ts.Step, ts.DataPosition
+			opts.StartStep, opts.DataPosition, ck.saved = ts.Step, ts.DataPosition, ts.Step
 			r.log.Info("resumed the run's steps", "step", ts.Step, "loss", ts.Loss, "data_position", ts.DataPosition)
 		}
 	}
