@@ -166,12 +166,14 @@ func (c *caller) send(ctx context.Context, req *request, soft <-chan struct{}) (
 			continue
 		}
 		if errors.As(err, &re) && re.Code == wire.CodeShared {
+			// It cannot read this host's shared memory: the stream, at once.
+			// Frames sent beside the first before its refusal came back are
+			// refused too; none of them is a failure.
 			if _, refused := c.noShm.LoadOrStore(h.ID, true); !refused {
-				// It cannot read this host's shared memory: the stream, at once.
 				c.log.Info("a holder on this host cannot read shared memory; sending on the stream", "holder", shortID(h.ID))
-				attempt--
-				continue
 			}
+			attempt--
+			continue
 		}
 		c.failures.Add(1)
 		if c.onRetry != nil {
