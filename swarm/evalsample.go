@@ -1,9 +1,16 @@
 package swarm
 
 import (
+	"context"
 	"log/slog"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"swarmnode/averaging"
 	"swarmnode/checkpoint"
 	"swarmnode/config"
 	"swarmnode/model"
@@ -88,4 +95,70 @@ func generateFrom(cfg model.Config, parts []checkpoint.Part) (string, error) {
 		return "", err
 	}
 	return strings.ToValidUTF8(string(decode(out)), "?"), nil
+}
+
+// A swarm trainer holds no weights: at an evaluation it downloads every
+// stage's current parameters from their holders (state transfer, as export
+// does) and samples from them on the CPU. The download and the generation run
+// beside training, never on the trainer's goroutine, and at most one at a
+// time: an evaluation that comes while the previous sample is still being
+// made is skipped. A stopped or hung holder costs the sample, not the step.
+
+// sampleFetchTimeout bounds each request of a sample's state download.
+const sampleFetchTimeout = 20 * time.Second
+
+// evalSampler makes the samples of a swarm trainer's evaluations.
+type evalSampler struct {
+	r       *roles
+	ctx     context.Context
+	cancel  context.CancelFunc
+	busy    atomic.Bool
+	wg      sync.WaitGroup
+	enabled bool
+}
+
+// newEvalSampler returns the sampler of r's trainer; its samples stop with
+// ctx or stop.
+func newEvalSampler(ctx context.Context, r *roles) *evalSampler {
+	ctx, cancel := context.WithCancel(ctx)
+	return &evalSampler{r: r, ctx: ctx, cancel: cancel, enabled: samplable(r.cfg)}
+}
+
+// evaluated starts a sample of the model at step unless one is being made.
+func (s *evalSampler) evaluated(step int) {
+	if !s.enabled || !s.busy.CompareAndSwap(false, true) {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer s.busy.Store(false)
+		text, err := s.sample(s.ctx, step)
+		if err != nil {
+			if s.ctx.Err() == nil {
+				s.r.log.Info("no sample at this evaluation", "step", step, "err", err.Error())
+			}
+			return
+		}
+		s.r.n.status.SetSample(Sample{Step: int64(step), Text: text})
+		s.r.log.Info("sample", "step", step, "text", text)
+	}()
+}
+
+// sample downloads the model of step (holders may be a commit ahead or
+// behind the trainer) and continues a newline with it.
+func (s *evalSampler) sample(ctx context.Context, step int) (string, error) {
+	holders := func(_ context.Context, k int) []peer.ID { return s.r.n.otherHolders(k) }
+	parts, _, err := s.r.fetchModel(ctx, holders, averaging.FetchOptions{Timeout: sampleFetchTimeout, MinStep: int64(max(step-2, 0))})
+	if err != nil {
+		return "", err
+	}
+	return generateFrom(s.r.cfg.Model, parts)
+}
+
+// stop abandons the sample being made, if any, and returns once it is gone:
+// a trainer whose training ended does not wait for a hung holder.
+func (s *evalSampler) stop() {
+	s.cancel()
+	s.wg.Wait()
 }

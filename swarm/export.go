@@ -132,7 +132,7 @@ func ExportLive(ctx context.Context, cfg config.Config, bootstrap []string, out 
 	}
 	defer n.Close()
 	r := newRoles(n, cfg, RunOptions{Logger: log})
-	parts, steps, err := r.fetchModel(ctx, r.knownHolders)
+	parts, steps, err := r.fetchModel(ctx, r.knownHolders, averaging.FetchOptions{Timeout: 2 * time.Minute})
 	if err != nil {
 		return nil, err
 	}
@@ -141,8 +141,9 @@ func ExportLive(ctx context.Context, cfg config.Config, bootstrap []string, out 
 }
 
 // fetchModel downloads every stage's current parameters from the holders
-// holders gives (state transfer) and returns them with each stage's step.
-func (r *roles) fetchModel(ctx context.Context, holders func(context.Context, int) []peer.ID) ([]checkpoint.Part, []int, error) {
+// holders gives (state transfer), each stage within o.Timeout, and returns
+// them with each stage's step.
+func (r *roles) fetchModel(ctx context.Context, holders func(context.Context, int) []peer.ID, o averaging.FetchOptions) ([]checkpoint.Part, []int, error) {
 	cfg := r.cfg
 	lays, err := stageLayouts(cfg)
 	if err != nil {
@@ -155,8 +156,9 @@ func (r *roles) fetchModel(ctx context.Context, holders func(context.Context, in
 		if len(from) == 0 {
 			return nil, nil, fmt.Errorf("stage %d has no holder in the swarm", k)
 		}
-		fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-		state, err := averaging.FetchState(fctx, r.n.Host(), cfg.Run, stageKey(k), from, averaging.FetchOptions{MaxFloats: 3 * lay.Size})
+		fctx, cancel := context.WithTimeout(ctx, o.Timeout)
+		o.MaxFloats = 3 * lay.Size
+		state, err := averaging.FetchState(fctx, r.n.Host(), cfg.Run, stageKey(k), from, o)
 		cancel()
 		if err != nil {
 			return nil, nil, fmt.Errorf("stage %d: %w", k, err)

@@ -78,6 +78,7 @@ func TestNodesStatusAPI(t *testing.T) {
 	st.setAveragingStats(averaging.Stats{Rounds: 1, LastGroupSize: 3, LastRoundMS: 120})
 	st.IncError("dial")
 	st.SetTraining(43, nanLoss(), 1)
+	st.SetSample(Sample{Step: 42, Text: "First Citizen:\n<b>"})
 
 	checkStatusReport(t, a, b)
 	checkStatusFieldNames(t, a)
@@ -108,6 +109,9 @@ func checkStatusReport(t *testing.T, a, b *Node) {
 	}
 	if r.Step != 42 || r.Loss != 2.5 || r.TokensPerSec != 1234 || len(r.History) != 2 || r.History[1].ValLoss != 2.7 {
 		t.Fatalf("training fields %+v", r)
+	}
+	if r.Sample == nil || r.Sample.Step != 42 || r.Sample.Text != "First Citizen:\n<b>" {
+		t.Fatalf("sample %+v", r.Sample)
 	}
 	if r.Microbatches.Completed != 1 || r.Microbatches.Retried != 1 || r.Averaging.Rounds != 1 ||
 		r.Averaging.LastGroupSize != 3 || r.Averaging.LastRoundMS != 120 || r.Errors["dial"] != 1 || r.Errors["non_finite"] != 1 {
@@ -148,7 +152,9 @@ func checkStatusPage(t *testing.T, a, b *Node) {
 	t.Helper()
 	body := string(get(t, b.StatusURL()))
 	for _, want := range []string{b.ID().String(), a.ID().String(), `id="holders"`, "<polyline", `http-equiv="refresh"`,
-		"stage 1: no holder — the pipeline is stalled until a peer serves it"} {
+		"stage 1: no holder — the pipeline is stalled until a peer serves it",
+		`<pre id="sample">First Citizen:
+&lt;b&gt;</pre>`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("page lacks %q", want)
 		}

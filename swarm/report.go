@@ -46,6 +46,9 @@ type Report struct {
 	TokensPerSec float64 `json:"tokens_per_sec"`
 	// History is the loss curve.
 	History []HistoryPoint `json:"history"`
+	// Sample is the latest sample of the model (trainers of a samplable
+	// model only; absent until the first evaluation's sample is made).
+	Sample *Sample `json:"sample,omitempty"`
 	// Microbatches, Averaging and Errors are the counters of Status.
 	Microbatches MicrobatchCounts `json:"microbatches"`
 	// Stepped counts, per stage, the sequences the stage's holders stepped on
@@ -74,7 +77,7 @@ func (n *Node) Report() Report {
 		Holders:        make(map[int][]HolderReport, n.opts.NumStages),
 		ConnectedPeers: len(n.host.Network().Peers()),
 		Step:           c.Training.Step, Loss: c.Training.Loss, TokensPerSec: c.Training.TokensPerSec,
-		History: c.History, Microbatches: c.Microbatches, Stepped: c.Stepped, InFlight: c.InFlight, Averaging: c.Averaging, Errors: c.Errors,
+		History: c.History, Sample: c.Sample, Microbatches: c.Microbatches, Stepped: c.Stepped, InFlight: c.InFlight, Averaging: c.Averaging, Errors: c.Errors,
 		Wire: n.traffic.Sent(),
 		Time: time.Now().UTC(),
 	}

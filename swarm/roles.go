@@ -599,8 +599,11 @@ func (r *roles) train(ctx context.Context) (pipeline.Summary, error) {
 			saveState(s.Step, s.Loss)
 		}
 	}
+	sampler := newEvalSampler(ctx, r)
+	defer sampler.stop()
 	opts.OnEval = func(e pipeline.EvalReport) {
 		status.AddHistory(HistoryPoint{Step: int64(e.Step), Loss: e.Loss, ValLoss: e.ValLoss})
+		sampler.evaluated(e.Step)
 	}
 	tr, err := pipeline.NewTrainer(r.n.Host(), dhtRouter{r.n.DHT()}, corpus, opts)
 	if err != nil {

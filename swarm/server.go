@@ -163,6 +163,7 @@ var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}
 code{font-size:90%}.self{font-weight:bold}
+pre#sample{white-space:pre-wrap;background:#f6f6f6;padding:.5em;max-width:60em}
 </style></head><body>
 <h1>swarmnode · run <span id="run">{{.Run}}</span></h1>
 <table id="node">
@@ -176,7 +177,9 @@ code{font-size:90%}.self{font-weight:bold}
 <h2>Training</h2>
 <p>step <span id="step">{{.Step}}</span> · loss <span id="loss">{{f4 .Loss}}</span> · <span id="tps">{{f1 .TokensPerSec}}</span> tokens/s</p>
 {{.LossSVG}}
-<h2>Stage holders</h2>
+{{with .Sample}}<p>sample at step <span id="sample-step">{{.Step}}</span>:</p>
+<pre id="sample">{{.Text}}</pre>
+{{end}}<h2>Stage holders</h2>
 {{range .Stages}}{{if not .Holders}}<p class="stalled" data-stage="{{.Stage}}"><b>stage {{.Stage}}: no holder — the pipeline is stalled until a peer serves it</b></p>
 {{end}}{{end}}<table id="holders">
 <tr><th>stage</th><th>peer</th><th>role</th><th>throughput (tok/s)</th><th>queue</th><th>last seen</th></tr>

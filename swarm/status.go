@@ -84,6 +84,27 @@ type Status struct {
 	inFlight        int     // microbatches the trainer keeps in flight
 	avg             AveragingStats
 	errors          map[string]uint64
+	sample          *Sample
+}
+
+// Sample is a short text generated from the model at an evaluation.
+type Sample struct {
+	// Step is the evaluation's step.
+	Step int64 `json:"step"`
+	// Text is a greedy continuation of a newline (or of <|endoftext|>).
+	Text string `json:"text"`
+	// Time is when it was made.
+	Time time.Time `json:"time"`
+}
+
+// SetSample shows s as the latest sample (Time defaults to now).
+func (s *Status) SetSample(smp Sample) {
+	if smp.Time.IsZero() {
+		smp.Time = time.Now()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sample = &smp
 }
 
 func newStatus() *Status { return &Status{errors: make(map[string]uint64)} }
@@ -145,6 +166,7 @@ type Counters struct {
 	InFlight     int
 	Averaging    AveragingStats
 	Errors       map[string]uint64
+	Sample       *Sample
 }
 
 // Snapshot returns a copy of the counters.
@@ -159,5 +181,6 @@ func (s *Status) Snapshot() Counters {
 		InFlight:     s.inFlight,
 		Averaging:    s.avg,
 		Errors:       maps.Clone(s.errors),
+		Sample:       s.sample,
 	}
 }

@@ -195,6 +195,10 @@ type apiStatus struct {
 	History []struct {
 		ValLoss float64 `json:"val_loss"`
 	} `json:"history"`
+	Sample *struct {
+		Step int    `json:"step"`
+		Text string `json:"text"`
+	} `json:"sample"`
 }
 
 // TestRunThreeProcessesSeeEachOther is the issue's end-to-end check: three
@@ -324,13 +328,32 @@ func TestSwarmSurvivesKilledAndStoppedHolders(t *testing.T) {
 	// The frozen holder's calls time out after pipeline.hop_timeout (3 s); the
 	// issue allows 5 s without progress.
 	if f.maxPause > 5*time.Second {
-		t.Errorf("completed microbatches paused for %s", f.maxPause)
+		t.Errorf("completed microbatches paused for %s\n%s", f.maxPause, trainer.stderr)
 	}
 	if len(f.history) < 4 || f.history[len(f.history)-1] >= f.history[0] {
 		t.Errorf("val loss did not keep falling: %v", f.history)
 	}
 	if !strings.Contains(trainer.stderr.String(), "training finished") {
 		t.Errorf("trainer log lacks its final line:\n%s", trainer.stderr)
+	}
+	checkSamples(t, f.samples, trainer)
+}
+
+// checkSamples checks that the trainer's status page showed samples of the
+// model at evaluations (downloaded from the holders while a holder was dead
+// and another frozen) and that they are text of the corpus's alphabet.
+func checkSamples(t *testing.T, samples map[int]string, trainer *runProc) {
+	t.Helper()
+	for step, text := range samples {
+		t.Logf("sample on the status page at step %d: %q", step, text)
+	}
+	if len(samples) < 2 {
+		t.Fatalf("the status page showed samples at %d evaluations, want ≥ 2\n%s", len(samples), trainer.stderr)
+	}
+	for step, text := range samples {
+		if step%40 != 0 || len([]rune(text)) < 40 {
+			t.Errorf("sample at step %d: %q", step, text)
+		}
 	}
 }
 
@@ -348,6 +371,9 @@ type faults struct {
 	maxPause      time.Duration
 	// history is the trainer's latest val-loss curve.
 	history []float64
+	// samples are the texts of the samples on the trainer's status page, by
+	// the step of their evaluation.
+	samples map[int]string
 }
 
 // watch polls the trainer's status until it exits (3 minutes at most).
@@ -378,6 +404,12 @@ func (f *faults) observe(t *testing.T, s apiStatus, now time.Time) {
 		f.lastCompleted, f.lastProgress = s.Microbatches.Completed, now
 	} else if f.killed && now.Sub(f.lastProgress) > f.maxPause {
 		f.maxPause = now.Sub(f.lastProgress)
+	}
+	if s.Sample != nil {
+		if f.samples == nil {
+			f.samples = map[int]string{}
+		}
+		f.samples[s.Sample.Step] = s.Sample.Text
 	}
 	f.history = f.history[:0]
 	for _, h := range s.History {
