@@ -35,11 +35,26 @@ type reduceRound struct {
 	index    int
 	n        int
 	slots    []*slot // by sender index; nil at our own index
+	// attested are the members' weights as whoever asked them to average
+	// gave every one of them (by member index), nil when each member's
+	// claim is taken, bounded (BoundWeights).
+	attested []float64
+}
+
+// weightOf is member i's weight given its claim: at most what was attested.
+// A member may claim less (it presents the mean of what it holds), never
+// more.
+func (rr *reduceRound) weightOf(i int, claim float64) float64 {
+	if rr.attested != nil {
+		return min(rr.attested[i], claim)
+	}
+	return claim
 }
 
 // slot is one sender's part of our shard.
 type slot struct {
 	weight   float64
+	from     peer.ID        // the sender, once attached
 	attached bool           // a stream claimed the slot (a.mu)
 	chunks   chan []float32 // decoded chunks in order; closed by the stream's reader when it stops
 	results  chan *payload  // encoded result chunks; closed by the reducer when it is done
@@ -91,16 +106,22 @@ func (rr *reduceRound) shardChunks(j, cf int) iter.Seq[chunk] {
 //     reduces our own (reduceShard); each result goes to the source as it comes;
 //  4. settle counts what was averaged; a round that averaged nothing carries our
 //     weight over to the next.
-func (a *Averager) allReduce(ctx context.Context, r uint64, rk [32]byte, members []peer.ID, n int) (Result, error) {
+func (a *Averager) allReduce(ctx context.Context, r uint64, rk [32]byte, members []peer.ID, n int, attested map[peer.ID]float64) (Result, error) {
 	res := Result{Round: r, Members: members, Index: slices.Index(members, a.h.ID())}
 	rr := a.openRound(ctx, r, rk, members, res.Index, n)
+	if attested != nil {
+		rr.attested = make([]float64, len(members))
+		for i, m := range members {
+			rr.attested[i] = attested[m]
+		}
+	}
 	defer a.closeRound(rr)
 	if a.o.OnGroup != nil {
 		a.o.OnGroup(r, members)
 	}
 	t0 := time.Now()
 	weight := a.contribution()
-	progress, dropped := a.exchange(ctx, rr, weight)
+	progress, dropped := a.exchange(ctx, rr, rr.weightOf(res.Index, weight))
 	res.Phases.Exchange = time.Since(t0)
 	applied, short := rr.applied(progress, a.o.ChunkFloats)
 	a.settle(weight, applied)
@@ -165,8 +186,8 @@ func (a *Averager) exchange(ctx context.Context, rr *reduceRound, weight float64
 	progress = make([]atomic.Int64, len(rr.members))
 	var wg sync.WaitGroup
 	for j := range rr.members {
-		if j == rr.index {
-			continue
+		if j == rr.index || a.isEvicted(rr.members[j]) {
+			continue // an evicted reducer's shard stays at our values
 		}
 		wg.Go(func() {
 			if err := a.sendShard(ctx, rr, j, weight, &progress[j]); err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -77,7 +78,7 @@ type Options struct {
 	// ChunkFloats is the number of values per chunk; memory in flight is a few
 	// chunks per member, whatever the vector size. Default DefaultChunkFloats.
 	ChunkFloats int
-	// Reducer combines the parts of a chunk. Default Mean.
+	// Reducer combines the parts of a chunk. Default CenteredClip.
 	Reducer Reducer
 	// Registerer receives the Prometheus collectors; nil registers none.
 	Registerer prometheus.Registerer
@@ -102,9 +103,17 @@ func OptionsFromConfig(run, key string, c config.Averaging) (Options, error) {
 	if err != nil {
 		return Options{}, fmt.Errorf("averaging: %w", err)
 	}
+	red := CenteredClip
+	switch c.Reducer {
+	case "mean":
+		red = Mean
+	case "", "centered_clip":
+	default:
+		return Options{}, fmt.Errorf("averaging: unknown reducer %q", c.Reducer)
+	}
 	return Options{
 		Run: run, Key: key, Period: c.Period, GroupSize: c.GroupSize,
-		Matchmaking: c.Matchmaking, Deadline: c.Deadline, StallTimeout: c.StallTimeout, Codec: k,
+		Matchmaking: c.Matchmaking, Deadline: c.Deadline, StallTimeout: c.StallTimeout, Codec: k, Reducer: red,
 	}, nil
 }
 
@@ -132,7 +141,7 @@ func (o *Options) fill() error {
 		o.ChunkFloats = DefaultChunkFloats
 	}
 	if o.Reducer == nil {
-		o.Reducer = Mean
+		o.Reducer = CenteredClip
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -190,6 +199,8 @@ type Stats struct {
 	LastRound uint64 `json:"last_round"`
 	// LastSkip says why the last skipped round was skipped.
 	LastSkip string `json:"last_skip,omitempty"`
+	// Evicted counts members this holder evicted (see Averager.Evicted).
+	Evicted int `json:"evicted"`
 }
 
 // Averager averages a Source with the other holders of its Key, round after round.
@@ -212,6 +223,7 @@ type Averager struct {
 	changed chan struct{} // closed and replaced whenever lobbies or rounds gain an entry
 	stats   Stats
 	pending float64 // weight of snapshots whose round applied nothing
+	evicted map[peer.ID]string
 
 	sem      semaphore // bounds concurrent join and reduce handlers
 	pool     sync.Pool // chunk buffers (*[]float32 of ChunkFloats)
@@ -254,6 +266,7 @@ func New(h host.Host, peers Peers, src Source, o Options) (*Averager, error) {
 		ctx:         ctx, cancel: cancel,
 		lobbies: map[uint64]*lobby{},
 		rounds:  map[string]*reduceRound{},
+		evicted: map[peer.ID]string{},
 		changed: make(chan struct{}),
 		sem:     make(semaphore, 8*o.GroupSize),
 	}
@@ -350,24 +363,40 @@ type Phases struct {
 // by Deadline whatever its peers do. Every holder must call it with the same r at
 // about the same time (Run does so from the clock); tests call it directly.
 func (a *Averager) Round(ctx context.Context, r uint64) (Result, error) {
-	return a.roundAmong(ctx, r, a.peers)
+	return a.roundAmong(ctx, r, a.peers, nil)
 }
 
 // RoundAmong runs round r now among holders (which may include the local peer)
 // instead of those Peers returns: the holders of a stage that step together
 // use the list that whoever asked them to step gave every one of them, so that
-// their views agree and the leader waits for no one else.
-func (a *Averager) RoundAmong(ctx context.Context, r uint64, holders []peer.ID) (Result, error) {
-	return a.roundAmong(ctx, r, PeerList(holders))
+// their views agree and the leader waits for no one else. weights, when not
+// nil, are the holders' weights as that caller attests them (weights[i] for
+// holders[i]: e.g. the microbatches a trainer counted at each), and replace
+// each member's own claim; all members must be given the same.
+func (a *Averager) RoundAmong(ctx context.Context, r uint64, holders []peer.ID, weights []float64) (Result, error) {
+	var attested map[peer.ID]float64
+	if weights != nil {
+		if len(weights) != len(holders) {
+			return Result{}, fmt.Errorf("%w: %d weights for %d holders", ErrSkipped, len(weights), len(holders))
+		}
+		attested = make(map[peer.ID]float64, len(holders))
+		for i, h := range holders {
+			if !(weights[i] >= 0) || math.IsInf(weights[i], 0) {
+				return Result{}, fmt.Errorf("%w: weight %v of %s", ErrSkipped, weights[i], h.ShortString())
+			}
+			attested[h] = weights[i]
+		}
+	}
+	return a.roundAmong(ctx, r, PeerList(holders), attested)
 }
 
-func (a *Averager) roundAmong(ctx context.Context, r uint64, peers Peers) (Result, error) {
+func (a *Averager) roundAmong(ctx context.Context, r uint64, peers Peers, attested map[peer.ID]float64) (Result, error) {
 	a.roundMu.Lock()
 	defer a.roundMu.Unlock()
 	start := time.Now()
 	ctx, cancel := context.WithDeadline(ctx, start.Add(a.o.Deadline))
 	defer cancel()
-	res, err := a.round(ctx, r, start, peers)
+	res, err := a.round(ctx, r, start, peers, attested)
 	res.Took = time.Since(start)
 	a.record(r, res, err)
 	return res, err
@@ -396,7 +425,7 @@ func (a *Averager) record(r uint64, res Result, err error) {
 	}
 }
 
-func (a *Averager) round(ctx context.Context, r uint64, start time.Time, peers Peers) (Result, error) {
+func (a *Averager) round(ctx context.Context, r uint64, start time.Time, peers Peers, attested map[peer.ID]float64) (Result, error) {
 	n := a.src.Len()
 	if n < 1 {
 		return Result{}, fmt.Errorf("%w: empty vector", ErrSkipped)
@@ -407,6 +436,7 @@ func (a *Averager) round(ctx context.Context, r uint64, start time.Time, peers P
 	if err != nil {
 		return Result{}, fmt.Errorf("%w: holders: %v", ErrSkipped, err)
 	}
+	holders = a.notEvicted(holders)
 	rk := a.rk(r)
 	view := assign(rk, holders, a.h.ID(), a.o.GroupSize)
 	if len(view) < 2 {
@@ -423,7 +453,7 @@ func (a *Averager) round(ctx context.Context, r uint64, start time.Time, peers P
 		return Result{}, fmt.Errorf("%w: %v", ErrSkipped, err)
 	}
 	matched := time.Now()
-	res, err := a.allReduce(ctx, r, rk, members, n)
+	res, err := a.allReduce(ctx, r, rk, members, n, attested)
 	res.Phases.Match = matched.Sub(start)
 	return res, err
 }

@@ -281,10 +281,10 @@ func waitNoGoroutines(tb testing.TB) {
 func (m *member) dieWhileReducing(n, g int) {
 	var reduced int
 	cf := m.avg.o.ChunkFloats
-	m.avg.o.Reducer = func(parts [][]float32, w []float64, out []float32) error {
+	m.avg.o.Reducer = func(parts [][]float32, w []float64, out []float32, outlier []bool) error {
 		if reduced++; reduced == (n/g/cf)/3 {
 			m.h.Close()
 		}
-		return Mean(parts, w, out)
+		return Mean(parts, w, out, outlier)
 	}
 }

@@ -111,15 +111,15 @@ func TestForgedSender(t *testing.T) {
 // shard are averaged.
 func TestReducerFails(t *testing.T) {
 	const n, cf = 8000, 500
-	w := []float64{1, 1, 2, 2}
+	w := []float64{1, 2, 2, 2}
 	ms, vecs := newRandGroup(t, 12, n, w, Options{ChunkFloats: cf, Deadline: 6 * time.Second, Matchmaking: time.Second})
 	const bad = 1
 	calls := 0
-	ms[bad].avg.o.Reducer = func(parts [][]float32, ws []float64, out []float32) error {
+	ms[bad].avg.o.Reducer = func(parts [][]float32, ws []float64, out []float32, outlier []bool) error {
 		if calls++; calls > 2 {
 			return errors.New("robust aggregator gave up")
 		}
-		return Mean(parts, ws, out)
+		return Mean(parts, ws, out, outlier)
 	}
 	res, errs := roundAll(ms, 4)
 	want := weightedMean(vecs, w)

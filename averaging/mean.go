@@ -10,19 +10,32 @@ import (
 var accPool sync.Pool
 
 // Reducer combines the parts of one chunk of a shard into out. parts[i] holds
-// member i's values (all of len(out)) and weights[i] its weight: the samples it
-// processed since its last round. Only members whose part arrived in time are
-// passed. A Reducer must not keep parts or out after it returns. An error leaves
-// the shard's remaining chunks at every member's local values.
-//
-// The mean is the only reducer today; a robust one (e.g. CenteredClip) can replace
-// it without touching the protocol.
-type Reducer func(parts [][]float32, weights []float64, out []float32) error
+// member i's values (all of len(out)) and weights[i] its weight (bounded, see
+// Averager). Only members whose part arrived in time are passed. A robust
+// Reducer sets outlier[i] (when outlier is not nil) for a part it found far
+// from the others; the Averager evicts a sender that is an outlier in most
+// chunks of a shard. A Reducer must not keep parts or out after it returns. An
+// error leaves the shard's remaining chunks at every member's local values.
+type Reducer func(parts [][]float32, weights []float64, out []float32, outlier []bool) error
 
-// Mean is the weighted mean. When every weight is zero (no member trained since
-// its last round) all parts count equally. It accumulates in float64, so the fp32
-// result is the weighted mean rounded once.
-func Mean(parts [][]float32, weights []float64, out []float32) error {
+// getAcc returns a zeroed float64 scratch vector of n values; putAcc recycles it.
+func getAcc(n int) []float64 {
+	ap, _ := accPool.Get().(*[]float64)
+	if ap == nil || cap(*ap) < n {
+		ap = new([]float64)
+		*ap = make([]float64, n)
+	}
+	acc := (*ap)[:n]
+	clear(acc)
+	return acc
+}
+
+func putAcc(acc []float64) { accPool.Put(&acc) }
+
+// Mean is the weighted mean; it finds no outliers. When every weight is zero
+// (no member trained since its last round) all parts count equally. It
+// accumulates in float64, so the fp32 result is the weighted mean rounded once.
+func Mean(parts [][]float32, weights []float64, out []float32, _ []bool) error {
 	if len(parts) == 0 || len(parts) != len(weights) {
 		return errors.New("mean: no parts or mismatched weights")
 	}
@@ -60,14 +73,8 @@ func Mean(parts [][]float32, weights []float64, out []float32) error {
 		}
 		return nil
 	}
-	ap, _ := accPool.Get().(*[]float64)
-	if ap == nil || cap(*ap) < n {
-		ap = new([]float64)
-		*ap = make([]float64, n)
-	}
-	defer accPool.Put(ap)
-	acc := (*ap)[:n]
-	clear(acc)
+	acc := getAcc(n)
+	defer putAcc(acc)
 	for i, p := range parts {
 		w := ws[i]
 		p = p[:n]

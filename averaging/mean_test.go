@@ -8,13 +8,13 @@ import (
 
 func TestMeanZeroWeights(t *testing.T) {
 	out := make([]float32, 1)
-	if err := Mean([][]float32{{1}, {3}}, []float64{0, 0}, out); err != nil || out[0] != 2 {
+	if err := Mean([][]float32{{1}, {3}}, []float64{0, 0}, out, nil); err != nil || out[0] != 2 {
 		t.Fatalf("zero weights: %v %v", out, err)
 	}
-	if err := Mean([][]float32{{1}, {3}}, []float64{3, 1}, out); err != nil || out[0] != 1.5 {
+	if err := Mean([][]float32{{1}, {3}}, []float64{3, 1}, out, nil); err != nil || out[0] != 1.5 {
 		t.Fatalf("weighted: %v %v", out, err)
 	}
-	if err := Mean(nil, nil, out); err == nil {
+	if err := Mean(nil, nil, out, nil); err == nil {
 		t.Fatal("no parts accepted")
 	}
 }
@@ -51,7 +51,7 @@ func TestMeanAnyGroupSize(t *testing.T) {
 			w[i] = float64(i + 1)
 		}
 		out := make([]float32, 33)
-		if err := Mean(parts, w, out); err != nil {
+		if err := Mean(parts, w, out, nil); err != nil {
 			t.Fatal(err)
 		}
 		want := weightedMean(parts, w)

@@ -2,6 +2,7 @@ package averaging
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"sync"
@@ -67,6 +68,12 @@ type shardReducer struct {
 	parts   [][]float32
 	weights []float64
 	bufs    [][]float32
+	outlier []bool
+
+	// chunks counts the chunks reduced; outliers, per sender, those where
+	// the Reducer found its part an outlier.
+	chunks   int
+	outliers map[*slot]int
 }
 
 func (a *Averager) newShardReducer(rr *reduceRound, weight float64) *shardReducer {
@@ -74,6 +81,7 @@ func (a *Averager) newShardReducer(rr *reduceRound, weight float64) *shardReduce
 	r := &shardReducer{
 		a: a, rr: rr, weight: weight, own: a.getBuf(),
 		parts: make([][]float32, 0, g), weights: make([]float64, 0, g), bufs: make([][]float32, 0, g),
+		outlier: make([]bool, g), outliers: make(map[*slot]int),
 	}
 	for _, sl := range rr.slots {
 		if sl != nil {
@@ -155,9 +163,21 @@ func (r *shardReducer) reduce(ch chunk) (*payload, error) {
 	a := r.a
 	p := a.newPayload(len(r.live) + 1)
 	o := p.vals(ch.n)
-	err := a.o.Reducer(r.parts, r.weights, o)
+	if r.rr.attested == nil {
+		BoundWeights(r.weights)
+	}
+	out := r.outlier[:len(r.parts)]
+	err := a.o.Reducer(r.parts, r.weights, o, out)
 	if err == nil {
 		err = codec.CheckFinite(o)
+	}
+	if err == nil && ch.n >= minJudged {
+		r.chunks++
+		for i, sl := range r.live {
+			if out[i+1] { // parts[0] is ours
+				r.outliers[sl]++
+			}
+		}
 	}
 	for _, b := range r.bufs {
 		a.putBuf(b)
@@ -207,6 +227,11 @@ func (r *shardReducer) answer(ctx context.Context, p *payload) bool {
 // the round's end resets their streams.
 func (r *shardReducer) finish(ctx context.Context) {
 	r.a.putBuf(r.own)
+	for sl, n := range r.outliers {
+		if n > 0 && 2*n >= r.chunks {
+			r.a.evict(sl.from, fmt.Sprintf("its part was an outlier in %d of %d chunks of round %d", n, r.chunks, r.rr.round))
+		}
+	}
 	for _, sl := range r.rr.slots {
 		if sl != nil {
 			close(sl.results)
@@ -289,6 +314,8 @@ func (a *Averager) claimSlot(rr *reduceRound, h partHeader, from peer.ID) (*slot
 		return nil, fmt.Sprintf("part of shard %d round %d len %d, want shard %d round %d len %d", h.Shard, h.Round, h.Len, rr.index, rr.round, rr.n)
 	case !(h.Weight >= 0) || math.IsInf(h.Weight, 0):
 		return nil, fmt.Sprintf("bad weight %v", h.Weight)
+	case a.isEvicted(from):
+		return nil, "evicted from this stage's averaging"
 	}
 	sl := rr.slots[h.From]
 	a.mu.Lock()
@@ -297,7 +324,8 @@ func (a *Averager) claimSlot(rr *reduceRound, h partHeader, from peer.ID) (*slot
 		return nil, "part sent twice"
 	}
 	sl.attached = true
-	sl.weight = h.Weight
+	sl.weight = rr.weightOf(h.From, h.Weight)
+	sl.from = from
 	return sl, ""
 }
 
@@ -322,6 +350,9 @@ func (a *Averager) receiveParts(s network.Stream, rr *reduceRound, sl *slot) {
 		if rbuf, err = readChunk(s, rbuf, a.o.Codec, rr.index, ch.index, buf[:ch.n]); err != nil {
 			a.putBuf(buf)
 			sl.drop()
+			if errors.Is(err, codec.ErrNonFinite) {
+				a.evict(sl.from, fmt.Sprintf("it sent non-finite values in round %d: %v", rr.round, err))
+			}
 			return
 		}
 		select {

@@ -27,6 +27,11 @@ type Averaging struct {
 	// left out by the members. Less than the deadline; 0 (the default) means a
 	// quarter of the deadline.
 	StallTimeout time.Duration `yaml:"stall_timeout"`
+	// Reducer combines the holders' parts, in background averaging and in the
+	// commit's gradient all-reduce: centered_clip (robust: a holder sending
+	// garbage moves the result a bounded distance and is evicted) or mean (the
+	// plain weighted mean, for a swarm whose holders are all trusted).
+	Reducer string `yaml:"reducer" check:"oneof=centered_clip|mean"`
 }
 
 // DefaultAveraging leaves background averaging off; switched on, it averages
@@ -35,7 +40,7 @@ func DefaultAveraging() Averaging {
 	return Averaging{
 		Enabled: false, Period: 10 * time.Second, GroupSize: 4,
 		Matchmaking: 2 * time.Second, Deadline: 10 * time.Second,
-		Codec: "fp32", Optimizer: false,
+		Codec: "fp32", Optimizer: false, Reducer: "centered_clip",
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -143,6 +144,17 @@ func parseCommit(payload []byte, self peer.ID) (Round, []uint64, error) {
 		return Round{}, nil, fmt.Errorf("commit: schedule horizon %d steps out of [0, %d]", m.Steps, maxSteps)
 	}
 	r := Round{ID: m.Round, Next: m.Next, Steps: m.Steps}
+	if m.Weights != nil {
+		if len(m.Weights) != len(m.Members) {
+			return Round{}, nil, fmt.Errorf("commit: %d weights for %d members", len(m.Weights), len(m.Members))
+		}
+		for _, w := range m.Weights {
+			if w < 0 || w > maxUndo {
+				return Round{}, nil, fmt.Errorf("commit: weight %d out of [0, %d]", w, maxUndo)
+			}
+			r.Weights = append(r.Weights, float64(w))
+		}
+	}
 	for _, id := range m.Members {
 		p, err := peer.Decode(id)
 		if err != nil {
@@ -314,11 +326,7 @@ func (cs *commitState) commit(ctx context.Context) (samples []int, lost []uint64
 	replies := make([][]*stepReply, len(cs.views))
 	var wg sync.WaitGroup
 	for k, v := range cs.views {
-		members := make([]string, len(v.holders))
-		for i, h := range v.holders {
-			members[i] = h.ID.String()
-		}
-		slices.Sort(members)
+		members, weights := cs.members(k)
 		round, next := cs.round(k), v.next()
 		replies[k] = make([]*stepReply, len(v.holders))
 		for i, h := range v.holders {
@@ -326,7 +334,7 @@ func (cs *commitState) commit(ctx context.Context) (samples []int, lost []uint64
 			go func() {
 				defer wg.Done()
 				var r stepReply
-				msg := commitMsg{Round: round, Members: members, Undo: cs.undo[k][i], Next: next, Steps: t.opts.Train.Steps}
+				msg := commitMsg{Round: round, Members: members, Weights: weights, Undo: cs.undo[k][i], Next: next, Steps: t.opts.Train.Steps}
 				if err := ask(ctx, t.call, t.opts.Run, h, msgCommit, msg, &r); err != nil {
 					t.log.Info("commit failed", "stage", k, "holder", shortID(h.ID), "step", cs.step, "err", err)
 					return
@@ -358,6 +366,22 @@ func (cs *commitState) commit(ctx context.Context) (samples []int, lost []uint64
 		}
 	}
 	return samples, lost
+}
+
+// members lists stage k's holders of this step in peer-id order, with the
+// microbatches each keeps once its extra copies are taken back.
+func (cs *commitState) members(k int) ([]string, []int) {
+	v := cs.views[k]
+	order := make([]int, len(v.holders))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return strings.Compare(v.holders[a].ID.String(), v.holders[b].ID.String()) })
+	members, weights := make([]string, len(order)), make([]int, len(order))
+	for j, i := range order {
+		members[j], weights[j] = v.holders[i].ID.String(), len(cs.kept[k][i])
+	}
+	return members, weights
 }
 
 // included reports whether the all-reduce of some holder that answered its

@@ -92,6 +92,9 @@ func FuzzCommitRequest(f *testing.F) {
 	f.Add([]byte(`{"round":7,"members":["12D3KooWBUttzGRLQCoNPUWYYKKsXhyjzYr8Yadoq5JLAT2GBKG5"],"undo":[1,2],"next":3}`))
 	f.Add([]byte(`{"round":7,"members":["x"],"undo":null}`))
 	f.Add([]byte(`{"members":[]}`))
+	f.Add([]byte(`{"round":7,"members":["12D3KooWBUttzGRLQCoNPUWYYKKsXhyjzYr8Yadoq5JLAT2GBKG5"],"weights":[3]}`))
+	f.Add([]byte(`{"round":7,"members":["12D3KooWBUttzGRLQCoNPUWYYKKsXhyjzYr8Yadoq5JLAT2GBKG5"],"weights":[3,4]}`))
+	f.Add([]byte(`{"round":7,"members":["12D3KooWBUttzGRLQCoNPUWYYKKsXhyjzYr8Yadoq5JLAT2GBKG5"],"weights":[-1]}`))
 	f.Add([]byte(`[`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, undo, err := parseCommit(b, self)
@@ -100,6 +103,14 @@ func FuzzCommitRequest(f *testing.F) {
 		}
 		if !slices.Contains(r.Members, self) || len(r.Members) > maxCommitMembers || len(undo) > maxUndo {
 			t.Fatalf("accepted %q as %+v, undo %d", b, r, len(undo))
+		}
+		if r.Weights != nil && len(r.Weights) != len(r.Members) {
+			t.Fatalf("accepted %d weights for %d members: %q", len(r.Weights), len(r.Members), b)
+		}
+		for _, w := range r.Weights {
+			if w < 0 || w > maxUndo {
+				t.Fatalf("accepted weight %v: %q", w, b)
+			}
 		}
 	})
 }

@@ -25,6 +25,11 @@ type commitMsg struct {
 	Round uint64 `json:"round"`
 	// Members are the peer ids of the stage's holders stepping together.
 	Members []string `json:"members"`
+	// Weights are the microbatches the trainer counts at each member after
+	// the copies taken back (Weights[i] for Members[i]): the all-reduce's
+	// weights, attested by the trainer rather than claimed by each member.
+	// Absent (an older trainer): each member's claim, bounded.
+	Weights []int `json:"weights,omitempty"`
 	// Undo lists microbatch ids to take one accumulated copy of back out
 	// (repeated for more copies).
 	Undo []uint64 `json:"undo"`

@@ -47,6 +47,10 @@ type Round struct {
 	Members []peer.ID
 	// Micro is the number of microbatches this holder accumulated: its weight.
 	Micro int
+	// Weights, when the trainer attests them, are the microbatches it counts
+	// at each member (Weights[i] for Members[i]), this holder's Micro among
+	// them; the all-reduce weighs the members by them rather than by claims.
+	Weights []float64
 	// Next is the version the members step to (the version most of them were
 	// at, plus one); 0 when unknown.
 	Next uint64

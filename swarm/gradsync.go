@@ -54,7 +54,7 @@ const maxGradGroup = 64
 // own mean, so that the step may divide by nothing more.
 func (g *gradSync) reduce(ctx context.Context, r pipeline.Round) (pipeline.Reduced, error) {
 	g.src.start(r.Micro)
-	res, err := g.avg.RoundAmong(ctx, r.ID, r.Members)
+	res, err := g.avg.RoundAmong(ctx, r.ID, r.Members, r.Weights)
 	if errors.Is(err, averaging.ErrSkipped) || g.src.coveredNone() {
 		return pipeline.Reduced{}, err
 	}

@@ -177,7 +177,7 @@ func (r *roles) publish(ctx context.Context, svc *stageService) {
 	r.n.DHT().FollowLoad(ctx, time.Second, func() (float64, int) {
 		r.n.status.setServer(svc.server.Stats())
 		if svc.avg != nil {
-			r.n.status.setAveragingStats(svc.avg.Stats())
+			r.n.status.setAveragingStats(svc.avg.Stats(), svc.grads.avg.Stats().Evicted)
 		}
 		return svc.server.Load()
 	})
@@ -674,11 +674,14 @@ func (s *Status) setTrainer(st pipeline.TrainerStats) {
 }
 
 // setAveragingStats mirrors the averager's counters.
-func (s *Status) setAveragingStats(a averaging.Stats) {
+// setAveragingStats mirrors the background averager's counters, with the
+// members evicted by it and by the gradient all-reduce (gradEvicted).
+func (s *Status) setAveragingStats(a averaging.Stats, gradEvicted int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.avg = AveragingStats{
 		Rounds: a.Rounds, LastGroupSize: a.LastGroupSize,
 		LastRoundMS: float64(a.LastRoundMS), Failures: a.Failures, Skipped: a.Skipped,
+		Evicted: a.Evicted + gradEvicted,
 	}
 }

@@ -58,6 +58,10 @@ type AveragingStats struct {
 	Failures uint64 `json:"failures"`
 	// Skipped counts rounds skipped (e.g. no partner in the group).
 	Skipped uint64 `json:"skipped"`
+	// Evicted counts the stage's holders this peer evicted from its
+	// averaging and gradient all-reduce: parts far outside the others'
+	// (CenteredClip's outliers) or not finite.
+	Evicted int `json:"evicted"`
 }
 
 // Training is the training progress as the status page shows it.

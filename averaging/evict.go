@@ -1,0 +1,73 @@
+package averaging
+
+import (
+	"maps"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Eviction. A sender whose part CenteredClip finds an outlier in at least half
+// the chunks of a shard is evicted by that shard's reducer: from then on this
+// Averager refuses its parts, sends it no shard to reduce (that shard keeps our
+// own values) and leaves it out of the groups it forms. An honest member is
+// not far from the others in most chunks (τ is twice the typical distance),
+// so the rule evicts garbage, sign-flipped, scaled and stale updates and
+// leaves the honest spread alone. The eviction is local to this member: each
+// honest reducer sees the liar's parts and evicts it on its own evidence.
+//
+// Only chunks of at least minJudged values are judged: distances between
+// honest parts concentrate around their typical value as the dimension grows
+// (relative spread about 1/√(2n)), while a handful of values can lie far apart
+// honestly.
+
+// minJudged is the fewest values of a chunk whose outliers count towards
+// eviction.
+const minJudged = 1024
+
+// evict records that p is evicted, and why.
+func (a *Averager) evict(p peer.ID, why string) {
+	if p == "" || p == a.h.ID() {
+		return
+	}
+	a.mu.Lock()
+	_, known := a.evicted[p]
+	if !known {
+		a.evicted[p] = why
+		a.stats.Evicted++
+	}
+	a.mu.Unlock()
+	if !known {
+		a.o.Logger.Warn("averaging member evicted", "key", a.o.Key, "peer", p.ShortString(), "why", why)
+	}
+}
+
+// isEvicted reports whether p was evicted.
+func (a *Averager) isEvicted(p peer.ID) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, ok := a.evicted[p]
+	return ok
+}
+
+// Evicted returns the evicted members and why each was.
+func (a *Averager) Evicted() map[peer.ID]string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return maps.Clone(a.evicted)
+}
+
+// notEvicted filters the evicted out of holders.
+func (a *Averager) notEvicted(holders []peer.ID) []peer.ID {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.evicted) == 0 {
+		return holders
+	}
+	out := make([]peer.ID, 0, len(holders))
+	for _, h := range holders {
+		if _, ok := a.evicted[h]; !ok {
+			out = append(out, h)
+		}
+	}
+	return out
+}
