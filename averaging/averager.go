@@ -224,6 +224,7 @@ type Averager struct {
 	stats   Stats
 	pending float64 // weight of snapshots whose round applied nothing
 	evicted map[peer.ID]string
+	strikes map[peer.ID]int // rounds in a row a sender was an outlier
 
 	sem      semaphore // bounds concurrent join and reduce handlers
 	pool     sync.Pool // chunk buffers (*[]float32 of ChunkFloats)
@@ -267,6 +268,7 @@ func New(h host.Host, peers Peers, src Source, o Options) (*Averager, error) {
 		lobbies: map[uint64]*lobby{},
 		rounds:  map[string]*reduceRound{},
 		evicted: map[peer.ID]string{},
+		strikes: map[peer.ID]int{},
 		changed: make(chan struct{}),
 		sem:     make(semaphore, 8*o.GroupSize),
 	}

@@ -1,13 +1,15 @@
 package averaging
 
 import (
+	"fmt"
 	"maps"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // Eviction. A sender whose part CenteredClip finds an outlier in at least half
-// the chunks of a shard is evicted by that shard's reducer: from then on this
+// the chunks of a shard, in evictStrikes rounds in a row, is evicted by that
+// shard's reducer: from then on this
 // Averager refuses its parts, sends it no shard to reduce (that shard keeps our
 // own values) and leaves it out of the groups it forms. An honest member is
 // not far from the others in most chunks (τ is twice the typical distance),
@@ -23,6 +25,34 @@ import (
 // minJudged is the fewest values of a chunk whose outliers count towards
 // eviction.
 const minJudged = 1024
+
+// evictStrikes is how many rounds in a row a sender must be an outlier to be
+// evicted. Honest gradients of one or two microbatches can lie far out in one
+// round (their noise is that of a single sample); garbage lies far out in
+// every round. A non-finite part is evicted at once.
+const evictStrikes = 3
+
+// maxStrikes bounds the senders whose strikes are remembered.
+const maxStrikes = 4096
+
+// judge counts one round's verdict on sender p: an outlier in it, or not.
+func (a *Averager) judge(p peer.ID, outlier bool, why string) {
+	a.mu.Lock()
+	if !outlier {
+		delete(a.strikes, p)
+		a.mu.Unlock()
+		return
+	}
+	if len(a.strikes) > maxStrikes {
+		clear(a.strikes) // many liars come and go: forget, rather than grow
+	}
+	a.strikes[p]++
+	n := a.strikes[p]
+	a.mu.Unlock()
+	if n >= evictStrikes {
+		a.evict(p, fmt.Sprintf("%s, and in the %d rounds before", why, n-1))
+	}
+}
 
 // evict records that p is evicted, and why.
 func (a *Averager) evict(p peer.ID, why string) {

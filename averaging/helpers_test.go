@@ -148,6 +148,7 @@ type vecSource struct {
 	vec       []float32
 	samples   float64
 	afterRead func(vals []float32)
+	stubborn  bool // a liar that keeps its vector whatever the rounds return
 }
 
 func (s *vecSource) Len() int { return len(s.vec) }
@@ -178,6 +179,9 @@ func (s *vecSource) Read(off int, dst []float32) {
 func (s *vecSource) Add(off int, delta []float32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.stubborn {
+		return
+	}
 	v := s.vec[off : off+len(delta)]
 	for k := range v {
 		v[k] += delta[k]

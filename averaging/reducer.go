@@ -167,7 +167,7 @@ func (r *shardReducer) reduce(ch chunk) (*payload, error) {
 		BoundWeights(r.weights)
 	}
 	out := r.outlier[:len(r.parts)]
-	err := a.o.Reducer(r.parts, r.weights, o, out)
+	err := reduceWeighted(a.o.Reducer, r.parts, r.weights, o, out)
 	if err == nil {
 		err = codec.CheckFinite(o)
 	}
@@ -193,6 +193,35 @@ func (r *shardReducer) reduce(ch chunk) (*payload, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// reduceWeighted runs red over the parts of nonzero weight. A part of zero
+// weight (a member that accumulated no microbatch, or trained nothing since
+// its last round) carries nothing to average: left in, it would shift the
+// median and τ, and be judged an outlier for holding zeros. When every weight
+// is zero all parts count, equally.
+func reduceWeighted(red Reducer, parts [][]float32, ws []float64, out []float32, outlier []bool) error {
+	var keep []int
+	for i, w := range ws {
+		if w > 0 {
+			keep = append(keep, i)
+		}
+	}
+	if len(keep) == len(parts) || len(keep) == 0 {
+		return red(parts, ws, out, outlier)
+	}
+	kp, kw, ko := make([][]float32, len(keep)), make([]float64, len(keep)), make([]bool, len(keep))
+	for j, i := range keep {
+		kp[j], kw[j] = parts[i], ws[i]
+	}
+	if err := red(kp, kw, out, ko); err != nil {
+		return err
+	}
+	clear(outlier)
+	for j, i := range keep {
+		outlier[i] = ko[j]
+	}
+	return nil
 }
 
 // answer hands result p to the writer of each live sender's stream. A writer
@@ -227,9 +256,13 @@ func (r *shardReducer) answer(ctx context.Context, p *payload) bool {
 // the round's end resets their streams.
 func (r *shardReducer) finish(ctx context.Context) {
 	r.a.putBuf(r.own)
-	for sl, n := range r.outliers {
-		if n > 0 && 2*n >= r.chunks {
-			r.a.evict(sl.from, fmt.Sprintf("its part was an outlier in %d of %d chunks of round %d", n, r.chunks, r.rr.round))
+	if r.chunks > 0 {
+		for _, sl := range r.rr.slots {
+			if sl == nil || sl.from == "" {
+				continue
+			}
+			n := r.outliers[sl]
+			r.a.judge(sl.from, n > 0 && 2*n >= r.chunks, fmt.Sprintf("its part was an outlier in %d of %d chunks of round %d", n, r.chunks, r.rr.round))
 		}
 	}
 	for _, sl := range r.rr.slots {

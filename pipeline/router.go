@@ -132,6 +132,7 @@ type picker struct {
 	rng      *rand.Rand
 	inflight map[peer.ID]int
 	links    map[peer.ID]*linkRate // measured by this peer's calls
+	service  map[peer.ID]float64   // tokens/s of this peer's calls to each holder, averaged
 }
 
 // linkRate is what this peer measured of the link to one holder: the rate its
@@ -182,6 +183,74 @@ func newPicker(r Router, bo *backoff, self peer.ID, seed uint64, log *slog.Logge
 	return &picker{router: r, bo: bo, self: self, log: log, rng: rand.New(rand.NewPCG(seed, 0x5eed)), inflight: make(map[peer.ID]int)}
 }
 
+// Routing does not take a holder's word for its speed. Each answered call
+// gives the caller a service rate (tokens over the call's wall time, which
+// includes the hops downstream of the holder). Service rates of holders of one
+// stage share their downstream mix, so claim ÷ service rate is about the same
+// for honest holders; the median of that ratio turns a holder's measured rate
+// back into a credible claim. A holder is routed on the smaller of its claim
+// and that credible rate, and one claiming more than twice it loses traffic
+// in proportion (credible ÷ overclaim): inflating a claim draws less traffic,
+// not more. A holder not measured yet is routed on its claim capped at the
+// candidates' median claim, so that a newcomer gets work and is measured.
+
+// observeService takes one answered call to holder id: tokens tokens in d.
+func (p *picker) observeService(id peer.ID, tokens int, d time.Duration) {
+	if tokens <= 0 || d <= 0 {
+		return
+	}
+	rate := float64(tokens) / d.Seconds()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.service == nil || len(p.service) > 4096 {
+		p.service = make(map[peer.ID]float64)
+	}
+	if old, ok := p.service[id]; ok {
+		rate = old + 0.3*(rate-old)
+	}
+	p.service[id] = rate
+}
+
+// credible returns the throughput routing uses for each candidate (p.mu
+// held); mean stands for unknown claims.
+func (p *picker) credible(cands []Holder, mean float64) []float64 {
+	claims := make([]float64, len(cands))
+	var ratios []float64
+	for i, h := range cands {
+		claims[i] = h.Throughput
+		if claims[i] <= 0 {
+			claims[i] = mean
+		}
+		if m := p.service[h.ID]; m > 0 {
+			ratios = append(ratios, claims[i]/m)
+		}
+	}
+	sorted := slices.Clone(claims)
+	slices.Sort(sorted)
+	medianClaim := sorted[(len(sorted)-1)/2]
+	if len(ratios) < 2 {
+		return claims // nothing to compare a measurement with
+	}
+	slices.Sort(ratios)
+	q := ratios[(len(ratios)-1)/2]
+	out := make([]float64, len(cands))
+	for i, h := range cands {
+		m := p.service[h.ID]
+		if m <= 0 {
+			out[i] = min(claims[i], medianClaim)
+			continue
+		}
+		cred := m * q
+		switch over := claims[i] / cred; {
+		case over > 2:
+			out[i] = cred / over
+		default:
+			out[i] = min(claims[i], cred)
+		}
+	}
+	return out
+}
+
 // weight is a holder's share of the traffic. A holder whose throughput is still
 // unknown is treated as average so that newcomers get work and get measured.
 func weight(tp, mean float64, queue int) float64 {
@@ -230,14 +299,11 @@ func (p *picker) choose(k int, avoid map[peer.ID]bool) (Holder, bool) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	tps := p.credible(cands, mean)
 	ws := make([]float64, len(cands))
 	total := 0.0
 	for i, h := range cands {
-		tp := h.Throughput
-		if tp <= 0 {
-			tp = mean
-		}
-		ws[i] = weight(overLink(tp, p.links[h.ID]), mean, h.Queue+p.inflight[h.ID])
+		ws[i] = weight(overLink(tps[i], p.links[h.ID]), mean, h.Queue+p.inflight[h.ID])
 		total += ws[i]
 	}
 	x := p.rng.Float64() * total
