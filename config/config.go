@@ -47,6 +47,9 @@ type Config struct {
 	Averaging Averaging `yaml:"averaging"`
 	// Checkpoint sets when stages are written to disk and how many are kept.
 	Checkpoint Checkpoint `yaml:"checkpoint"`
+	// Admission says who may take part in the run: anyone, or the peers the
+	// run owner certified.
+	Admission Admission `yaml:"admission"`
 	// Device picks where stages compute: cpu, cuda or auto.
 	Device string `yaml:"device" check:"oneof=cpu|cuda|auto"`
 }
@@ -64,6 +67,7 @@ func Default() Config {
 		Pipeline:    DefaultPipeline(),
 		Averaging:   DefaultAveraging(),
 		Checkpoint:  DefaultCheckpoint(),
+		Admission:   DefaultAdmission(),
 		Device:      "cpu",
 	}
 }
@@ -111,7 +115,7 @@ func (c *Config) Validate() error {
 	for _, check := range []func() error{
 		c.validateRun, c.validateModel, c.validateStages, c.Data.validate, c.Train.validate,
 		func() error { return c.Node.validate(len(c.Stages)) },
-		c.Compression.validate, c.Pipeline.validate, c.Averaging.validate, c.Checkpoint.validate,
+		c.Compression.validate, c.Pipeline.validate, c.Averaging.validate, c.Checkpoint.validate, c.Admission.validate,
 		func() error { return checkFields("", *c) }, // device
 	} {
 		if err := check(); err != nil {

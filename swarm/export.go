@@ -126,6 +126,9 @@ func ExportLive(ctx context.Context, cfg config.Config, bootstrap []string, out 
 	opts := OptionsFromConfig(cfg)
 	opts.Bootstrap, opts.DataDir, opts.Identity, opts.StatusAddr, opts.Role = bootstrap, dir, "", "off", dht.RoleTrainer
 	opts.Listen, opts.Logger = []string{"/ip4/0.0.0.0/tcp/0"}, log
+	if opts.Admission, err = AdmissionFromConfig(cfg.Admission); err != nil {
+		return nil, err
+	}
 	n, err := New(ctx, opts)
 	if err != nil {
 		return nil, err

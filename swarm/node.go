@@ -88,6 +88,9 @@ type Options struct {
 	MaxMemoryPerPeer int64
 	// MaxMemory caps the memory of all libp2p streams. Default 2 GiB.
 	MaxMemory int64
+	// Admission, when set, admits only peers holding a certificate of the
+	// run owner (gate.go); nil is an open run.
+	Admission *Admission
 	// Logger receives progress and errors; nil discards them.
 	Logger *slog.Logger
 }
@@ -203,8 +206,18 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 		lock.Close()
 		return nil, err
 	}
+	status := newStatus()
+	if opts.Admission != nil {
+		g, err := newGate(h, opts.Run, *opts.Admission, func() { status.IncError("not_admitted") })
+		if err != nil {
+			h.Close()
+			lock.Close()
+			return nil, err
+		}
+		h = &gatedHost{Host: h, g: g}
+	}
 	lctx, cancel := context.WithCancel(context.Background())
-	n := &Node{opts: opts, log: opts.Logger, host: h, status: newStatus(), reg: reg, cancel: cancel, lock: lock}
+	n := &Node{opts: opts, log: opts.Logger, host: h, status: status, reg: reg, cancel: cancel, lock: lock}
 	fail := func(err error) (*Node, error) {
 		n.Close()
 		return nil, err

@@ -62,6 +62,10 @@ func Run(ctx context.Context, cfg config.Config, o RunOptions) error {
 	log := o.logger()
 	opts := OptionsFromConfig(cfg)
 	opts.Logger = log
+	var err error
+	if opts.Admission, err = AdmissionFromConfig(cfg.Admission); err != nil {
+		return err
+	}
 	n, err := New(ctx, opts)
 	if err != nil {
 		if ctx.Err() != nil {

@@ -4,6 +4,7 @@
 //	swarmnode run   --config FILE   join a swarm as a stage server and/or trainer
 //	swarmnode export --config FILE --out DIR   the checkpointed model as a HF GPT-2
 //	swarmnode sample --model DIR --prompt TEXT  text from an exported model
+//	swarmnode admit --peer ID --run RUN   the run owner admits a peer
 //
 // Exit codes: 0 clean, 1 runtime failure, 2 bad flags or config.
 package main
@@ -44,6 +45,10 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return sampleCommand(args[1:], stdout, stderr)
 	case "prepare":
 		return prepareCommand(args[1:], stdout, stderr)
+	case "id":
+		return idCommand(args[1:], stdout, stderr)
+	case "admit":
+		return admitCommand(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "swarmnode %s (wire protocol %d)\n", swarm.Release(), swarm.WireVersion)
 		return exitOK
@@ -66,6 +71,8 @@ commands:
   export  write the checkpointed model as a Hugging Face GPT-2 (safetensors)
   sample  generate text from an exported model
   prepare tokenize text files into token shards (llm.c's format) for data.path
+  id      print the peer id of an identity key file (created when missing)
+  admit   sign a certificate admitting a peer to an admitted run (run owner)
   version print the release and the wire protocol version
 
 Run "swarmnode <command> -h" for a command's flags.

@@ -60,6 +60,7 @@ func runFlags(o *swarm.RunOptions) func(*flag.FlagSet, *config.Config) {
 		fs.StringVar(&o.InitFrom, "init-from", "", "server: start a stage nobody holds from this model directory (Hugging Face GPT-2 format, swarmnode export's) instead of the seed's weights")
 		fs.BoolVar(&o.Fresh, "fresh", false, "ignore this peer's checkpoints (a server starts from its stage's other holders, or the seed's weights; a trainer from step 0)")
 		fs.StringVar(&cfg.Checkpoint.Dir, "checkpoint-dir", cfg.Checkpoint.Dir, "where this peer's checkpoints and trainer state go (overrides checkpoint.dir)")
+		fs.StringVar(&cfg.Admission.Certificate, "certificate", cfg.Admission.Certificate, "this peer's certificate of an admitted run, from `swarmnode admit` (overrides admission.certificate)")
 	}
 }
 

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"swarmnode/admission"
+	"swarmnode/swarm"
+)
+
+// idCommand runs `swarmnode id`: the peer id of an identity key file,
+// created when missing, so that a volunteer can ask the run owner for a
+// certificate before joining.
+func idCommand(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("id", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	identity := fs.String("identity", filepath.Join(".swarmnode", "identity.key"), "identity key file (created when missing)")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "swarmnode id: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	key, err := swarm.LoadIdentity(*identity)
+	if err != nil {
+		fmt.Fprintf(stderr, "swarmnode id: %v\n", err)
+		return exitRuntime
+	}
+	id, err := peer.IDFromPrivateKey(key)
+	if err != nil {
+		fmt.Fprintf(stderr, "swarmnode id: %v\n", err)
+		return exitRuntime
+	}
+	fmt.Fprintln(stdout, id)
+	return exitOK
+}
+
+// admitCommand runs `swarmnode admit`: the run owner signs a certificate
+// admitting one peer id to an admitted run.
+func admitCommand(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("admit", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	identity := fs.String("identity", filepath.Join(".swarmnode", "identity.key"), "the run owner's identity key file (its peer id is admission.owner)")
+	run := fs.String("run", "", "run id (the config's run)")
+	who := fs.String("peer", "", "peer id to admit (`swarmnode id` on that peer)")
+	roles := fs.String("roles", "server,trainer", "what the peer may do: server, trainer or both, comma-separated")
+	valid := fs.Duration("valid", 30*24*time.Hour, "how long the certificate is good for")
+	out := fs.String("out", "", "certificate file to write (default: stdout)")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	p, perr := peer.Decode(*who)
+	switch {
+	case fs.NArg() > 0:
+		fmt.Fprintf(stderr, "swarmnode admit: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	case *run == "":
+		fmt.Fprintln(stderr, "swarmnode admit: --run is required")
+		return exitUsage
+	case perr != nil:
+		fmt.Fprintf(stderr, "swarmnode admit: --peer %q: %v\n", *who, perr)
+		return exitUsage
+	case *valid <= 0:
+		fmt.Fprintln(stderr, "swarmnode admit: --valid must be positive")
+		return exitUsage
+	}
+	key, err := swarm.LoadIdentity(*identity)
+	if err != nil {
+		fmt.Fprintf(stderr, "swarmnode admit: %v\n", err)
+		return exitRuntime
+	}
+	c, err := admission.Sign(key, *run, p, strings.Split(*roles, ","), time.Now().Add(*valid))
+	if err != nil {
+		fmt.Fprintf(stderr, "swarmnode admit: %v\n", err)
+		return exitUsage
+	}
+	b := append(c.Encode(), '\n')
+	if *out == "" {
+		_, _ = stdout.Write(b)
+		return exitOK
+	}
+	if err := os.WriteFile(*out, b, 0o644); err != nil {
+		fmt.Fprintf(stderr, "swarmnode admit: %v\n", err)
+		return exitRuntime
+	}
+	fmt.Fprintf(stderr, "admitted %s to run %q as %s until %s (owner %s)\n", p, *run, *roles, c.Expires.Format(time.RFC3339), c.Owner)
+	return exitOK
+}

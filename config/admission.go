@@ -1,0 +1,34 @@
+package config
+
+// Admission says who may take part in the run.
+type Admission struct {
+	// Mode is open (anyone who knows the run id and a bootstrap address may
+	// serve and train; robust averaging is what protects the run) or admitted
+	// (only peers holding a certificate of the owner's: `swarmnode admit`).
+	Mode string `yaml:"mode" check:"oneof=open|admitted"`
+	// Owner is the run owner's peer id (`swarmnode id` of the owner's
+	// identity): its key signs the certificates. Required when admitted.
+	Owner string `yaml:"owner"`
+	// Certificate is this peer's certificate file. Required when admitted;
+	// `--certificate` overrides it.
+	Certificate string `yaml:"certificate"`
+}
+
+// DefaultAdmission is an open run.
+func DefaultAdmission() Admission { return Admission{Mode: "open"} }
+
+func (a Admission) validate() error {
+	if err := checkFields("admission", a); err != nil {
+		return err
+	}
+	if a.Mode != "admitted" {
+		return nil
+	}
+	if a.Owner == "" {
+		return fieldErr("admission.owner", "must name the run owner's peer id when admission.mode is admitted")
+	}
+	if a.Certificate == "" {
+		return fieldErr("admission.certificate", "must name this peer's certificate file when admission.mode is admitted")
+	}
+	return nil
+}
