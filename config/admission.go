@@ -9,8 +9,9 @@ type Admission struct {
 	// Owner is the run owner's peer id (`swarmnode id` of the owner's
 	// identity): its key signs the certificates. Required when admitted.
 	Owner string `yaml:"owner"`
-	// Certificate is this peer's certificate file. Required when admitted;
-	// `--certificate` overrides it.
+	// Certificate is this peer's certificate file, needed to run in an
+	// admitted run; `--certificate` overrides it (a config shared by all
+	// peers leaves it out and each peer passes its own).
 	Certificate string `yaml:"certificate"`
 }
 
@@ -26,9 +27,6 @@ func (a Admission) validate() error {
 	}
 	if a.Owner == "" {
 		return fieldErr("admission.owner", "must name the run owner's peer id when admission.mode is admitted")
-	}
-	if a.Certificate == "" {
-		return fieldErr("admission.certificate", "must name this peer's certificate file when admission.mode is admitted")
 	}
 	return nil
 }

@@ -245,6 +245,9 @@ func AdmissionFromConfig(c config.Admission) (*Admission, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admission.owner %q: %w", c.Owner, err)
 	}
+	if c.Certificate == "" {
+		return nil, errors.New("an admitted run: this peer's certificate is needed (admission.certificate or --certificate; the run owner makes one with swarmnode admit)")
+	}
 	cert, err := admission.Load(c.Certificate)
 	if err != nil {
 		return nil, fmt.Errorf("admission.certificate: %w", err)
