@@ -47,7 +47,7 @@ func TestBootstrapRedialedUntilReachable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps, err := NewPubSub(ctx, h)
+	ps, err := NewPubSub(ctx, h, "test")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"testing"
@@ -163,46 +164,34 @@ func (r *rejections) from(p peer.ID) int {
 	return r.n[p]
 }
 
-// TestForgedGossipIgnored: a peer without our validator publishes malformed
-// load messages straight onto the topic; the receiver rejects every one of
-// them and lists nobody for them. GossipSub's strict signing binds each
-// message to its real author, so the attacker's one well-formed message, the
-// positive control over the same path, lists the attacker itself, nobody else.
+// TestForgedGossipIgnored: a peer without our validator publishes load
+// messages straight onto the topic. Its well-formed message, the positive
+// control over the same path, lists the attacker itself (GossipSub's strict
+// signing binds each message to its real author), nobody else. Then its
+// malformed messages are rejected, every one, and list nobody; and they cost
+// it its score: below GraylistThreshold, its next well-formed message is
+// dropped too.
 func TestForgedGossipIgnored(t *testing.T) {
 	ctx := t.Context()
 	rej := &rejections{n: make(map[peer.ID]int)}
 	th := newTestHost(t)
-	tps, err := pubsub.NewGossipSub(ctx, th, append(pubsubOptions(), pubsub.WithEventTracer(rej))...)
+	var scoreMu sync.Mutex
+	scores := map[peer.ID]float64{}
+	inspect := func(s map[peer.ID]float64) {
+		scoreMu.Lock()
+		defer scoreMu.Unlock()
+		maps.Copy(scores, s)
+	}
+	tps, err := pubsub.NewGossipSub(ctx, th, append(pubsubOptions("test"), pubsub.WithEventTracer(rej), pubsub.WithPeerScoreInspect(inspect, 100*time.Millisecond))...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	target := startService(t, ctx, th, tps, testOpts(2), Self{Stage: 0, Role: RoleServer}, nil)
-	other := startNode(t, ctx, testOpts(2), Self{Stage: 0, Role: RoleServer, Throughput: 100}, []peer.AddrInfo{addrInfo(th)})
+	target := startService(t, ctx, th, tps, testOpts(3), Self{Stage: 0, Role: RoleServer}, nil)
+	other := startNode(t, ctx, testOpts(3), Self{Stage: 0, Role: RoleServer, Throughput: 100}, []peer.AddrInfo{addrInfo(th)})
 	wait.For(t, 3*time.Second, func() error { return sees(target, []*tnode{target, other}) })
 	ah, topic := joinAsAttacker(t, ctx, target)
 
 	big := uint64(time.Now().Add(time.Hour).UnixNano())
-	bad := []string{
-		`junk`,
-		fmt.Sprintf(`{"stage":-5,"role":"server","seq":%d}`, big),
-		fmt.Sprintf(`{"stage":1,"role":"server","throughput":-1,"seq":%d}`, big),
-		fmt.Sprintf(`{"stage":1,"role":"trainer","seq":%d}`, big),
-	}
-	for _, m := range bad {
-		if err := topic.Publish(ctx, []byte(m)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	wait.For(t, 3*time.Second, func() error {
-		if n := rej.from(ah.ID()); n < len(bad) {
-			return fmt.Errorf("target rejected %d of the %d malformed messages", n, len(bad))
-		}
-		return nil
-	})
-	if hs := target.s.Holders(1); len(hs) != 0 {
-		t.Fatalf("malformed gossip made stage 1 holders: %+v", hs)
-	}
-
 	good := fmt.Sprintf(`{"stage":1,"role":"server","throughput":7,"seq":%d}`, big)
 	if err := topic.Publish(ctx, []byte(good)); err != nil {
 		t.Fatal(err)
@@ -214,6 +203,46 @@ func TestForgedGossipIgnored(t *testing.T) {
 		}
 		return nil
 	})
+
+	bad := []string{
+		`junk`,
+		fmt.Sprintf(`{"stage":-5,"role":"server","seq":%d}`, big+1),
+		fmt.Sprintf(`{"stage":2,"role":"server","throughput":-1,"seq":%d}`, big+2),
+		fmt.Sprintf(`{"stage":2,"role":"trainer","seq":%d}`, big+3),
+	}
+	for _, m := range bad {
+		time.Sleep(MinLoadInterval) // not the rate limit's doing
+		if err := topic.Publish(ctx, []byte(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Three rejections (−10 each, squared: −90) graylist the attacker, so its
+	// fourth message is dropped before validation.
+	wait.For(t, 3*time.Second, func() error {
+		if n := rej.from(ah.ID()); n < 3 {
+			return fmt.Errorf("target rejected %d of the %d malformed messages", n, len(bad))
+		}
+		return nil
+	})
+	wait.For(t, 3*time.Second, func() error {
+		scoreMu.Lock()
+		defer scoreMu.Unlock()
+		if s := scores[ah.ID()]; s >= GraylistThreshold {
+			return fmt.Errorf("the attacker's score %.1f, not below %d", s, GraylistThreshold)
+		}
+		return nil
+	})
+	if hs := target.s.Holders(2); len(hs) != 0 {
+		t.Fatalf("malformed gossip made stage 2 holders: %+v", hs)
+	}
+	late := fmt.Sprintf(`{"stage":2,"role":"server","throughput":7,"seq":%d}`, big+10)
+	if err := topic.Publish(ctx, []byte(late)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if hs := target.s.Holders(2); len(hs) != 0 {
+		t.Fatalf("a graylisted peer's message was taken: holders of stage 2 %+v", hs)
+	}
 }
 
 // joinAsAttacker starts a host with a bare GossipSub (none of our
@@ -223,7 +252,7 @@ func joinAsAttacker(t *testing.T, ctx context.Context, n *tnode) (host.Host, *pu
 	t.Helper()
 	ah := newTestHost(t)
 	t.Cleanup(func() { ah.Close() })
-	aps, err := NewPubSub(ctx, ah)
+	aps, err := NewPubSub(ctx, ah, "test")
 	if err != nil {
 		t.Fatal(err)
 	}

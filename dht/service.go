@@ -55,17 +55,20 @@ type Service struct {
 // pubsubOptions are the GossipSub settings load gossip needs: strict message
 // signing, and flood publishing, without which a message published just after
 // subscribing is silently lost.
-func pubsubOptions() []pubsub.Option {
+func pubsubOptions(run string) []pubsub.Option {
+	params, thresholds := peerScore(run)
 	return []pubsub.Option{
 		pubsub.WithFloodPublish(true),
 		pubsub.WithMessageSignaturePolicy(pubsub.StrictSign),
 		pubsub.WithMaxMessageSize(1 << 20),
+		pubsub.WithPeerScore(params, thresholds),
 	}
 }
 
-// NewPubSub starts GossipSub on h with the settings load gossip needs.
-func NewPubSub(ctx context.Context, h host.Host) (*pubsub.PubSub, error) {
-	ps, err := pubsub.NewGossipSub(ctx, h, pubsubOptions()...)
+// NewPubSub starts GossipSub on h with the settings load gossip of run needs,
+// peer scoring on its topic included (score.go).
+func NewPubSub(ctx context.Context, h host.Host, run string) (*pubsub.PubSub, error) {
+	ps, err := pubsub.NewGossipSub(ctx, h, pubsubOptions(run)...)
 	if err != nil {
 		return nil, fmt.Errorf("gossipsub: %w", err)
 	}

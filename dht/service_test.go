@@ -61,7 +61,7 @@ func startService(t testing.TB, ctx context.Context, h host.Host, ps *pubsub.Pub
 func startNode(t testing.TB, ctx context.Context, opts Options, self Self, boot []peer.AddrInfo) *tnode {
 	t.Helper()
 	h := newTestHost(t)
-	ps, err := NewPubSub(ctx, h)
+	ps, err := NewPubSub(ctx, h, "test")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -228,7 +228,7 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 	if err := n.watchWireVersions(lctx); err != nil {
 		return fail(err)
 	}
-	n.ps, err = dht.NewPubSub(lctx, h)
+	n.ps, err = dht.NewPubSub(lctx, h, opts.Run)
 	if err != nil {
 		return fail(err)
 	}
