@@ -84,6 +84,8 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Logger receives round outcomes at debug level and failures at info level.
 	Logger *slog.Logger
+	// OnEvict, when set, is told of each member this Averager evicts.
+	OnEvict func(p peer.ID, why string)
 	// OnGroup, when set, is called once a round's group is confirmed, before any
 	// part is sent; the status page uses it to show the current group.
 	OnGroup func(round uint64, members []peer.ID)

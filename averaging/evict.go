@@ -54,7 +54,11 @@ func (a *Averager) judge(p peer.ID, outlier bool, why string) {
 	}
 }
 
-// evict records that p is evicted, and why.
+// Evict evicts p from this Averager's rounds, as if it had been caught (a
+// ban list restored at start).
+func (a *Averager) Evict(p peer.ID, why string) { a.evict(p, why) }
+
+// evict records that p is evicted, and why, and tells Options.OnEvict.
 func (a *Averager) evict(p peer.ID, why string) {
 	if p == "" || p == a.h.ID() {
 		return
@@ -68,6 +72,9 @@ func (a *Averager) evict(p peer.ID, why string) {
 	a.mu.Unlock()
 	if !known {
 		a.o.Logger.Warn("averaging member evicted", "key", a.o.Key, "peer", p.ShortString(), "why", why)
+		if a.o.OnEvict != nil {
+			a.o.OnEvict(p, why)
+		}
 	}
 }
 

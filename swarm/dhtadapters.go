@@ -5,7 +5,6 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"swarmnode/dht"
 	"swarmnode/pipeline"
 )
 
@@ -14,20 +13,23 @@ import (
 
 // dhtRouter is the pipeline's Router over the run's DHT service: its table of
 // live holders, fed by provider records, signed peer records and load gossip.
-type dhtRouter struct{ s *dht.Service }
+type dhtRouter struct{ n *Node }
 
-// Holders lists the DHT table's live holders of stage k.
+// Holders lists the DHT table's live holders of stage k that are not banned.
 func (r dhtRouter) Holders(k int) []pipeline.Holder {
-	hs := r.s.Holders(k)
+	hs := r.n.DHT().Holders(k)
 	out := make([]pipeline.Holder, 0, len(hs))
 	for _, h := range hs {
+		if r.n.bans.has(h.Peer) {
+			continue
+		}
 		out = append(out, pipeline.Holder{ID: h.Peer, Throughput: h.Throughput, Queue: h.Queue, Addrs: h.Addrs})
 	}
 	return out
 }
 
 // MarkDown hides p from the DHT table for its down backoff.
-func (r dhtRouter) MarkDown(p peer.ID) { r.s.MarkDown(p) }
+func (r dhtRouter) MarkDown(p peer.ID) { r.n.DHT().MarkDown(p) }
 
 // dhtPeers lists the live holders of one stage for the averager.
 type dhtPeers struct {
@@ -44,7 +46,7 @@ func (p dhtPeers) Holders(context.Context) ([]peer.ID, error) {
 func (n *Node) otherHolders(k int) []peer.ID {
 	var ids []peer.ID
 	for _, h := range n.DHT().Holders(k) {
-		if h.Peer != n.ID() {
+		if h.Peer != n.ID() && !n.bans.has(h.Peer) {
 			ids = append(ids, h.Peer)
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"swarmnode/averaging"
 	"swarmnode/config"
 	"swarmnode/pipeline"
@@ -38,10 +40,12 @@ func newGradSync(n *Node, cfg config.Config, k int, st *stages.Stage, log *slog.
 	opts.Logger = log
 	opts.Registerer = n.Registry()
 	src := &gradSource{st: st, n: st.NumParams(), log: log}
+	opts.OnEvict = func(p peer.ID, why string) { n.bans.add(p, opts.Key, why) }
 	avg, err := averaging.New(n.Host(), averaging.PeerList(nil), src, opts)
 	if err != nil {
 		return nil, err
 	}
+	n.bans.guard(avg)
 	return &gradSync{avg: avg, src: src}, nil
 }
 

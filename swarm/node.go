@@ -166,6 +166,7 @@ type Node struct {
 	ps     *pubsub.PubSub
 	dht    *dht.Service
 	status *Status
+	bans   *banList // peers this node's averaging evicted, kept in the data dir
 	reg    *prometheus.Registry
 	srv    *statusServer
 	reach  atomic.Int32
@@ -217,7 +218,8 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 		h = &gatedHost{Host: h, g: g}
 	}
 	lctx, cancel := context.WithCancel(context.Background())
-	n := &Node{opts: opts, log: opts.Logger, host: h, status: status, reg: reg, cancel: cancel, lock: lock}
+	n := &Node{opts: opts, log: opts.Logger, host: h, status: status, reg: reg, cancel: cancel, lock: lock,
+		bans: loadBans(bansFile(opts.DataDir, opts.Run), opts.Logger)}
 	fail := func(err error) (*Node, error) {
 		n.Close()
 		return nil, err

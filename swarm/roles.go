@@ -121,7 +121,7 @@ func (r *roles) serveStage(ctx context.Context, k int, st *stages.Stage) (*stage
 	so := pipeline.ServerOptionsFrom(cfg, r.log)
 	so.Slowdown = r.slowdown
 	so.Traffic = &r.n.traffic
-	server, err := pipeline.NewServer(r.n.Host(), worker, dhtRouter{r.n.DHT()}, so)
+	server, err := pipeline.NewServer(r.n.Host(), worker, dhtRouter{r.n}, so)
 	if err != nil {
 		grads.close()
 		return nil, err
@@ -197,10 +197,12 @@ func (r *roles) startAveraging(ctx context.Context, svc *stageService) error {
 		n0 = svc.st.StateLen()
 	}
 	src := &stageSource{st: svc.st, n: n0, log: r.log}
+	opts.OnEvict = func(p peer.ID, why string) { r.n.bans.add(p, opts.Key, why) }
 	avg, err := averaging.New(r.n.Host(), dhtPeers{r.n, svc.k}, src, opts)
 	if err != nil {
 		return err
 	}
+	r.n.bans.guard(avg)
 	svc.avg, svc.src = avg, src
 	svc.wg.Add(1)
 	go func() {
@@ -487,7 +489,7 @@ func (r *roles) serve(ctx context.Context, k int) error {
 	// least (Rescue): long enough for a move to reach every peer, short enough
 	// to unstall the pipeline within seconds.
 	rb := &pipeline.Rebalancer{
-		Router: dhtRouter{r.n.DHT()}, Stages: len(cfg.Stages), Self: r.n.ID(),
+		Router: dhtRouter{r.n}, Stages: len(cfg.Stages), Self: r.n.ID(),
 		Ratio: cfg.Pipeline.RebalanceRatio, Cooldown: 3 * cfg.Pipeline.RebalanceEvery,
 		Settle: rebalanceSettle(cfg), Rescue: max(cfg.Node.GossipEvery, time.Second),
 	}
@@ -605,7 +607,7 @@ func (r *roles) train(ctx context.Context) (pipeline.Summary, error) {
 		status.AddHistory(HistoryPoint{Step: int64(e.Step), Loss: e.Loss, ValLoss: e.ValLoss})
 		sampler.evaluated(e.Step)
 	}
-	tr, err := pipeline.NewTrainer(r.n.Host(), dhtRouter{r.n.DHT()}, corpus, opts)
+	tr, err := pipeline.NewTrainer(r.n.Host(), dhtRouter{r.n}, corpus, opts)
 	if err != nil {
 		return pipeline.Summary{}, err
 	}
