@@ -81,6 +81,8 @@ type gradSource struct {
 	n   int
 	log *slog.Logger
 
+	lie *gradLiar // tests only: an adversary's corruption of what it sends
+
 	mu      sync.Mutex
 	micro   int
 	covered []span // ranges that received the group's mean
@@ -124,11 +126,55 @@ func (s *gradSource) Read(off int, dst []float32) {
 	for i := range dst {
 		dst[i] *= c
 	}
+	if s.lie != nil {
+		s.lie.corruptAt(off, dst)
+	}
+}
+
+// gradLiar makes a holder send corrupted gradients to the all-reduce while
+// it applies the group's honest result itself, so that only what it sends
+// lies (the averaging attack alone, not a holder serving a diverged model).
+// Only tests set one: the adversarial corruption is theirs.
+type gradLiar struct {
+	corrupt func(vals []float32)
+
+	mu   sync.Mutex
+	told map[int][]float32 // by offset: sent − honest
+}
+
+// corrupt corrupts vals, read at off, and remembers by how much.
+func (l *gradLiar) corruptAt(off int, vals []float32) {
+	honest := slices.Clone(vals)
+	l.corrupt(vals)
+	for i := range honest {
+		honest[i] = vals[i] - honest[i]
+	}
+	l.mu.Lock()
+	if l.told == nil {
+		l.told = map[int][]float32{}
+	}
+	l.told[off] = honest
+	l.mu.Unlock()
+}
+
+// undo adds back to delta (the result minus what was sent, at off) what the
+// lie added to what was sent.
+func (l *gradLiar) undo(off int, delta []float32) {
+	l.mu.Lock()
+	d := l.told[off]
+	delete(l.told, off)
+	l.mu.Unlock()
+	for i := range min(len(d), len(delta)) {
+		delta[i] += d[i]
+	}
 }
 
 // Add turns [off, off+len(delta)) into the group's mean: mean sent + delta,
 // where the gradients hold the sum.
 func (s *gradSource) Add(off int, delta []float32) {
+	if s.lie != nil {
+		s.lie.undo(off, delta)
+	}
 	sum := make([]float32, len(delta))
 	if err := s.st.ReadGrads(off, sum); err != nil {
 		s.fail(err)

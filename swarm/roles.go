@@ -40,6 +40,9 @@ type roles struct {
 	fresh    bool
 	initFrom string
 	log      *slog.Logger
+	// lie, set by tests only, corrupts the gradients this holder sends to
+	// its stage's all-reduce (an adversary).
+	lie func(vals []float32)
 }
 
 func newRoles(n *Node, cfg config.Config, o RunOptions) *roles {
@@ -114,6 +117,9 @@ func (r *roles) serveStage(ctx context.Context, k int, st *stages.Stage) (*stage
 	grads, err := newGradSync(r.n, cfg, k, st, r.log)
 	if err != nil {
 		return nil, err
+	}
+	if r.lie != nil {
+		grads.src.lie = &gradLiar{corrupt: r.lie}
 	}
 	wo := pipeline.WorkerOptionsFrom(cfg)
 	wo.Reduce, wo.Logger, wo.CatchUp = grads.reduce, r.log, true
