@@ -90,6 +90,11 @@ func FetchState(ctx context.Context, h host.Host, run, key string, from []peer.I
 	if missing := f.q.missing(); missing > 0 {
 		return State{}, fmt.Errorf("fetch state: %d of %d shards missing: %w", missing, len(f.specs), errors.Join(f.errs...))
 	}
+	liars, err := f.crossCheck(ctx, servers)
+	f.out.Disagreed = liars
+	if err != nil {
+		return State{Disagreed: liars}, fmt.Errorf("fetch state: %w", err)
+	}
 	root := sha256.New()
 	for _, s := range f.used {
 		root.Write(s[:])
@@ -110,6 +115,7 @@ type fetch struct {
 
 	mu   sync.Mutex
 	used [][32]byte // the sum of each shard fetched (mu)
+	src  []peer.ID  // the holder each shard was fetched from (mu)
 	errs []error    // why servers failed (mu)
 }
 
@@ -187,6 +193,7 @@ func (f *fetch) layout(first *server) {
 	f.out.V = make([]float32, first.m.Lens[2])
 	f.specs = first.specs
 	f.used = make([][32]byte, len(f.specs))
+	f.src = make([]peer.ID, len(f.specs))
 	f.q = newShardQueue(len(f.specs))
 }
 
@@ -223,7 +230,7 @@ func (f *fetch) serveFrom(ctx context.Context, sv *server, failed *atomic.Bool) 
 		if err != nil {
 			f.errs = append(f.errs, fmt.Errorf("%s shard %d: %w", sv.id.ShortString(), i, err))
 		} else {
-			f.used[i] = sv.sums[i]
+			f.used[i], f.src[i] = sv.sums[i], sv.id
 			f.out.From[sv.id]++
 		}
 		f.mu.Unlock()

@@ -26,6 +26,9 @@ type State struct {
 	Sum [32]byte
 	// From counts the shards each holder served.
 	From map[peer.ID]int
+	// Disagreed lists the holders whose copy of some shard the majority of
+	// holders did not vouch for (crosscheck.go): poisoned, or far out of step.
+	Disagreed []peer.ID
 }
 
 func (s *State) segments() [3][]float32 { return [3][]float32{s.Params, s.M, s.V} }

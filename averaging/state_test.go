@@ -3,6 +3,7 @@ package averaging
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -185,5 +186,57 @@ func TestFetchStateOfOneStep(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameState(t, got, st)
+	waitNoGoroutines(t)
+}
+
+// nudged is st with every value moved by a relative amount rel (rounding-level
+// differences between honest replicas when rel is tiny).
+func nudged(st State, seed uint64, rel float64) State {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	out := cloneState(st)
+	for _, seg := range [][]float32{out.Params, out.M, out.V} {
+		for k := range seg {
+			seg[k] *= float32(1 + rel*rng.NormFloat64())
+		}
+	}
+	return out
+}
+
+// TestFetchStatePoisonedHolder: a joiner asks three holders; two honest
+// replicas (rounding apart) and one that serves a poisoned state, consistent
+// with its own manifest. The joiner assembles the honest state, replacing the
+// poisoned holder's shards, and names it. Asked only the poisoned holder and
+// one honest one, it has no majority and refuses both.
+func TestFetchStatePoisonedHolder(t *testing.T) {
+	st := testState(200_000)
+	hs := []host.Host{newHost(t, nil), newHost(t, nil), newHost(t, nil), newHost(t, nil)}
+	connectAll(t, hs)
+	o := ServeOptions{ShardFloats: 1 << 15}
+	serve(t, hs[1], st, o)
+	serve(t, hs[2], nudged(st, 2, 1e-6), o)
+	poison := nudged(st, 3, 0.5)
+	serve(t, hs[3], poison, o)
+	ctx := context.Background()
+
+	got, err := FetchState(ctx, hs[0], "test", "stage-0", []peer.ID{hs[1].ID(), hs[2].ID(), hs[3].ID()}, FetchOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, seg := range [][2][]float32{{got.Params, st.Params}, {got.M, st.M}, {got.V, st.V}} {
+		if d := relDistance(seg[0], seg[1]); d > 1e-5 {
+			t.Fatalf("the assembled state is %.3g from the honest one", d)
+		}
+	}
+	if !slices.Equal(got.Disagreed, []peer.ID{hs[3].ID()}) {
+		t.Errorf("disagreeing holders %v, want the poisoner %s", got.Disagreed, hs[3].ID())
+	}
+	if got.From[hs[3].ID()] == 0 {
+		t.Log("the poisoner served no shard this time: the replacement path was not exercised")
+	}
+
+	_, err = FetchState(ctx, hs[0], "test", "stage-0", []peer.ID{hs[1].ID(), hs[3].ID()}, FetchOptions{})
+	if !errors.Is(err, ErrHoldersDisagree) {
+		t.Fatalf("one honest holder and one poisoner: %v, want ErrHoldersDisagree", err)
+	}
 	waitNoGoroutines(t)
 }

@@ -135,3 +135,12 @@ func (b *banList) guard(avg *averaging.Averager) {
 
 // bansFile is where a node of run keeps its ban list.
 func bansFile(dataDir, run string) string { return filepath.Join(dataDir, "bans-"+run+".json") }
+
+// banDisagreeing bans the holders whose copy of a fetched state the majority
+// of holders did not vouch for.
+func (r *roles) banDisagreeing(st averaging.State) {
+	for _, p := range st.Disagreed {
+		r.log.Warn("a holder served a state its peers do not vouch for: banned", "peer", p.ShortString())
+		r.n.bans.add(p, "state", "served a state the majority of the stage's holders did not vouch for")
+	}
+}

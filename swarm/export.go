@@ -162,6 +162,7 @@ func (r *roles) fetchModel(ctx context.Context, holders func(context.Context, in
 		fctx, cancel := context.WithTimeout(ctx, o.Timeout)
 		o.MaxFloats = 3 * lay.Size
 		state, err := averaging.FetchState(fctx, r.n.Host(), cfg.Run, stageKey(k), from, o)
+		r.banDisagreeing(state)
 		cancel()
 		if err != nil {
 			return nil, nil, fmt.Errorf("stage %d: %w", k, err)

@@ -285,6 +285,7 @@ func (r *roles) loadStageState(ctx context.Context, st *stages.Stage, k int) err
 		}
 		fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		state, err := averaging.FetchState(fctx, r.n.Host(), r.cfg.Run, stageKey(k), from, fo)
+		r.banDisagreeing(state)
 		cancel()
 		if err == nil {
 			return r.applyState(st, k, state)
@@ -438,6 +439,7 @@ func (r *roles) catchUp(ctx context.Context, svc *stageService) error {
 	fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	state, err := averaging.FetchState(fctx, r.n.Host(), r.cfg.Run, stageKey(svc.k), from, averaging.FetchOptions{MaxFloats: svc.st.StateLen(), MinStep: int64(since)})
+	r.banDisagreeing(state)
 	if err != nil {
 		svc.worker.AbandonCatchUp()
 		return err
