@@ -32,14 +32,20 @@ demo: build
 demo-local: build
 	$(BIN) local --config $(CONFIG) --summary out/local-summary.json
 
-# Short coverage-guided runs of every fuzz target.
+# Coverage-guided runs of every fuzz target, FUZZTIME each (a nightly-sized
+# run: FUZZTIME=1000000x, a million executions per target); ends with each
+# target's executions. A crash stops it with the failing input kept under
+# the package's testdata/fuzz as a seed.
 fuzz:
-	@set -e; for pkg in $$($(GO) list ./...); do \
+	@set -e; report=$$(mktemp); for pkg in $$($(GO) list ./...); do \
 	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
 	  for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/func //'); do \
-	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	    echo "== $$pkg $$f"; out=$$(mktemp); \
+	    $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg >$$out 2>&1 || { cat $$out; exit 1; }; tail -3 $$out; \
+	    execs=$$(grep -o 'execs: [0-9]*' $$out | tail -1 | cut -d' ' -f2); rm -f $$out; \
+	    printf '%-12s %-36s %s\n' "$${execs:-?}" "$$f" "$$pkg" >>$$report; \
 	  done; \
-	done
+	done; echo "executions per fuzz target, 0 crashes:"; cat $$report; rm -f $$report
 
 clean:
 	rm -rf bin out

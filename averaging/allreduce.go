@@ -186,8 +186,14 @@ func (a *Averager) exchange(ctx context.Context, rr *reduceRound, weight float64
 	progress = make([]atomic.Int64, len(rr.members))
 	var wg sync.WaitGroup
 	for j := range rr.members {
-		if j == rr.index || a.isEvicted(rr.members[j]) {
-			continue // an evicted reducer's shard stays at our values
+		if j == rr.index {
+			continue
+		}
+		if a.isEvicted(rr.members[j]) {
+			// An evicted reducer's shard stays at our values; we tell it
+			// we are out at once rather than let it wait for our parts.
+			wg.Go(func() { a.declineShard(ctx, rr, j) })
+			continue
 		}
 		wg.Go(func() {
 			if err := a.sendShard(ctx, rr, j, weight, &progress[j]); err != nil {

@@ -83,8 +83,10 @@ func (a *Averager) newShardReducer(rr *reduceRound, weight float64) *shardReduce
 		parts: make([][]float32, 0, g), weights: make([]float64, 0, g), bufs: make([][]float32, 0, g),
 		outlier: make([]bool, g), outliers: make(map[*slot]int),
 	}
-	for _, sl := range rr.slots {
-		if sl != nil {
+	for i, sl := range rr.slots {
+		// An evicted sender's parts are refused: waiting for them would cost
+		// every chunk its StallTimeout.
+		if sl != nil && !a.isEvicted(rr.members[i]) {
 			r.live = append(r.live, sl)
 		}
 	}

@@ -53,6 +53,23 @@ func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, weight
 	return snd.applyResults(progress)
 }
 
+// declineShard tells reducer j that we send it nothing this round: the
+// part's header, then the end of the stream, which leaves us out of its shard
+// at once (receiveParts reads the end as a sender gone).
+func (a *Averager) declineShard(ctx context.Context, rr *reduceRound, j int) {
+	s, err := a.h.NewStream(ctx, rr.members[j], a.reduceProto)
+	if err != nil {
+		return
+	}
+	_ = s.SetDeadline(rr.deadline)
+	hdr := partHeader{Group: rr.id, Round: rr.round, From: rr.index, Shard: j, Len: rr.n}
+	if err := wire.WriteJSON(s, frameHeader, hdr); err != nil {
+		s.Reset()
+		return
+	}
+	_ = s.Close()
+}
+
 // shardSender is our end of the reduce stream of one shard.
 type shardSender struct {
 	a        *Averager

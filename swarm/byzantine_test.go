@@ -72,7 +72,9 @@ func TestByzantineHolders(t *testing.T) {
 	for _, at := range holderAttacks {
 		row := map[string]float64{}
 		for _, red := range []string{"mean", "centered_clip"} {
-			row[red] = byzantineRun(t, steps, red, at.lie)
+			t.Run(at.name+"/"+red, func(t *testing.T) { // its nodes close with it
+				row[red] = byzantineRun(t, steps, red, at.lie)
+			})
 			if at.lie == nil {
 				clean[red] = row[red]
 			}
