@@ -8,7 +8,8 @@ import (
 )
 
 // Eviction. A sender whose part CenteredClip finds an outlier in at least half
-// the chunks of a shard, in evictStrikes rounds in a row, is evicted by that
+// the chunks of a shard it was judged in, in evictStrikes rounds in a row
+// (rounds where it held no weight do not count either way), is evicted by that
 // shard's reducer: from then on this
 // Averager refuses its parts, sends it no shard to reduce (that shard keeps our
 // own values) and leaves it out of the groups it forms. An honest member is

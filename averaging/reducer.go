@@ -70,10 +70,9 @@ type shardReducer struct {
 	bufs    [][]float32
 	outlier []bool
 
-	// chunks counts the chunks reduced; outliers, per sender, those where
-	// the Reducer found its part an outlier.
-	chunks   int
-	outliers map[*slot]int
+	// judged counts, per sender, the chunks its part was reduced in with a
+	// weight; outliers those where the Reducer found it an outlier.
+	judged, outliers map[*slot]int
 }
 
 func (a *Averager) newShardReducer(rr *reduceRound, weight float64) *shardReducer {
@@ -81,7 +80,7 @@ func (a *Averager) newShardReducer(rr *reduceRound, weight float64) *shardReduce
 	r := &shardReducer{
 		a: a, rr: rr, weight: weight, own: a.getBuf(),
 		parts: make([][]float32, 0, g), weights: make([]float64, 0, g), bufs: make([][]float32, 0, g),
-		outlier: make([]bool, g), outliers: make(map[*slot]int),
+		outlier: make([]bool, g), judged: make(map[*slot]int), outliers: make(map[*slot]int),
 	}
 	for i, sl := range rr.slots {
 		// An evicted sender's parts are refused: waiting for them would cost
@@ -174,9 +173,12 @@ func (r *shardReducer) reduce(ch chunk) (*payload, error) {
 		err = codec.CheckFinite(o)
 	}
 	if err == nil && ch.n >= minJudged {
-		r.chunks++
 		for i, sl := range r.live {
-			if out[i+1] { // parts[0] is ours
+			if r.weights[i+1] <= 0 { // parts[0] is ours
+				continue // left out of the reduction: nothing to judge
+			}
+			r.judged[sl]++
+			if out[i+1] {
 				r.outliers[sl]++
 			}
 		}
@@ -258,14 +260,9 @@ func (r *shardReducer) answer(ctx context.Context, p *payload) bool {
 // the round's end resets their streams.
 func (r *shardReducer) finish(ctx context.Context) {
 	r.a.putBuf(r.own)
-	if r.chunks > 0 {
-		for _, sl := range r.rr.slots {
-			if sl == nil || sl.from == "" {
-				continue
-			}
-			n := r.outliers[sl]
-			r.a.judge(sl.from, n > 0 && 2*n >= r.chunks, fmt.Sprintf("its part was an outlier in %d of %d chunks of round %d", n, r.chunks, r.rr.round))
-		}
+	for sl, judged := range r.judged {
+		n := r.outliers[sl]
+		r.a.judge(sl.from, n > 0 && 2*n >= judged, fmt.Sprintf("its part was an outlier in %d of %d chunks of round %d", n, judged, r.rr.round))
 	}
 	for _, sl := range r.rr.slots {
 		if sl != nil {

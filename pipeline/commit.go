@@ -61,6 +61,8 @@ type stepReply struct {
 	// Complete says every part of theirs arrived.
 	Group    []string `json:"group"`
 	Complete bool     `json:"complete"`
+	// Evicted lists the holders this one evicted from the stage's all-reduce.
+	Evicted []string `json:"evicted,omitempty"`
 }
 
 type errorMsg struct {
@@ -116,6 +118,9 @@ func (s *Server) commitRequest(typ byte, payload []byte) (any, byte, error) {
 		reply := stepReply{Version: info.Version, Micro: info.Micro, Samples: info.Samples, Averaged: info.Averaged, GradNorm: info.GradNorm, Complete: info.Complete}
 		for _, p := range info.Group {
 			reply.Group = append(reply.Group, p.String())
+		}
+		for _, p := range info.Evicted {
+			reply.Evicted = append(reply.Evicted, p.String())
 		}
 		return reply, msgCommit, nil
 	}
@@ -344,6 +349,9 @@ func (cs *commitState) commit(ctx context.Context) (samples []int, lost []uint64
 		}
 	}
 	wg.Wait()
+	for k, v := range cs.views {
+		t.shunEvicted(k, len(v.holders), replies[k])
+	}
 	inStep := make(map[uint64]bool, len(cs.ids))
 	for _, id := range cs.ids {
 		inStep[id] = true
@@ -382,6 +390,31 @@ func (cs *commitState) members(k int) ([]string, []int) {
 		members[j], weights[j] = v.holders[i].ID.String(), len(cs.kept[k][i])
 	}
 	return members, weights
+}
+
+// shunEvicted stops routing to a holder that most of stage k's n holders
+// report having evicted from their all-reduce: its gradients count for
+// nothing there, so the microbatches sent to it would be lost. One holder's
+// word is not enough: a liar could name honest holders.
+func (t *Trainer) shunEvicted(k, n int, replies []*stepReply) {
+	votes := map[string]int{}
+	for _, r := range replies {
+		if r == nil {
+			continue
+		}
+		for _, e := range slices.Compact(slices.Sorted(slices.Values(r.Evicted))) {
+			votes[e]++
+		}
+	}
+	for e, v := range votes {
+		p, err := peer.Decode(e)
+		if err != nil || 2*v <= n {
+			continue
+		}
+		if t.call.picker.shun(p) {
+			t.log.Warn("a holder evicted by most of its stage: no longer routed to", "stage", k, "holder", shortID(p), "votes", v, "holders", n)
+		}
+	}
 }
 
 // included reports whether the all-reduce of some holder that answered its

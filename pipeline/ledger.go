@@ -91,7 +91,7 @@ func (w *Worker) Commit(ctx context.Context, c Round, undo []uint64) (StepInfo, 
 		if err != nil {
 			w.log.Info("gradient all-reduce failed, stepping on this holder's gradients", "stage", w.st.Index(), "round", c.ID, "err", err)
 		}
-		info.Averaged, info.Group, info.Complete = red.Averaged, red.Group, red.Complete
+		info.Averaged, info.Group, info.Complete, info.Evicted = red.Averaged, red.Group, red.Complete, red.Evicted
 	}
 	div := info.Micro
 	if info.Averaged {

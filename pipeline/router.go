@@ -133,6 +133,27 @@ type picker struct {
 	inflight map[peer.ID]int
 	links    map[peer.ID]*linkRate // measured by this peer's calls
 	service  map[peer.ID]float64   // tokens/s of this peer's calls to each holder, averaged
+	shunned  map[peer.ID]bool      // holders most of their stage evicted: never picked
+}
+
+// shun stops p from being picked; it reports whether p was not shunned yet.
+func (p *picker) shun(id peer.ID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.shunned[id] {
+		return false
+	}
+	if p.shunned == nil || len(p.shunned) > 4096 {
+		p.shunned = map[peer.ID]bool{}
+	}
+	p.shunned[id] = true
+	return true
+}
+
+func (p *picker) isShunned(id peer.ID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.shunned[id]
 }
 
 // linkRate is what this peer measured of the link to one holder: the rate its
@@ -265,7 +286,7 @@ func weight(tp, mean float64, queue int) float64 {
 func (p *picker) choose(k int, avoid map[peer.ID]bool) (Holder, bool) {
 	hs := p.router.Holders(k)
 	// Filter into a copy: the router's slice is not ours to modify.
-	hs = slices.DeleteFunc(slices.Clone(hs), func(h Holder) bool { return h.ID == p.self })
+	hs = slices.DeleteFunc(slices.Clone(hs), func(h Holder) bool { return h.ID == p.self || p.isShunned(h.ID) })
 	now := time.Now()
 	cands := make([]Holder, 0, len(hs))
 	for _, h := range hs {

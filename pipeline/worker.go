@@ -30,6 +30,9 @@ type StepInfo struct {
 	// one included), Complete that every part of theirs arrived.
 	Group    []peer.ID
 	Complete bool
+	// Evicted lists the holders this one evicted from its stage's all-reduce
+	// (liars): the trainer stops routing to a holder most of its stage evicted.
+	Evicted []peer.ID
 	// OutOfStep reports that the stage was not at the version the round's
 	// other members were at before the step (it missed a commit, or another
 	// trainer's commit came in between): its parameters should be brought
@@ -67,6 +70,9 @@ type Reduced struct {
 	// included; Complete reports that every part of every one of them arrived.
 	Group    []peer.ID
 	Complete bool
+	// Evicted lists the members this holder has evicted from the stage's
+	// all-reduce (at most maxCommitMembers).
+	Evicted []peer.ID
 }
 
 // WorkerOptions set a Worker's optimizer schedule.

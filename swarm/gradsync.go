@@ -63,6 +63,11 @@ func (g *gradSync) reduce(ctx context.Context, r pipeline.Round) (pipeline.Reduc
 		return pipeline.Reduced{}, err
 	}
 	red := pipeline.Reduced{Averaged: true, Group: res.Members, Complete: err == nil && res.Dropped == 0 && res.Averaged >= 1}
+	for p := range g.avg.Evicted() {
+		if len(red.Evicted) < maxGradGroup {
+			red.Evicted = append(red.Evicted, p)
+		}
+	}
 	if ferr := g.src.finish(); ferr != nil {
 		return red, ferr
 	}
