@@ -237,7 +237,7 @@ func (c *caller) try(ctx context.Context, h Holder, req *request, soft <-chan st
 	}
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	c.picker.begin(h.ID)
+	concurrent := c.picker.begin(h.ID)
 	defer c.picker.end(h.ID)
 	start := time.Now()
 
@@ -288,7 +288,7 @@ func (c *caller) try(ctx context.Context, h Holder, req *request, soft <-chan st
 	ok = err == nil
 	if ok && f.Kind == wire.Gradient {
 		c.picker.observeLink(h.ID, f.PayloadLen, f.B*f.T, f.Transfer)
-		c.picker.observeService(h.ID, f.B*f.T, time.Since(start))
+		c.picker.observeService(h.ID, f.B*f.T, concurrent, time.Since(start))
 	}
 	return ans, asked, err
 }

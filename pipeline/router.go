@@ -205,22 +205,33 @@ func newPicker(r Router, bo *backoff, self peer.ID, seed uint64, log *slog.Logge
 }
 
 // Routing does not take a holder's word for its speed. Each answered call
-// gives the caller a service rate (tokens over the call's wall time, which
-// includes the hops downstream of the holder). Service rates of holders of one
-// stage share their downstream mix, so claim ÷ service rate is about the same
-// for honest holders; the median of that ratio turns a holder's measured rate
-// back into a credible claim. A holder is routed on the smaller of its claim
-// and that credible rate, and one claiming more than twice it loses traffic
-// in proportion (credible ÷ overclaim): inflating a claim draws less traffic,
-// not more. A holder not measured yet is routed on its claim capped at the
-// candidates' median claim, so that a newcomer gets work and is measured.
+// gives the caller a service rate: tokens over the call's wall time (times the
+// calls in flight to that holder, which share it). A call's time per token is
+// the holder's compute, 1/claim for an honest holder, plus an overhead it
+// shares with the other holders of its stage: the hops downstream and the
+// link. The median excess 1/service − 1/claim over the stage's holders
+// estimates that overhead; what is left of a holder's own time per token once
+// it is taken off is its credible compute rate. A holder is routed on the
+// smaller of its claim and that credible rate, and one claiming more than
+// overclaim times it loses traffic in proportion (credible ÷ overclaim):
+// inflating a claim draws less traffic, not more. A holder not measured yet
+// is routed on its claim capped at the candidates' median claim, so that a
+// newcomer gets work and is measured.
 
-// observeService takes one answered call to holder id: tokens tokens in d.
-func (p *picker) observeService(id peer.ID, tokens int, d time.Duration) {
+// overclaim is how far above its credible rate a claim may be before the
+// holder loses traffic for it: measurements are noisy, lies are large.
+const overclaim = 4
+
+// observeService takes one answered call to holder id: tokens tokens in d,
+// with concurrent calls of ours to it in flight when it began. The calls in
+// flight share the holder, so the rate it serves us at is concurrent times
+// the call's own; without that factor, the holder that gets the most traffic
+// would look the slowest.
+func (p *picker) observeService(id peer.ID, tokens, concurrent int, d time.Duration) {
 	if tokens <= 0 || d <= 0 {
 		return
 	}
-	rate := float64(tokens) / d.Seconds()
+	rate := float64(tokens*max(1, concurrent)) / d.Seconds()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.service == nil || len(p.service) > 4096 {
@@ -236,24 +247,24 @@ func (p *picker) observeService(id peer.ID, tokens int, d time.Duration) {
 // held); mean stands for unknown claims.
 func (p *picker) credible(cands []Holder, mean float64) []float64 {
 	claims := make([]float64, len(cands))
-	var ratios []float64
+	var excess []float64
 	for i, h := range cands {
 		claims[i] = h.Throughput
 		if claims[i] <= 0 {
 			claims[i] = mean
 		}
 		if m := p.service[h.ID]; m > 0 {
-			ratios = append(ratios, claims[i]/m)
+			excess = append(excess, 1/m-1/claims[i])
 		}
 	}
 	sorted := slices.Clone(claims)
 	slices.Sort(sorted)
 	medianClaim := sorted[(len(sorted)-1)/2]
-	if len(ratios) < 2 {
+	if len(excess) < 2 {
 		return claims // nothing to compare a measurement with
 	}
-	slices.Sort(ratios)
-	q := ratios[(len(ratios)-1)/2]
+	slices.Sort(excess)
+	overhead := max(0, excess[(len(excess)-1)/2])
 	out := make([]float64, len(cands))
 	for i, h := range cands {
 		m := p.service[h.ID]
@@ -261,12 +272,16 @@ func (p *picker) credible(cands []Holder, mean float64) []float64 {
 			out[i] = min(claims[i], medianClaim)
 			continue
 		}
-		cred := m * q
-		switch over := claims[i] / cred; {
-		case over > 2:
+		own := 1/m - overhead // seconds per token of its own compute
+		if own <= 1/claims[i] {
+			out[i] = claims[i] // at least as fast as it says
+			continue
+		}
+		cred := 1 / own
+		if over := claims[i] / cred; over > overclaim {
 			out[i] = cred / over
-		default:
-			out[i] = min(claims[i], cred)
+		} else {
+			out[i] = cred
 		}
 	}
 	return out
@@ -361,10 +376,12 @@ func (p *picker) pick(ctx context.Context, k int, avoid map[peer.ID]bool) (Holde
 	}
 }
 
-func (p *picker) begin(id peer.ID) {
+// begin counts a call to id in flight and returns how many are now.
+func (p *picker) begin(id peer.ID) int {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.inflight[id]++
-	p.mu.Unlock()
+	return p.inflight[id]
 }
 
 func (p *picker) end(id peer.ID) {

@@ -155,11 +155,11 @@ func TestPickerWeighsLinkRate(t *testing.T) {
 func TestPickerDistrustsClaims(t *testing.T) {
 	r := staticRouter{{ID: "a", Throughput: 1000}, {ID: "b", Throughput: 2000}, {ID: "liar", Throughput: 100_000}, {ID: "new", Throughput: 1e9}}
 	p := newPicker(r, newBackoff(time.Second, time.Minute), "", 5, nil)
-	// Calls of 1000 tokens: a in 10 s, b in 5 s (claims ÷ service = 10), the
-	// liar in 10 s like a.
-	p.observeService("a", 1000, 10*time.Second)
-	p.observeService("b", 1000, 5*time.Second)
-	p.observeService("liar", 1000, 10*time.Second)
+	// a serves 100 tokens/s, b 200 (claims ÷ service = 10), the liar 100
+	// like a.
+	p.observeService("a", 1000, 1, 10*time.Second)
+	p.observeService("b", 500, 2, 5*time.Second) // two calls at once: 200 tokens/s
+	p.observeService("liar", 1000, 1, 10*time.Second)
 	const n = 40000
 	count := map[peer.ID]int{}
 	for range n {
