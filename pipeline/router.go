@@ -211,10 +211,12 @@ func newPicker(r Router, bo *backoff, self peer.ID, seed uint64, log *slog.Logge
 // shares with the other holders of its stage: the hops downstream and the
 // link. The median excess 1/service − 1/claim over the stage's holders
 // estimates that overhead; what is left of a holder's own time per token once
-// it is taken off is its credible compute rate. A holder is routed on the
-// smaller of its claim and that credible rate, and one claiming more than
-// overclaim times it loses traffic in proportion (credible ÷ overclaim):
-// inflating a claim draws less traffic, not more. A holder not measured yet
+// it is taken off is its credible compute rate. A holder claiming more than
+// overclaim times that rate loses traffic in proportion (credible ÷
+// overclaim): inflating a claim draws less traffic, not more. Within that
+// margin the claim stands: routing less to a holder on a noisy measurement
+// would give it fewer calls, so fewer in flight, so a lower measured rate,
+// and starve it. A holder not measured yet
 // is routed on its claim capped at the candidates' median claim, so that a
 // newcomer gets work and is measured.
 
@@ -268,6 +270,10 @@ func (p *picker) credible(cands []Holder, mean float64) []float64 {
 	out := make([]float64, len(cands))
 	for i, h := range cands {
 		m := p.service[h.ID]
+		if h.Throughput <= 0 {
+			out[i] = claims[i] // it claims nothing yet: routed as the mean
+			continue
+		}
 		if m <= 0 {
 			out[i] = min(claims[i], medianClaim)
 			continue
@@ -281,7 +287,7 @@ func (p *picker) credible(cands []Holder, mean float64) []float64 {
 		if over := claims[i] / cred; over > overclaim {
 			out[i] = cred / over
 		} else {
-			out[i] = cred
+			out[i] = claims[i]
 		}
 	}
 	return out
