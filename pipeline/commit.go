@@ -256,6 +256,9 @@ func (cs *commitState) prepare(ctx context.Context) {
 			if t.call.bo.hasFailed(h.ID, now) {
 				continue // failed lately: its share is sent again if need be
 			}
+			if t.call.picker.isShunned(h.ID) {
+				continue // evicted by its stage: it trains nothing, and would hold the commit up
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
