@@ -132,7 +132,6 @@ type picker struct {
 	rng      *rand.Rand
 	inflight map[peer.ID]int
 	links    map[peer.ID]*linkRate // measured by this peer's calls
-	service  map[peer.ID]float64   // tokens/s of this peer's calls to each holder, averaged
 	shunned  map[peer.ID]bool      // holders most of their stage evicted: never picked
 }
 
@@ -204,95 +203,6 @@ func newPicker(r Router, bo *backoff, self peer.ID, seed uint64, log *slog.Logge
 	return &picker{router: r, bo: bo, self: self, log: log, rng: rand.New(rand.NewPCG(seed, 0x5eed)), inflight: make(map[peer.ID]int)}
 }
 
-// Routing does not take a holder's word for its speed. Each answered call
-// gives the caller a service rate: tokens over the call's wall time (times the
-// calls in flight to that holder, which share it). A call's time per token is
-// the holder's compute, 1/claim for an honest holder, plus an overhead it
-// shares with the other holders of its stage: the hops downstream and the
-// link. The median excess 1/service − 1/claim over the stage's holders
-// estimates that overhead; what is left of a holder's own time per token once
-// it is taken off is its credible compute rate. A holder claiming more than
-// overclaim times that rate loses traffic in proportion (credible ÷
-// overclaim): inflating a claim draws less traffic, not more. Within that
-// margin the claim stands: routing less to a holder on a noisy measurement
-// would give it fewer calls, so fewer in flight, so a lower measured rate,
-// and starve it. A holder not measured yet
-// is routed on its claim capped at the candidates' median claim, so that a
-// newcomer gets work and is measured.
-
-// overclaim is how far above its credible rate a claim may be before the
-// holder loses traffic for it: measurements are noisy, lies are large.
-const overclaim = 4
-
-// observeService takes one answered call to holder id: tokens tokens in d,
-// with concurrent calls of ours to it in flight when it began. The calls in
-// flight share the holder, so the rate it serves us at is concurrent times
-// the call's own; without that factor, the holder that gets the most traffic
-// would look the slowest.
-func (p *picker) observeService(id peer.ID, tokens, concurrent int, d time.Duration) {
-	if tokens <= 0 || d <= 0 {
-		return
-	}
-	rate := float64(tokens*max(1, concurrent)) / d.Seconds()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.service == nil || len(p.service) > 4096 {
-		p.service = make(map[peer.ID]float64)
-	}
-	if old, ok := p.service[id]; ok {
-		rate = old + 0.3*(rate-old)
-	}
-	p.service[id] = rate
-}
-
-// credible returns the throughput routing uses for each candidate (p.mu
-// held); mean stands for unknown claims.
-func (p *picker) credible(cands []Holder, mean float64) []float64 {
-	claims := make([]float64, len(cands))
-	var excess []float64
-	for i, h := range cands {
-		claims[i] = h.Throughput
-		if claims[i] <= 0 {
-			claims[i] = mean
-		}
-		if m := p.service[h.ID]; m > 0 {
-			excess = append(excess, 1/m-1/claims[i])
-		}
-	}
-	sorted := slices.Clone(claims)
-	slices.Sort(sorted)
-	medianClaim := sorted[(len(sorted)-1)/2]
-	if len(excess) < 2 {
-		return claims // nothing to compare a measurement with
-	}
-	slices.Sort(excess)
-	overhead := max(0, excess[(len(excess)-1)/2])
-	out := make([]float64, len(cands))
-	for i, h := range cands {
-		m := p.service[h.ID]
-		if h.Throughput <= 0 {
-			out[i] = claims[i] // it claims nothing yet: routed as the mean
-			continue
-		}
-		if m <= 0 {
-			out[i] = min(claims[i], medianClaim)
-			continue
-		}
-		own := 1/m - overhead // seconds per token of its own compute
-		if own <= 1/claims[i] {
-			out[i] = claims[i] // at least as fast as it says
-			continue
-		}
-		cred := 1 / own
-		if over := claims[i] / cred; over > overclaim {
-			out[i] = cred / over
-		} else {
-			out[i] = claims[i]
-		}
-	}
-	return out
-}
-
 // weight is a holder's share of the traffic. A holder whose throughput is still
 // unknown is treated as average so that newcomers get work and get measured.
 func weight(tp, mean float64, queue int) float64 {
@@ -341,11 +251,14 @@ func (p *picker) choose(k int, avoid map[peer.ID]bool) (Holder, bool) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	tps := p.credible(cands, mean)
 	ws := make([]float64, len(cands))
 	total := 0.0
 	for i, h := range cands {
-		ws[i] = weight(overLink(tps[i], p.links[h.ID]), mean, h.Queue+p.inflight[h.ID])
+		tp := h.Throughput
+		if tp <= 0 {
+			tp = mean
+		}
+		ws[i] = weight(overLink(tp, p.links[h.ID]), mean, h.Queue+p.inflight[h.ID])
 		total += ws[i]
 	}
 	x := p.rng.Float64() * total
@@ -382,12 +295,10 @@ func (p *picker) pick(ctx context.Context, k int, avoid map[peer.ID]bool) (Holde
 	}
 }
 
-// begin counts a call to id in flight and returns how many are now.
-func (p *picker) begin(id peer.ID) int {
+func (p *picker) begin(id peer.ID) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.inflight[id]++
-	return p.inflight[id]
+	p.mu.Unlock()
 }
 
 func (p *picker) end(id peer.ID) {

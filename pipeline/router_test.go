@@ -148,33 +148,3 @@ func TestPickerWeighsLinkRate(t *testing.T) {
 		t.Errorf("far's share %.3f, want %.3f", share, want)
 	}
 }
-
-// TestPickerDistrustsClaims: a holder claiming 100× the speed its answers show
-// draws less traffic than honest holders, not more; a newcomer's claim counts
-// no more than the median claim until it is measured.
-func TestPickerDistrustsClaims(t *testing.T) {
-	r := staticRouter{{ID: "a", Throughput: 1000}, {ID: "b", Throughput: 2000}, {ID: "liar", Throughput: 100_000}, {ID: "new", Throughput: 1e9}}
-	p := newPicker(r, newBackoff(time.Second, time.Minute), "", 5, nil)
-	// a serves 100 tokens/s, b 200 (claims ÷ service = 10), the liar 100
-	// like a.
-	p.observeService("a", 1000, 1, 10*time.Second)
-	p.observeService("b", 500, 2, 5*time.Second) // two calls at once: 200 tokens/s
-	p.observeService("liar", 1000, 1, 10*time.Second)
-	const n = 40000
-	count := map[peer.ID]int{}
-	for range n {
-		h, _ := p.choose(0, nil)
-		count[h.ID]++
-	}
-	t.Logf("picks of %d: %v", n, count)
-	if count["liar"] >= count["a"]/10 {
-		t.Errorf("the liar drew %d picks against a's %d", count["liar"], count["a"])
-	}
-	if b, a := float64(count["b"]), float64(count["a"]); math.Abs(b/a-2) > 0.2 {
-		t.Errorf("b (twice a's measured rate) drew %.2f× a's picks", b/a)
-	}
-	// The newcomer is routed as the median claim (2000), like b.
-	if nw, b := float64(count["new"]), float64(count["b"]); math.Abs(nw/b-1) > 0.15 {
-		t.Errorf("the unmeasured newcomer drew %.2f× b's picks", nw/b)
-	}
-}
