@@ -106,12 +106,12 @@ func TestByzantineMembers(t *testing.T) {
 			}
 			for j := range g {
 				lo, hi := shardRange(n, g, j)
-				d := distance(got[lo:hi], honestMean[lo:hi])
+				d := distance64(got[lo:hi], honestMean[lo:hi])
 				if d > bounds[j] {
 					t.Errorf("%s: honest member %d, shard %d: ‖result − honest mean‖ %.3g > bound %.3g", at.name, i, j, d, bounds[j])
 				}
 			}
-			worst = math.Max(worst, distance(got, honestMean))
+			worst = math.Max(worst, distance64(got, honestMean))
 		}
 		// The liars go on lying (they claim their weight again): a liar is
 		// evicted once it has been an outlier in evictStrikes rounds in a row.
@@ -170,7 +170,7 @@ func shardBounds(vecs [][]float32, claims []float64, liars int, honestMean []flo
 		for i, p := range parts {
 			if honest[i] {
 				wh += ws[i]
-				r = math.Max(r, distance(p, honestMean[lo:hi]))
+				r = math.Max(r, distance64(p, honestMean[lo:hi]))
 			} else {
 				wb += ws[i]
 			}
@@ -192,8 +192,6 @@ func finite32(v []float32) bool {
 	}
 	return true
 }
-
-func distance(a []float32, b []float64) float64 { return distance64(a, b) }
 
 func distance32(a, b []float64) float64 {
 	var s float64
@@ -256,7 +254,7 @@ func TestCenteredClipOutlier(t *testing.T) {
 		t.Fatal(err)
 	}
 	honest := weightedMean(parts[:4], ws[:4])
-	if d := distance(got, honest); d > tau/4 {
+	if d := distance64(got, honest); d > tau/4 {
 		t.Errorf("‖result − honest mean‖ %.3g > τ·W_B/W_H = %.3g", d, tau/4)
 	}
 	if !slices.Equal(out, []bool{false, false, false, false, true}) {

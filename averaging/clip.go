@@ -119,16 +119,17 @@ func equalIfNone(weights []float64) []float64 {
 
 // radius sets v to the coordinate-wise median of the parts and returns τ.
 func (c *clipper) radius() float64 {
-	for k := 0; k < c.n; k++ {
-		for i, p := range c.parts {
-			c.col[i] = p[k]
+	if len(c.parts) == 3 { // the common group: a median of three, no sort
+		a, b, d := c.parts[0][:c.n], c.parts[1][:c.n], c.parts[2][:c.n]
+		for k := range c.n {
+			c.v[k] = float64(max(min(a[k], b[k]), min(max(a[k], b[k]), d[k])))
 		}
-		slices.Sort(c.col)
-		m := len(c.col)
-		if m%2 == 1 {
-			c.v[k] = float64(c.col[m/2])
-		} else {
-			c.v[k] = (float64(c.col[m/2-1]) + float64(c.col[m/2])) / 2
+	} else {
+		for k := 0; k < c.n; k++ {
+			for i, p := range c.parts {
+				c.col[i] = p[k]
+			}
+			c.v[k] = median32(c.col)
 		}
 	}
 	d := make([]float64, len(c.parts))
@@ -137,6 +138,24 @@ func (c *clipper) radius() float64 {
 	}
 	slices.Sort(d)
 	return ClipRadius * d[(len(d)-1)/2]
+}
+
+// median32 is the median of col, which it sorts in place (insertion sort:
+// groups are small, and a generic sort per value costs more than the rest of
+// the reduction).
+func median32(col []float32) float64 {
+	for i := 1; i < len(col); i++ {
+		x, j := col[i], i
+		for ; j > 0 && col[j-1] > x; j-- {
+			col[j] = col[j-1]
+		}
+		col[j] = x
+	}
+	m := len(col)
+	if m%2 == 1 {
+		return float64(col[m/2])
+	}
+	return (float64(col[m/2-1]) + float64(col[m/2])) / 2
 }
 
 // within reports whether every part lies within tau of mean.

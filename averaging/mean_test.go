@@ -1,9 +1,11 @@
 package averaging
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
+	"time"
 )
 
 func TestMeanZeroWeights(t *testing.T) {
@@ -60,5 +62,41 @@ func TestMeanAnyGroupSize(t *testing.T) {
 				t.Fatalf("g=%d value %d: %v, want %v", g, k, out[k], want[k])
 			}
 		}
+	}
+}
+
+// BenchmarkReducers times one chunk (DefaultChunkFloats values) of G parts
+// of honest replicas under Mean and under CenteredClip, and reports
+// CenteredClip's time as a multiple of Mean's (clip_vs_mean): the cost the
+// robust reducer adds to every chunk of an honest all-reduce.
+func BenchmarkReducers(b *testing.B) {
+	for _, g := range []int{3, 4, 8} {
+		rng := rand.New(rand.NewPCG(1, uint64(g)))
+		parts := make([][]float32, g)
+		ws := make([]float64, g)
+		for i := range parts {
+			parts[i], ws[i] = randVec(rng, DefaultChunkFloats, 1), 1
+		}
+		out := make([]float32, DefaultChunkFloats)
+		outlier := make([]bool, g)
+		timeOf := func(red Reducer) time.Duration {
+			start := time.Now()
+			for range 20 {
+				if err := red(parts, ws, out, outlier); err != nil {
+					b.Fatal(err)
+				}
+			}
+			return time.Since(start) / 20
+		}
+		b.Run(fmt.Sprintf("G%d", g), func(b *testing.B) {
+			var mean, clip time.Duration
+			for range b.N {
+				mean += timeOf(Mean)
+				clip += timeOf(CenteredClip)
+			}
+			b.ReportMetric(float64(mean.Microseconds())/float64(b.N), "mean_us/chunk")
+			b.ReportMetric(float64(clip.Microseconds())/float64(b.N), "clip_us/chunk")
+			b.ReportMetric(float64(clip)/float64(mean), "clip_vs_mean")
+		})
 	}
 }

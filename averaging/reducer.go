@@ -205,14 +205,20 @@ func (r *shardReducer) reduce(ch chunk) (*payload, error) {
 // median and τ, and be judged an outlier for holding zeros. When every weight
 // is zero all parts count, equally.
 func reduceWeighted(red Reducer, parts [][]float32, ws []float64, out []float32, outlier []bool) error {
-	var keep []int
+	zero := 0
+	for _, w := range ws {
+		if w <= 0 {
+			zero++
+		}
+	}
+	if zero == 0 || zero == len(parts) { // the usual case: no copies
+		return red(parts, ws, out, outlier)
+	}
+	keep := make([]int, 0, len(parts)-zero)
 	for i, w := range ws {
 		if w > 0 {
 			keep = append(keep, i)
 		}
-	}
-	if len(keep) == len(parts) || len(keep) == 0 {
-		return red(parts, ws, out, outlier)
 	}
 	kp, kw, ko := make([][]float32, len(keep)), make([]float64, len(keep)), make([]bool, len(keep))
 	for j, i := range keep {
