@@ -39,6 +39,8 @@ type reduceRound struct {
 	// gave every one of them (by member index), nil when each member's
 	// claim is taken, bounded (BoundWeights).
 	attested []float64
+	// log keeps what we reduce, for audits; nil when audits are off.
+	log *auditLog
 }
 
 // weightOf is member i's weight given its claim: at most what was attested.
@@ -54,6 +56,7 @@ func (rr *reduceRound) weightOf(i int, claim float64) float64 {
 // slot is one sender's part of our shard.
 type slot struct {
 	weight   float64
+	index    int            // the sender's member index
 	from     peer.ID        // the sender, once attached
 	attached bool           // a stream claimed the slot (a.mu)
 	chunks   chan []float32 // decoded chunks in order; closed by the stream's reader when it stops
@@ -121,8 +124,19 @@ func (a *Averager) allReduce(ctx context.Context, r uint64, rk [32]byte, members
 	}
 	t0 := time.Now()
 	weight := a.contribution()
-	progress, dropped := a.exchange(ctx, rr, rr.weightOf(res.Index, weight))
+	ours := rr.weightOf(res.Index, weight)
+	tickets := a.pickAudits(rr, ours)
+	progress, dropped := a.exchange(ctx, rr, ours, tickets)
 	res.Phases.Exchange = time.Since(t0)
+	for j, tk := range tickets {
+		if tk != nil && progress[j].Load() > int64(tk.chunk) {
+			a.audits.Go(func() {
+				actx, cancel := context.WithTimeout(a.ctx, a.o.Deadline)
+				defer cancel()
+				a.audit(actx, rr, j, tk)
+			})
+		}
+	}
 	applied, short := rr.applied(progress, a.o.ChunkFloats)
 	a.settle(weight, applied)
 	res.Averaged = float64(applied) / float64(n)
@@ -144,7 +158,12 @@ func (a *Averager) openRound(ctx context.Context, r uint64, rk [32]byte, members
 	for i := range members {
 		if i != index {
 			rr.slots[i] = newSlot(ctx)
+			rr.slots[i].index = i
 		}
+	}
+	if a.o.AuditRate > 0 {
+		lo, hi := shardRange(n, len(members), index)
+		rr.log = newAuditLog(rr, (hi-lo+a.o.ChunkFloats-1)/a.o.ChunkFloats)
 	}
 	a.mu.Lock()
 	a.rounds[rr.id] = rr
@@ -162,6 +181,9 @@ func (a *Averager) closeRound(rr *reduceRound) {
 		if sl != nil {
 			sl.drop()
 		}
+	}
+	if rr.log != nil {
+		a.keepAuditLog(rr.log)
 	}
 }
 
@@ -182,7 +204,7 @@ func (a *Averager) contribution() float64 {
 // exchange runs every stream of the round at once: a sender for each other
 // member's shard and the reducer of ours. progress[j] counts the chunks of shard
 // j whose average reached the source; dropped, the senders our reducer left out.
-func (a *Averager) exchange(ctx context.Context, rr *reduceRound, weight float64) (progress []atomic.Int64, dropped int) {
+func (a *Averager) exchange(ctx context.Context, rr *reduceRound, weight float64, tickets []*auditTicket) (progress []atomic.Int64, dropped int) {
 	progress = make([]atomic.Int64, len(rr.members))
 	var wg sync.WaitGroup
 	for j := range rr.members {
@@ -196,7 +218,11 @@ func (a *Averager) exchange(ctx context.Context, rr *reduceRound, weight float64
 			continue
 		}
 		wg.Go(func() {
-			if err := a.sendShard(ctx, rr, j, weight, &progress[j]); err != nil {
+			var tk *auditTicket
+			if tickets != nil {
+				tk = tickets[j]
+			}
+			if err := a.sendShard(ctx, rr, j, weight, tk, &progress[j]); err != nil {
 				a.o.Logger.Debug("averaging shard failed", "key", a.o.Key, "round", rr.round, "reducer", rr.members[j].ShortString(), "err", err)
 			}
 		})

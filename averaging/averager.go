@@ -80,6 +80,11 @@ type Options struct {
 	ChunkFloats int
 	// Reducer combines the parts of a chunk. Default CenteredClip.
 	Reducer Reducer
+	// AuditRate is the chance that this member audits, after a round, the
+	// reducer of each other shard whose result it received (see audit.go).
+	// When it is above 0 the member also keeps, as a reducer, what it
+	// reduced in its last rounds, for others' audits. 0 turns both off.
+	AuditRate float64
 	// Registerer receives the Prometheus collectors; nil registers none.
 	Registerer prometheus.Registerer
 	// Logger receives round outcomes at debug level and failures at info level.
@@ -116,6 +121,7 @@ func OptionsFromConfig(run, key string, c config.Averaging) (Options, error) {
 	return Options{
 		Run: run, Key: key, Period: c.Period, GroupSize: c.GroupSize,
 		Matchmaking: c.Matchmaking, Deadline: c.Deadline, StallTimeout: c.StallTimeout, Codec: k, Reducer: red,
+		AuditRate: c.AuditRate,
 	}, nil
 }
 
@@ -161,6 +167,8 @@ func (o *Options) fill() error {
 		return fmt.Errorf("averaging: matchmaking %s must be shorter than the deadline %s", o.Matchmaking, o.Deadline)
 	case !o.Codec.Float():
 		return fmt.Errorf("averaging: codec %d", o.Codec)
+	case !(o.AuditRate >= 0 && o.AuditRate <= 1):
+		return fmt.Errorf("averaging: audit rate %v not in [0, 1]", o.AuditRate)
 	case o.ChunkFloats < 1 || o.ChunkFloats > maxChunkFloats:
 		return fmt.Errorf("averaging: chunk of %d floats not in [1, %d]", o.ChunkFloats, maxChunkFloats)
 	}
@@ -203,6 +211,8 @@ type Stats struct {
 	LastSkip string `json:"last_skip,omitempty"`
 	// Evicted counts members this holder evicted (see Averager.Evicted).
 	Evicted int `json:"evicted"`
+	// Audits counts the audits of other members' reductions that passed.
+	Audits uint64 `json:"audits"`
 }
 
 // Averager averages a Source with the other holders of its Key, round after round.
@@ -214,7 +224,7 @@ type Averager struct {
 	rk    func(round uint64) [32]byte
 	m     *avgMetrics
 
-	joinProto, reduceProto protocol.ID
+	joinProto, reduceProto, auditProto protocol.ID
 
 	ctx    context.Context // ends with Close; bounds every handler
 	cancel context.CancelFunc
@@ -227,6 +237,10 @@ type Averager struct {
 	pending float64 // weight of snapshots whose round applied nothing
 	evicted map[peer.ID]string
 	strikes map[peer.ID]int // rounds in a row a sender was an outlier
+
+	auditLogs []*auditLog     // our last rounds as a reducer, for audits
+	refusals  map[peer.ID]int // audits in a row a reducer did not answer
+	audits    sync.WaitGroup  // audits running
 
 	sem      semaphore // bounds concurrent join and reduce handlers
 	pool     sync.Pool // chunk buffers (*[]float32 of ChunkFloats)
@@ -266,13 +280,15 @@ func New(h host.Host, peers Peers, src Source, o Options) (*Averager, error) {
 		h: h, peers: peers, src: src, o: o,
 		joinProto:   protocol.ID(ProtocolPrefix(o.Run, o.Key) + "/join/1.0.0"),
 		reduceProto: protocol.ID(ProtocolPrefix(o.Run, o.Key) + "/reduce/1.0.0"),
+		auditProto:  protocol.ID(ProtocolPrefix(o.Run, o.Key) + "/audit/1.0.0"),
 		ctx:         ctx, cancel: cancel,
-		lobbies: map[uint64]*lobby{},
-		rounds:  map[string]*reduceRound{},
-		evicted: map[peer.ID]string{},
-		strikes: map[peer.ID]int{},
-		changed: make(chan struct{}),
-		sem:     make(semaphore, 8*o.GroupSize),
+		lobbies:  map[uint64]*lobby{},
+		rounds:   map[string]*reduceRound{},
+		evicted:  map[peer.ID]string{},
+		strikes:  map[peer.ID]int{},
+		refusals: map[peer.ID]int{},
+		changed:  make(chan struct{}),
+		sem:      make(semaphore, 8*o.GroupSize),
 	}
 	a.rk = func(r uint64) [32]byte { return roundKey(o.Run, o.Key, r) }
 	m, err := newMetrics(o.Registerer, o.Key)
@@ -287,6 +303,7 @@ func New(h host.Host, peers Peers, src Source, o Options) (*Averager, error) {
 	h.Network().Notify(a.notifee)
 	h.SetStreamHandler(a.joinProto, a.handleJoin)
 	h.SetStreamHandler(a.reduceProto, a.handleReduce)
+	h.SetStreamHandler(a.auditProto, a.handleAudit)
 	return a, nil
 }
 
@@ -295,8 +312,10 @@ func New(h host.Host, peers Peers, src Source, o Options) (*Averager, error) {
 func (a *Averager) Close() error {
 	a.h.RemoveStreamHandler(a.joinProto)
 	a.h.RemoveStreamHandler(a.reduceProto)
+	a.h.RemoveStreamHandler(a.auditProto)
 	a.h.Network().StopNotify(a.notifee)
 	a.cancel()
+	a.audits.Wait()
 	a.m.unregister(a.o.Registerer)
 	return nil
 }

@@ -132,7 +132,8 @@ func BenchmarkAllReduce(b *testing.B) {
 }
 
 // benchOptions are the all-reduce benchmark's options: fp32 in chunks of the
-// default size unless AVG_BENCH_CODEC or AVG_BENCH_CHUNK say otherwise.
+// default size, without audits, unless AVG_BENCH_CODEC, AVG_BENCH_CHUNK or
+// AVG_BENCH_AUDIT (the audit rate) say otherwise.
 func benchOptions(b *testing.B) Options {
 	o := Options{Codec: codec.FP32, Deadline: 120 * time.Second, Matchmaking: 5 * time.Second, StallTimeout: 30 * time.Second}
 	if c := os.Getenv("AVG_BENCH_CODEC"); c != "" {
@@ -143,6 +144,9 @@ func benchOptions(b *testing.B) Options {
 	}
 	if s := os.Getenv("AVG_BENCH_CHUNK"); s != "" {
 		o.ChunkFloats, _ = strconv.Atoi(s)
+	}
+	if s := os.Getenv("AVG_BENCH_AUDIT"); s != "" {
+		o.AuditRate, _ = strconv.ParseFloat(s, 64)
 	}
 	return o
 }

@@ -21,7 +21,7 @@
 //
 // # Protocols
 //
-// Protocol ids are /swarmnode/<run>/avg/<key>/{join,reduce,state}/1.0.0. Every
+// Protocol ids are /swarmnode/<run>/avg/<key>/{join,reduce,audit,state}/1.0.0. Every
 // message is a typed frame (package wire): uint32 little-endian length n, then n
 // bytes: a type byte and the payload. Control payloads are JSON; chunk payloads are
 // binary: codec (u8), shard (u32), chunk index (u32), count (u32), then the values
@@ -49,6 +49,14 @@
 // An fp32 chunk goes out as one write straight from the buffer the source filled,
 // and the reduction is written straight into the result's frame. A reducer checks
 // that the sender's peer id matches its index in the group.
+//
+// audit: after a round, a member that chose (in secret, with probability
+// AuditRate per shard) to audit reducer j sends {group, round, shard, chunk,
+// from}; the reducer answers {members, weights} (the parts it reduced in that
+// chunk, its own first, with the weights it took) and then each part as a
+// chunk frame, its own in fp32 and the others as they arrived. The auditor
+// checks that its own part is there unchanged and that the reduction of the
+// parts is the result it received (audit.go).
 //
 // state: the fetcher asks each holder for a manifest of a fresh snapshot
 // {snap, step, lens (params, m, v), shard_floats, sums (sha256 per shard), root
@@ -83,7 +91,7 @@
 // join), then runs allReduce (allreduce.go). There every member is the sender of
 // the other members' shards (sender.go: sendShard) and the reducer of its own
 // (reducer.go: handleReduce receives each sender's stream, reduceShard runs the
-// lockstep). frame.go holds the frames, buffers.go the recycled chunk buffers,
+// lockstep); audit.go checks reducers after the round. frame.go holds the frames, buffers.go the recycled chunk buffers,
 // mean.go the Reducer. State transfer: state.go (the layout and manifest),
 // serve.go (a holder's side) and fetch.go (a newcomer's side).
 package averaging

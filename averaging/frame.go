@@ -23,6 +23,9 @@ const (
 	frameStateReq byte = 6 // fetcher → holder: stateReq (JSON)
 	frameManifest byte = 7 // holder → fetcher: manifest (JSON)
 	frameShard    byte = 8 // holder → fetcher: raw little-endian float32 of one slice of a shard
+	frameAuditReq byte = 9 // auditor → reducer: auditReq (JSON)
+	// frameAuditReply is reducer → auditor: auditReply (JSON), then the parts as chunk frames.
+	frameAuditReply byte = 10
 )
 
 const (

@@ -164,6 +164,14 @@ func (r *shardReducer) reduce(ch chunk) (*payload, error) {
 	a := r.a
 	p := a.newPayload(len(r.live) + 1)
 	o := p.vals(ch.n)
+	if r.rr.log != nil {
+		members := make([]int, 1, len(r.parts))
+		members[0] = r.rr.index
+		for _, sl := range r.live {
+			members = append(members, sl.index)
+		}
+		r.rr.log.keepChunk(ch.index, members, r.weights, r.parts[0])
+	}
 	if r.rr.attested == nil {
 		BoundWeights(r.weights)
 	}
@@ -385,7 +393,10 @@ func (a *Averager) receiveParts(s network.Stream, rr *reduceRound, sl *slot) {
 	for ch := range rr.shardChunks(rr.index, a.o.ChunkFloats) {
 		buf := a.getBuf()
 		var err error
-		if rbuf, err = readChunk(s, rbuf, a.o.Codec, rr.index, ch.index, buf[:ch.n]); err != nil {
+		if rbuf, err = readChunk(s, rbuf, a.o.Codec, rr.index, ch.index, buf[:ch.n]); err == nil && rr.log != nil {
+			rr.log.keepPart(sl.index, ch.index, encoded(a.o.Codec, buf[:ch.n], rbuf))
+		}
+		if err != nil {
 			a.putBuf(buf)
 			sl.drop()
 			if errors.Is(err, codec.ErrNonFinite) {

@@ -1,6 +1,7 @@
 package averaging
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -26,7 +27,7 @@ import (
 //
 // At most sendDepth chunks are in flight, each in its own buffer until its
 // result is back.
-func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, weight float64, progress *atomic.Int64) error {
+func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, weight float64, tk *auditTicket, progress *atomic.Int64) error {
 	s, err := a.h.NewStream(ctx, rr.members[j], a.reduceProto)
 	if err != nil {
 		return err
@@ -42,6 +43,7 @@ func (a *Averager) sendShard(ctx context.Context, rr *reduceRound, j int, weight
 	}
 
 	snd := a.newShardSender(rr, s, j)
+	snd.ticket = tk
 	wctx, wcancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { snd.writeParts(wctx) })
@@ -85,6 +87,8 @@ type shardSender struct {
 	res  []float32 // a result read in fp32
 	rbuf []byte    // a result's encoded values in another codec
 	raw  bool      // results are read straight into res
+
+	ticket *auditTicket // the chunk we audit, nil if none
 }
 
 func (a *Averager) newShardSender(rr *reduceRound, s network.Stream, j int) *shardSender {
@@ -115,6 +119,9 @@ func (snd *shardSender) writeParts(ctx context.Context) {
 		// One Write per frame: a muxed stream turns each Write into its own
 		// frame.
 		f, err := b.frame(snd.a.o.Codec, snd.shard, ch.index, ch.n, false)
+		if err == nil && snd.ticket != nil && snd.ticket.chunk == ch.index {
+			snd.ticket.part = bytes.Clone(f[chunkHeads:])
+		}
 		if err == nil {
 			_, err = snd.s.Write(f)
 		}
@@ -193,6 +200,14 @@ func (snd *shardSender) applyResult(ch chunk) error {
 	if err != nil {
 		a.chunks.Put(b)
 		return err
+	}
+	if snd.ticket != nil && snd.ticket.chunk == ch.index {
+		if snd.raw {
+			enc, _ := codec.FP32View(out)
+			snd.ticket.result = bytes.Clone(enc)
+		} else {
+			snd.ticket.result = bytes.Clone(snd.rbuf)
+		}
 	}
 	a.src.Add(ch.off, d)
 	snd.free <- b

@@ -32,6 +32,12 @@ type Averaging struct {
 	// garbage moves the result a bounded distance and is evicted) or mean (the
 	// plain weighted mean, for a swarm whose holders are all trusted).
 	Reducer string `yaml:"reducer" check:"oneof=centered_clip|mean"`
+	// AuditRate is the chance that a holder, after a round, re-checks the
+	// reduction of each other shard it received (one chunk of it, chosen in
+	// secret); a reducer caught lying is evicted. Above 0, every holder also
+	// keeps what it reduced in its last two rounds for others' audits (about
+	// the averaged vector's size, in the wire codec). 0 turns audits off.
+	AuditRate float64 `yaml:"audit_rate" check:"in=[0, 1]"`
 }
 
 // DefaultAveraging leaves background averaging off; switched on, it averages
@@ -40,7 +46,7 @@ func DefaultAveraging() Averaging {
 	return Averaging{
 		Enabled: false, Period: 10 * time.Second, GroupSize: 4,
 		Matchmaking: 2 * time.Second, Deadline: 10 * time.Second,
-		Codec: "fp32", Optimizer: false, Reducer: "centered_clip",
+		Codec: "fp32", Optimizer: false, Reducer: "centered_clip", AuditRate: 0.1,
 	}
 }
 

@@ -75,7 +75,7 @@ func TestNodesStatusAPI(t *testing.T) {
 	st.AddHistory(HistoryPoint{Step: 42, Loss: 2.5, ValLoss: 2.7})
 	st.setServer(pipeline.ServerStats{Served: 1})
 	st.setTrainer(pipeline.TrainerStats{Retried: 1})
-	st.setAveragingStats(averaging.Stats{Rounds: 1, LastGroupSize: 3, LastRoundMS: 120, Evicted: 1}, 1)
+	st.setAveragingStats(averaging.Stats{Rounds: 1, LastGroupSize: 3, LastRoundMS: 120, Evicted: 1, Audits: 4}, averaging.Stats{Evicted: 1, Audits: 1})
 	st.IncError("dial")
 	st.SetTraining(43, nanLoss(), 1)
 	st.SetSample(Sample{Step: 42, Text: "First Citizen:\n<b>"})
@@ -114,7 +114,7 @@ func checkStatusReport(t *testing.T, a, b *Node) {
 		t.Fatalf("sample %+v", r.Sample)
 	}
 	if r.Microbatches.Completed != 1 || r.Microbatches.Retried != 1 || r.Averaging.Rounds != 1 ||
-		r.Averaging.LastGroupSize != 3 || r.Averaging.LastRoundMS != 120 || r.Averaging.Evicted != 2 || r.Errors["dial"] != 1 || r.Errors["non_finite"] != 1 {
+		r.Averaging.LastGroupSize != 3 || r.Averaging.LastRoundMS != 120 || r.Averaging.Evicted != 2 || r.Averaging.Audits != 5 || r.Errors["dial"] != 1 || r.Errors["non_finite"] != 1 {
 		t.Fatalf("counters %+v %+v %+v", r.Microbatches, r.Averaging, r.Errors)
 	}
 	for _, a := range r.Addrs {

@@ -183,7 +183,7 @@ func (r *roles) publish(ctx context.Context, svc *stageService) {
 	r.n.DHT().FollowLoad(ctx, time.Second, func() (float64, int) {
 		r.n.status.setServer(svc.server.Stats())
 		if svc.avg != nil {
-			r.n.status.setAveragingStats(svc.avg.Stats(), svc.grads.avg.Stats().Evicted)
+			r.n.status.setAveragingStats(svc.avg.Stats(), svc.grads.avg.Stats())
 		}
 		return svc.server.Load()
 	})
@@ -683,15 +683,15 @@ func (s *Status) setTrainer(st pipeline.TrainerStats) {
 	s.inFlight = st.InFlight
 }
 
-// setAveragingStats mirrors the averager's counters.
 // setAveragingStats mirrors the background averager's counters, with the
-// members evicted by it and by the gradient all-reduce (gradEvicted).
-func (s *Status) setAveragingStats(a averaging.Stats, gradEvicted int) {
+// members evicted and the audits passed in it and in the gradient all-reduce
+// (grad).
+func (s *Status) setAveragingStats(a, grad averaging.Stats) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.avg = AveragingStats{
 		Rounds: a.Rounds, LastGroupSize: a.LastGroupSize,
 		LastRoundMS: float64(a.LastRoundMS), Failures: a.Failures, Skipped: a.Skipped,
-		Evicted: a.Evicted + gradEvicted,
+		Evicted: a.Evicted + grad.Evicted, Audits: a.Audits + grad.Audits,
 	}
 }

@@ -199,6 +199,7 @@ pre#sample{white-space:pre-wrap;background:#f6f6f6;padding:.5em;max-width:60em}
 <tr><th>averaging failures</th><td>{{.Averaging.Failures}}</td></tr>
 <tr><th>averaging rounds skipped</th><td>{{.Averaging.Skipped}}</td></tr>
 <tr><th>holders evicted from averaging</th><td>{{.Averaging.Evicted}}</td></tr>
+<tr><th>audits of other holders passed</th><td>{{.Averaging.Audits}}</td></tr>
 </table>
 <h2>Errors</h2>
 <table id="errors">{{range .ErrorList}}<tr><th>{{.Kind}}</th><td>{{.Count}}</td></tr>{{else}}<tr><td>none</td></tr>{{end}}</table>

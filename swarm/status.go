@@ -62,6 +62,9 @@ type AveragingStats struct {
 	// averaging and gradient all-reduce: parts far outside the others'
 	// (CenteredClip's outliers) or not finite.
 	Evicted int `json:"evicted"`
+	// Audits counts the audits of other holders' reductions that passed
+	// (averaging.audit_rate); a holder failing one is evicted.
+	Audits uint64 `json:"audits"`
 }
 
 // Training is the training progress as the status page shows it.
