@@ -153,3 +153,106 @@ func short(id string) string {
 	}
 	return id
 }
+
+// MaxRevocationsSize bounds an encoded revocation list.
+const MaxRevocationsSize = 1 << 20
+
+// Revocations is the run owner's signed list of peers whose certificates no
+// longer count, however long they still run. A newer list (by Issued)
+// replaces an older one, so a list names every peer revoked so far.
+type Revocations struct {
+	// Run is the run id the list is for.
+	Run string `json:"run"`
+	// Issued is when the owner signed the list; the newest list wins.
+	Issued time.Time `json:"issued"`
+	// Peers are the revoked peer ids.
+	Peers []string `json:"peers"`
+	// Owner is the run owner's peer id.
+	Owner string `json:"owner"`
+	// Sig is the owner's signature over the fields above (SignedBytes).
+	Sig []byte `json:"sig"`
+}
+
+// SignedBytes is what the owner signs: a domain tag, then the fields one per
+// line, then the peers one per line.
+func (r Revocations) SignedBytes() []byte {
+	lines := append([]string{"swarmnode admission revocations v1", r.Run, r.Issued.UTC().Format(time.RFC3339Nano), r.Owner}, r.Peers...)
+	return []byte(strings.Join(lines, "\n"))
+}
+
+// SignRevocations makes owner's list revoking peers in run, issued at issued.
+func SignRevocations(owner crypto.PrivKey, run string, peers []peer.ID, issued time.Time) (Revocations, error) {
+	if run == "" {
+		return Revocations{}, errors.New("admission: empty run id")
+	}
+	oid, err := peer.IDFromPrivateKey(owner)
+	if err != nil {
+		return Revocations{}, fmt.Errorf("admission: owner key: %w", err)
+	}
+	r := Revocations{Run: run, Issued: issued.UTC(), Owner: oid.String()}
+	for _, p := range peers {
+		if !slices.Contains(r.Peers, p.String()) {
+			r.Peers = append(r.Peers, p.String())
+		}
+	}
+	if r.Sig, err = owner.Sign(r.SignedBytes()); err != nil {
+		return Revocations{}, fmt.Errorf("admission: sign: %w", err)
+	}
+	return r, nil
+}
+
+// Verify checks that r is owner's list for run.
+func (r Revocations) Verify(owner peer.ID, run string) error {
+	switch {
+	case r.Owner != owner.String():
+		return fmt.Errorf("admission: revocation list signed by %s, not the run owner %s", short(r.Owner), short(owner.String()))
+	case r.Run != run:
+		return fmt.Errorf("admission: revocation list for run %q, not %q", r.Run, run)
+	}
+	pub, err := owner.ExtractPublicKey()
+	if err != nil {
+		return fmt.Errorf("admission: owner id %s carries no public key: %w", short(owner.String()), err)
+	}
+	ok, err := pub.Verify(r.SignedBytes(), r.Sig)
+	if err != nil || !ok {
+		return errors.New("admission: bad signature on the revocation list")
+	}
+	return nil
+}
+
+// Revoked reports whether r revokes p.
+func (r Revocations) Revoked(p peer.ID) bool { return slices.Contains(r.Peers, p.String()) }
+
+// Encode is r's JSON.
+func (r Revocations) Encode() []byte {
+	b, _ := json.Marshal(r) // plain fields: cannot fail
+	return b
+}
+
+// ParseRevocations decodes a revocation list, refusing oversized input and
+// unknown fields.
+func ParseRevocations(b []byte) (Revocations, error) {
+	if len(b) > MaxRevocationsSize {
+		return Revocations{}, fmt.Errorf("admission: revocation list of %d bytes, over %d", len(b), MaxRevocationsSize)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var r Revocations
+	if err := dec.Decode(&r); err != nil {
+		return Revocations{}, fmt.Errorf("admission: revocation list: %w", err)
+	}
+	return r, nil
+}
+
+// LoadRevocations reads a revocation list file.
+func LoadRevocations(path string) (Revocations, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Revocations{}, fmt.Errorf("admission: %w", err)
+	}
+	r, err := ParseRevocations(b)
+	if err != nil {
+		return Revocations{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return r, nil
+}

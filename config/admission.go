@@ -13,6 +13,10 @@ type Admission struct {
 	// admitted run; `--certificate` overrides it (a config shared by all
 	// peers leaves it out and each peer passes its own).
 	Certificate string `yaml:"certificate"`
+	// Revocations is the owner's revocation list file (`swarmnode revoke`):
+	// read at start and every minute, and spread to the run's peers by
+	// gossip. Optional: peers learn the list from each other.
+	Revocations string `yaml:"revocations"`
 }
 
 // DefaultAdmission is an open run.

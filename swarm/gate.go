@@ -41,6 +41,9 @@ type Admission struct {
 	Owner peer.ID
 	// Certificate is this peer's own certificate.
 	Certificate admission.Certificate
+	// Revocations, when set, is the owner's revocation list file, read at
+	// start and every revocationsEvery (revoke.go).
+	Revocations string
 }
 
 // gateRetry is how long a refused peer stays refused before it is asked
@@ -64,6 +67,7 @@ type gate struct {
 	mu      sync.Mutex
 	known   map[peer.ID]*verdict
 	pending map[peer.ID]chan struct{}
+	revoked *admission.Revocations // the owner's newest list, nil if none
 }
 
 // verdict is what the gate concluded about one peer, and until when.
@@ -91,6 +95,9 @@ func newGate(h host.Host, run string, adm Admission, refused func()) (*gate, err
 func (g *gate) admit(ctx context.Context, p peer.ID, role string) error {
 	if p == g.base.ID() {
 		return nil
+	}
+	if r := g.revocations(); r != nil && r.Revoked(p) {
+		return fmt.Errorf("%w: %s: its certificate was revoked by the run owner (list of %s)", ErrNotAdmitted, p.ShortString(), r.Issued.Format(time.RFC3339))
 	}
 	v, err := g.verdictOf(ctx, p)
 	if err != nil {
@@ -170,6 +177,33 @@ func (g *gate) ask(ctx context.Context, p peer.ID) *verdict {
 		return refuse(err)
 	}
 	return &verdict{cert: c, until: c.Expires}
+}
+
+// revocations returns the owner's newest revocation list the gate applies,
+// nil if none.
+func (g *gate) revocations() *admission.Revocations {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.revoked
+}
+
+// newer reports whether r was issued after the list the gate applies.
+func (g *gate) newer(r admission.Revocations) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.revoked == nil || r.Issued.After(g.revoked.Issued)
+}
+
+// revoke applies r, a verified list of the owner's, if it is newer than the
+// gate's, and reports whether it did.
+func (g *gate) revoke(r admission.Revocations) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.revoked != nil && !r.Issued.After(g.revoked.Issued) {
+		return false
+	}
+	g.revoked = &r
+	return true
 }
 
 // wrap gates handler: a stream from a peer without a certificate (or
@@ -252,7 +286,7 @@ func AdmissionFromConfig(c config.Admission) (*Admission, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admission.certificate: %w", err)
 	}
-	return &Admission{Owner: owner, Certificate: cert}, nil
+	return &Admission{Owner: owner, Certificate: cert, Revocations: c.Revocations}, nil
 }
 
 // gate is the node's gate, nil in an open run.

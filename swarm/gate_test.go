@@ -3,9 +3,12 @@ package swarm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -202,4 +205,96 @@ func TestOwnCertificateChecked(t *testing.T) {
 	if _, err := New(t.Context(), o2); err == nil {
 		t.Fatal("a node started with another peer's certificate")
 	}
+}
+
+// TestRevokedPeerRefused: the owner revokes c, a certified holder, by writing
+// a signed list into the file a's config names. a applies it from the file,
+// b hears it by gossip, and d, which joins afterwards with no file, hears it
+// from their republishing: all three refuse c from then on and keep the list
+// in their data dirs.
+func TestRevokedPeerRefused(t *testing.T) {
+	old := revocationsEvery
+	revocationsEvery = 200 * time.Millisecond
+	t.Cleanup(func() { revocationsEvery = old })
+	owner, _, _ := crypto.GenerateEd25519Key(nil)
+	far := time.Now().Add(time.Hour)
+	roles := []string{admission.Server, admission.Trainer}
+	oa := admittedOptions(t, 0, owner, roles, far)
+	list := filepath.Join(t.TempDir(), "revoked.json")
+	oa.Admission.Revocations = list
+	a := startTestNode(t, oa)
+	boot := []string{a.Addrs()[0].String()}
+	ob := admittedOptions(t, 1, owner, roles, far)
+	ob.Bootstrap = boot
+	b := startTestNode(t, ob)
+	oc := admittedOptions(t, 2, owner, roles, far)
+	oc.Bootstrap = boot
+	c := startTestNode(t, oc)
+	wait.For(t, 5*time.Second, func() error {
+		if hs := b.DHT().Holders(2); len(hs) != 1 || hs[0].Peer != c.ID() {
+			return errors.New("b does not see c as the holder of stage 2")
+		}
+		return nil
+	})
+
+	b.Host().SetStreamHandler(pipeline.Protocol("test"), func(s network.Stream) {
+		buf := make([]byte, 5)
+		if _, err := io.ReadFull(s, buf); err == nil {
+			_, _ = s.Write(buf)
+		}
+		_ = s.Close()
+	})
+	if !echoed(t, c.Host(), b.ID()) {
+		t.Fatal("b does not serve c before the revocation")
+	}
+
+	r, err := admission.SignRevocations(owner, "test", []peer.ID{c.ID()}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(list, r.Encode(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	refuses := func(n *Node) error {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		if err := n.gate().admit(ctx, c.ID(), ""); err == nil || !strings.Contains(err.Error(), "revoked") {
+			return fmt.Errorf("%s admits c: %v", n.ID().ShortString(), err)
+		}
+		if _, err := os.Stat(revocationsFile(n.opts.DataDir, "test")); err != nil {
+			return fmt.Errorf("%s keeps no list: %v", n.ID().ShortString(), err)
+		}
+		return nil
+	}
+	wait.For(t, 10*time.Second, func() error { return errors.Join(refuses(a), refuses(b)) })
+	od := admittedOptions(t, 1, owner, roles, far)
+	od.Bootstrap = []string{b.Addrs()[0].String()}
+	d := startTestNode(t, od)
+	wait.For(t, 10*time.Second, func() error { return refuses(d) })
+	// c, certified until far, cannot call b any more.
+	if echoed(t, c.Host(), b.ID()) {
+		t.Error("b served a stream of the revoked c")
+	}
+	if !echoed(t, d.Host(), b.ID()) {
+		t.Error("b did not serve d's stream (the control)")
+	}
+}
+
+// echoed reports whether to serves from an echo on the stage protocol,
+// which it registers through its own (gated) host.
+func echoed(t *testing.T, from host.Host, to peer.ID) bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	s, err := from.NewStream(ctx, to, pipeline.Protocol("test"))
+	if err != nil {
+		return false
+	}
+	defer s.Close()
+	_ = s.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := s.Write([]byte("hello")); err != nil {
+		return false
+	}
+	_, err = io.ReadFull(s, make([]byte, 5))
+	return err == nil
 }

@@ -234,6 +234,11 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 	if err != nil {
 		return fail(err)
 	}
+	if opts.Admission != nil {
+		if err := n.followRevocations(lctx, opts.Admission.Revocations); err != nil {
+			return fail(err)
+		}
+	}
 	n.dht, err = dht.New(lctx, h, n.ps, dht.Self{Stage: opts.Stage, Role: opts.Role}, dht.Options{
 		Run: opts.Run, NumStages: opts.NumStages, Client: opts.DHTClient, Bootstrap: boot,
 		RecordTTL: opts.RecordTTL, GossipEvery: opts.GossipEvery, RefreshEvery: opts.RefreshEvery,

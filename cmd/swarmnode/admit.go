@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -92,5 +93,79 @@ func admitCommand(args []string, stdout, stderr io.Writer) int {
 		return exitRuntime
 	}
 	fmt.Fprintf(stderr, "admitted %s to run %q as %s until %s (owner %s)\n", p, *run, *roles, c.Expires.Format(time.RFC3339), c.Owner)
+	return exitOK
+}
+
+// revokeCommand runs `swarmnode revoke`: the run owner adds peers to the
+// run's signed revocation list file (created when missing) and re-signs it,
+// issued now, so that it replaces every older list in the swarm.
+func revokeCommand(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("revoke", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	identity := fs.String("identity", filepath.Join(".swarmnode", "identity.key"), "the run owner's identity key file")
+	run := fs.String("run", "", "run id (the config's run)")
+	who := fs.String("peer", "", "peer ids to revoke, comma-separated")
+	list := fs.String("list", "", "the revocation list file to update (admission.revocations)")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	var peers []peer.ID
+	for _, s := range strings.Split(*who, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := peer.Decode(s)
+		if err != nil {
+			fmt.Fprintf(stderr, "swarmnode revoke: --peer %q: %v\n", s, err)
+			return exitUsage
+		}
+		peers = append(peers, p)
+	}
+	switch {
+	case fs.NArg() > 0:
+		fmt.Fprintf(stderr, "swarmnode revoke: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	case *run == "" || *list == "":
+		fmt.Fprintln(stderr, "swarmnode revoke: --run and --list are required")
+		return exitUsage
+	case len(peers) == 0:
+		fmt.Fprintln(stderr, "swarmnode revoke: --peer names no peer")
+		return exitUsage
+	}
+	key, err := swarm.LoadIdentity(*identity)
+	if err != nil {
+		fmt.Fprintf(stderr, "swarmnode revoke: %v\n", err)
+		return exitRuntime
+	}
+	owner, _ := peer.IDFromPrivateKey(key)
+	if old, err := admission.LoadRevocations(*list); err == nil {
+		if err := old.Verify(owner, *run); err != nil {
+			fmt.Fprintf(stderr, "swarmnode revoke: %s: %v\n", *list, err)
+			return exitRuntime
+		}
+		for _, s := range old.Peers {
+			if p, err := peer.Decode(s); err == nil {
+				peers = append(peers, p)
+			}
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintf(stderr, "swarmnode revoke: %v\n", err)
+		return exitRuntime
+	}
+	r, err := admission.SignRevocations(key, *run, peers, time.Now())
+	if err != nil {
+		fmt.Fprintf(stderr, "swarmnode revoke: %v\n", err)
+		return exitRuntime
+	}
+	tmp := *list + ".tmp"
+	if err := os.WriteFile(tmp, append(r.Encode(), '\n'), 0o644); err != nil {
+		fmt.Fprintf(stderr, "swarmnode revoke: %v\n", err)
+		return exitRuntime
+	}
+	if err := os.Rename(tmp, *list); err != nil {
+		fmt.Fprintf(stderr, "swarmnode revoke: %v\n", err)
+		return exitRuntime
+	}
+	fmt.Fprintf(stdout, "%s revokes %d peers of run %q, issued %s\n", *list, len(r.Peers), *run, r.Issued.Format(time.RFC3339))
 	return exitOK
 }

@@ -6,6 +6,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"swarmnode/admission"
 )
 
 // swarmnodeOut runs the binary with args and returns its trimmed stdout.
@@ -93,5 +97,43 @@ func TestAdmittedSwarm(t *testing.T) {
 		if h.PeerID == outsiderID {
 			t.Error("the bootstrap lists the outsider as a holder of stage 1")
 		}
+	}
+}
+
+// TestRevokeCommand: `swarmnode revoke` creates the list, adds to it on each
+// call (re-signed, issued later), and refuses a list of another owner.
+func TestRevokeCommand(t *testing.T) {
+	bin := swarmnodeBinary(t)
+	dir := t.TempDir()
+	ownerKey := filepath.Join(dir, "owner.key")
+	owner, err := peer.Decode(swarmnodeOut(t, bin, "id", "--identity", ownerKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := swarmnodeOut(t, bin, "id", "--identity", filepath.Join(dir, "p.key"))
+	q := swarmnodeOut(t, bin, "id", "--identity", filepath.Join(dir, "q.key"))
+	list := filepath.Join(dir, "revoked.json")
+	swarmnodeOut(t, bin, "revoke", "--identity", ownerKey, "--run", "r", "--peer", p, "--list", list)
+	first, err := admission.LoadRevocations(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	swarmnodeOut(t, bin, "revoke", "--identity", ownerKey, "--run", "r", "--peer", q, "--list", list)
+	second, err := admission.LoadRevocations(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := peer.Decode(p)
+	qid, _ := peer.Decode(q)
+	if err := second.Verify(owner, "r"); err != nil || !second.Revoked(pid) || !second.Revoked(qid) || second.Issued.Before(first.Issued) {
+		t.Errorf("list after two calls: %+v, %v", second, err)
+	}
+	// Another owner's key cannot extend the owner's list.
+	cmd := exec.Command(bin, "revoke", "--identity", filepath.Join(dir, "p.key"), "--run", "r", "--peer", q, "--list", list)
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "not the run owner") {
+		t.Errorf("another key extended the list: %v %s", err, out)
+	}
+	if err := exec.Command(bin, "revoke", "--run", "r", "--list", list).Run(); err == nil {
+		t.Error("revoke without --peer succeeded")
 	}
 }

@@ -5,6 +5,7 @@
 //	swarmnode export --config FILE --out DIR   the checkpointed model as a HF GPT-2
 //	swarmnode sample --model DIR --prompt TEXT  text from an exported model
 //	swarmnode admit --peer ID --run RUN   the run owner admits a peer
+//	swarmnode revoke --peer ID --run RUN --list FILE   ... and revokes one
 //
 // Exit codes: 0 clean, 1 runtime failure, 2 bad flags or config.
 package main
@@ -49,6 +50,8 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return idCommand(args[1:], stdout, stderr)
 	case "admit":
 		return admitCommand(args[1:], stdout, stderr)
+	case "revoke":
+		return revokeCommand(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "swarmnode %s (wire protocol %d)\n", swarm.Release(), swarm.WireVersion)
 		return exitOK
@@ -73,6 +76,7 @@ commands:
   prepare tokenize text files into token shards (llm.c's format) for data.path
   id      print the peer id of an identity key file (created when missing)
   admit   sign a certificate admitting a peer to an admitted run (run owner)
+  revoke  add peers to an admitted run's signed revocation list (run owner)
   version print the release and the wire protocol version
 
 Run "swarmnode <command> -h" for a command's flags.
