@@ -3,8 +3,9 @@ GO      ?= go
 BIN     := bin/swarmnode
 CONFIG  ?= examples/gpt/tiny.yaml
 FUZZTIME ?= 10s
+SOAK    ?= 10m
 
-.PHONY: build test lint bench demo demo-local fuzz gpu-test gpu-bin clean
+.PHONY: build test lint bench demo demo-local soak fuzz gpu-test gpu-bin clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/swarmnode
@@ -31,6 +32,14 @@ demo: build
 # The centralized baseline: the same model trained in one process.
 demo-local: build
 	$(BIN) local --config $(CONFIG) --summary out/local-summary.json
+
+# The churn soak (bench/soak): 13 swarmnode processes, a random holder
+# killed, frozen or stopped every 10-20 s and replaced, for SOAK (default 10m)
+# of training; then the same steps unchurned. Prints the figures; fails on a
+# lost microbatch, a process that exits on its own, a trainer that does not
+# finish or RSS growing past 2x. Logs and samples.csv in out/soak/.
+soak: build
+	$(GO) run ./bench/soak -bin $(BIN) -duration $(SOAK) -out out/soak
 
 # Coverage-guided runs of every fuzz target, FUZZTIME each (a nightly-sized
 # run: FUZZTIME=1000000x, a million executions per target); ends with each

@@ -1,6 +1,7 @@
 package swarm
 
 import (
+	"runtime"
 	"time"
 
 	"swarmnode/wire"
@@ -63,6 +64,9 @@ type Report struct {
 	// Wire counts the pipeline frames this node sent: bytes on the wire and
 	// what they would have taken uncompressed.
 	Wire wire.Traffic `json:"wire"`
+	// Goroutines is the number of goroutines of this process now (a leak
+	// shows as growth: bench/soak samples it).
+	Goroutines int `json:"goroutines"`
 	// Time is when the report was made.
 	Time time.Time `json:"time"`
 }
@@ -78,8 +82,9 @@ func (n *Node) Report() Report {
 		ConnectedPeers: len(n.host.Network().Peers()),
 		Step:           c.Training.Step, Loss: c.Training.Loss, TokensPerSec: c.Training.TokensPerSec,
 		History: c.History, Sample: c.Sample, Microbatches: c.Microbatches, Stepped: c.Stepped, InFlight: c.InFlight, Averaging: c.Averaging, Errors: c.Errors,
-		Wire: n.traffic.Sent(),
-		Time: time.Now().UTC(),
+		Wire:       n.traffic.Sent(),
+		Goroutines: runtime.NumGoroutine(),
+		Time:       time.Now().UTC(),
 	}
 	if r.Stepped == nil {
 		r.Stepped = []int64{}
