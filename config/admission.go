@@ -17,6 +17,10 @@ type Admission struct {
 	// read at start and every minute, and spread to the run's peers by
 	// gossip. Optional: peers learn the list from each other.
 	Revocations string `yaml:"revocations"`
+	// NetworkKey is a libp2p private-network key file (`swarmnode
+	// network-key`), in open and admitted runs alike: only hosts holding it
+	// can connect at all, over TCP only. Optional.
+	NetworkKey string `yaml:"network_key"`
 }
 
 // DefaultAdmission is an open run.

@@ -129,6 +129,9 @@ func ExportLive(ctx context.Context, cfg config.Config, bootstrap []string, out 
 	if opts.Admission, err = AdmissionFromConfig(cfg.Admission); err != nil {
 		return nil, err
 	}
+	if opts.NetworkKey, err = NetworkKeyFromConfig(cfg.Admission); err != nil {
+		return nil, err
+	}
 	n, err := New(ctx, opts)
 	if err != nil {
 		return nil, err

@@ -12,6 +12,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/pnet"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"swarmnode/admission"
@@ -287,6 +288,14 @@ func AdmissionFromConfig(c config.Admission) (*Admission, error) {
 		return nil, fmt.Errorf("admission.certificate: %w", err)
 	}
 	return &Admission{Owner: owner, Certificate: cert, Revocations: c.Revocations}, nil
+}
+
+// NetworkKeyFromConfig loads admission.network_key: nil when unset.
+func NetworkKeyFromConfig(c config.Admission) (pnet.PSK, error) {
+	if c.NetworkKey == "" {
+		return nil, nil
+	}
+	return LoadNetworkKey(c.NetworkKey)
 }
 
 // gate is the node's gate, nil in an open run.

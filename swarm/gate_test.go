@@ -17,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/pnet"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"swarmnode/admission"
@@ -297,4 +298,57 @@ func echoed(t *testing.T, from host.Host, to peer.ID) bool {
 	}
 	_, err = io.ReadFull(s, make([]byte, 5))
 	return err == nil
+}
+
+// TestPrivateNetwork: hosts sharing a network key find each other; a host
+// with another key, or none, cannot connect to them at all.
+func TestPrivateNetwork(t *testing.T) {
+	keyFile := func() pnet.PSK {
+		b, err := NewNetworkKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(t.TempDir(), "network.key")
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		k, err := LoadNetworkKey(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	key, other := keyFile(), keyFile()
+	oa := testOptions(t, 0) // listens on TCP and QUIC: QUIC is dropped
+	oa.NetworkKey = key
+	a := startTestNode(t, oa)
+	for _, addr := range a.Addrs() {
+		if !strings.Contains(addr.String(), "/tcp/") {
+			t.Errorf("a private-network host listens on %s", addr)
+		}
+	}
+	ob := testOptions(t, 1)
+	ob.NetworkKey, ob.Bootstrap = key, []string{a.Addrs()[0].String()}
+	b := startTestNode(t, ob)
+	wait.For(t, 5*time.Second, func() error {
+		if hs := a.DHT().Holders(1); len(hs) != 1 || hs[0].Peer != b.ID() {
+			return errors.New("a does not see b as the holder of stage 1")
+		}
+		return nil
+	})
+	oc := testOptions(t, 2)
+	oc.NetworkKey = other
+	c := startTestNode(t, oc)
+	d := startTestNode(t, testOptions(t, 2))
+	for name, n := range map[string]*Node{"another key": c, "no key": d} {
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+		err := n.Host().Connect(ctx, peer.AddrInfo{ID: a.ID(), Addrs: a.Host().Addrs()})
+		cancel()
+		if err == nil {
+			t.Errorf("a host with %s connected to the private network", name)
+		}
+	}
+	if _, _, err := tcpOnly([]string{"/ip4/0.0.0.0/udp/0/quic-v1"}); err == nil {
+		t.Error("a private network without a TCP address was accepted")
+	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/proto"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -76,9 +77,22 @@ func newHost(o *Options, key crypto.PrivKey, reg prometheus.Registerer) (host.Ho
 		}
 		return out
 	}
+	listen := o.Listen
+	var private []libp2p.Option
+	if len(o.NetworkKey) > 0 {
+		tcpAddrs, dropped, err := tcpOnly(listen)
+		if err != nil {
+			return nil, err
+		}
+		if len(dropped) > 0 && o.Logger != nil {
+			o.Logger.Info("private network: listening on TCP only", "dropped", dropped)
+		}
+		listen = tcpAddrs
+		private = []libp2p.Option{libp2p.PrivateNetwork(o.NetworkKey), libp2p.Transport(tcp.NewTCPTransport)}
+	}
 	opts := []libp2p.Option{
 		libp2p.Identity(key),
-		libp2p.ListenAddrStrings(o.Listen...),
+		libp2p.ListenAddrStrings(listen...),
 		libp2p.ResourceManager(rm),
 		libp2p.ConnectionManager(cm),
 		libp2p.EnableNATService(),
@@ -93,6 +107,7 @@ func newHost(o *Options, key crypto.PrivKey, reg prometheus.Registerer) (host.Ho
 		libp2p.Muxer(yamux.ID, streamMuxer()),
 		libp2p.UserAgent(agentVersion()),
 	}
+	opts = append(opts, private...)
 	if o.Relay {
 		opts = append(opts, libp2p.EnableRelayService())
 	}

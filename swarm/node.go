@@ -34,6 +34,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/pnet"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -91,6 +92,9 @@ type Options struct {
 	// Admission, when set, admits only peers holding a certificate of the
 	// run owner (gate.go); nil is an open run.
 	Admission *Admission
+	// NetworkKey, when set, makes the host join a libp2p private network of
+	// this key, over TCP only (pnet.go).
+	NetworkKey pnet.PSK
 	// Logger receives progress and errors; nil discards them.
 	Logger *slog.Logger
 }

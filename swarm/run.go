@@ -66,6 +66,9 @@ func Run(ctx context.Context, cfg config.Config, o RunOptions) error {
 	if opts.Admission, err = AdmissionFromConfig(cfg.Admission); err != nil {
 		return err
 	}
+	if opts.NetworkKey, err = NetworkKeyFromConfig(cfg.Admission); err != nil {
+		return err
+	}
 	n, err := New(ctx, opts)
 	if err != nil {
 		if ctx.Err() != nil {

@@ -169,3 +169,38 @@ func revokeCommand(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "%s revokes %d peers of run %q, issued %s\n", *list, len(r.Peers), *run, r.Issued.Format(time.RFC3339))
 	return exitOK
 }
+
+// networkKeyCommand runs `swarmnode network-key`: a fresh libp2p
+// private-network key file for admission.network_key.
+func networkKeyCommand(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("network-key", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	out := fs.String("out", "", "key file to write (refused if it exists)")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() > 0 || *out == "" {
+		fmt.Fprintln(stderr, "swarmnode network-key: usage: swarmnode network-key --out FILE")
+		return exitUsage
+	}
+	b, err := swarm.NewNetworkKey()
+	if err != nil {
+		fmt.Fprintf(stderr, "swarmnode network-key: %v\n", err)
+		return exitRuntime
+	}
+	f, err := os.OpenFile(*out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		fmt.Fprintf(stderr, "swarmnode network-key: %v\n", err)
+		return exitRuntime
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "swarmnode network-key: %v\n", err)
+		return exitRuntime
+	}
+	fmt.Fprintf(stdout, "wrote a private-network key to %s: give it to every peer of the run as admission.network_key\n", *out)
+	return exitOK
+}

@@ -6,6 +6,7 @@
 //	swarmnode sample --model DIR --prompt TEXT  text from an exported model
 //	swarmnode admit --peer ID --run RUN   the run owner admits a peer
 //	swarmnode revoke --peer ID --run RUN --list FILE   ... and revokes one
+//	swarmnode network-key --out FILE   a private-network key for a closed run
 //
 // Exit codes: 0 clean, 1 runtime failure, 2 bad flags or config.
 package main
@@ -52,6 +53,8 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return admitCommand(args[1:], stdout, stderr)
 	case "revoke":
 		return revokeCommand(args[1:], stdout, stderr)
+	case "network-key":
+		return networkKeyCommand(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "swarmnode %s (wire protocol %d)\n", swarm.Release(), swarm.WireVersion)
 		return exitOK
@@ -77,6 +80,7 @@ commands:
   id      print the peer id of an identity key file (created when missing)
   admit   sign a certificate admitting a peer to an admitted run (run owner)
   revoke  add peers to an admitted run's signed revocation list (run owner)
+  network-key  write a libp2p private-network key (admission.network_key)
   version print the release and the wire protocol version
 
 Run "swarmnode <command> -h" for a command's flags.
