@@ -237,8 +237,9 @@ func (c *caller) try(ctx context.Context, h Holder, req *request, soft <-chan st
 	}
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	c.picker.begin(h.ID)
+	concurrent := c.picker.begin(h.ID)
 	defer c.picker.end(h.ID)
+	start := time.Now()
 
 	s, err := c.open(ctx, h)
 	if err != nil {
@@ -283,11 +284,12 @@ func (c *caller) try(ctx context.Context, h Holder, req *request, soft <-chan st
 	if err != nil {
 		return ans, asked, fmt.Errorf("read answer: %w", err)
 	}
-	if f.Kind == wire.Gradient {
-		c.picker.observeLink(h.ID, f.PayloadLen, f.B*f.T, f.Transfer)
-	}
 	ans, err = c.readAnswer(f, req)
 	ok = err == nil
+	if ok && f.Kind == wire.Gradient {
+		c.picker.observeLink(h.ID, f.PayloadLen, f.B*f.T, f.Transfer)
+		c.picker.observeService(h.ID, f.B*f.T, concurrent, time.Since(start))
+	}
 	return ans, asked, err
 }
 

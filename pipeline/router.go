@@ -132,6 +132,7 @@ type picker struct {
 	rng      *rand.Rand
 	inflight map[peer.ID]int
 	links    map[peer.ID]*linkRate // measured by this peer's calls
+	service  map[peer.ID]float64   // tokens/s of this peer's calls to each holder, averaged
 	shunned  map[peer.ID]bool      // holders most of their stage evicted: never picked
 }
 
@@ -203,6 +204,99 @@ func newPicker(r Router, bo *backoff, self peer.ID, seed uint64, log *slog.Logge
 	return &picker{router: r, bo: bo, self: self, log: log, rng: rand.New(rand.NewPCG(seed, 0x5eed)), inflight: make(map[peer.ID]int)}
 }
 
+// Routing does not take a holder's word for a speed far above its stage's.
+// A claim of up to claimCap times the stage's median claim stands as it is:
+// honest holders of similar machines claim within that spread, and routing
+// them less on a noisy measurement would starve them (fewer calls, so fewer
+// in flight, so a lower measured rate). A claim above it needs this peer's
+// measurements to back it:
+//
+//   - Each answered call gives a service rate: tokens over the call's wall
+//     time, times our calls in flight to that holder (they share it).
+//   - A call's time per token is the holder's own compute plus an overhead
+//     the holders of a stage share (the hops downstream, the link). The
+//     median of 1/service − 1/claim over the measured holders estimates that
+//     overhead; what is left is the holder's credible rate.
+//   - Not measured yet: the claim counts as claimCap × the median claim, so a
+//     newcomer gets work and is measured, and a liar draws a bounded share.
+//   - Measured at no more than the median claim while claiming overclaim
+//     times that: the claim is a lie, and the holder is routed on what it
+//     was measured at.
+//   - Otherwise (a GPU among CPUs) the claim counts up to overclaim times its
+//     credible rate, and never below the cap.
+
+// claimCap is how far above its stage's median claim a claim stands
+// unmeasured; overclaim how far above a measured rate.
+const (
+	claimCap  = 4
+	overclaim = 4
+)
+
+// observeService takes one answered call to holder id: tokens tokens in d,
+// with concurrent calls of ours to it in flight once it began.
+func (p *picker) observeService(id peer.ID, tokens, concurrent int, d time.Duration) {
+	if tokens <= 0 || d <= 0 {
+		return
+	}
+	rate := float64(tokens*max(1, concurrent)) / d.Seconds()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.service == nil || len(p.service) > 4096 {
+		p.service = make(map[peer.ID]float64)
+	}
+	if old, ok := p.service[id]; ok {
+		rate = old + 0.3*(rate-old)
+	}
+	p.service[id] = rate
+}
+
+// credible returns the throughput routing uses for each candidate (p.mu
+// held); mean stands for claims not made yet.
+func (p *picker) credible(cands []Holder, mean float64) []float64 {
+	claims := make([]float64, len(cands))
+	var excess []float64
+	for i, h := range cands {
+		claims[i] = h.Throughput
+		if claims[i] <= 0 {
+			claims[i] = mean
+		}
+		if m := p.service[h.ID]; m > 0 {
+			excess = append(excess, 1/m-1/claims[i])
+		}
+	}
+	sorted := slices.Clone(claims)
+	slices.Sort(sorted)
+	median := sorted[(len(sorted)-1)/2]
+	overhead := 0.0
+	if len(excess) > 0 {
+		slices.Sort(excess)
+		overhead = max(0, excess[(len(excess)-1)/2])
+	}
+	out := make([]float64, len(cands))
+	for i, h := range cands {
+		c, capAt := claims[i], claimCap*median
+		if c <= capAt {
+			out[i] = c
+			continue
+		}
+		m := p.service[h.ID]
+		if m <= 0 || len(excess) < 2 {
+			out[i] = capAt // nothing to compare a measurement with yet
+			continue
+		}
+		cred := c
+		if own := 1/m - overhead; own > 1/c {
+			cred = 1 / own
+		}
+		if c > overclaim*cred && cred <= median {
+			out[i] = cred
+		} else {
+			out[i] = min(c, max(capAt, overclaim*cred))
+		}
+	}
+	return out
+}
+
 // weight is a holder's share of the traffic. A holder whose throughput is still
 // unknown is treated as average so that newcomers get work and get measured.
 func weight(tp, mean float64, queue int) float64 {
@@ -251,14 +345,11 @@ func (p *picker) choose(k int, avoid map[peer.ID]bool) (Holder, bool) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	tps := p.credible(cands, mean)
 	ws := make([]float64, len(cands))
 	total := 0.0
 	for i, h := range cands {
-		tp := h.Throughput
-		if tp <= 0 {
-			tp = mean
-		}
-		ws[i] = weight(overLink(tp, p.links[h.ID]), mean, h.Queue+p.inflight[h.ID])
+		ws[i] = weight(overLink(tps[i], p.links[h.ID]), mean, h.Queue+p.inflight[h.ID])
 		total += ws[i]
 	}
 	x := p.rng.Float64() * total
@@ -295,10 +386,12 @@ func (p *picker) pick(ctx context.Context, k int, avoid map[peer.ID]bool) (Holde
 	}
 }
 
-func (p *picker) begin(id peer.ID) {
+// begin counts a call to id in flight and returns how many are now.
+func (p *picker) begin(id peer.ID) int {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.inflight[id]++
-	p.mu.Unlock()
+	return p.inflight[id]
 }
 
 func (p *picker) end(id peer.ID) {

@@ -148,3 +148,46 @@ func TestPickerWeighsLinkRate(t *testing.T) {
 		t.Errorf("far's share %.3f, want %.3f", share, want)
 	}
 }
+
+// TestPickerDistrustsClaims: claims within claimCap of the stage's median
+// stand, measured or not. A holder claiming 100× the speed its answers show
+// draws no more than a typical holder; one not measured yet draws at most
+// claimCap times the median claim; one measured as fast as it claims (a GPU
+// among CPUs) keeps its claim.
+func TestPickerDistrustsClaims(t *testing.T) {
+	r := staticRouter{
+		{ID: "a", Throughput: 1000}, {ID: "b", Throughput: 2000}, {ID: "c", Throughput: 1500},
+		{ID: "liar", Throughput: 100_000}, {ID: "new", Throughput: 1e9}, {ID: "gpu", Throughput: 30_000},
+	}
+	p := newPicker(r, newBackoff(time.Second, time.Minute), "", 5, nil)
+	// Every call carries 5 ms per token of shared overhead downstream.
+	serve := func(id peer.ID, own float64, concurrent int) {
+		perToken := 1/own + 0.005
+		p.observeService(id, 1000, concurrent, time.Duration(1000*perToken/float64(concurrent)*float64(time.Second)))
+	}
+	serve("a", 1000, 1)
+	serve("b", 2000, 2)
+	serve("c", 1500, 1)
+	serve("liar", 1000, 1) // as fast as a
+	serve("gpu", 30_000, 3)
+	const n = 100_000
+	count := map[peer.ID]float64{}
+	for range n {
+		h, _ := p.choose(0, nil)
+		count[h.ID]++
+	}
+	t.Logf("picks of %d: %v", n, count)
+	if b, a := count["b"], count["a"]; math.Abs(b/a-2) > 0.15 {
+		t.Errorf("b (claims twice a's) drew %.2f× a's picks", b/a)
+	}
+	if l, a := count["liar"], count["a"]; l > 1.15*a {
+		t.Errorf("the liar drew %.2f× a's picks", l/a)
+	}
+	// The median claim of the six is 2000: the newcomer counts as 8000.
+	if nw, b := count["new"], count["b"]; math.Abs(nw/b-claimCap) > 0.6 {
+		t.Errorf("the unmeasured newcomer drew %.2f× b's picks, want about %d", nw/b, claimCap)
+	}
+	if g, a := count["gpu"], count["a"]; math.Abs(g/a-30) > 3 {
+		t.Errorf("the measured GPU holder drew %.2f× a's picks, want 30", g/a)
+	}
+}
