@@ -84,7 +84,7 @@ func (s *Service) kick() {
 func (s *Service) nextSeq() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	seq := uint64(time.Now().UnixNano())
+	seq := uint64(s.opts.Now().UnixNano())
 	if seq <= s.lastSeq {
 		seq = s.lastSeq + 1
 	}
@@ -102,7 +102,7 @@ func (s *Service) Record() (PeerRecord, []byte, error) {
 	rec := PeerRecord{
 		Run: s.opts.Run, Peer: s.h.ID(), Stage: self.Stage, Role: self.Role,
 		Throughput: self.Throughput, Queue: self.Queue,
-		Seq: s.nextSeq(), Expires: time.Now().Add(s.opts.RecordTTL).UnixMilli(),
+		Seq: s.nextSeq(), Expires: s.opts.Now().Add(s.opts.RecordTTL).UnixMilli(),
 	}
 	for _, a := range addrs {
 		rec.Addrs = append(rec.Addrs, a.String())

@@ -92,7 +92,7 @@ func TestForgedRecordsRejectedByNetwork(t *testing.T) {
 	tampered := append([]byte(nil), realSigned...)
 	tampered[len(tampered)/2] ^= 0x01
 	expired := victimRec
-	expired.Expires = now.Add(-time.Second).UnixMilli()
+	expired.Expires = now.Add(-MaxClockSkew - time.Second).UnixMilli()
 	expiredSigned := sealRaw(t, expired, victimKey)
 	attackerRec := goodRecord(attacker.h.ID(), now)
 	attackerRec.Run = "test"

@@ -43,6 +43,35 @@ type entry struct {
 	downUntil time.Time
 	downSeq   uint64
 	left      bool
+	// recordExp is its newest record's expiry by its own clock, recordCap
+	// a TTL after we first saw its newest record, gossipExp when its gossip
+	// lapses by ours; offset is its clock minus ours, as its gossip showed
+	// (offsetKnown once heard). h.Expires is the later of the record's
+	// expiry and gossipExp; the record's is recordExp − offset, or, while
+	// the offset is unknown, recordExp but no later than recordCap. So how
+	// long a peer stays listed does not depend on our clocks agreeing.
+	recordExp, recordCap, gossipExp time.Time
+	offset                          time.Duration
+	offsetKnown                     bool
+}
+
+// setExpires sets h.Expires from the record's expiry and the gossip's.
+func (e *entry) setExpires() {
+	e.h.Expires = e.gossipExp
+	exp := e.recordExp.Add(-e.offset)
+	if !e.offsetKnown && exp.After(e.recordCap) {
+		exp = e.recordCap
+	}
+	if exp.After(e.h.Expires) {
+		e.h.Expires = exp
+	}
+}
+
+// clockOffset is the author's clock minus ours as a fresh message of seq
+// (the author's wall clock in nanoseconds when it signed) shows it, within
+// MaxClockSkew: a peer claiming more cannot stretch its own listing further.
+func clockOffset(seq uint64, now time.Time) time.Duration {
+	return min(MaxClockSkew, max(-MaxClockSkew, time.Unix(0, int64(seq)).Sub(now)))
 }
 
 // table is the thread-safe holders cache.
@@ -88,6 +117,11 @@ func (t *table) observeRecord(rec PeerRecord, now time.Time) {
 	if rec.Seq < e.recordSeq {
 		return
 	}
+	if rec.Seq > e.recordSeq {
+		// A record it signed since: it was alive a moment ago. The same
+		// record fetched again says nothing new.
+		e.recordCap = now.Add(t.ttl)
+	}
 	e.recordSeq = rec.Seq
 	e.clearDown(rec.Seq)
 	if rec.Seq >= e.h.Seq {
@@ -95,9 +129,10 @@ func (t *table) observeRecord(rec PeerRecord, now time.Time) {
 		e.h.Throughput, e.h.Queue = rec.Throughput, rec.Queue
 	}
 	e.h.Addrs = rec.Multiaddrs()
-	if exp := rec.ExpiresAt(); exp.After(e.h.Expires) {
-		e.h.Expires = exp
+	if exp := rec.ExpiresAt(); exp.After(e.recordExp) {
+		e.recordExp = exp
 	}
+	e.setExpires()
 	e.bumpSeq(rec.Seq, now)
 }
 
@@ -110,6 +145,7 @@ func (t *table) observeLoad(p peer.ID, l Load, now time.Time) {
 		return
 	}
 	e.gossipSeq = l.Seq
+	e.offset, e.offsetKnown = clockOffset(l.Seq, now), true
 	if l.Leaving {
 		e.left, e.downSeq = true, l.Seq
 		e.downUntil = now.Add(t.ttl)
@@ -120,9 +156,8 @@ func (t *table) observeLoad(p peer.ID, l Load, now time.Time) {
 		e.h.Stage, e.h.Role = l.Stage, l.Role
 		e.h.Throughput, e.h.Queue = l.Throughput, l.Queue
 	}
-	if exp := now.Add(t.ttl); exp.After(e.h.Expires) {
-		e.h.Expires = exp
-	}
+	e.gossipExp = now.Add(t.ttl)
+	e.setExpires()
 	e.bumpSeq(l.Seq, now)
 }
 

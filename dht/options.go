@@ -44,6 +44,9 @@ type Options struct {
 	// all refresh together, a storm of lookups that delays their first
 	// announcements (docs/dht-notes.md). Default defaults.RTRefreshEvery.
 	RTRefreshEvery time.Duration
+	// Now is the wall clock this peer signs its records with (seq and
+	// expires); nil means time.Now. Tests set a skewed one.
+	Now func() time.Time
 	// Logger receives progress and errors; nil discards them.
 	Logger *slog.Logger
 }
@@ -52,6 +55,9 @@ type Options struct {
 func (o *Options) fill() error {
 	if o.Run == "" {
 		return errors.New("dht: empty run")
+	}
+	if o.Now == nil {
+		o.Now = time.Now
 	}
 	if o.NumStages < 0 || o.NumStages > MaxStages {
 		return fmt.Errorf("dht: %d stages out of range [0, %d]", o.NumStages, MaxStages)

@@ -25,6 +25,12 @@ const (
 	// MaxRecordLifetime bounds how far in the future a record may expire, so a
 	// peer cannot publish a record that outlives it for days.
 	MaxRecordLifetime = time.Hour
+	// MaxClockSkew is how far a peer's clock may be off its readers' either
+	// way: a record is valid until MaxClockSkew past its expiry by the
+	// reader's clock. How long a holder stays listed does not depend on it:
+	// the reader corrects an author's expiry by the author's clock offset,
+	// learned from its gossip (holders.go).
+	MaxClockSkew = 10 * time.Minute
 )
 
 // Roles a peer can announce.
@@ -98,12 +104,13 @@ func (r *PeerRecord) Check(now time.Time) error {
 			return fmt.Errorf("addr %q: %w", s, err)
 		}
 	}
+	// The author's clock may be off ours by MaxClockSkew either way.
 	exp := r.ExpiresAt()
-	if !exp.After(now) {
+	if !exp.After(now.Add(-MaxClockSkew)) {
 		return fmt.Errorf("expired at %s", exp.UTC().Format(time.RFC3339Nano))
 	}
-	if exp.Sub(now) > MaxRecordLifetime {
-		return fmt.Errorf("expires %s from now, more than %s", exp.Sub(now).Round(time.Second), MaxRecordLifetime)
+	if exp.Sub(now) > MaxRecordLifetime+MaxClockSkew {
+		return fmt.Errorf("expires %s from now, more than %s", exp.Sub(now).Round(time.Second), MaxRecordLifetime+MaxClockSkew)
 	}
 	return nil
 }

@@ -133,7 +133,7 @@ func TestValidatorRejects(t *testing.T) {
 		{"signer is not the key's peer", PeerKey("r1", other), goodBytes, "describes"},
 		{"record names another peer than its signer", PeerKey("r1", other),
 			sealRaw(t, func() PeerRecord { r := good; r.Peer = other; return r }(), key), "signed by"},
-		{"expired", PeerKey("r1", id), signed(func(r *PeerRecord) { r.Expires = now.Add(-time.Second).UnixMilli() }), "expired"},
+		{"expired", PeerKey("r1", id), signed(func(r *PeerRecord) { r.Expires = now.Add(-MaxClockSkew - time.Second).UnixMilli() }), "expired"},
 		{"expiry too far", PeerKey("r1", id), signed(func(r *PeerRecord) { r.Expires = now.Add(48 * time.Hour).UnixMilli() }), "more than"},
 		{"other run in key", PeerKey("r2", id), goodBytes, "run"},
 		{"other run in record", PeerKey("r1", id), signed(func(r *PeerRecord) { r.Run = "r2" }), "run"},

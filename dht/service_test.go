@@ -260,3 +260,60 @@ func TestStageChangeAnnounced(t *testing.T) {
 		t.Fatal("SetSelf accepted a bad role")
 	}
 }
+
+// TestClockSkew: peers whose clocks are 5 minutes ahead and behind join as
+// any other: every node lists them, from gossip and from their records
+// through the DHT, and one that dies drops out within the record TTL by the
+// readers' clocks, not 5 minutes later.
+func TestClockSkew(t *testing.T) {
+	ctx := t.Context()
+	opts := testOpts(3)
+	skewed := func(d time.Duration) Options {
+		o := opts
+		o.Now = func() time.Time { return time.Now().Add(d) }
+		return o
+	}
+	a := startNode(t, ctx, opts, Self{Stage: 0, Role: RoleServer}, nil)
+	boot := []peer.AddrInfo{addrInfo(a.h)}
+	ahead := startNode(t, ctx, skewed(5*time.Minute), Self{Stage: 1, Role: RoleServer}, boot)
+	behind := startNode(t, ctx, skewed(-5*time.Minute), Self{Stage: 2, Role: RoleServer}, boot)
+	nodes := []*tnode{a, ahead, behind}
+	wait.For(t, 5*time.Second, func() error {
+		for _, n := range nodes {
+			if err := sees(n, nodes); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	// Through the DHT: a client that looks the stages up finds both.
+	copts := testOpts(3)
+	copts.Client = true
+	c := startNode(t, ctx, copts, Self{Stage: -1, Role: RoleTrainer}, boot)
+	for _, w := range []*tnode{ahead, behind} {
+		wait.For(t, 5*time.Second, func() error {
+			hs, err := c.s.Lookup(ctx, w.s.Self().Stage)
+			if err != nil {
+				return err
+			}
+			if len(hs) != 1 || hs[0].Peer != w.h.ID() {
+				return fmt.Errorf("lookup of stage %d found %v", w.s.Self().Stage, hs)
+			}
+			return nil
+		})
+	}
+	// The peer ahead dies silently: its records expire 5 minutes late by
+	// our clock, yet it drops out within the TTL.
+	ahead.h.Close()
+	ahead.s.Close()
+	wait.For(t, opts.RecordTTL+time.Second, func() error {
+		for _, n := range []*tnode{a, behind, c} {
+			for _, h := range n.s.Holders(1) {
+				if h.Peer == ahead.h.ID() {
+					return fmt.Errorf("%s still lists the dead peer, until %s", n.h.ID().ShortString(), time.Until(h.Expires).Round(time.Second))
+				}
+			}
+		}
+		return nil
+	})
+}
