@@ -205,6 +205,9 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The peers this node knew when it last ran join the bootstrap peers:
+	// the bootstrap may be gone for good (peers.go).
+	boot = withRemembered(boot, loadPeers(peersFile(opts.DataDir, opts.Run), idOf(key)))
 	reg := prometheus.NewRegistry()
 	h, err := newHost(&opts, key, reg)
 	if err != nil {
@@ -251,6 +254,8 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 	if err != nil {
 		return fail(err)
 	}
+	n.wg.Add(1)
+	go n.rememberPeers(lctx)
 	// ctx bounds start-up only (the bootstrap dials above are its slow
 	// part); a start-up cancelled by a signal leaves nothing running.
 	if err := ctx.Err(); err != nil {
@@ -380,6 +385,9 @@ func (n *Node) Close() error {
 			errs = append(errs, n.srv.close())
 		}
 		if n.dht != nil {
+			if err := n.savePeers(); err != nil {
+				n.log.Debug("remembering peers", "err", err)
+			}
 			errs = append(errs, n.dht.Close())
 		}
 		n.cancel()

@@ -3,14 +3,18 @@ package swarm
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"swarmnode/averaging"
 	"swarmnode/dht"
@@ -245,4 +249,39 @@ func TestIdentityInUseRefused(t *testing.T) {
 		t.Fatalf("identity not released by Close: %v", err)
 	}
 	b.Close()
+}
+
+// TestBootstrapGoneForGood: peers joined through a bootstrap peer that then
+// dies for good. A peer restarted with its data dir and only the dead
+// bootstrap's address finds the others again through the peers it
+// remembered, and they list it.
+func TestBootstrapGoneForGood(t *testing.T) {
+	boot := startTestNode(t, testOptions(t, 0))
+	bootAddr := []string{boot.Addrs()[0].String()}
+	ob := testOptions(t, 1)
+	ob.Bootstrap = bootAddr
+	b := startTestNode(t, ob)
+	oc := testOptions(t, 2)
+	oc.Bootstrap = bootAddr
+	c := startTestNode(t, oc)
+	lists := func(n *Node, stage int, want peer.ID) func() error {
+		return func() error {
+			for _, h := range n.DHT().Holders(stage) {
+				if h.Peer == want {
+					return nil
+				}
+			}
+			return fmt.Errorf("%s does not list %s under stage %d", n.ID().ShortString(), want.ShortString(), stage)
+		}
+	}
+	wait.For(t, 5*time.Second, lists(b, 2, c.ID()))
+	b.Close()
+	if _, err := os.Stat(peersFile(ob.DataDir, ob.Run)); err != nil {
+		t.Fatalf("b remembered no peers: %v", err)
+	}
+	boot.Close()
+	b2 := startTestNode(t, ob) // same data dir and identity, the dead bootstrap only
+	wait.For(t, 10*time.Second, func() error {
+		return errors.Join(lists(b2, 2, c.ID())(), lists(c, 1, b2.ID())())
+	})
 }
