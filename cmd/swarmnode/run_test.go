@@ -191,6 +191,7 @@ type apiStatus struct {
 	Step         int `json:"step"`
 	Microbatches struct {
 		Completed int `json:"completed"`
+		Failed    int `json:"failed"`
 	} `json:"microbatches"`
 	History []struct {
 		ValLoss float64 `json:"val_loss"`
@@ -477,5 +478,119 @@ func checkSummarySteps(t *testing.T, path string, steps int, trainer *runProc) {
 	}
 	if sum.Step != steps {
 		t.Fatalf("trainer stopped at step %d of %d: %s\n%s", sum.Step, steps, raw, trainer.stderr)
+	}
+}
+
+// TestShutdownUnderLoad: SIGTERM mid-step, as a volunteer stopping a peer
+// does. A holder stopped while the trainer streams through it exits 0 (a
+// shutdown past its 5 s grace exits 1), and the checkpoint it wrote on the
+// way out is restored when it starts again; the trainer stopped mid-step
+// exits 0 too and, started again, resumes at the step it committed and
+// finishes the run with no microbatch failed.
+func TestShutdownUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 9 processes")
+	}
+	bin := swarmnodeBinary(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "run.yaml")
+	writeFile(t, cfg, swarmTestConfig)
+	boot := startRun(t, bin, cfg, "--stage", "0", "--role", "server")
+	bootAddr := boot.addrs[0]
+	for _, stage := range []string{"0", "1", "2"} {
+		if stage != "0" {
+			startRun(t, bin, cfg, "--bootstrap", bootAddr, "--stage", stage, "--role", "server")
+		}
+	}
+	keep := func(name string) []string {
+		return []string{"--identity", filepath.Join(dir, name+".key"), "--checkpoint-dir", filepath.Join(dir, name)}
+	}
+	holderArgs := append(keep("1b"), "--bootstrap", bootAddr, "--stage", "1", "--role", "server")
+	holder := startRun(t, bin, cfg, holderArgs...)
+	for _, stage := range []string{"0", "2"} {
+		startRun(t, bin, cfg, "--bootstrap", bootAddr, "--stage", stage, "--role", "server")
+	}
+	summary := filepath.Join(dir, "summary.json")
+	trainerArgs := append(keep("trainer"), "--bootstrap", bootAddr, "--role", "trainer", "--summary", summary)
+	trainer := startRun(t, bin, cfg, trainerArgs...)
+
+	stepOf := func(p *runProc) int {
+		var s apiStatus
+		if readStatus(p, &s) != nil {
+			return -1
+		}
+		return s.Step
+	}
+	waitStep := func(step int) {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Minute)
+		for stepOf(trainer) < step {
+			if time.Now().After(deadline) {
+				t.Fatalf("trainer did not reach step %d\n%s", step, trainer.stderr)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	terminate := func(p *runProc, what string) {
+		t.Helper()
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s still running 20 s after SIGTERM\n%s", what, p.stderr)
+		}
+		if p.err != nil {
+			t.Fatalf("%s stopped mid-step exited with %v\n%s", what, p.err, p.stderr)
+		}
+	}
+
+	waitStep(60)
+	terminate(holder, "the holder")
+	again := startRun(t, bin, cfg, holderArgs...)
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(again.stderr.String(), "restored checkpoint") {
+		if strings.Contains(again.stderr.String(), "checkpoint refused") || time.Now().After(deadline) {
+			t.Fatalf("the restarted holder did not restore the checkpoint written on its way out:\n%s\n--- first run:\n%s", again.stderr, holder.stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	waitStep(120)
+	terminate(trainer, "the trainer")
+	var saved struct {
+		Step int `json:"step"`
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "trainer", "trainer.json"))
+	if err == nil {
+		err = json.Unmarshal(raw, &saved)
+	}
+	if err != nil || saved.Step < 120 {
+		t.Fatalf("the trainer kept step %d (%v), stopped at ≥ 120", saved.Step, err)
+	}
+	resumed := startRun(t, bin, cfg, trainerArgs...)
+	failed := 0
+	for end := time.After(3 * time.Minute); ; {
+		select {
+		case <-resumed.exited:
+		case <-end:
+			t.Fatalf("the resumed trainer did not finish\n%s", resumed.stderr)
+		case <-time.After(100 * time.Millisecond):
+			var s apiStatus
+			if readStatus(resumed, &s) == nil {
+				failed = max(failed, s.Microbatches.Failed)
+			}
+			continue
+		}
+		break
+	}
+	if resumed.err != nil {
+		t.Fatalf("the resumed trainer: %v\n%s", resumed.err, resumed.stderr)
+	}
+	checkSummarySteps(t, summary, 240, resumed)
+	if !strings.Contains(resumed.stderr.String(), fmt.Sprintf("step=%d", saved.Step)) {
+		t.Errorf("the resumed trainer does not say it resumed at step %d:\n%s", saved.Step, resumed.stderr)
+	}
+	if failed > 0 {
+		t.Errorf("the resumed trainer failed %d microbatches\n%s", failed, resumed.stderr)
 	}
 }
