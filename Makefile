@@ -37,7 +37,7 @@ demo-local: build
 # killed, frozen or stopped every 10-20 s and replaced, for SOAK (default 10m)
 # of training; then the same steps unchurned. Prints the figures; fails on a
 # lost microbatch, a process that exits on its own, a trainer that does not
-# finish or RSS growing past 2x. Logs and samples.csv in out/soak/.
+# finish or RSS growing past 2x (and +64 MB). Logs and samples.csv in out/soak/.
 soak: build
 	$(GO) run ./bench/soak -bin $(BIN) -duration $(SOAK) -out out/soak
 

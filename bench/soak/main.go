@@ -26,7 +26,7 @@
 // It fails (exit 1) when the trainer gives up on a microbatch (failed > 0),
 // when a process of the swarm that was not signalled exits, when the trainer
 // does not finish, or when a process's RSS grows past twice its value after
-// warm-up. Timings (stalls, steps per second) are figures, not conditions: the
+// warm-up (and by more than 64 MB). Timings (stalls, steps per second) are figures, not conditions: the
 // machines are shared and noisy.
 //
 //	go run ./bench/soak -duration 10m        # make soak (SOAK=10m)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -49,6 +50,7 @@ type phase struct {
 	procs         []*proc // every process started, in order
 	trainer       *proc
 	ending        bool
+	holders       []int // per stage, when training ended
 	firstStep     time.Time
 	stepsAt       []stepAt
 	trainerStatus *apiStatus
@@ -103,6 +105,10 @@ type phaseResult struct {
 	events   []event
 	terms    []termExit
 	failures []string
+	// holders counts, per stage, the holders serving it when training ended;
+	// moves the rebalancer's stage moves logged by the phase's processes.
+	holders []int
+	moves   int
 }
 
 var runLine = regexp.MustCompile(`(?m)^run:.*$`)
@@ -210,18 +216,34 @@ func (ph *phase) run(ctx context.Context, stages int) (res phaseResult, err erro
 	if err := boot.waitReady(startTimeout); err != nil {
 		return res, err
 	}
-	for i := 1; i < n; i++ {
-		name, stage := ph.holderName(i), i/ph.o.Holders
-		p, err := ph.launch(name, i, stage, filepath.Join(ph.dir, name), "--role", "server", "--stage", strconv.Itoa(stage), "--bootstrap", boot.addr)
-		if err != nil {
-			return res, err
+	// Stage 0's other holders start once the bootstrap sees every stage
+	// held: started together with the rest, they saw stages 1… empty for a
+	// moment and moved there (the rebalancer's rule for an empty stage),
+	// leaving stage 0 one holder (see docs/reliability.md).
+	start := func(from, to int) error {
+		for i := from; i < to; i++ {
+			name, stage := ph.holderName(i), i/ph.o.Holders
+			p, err := ph.launch(name, i, stage, filepath.Join(ph.dir, name), "--role", "server", "--stage", strconv.Itoa(stage), "--bootstrap", boot.addr)
+			if err != nil {
+				return err
+			}
+			ph.slots[i] = p
 		}
-		ph.slots[i] = p
+		for _, p := range ph.slots[from:to] {
+			if err := p.waitReady(startTimeout); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
-	for _, p := range ph.slots {
-		if err := p.waitReady(startTimeout); err != nil {
-			return res, err
-		}
+	if err := start(ph.o.Holders, n); err != nil {
+		return res, err
+	}
+	if err := waitAllHeld(boot, stages, startTimeout); err != nil {
+		return res, err
+	}
+	if err := start(1, ph.o.Holders); err != nil {
+		return res, err
 	}
 	tr, err := ph.launch("trainer", -1, -1, filepath.Join(ph.dir, "trainer"), "--role", "trainer", "--bootstrap", boot.addr,
 		"--steps", strconv.Itoa(ph.steps), "--summary", filepath.Join(ph.dir, "summary.json"))
@@ -254,10 +276,41 @@ func (ph *phase) run(ctx context.Context, stages int) (res phaseResult, err erro
 	ph.waitEnd(ctx, firstStep)
 	ph.mu.Lock()
 	ph.ending = true
+	ph.holders = make([]int, stages)
+	for _, p := range ph.slots {
+		if p.alive() {
+			if k := p.currentStage(); k >= 0 && k < stages {
+				ph.holders[k]++
+			}
+		}
+	}
 	ph.mu.Unlock()
 	cancel()
 	wg.Wait()
 	return res, nil
+}
+
+// waitAllHeld waits until p's status lists a holder of each of the stages.
+func waitAllHeld(p *proc, stages int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		st, err := p.status()
+		if err == nil {
+			held := 0
+			for k := range stages {
+				if len(st.Holders[strconv.Itoa(k)]) > 0 {
+					held++
+				}
+			}
+			if held == stages {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not see every stage held within %s (last error %v)", p.name, timeout, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // waitEnd returns when the phase is over: the trainer exited, the calibration
@@ -568,7 +621,12 @@ func (ph *phase) result() phaseResult {
 	r := phaseResult{
 		name: ph.name, steps: ph.steps, start: ph.start, end: time.Now(), first: ph.firstStep,
 		stepsAt: ph.stepsAt, trainer: ph.trainerStatus, procs: ph.procs, events: ph.events, terms: ph.terms,
-		failures: ph.failures,
+		failures: ph.failures, holders: ph.holders,
+	}
+	for _, p := range ph.procs {
+		if raw, err := os.ReadFile(p.logPath); err == nil {
+			r.moves += bytes.Count(raw, []byte("msg=rebalancing"))
+		}
 	}
 	if raw, err := os.ReadFile(filepath.Join(ph.dir, "summary.json")); err == nil {
 		var s summary

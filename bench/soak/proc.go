@@ -91,7 +91,10 @@ type apiStatus struct {
 		Step    int64   `json:"step"`
 		ValLoss float64 `json:"val_loss"`
 	} `json:"history"`
-	Errors map[string]uint64 `json:"errors"`
+	Errors  map[string]uint64 `json:"errors"`
+	Holders map[string][]struct {
+		PeerID string `json:"peer_id"`
+	} `json:"holders"`
 }
 
 // httpClient reads status pages; a frozen peer's page must not hold a sampler

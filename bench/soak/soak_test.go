@@ -147,8 +147,12 @@ func TestRSSCheck(t *testing.T) {
 		t.Errorf("1.75× flagged: %v", f)
 	}
 	p.samples = append(p.samples, sample{at: at(start, 60), rssKB: 90_000})
+	if f := checkRSS([]*proc{p}, 20*time.Second); len(f) != 0 {
+		t.Errorf("2.25× but only +50 MB flagged: %v", f)
+	}
+	p.samples = append(p.samples, sample{at: at(start, 70), rssKB: 120_000})
 	if f := checkRSS([]*proc{p}, 20*time.Second); len(f) != 1 || !strings.Contains(f[0], "s1-0") {
-		t.Errorf("2.25× not flagged: %v", f)
+		t.Errorf("3× and +80 MB not flagged: %v", f)
 	}
 	if f := checkRSS([]*proc{p}, time.Hour); len(f) != 0 {
 		t.Errorf("no sample after warm-up, yet flagged: %v", f)
