@@ -109,9 +109,16 @@ type phaseResult struct {
 	// moves the rebalancer's stage moves logged by the phase's processes.
 	holders []int
 	moves   int
+	// warnings counts the WARN and ERROR lines of the phase's logs by message.
+	warnings map[string]int
 }
 
 var runLine = regexp.MustCompile(`(?m)^run:.*$`)
+
+// warnLine picks the level and message of a WARN or ERROR line of slog's
+// text format.
+var warnLine = regexp.MustCompile(`(?m)level=(WARN|ERROR) msg=("[^"]*"|\S+)`)
+
 var inFlightLine = regexp.MustCompile(`(?m)^(\s+)in_flight:\s*\d+`)
 
 // writeConfig writes the phase's config: o.Config with its own run id (so
@@ -623,9 +630,15 @@ func (ph *phase) result() phaseResult {
 		stepsAt: ph.stepsAt, trainer: ph.trainerStatus, procs: ph.procs, events: ph.events, terms: ph.terms,
 		failures: ph.failures, holders: ph.holders,
 	}
+	r.warnings = map[string]int{}
 	for _, p := range ph.procs {
-		if raw, err := os.ReadFile(p.logPath); err == nil {
-			r.moves += bytes.Count(raw, []byte("msg=rebalancing"))
+		raw, err := os.ReadFile(p.logPath)
+		if err != nil {
+			continue
+		}
+		r.moves += bytes.Count(raw, []byte("msg=rebalancing"))
+		for _, m := range warnLine.FindAllSubmatch(raw, -1) {
+			r.warnings[string(m[1])+" "+string(m[2])]++
 		}
 	}
 	if raw, err := os.ReadFile(filepath.Join(ph.dir, "summary.json")); err == nil {

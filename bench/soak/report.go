@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -217,15 +218,8 @@ func printPhase(w io.Writer, r phaseResult, batch int, warm time.Duration) {
 			}
 			kinds[k]++
 		}
-		keys := slices.Sorted(func(yield func(string) bool) {
-			for k := range kinds {
-				if !yield(k) {
-					return
-				}
-			}
-		})
 		var parts []string
-		for _, k := range keys {
+		for _, k := range slices.Sorted(maps.Keys(kinds)) {
 			parts = append(parts, fmt.Sprintf("%s %d", k, kinds[k]))
 		}
 		fmt.Fprintf(w, "faults: %s\n", strings.Join(parts, ", "))
@@ -240,6 +234,12 @@ func printPhase(w io.Writer, r phaseResult, batch int, warm time.Duration) {
 			}
 		}
 		fmt.Fprintf(w, "SIGTERMed holders: %d, slowest exit %s, exits not 0 or killed: %d\n", len(r.terms), fmtDur(worst), bad)
+	}
+	if len(r.warnings) > 0 {
+		fmt.Fprintf(w, "warnings and errors in the logs:\n")
+		for _, k := range slices.Sorted(maps.Keys(r.warnings)) {
+			fmt.Fprintf(w, "  %4d× %s\n", r.warnings[k], k)
+		}
 	}
 	fmt.Fprintf(w, "processes (sampled every %s; 'warm' is the first sample %s or more after its start):\n", sampleEvery, fmtDur(warm))
 	fmt.Fprintf(w, "  %-10s %7s %6s %8s  %-24s %-18s %-14s %s\n", "process", "pid", "stage", "lived", "RSS MB warm→end (max)", "goroutines", "fds", "end")

@@ -159,6 +159,21 @@ func TestRSSCheck(t *testing.T) {
 	}
 }
 
+func TestWarnLine(t *testing.T) {
+	log := `time=2026-12-03T17:35:36.747Z level=INFO msg="commit failed" stage=3
+time=2026-12-03T17:35:39.856Z level=WARN msg="a holder served a state its peers do not vouch for: banned" peer=x
+time=2026-12-03T17:35:40.000Z level=ERROR msg=boom err=y
+`
+	var got []string
+	for _, m := range warnLine.FindAllStringSubmatch(log, -1) {
+		got = append(got, m[1]+" "+m[2])
+	}
+	want := []string{`WARN "a holder served a state its peers do not vouch for: banned"`, "ERROR boom"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
 func TestParseRSS(t *testing.T) {
 	kb, err := parseRSS(strings.NewReader("Name:\tswarmnode\nVmPeak:\t 2000 kB\nVmRSS:\t   81234 kB\nThreads: 9\n"))
 	if err != nil || kb != 81234 {
