@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"swarmnode/codec"
 	"swarmnode/wire"
 )
@@ -75,10 +77,20 @@ func FuzzControl(f *testing.F) {
 	g, _ := json.Marshal(groupMsg{Round: 3, ID: "ab", Members: []string{"12D3KooWAaaQXzt3Q7FpBbostwF9GQiAd49XAEsCueDPDiUQWBpb"}})
 	h, _ := json.Marshal(partHeader{Group: "ab", Round: 3, From: 1, Shard: 2, Weight: 1.5, Len: 10})
 	m, _ := json.Marshal(manifest{Snap: "x", Lens: [3]int{3, 3, 3}, ShardFloats: 2, Sums: []string{"00"}, Root: "11"})
-	for _, s := range [][]byte{j, g, h, m, []byte("{"), []byte(`{"lens":[-1,0,0],"shard_floats":0}`)} {
+	ar, _ := json.Marshal(auditReply{Members: []int{2, 0, 3}, Weights: []float64{1, 1, 0.5}})
+	for _, s := range [][]byte{j, g, h, m, ar, []byte("{"), []byte(`{"lens":[-1,0,0],"shard_floats":0}`), []byte(`{"members":[2,-1],"weights":[1]}`)} {
 		f.Add(s)
 	}
+	rr := &reduceRound{members: make([]peer.ID, 4), index: 0, n: 100}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		var aq auditReq
+		_ = decodeJSON(frameAuditReq, data, frameAuditReq, &aq)
+		var ap auditReply
+		if decodeJSON(frameAuditReply, data, frameAuditReply, &ap) == nil {
+			if mine, err := checkMembers(ap, rr, 2); err == nil && (ap.Members[mine] != 0 || ap.Members[0] != 2) {
+				t.Fatalf("checkMembers passed %+v", ap)
+			}
+		}
 		var jm joinMsg
 		_ = decodeJSON(frameJoin, data, frameJoin, &jm)
 		var gm groupMsg
