@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
+	"swarmnode/receipt"
 	"swarmnode/wire"
 )
 
@@ -82,7 +83,7 @@ func (s *Server) handleCommit(str network.Stream) {
 		_ = str.Reset()
 		return
 	}
-	reply, rtyp, err := s.commitRequest(typ, payload)
+	reply, rtyp, err := s.commitRequest(typ, payload, str.Conn().RemotePeer())
 	if err != nil {
 		s.log.Info("commit request refused", "stage", s.k, "from", shortID(str.Conn().RemotePeer()), "err", err)
 		_ = wire.WriteJSON(str, msgError, errorMsg{Error: err.Error()})
@@ -96,7 +97,7 @@ func (s *Server) handleCommit(str network.Stream) {
 	_ = str.Close()
 }
 
-func (s *Server) commitRequest(typ byte, payload []byte) (any, byte, error) {
+func (s *Server) commitRequest(typ byte, payload []byte, from peer.ID) (any, byte, error) {
 	switch typ {
 	case msgPrepare:
 		var m prepareMsg
@@ -105,7 +106,7 @@ func (s *Server) commitRequest(typ byte, payload []byte) (any, byte, error) {
 		}
 		return s.w.account(m.Trainer, m.IDs), msgPrepare, nil
 	case msgCommit:
-		r, undo, err := parseCommit(payload, s.host.ID())
+		r, undo, raw, err := parseCommit(payload, s.host.ID())
 		if err != nil {
 			return nil, 0, err
 		}
@@ -122,6 +123,13 @@ func (s *Server) commitRequest(typ byte, payload []byte) (any, byte, error) {
 		for _, p := range info.Evicted {
 			reply.Evicted = append(reply.Evicted, p.String())
 		}
+		if raw != nil && s.opts.OnReceipt != nil {
+			if rc, err := checkReceipt(raw, s.opts.Run, from, s.k, r); err != nil {
+				s.log.Info("commit receipt refused", "stage", s.k, "from", shortID(from), "err", err)
+			} else {
+				s.opts.OnReceipt(rc)
+			}
+		}
 		return reply, msgCommit, nil
 	}
 	return nil, 0, fmt.Errorf("%w: commit protocol message type %d", wire.ErrUnexpect, typ)
@@ -137,25 +145,30 @@ const (
 
 // parseCommit decodes a commit request to self: the round and the copies to
 // take back. It refuses a request that does not name self among the members.
-func parseCommit(payload []byte, self peer.ID) (Round, []uint64, error) {
+func parseCommit(payload []byte, self peer.ID) (Round, []uint64, json.RawMessage, error) {
+	r, undo, m, err := parseCommitMsg(payload, self)
+	return r, undo, m.Receipt, err
+}
+
+func parseCommitMsg(payload []byte, self peer.ID) (Round, []uint64, commitMsg, error) {
 	var m commitMsg
 	if err := json.Unmarshal(payload, &m); err != nil {
-		return Round{}, nil, fmt.Errorf("commit: %w", err)
+		return Round{}, nil, m, fmt.Errorf("commit: %w", err)
 	}
 	if len(m.Members) > maxCommitMembers || len(m.Undo) > maxUndo {
-		return Round{}, nil, fmt.Errorf("commit: %d members and %d copies to take back, over the limits of %d and %d", len(m.Members), len(m.Undo), maxCommitMembers, maxUndo)
+		return Round{}, nil, m, fmt.Errorf("commit: %d members and %d copies to take back, over the limits of %d and %d", len(m.Members), len(m.Undo), maxCommitMembers, maxUndo)
 	}
 	if m.Steps < 0 || m.Steps > maxSteps {
-		return Round{}, nil, fmt.Errorf("commit: schedule horizon %d steps out of [0, %d]", m.Steps, maxSteps)
+		return Round{}, nil, m, fmt.Errorf("commit: schedule horizon %d steps out of [0, %d]", m.Steps, maxSteps)
 	}
 	r := Round{ID: m.Round, Next: m.Next, Steps: m.Steps}
 	if m.Weights != nil {
 		if len(m.Weights) != len(m.Members) {
-			return Round{}, nil, fmt.Errorf("commit: %d weights for %d members", len(m.Weights), len(m.Members))
+			return Round{}, nil, m, fmt.Errorf("commit: %d weights for %d members", len(m.Weights), len(m.Members))
 		}
 		for _, w := range m.Weights {
 			if w < 0 || w > maxUndo {
-				return Round{}, nil, fmt.Errorf("commit: weight %d out of [0, %d]", w, maxUndo)
+				return Round{}, nil, m, fmt.Errorf("commit: weight %d out of [0, %d]", w, maxUndo)
 			}
 			r.Weights = append(r.Weights, float64(w))
 		}
@@ -163,14 +176,14 @@ func parseCommit(payload []byte, self peer.ID) (Round, []uint64, error) {
 	for _, id := range m.Members {
 		p, err := peer.Decode(id)
 		if err != nil {
-			return Round{}, nil, fmt.Errorf("commit: member %q: %w", id, err)
+			return Round{}, nil, m, fmt.Errorf("commit: member %q: %w", id, err)
 		}
 		r.Members = append(r.Members, p)
 	}
 	if !slices.Contains(r.Members, self) {
-		return Round{}, nil, errors.New("commit: this holder is not among the members")
+		return Round{}, nil, m, errors.New("commit: this holder is not among the members")
 	}
-	return r, m.Undo, nil
+	return r, m.Undo, m, nil
 }
 
 // ask sends one commit protocol request to p and decodes its answer into out.
@@ -332,6 +345,10 @@ func (cs *commitState) commit(ctx context.Context) (samples []int, lost []uint64
 	t := cs.t
 	samples = make([]int, len(cs.views))
 	replies := make([][]*stepReply, len(cs.views))
+	receipts := make([]json.RawMessage, len(cs.views))
+	for k := range cs.views {
+		receipts[k] = cs.receipt(k)
+	}
 	var wg sync.WaitGroup
 	for k, v := range cs.views {
 		members, weights := cs.members(k)
@@ -342,7 +359,7 @@ func (cs *commitState) commit(ctx context.Context) (samples []int, lost []uint64
 			go func() {
 				defer wg.Done()
 				var r stepReply
-				msg := commitMsg{Round: round, Members: members, Weights: weights, Undo: cs.undo[k][i], Next: next, Steps: t.opts.Train.Steps}
+				msg := commitMsg{Round: round, Members: members, Weights: weights, Undo: cs.undo[k][i], Next: next, Steps: t.opts.Train.Steps, Receipt: receipts[k]}
 				if err := ask(ctx, t.call, t.opts.Run, h, msgCommit, msg, &r); err != nil {
 					t.log.Info("commit failed", "stage", k, "holder", shortID(h.ID), "step", cs.step, "err", err)
 					return
@@ -377,6 +394,54 @@ func (cs *commitState) commit(ctx context.Context) (samples []int, lost []uint64
 		}
 	}
 	return samples, lost
+}
+
+// receipt signs the step's receipt for stage k with the trainer's key: the
+// holders stepping and the microbatches counted at each. Nil when the host
+// has no private key.
+func (cs *commitState) receipt(k int) json.RawMessage {
+	t := cs.t
+	key := t.call.host.Peerstore().PrivKey(t.call.host.ID())
+	if key == nil {
+		return nil
+	}
+	members, weights := cs.members(k)
+	r, err := receipt.Sign(key, receipt.Receipt{
+		Run: t.opts.Run, Step: cs.step, Stage: k, Members: members, Microbatches: weights,
+		TokensPerMicrobatch: t.opts.Train.Microbatch * t.opts.Model.SeqLen, Issued: time.Now(),
+	})
+	if err != nil {
+		t.log.Info("receipt not signed", "stage", k, "step", cs.step, "err", err)
+		return nil
+	}
+	return r.Encode()
+}
+
+// checkReceipt checks a commit's receipt: signed by the trainer that sent
+// the commit (from), for this run and stage, naming the commit's members
+// with the microbatches the commit attests.
+func checkReceipt(raw json.RawMessage, run string, from peer.ID, stage int, r Round) (receipt.Receipt, error) {
+	rc, err := receipt.Parse(raw)
+	if err != nil {
+		return rc, err
+	}
+	if err := rc.Verify(run); err != nil {
+		return rc, err
+	}
+	switch {
+	case rc.Trainer != from.String():
+		return rc, fmt.Errorf("receipt signed by %s, sent by %s", rc.Trainer, from)
+	case rc.Stage != stage:
+		return rc, fmt.Errorf("receipt of stage %d sent to stage %d", rc.Stage, stage)
+	case len(rc.Members) != len(r.Members) || len(r.Weights) != len(r.Members):
+		return rc, fmt.Errorf("receipt names %d members, the commit %d with %d weights", len(rc.Members), len(r.Members), len(r.Weights))
+	}
+	for i, m := range r.Members {
+		if rc.Members[i] != m.String() || float64(rc.Microbatches[i]) != r.Weights[i] {
+			return rc, fmt.Errorf("receipt member %d: %s with %d microbatches, the commit %s with %v", i, rc.Members[i], rc.Microbatches[i], m, r.Weights[i])
+		}
+	}
+	return rc, nil
 }
 
 // members lists stage k's holders of this step in peer-id order, with the

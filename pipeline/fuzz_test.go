@@ -97,7 +97,7 @@ func FuzzCommitRequest(f *testing.F) {
 	f.Add([]byte(`{"round":7,"members":["12D3KooWBUttzGRLQCoNPUWYYKKsXhyjzYr8Yadoq5JLAT2GBKG5"],"weights":[-1]}`))
 	f.Add([]byte(`[`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r, undo, err := parseCommit(b, self)
+		r, undo, _, err := parseCommit(b, self)
 		if err != nil {
 			return
 		}

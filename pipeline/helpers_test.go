@@ -18,6 +18,7 @@ import (
 	"swarmnode/config"
 	"swarmnode/data"
 	"swarmnode/model"
+	"swarmnode/receipt"
 	"swarmnode/stages"
 	"swarmnode/wire"
 )
@@ -153,6 +154,9 @@ type testSwarm struct {
 	servers  [][]*Server
 	trainer  host.Host
 	traffic  wire.Counter // frames the servers sent
+
+	mu       sync.Mutex
+	receipts map[peer.ID][]receipt.Receipt // what each server kept of its commits
 }
 
 // newSwarm starts the servers. Holders of one stage share one Worker: they stand
@@ -185,6 +189,14 @@ func newSwarmLog(tb testing.TB, cfg config.Config, holders []int, slow map[[2]in
 			so := ServerOptionsFrom(cfg, log)
 			so.Slowdown = slow[[2]int{k, i}]
 			so.Traffic = &sw.traffic
+			so.OnReceipt = func(r receipt.Receipt) {
+				sw.mu.Lock()
+				defer sw.mu.Unlock()
+				if sw.receipts == nil {
+					sw.receipts = map[peer.ID][]receipt.Receipt{}
+				}
+				sw.receipts[h.ID()] = append(sw.receipts[h.ID()], r)
+			}
 			s, err := NewServer(h, w, sw.router, so)
 			if err != nil {
 				tb.Fatal(err)

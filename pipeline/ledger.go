@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"encoding/json"
 	"context"
 	"fmt"
 )
@@ -41,6 +42,11 @@ type commitMsg struct {
 	// because `--steps` is a trainer's flag: servers started from the config
 	// alone would otherwise decay their rate to another horizon.
 	Steps int `json:"steps"`
+	// Receipt is the trainer's signed receipt of this step at this stage
+	// (package receipt): the members and the microbatches it counts at
+	// each, which the holders keep as evidence of their work. Absent from
+	// a trainer without a key.
+	Receipt json.RawMessage `json:"receipt,omitempty"`
 }
 
 // account lists the worker's ledger entries of the microbatches whose ids carry

@@ -21,6 +21,7 @@ import (
 	"swarmnode/model"
 
 	"swarmnode/stages"
+	"swarmnode/receipt"
 	"swarmnode/wire"
 )
 
@@ -51,6 +52,9 @@ type ServerOptions struct {
 	// Traffic, if set, counts the frames the server writes, upstream and
 	// downstream: the node's counter, shown on its status page.
 	Traffic *wire.Counter
+	// OnReceipt, if set, is given each verified receipt of a commit this
+	// server stepped on (signed by the committing trainer, naming it).
+	OnReceipt func(receipt.Receipt)
 }
 
 // ServerStats are a stage server's counters.

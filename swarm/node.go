@@ -183,6 +183,7 @@ type Node struct {
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
+	ledger    *workLedger // receipts of this node's steps (ledger.go)
 }
 
 // New starts a node: it loads (or creates) the identity, starts the host,
@@ -226,7 +227,8 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 	}
 	lctx, cancel := context.WithCancel(context.Background())
 	n := &Node{opts: opts, log: opts.Logger, host: h, status: status, reg: reg, cancel: cancel, lock: lock,
-		bans: loadBans(bansFile(opts.DataDir, opts.Run), opts.Logger)}
+		bans: loadBans(bansFile(opts.DataDir, opts.Run), opts.Logger), ledger: newLedger(opts.DataDir, opts.Run)}
+	h.SetStreamHandler(LedgerProtocol(opts.Run), n.ledger.serve)
 	fail := func(err error) (*Node, error) {
 		n.Close()
 		return nil, err
@@ -393,6 +395,7 @@ func (n *Node) Close() error {
 		n.cancel()
 		errs = append(errs, n.host.Close())
 		n.wg.Wait()
+		errs = append(errs, n.ledger.close())
 		if n.lock != nil {
 			errs = append(errs, n.lock.Close())
 		}

@@ -18,6 +18,7 @@ import (
 	"swarmnode/data"
 	"swarmnode/model"
 	"swarmnode/pipeline"
+	"swarmnode/receipt"
 	"swarmnode/stages"
 )
 
@@ -127,6 +128,12 @@ func (r *roles) serveStage(ctx context.Context, k int, st *stages.Stage) (*stage
 	so := pipeline.ServerOptionsFrom(cfg, r.log)
 	so.Slowdown = r.slowdown
 	so.Traffic = &r.n.traffic
+	so.OnReceipt = func(rc receipt.Receipt) {
+		if err := r.n.ledger.add(rc); err != nil {
+			r.n.status.IncError("ledger")
+			r.log.Warn("receipt not kept", "err", err)
+		}
+	}
 	server, err := pipeline.NewServer(r.n.Host(), worker, dhtRouter{r.n}, so)
 	if err != nil {
 		grads.close()

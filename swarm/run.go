@@ -69,6 +69,10 @@ func Run(ctx context.Context, cfg config.Config, o RunOptions) error {
 	if opts.NetworkKey, err = NetworkKeyFromConfig(cfg.Admission); err != nil {
 		return err
 	}
+	params, err := stageParams(cfg)
+	if err != nil {
+		return err
+	}
 	n, err := New(ctx, opts)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -77,6 +81,7 @@ func Run(ctx context.Context, cfg config.Config, o RunOptions) error {
 		}
 		return err
 	}
+	n.ledger.load(params)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stage, err := n.runStage(ctx, cfg)

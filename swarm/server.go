@@ -11,6 +11,7 @@ import (
 	"net/http/pprof"
 	"sort"
 	"strings"
+	"swarmnode/receipt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -29,7 +30,15 @@ func startStatusServer(addr string, n *Node) (*statusServer, error) {
 		return nil, fmt.Errorf("status server %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) { servePage(w, n.Report()) })
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) { servePage(w, n.Report(), n.ledger.snapshot()) })
+	mux.HandleFunc("GET /api/ledger", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(n.ledger.snapshot()); err != nil {
+			n.log.Warn("ledger json", "err", err)
+		}
+	})
 	mux.HandleFunc("GET /api/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
@@ -77,6 +86,14 @@ type pageData struct {
 	Stages    []stageRows
 	LossSVG   template.HTML
 	ErrorList []errorCount
+	Receipts  int
+	Work      []workRow
+}
+
+// workRow is one peer's line of the ledger on the status page.
+type workRow struct {
+	Peer string
+	receipt.Work
 }
 
 type stageRows struct {
@@ -89,8 +106,17 @@ type errorCount struct {
 	Count uint64
 }
 
-func servePage(w http.ResponseWriter, r Report) {
-	d := pageData{Report: r, LossSVG: lossSVG(r.History)}
+func servePage(w http.ResponseWriter, r Report, l Ledger) {
+	d := pageData{Report: r, LossSVG: lossSVG(r.History), Receipts: l.Receipts}
+	for p, wk := range l.Peers {
+		d.Work = append(d.Work, workRow{Peer: p, Work: wk})
+	}
+	sort.Slice(d.Work, func(i, j int) bool {
+		if d.Work[i].Tokens != d.Work[j].Tokens {
+			return d.Work[i].Tokens > d.Work[j].Tokens
+		}
+		return d.Work[i].Peer < d.Work[j].Peer
+	})
 	for k := 0; k < len(r.Holders); k++ {
 		d.Stages = append(d.Stages, stageRows{Stage: k, Holders: r.Holders[k]})
 	}
@@ -153,9 +179,10 @@ func lossSVG(h []HistoryPoint) template.HTML {
 }
 
 var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
-	"ago": func(t time.Time) string { return time.Since(t).Round(100 * time.Millisecond).String() },
-	"f1":  func(v float64) string { return fmt.Sprintf("%.1f", v) },
-	"f4":  func(v float64) string { return fmt.Sprintf("%.4f", v) },
+	"ago":    func(t time.Time) string { return time.Since(t).Round(100 * time.Millisecond).String() },
+	"f1":     func(v float64) string { return fmt.Sprintf("%.1f", v) },
+	"f4":     func(v float64) string { return fmt.Sprintf("%.4f", v) },
+	"tflops": func(v float64) string { return fmt.Sprintf("%.3g", v/1e12) },
 }).Parse(`<!DOCTYPE html>
 <html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
 <title>swarmnode {{.Run}} · {{.PeerID}}</title>
@@ -201,6 +228,11 @@ pre#sample{white-space:pre-wrap;background:#f6f6f6;padding:.5em;max-width:60em}
 <tr><th>holders evicted from averaging</th><td>{{.Averaging.Evicted}}</td></tr>
 <tr><th>audits of other holders passed</th><td>{{.Averaging.Audits}}</td></tr>
 </table>
+<h2>Verified work</h2>
+<p>{{.Receipts}} receipts signed by trainers at their commits (<a href="/api/ledger">JSON</a>)</p>
+<table id="ledger"><tr><th>peer</th><th>steps</th><th>microbatches</th><th>tokens</th><th>TFLOPs</th></tr>
+{{range .Work}}<tr><td>{{.Peer}}</td><td>{{.Steps}}</td><td>{{.Microbatches}}</td><td>{{.Tokens}}</td><td>{{tflops .FLOPs}}</td></tr>
+{{else}}<tr><td colspan="5">none yet</td></tr>{{end}}</table>
 <h2>Errors</h2>
 <table id="errors">{{range .ErrorList}}<tr><th>{{.Kind}}</th><td>{{.Count}}</td></tr>{{else}}<tr><td>none</td></tr>{{end}}</table>
 <p><a href="/api/status">JSON</a> · <a href="/metrics">metrics</a> · {{.Time.Format "15:04:05"}} UTC</p>

@@ -7,6 +7,7 @@
 //	swarmnode admit --peer ID --run RUN   the run owner admits a peer
 //	swarmnode revoke --peer ID --run RUN --list FILE   ... and revokes one
 //	swarmnode network-key --out FILE   a private-network key for a closed run
+//	swarmnode ledger --config FILE --bootstrap MA   who did how much of the run
 //
 // Exit codes: 0 clean, 1 runtime failure, 2 bad flags or config.
 package main
@@ -53,6 +54,8 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 		return admitCommand(args[1:], stdout, stderr)
 	case "revoke":
 		return revokeCommand(args[1:], stdout, stderr)
+	case "ledger":
+		return ledgerCommand(args[1:], stdout, stderr)
 	case "network-key":
 		return networkKeyCommand(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
@@ -81,6 +84,7 @@ commands:
   admit   sign a certificate admitting a peer to an admitted run (run owner)
   revoke  add peers to an admitted run's signed revocation list (run owner)
   network-key  write a libp2p private-network key (admission.network_key)
+  ledger  collect and verify the swarm's signed work receipts; print each peer's work
   version print the release and the wire protocol version
 
 Run "swarmnode <command> -h" for a command's flags.

@@ -593,4 +593,46 @@ func TestShutdownUnderLoad(t *testing.T) {
 	if failed > 0 {
 		t.Errorf("the resumed trainer failed %d microbatches\n%s", failed, resumed.stderr)
 	}
+	checkLedger(t, bin, cfg, bootAddr, 240, 3, 240*2)
+}
+
+// checkLedger runs `swarmnode ledger` against the live swarm and checks
+// that the receipts its holders kept credit every step of every stage once:
+// steps×stages receipts, and at least micro microbatches per stage (a
+// holder that went down in a commit is credited with what it held).
+func checkLedger(t *testing.T, bin, cfg, bootAddr string, steps, stages, micro int) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "ledger.json")
+	cmd := exec.Command(bin, "ledger", "--config", cfg, "--bootstrap", bootAddr, "--out", out)
+	cmd.Dir = repoRoot(t)
+	text, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("swarmnode ledger: %v\n%s", err, text)
+	}
+	t.Logf("swarmnode ledger:\n%s", text)
+	var audit struct {
+		Receipts int `json:"receipts"`
+		Invalid  int `json:"invalid"`
+		Peers    map[string]struct {
+			Microbatches int     `json:"microbatches"`
+			FLOPs        float64 `json:"flops"`
+		} `json:"peers"`
+	}
+	raw, err := os.ReadFile(out)
+	if err == nil {
+		err = json.Unmarshal(raw, &audit)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for _, w := range audit.Peers {
+		total += w.Microbatches
+		if w.Microbatches > 0 && w.FLOPs <= 0 {
+			t.Errorf("work without FLOPs: %+v", w)
+		}
+	}
+	if audit.Receipts != steps*stages || audit.Invalid != 0 || total < micro*stages {
+		t.Errorf("ledger: %d receipts (want %d), %d invalid, %d microbatches (want ≥ %d)", audit.Receipts, steps*stages, audit.Invalid, total, micro*stages)
+	}
 }
