@@ -50,7 +50,9 @@ func TestOverloadKeepsServing(t *testing.T) {
 			t.Fatal(err)
 		}
 		for w := range 8 {
-			wg.Go(func() { flood(ctx, client, target, cfg.Run, (c+w)%4, request, oversize, good[:wire.HeaderSize+10], &sent, &refused) })
+			wg.Go(func() {
+				flood(ctx, client, target, cfg.Run, (c+w)%4, request, oversize, good[:wire.HeaderSize+10], &sent, &refused)
+			})
 		}
 	}
 	wg.Go(func() {
@@ -123,4 +125,3 @@ func flood(ctx context.Context, h, to host.Host, run string, kind int, request, 
 		time.Sleep(time.Millisecond)
 	}
 }
-

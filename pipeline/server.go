@@ -20,8 +20,8 @@ import (
 	"swarmnode/config"
 	"swarmnode/model"
 
-	"swarmnode/stages"
 	"swarmnode/receipt"
+	"swarmnode/stages"
 	"swarmnode/wire"
 )
 
