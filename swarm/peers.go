@@ -12,6 +12,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
+
+	"swarmnode/checkpoint"
 )
 
 // A node remembers the peers of its run it last knew, in its data dir, and
@@ -122,12 +124,7 @@ func (n *Node) savePeers() error {
 	if err != nil {
 		return err
 	}
-	path := peersFile(n.opts.DataDir, n.opts.Run)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return checkpoint.WriteFile(peersFile(n.opts.DataDir, n.opts.Run), b)
 }
 
 // rememberPeers writes the known peers every rememberEvery until ctx ends.

@@ -12,6 +12,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"swarmnode/admission"
+	"swarmnode/checkpoint"
 )
 
 // Revocation in an admitted run. The owner signs a list of revoked peers
@@ -141,11 +142,7 @@ func (n *Node) applyRevocations(r admission.Revocations, from string) {
 		}
 	}
 	path := revocationsFile(n.opts.DataDir, n.opts.Run)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, r.Encode(), 0o644); err == nil {
-		err = os.Rename(tmp, path)
-		if err != nil {
-			n.log.Warn("revocation list not kept", "file", path, "err", err)
-		}
+	if err := checkpoint.WriteFile(path, r.Encode()); err != nil {
+		n.log.Warn("revocation list not kept", "file", path, "err", err)
 	}
 }
