@@ -23,11 +23,12 @@
 // open file descriptors (sampled every 10 s), and the val loss of both runs.
 // Every sample goes to samples.csv under -out.
 //
-// It fails (exit 1) when the trainer gives up on a microbatch (failed > 0),
-// when a process of the swarm that was not signalled exits, when the trainer
-// does not finish, or when a process's RSS grows past twice its value after
-// warm-up (and by more than 64 MB). Timings (stalls, steps per second) are figures, not conditions: the
-// machines are shared and noisy.
+// It fails (exit 1) when the trainer gives up on a microbatch (failed > 0, or
+// a stage stepped on more than a batch more or fewer sequences than the
+// trainer sent), when a process of the swarm that was not signalled exits,
+// when the trainer does not finish, or when a process's RSS grows past twice
+// its value after warm-up (and by more than 64 MB). Timings (stalls, steps
+// per second) are figures, not conditions: the machines are shared and noisy.
 //
 //	go run ./bench/soak -duration 10m        # make soak (SOAK=10m)
 //	go run ./bench/soak -duration 2m -steps 600 -out out/soak
