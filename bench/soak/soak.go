@@ -149,9 +149,9 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		res.Reference = rr.summary
 		res.Failures = append(res.Failures, judge(rr, res.Steps, cfg.Train.Batch, warm)...)
 		printPhase(o.Log, rr, cfg.Train.Batch, warm)
-		if res.Churned != nil && res.Reference != nil {
-			c, u := res.Churned.ValLoss, res.Reference.ValLoss
-			fmt.Fprintf(o.Log, "\nval loss after %d steps: churned %.4f, unchurned %.4f (%+.2f%%)\n", res.Steps, c, u, 100*(c-u)/u)
+		if step, c, u := lastCommonEval(cr, rr); step > 0 {
+			fmt.Fprintf(o.Log, "\nval loss at step %d of %d (the last evaluation both runs reached): churned %.4f, unchurned %.4f (%+.2f%%)\n",
+				step, res.Steps, c, u, 100*(c-u)/u)
 			stallRef, _ := longestStall(rr.stepsAt)
 			fmt.Fprintf(o.Log, "longest stall: churned %s, unchurned %s; mean steps/s churned %.2f, unchurned %.2f\n",
 				fmtDur(res.LongestStall), fmtDur(stallRef), meanRate(cr.stepsAt), meanRate(rr.stepsAt))
@@ -191,6 +191,29 @@ func judge(r phaseResult, steps, batch int, warm time.Duration) []string {
 		out = append(out, r.name+": "+f)
 	}
 	return out
+}
+
+// lastCommonEval returns the last step both runs evaluated, and their val
+// losses there: the final step when both finished.
+func lastCommonEval(a, b phaseResult) (step int64, va, vb float64) {
+	if a.summary != nil && b.summary != nil && a.summary.Step == a.steps && b.summary.Step == b.steps {
+		return int64(a.steps), a.summary.ValLoss, b.summary.ValLoss
+	}
+	if a.trainer == nil || b.trainer == nil {
+		return 0, 0, 0
+	}
+	at := map[int64]float64{}
+	for _, h := range a.trainer.History {
+		if h.ValLoss > 0 {
+			at[h.Step] = h.ValLoss
+		}
+	}
+	for _, h := range b.trainer.History {
+		if v, ok := at[h.Step]; ok && h.ValLoss > 0 && h.Step > step {
+			step, va, vb = h.Step, v, h.ValLoss
+		}
+	}
+	return step, va, vb
 }
 
 // calibrated is the steps per second from calibrateSkip to calibrateSkip +
