@@ -111,13 +111,14 @@ func (rr *reduceRound) shardChunks(j, cf int) iter.Seq[chunk] {
 //     weight over to the next.
 func (a *Averager) allReduce(ctx context.Context, r uint64, rk [32]byte, members []peer.ID, n int, attested map[peer.ID]float64) (Result, error) {
 	res := Result{Round: r, Members: members, Index: slices.Index(members, a.h.ID())}
-	rr := a.openRound(ctx, r, rk, members, res.Index, n)
+	var byIndex []float64
 	if attested != nil {
-		rr.attested = make([]float64, len(members))
+		byIndex = make([]float64, len(members))
 		for i, m := range members {
-			rr.attested[i] = attested[m]
+			byIndex[i] = attested[m]
 		}
 	}
+	rr := a.openRound(ctx, r, rk, members, res.Index, n, byIndex)
 	defer a.closeRound(rr)
 	if a.o.OnGroup != nil {
 		a.o.OnGroup(r, members)
@@ -149,11 +150,13 @@ func (a *Averager) allReduce(ctx context.Context, r uint64, rk [32]byte, members
 
 // openRound registers round r's all-reduce among members, with one slot per
 // other member for its part of our shard, and wakes the handlers waiting for it.
-func (a *Averager) openRound(ctx context.Context, r uint64, rk [32]byte, members []peer.ID, index, n int) *reduceRound {
+// attested (by member index, or nil) is complete before any handler can see
+// the round: a part claimed meanwhile would take a weight half filled in.
+func (a *Averager) openRound(ctx context.Context, r uint64, rk [32]byte, members []peer.ID, index, n int, attested []float64) *reduceRound {
 	dl, _ := ctx.Deadline()
 	rr := &reduceRound{
 		id: groupID(rk, members), round: r, deadline: dl,
-		members: members, index: index, n: n, slots: make([]*slot, len(members)),
+		members: members, index: index, n: n, slots: make([]*slot, len(members)), attested: attested,
 	}
 	for i := range members {
 		if i != index {

@@ -50,9 +50,16 @@ import (
 // but that member's own audit sees its part changed. The reducer's own part
 // cannot be checked; it is bounded as any member's part is, by the reducer.
 
-// auditKeep is how many rounds a reducer keeps for audits: auditors ask right
-// after their round ends, while the next round may already run.
-const auditKeep = 2
+// auditKeep is how many rounds a reducer keeps for audits, auditKeepBytes
+// how many bytes of parts at most (the newest round is always kept).
+// Auditors ask right after their round ends, but a stage's gradient
+// all-reduce runs at every step, several a second on a small model: two
+// rounds were too few, and honest reducers refused audits of rounds they had
+// already dropped.
+const (
+	auditKeep      = 16
+	auditKeepBytes = 256 << 20
+)
 
 // auditStrikes is how many audits in a row a reducer may refuse.
 const auditStrikes = 3
@@ -123,6 +130,7 @@ type auditLog struct {
 	mu sync.Mutex // a sender's handler may outlive its round
 	// parts[i][c] is member i's part of chunk c, encoded, as it arrived.
 	parts [][][]byte
+	bytes int // of parts and own values, for auditKeepBytes
 }
 
 // keptChunk is one reduced chunk: who took part and with what weight.
@@ -150,6 +158,7 @@ func (l *auditLog) keepPart(i, c int, enc []byte) {
 	enc = bytes.Clone(enc)
 	l.mu.Lock()
 	l.parts[i][c] = enc
+	l.bytes += len(enc)
 	l.mu.Unlock()
 }
 
@@ -163,6 +172,9 @@ func (l *auditLog) part(i, c int) []byte {
 // keepChunk keeps what chunk c's reduction took. Only the reducer writes it.
 func (l *auditLog) keepChunk(c int, members []int, weights []float64, own []float32) {
 	l.chunks[c] = keptChunk{members: members, weights: slices.Clone(weights), own: slices.Clone(own)}
+	l.mu.Lock()
+	l.bytes += 4 * len(own)
+	l.mu.Unlock()
 }
 
 // keepAuditLog keeps a closed round's log, and forgets the oldest beyond auditKeep.
@@ -170,8 +182,16 @@ func (a *Averager) keepAuditLog(l *auditLog) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.auditLogs = append(a.auditLogs, l)
-	if len(a.auditLogs) > auditKeep {
-		a.auditLogs = slices.Delete(a.auditLogs, 0, len(a.auditLogs)-auditKeep)
+	total := 0
+	for i := len(a.auditLogs) - 1; i >= 0; i-- {
+		l := a.auditLogs[i]
+		l.mu.Lock()
+		total += l.bytes
+		l.mu.Unlock()
+		if i < len(a.auditLogs)-1 && (total > auditKeepBytes || len(a.auditLogs)-i > auditKeep) {
+			a.auditLogs = slices.Delete(a.auditLogs, 0, i+1)
+			break
+		}
 	}
 	a.broadcastLocked()
 }

@@ -72,7 +72,8 @@ func (f *fetch) crossCheck(ctx context.Context, servers []*server) (liars []peer
 			}
 		}
 		if n < need {
-			return disagreeing(copies, 0), fmt.Errorf("%w: shard %d of %d is vouched for by %d of %d holders", ErrHoldersDisagree, i, len(f.specs), n, len(servers))
+			// No majority: nothing says which copy is the odd one out.
+			return nil, fmt.Errorf("%w: shard %d of %d is vouched for by %d of %d holders", ErrHoldersDisagree, i, len(f.specs), n, len(servers))
 		}
 		for j := range copies {
 			if !copies[j].same(copies[best]) {

@@ -35,8 +35,8 @@ type Averaging struct {
 	// AuditRate is the chance that a holder, after a round, re-checks the
 	// reduction of each other shard it received (one chunk of it, chosen in
 	// secret); a reducer caught lying is evicted. Above 0, every holder also
-	// keeps what it reduced in its last two rounds for others' audits (about
-	// the averaged vector's size, in the wire codec). 0 turns audits off.
+	// keeps what it reduced in its last 16 rounds for others' audits (at most
+	// 256 MiB of parts). 0 turns audits off.
 	AuditRate float64 `yaml:"audit_rate" check:"in=[0, 1]"`
 }
 

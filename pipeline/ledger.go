@@ -85,7 +85,7 @@ func (w *Worker) Commit(ctx context.Context, c Round, undo []uint64) (StepInfo, 
 	}
 	w.lmu.Lock()
 	entries := w.ledger
-	w.ledger = nil
+	w.ledger, w.ledgerBytes = nil, 0
 	w.lmu.Unlock()
 	info := StepInfo{Micro: len(entries), OutOfStep: c.Next != 0 && w.st.Version()+1 != c.Next, Behind: w.st.Version()+1 < c.Next}
 	for _, e := range entries {
@@ -156,6 +156,7 @@ func (w *Worker) takeBack(id uint64) error {
 	}
 	e := w.ledger[i]
 	w.ledger = append(w.ledger[:i:i], w.ledger[i+1:]...)
+	w.ledgerBytes -= e.size()
 	w.lmu.Unlock()
 
 	n := w.st.NumParams()

@@ -119,6 +119,11 @@ type Worker struct {
 	gate   sync.RWMutex
 	ledger []entry             // accumulated since the last step (under gate)
 	lmu    sync.Mutex          // guards ledger against concurrent backward passes
+	// ledgerBytes is what the ledger's tensors hold (under lmu), bounded by
+	// maxLedgerBytes (discardIfStale).
+	ledgerBytes int64
+	// discarded counts the microbatches dropped uncommitted.
+	discarded atomic.Int64
 	done   map[uint64]struct{} // ids stepped recently
 	doneQ  []uint64            // the same ids, oldest first, to bound done
 	// recorded holds the steps taken while the worker catches up (under
@@ -140,6 +145,45 @@ type entry struct {
 	in      model.Input // shape, tokens (first stage) and targets (last stage)
 	x, dout stages.Tensor
 	wire    stages.Wire // the format the passes asked for
+}
+
+// maxLedgerBytes and maxLedgerEntries bound the work a worker holds
+// uncommitted. A trainer commits every step, so a worker past them is one no
+// trainer commits any more (one the trainer left out of its view while others
+// still route to it): its ledger would grow without end. It drops that work
+// instead, gradients included; the trainers count it lost and send it again.
+var (
+	maxLedgerBytes   int64 = 2 << 30
+	maxLedgerEntries       = 4096
+)
+
+// size is the bytes e's tensors hold.
+func (e entry) size() int64 {
+	return int64(4*(len(e.x.F)+len(e.dout.F)) + len(e.x.Int8) + len(e.dout.Int8))
+}
+
+// discardIfStale drops the uncommitted work when the ledger is past its bounds.
+func (w *Worker) discardIfStale() {
+	w.lmu.Lock()
+	over := len(w.ledger) >= maxLedgerEntries || w.ledgerBytes >= maxLedgerBytes
+	w.lmu.Unlock()
+	if !over {
+		return
+	}
+	w.gate.Lock() // no backward pass or step meanwhile
+	defer w.gate.Unlock()
+	w.compute.Lock()
+	defer w.compute.Unlock()
+	w.lmu.Lock()
+	defer w.lmu.Unlock()
+	if len(w.ledger) < maxLedgerEntries && w.ledgerBytes < maxLedgerBytes {
+		return // a commit came first
+	}
+	w.log.Warn("no commit for too long: dropping the uncommitted microbatches", "stage", w.st.Index(),
+		"microbatches", len(w.ledger), "bytes", w.ledgerBytes)
+	w.discarded.Add(int64(len(w.ledger)))
+	w.st.ZeroGrad()
+	w.ledger, w.ledgerBytes = nil, 0
 }
 
 // keepDone is how many stepped microbatch ids a worker remembers, so that a
@@ -207,6 +251,7 @@ func (w *Worker) current(p *stages.Pass, e entry, out stages.Wire) (*stages.Pass
 // for the input gradient in dx (see stages.Stage.BackwardTensor), times it and
 // enters e, the microbatch it belongs to, in the ledger.
 func (w *Worker) backward(p *stages.Pass, dout stages.Tensor, dx stages.Wire, e entry) (stages.Tensor, time.Duration, error) {
+	w.discardIfStale()
 	w.gate.RLock()
 	defer w.gate.RUnlock()
 	w.compute.Lock()
@@ -222,6 +267,7 @@ func (w *Worker) backward(p *stages.Pass, dout stages.Tensor, dx stages.Wire, e 
 		e.dout, e.wire = dout, dx
 		w.lmu.Lock()
 		w.ledger = append(w.ledger, e)
+		w.ledgerBytes += e.size()
 		w.lmu.Unlock()
 	}
 	return grad, d, err

@@ -149,3 +149,36 @@ func TestWorkerRefreshesAPassAStepOutdated(t *testing.T) {
 		t.Fatal("a pass within one step was refreshed")
 	}
 }
+
+// TestWorkerDropsUncommittedWork: a worker that no trainer commits any more
+// (left out of the trainer's view while others still route to it) does not
+// hold its uncommitted work without end: past maxLedgerEntries it drops the
+// ledger and the gradients, and its next step is that of the work since.
+func TestWorkerDropsUncommittedWork(t *testing.T) {
+	old := maxLedgerEntries
+	maxLedgerEntries = 5
+	t.Cleanup(func() { maxLedgerEntries = old })
+	stale := testWorker(t, WorkerOptions{})
+	fresh := testWorker(t, WorkerOptions{})
+	for id := uint64(1); id <= 5; id++ {
+		microbatch(t, stale, id, 2, int32(id))
+	}
+	microbatch(t, stale, 6, 2, 6)
+	microbatch(t, fresh, 6, 2, 6)
+	if stale.discarded.Load() != 5 {
+		t.Fatalf("dropped %d microbatches, want 5", stale.discarded.Load())
+	}
+	got, err := stale.Commit(context.Background(), Round{}, nil)
+	if err != nil || got.Micro != 1 {
+		t.Fatalf("step after the drop: %+v, %v", got, err)
+	}
+	if _, err := fresh.Commit(context.Background(), Round{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	a, b := fresh.Stage().Params(), stale.Stage().Params()
+	for i := range a {
+		if d := math.Abs(float64(a[i] - b[i])); d > 1e-6 {
+			t.Fatalf("parameter %d differs by %g from a worker that saw microbatch 6 alone", i, d)
+		}
+	}
+}

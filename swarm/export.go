@@ -165,8 +165,16 @@ func (r *roles) fetchModel(ctx context.Context, holders func(context.Context, in
 		fctx, cancel := context.WithTimeout(ctx, o.Timeout)
 		o.MaxFloats = 3 * lay.Size
 		state, err := averaging.FetchState(fctx, r.n.Host(), cfg.Run, stageKey(k), from, o)
-		r.banDisagreeing(state)
 		cancel()
+		// A trainer or an exporter does not ban a holder whose copy the
+		// others do not vouch for: an honest replica may have drifted (an
+		// all-reduce that failed in part), and the holders of the stage
+		// before it would still route to it, while this trainer would no
+		// longer commit it, losing the work it does. The holders of the
+		// stage decide that (catch-up and joins ban; averaging evicts).
+		for _, p := range state.Disagreed {
+			r.log.Info("a holder's copy of the state is not the majority's", "stage", k, "peer", p.ShortString())
+		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("stage %d: %w", k, err)
 		}
