@@ -117,15 +117,15 @@ type Worker struct {
 	// gate keeps a step from landing between a backward pass and its ledger
 	// entry: backward passes hold it shared, a commit exclusively.
 	gate   sync.RWMutex
-	ledger []entry             // accumulated since the last step (under gate)
-	lmu    sync.Mutex          // guards ledger against concurrent backward passes
+	ledger []entry    // accumulated since the last step (under gate)
+	lmu    sync.Mutex // guards ledger against concurrent backward passes
 	// ledgerBytes is what the ledger's tensors hold (under lmu), bounded by
 	// maxLedgerBytes (discardIfStale).
 	ledgerBytes int64
 	// discarded counts the microbatches dropped uncommitted.
 	discarded atomic.Int64
-	done   map[uint64]struct{} // ids stepped recently
-	doneQ  []uint64            // the same ids, oldest first, to bound done
+	done      map[uint64]struct{} // ids stepped recently
+	doneQ     []uint64            // the same ids, oldest first, to bound done
 	// recorded holds the steps taken while the worker catches up (under
 	// gate; nil: not catching up). See catchup.go.
 	recorded []recordedStep
