@@ -34,7 +34,7 @@ import (
 // Messages are typed frames (package wire) with JSON payloads, one request and
 // one answer per stream.
 const (
-	msgPrepare byte = 1 // {"trainer": tag, "ids": [...]} -> accounting
+	msgPrepare byte = 1 // {"trainer": tag, "ids": [...], "stage": k} -> accounting
 	msgCommit  byte = 2 // commitMsg -> stepReply
 	msgError   byte = 3 // {"error": "..."}
 )
@@ -50,6 +50,10 @@ func CommitProtocol(run string) protocol.ID {
 type prepareMsg struct {
 	Trainer uint32   `json:"trainer"`
 	IDs     []uint64 `json:"ids"`
+	// Stage is the stage the trainer asks about; a holder serving another
+	// (moved since the trainer's view was made) refuses. Absent from an
+	// older trainer.
+	Stage *int `json:"stage,omitempty"`
 }
 
 type stepReply struct {
@@ -103,6 +107,9 @@ func (s *Server) commitRequest(typ byte, payload []byte, from peer.ID) (any, byt
 		var m prepareMsg
 		if err := json.Unmarshal(payload, &m); err != nil {
 			return nil, 0, fmt.Errorf("prepare: %w", err)
+		}
+		if m.Stage != nil && *m.Stage != s.k {
+			return nil, 0, fmt.Errorf("%w: prepare for stage %d, this peer serves %d", wire.ErrWrongStage, *m.Stage, s.k)
 		}
 		return s.w.account(m.Trainer, m.IDs), msgPrepare, nil
 	case msgCommit:
@@ -215,10 +222,16 @@ func ask(ctx context.Context, c *caller, run string, p Holder, typ byte, msg, ou
 	case msgError:
 		var e errorMsg
 		_ = json.Unmarshal(payload, &e)
-		return fmt.Errorf("%s: %s", shortID(p.ID), e.Error)
+		return &refusedError{from: shortID(p.ID), msg: e.Error}
 	}
 	return fmt.Errorf("%w: answer of type %d to %d", wire.ErrUnexpect, rtyp, typ)
 }
+
+// refusedError is a commit protocol request a holder answered with an error:
+// it is alive.
+type refusedError struct{ from, msg string }
+
+func (e *refusedError) Error() string { return e.from + ": " + e.msg }
 
 // stageView is what the holders of one stage that answered a prepare hold.
 type stageView struct {
@@ -263,8 +276,9 @@ func (cs *commitState) prepare(ctx context.Context) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	now := time.Now()
-	msg := prepareMsg{Trainer: t.tag(), IDs: append(slices.Clip(cs.ids), cs.later...)}
+	ids := append(slices.Clip(cs.ids), cs.later...)
 	for k := range t.opts.Stages {
+		msg := prepareMsg{Trainer: t.tag(), IDs: ids, Stage: &k}
 		for _, h := range t.call.router.Holders(k) {
 			if t.call.bo.hasFailed(h.ID, now) {
 				continue // failed lately: its share is sent again if need be
@@ -278,8 +292,11 @@ func (cs *commitState) prepare(ctx context.Context) {
 				var a accounting
 				if err := ask(ctx, t.call, t.opts.Run, h, msgPrepare, msg, &a); err != nil {
 					t.log.Debug("prepare failed", "stage", k, "holder", shortID(h.ID), "err", err)
-					t.call.bo.down(h.ID, time.Now())
-					t.call.router.MarkDown(h.ID)
+					var re *refusedError
+					if !errors.As(err, &re) { // one that refused (moved to another stage) is alive
+						t.call.bo.down(h.ID, time.Now())
+						t.call.router.MarkDown(h.ID)
+					}
 					return
 				}
 				mu.Lock()

@@ -187,6 +187,11 @@ func (c *caller) send(ctx context.Context, req *request, soft <-chan struct{}) (
 			return answer{}, last
 		case errors.As(err, &re) && re.Code == wire.CodeDownstream:
 			// It is alive; the stage below it failed. Another holder may route elsewhere.
+		case errors.As(err, &re) && re.Code == wire.CodeWrongStage:
+			// It is alive and serves another stage now (the rebalancer
+			// moved it): the DHT lists it there soon. Hiding it would hide
+			// it at its new stage too, where the trainer would then not
+			// commit the work other holders still send it.
 		case errors.As(err, &re) && re.Code == wire.CodeBusy:
 			c.bo.busy(h.ID, time.Now())
 		default:

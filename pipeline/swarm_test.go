@@ -308,3 +308,30 @@ func TestCloseDoesNotWaitForPeers(t *testing.T) {
 		t.Error("the upstream got an answer from a closed server")
 	}
 }
+
+// TestMovedHolderNotMarkedDown: a router that still lists a holder at a
+// stage it left (the rebalancer moved it; the DHT has not caught up) gets
+// "wrong stage" answers from it. The callers go elsewhere without marking
+// it down: it is alive, and hiding it would hide it at its new stage too.
+func TestMovedHolderNotMarkedDown(t *testing.T) {
+	cfg := testConfig()
+	cfg.Train.Steps, cfg.Train.EvalEvery = 10, 10
+	corpus := loadCorpus(t, cfg)
+	sw := newSwarm(t, cfg, []int{1, 1, 1}, nil)
+	moved := sw.servers[2][0]
+	sw.router.mu.Lock()
+	sw.router.extra[1] = append(sw.router.extra[1], Holder{ID: moved.host.ID(), Addrs: moved.host.Addrs()})
+	sw.router.mu.Unlock()
+	tr := sw.newTrainer(t, corpus, TrainerOptions{})
+	if sum := runTrainer(t, tr, time.Minute); sum.Step != cfg.Train.Steps {
+		t.Fatalf("trained %d steps", sum.Step)
+	}
+	sw.router.mu.Lock()
+	defer sw.router.mu.Unlock()
+	if n := sw.router.downs[moved.host.ID()]; n != 0 {
+		t.Fatalf("the moved holder was marked down %d times", n)
+	}
+	if st := sw.servers[0][0].Stats(); st.DownstreamFailures == 0 {
+		t.Fatalf("stage 0 never called the moved holder at stage 1 (stats %+v): the wrong-stage path was not exercised", st)
+	}
+}
