@@ -207,6 +207,22 @@ func (t *table) isHidden(p peer.ID, now time.Time) bool {
 	return ok && e.hidden(now)
 }
 
+// recovered returns the holders of stage that MarkDown hides but that have
+// spoken since (a record or gossip with a newer seq), sorted by peer id: alive
+// again, though this peer's backoff still hides them from its routing.
+func (t *table) recovered(stage int, now time.Time) []Holder {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []Holder
+	for _, e := range t.m {
+		if e.h.Stage == stage && now.Before(e.h.Expires) && e.hidden(now) && !e.left && e.h.Seq > e.downSeq {
+			out = append(out, copyHolder(e.h))
+		}
+	}
+	sortHolders(out)
+	return out
+}
+
 // holders returns the live holders of stage, sorted by peer id.
 func (t *table) holders(stage int, now time.Time) []Holder {
 	t.mu.Lock()

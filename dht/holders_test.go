@@ -59,13 +59,17 @@ func TestTableMarkDownAndLeave(t *testing.T) {
 	tab := newTable(time.Minute)
 	tab.observeLoad(id, Load{Stage: 0, Role: RoleServer, Seq: 1}, now)
 	tab.markDown(id, now, time.Second)
-	if len(tab.holders(0, now)) != 0 {
-		t.Fatal("marked-down peer listed")
+	if len(tab.holders(0, now)) != 0 || len(tab.recovered(0, now)) != 0 {
+		t.Fatal("marked-down peer listed, or listed as recovered before it spoke again")
 	}
 	// Fresh gossip during the backoff does not bring it back early...
 	tab.observeLoad(id, Load{Stage: 0, Role: RoleServer, Seq: 2}, now.Add(500*time.Millisecond))
 	if len(tab.holders(0, now.Add(500*time.Millisecond))) != 0 {
 		t.Fatal("back before its backoff")
+	}
+	// ...though it is listed as recovered (a trainer's prepare asks it).
+	if r := tab.recovered(0, now.Add(500*time.Millisecond)); len(r) != 1 || r[0].Peer != id {
+		t.Fatalf("recovered %v after it spoke again", r)
 	}
 	// ...but it returns after it.
 	if len(tab.holders(0, now.Add(time.Second))) != 1 {

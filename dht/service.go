@@ -209,6 +209,12 @@ func (s *Service) AllHolders() map[int][]Holder { return s.tab.all(time.Now()) }
 // returns after Options.DownBackoff if it is still announcing itself.
 func (s *Service) MarkDown(p peer.ID) { s.tab.markDown(p, time.Now(), s.opts.DownBackoff) }
 
+// Recovered lists the holders of stage that MarkDown hides but that have
+// announced themselves since: a caller's backoff keeps them out of its
+// routing, but others may route to them again (a holder frozen for a while,
+// then resumed).
+func (s *Service) Recovered(stage int) []Holder { return s.tab.recovered(stage, time.Now()) }
+
 // Close tells the run this peer is leaving (best effort, bounded), stops the
 // loops and closes the DHT. It does not close the host or the pubsub.
 func (s *Service) Close() error {

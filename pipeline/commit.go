@@ -279,8 +279,18 @@ func (cs *commitState) prepare(ctx context.Context) {
 	ids := append(slices.Clip(cs.ids), cs.later...)
 	for k := range t.opts.Stages {
 		msg := prepareMsg{Trainer: t.tag(), IDs: ids, Stage: &k}
-		for _, h := range t.call.router.Holders(k) {
-			if t.call.bo.hasFailed(h.ID, now) {
+		holders := t.call.router.Holders(k)
+		recovered := map[peer.ID]bool{}
+		if rl, ok := t.call.router.(RecoveredLister); ok {
+			for _, h := range rl.Recovered(k) {
+				if !slices.ContainsFunc(holders, func(o Holder) bool { return o.ID == h.ID }) {
+					holders = append(holders, h)
+					recovered[h.ID] = true
+				}
+			}
+		}
+		for _, h := range holders {
+			if t.call.bo.hasFailed(h.ID, now) && !recovered[h.ID] {
 				continue // failed lately: its share is sent again if need be
 			}
 			if t.call.picker.isShunned(h.ID) {

@@ -33,6 +33,15 @@ type Router interface {
 	MarkDown(p peer.ID)
 }
 
+// RecoveredLister is a Router that also lists the holders of stage k that it
+// hides after a failed call but that have been heard from since. A trainer
+// asks them at its prepare and commit too: its own backoff keeps them out of
+// its routing, but the stage above may be sending them work again, which
+// would otherwise be counted lost and sent again.
+type RecoveredLister interface {
+	Recovered(k int) []Holder
+}
+
 // backoff hides holders whose calls failed, for a time that doubles with each
 // consecutive failure and resets on success.
 type backoff struct {

@@ -31,6 +31,18 @@ func (r dhtRouter) Holders(k int) []pipeline.Holder {
 // MarkDown hides p from the DHT table for its down backoff.
 func (r dhtRouter) MarkDown(p peer.ID) { r.n.DHT().MarkDown(p) }
 
+// Recovered lists the holders of stage k the DHT table hides after a failed
+// call that have announced themselves since, banned ones left out.
+func (r dhtRouter) Recovered(k int) []pipeline.Holder {
+	var out []pipeline.Holder
+	for _, h := range r.n.DHT().Recovered(k) {
+		if !r.n.bans.has(h.Peer) {
+			out = append(out, pipeline.Holder{ID: h.Peer, Throughput: h.Throughput, Queue: h.Queue, Addrs: h.Addrs})
+		}
+	}
+	return out
+}
+
 // dhtPeers lists the live holders of one stage for the averager.
 type dhtPeers struct {
 	n *Node
