@@ -28,6 +28,14 @@ import (
 // (garbage, scaled, another step's or another run's) lies far outside.
 const StateTolerance = 1e-3
 
+// DriftTolerance is how far apart the copies of a shard may lie when no copy
+// has a majority, for the assembled one to be taken anyway. Honest replicas
+// drift apart when an all-reduce fails in part under churn (each keeps its
+// own mean of the shard whose result did not come back), by more than
+// StateTolerance after a while; a poisoned state lies far beyond this too.
+// Without it, a newcomer to a stage of two drifted holders could not join.
+const DriftTolerance = 5e-2
+
 // ErrHoldersDisagree is FetchState's error when no copy of a shard is vouched
 // for by a majority of the holders asked.
 var ErrHoldersDisagree = errors.New("the stage's holders disagree on its state")
@@ -71,6 +79,9 @@ func (f *fetch) crossCheck(ctx context.Context, servers []*server) (liars []peer
 				best, n = j, m
 			}
 		}
+		if n < need && withinDrift(copies) {
+			continue // replicas drifted apart, none poisoned: take the one assembled
+		}
 		if n < need {
 			// No majority: nothing says which copy is the odd one out.
 			return nil, fmt.Errorf("%w: shard %d of %d is vouched for by %d of %d holders", ErrHoldersDisagree, i, len(f.specs), n, len(servers))
@@ -109,6 +120,23 @@ func (c shardCopy) same(o shardCopy) bool {
 		return false
 	}
 	return relDistance(c.vals, o.vals) <= StateTolerance
+}
+
+// withinDrift reports whether every copy was compared and lies within
+// DriftTolerance of the first (the assembled one).
+func withinDrift(copies []shardCopy) bool {
+	if len(copies) < 2 {
+		return false
+	}
+	for _, c := range copies[1:] {
+		if c.sum == copies[0].sum {
+			continue
+		}
+		if c.vals == nil || copies[0].vals == nil || relDistance(c.vals, copies[0].vals) > DriftTolerance {
+			return false
+		}
+	}
+	return true
 }
 
 // vouched counts the copies that are the same as copies[j], it included.

@@ -240,3 +240,24 @@ func TestFetchStatePoisonedHolder(t *testing.T) {
 	}
 	waitNoGoroutines(t)
 }
+
+// TestFetchStateDriftedReplicas: two honest holders whose replicas drifted
+// 1% apart (all-reduces that failed in part under churn) have no majority
+// between them, yet a newcomer takes the assembled state: they lie within
+// DriftTolerance. A poisoned copy beyond it is still refused.
+func TestFetchStateDriftedReplicas(t *testing.T) {
+	st := testState(100_000)
+	hs := []host.Host{newHost(t, nil), newHost(t, nil), newHost(t, nil)}
+	connectAll(t, hs)
+	o := ServeOptions{ShardFloats: 1 << 15}
+	serve(t, hs[1], st, o)
+	serve(t, hs[2], nudged(st, 5, 1e-2), o)
+	got, err := FetchState(context.Background(), hs[0], "test", "stage-0", []peer.ID{hs[1].ID(), hs[2].ID()}, FetchOptions{})
+	if err != nil {
+		t.Fatalf("drifted replicas: %v", err)
+	}
+	if d := relDistance(got.Params, st.Params); d > 2e-2 {
+		t.Fatalf("the assembled state is %.3g from either replica", d)
+	}
+	waitNoGoroutines(t)
+}
