@@ -84,7 +84,8 @@ func (f *fetch) crossCheck(ctx context.Context, servers []*server) (liars []peer
 		}
 		if n < need {
 			// No majority: nothing says which copy is the odd one out.
-			return nil, fmt.Errorf("%w: shard %d of %d is vouched for by %d of %d holders", ErrHoldersDisagree, i, len(f.specs), n, len(servers))
+			return nil, fmt.Errorf("%w: shard %d of %d is vouched for by %d of %d holders (copies up to %.3g apart)",
+				ErrHoldersDisagree, i, len(f.specs), n, len(servers), maxDistance(copies))
 		}
 		for j := range copies {
 			if !copies[j].same(copies[best]) {
@@ -137,6 +138,20 @@ func withinDrift(copies []shardCopy) bool {
 		}
 	}
 	return true
+}
+
+// maxDistance is the largest relative distance of a fetched copy from the
+// first (the assembled one); NaN when none was fetched.
+func maxDistance(copies []shardCopy) float64 {
+	d := math.NaN()
+	for _, c := range copies[1:] {
+		if c.vals != nil && copies[0].vals != nil {
+			if x := relDistance(c.vals, copies[0].vals); !(x <= d) {
+				d = x
+			}
+		}
+	}
+	return d
 }
 
 // vouched counts the copies that are the same as copies[j], it included.
