@@ -36,6 +36,9 @@ const StateTolerance = 1e-3
 // Without it, a newcomer to a stage of two drifted holders could not join.
 const DriftTolerance = 5e-2
 
+// The optimizer's moments (segments m and v) are taken as assembled when no
+// copy has a majority, once the parameters passed: see crossCheck.
+
 // ErrHoldersDisagree is FetchState's error when no copy of a shard is vouched
 // for by a majority of the holders asked.
 var ErrHoldersDisagree = errors.New("the stage's holders disagree on its state")
@@ -81,6 +84,13 @@ func (f *fetch) crossCheck(ctx context.Context, servers []*server) (liars []peer
 		}
 		if n < need && withinDrift(copies) {
 			continue // replicas drifted apart, none poisoned: take the one assembled
+		}
+		if n < need && spec.seg > 0 {
+			// The optimizer's moments: one step on a holder's own gradients
+			// (an all-reduce skipped under churn) moves them by a good part
+			// of themselves, so honest copies disagree far beyond any
+			// tolerance. The parameters, checked above, carry the model.
+			continue
 		}
 		if n < need {
 			// No majority: nothing says which copy is the odd one out.
