@@ -182,27 +182,35 @@ func (c *caller) send(ctx context.Context, req *request, soft <-chan struct{}) (
 		c.log.Debug("hop failed", "stage", req.stage, "holder", shortID(h.ID), "id", req.id, "after", time.Since(start), "err", err)
 		last = fmt.Errorf("stage %d holder %s: %w", req.stage, shortID(h.ID), err)
 		avoid[h.ID] = true
-		switch {
-		case errors.Is(err, errLocal):
+		if errors.Is(err, errLocal) {
 			return answer{}, last
-		case errors.As(err, &re) && re.Code == wire.CodeDownstream:
-			// It is alive; the stage below it failed. Another holder may route elsewhere.
-		case errors.As(err, &re) && re.Code == wire.CodeWrongStage:
-			// It is alive and serves another stage now (the rebalancer
-			// moved it): the DHT lists it there soon. Hiding it would hide
-			// it at its new stage too, where the trainer would then not
-			// commit the work other holders still send it.
-		case errors.As(err, &re) && re.Code == wire.CodeBusy:
-			c.bo.busy(h.ID, time.Now())
-		default:
-			c.bo.down(h.ID, time.Now())
-			c.router.MarkDown(h.ID)
 		}
+		c.noteFailure(h.ID, err)
 		if ctx.Err() != nil {
 			break
 		}
 	}
 	return answer{}, fmt.Errorf("%w: %v", wire.ErrDownstream, last)
+}
+
+// noteFailure backs off from holder p after a failed attempt, as far as the
+// failure says it is down.
+func (c *caller) noteFailure(p peer.ID, err error) {
+	var re *wire.RemoteError
+	switch {
+	case errors.As(err, &re) && re.Code == wire.CodeDownstream:
+		// It is alive; the stage below it failed. Another holder may route elsewhere.
+	case errors.As(err, &re) && re.Code == wire.CodeWrongStage:
+		// It is alive and serves another stage now (the rebalancer
+		// moved it): the DHT lists it there soon. Hiding it would hide
+		// it at its new stage too, where the trainer would then not
+		// commit the work other holders still send it.
+	case errors.As(err, &re) && re.Code == wire.CodeBusy:
+		c.bo.busy(p, time.Now())
+	default:
+		c.bo.down(p, time.Now())
+		c.router.MarkDown(p)
+	}
 }
 
 // maxHedges bounds the hedges of one microbatch at one hop.

@@ -77,18 +77,9 @@ func newHost(o *Options, key crypto.PrivKey, reg prometheus.Registerer) (host.Ho
 		}
 		return out
 	}
-	listen := o.Listen
-	var private []libp2p.Option
-	if len(o.NetworkKey) > 0 {
-		tcpAddrs, dropped, err := tcpOnly(listen)
-		if err != nil {
-			return nil, err
-		}
-		if len(dropped) > 0 && o.Logger != nil {
-			o.Logger.Info("private network: listening on TCP only", "dropped", dropped)
-		}
-		listen = tcpAddrs
-		private = []libp2p.Option{libp2p.PrivateNetwork(o.NetworkKey), libp2p.Transport(tcp.NewTCPTransport)}
+	listen, private, err := privateNetwork(o)
+	if err != nil {
+		return nil, err
 	}
 	opts := []libp2p.Option{
 		libp2p.Identity(key),
@@ -130,6 +121,23 @@ func newHost(o *Options, key crypto.PrivKey, reg prometheus.Registerer) (host.Ho
 	}
 	hostRef.Store(&h)
 	return h, nil
+}
+
+// privateNetwork returns the listen addresses and the host options of o's
+// private network: o.Listen and none without a network key; its TCP
+// addresses, the key and the TCP transport alone with one.
+func privateNetwork(o *Options) ([]string, []libp2p.Option, error) {
+	if len(o.NetworkKey) == 0 {
+		return o.Listen, nil, nil
+	}
+	tcpAddrs, dropped, err := tcpOnly(o.Listen)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(dropped) > 0 && o.Logger != nil {
+		o.Logger.Info("private network: listening on TCP only", "dropped", dropped)
+	}
+	return tcpAddrs, []libp2p.Option{libp2p.PrivateNetwork(o.NetworkKey), libp2p.Transport(tcp.NewTCPTransport)}, nil
 }
 
 // streamMuxer is go-libp2p's yamux with every stream's receive window starting

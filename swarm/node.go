@@ -216,14 +216,9 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 		return nil, err
 	}
 	status := newStatus()
-	if opts.Admission != nil {
-		g, err := newGate(h, opts.Run, *opts.Admission, func() { status.IncError("not_admitted") })
-		if err != nil {
-			h.Close()
-			lock.Close()
-			return nil, err
-		}
-		h = &gatedHost{Host: h, g: g}
+	if h, err = gateHost(h, opts, status); err != nil {
+		lock.Close()
+		return nil, err
 	}
 	lctx, cancel := context.WithCancel(context.Background())
 	n := &Node{opts: opts, log: opts.Logger, host: h, status: status, reg: reg, cancel: cancel, lock: lock,
@@ -273,6 +268,20 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 		}
 	}
 	return n, nil
+}
+
+// gateHost puts h behind an admitted run's gate (gate.go); h as it is in an
+// open run. On error h is closed.
+func gateHost(h host.Host, opts Options, status *Status) (host.Host, error) {
+	if opts.Admission == nil {
+		return h, nil
+	}
+	g, err := newGate(h, opts.Run, *opts.Admission, func() { status.IncError("not_admitted") })
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	return &gatedHost{Host: h, g: g}, nil
 }
 
 func parseBootstrap(addrs []string) ([]peer.AddrInfo, error) {
