@@ -539,6 +539,10 @@ func prepareTimeout(hop time.Duration) time.Duration { return max(500*time.Milli
 // step commits without them.
 const maxReplays = 5
 
+// commitDrain is how long a commit already sent may go on after the trainer
+// is told to stop; well within the 5 s a peer has to leave the run.
+const commitDrain = 2 * time.Second
+
 // commitStep commits step (numbered from 1) of the trainer once the answers
 // of its microbatches, jobs, are all back: prepare, replay what a stage lost,
 // then commit. later are the microbatches of later steps already sent (with
@@ -592,8 +596,14 @@ func (t *Trainer) commitStep(ctx context.Context, step int, jobs, later []*job) 
 				t.takenBack.Add(int64(len(u)))
 			}
 		}
-		cctx, cancel := context.WithTimeout(ctx, t.opts.Pipeline.HopTimeout)
+		// Once commits go out, holders step: a commit cut off by the
+		// trainer's stop would leave some stages a step ahead of the count it
+		// keeps, and a restarted trainer would do that step there twice. So
+		// the commit outlives ctx, for commitDrain at most.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.opts.Pipeline.HopTimeout)
+		stopDrain := context.AfterFunc(ctx, func() { time.AfterFunc(commitDrain, cancel) })
 		samples, lost := cs.commit(cctx)
+		stopDrain()
 		cancel()
 		owed = owed[:0]
 		for _, id := range lost {
@@ -610,7 +620,7 @@ func (t *Trainer) commitStep(ctx context.Context, step int, jobs, later []*job) 
 			t.stats.Stepped[k] += int64(n)
 		}
 		t.mu.Unlock()
-		return owed, ctx.Err()
+		return owed, nil
 	}
 }
 

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -45,5 +46,48 @@ func TestCommitReceipts(t *testing.T) {
 		if tally.Receipts != cfg.Train.Steps || total != cfg.Train.Steps*perStep {
 			t.Errorf("stage %d: %d receipts crediting %d microbatches, want %d and %d", k, tally.Receipts, total, cfg.Train.Steps, cfg.Train.Steps*perStep)
 		}
+	}
+}
+
+// TestStopMidCommitCountsStep: a trainer told to stop while its commit is on
+// the wire lets the commit land and counts the step, so that no holder is a
+// step ahead of the trainer's count (a restarted trainer would do that step
+// there twice, and the ledger would credit it once).
+func TestStopMidCommitCountsStep(t *testing.T) {
+	cfg := testConfig()
+	cfg.Train.Steps, cfg.Train.EvalEvery = 50, 50
+	corpus := loadCorpus(t, cfg)
+	sw := newSwarm(t, cfg, []int{1, 1, 1}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const stopAt = 5
+	for _, row := range sw.servers {
+		s := row[0]
+		keep := s.opts.OnReceipt
+		s.opts.OnReceipt = func(r receipt.Receipt) {
+			keep(r)
+			if r.Step == stopAt && r.Stage == 0 {
+				cancel() // the stop comes while the other stages' commits are under way
+			}
+		}
+	}
+	tr := sw.newTrainer(t, corpus, TrainerOptions{})
+	sum, err := tr.Run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	for k, row := range sw.servers {
+		newest := 0
+		for _, r := range sw.receipts[row[0].host.ID()] {
+			newest = max(newest, r.Step)
+		}
+		if newest > sum.Step {
+			t.Errorf("stage %d stepped step %d, the stopped trainer counts %d", k, newest, sum.Step)
+		}
+	}
+	if sum.Step < stopAt {
+		t.Errorf("the trainer counts %d steps, its holders stepped %d", sum.Step, stopAt)
 	}
 }

@@ -287,11 +287,13 @@ func (t *Trainer) Run(ctx context.Context) (Summary, error) {
 		case <-ctx.Done():
 			t.lost.Add(int64(r.inflight))
 			t.report(Failed, r.inflight)
+			r.finishCommit()
 			t.log.Info("stopping early", "step", r.step)
 			return r.sum, nil
 		}
 		if err != nil {
 			if ctx.Err() != nil {
+				r.finishCommit()
 				t.log.Info("stopping early", "step", r.step)
 				return r.sum, nil
 			}
@@ -465,6 +467,18 @@ func (r *runState) committed(c commitOutcome) error {
 	r.stepDone()
 	r.commitReady()
 	return nil
+}
+
+// finishCommit waits, when the run stops, for a commit under way. Its
+// holders may have stepped already, so one that lands counts: the step is
+// reported and summed, and a restarted trainer goes on after it rather than
+// doing it again.
+func (r *runState) finishCommit() {
+	for r.committing {
+		if r.committed(<-r.commits) != nil {
+			return
+		}
+	}
 }
 
 // waitCommit ends the run's context and waits for a commit still under way,
