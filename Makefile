@@ -63,10 +63,12 @@ clean:
 gpu-test:
 	$(GO) test -count=1 -v -timeout 10m ./cuda/
 	$(GO) test -count=1 -v -timeout 10m -run GPU ./stages/
+	$(GO) test -count=1 -v -timeout 10m -run GPU ./sample/
 
-# For a GPU machine without Go: build here, carry bin/, run bin/cudatest -test.v and bin/stagestest -test.v -test.run GPU there.
+# For a GPU machine without Go: build here, carry bin/, run bin/cudatest -test.v, bin/stagestest -test.v -test.run GPU and bin/sampletest -test.v -test.run GPU there.
 gpu-bin:
 	$(GO) test -c -o bin/cudatest ./cuda/
 	$(GO) test -c -o bin/stagestest ./stages/
+	$(GO) test -c -o bin/sampletest ./sample/
 	$(GO) build -o bin/stagebench ./bench/gpu/stagebench
 	$(GO) build -o bin/gputrain ./bench/gpu/gputrain

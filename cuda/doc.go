@@ -19,6 +19,9 @@
 // with NVRTC for the device's compute capability when first needed and cached on
 // disk (SWARMNODE_CUDA_CACHE, default the user cache directory).
 //
+// Decoder runs a whole GPT-2 one token at a time over a KV cache on the device,
+// for sampling.
+//
 // Ops (Ctx methods) cover a GPT stage forward and backward: GEMMs (float32, TF32,
 // bf16 with float32 accumulation), embedding, LayerNorm, GELU, residual, causal
 // flash attention (memory linear in T; bf16 tensor cores for head size 64),

@@ -1103,3 +1103,34 @@ extern "C" __global__ void gelu_bwd_bias_bf16(bf16* d, const bf16* h, const floa
 		d[i] = from_f<bf16>(gd * to_f(d[i]));
 	}
 }
+
+// decode_attention: causal attention of one new position's query q [C] over the
+// n positions of a KV cache kc, vc [n,C] (the new one last), for sampling one
+// token at a time. One block per head; the scores live in dynamic shared memory
+// (n floats).
+extern "C" __global__ void decode_attention(float* out, const float* q, const float* kc, const float* vc, int n, int C, int NH) {
+	extern __shared__ float score[];
+	int h = blockIdx.x, hs = C / NH;
+	const float* qh = q + h * hs;
+	float scale = rsqrtf((float)hs);
+	float m = -SN_INF;
+	for (int t = threadIdx.x; t < n; t += blockDim.x) {
+		const float* k = kc + (long)t * C + h * hs;
+		float s = 0.f;
+		for (int d = 0; d < hs; d++) s += qh[d] * k[d];
+		score[t] = s * scale;
+		m = fmaxf(m, score[t]);
+	}
+	m = block_max(m);
+	float sum = 0.f;
+	for (int t = threadIdx.x; t < n; t += blockDim.x) {
+		score[t] = __expf(score[t] - m);
+		sum += score[t];
+	}
+	sum = block_sum(sum); // its barrier also makes every score visible
+	for (int d = threadIdx.x; d < hs; d += blockDim.x) {
+		float acc = 0.f;
+		for (int t = 0; t < n; t++) acc += score[t] * vc[(long)t * C + h * hs + d];
+		out[h * hs + d] = acc / sum;
+	}
+}

@@ -692,3 +692,26 @@ func regRowJ(C int) int {
 	}
 	return 0
 }
+
+// maxDecodePositions bounds DecodeAttention's cache: its scores sit in 32 KiB
+// of shared memory.
+const maxDecodePositions = 8192
+
+// DecodeAttention computes, for each of NH heads, causal attention of one query
+// q [C] over the n positions of a KV cache kc, vc (at least [n,C]; the query's
+// own key and value last), into out [C]: sampling's one-token step.
+func (c *Ctx) DecodeAttention(out, q, kc, vc Buf, n, C, NH int) error {
+	if n < 1 || n > maxDecodePositions || NH < 1 || C%NH != 0 {
+		return fmt.Errorf("cuda: decode attention over %d positions, %d channels, %d heads", n, C, NH)
+	}
+	for _, x := range []struct {
+		name string
+		b    Buf
+		n    int
+	}{{"decode out", out, C}, {"decode q", q, C}, {"decode k cache", kc, n * C}, {"decode v cache", vc, n * C}} {
+		if err := need(x.name, x.b, F32, x.n); err != nil {
+			return err
+		}
+	}
+	return c.launch("decode_attention", dim3{uint32(NH), 1, 1}, dim3{128, 1, 1}, 4*n, out, q, kc, vc, n, C, NH)
+}

