@@ -105,12 +105,29 @@ func HFTensors(cfg model.Config, parts []Part) (HFConfig, []Tensor, error) {
 			return HFConfig{}, nil, fmt.Errorf("export: the stages given lack %s: not the whole model", need)
 		}
 	}
-	hc := HFConfig{
+	return HFConfigOf(cfg), tensors, nil
+}
+
+// HFConfigOf is the Hugging Face GPT-2 config.json of model cfg.
+func HFConfigOf(cfg model.Config) HFConfig {
+	return HFConfig{
 		Architectures: []string{"GPT2LMHeadModel"}, ModelType: "gpt2",
 		VocabSize: cfg.Vocab, NPositions: cfg.SeqLen, NCtx: cfg.SeqLen, NEmbd: cfg.DModel,
 		NLayer: cfg.NLayer, NHead: cfg.NHead, ActivationFunction: "gelu_new", LayerNormEpsilon: 1e-5,
 	}
-	return hc, tensors, nil
+}
+
+// PartTensors names one stage's tensors as Hugging Face's GPT-2 does (the
+// names HFTensors gives them in the whole model). The tensors share p.Params.
+func PartTensors(p Part) (map[string]Tensor, error) {
+	t := make(map[string]Tensor, len(p.Views))
+	for _, v := range p.Views {
+		if v.Offset+v.Len > len(p.Params) {
+			return nil, fmt.Errorf("export: %s lies outside the stage's %d parameters", v.Name, len(p.Params))
+		}
+		t[hfName(v.Name)] = Tensor{Name: hfName(v.Name), Shape: v.Shape, Data: v.Of(p.Params)}
+	}
+	return t, nil
 }
 
 // ReadHF reads a model directory in Hugging Face's GPT-2 format, as Export

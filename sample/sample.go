@@ -16,12 +16,18 @@ import (
 	"swarmnode/tokenizer"
 )
 
-// Model is a GPT-2 loaded for generation.
+// Model is a GPT-2 loaded for generation, or a part of one (NewPart): the
+// blocks a pipeline stage holds, with the embeddings when it is the first
+// stage and the final LayerNorm and head when it is the last.
 type Model struct {
 	Vocab, D, Heads, Layers, Positions int
 	eps                                float32
 	wte, wpe, lnfW, lnfB, head         []float32
 	blocks                             []block
+	// first is the model-wide index of blocks[0]; embed and final tell
+	// whether the part holds the embeddings and the head.
+	first        int
+	embed, final bool
 	// named holds every tensor above by Hugging Face GPT-2 name (without
 	// "transformer."), for a GPU decoder to upload.
 	named map[string][]float32
@@ -44,11 +50,32 @@ func Load(dir string) (*Model, error) {
 // New builds a model from a Hugging Face GPT-2's config and tensors by name
 // (checkpoint.ReadHF's, or checkpoint.HFTensors'); where names them in errors.
 func New(hc checkpoint.HFConfig, t map[string]checkpoint.Tensor, where string) (*Model, error) {
+	return NewPart(hc, t, where, Span{Blocks: hc.NLayer, Embed: true, Final: true})
+}
+
+// Span is the part of a GPT-2 a pipeline stage holds.
+type Span struct {
+	// First is the model-wide index of the stage's first block, Blocks how
+	// many it holds.
+	First, Blocks int
+	// Embed: the stage holds the token and position embeddings (the first
+	// stage); Final: the final LayerNorm and the head (the last).
+	Embed, Final bool
+}
+
+// NewPart builds the part sp of a GPT-2 from its config and the part's
+// tensors by name, for generation through a swarm (each holder runs its
+// blocks over its own cache: Embed, Forward, Logits).
+func NewPart(hc checkpoint.HFConfig, t map[string]checkpoint.Tensor, where string, sp Span) (*Model, error) {
 	dir := where
 	if hc.NHead < 1 || hc.NEmbd%hc.NHead != 0 || hc.NLayer < 1 || hc.VocabSize < 1 || hc.NPositions < 1 {
 		return nil, fmt.Errorf("sample: %s: config.json describes no GPT-2: %+v", dir, hc)
 	}
-	m := &Model{Vocab: hc.VocabSize, D: hc.NEmbd, Heads: hc.NHead, Layers: hc.NLayer, Positions: hc.NPositions, eps: float32(hc.LayerNormEpsilon)}
+	if sp.First < 0 || sp.Blocks < 0 || sp.First+sp.Blocks > hc.NLayer {
+		return nil, fmt.Errorf("sample: %s: blocks [%d,%d) of a model of %d", dir, sp.First, sp.First+sp.Blocks, hc.NLayer)
+	}
+	m := &Model{Vocab: hc.VocabSize, D: hc.NEmbd, Heads: hc.NHead, Layers: sp.Blocks, Positions: hc.NPositions, eps: float32(hc.LayerNormEpsilon),
+		first: sp.First, embed: sp.Embed, final: sp.Final}
 	if m.eps == 0 {
 		m.eps = 1e-5
 	}
@@ -69,14 +96,18 @@ func New(hc checkpoint.HFConfig, t map[string]checkpoint.Tensor, where string) (
 		return x.Data
 	}
 	D, V := m.D, m.Vocab
-	m.wte, m.wpe = get("wte.weight", V*D), get("wpe.weight", m.Positions*D)
-	m.lnfW, m.lnfB = get("ln_f.weight", D), get("ln_f.bias", D)
-	if _, ok := t["lm_head.weight"]; ok {
-		m.head = get("lm_head.weight", V*D)
-	} else {
-		m.head = m.wte // a tied model
+	if sp.Embed {
+		m.wte, m.wpe = get("wte.weight", V*D), get("wpe.weight", m.Positions*D)
 	}
-	for i := range m.Layers {
+	if sp.Final {
+		m.lnfW, m.lnfB = get("ln_f.weight", D), get("ln_f.bias", D)
+		if _, ok := t["lm_head.weight"]; ok || !sp.Embed {
+			m.head = get("lm_head.weight", V*D)
+		} else {
+			m.head = m.wte // a tied model
+		}
+	}
+	for i := sp.First; i < sp.First+sp.Blocks; i++ {
 		p := func(s string) string { return fmt.Sprintf("h.%d.%s", i, s) }
 		m.blocks = append(m.blocks, block{
 			ln1W: get(p("ln_1.weight"), D), ln1B: get(p("ln_1.bias"), D),
@@ -128,19 +159,51 @@ func (m *Model) NewCache() *Cache {
 // Len is the number of tokens in the cache.
 func (c *Cache) Len() int { return c.n }
 
-// Next runs one token at the cache's next position and returns the logits of
-// the token after it.
+// Next runs one token at the cache's next position through a whole model
+// and returns the logits of the token after it.
 func (m *Model) Next(c *Cache, tok int32) ([]float32, error) {
+	if !m.embed || !m.final {
+		return nil, errors.New("sample: Next needs the whole model, not a part")
+	}
+	x, err := m.Embed(tok, c.n)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.Forward(c, x); err != nil {
+		return nil, err
+	}
+	return m.Logits(x), nil
+}
+
+// Embed returns the residual stream of token tok at position pos: its token
+// and position embeddings (the first stage's part).
+func (m *Model) Embed(tok int32, pos int) ([]float32, error) {
+	if !m.embed {
+		return nil, errors.New("sample: this part holds no embeddings")
+	}
 	if tok < 0 || int(tok) >= m.Vocab {
 		return nil, fmt.Errorf("sample: token %d outside the vocabulary of %d", tok, m.Vocab)
 	}
-	if c.n >= m.Positions {
-		return nil, fmt.Errorf("sample: the model has %d positions", m.Positions)
+	if pos < 0 || pos >= m.Positions {
+		return nil, fmt.Errorf("sample: position %d of a model of %d", pos, m.Positions)
 	}
-	D, t := m.D, c.n
+	D := m.D
 	x := make([]float32, D)
 	for i := range x {
-		x[i] = m.wte[int(tok)*D+i] + m.wpe[t*D+i]
+		x[i] = m.wte[int(tok)*D+i] + m.wpe[pos*D+i]
+	}
+	return x, nil
+}
+
+// Forward runs the part's blocks on x, the residual stream at the cache's
+// next position, in place, leaving that position's keys and values in c.
+func (m *Model) Forward(c *Cache, x []float32) error {
+	D, t := m.D, c.n
+	if len(x) != D {
+		return fmt.Errorf("sample: a residual stream of %d values, want %d", len(x), D)
+	}
+	if t >= m.Positions {
+		return fmt.Errorf("sample: the model has %d positions", m.Positions)
 	}
 	h := make([]float32, D)
 	for l := range m.blocks {
@@ -159,6 +222,17 @@ func (m *Model) Next(c *Cache, tok int32) ([]float32, error) {
 		addTo(x, linear(f, b.fc2W, b.fc2B, D))
 	}
 	c.n++
+	return nil
+}
+
+// Logits applies the final LayerNorm and the head to x (the last stage's
+// part); nil for a part without them.
+func (m *Model) Logits(x []float32) []float32 {
+	if !m.final {
+		return nil
+	}
+	D := m.D
+	h := make([]float32, D)
 	layerNorm(h, x, m.lnfW, m.lnfB, m.eps)
 	logits := make([]float32, m.Vocab)
 	for j := range logits {
@@ -169,7 +243,7 @@ func (m *Model) Next(c *Cache, tok int32) ([]float32, error) {
 		}
 		logits[j] = s
 	}
-	return logits, nil
+	return logits
 }
 
 // attend is causal self-attention of one query over n cached positions.

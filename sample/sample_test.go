@@ -126,3 +126,56 @@ func TestGenerate(t *testing.T) {
 		t.Fatal("took a negative temperature")
 	}
 }
+
+// TestPartsChainLikeTheWholeModel: the stages' parts, each over its own
+// cache, chained Embed → Forward… → Logits, give the whole model's logits
+// bit for bit, as a swarm's holders do when they sample together.
+func TestPartsChainLikeTheWholeModel(t *testing.T) {
+	ch, dir := exported(t)
+	whole, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := checkpoint.HFConfigOf(cfg)
+	var parts []*Model
+	first := 0
+	for k, s := range ch.Stages() {
+		tensors, err := checkpoint.PartTensors(checkpoint.Part{Views: s.Views(), Params: s.Params()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := []int{2, 1}[k]
+		p, err := NewPart(hc, tensors, "stage", Span{First: first, Blocks: n, Embed: s.IsFirst(), Final: s.IsLast()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		first += n
+		parts = append(parts, p)
+	}
+	if _, err := parts[0].Next(parts[0].NewCache(), 1); err == nil {
+		t.Fatal("a part ran a whole model's step")
+	}
+	wc := whole.NewCache()
+	caches := []*Cache{parts[0].NewCache(), parts[1].NewCache()}
+	for pos, tok := range []int32{4, 8, 15, 16, 23, 42 % 40} {
+		want, err := whole.Next(wc, tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		x, err := parts[0].Embed(tok, pos)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, p := range parts {
+			if err := p.Forward(caches[k], x); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := parts[1].Logits(x); !slices.Equal(got, want) {
+			t.Fatalf("position %d: the parts' logits differ from the whole model's", pos)
+		}
+	}
+	if parts[0].Logits(make([]float32, cfg.DModel)) != nil {
+		t.Fatal("the first stage's part gave logits")
+	}
+}
