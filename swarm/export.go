@@ -15,7 +15,6 @@ import (
 	"swarmnode/averaging"
 	"swarmnode/checkpoint"
 	"swarmnode/config"
-	"swarmnode/dht"
 	"swarmnode/model"
 )
 
@@ -118,25 +117,11 @@ func loadStep(lays []*model.Layout, dirs []string, step int, fp string, log *slo
 // Export does. Stages step independently of the download, so their steps may
 // differ by the commits in flight; it returns each stage's step.
 func ExportLive(ctx context.Context, cfg config.Config, bootstrap []string, out string, log *slog.Logger) ([]int, error) {
-	dir, err := os.MkdirTemp("", "swarmnode-export-")
+	n, cleanup, err := joinAsClient(ctx, cfg, bootstrap, log)
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	opts := OptionsFromConfig(cfg)
-	opts.Bootstrap, opts.DataDir, opts.Identity, opts.StatusAddr, opts.Role = bootstrap, dir, "", "off", dht.RoleTrainer
-	opts.Listen, opts.Logger = []string{"/ip4/0.0.0.0/tcp/0"}, log
-	if opts.Admission, err = AdmissionFromConfig(cfg.Admission); err != nil {
-		return nil, err
-	}
-	if opts.NetworkKey, err = NetworkKeyFromConfig(cfg.Admission); err != nil {
-		return nil, err
-	}
-	n, err := New(ctx, opts)
-	if err != nil {
-		return nil, err
-	}
-	defer n.Close()
+	defer cleanup()
 	r := newRoles(n, cfg, RunOptions{Logger: log})
 	parts, steps, err := r.fetchModel(ctx, r.knownHolders, averaging.FetchOptions{Timeout: 2 * time.Minute})
 	if err != nil {

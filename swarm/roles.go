@@ -44,6 +44,9 @@ type roles struct {
 	// lie, set by tests only, corrupts the gradients this holder sends to
 	// its stage's all-reduce (an adversary).
 	lie func(vals []float32)
+	// infer is the generation service of the stage served now (nil when
+	// none); serveInfer answers through it.
+	infer atomic.Pointer[inferService]
 }
 
 func newRoles(n *Node, cfg config.Config, o RunOptions) *roles {
@@ -72,6 +75,7 @@ type stageService struct {
 	resyncing  atomic.Bool
 	lastResync atomic.Int64
 	state      *averaging.StateServer
+	infer      *inferService
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup
 }
@@ -157,6 +161,14 @@ func (r *roles) serveStage(ctx context.Context, k int, st *stages.Stage) (*stage
 		grads.close()
 		return nil, err
 	}
+	if svc.infer, err = newInferService(cfg, k, st, r.log); err != nil {
+		svc.state.Close()
+		server.Close()
+		grads.close()
+		return nil, err
+	}
+	r.infer.Store(svc.infer)
+	r.n.Host().SetStreamHandler(InferProtocol(cfg.Run), r.serveInfer)
 	sctx, cancel := context.WithCancel(ctx)
 	svc.cancel = cancel
 	worker.OnStep(func(si pipeline.StepInfo) {
@@ -169,6 +181,7 @@ func (r *roles) serveStage(ctx context.Context, k int, st *stages.Stage) (*stage
 	})
 	if cfg.Averaging.Enabled {
 		if err := r.startAveraging(sctx, svc); err != nil {
+			svc.infer.closed.Store(true)
 			cancel()
 			svc.state.Close()
 			server.Close()
@@ -466,6 +479,7 @@ func (r *roles) catchUp(ctx context.Context, svc *stageService) error {
 
 // close stops serving the stage and waits for its goroutines.
 func (s *stageService) close() {
+	s.infer.closed.Store(true)
 	s.cancel()
 	s.server.Close()
 	s.grads.close()

@@ -1,12 +1,17 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"swarmnode/cuda"
 	"swarmnode/sample"
+	"swarmnode/swarm"
 )
 
 // decoderOn returns a decoder of m on device (cpu or cuda) and what frees it.
@@ -42,6 +47,9 @@ func sampleCommand(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.TopK, "top-k", 40, "draw among the K most likely tokens; 0: all")
 	fs.Uint64Var(&o.Seed, "seed", 1, "seed of the draws")
 	device := fs.String("device", "cpu", "where to compute: cpu, or cuda (GPU 0)")
+	cfgPath := fs.String("config", "", "with --bootstrap: the run's config file")
+	var boot []string
+	fs.Var(&listFlag{list: &boot}, "bootstrap", "generate through a live swarm's holders instead of --model, joined through this peer (repeatable; full multiaddr with /p2p/<id>)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -49,8 +57,11 @@ func sampleCommand(args []string, stdout, stderr io.Writer) int {
 	case fs.NArg() > 0:
 		fmt.Fprintf(stderr, "swarmnode sample: unexpected argument %q\n", fs.Arg(0))
 		return exitUsage
-	case *dir == "":
-		fmt.Fprintln(stderr, "swarmnode sample: --model DIR is required")
+	case (*dir == "") == (len(boot) == 0):
+		fmt.Fprintln(stderr, "swarmnode sample: one of --model DIR or --bootstrap MA (with --config FILE) is required")
+		return exitUsage
+	case len(boot) > 0 && *device != "cpu":
+		fmt.Fprintln(stderr, "swarmnode sample: --device is for --model; through a swarm each holder computes where it trains")
 		return exitUsage
 	case *device != "cpu" && *device != "cuda":
 		fmt.Fprintf(stderr, "swarmnode sample: --device %q: cpu or cuda\n", *device)
@@ -61,6 +72,9 @@ func sampleCommand(args []string, stdout, stderr io.Writer) int {
 	case *prompt == "":
 		fmt.Fprintln(stderr, "swarmnode sample: --prompt must not be empty")
 		return exitUsage
+	}
+	if len(boot) > 0 {
+		return sampleLive(*cfgPath, boot, *prompt, o, stdout, stderr)
 	}
 	m, err := sample.Load(*dir)
 	if err != nil {
@@ -80,6 +94,30 @@ func sampleCommand(args []string, stdout, stderr io.Writer) int {
 	defer closeDec()
 	out, err := sample.Generate(dec, m.Positions, encode(*prompt), o)
 	fmt.Fprintf(stdout, "%s%s\n", *prompt, decode(out))
+	if err != nil {
+		fmt.Fprintf(stderr, "swarmnode sample: %v\n", err)
+		return exitRuntime
+	}
+	return exitOK
+}
+
+// sampleLive runs `swarmnode sample --bootstrap`: generation through the
+// stages' holders of a live swarm, each running its blocks over its own KV
+// cache.
+func sampleLive(cfgPath string, boot []string, prompt string, o sample.Options, stdout, stderr io.Writer) int {
+	cfg, code := loadConfig(cfgPath, stderr)
+	if code != exitOK {
+		return code
+	}
+	encode, decode, err := sample.TokenizerFor(cfg.Model.Vocab)
+	if err != nil {
+		fmt.Fprintf(stderr, "swarmnode sample: %v\n", err)
+		return exitRuntime
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	out, err := swarm.SampleLive(ctx, cfg, boot, encode(prompt), o, setupLogger(stderr))
+	fmt.Fprintf(stdout, "%s%s\n", prompt, decode(out))
 	if err != nil {
 		fmt.Fprintf(stderr, "swarmnode sample: %v\n", err)
 		return exitRuntime
