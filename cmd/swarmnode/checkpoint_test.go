@@ -300,3 +300,42 @@ func TestExportLiveSwarm(t *testing.T) {
 		t.Fatalf("through the swarm:\n%q\nfrom the export:\n%q", live, local)
 	}
 }
+
+// TestSampleLiveRoutesAroundDeadHolder: with one of stage 1's two holders
+// killed (its records still in the DHT), every `swarmnode sample
+// --bootstrap` still finishes, and writes what it wrote with both alive
+// (the holders share the seed's weights: no trainer runs).
+func TestSampleLiveRoutesAroundDeadHolder(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 3 processes")
+	}
+	bin := swarmnodeBinary(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "run.yaml")
+	writeFile(t, cfg, checkpointTestConfig)
+	a := startRun(t, bin, cfg, "--stage", "0", "--role", "server")
+	startRun(t, bin, cfg, "--bootstrap", a.addrs[0], "--stage", "1", "--role", "server")
+	doomed := startRun(t, bin, cfg, "--bootstrap", a.addrs[0], "--stage", "1", "--role", "server")
+	sample := func() (string, string) {
+		cmd := exec.Command(bin, "sample", "--config", cfg, "--bootstrap", a.addrs[0], "--prompt", "ROMEO:", "--tokens", "16", "--temperature", "0")
+		cmd.Dir = repoRoot(t)
+		var stdout, stderr strings.Builder
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("sample: %v\n%s", err, stderr.String())
+		}
+		return stdout.String(), stderr.String()
+	}
+	want, _ := sample()
+	_ = doomed.cmd.Process.Kill()
+	<-doomed.exited
+	rerouted := 0
+	for range 4 {
+		got, log := sample()
+		if got != want {
+			t.Fatalf("with a holder dead:\n%q\nwith both:\n%q\n%s", got, want, log)
+		}
+		rerouted += strings.Count(log, "going on through another holder")
+	}
+	t.Logf("4 generations with a holder dead; %d hops rerouted", rerouted)
+}
