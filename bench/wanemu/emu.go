@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -27,6 +28,11 @@ type Config struct {
 	// Queue is the bytes a link queues before it drops; 0 is one second at
 	// Rate, at least 256 kB.
 	Queue int
+	// Split, if positive, is where Cut partitions the peers: while it is
+	// set, packets between [0,Split) and [Split,Peers) are dropped.
+	Split int
+	// Cut is the partition's switch (nil: never cut).
+	Cut *atomic.Bool
 }
 
 const (
@@ -43,6 +49,8 @@ func (c Config) check() error {
 		return fmt.Errorf("peers %d: want 1 to %d", c.Peers, maxPeers)
 	case c.Rate < 0 || c.Delay < 0 || c.Queue < 0:
 		return errors.New("rate, delay and queue must not be negative")
+	case c.Split < 0 || c.Split >= c.Peers && c.Split > 0:
+		return fmt.Errorf("split %d: want 1 to %d peers on the first side", c.Split, c.Peers-1)
 	case c.Prefix == "" || strings.ContainsAny(c.Prefix, "/ \t\n") || c.Prefix[0] == '.':
 		return fmt.Errorf("prefix %q: want a plain file name", c.Prefix)
 	}
@@ -138,7 +146,7 @@ func route(ctx context.Context, cfg Config, tuns []*os.File, ready func()) (Stat
 	}
 	lctx, stopLinks := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	unknown := make([]int64, n)
+	unknown, cut := make([]int64, n), make([]int64, n)
 	errs := make(chan error, n)
 	for i := range n {
 		for j := range n {
@@ -146,7 +154,7 @@ func route(ctx context.Context, cfg Config, tuns []*os.File, ready func()) (Stat
 				wg.Go(func() { l.deliver(lctx, tuns[j]) })
 			}
 		}
-		wg.Go(func() { errs <- forward(i, tuns[i], links[i], &unknown[i]) })
+		wg.Go(func() { errs <- forward(i, tuns[i], links[i], cfg, &unknown[i], &cut[i]) })
 	}
 	err := probe(ctx, cfg)
 	if err == nil && ready != nil {
@@ -163,12 +171,17 @@ func route(ctx context.Context, cfg Config, tuns []*os.File, ready func()) (Stat
 	}
 	stopLinks()
 	wg.Wait()
-	return collect(links, unknown), err
+	st := collect(links, unknown)
+	for _, c := range cut {
+		st.Cut += c
+	}
+	return st, err
 }
 
 // forward reads the packets peer i sends into its TUN and queues each on the
-// link to its destination; it returns when the TUN is closed (nil) or fails.
-func forward(i int, tun *os.File, out []*link, unknown *int64) error {
+// link to its destination, dropping those across the partition while it is
+// cut; it returns when the TUN is closed (nil) or fails.
+func forward(i int, tun *os.File, out []*link, cfg Config, unknown, cut *int64) error {
 	buf := make([]byte, 1<<16)
 	for {
 		k, err := tun.Read(buf)
@@ -180,6 +193,10 @@ func forward(i int, tun *os.File, out []*link, unknown *int64) error {
 		j := destination(buf[:k], len(out))
 		if j < 0 || j == i {
 			*unknown++ // only read by collect, after this goroutine ends
+			continue
+		}
+		if cfg.Split > 0 && cfg.Cut != nil && cfg.Cut.Load() && (i < cfg.Split) != (j < cfg.Split) {
+			*cut++ // only read after this goroutine ends, as unknown
 			continue
 		}
 		out[j].send(time.Now(), append([]byte(nil), buf[:k]...))
@@ -265,6 +282,8 @@ type Stats struct {
 	Links []LinkStats
 	// Unknown counts packets to no peer (or not IPv4), dropped.
 	Unknown int64
+	// Cut counts packets dropped across the partition.
+	Cut int64
 }
 
 // LinkStats counts what one directed link From→To delivered and dropped.
@@ -304,6 +323,6 @@ func (s Stats) Print(w io.Writer) {
 			l.From, l.To, l.Bytes, l.Packets, l.Dropped, l.DropLen)
 		t.Bytes, t.Packets, t.Dropped, t.DropLen = t.Bytes+l.Bytes, t.Packets+l.Packets, t.Dropped+l.Dropped, t.DropLen+l.DropLen
 	}
-	fmt.Fprintf(w, "total: %d bytes, %d packets, %d dropped (%d bytes), %d to unknown addresses\n",
-		t.Bytes, t.Packets, t.Dropped, t.DropLen, s.Unknown)
+	fmt.Fprintf(w, "total: %d bytes, %d packets, %d dropped (%d bytes), %d to unknown addresses, %d across the partition\n",
+		t.Bytes, t.Packets, t.Dropped, t.DropLen, s.Unknown, s.Cut)
 }

@@ -13,6 +13,9 @@
 //	wanemu -peers 6 -rate 25mbit -delay 40ms -prefix swn
 //	ip netns exec swn3 CMD    # CMD runs as peer 3, reaching peer j at 10.77.0.j+1
 //
+// With -split K, SIGUSR1 partitions the network (peers 0…K-1 cannot reach
+// K…N-1: their packets are dropped) and SIGUSR2 heals it, for partition tests.
+//
 // It prints "ready" once every namespace is up and packets flow, routes until
 // SIGINT or SIGTERM, then deletes its namespaces and prints each link's
 // counters to stderr. It never touches the root namespace's interfaces or
@@ -27,6 +30,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -45,6 +49,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	prefix := fs.String("prefix", "swn", "namespace name prefix")
 	queue := fs.Int("queue", 0, "bytes a link queues before dropping (default: 1 s at the rate, at least 256 kB)")
 	cleanup := fs.Bool("cleanup", false, "only delete namespaces <prefix>N, then exit")
+	split := fs.Int("split", 0, "partition point: SIGUSR1 cuts peers [0,split) off from the rest, SIGUSR2 heals (0: no partition)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -64,13 +69,28 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "wanemu: -rate: %v\n", err)
 		return 2
 	}
-	cfg := Config{Peers: *peers, Rate: bits, Delay: *delay, Prefix: *prefix, Queue: *queue}
+	cfg := Config{Peers: *peers, Rate: bits, Delay: *delay, Prefix: *prefix, Queue: *queue, Split: *split, Cut: new(atomic.Bool)}
 	if err := cfg.check(); err != nil {
 		fmt.Fprintf(stderr, "wanemu: %v\n", err)
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if cfg.Split > 0 {
+		sig := make(chan os.Signal, 4)
+		signal.Notify(sig, syscall.SIGUSR1, syscall.SIGUSR2)
+		defer signal.Stop(sig)
+		go func() {
+			for s := range sig {
+				cfg.Cut.Store(s == syscall.SIGUSR1)
+				if s == syscall.SIGUSR1 {
+					fmt.Fprintf(stdout, "cut: peers 0-%d | %d-%d\n", cfg.Split-1, cfg.Split, cfg.Peers-1)
+				} else {
+					fmt.Fprintln(stdout, "healed")
+				}
+			}
+		}()
+	}
 	stats, err := Run(ctx, cfg, func() { fmt.Fprintln(stdout, "ready") })
 	if err == nil || len(stats.Links) > 0 {
 		stats.Print(stderr)

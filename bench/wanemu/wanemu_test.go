@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -255,4 +256,41 @@ func bulk(addr string, n int) (time.Duration, error) {
 		return 0, errors.Join(errors.New("no receipt"), err)
 	}
 	return time.Since(start), nil
+}
+
+// TestPartition: with -split 1 of 3 peers, a cut drops what crosses it
+// (peer 0 cannot reach 1 or 2, either way) while 1 and 2 still reach each
+// other; healed, every pair reaches again.
+func TestPartition(t *testing.T) {
+	requireRoot(t)
+	const prefix = "wanemup"
+	if _, err := DeleteNamespaces(prefix); err != nil {
+		t.Fatal(err)
+	}
+	cut := new(atomic.Bool)
+	cfg := Config{Peers: 3, Prefix: prefix, Split: 1, Cut: cut}
+	startEmulator(t, cfg)
+	reaches := func(i, j int) bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+		defer cancel()
+		return probePair(ctx, prefix, i, j) == nil
+	}
+	cut.Store(true)
+	for _, p := range [][2]int{{0, 1}, {1, 0}, {0, 2}, {2, 0}} {
+		if reaches(p[0], p[1]) {
+			t.Errorf("cut: %d reached %d across the partition", p[0], p[1])
+		}
+	}
+	if !reaches(1, 2) || !reaches(2, 1) {
+		t.Error("cut: 1 and 2, on one side, do not reach each other")
+	}
+	cut.Store(false)
+	for _, p := range [][2]int{{0, 1}, {1, 0}, {0, 2}, {2, 0}, {1, 2}} {
+		if !reaches(p[0], p[1]) {
+			t.Errorf("healed: %d does not reach %d", p[0], p[1])
+		}
+	}
+	if err := (Config{Peers: 3, Prefix: "x", Split: 3}).check(); err == nil {
+		t.Error("a split with every peer on one side passed")
+	}
 }
