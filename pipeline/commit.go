@@ -574,7 +574,9 @@ func (t *Trainer) commitStep(ctx context.Context, step int, jobs, later []*job) 
 			return nil, err
 		}
 		if k := cs.emptyStage(); k >= 0 {
-			t.log.Info("no holder of a stage answered; waiting to commit", "stage", k, "step", step)
+			if round%20 == 0 { // every 10 s: a stage behind a partition may stay empty for minutes
+				t.log.Info("no holder of a stage answered; waiting to commit", "stage", k, "step", step, "waited", time.Duration(round)*500*time.Millisecond)
+			}
 			if err := sleep(ctx, 500*time.Millisecond); err != nil {
 				return nil, err
 			}

@@ -50,7 +50,17 @@ type Rebalancer struct {
 	// such moves of this peer; Run checks four times as often. 0 leaves empty stages
 	// to the throughput rule.
 	Rescue time.Duration
+	// Trained, if set, reports whether the run has trained (this peer's
+	// stage has stepped). Then a stage left with no live holder is rescued
+	// only once it has stayed empty for LostGrace: its holders may be cut
+	// off by a network partition rather than gone, and the rescuer starts
+	// the stage from initial weights, which would take the place of the
+	// trained state when the partition heals (a higher version, a lost
+	// lineage). Meanwhile the pipeline waits.
+	Trained   func() bool
+	LostGrace time.Duration
 
+	emptySince  time.Time // since when some stage has had no holder
 	lastMove    time.Time
 	view        string
 	stableSince time.Time
@@ -161,9 +171,16 @@ func (rb *Rebalancer) decideRescue(now time.Time, current int) (k int, empty boo
 		rb.view, rb.stableSince = v, now
 	}
 	if rb.Rescue <= 0 || !slices.ContainsFunc(hs, func(h []Holder) bool { return len(h) == 0 }) {
+		rb.emptySince = time.Time{}
 		return -1, false, tot, hs
 	}
+	if rb.emptySince.IsZero() {
+		rb.emptySince = now
+	}
 	if now.Sub(rb.stableSince) < rb.Rescue || !rb.lastMove.IsZero() && now.Sub(rb.lastMove) < rb.Rescue {
+		return -1, true, tot, hs
+	}
+	if rb.Trained != nil && now.Sub(rb.emptySince) < rb.LostGrace && rb.Trained() {
 		return -1, true, tot, hs
 	}
 	k = rescue(hs, rb.Self)

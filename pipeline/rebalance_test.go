@@ -77,3 +77,38 @@ func TestRebalancerFillsEmptyStages(t *testing.T) {
 		t.Errorf("a stage's last holder left it: %d", got)
 	}
 }
+
+// TestRebalancerWaitsOutAPartition: once the run has trained, a stage that
+// lost every holder is rescued only after LostGrace (its holders may be
+// behind a partition, with the stage's state); a stage whose holders come
+// back in time is left alone, and an untrained run rescues at once.
+func TestRebalancerWaitsOutAPartition(t *testing.T) {
+	r := mapRouter{0: {{ID: "a"}, {ID: "b"}}, 1: {}}
+	now := time.Now()
+	trained := true
+	rb := &Rebalancer{Router: r, Stages: 2, Self: "a", Ratio: 0.5, Rescue: time.Second,
+		Trained: func() bool { return trained }, LostGrace: 2 * time.Minute}
+	rb.Decide(now, 0)
+	if got := rb.Decide(now.Add(time.Minute), 0); got != -1 {
+		t.Fatalf("moved to the empty stage of a trained run after 1 min of 2: %d", got)
+	}
+	r[1] = []Holder{{ID: "c"}} // the partition heals
+	if got := rb.Decide(now.Add(90*time.Second), 0); got != -1 {
+		t.Fatalf("moved with every stage held: %d", got)
+	}
+	r[1] = nil // cut again: the grace starts over
+	rb.Decide(now.Add(100*time.Second), 0)
+	if got := rb.Decide(now.Add(200*time.Second), 0); got != -1 {
+		t.Fatalf("moved 100 s after the stage emptied again: %d", got)
+	}
+	if got := rb.Decide(now.Add(221*time.Second), 0); got != 1 {
+		t.Fatalf("did not rescue a stage empty for 2 min: %d", got)
+	}
+	trained = false
+	fresh := &Rebalancer{Router: mapRouter{0: {{ID: "a"}, {ID: "b"}}, 1: {}}, Stages: 2, Self: "a", Ratio: 0.5, Rescue: time.Second,
+		Trained: func() bool { return trained }, LostGrace: 2 * time.Minute}
+	fresh.Decide(now, 0)
+	if got := fresh.Decide(now.Add(time.Second), 0); got != 1 {
+		t.Fatalf("an untrained run's empty stage waited: %d", got)
+	}
+}

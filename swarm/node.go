@@ -251,8 +251,9 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 	if err != nil {
 		return fail(err)
 	}
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.rememberPeers(lctx)
+	go n.reconnect(lctx, boot)
 	// ctx bounds start-up only (the bootstrap dials above are its slow
 	// part); a start-up cancelled by a signal leaves nothing running.
 	if err := ctx.Err(); err != nil {

@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
 
 	"swarmnode/averaging"
 	"swarmnode/dht"
@@ -284,4 +286,74 @@ func TestBootstrapGoneForGood(t *testing.T) {
 	wait.For(t, 10*time.Second, func() error {
 		return errors.Join(lists(b2, 2, c.ID())(), lists(c, 1, b2.ID())())
 	})
+}
+
+// TestReconnectAfterPartition: every connection between two halves of a
+// swarm closed (as a network partition does), the nodes dial each other
+// again and list each other's stages: the swarm is one again. Without the
+// redial they stay apart (checked by disabling it).
+func TestReconnectAfterPartition(t *testing.T) {
+	defer func(d time.Duration) { reconnectEvery = d }(reconnectEvery)
+	reconnectEvery = 200 * time.Millisecond
+	// Stage lookups are what would dial a lost holder otherwise, at
+	// node.refresh_every (a minute by default): slow them down here.
+	oa := testOptions(t, 0)
+	oa.RefreshEvery = time.Hour
+	a := startTestNode(t, oa)
+	ob := testOptions(t, 1)
+	ob.RefreshEvery = time.Hour
+	ob.Bootstrap = []string{a.Addrs()[0].String()}
+	b := startTestNode(t, ob)
+	wait.For(t, 5*time.Second, func() error {
+		if len(a.DHT().Holders(1)) == 0 || len(b.DHT().Holders(0)) == 0 {
+			return errors.New("the nodes do not list each other yet")
+		}
+		return nil
+	})
+	// The partition: both sides drop the connection, and the dials that
+	// failed during the cut have cost each side the other's addresses (kad-dht
+	// drops unreachable peers); only the peers a node met still have them.
+	for _, x := range []struct{ n, other *Node }{{a, b}, {b, a}} {
+		_ = x.n.Host().Network().ClosePeer(x.other.ID())
+		x.n.Host().Peerstore().ClearAddrs(x.other.ID())
+	}
+	wait.For(t, 5*time.Second, func() error {
+		if a.Host().Network().Connectedness(b.ID()) != network.Connected {
+			return errors.New("a and b not connected again")
+		}
+		return nil
+	})
+}
+
+// TestMetPeersBackoff: a peer that fails its dials waits longer each time,
+// up to the cap; a connected one is not dialed; one unseen for an hour is
+// forgotten.
+func TestMetPeersBackoff(t *testing.T) {
+	m := &metPeers{peers: map[peer.ID]*metPeer{}}
+	addr, _ := ma.NewMultiaddr("/ip4/127.0.0.1/tcp/1")
+	now := time.Unix(1000, 0)
+	m.note("p", []ma.Multiaddr{addr}, now)
+	m.note("q", []ma.Multiaddr{addr}, now)
+	notConnected := func(p peer.ID) bool { return p == "q" }
+	if due := m.due(now, notConnected); len(due) != 1 || due[0].ID != "p" {
+		t.Fatalf("due %v, want p only (q is connected)", due)
+	}
+	var last time.Duration
+	for i := range 12 {
+		m.dialed("p", errors.New("refused"), now)
+		wait := m.peers["p"].next.Sub(now)
+		if wait < last || wait > reconnectBackoffMax {
+			t.Fatalf("failure %d: next dial in %s (before %s, cap %s)", i+1, wait, last, reconnectBackoffMax)
+		}
+		last = wait
+		if len(m.due(now, notConnected)) != 0 {
+			t.Fatal("a peer in backoff was due")
+		}
+	}
+	if last != reconnectBackoffMax {
+		t.Fatalf("backoff stopped at %s, want the cap %s", last, reconnectBackoffMax)
+	}
+	if due := m.due(now.Add(metForget+time.Second), notConnected); len(due) != 0 || len(m.peers) != 0 {
+		t.Fatalf("peers unseen for an hour kept: %v, %d", due, len(m.peers))
+	}
 }

@@ -521,6 +521,10 @@ func (r *roles) serve(ctx context.Context, k int) error {
 		Router: dhtRouter{r.n}, Stages: len(cfg.Stages), Self: r.n.ID(),
 		Ratio: cfg.Pipeline.RebalanceRatio, Cooldown: 3 * cfg.Pipeline.RebalanceEvery,
 		Settle: rebalanceSettle(cfg), Rescue: max(cfg.Node.GossipEvery, time.Second),
+		// Once the run has trained, a stage that lost every holder waits
+		// this long before one is moved there from initial weights: a
+		// partition's far side must not lose its state on the heal.
+		Trained: func() bool { return svc != nil && svc.st.Version() > 0 }, LostGrace: lostStageGrace(cfg),
 	}
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -580,6 +584,13 @@ func (r *roles) move(ctx context.Context, svc *stageService, to int) (*stageServ
 		return next, fmt.Errorf("%w: stage %d: %v", errStageLost, to, err)
 	}
 	return next, nil
+}
+
+// lostStageGrace is how long a stage of a trained run may have no live
+// holder before a holder of another stage is moved there from initial
+// weights (pipeline.Rebalancer.LostGrace): 2 minutes, or two record TTLs.
+func lostStageGrace(cfg config.Config) time.Duration {
+	return max(2*time.Minute, 2*cfg.Node.RecordTTL)
 }
 
 // rebalanceSettle is how long the holders of every stage must stay the same
