@@ -5,7 +5,7 @@ CONFIG  ?= examples/gpt/tiny.yaml
 FUZZTIME ?= 10s
 SOAK    ?= 10m
 
-.PHONY: build test lint bench demo demo-local soak fuzz gpu-test gpu-bin clean
+.PHONY: build test lint bench demo demo-local soak partition fuzz gpu-test gpu-bin clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/swarmnode
@@ -32,6 +32,11 @@ demo: build
 # The centralized baseline: the same model trained in one process.
 demo-local: build
 	$(BIN) local --config $(CONFIG) --summary out/local-summary.json
+
+# A network partition of a live swarm in network namespaces (root): two
+# layouts, each cut for 60 s and healed; PASS/FAIL per check (docs/reliability.md).
+partition: build
+	bash bench/partition.sh
 
 # The churn soak (bench/soak): 13 swarmnode processes, a random holder
 # killed, frozen or stopped every 10-20 s and replaced, for SOAK (default 10m)
